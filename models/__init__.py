@@ -1,0 +1,148 @@
+"""Model zoo: create(netType, depth, dataset, ...) builds the Lua's networks by name."""
+
+import re
+from collections.abc import Mapping
+
+import torch
+from torch import nn
+from torch.utils.flop_counter import FlopCounterMode
+
+from models import preresnet, resnet, resnext
+
+NET_TYPES = ("resnet", "preresnet", "resnext")
+# Datasets with a fixed class count; every other name is a folder dataset.
+DATASET_CLASSES = {"imagenet": 1000, "cifar10": 10, "cifar100": 100, "fashionmnist": 10}
+CIFAR_SHAPED = ("cifar10", "cifar100", "fashionmnist")
+DATASET_TITLES = {"cifar10": "CIFAR-10", "cifar100": "CIFAR-100", "fashionmnist": "Fashion-MNIST"}
+# torchvision's names -> ours, applied to the start or the middle of state_dict keys.
+TORCHVISION_RENAMES = (
+    (r"^conv1\.", "stem.conv."),
+    (r"^bn1\.", "stem.bn."),
+    (r"\.downsample\.", ".shortcut."),
+)
+
+
+def is_cifar_shaped(dataset: str) -> bool:
+    """True for the small-image datasets that use the CIFAR networks."""
+    return dataset in CIFAR_SHAPED
+
+
+def default_shortcut(net_type: str, dataset: str) -> str:
+    """The Lua's default shortcut: B on ImageNet; on CIFAR, A (fb) or B (ResNeXt)."""
+    if is_cifar_shaped(dataset) and net_type != "resnext":
+        return "A"
+    return "B"
+
+
+def n_outputs(dataset: str, n_classes: int | None) -> int:
+    """Classifier width: nClasses when given, else the dataset's own class count."""
+    if n_classes is None:
+        if dataset not in DATASET_CLASSES:
+            raise ValueError(
+                f"dataset {dataset!r} has no fixed class count; give nClasses"
+                f" (fixed: {', '.join(DATASET_CLASSES)})"
+            )
+        return DATASET_CLASSES[dataset]
+    if n_classes < 1:
+        raise ValueError(f"nClasses must be at least 1; got {n_classes}")
+    return n_classes
+
+
+def create(
+    netType: str,
+    depth: int,
+    dataset: str,
+    *,
+    shortcutType: str = "",
+    bottleneckType: str = "resnext_C",
+    baseWidth: int = 64,
+    cardinality: int = 1,
+    nClasses: int | None = None,
+) -> nn.Module:
+    """Build a network mapping images to logits; ValueError lists what is valid."""
+    if netType not in NET_TYPES:
+        raise ValueError(f"unknown netType {netType!r}; valid: {', '.join(NET_TYPES)}")
+    n_classes = n_outputs(dataset, nClasses)
+    shortcut = shortcutType or default_shortcut(netType, dataset)
+    cifar = is_cifar_shaped(dataset)
+    if netType == "resnext":
+        return resnext.build(
+            depth, cifar, n_classes, shortcut, bottleneckType, baseWidth, cardinality
+        )
+    family = resnet if netType == "resnet" else preresnet
+    return family.build(depth, cifar, n_classes, shortcut)
+
+
+def describe(
+    netType: str, depth: int, dataset: str, *, bottleneckType: str = "resnext_C", **_
+) -> list[str]:
+    """The startup lines the Lua printed while building this network."""
+    lines = [resnext.DEPLOY_LINES[bottleneckType]] if netType == "resnext" else []
+    name = "PreResNet" if netType == "preresnet" else "ResNet"
+    if not is_cifar_shaped(dataset):
+        where = "ImageNet"
+    elif netType == "resnext":
+        where = dataset  # resnext.lua prints opt.dataset as it is
+    else:
+        where = DATASET_TITLES[dataset]
+    return lines + [f" | {name}-{depth} {where}"]
+
+
+def complexity(model: nn.Module, input_size: int | tuple[int, int]) -> tuple[int, int]:
+    """(parameters, multiply-adds) of one forward pass on a 3-channel image of input_size."""
+    height, width = (input_size, input_size) if isinstance(input_size, int) else input_size
+    parameter = next(model.parameters())
+    image = torch.zeros(1, 3, height, width, device=parameter.device, dtype=parameter.dtype)
+    counter = FlopCounterMode(display=False)
+    was_training = model.training
+    model.eval()
+    with counter, torch.no_grad():
+        model(image)
+    model.train(was_training)
+    n_params = sum(p.numel() for p in model.parameters())
+    return n_params, counter.get_total_flops() // 2  # the counter reports 2 FLOPs per MAC
+
+
+def _rename(state_dict: Mapping[str, torch.Tensor], renames) -> dict[str, torch.Tensor]:
+    result = {}
+    for key, value in state_dict.items():
+        for pattern, replacement in renames:
+            key = re.sub(pattern, replacement, key)
+        result[key] = value
+    return result
+
+
+def from_torchvision(state_dict: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Rename a torchvision ResNet/ResNeXt state_dict to this package's names."""
+    return _rename(state_dict, TORCHVISION_RENAMES)
+
+
+def to_torchvision(state_dict: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Rename one of our ResNet/ResNeXt (shortcut B) state_dicts to torchvision's names."""
+    reverse = (
+        (r"^stem\.conv\.", "conv1."),
+        (r"^stem\.bn\.", "bn1."),
+        (r"\.shortcut\.", ".downsample."),
+    )
+    return _rename(state_dict, reverse)
+
+
+def replace_classifier(model: nn.Module, n_classes: int) -> None:
+    """Swap the final Linear for a fresh n_classes-way one (default weight init, zero bias)."""
+    old = model.fc
+    model.fc = nn.Linear(old.in_features, n_classes, device=old.weight.device)
+    nn.init.zeros_(model.fc.bias)
+
+
+def arch_from_opts(opts) -> dict:
+    """The create() arguments that the parsed options define (the only reader of opts here)."""
+    return {
+        "netType": opts.netType,
+        "depth": opts.depth,
+        "dataset": opts.dataset,
+        "shortcutType": opts.shortcutType,
+        "bottleneckType": opts.bottleneckType,
+        "baseWidth": opts.baseWidth,
+        "cardinality": opts.cardinality,
+        "nClasses": opts.nClasses or None,
+    }
