@@ -1,0 +1,30 @@
+# Two entry points, as README.md says: `make demo` trains offline, `make test` runs the suite.
+# The virtual environment lives in .venv and is reused while the requirements are unchanged.
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+
+.PHONY: setup demo test lint
+
+$(STAMP): requirements.txt requirements-dev.txt
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -r requirements.txt -r requirements-dev.txt
+	touch $(STAMP)
+
+setup: $(STAMP)
+
+# ResNet-20 (CIFAR network and recipe) on all 70,000 Fashion-MNIST images, offline.
+demo: setup
+	bash scripts/get_fashion_mnist.sh
+	$(PY) main.py -dataset fashionmnist -netType resnet -depth 20 -batchSize 128 \
+		-nEpochs 5 -save checkpoints/fashionmnist-resnet20
+
+lint: setup
+	$(PY) -m ruff check .
+	$(PY) -m ruff format --check .
+
+test: setup
+	$(PY) -m ruff check .
+	$(PY) -m pytest

@@ -1,0 +1,148 @@
+"""CIFAR-10 / CIFAR-100 from the original python-pickle folders, held in memory.
+
+The Lua recipe: pixels on the 0-255 scale, normalised with the train-set mean/std,
+then flipped, zero-padded by 4 (the padding is the mean colour, since it comes after
+normalisation) and randomly cropped back to 32 x 32. Validation is the test set, as is.
+"""
+
+import os
+import pickle
+
+import torch
+
+from datasets import transforms as T
+
+MEANSTD = {
+    "cifar10": ((125.3, 123.0, 113.9), (63.0, 62.1, 66.7)),
+    "cifar100": ((129.3, 124.1, 112.4), (68.2, 65.4, 70.4)),
+}
+FOLDERS = {"cifar10": "cifar-10-batches-py", "cifar100": "cifar-100-python"}
+FILES = {
+    ("cifar10", "train"): [f"data_batch_{i}" for i in range(1, 6)],
+    ("cifar10", "val"): ["test_batch"],
+    ("cifar100", "train"): ["train"],
+    ("cifar100", "val"): ["test"],
+}
+LABEL_KEYS = {"cifar10": "labels", "cifar100": "fine_labels"}
+META = {"cifar10": ("batches.meta", "label_names"), "cifar100": ("meta", "fine_label_names")}
+N_CLASSES = {"cifar10": 10, "cifar100": 100}
+# What a CIFAR batch may contain: numpy arrays and bytes, nothing that runs code.
+SAFE_GLOBALS = {
+    ("numpy.core.multiarray", "_reconstruct"),
+    ("numpy._core.multiarray", "_reconstruct"),
+    ("numpy", "ndarray"),
+    ("numpy", "dtype"),
+    ("_codecs", "encode"),
+}
+
+
+class DataError(ValueError):
+    """Missing or malformed data files; main prints it as one 'error:' line."""
+
+
+class ArrayImageDataset(torch.utils.data.Dataset):
+    """uint8 images N x C x H x W in memory, transformed one by one into 3-channel floats."""
+
+    def __init__(self, images, labels, classes: list[str], transform: T.Transform):
+        self.images = images
+        self.labels = labels
+        self.classes = classes
+        self.transform = transform
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, int]:
+        image = self.images[index].float()
+        if image.shape[0] == 1:
+            image = image.expand(3, -1, -1)  # greyscale data feeds the 3-channel networks
+        return self.transform(image), int(self.labels[index])
+
+
+def small_image_transform(mean, std, train: bool, size: int) -> T.Transform:
+    """The Lua's CIFAR preprocessing: normalise; for training also flip and pad-4 crop."""
+    normalize = T.ColorNormalize(mean, std)
+    if not train:
+        return normalize
+    return T.Compose([normalize, T.HorizontalFlip(0.5), T.RandomCrop(size, 4)])
+
+
+class RestrictedUnpickler(pickle.Unpickler):
+    """Unpickler that refuses every global but the numpy array constructors."""
+
+    def find_class(self, module: str, name: str):
+        if (module, name) not in SAFE_GLOBALS:
+            raise pickle.UnpicklingError(f"refusing to load {module}.{name}")
+        return super().find_class(module, name)
+
+
+def read_batch(path: str, label_key: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """One pickle batch as (N x 3 x 32 x 32 uint8 images, N labels), any N."""
+    try:
+        with open(path, "rb") as handle:
+            batch = RestrictedUnpickler(handle, encoding="bytes").load()
+        data = batch[b"data"]
+        labels = batch[label_key.encode()]
+    except (OSError, pickle.UnpicklingError, EOFError, KeyError, TypeError) as exc:
+        raise DataError(f"cannot read CIFAR batch {path}: {exc}") from exc
+    images = torch.as_tensor(data, dtype=torch.uint8).reshape(-1, 3, 32, 32)
+    return images, torch.as_tensor(list(labels), dtype=torch.int64)
+
+
+def class_names(dataset: str, folder: str) -> list[str]:
+    """Label names from the folder's meta file, or the class numbers when it is absent."""
+    name, key = META[dataset]
+    path = os.path.join(folder, name)
+    if os.path.isfile(path):
+        with open(path, "rb") as handle:
+            names = RestrictedUnpickler(handle, encoding="bytes").load()[key.encode()]
+        return [n.decode() for n in names]
+    return [str(i) for i in range(N_CLASSES[dataset])]
+
+
+def find_folder(dataset: str, roots: list[str]) -> str | None:
+    """The first root that holds the dataset's pickle folder."""
+    for root in roots:
+        for candidate in (root, os.path.join(root, FOLDERS[dataset])):
+            if os.path.basename(os.path.normpath(candidate)) == FOLDERS[dataset] and os.path.isdir(
+                candidate
+            ):
+                return candidate
+    return None
+
+
+def download(dataset: str, gen: str) -> str:
+    """Download the pickle folder into gen through torchvision, or explain where to put it."""
+    import torchvision
+
+    os.makedirs(gen, exist_ok=True)
+    builder = (
+        torchvision.datasets.CIFAR10 if dataset == "cifar10" else torchvision.datasets.CIFAR100
+    )
+    print(f"=> Downloading {dataset} into {gen}")
+    try:
+        builder(gen, train=True, download=True)
+    except Exception as exc:  # any network failure: say where the files go instead
+        files = ", ".join(FILES[(dataset, "train")] + FILES[(dataset, "val")])
+        raise DataError(
+            f"{dataset} not found and could not be downloaded ({type(exc).__name__}); put the"
+            f" folder {FOLDERS[dataset]}/ ({files}) from the python version of the dataset"
+            f" in -data or in {gen}/"
+        ) from None
+    return os.path.join(gen, FOLDERS[dataset])
+
+
+def load(dataset: str, split: str, data: str, gen: str) -> ArrayImageDataset:
+    """CIFAR train or val ("val" is the official test set) with the Lua's transforms."""
+    folder = find_folder(dataset, [r for r in (data, gen) if r]) or download(dataset, gen)
+    parts = []
+    for name in FILES[(dataset, split)]:
+        path = os.path.join(folder, name)
+        if not os.path.isfile(path):
+            raise DataError(f"{dataset} file missing: {path}")
+        parts.append(read_batch(path, LABEL_KEYS[dataset]))
+    images = torch.cat([p[0] for p in parts])
+    labels = torch.cat([p[1] for p in parts])
+    mean, std = MEANSTD[dataset]
+    transform = small_image_transform(mean, std, split == "train", 32)
+    return ArrayImageDataset(images, labels, class_names(dataset, folder), transform)

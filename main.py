@@ -1,0 +1,263 @@
+"""Train or evaluate ResNet / PreResNet / ResNeXt: python main.py -dataset ... (see -h)."""
+
+import json
+import math
+import os
+import sys
+
+import torch
+from torch import nn
+
+import checkpoints
+import datasets
+import models
+import opts as options
+import train
+
+CHANNELS_LAST = {"channels_last": torch.channels_last, "contiguous": torch.contiguous_format}
+
+
+class StartError(ValueError):
+    """A start that cannot go on (bad combination found after parsing)."""
+
+
+def select_device(n_gpu: int) -> torch.device:
+    """CUDA when asked for and present, else the CPU (said once)."""
+    if n_gpu > 0 and torch.cuda.is_available():
+        if n_gpu > torch.cuda.device_count():
+            raise StartError(f"-nGPU {n_gpu} but only {torch.cuda.device_count()} GPUs are visible")
+        return torch.device("cuda")
+    if n_gpu > 0:
+        print("=> No CUDA device found: running on the CPU")
+    return torch.device("cpu")
+
+
+def configure_backends(cudnn_mode: str) -> None:
+    """The Lua's -cudnn fastest | default | deterministic."""
+    if cudnn_mode == "fastest":
+        torch.backends.cudnn.benchmark = True
+    elif cudnn_mode == "deterministic":
+        torch.backends.cudnn.benchmark = False
+        torch.backends.cudnn.deterministic = True
+        torch.use_deterministic_algorithms(True, warn_only=True)
+
+
+def precision_settings(
+    precision: str, device: torch.device
+) -> tuple[torch.dtype, torch.dtype | None]:
+    """(parameter dtype, autocast dtype) for -precision."""
+    if precision == "half" and device.type != "cuda":
+        raise StartError("-precision half needs a CUDA device; on the CPU use bf16 or single")
+    return {
+        "single": (torch.float32, None),
+        "double": (torch.float64, None),
+        "half": (torch.float32, torch.float16),
+        "bf16": (torch.float32, torch.bfloat16),
+    }[precision]
+
+
+def retrained_arch(opts, retrained: dict) -> dict:
+    """The network of a -retrain file: as saved, else the flags' with the file's fc width."""
+    if retrained.get("arch"):
+        return dict(retrained["arch"])
+    fc_weight = retrained["model"].get("fc.weight")
+    n_classes = fc_weight.shape[0] if fc_weight is not None else opts.nClasses or None
+    return {**models.arch_from_opts(opts), "nClasses": n_classes}
+
+
+def intended_arch(opts, classes: list[str], retrained: dict | None) -> dict:
+    """The network this run trains: from -retrain's file if given, else the flags."""
+    arch = retrained_arch(opts, retrained) if retrained else models.arch_from_opts(opts)
+    if opts.resetClassifier:
+        arch["nClasses"] = opts.nClasses
+    elif not retrained and opts.dataset == "imagenet" and not opts.nClasses:
+        arch["nClasses"] = len(classes)  # any class-per-folder data set, not only ImageNet-1k
+    return arch
+
+
+def load_weights(model: nn.Module, state_dict: dict, source: str) -> None:
+    """load_state_dict(strict=True), with torchvision names accepted, or a one-line error."""
+    state_dict = checkpoints.clean_state_dict(state_dict)
+    if "conv1.weight" in state_dict:
+        state_dict = models.from_torchvision(state_dict)
+    try:
+        model.load_state_dict(state_dict, strict=True)
+    except RuntimeError as exc:
+        detail = str(exc).splitlines()[1].strip() if "\n" in str(exc) else str(exc)
+        raise checkpoints.CheckpointError(
+            f"the weights in {source} do not fit this network ({detail}); pass the options"
+            " it was trained with"
+        ) from None
+
+
+def build_model(opts, classes, checkpoint, retrained) -> tuple[nn.Module, dict]:
+    """The model to train (fresh, retrained or resumed) and the arch it is saved under."""
+    arch = intended_arch(opts, classes, retrained)
+    if checkpoint:
+        saved = checkpoint["model"]["arch"]
+        differing = {k: (saved.get(k), v) for k, v in arch.items() if saved.get(k) != v}
+        if differing:
+            listed = ", ".join(f"{k} {old} (asked: {new})" for k, (old, new) in differing.items())
+            raise checkpoints.CheckpointError(
+                f"{opts.resume} holds a checkpoint of another network: {listed}; resume with"
+                " its options or choose another -resume folder"
+            )
+        print(f"=> Resuming model from {checkpoint['modelPath']}")
+        model = models.create(**saved)
+        load_weights(model, checkpoint["model"]["model"], checkpoint["modelPath"])
+        return model, saved
+    print(f"=> Creating model from file: models/{arch['netType']}.py")
+    for line in models.describe(**arch):
+        print(line)
+    if retrained:
+        print(f"Loading model from file: {opts.retrain}")
+        model = models.create(**retrained_arch(opts, retrained))
+        load_weights(model, retrained["model"], opts.retrain)
+        if opts.resetClassifier:
+            print(f" => Replacing classifier with {opts.nClasses}-way classifier")
+            models.replace_classifier(model, opts.nClasses)
+        return model, arch
+    return models.create(**arch), arch
+
+
+def check_classes(model: nn.Module, classes: list[str]) -> None:
+    """The classifier must have an output for every class of the data."""
+    outputs = model.fc.out_features
+    if outputs < len(classes):
+        raise StartError(
+            f"the network has {outputs} outputs but the data has {len(classes)} classes;"
+            f" use -resetClassifier true -nClasses {len(classes)}"
+        )
+
+
+def learning_rate_schedule(opts):
+    """The Lua's schedule for this dataset and netType, as a function of the epoch."""
+    if opts.dataset == "imagenet":
+        return lambda epoch: train.step_lr(epoch, opts.LR)
+    if opts.dataset != "fashionmnist" and opts.netType != "resnext":
+        return lambda epoch: train.milestone_lr(epoch, opts.LR)
+    # ResNeXt's rule; also Fashion-MNIST's, whose epochs are not tied to the 164 of fb's.
+    return lambda epoch: train.relative_lr(epoch, opts.LR, opts.nEpochs)
+
+
+def make_optimizer(model: nn.Module, opts, checkpoint) -> torch.optim.Optimizer:
+    """Nesterov SGD with weight decay on every parameter; state from -resume or -optimState."""
+    optimizer = torch.optim.SGD(
+        model.parameters(),
+        lr=opts.LR,
+        momentum=opts.momentum,
+        dampening=0.0,
+        weight_decay=opts.weightDecay,
+        nesterov=True,
+    )
+    state = checkpoint["optimState"] if checkpoint else None
+    if state is None and opts.optimState != "none":
+        state = checkpoints.load_file(opts.optimState)
+    if state is not None:
+        try:
+            optimizer.load_state_dict(state)
+        except (ValueError, KeyError, TypeError) as exc:
+            raise checkpoints.CheckpointError(
+                f"optimizer state does not fit this network: {exc}"
+            ) from None
+    return optimizer
+
+
+def write_options(opts, arch: dict) -> None:
+    """Create -save and write the resolved options to <save>/opts.json."""
+    try:
+        os.makedirs(opts.save, exist_ok=True)
+    except OSError as exc:
+        raise StartError(
+            f"unable to create checkpoint directory: {opts.save} ({exc.strerror})"
+        ) from None
+    with open(os.path.join(opts.save, "opts.json"), "w") as handle:
+        json.dump({**vars(opts), "arch": arch}, handle, indent=2)
+
+
+def train_epochs(opts, trainer, loaders, model, arch, classes, checkpoint) -> None:
+    """The Lua's epoch loop: train, test, remember the best top-1, save."""
+    train_loader, val_loader = loaders
+    start = checkpoint["epoch"] + 1 if checkpoint else opts.epochNumber
+    best = (checkpoint["bestTop1"], checkpoint["bestTop5"]) if checkpoint else (math.inf, math.inf)
+    for epoch in range(start, opts.nEpochs + 1):
+        trainer.train(epoch, train_loader)
+        top1, top5 = trainer.test(epoch, val_loader)
+        is_best = top1 < best[0]
+        if is_best:
+            best = (top1, top5)
+            print(" * Best model ", f"{top1:.14g}", f"{top5:.14g}", sep="\t")
+        checkpoints.save(
+            opts.save,
+            epoch,
+            model,
+            trainer.optimizer.state_dict(),
+            arch=arch,
+            classes=classes,
+            is_best=is_best,
+            best=best,
+        )
+    print(f" * Finished top1: {best[0]:6.3f}  top5: {best[1]:6.3f}")
+
+
+def run(opts) -> int:
+    """Everything after parsing: validate, build, then train or test."""
+    device = select_device(opts.nGPU)
+    dtype, autocast_dtype = precision_settings(opts.precision, device)
+    configure_backends(opts.cudnn)
+    torch.manual_seed(opts.manualSeed)
+    with torch.device("meta"):
+        models.create(**{**models.arch_from_opts(opts), "nClasses": opts.nClasses or 1})
+    checkpoint = None
+    if opts.resume != "none":
+        checkpoint = checkpoints.latest(opts.resume)
+        if checkpoint is None:
+            print(f"=> No checkpoint in {opts.resume}: training starts from scratch")
+        else:
+            print(f"=> Loading checkpoint {os.path.join(opts.resume, checkpoints.LATEST)}")
+    retrained = checkpoints.load_model_file(opts.retrain) if opts.retrain != "none" else None
+    loaders = datasets.create_loaders(opts, pin_memory=device.type == "cuda")
+    classes = list(loaders[0].dataset.classes)
+    model, arch = build_model(opts, classes, checkpoint, retrained)
+    check_classes(model, classes)
+    model = model.to(device, dtype).to(memory_format=CHANNELS_LAST[opts.memoryFormat])
+    if device.type == "cuda" and opts.nGPU > 1:
+        model = nn.DataParallel(model, device_ids=list(range(opts.nGPU)))
+    optimizer = make_optimizer(model, opts, checkpoint)
+    trainer = train.Trainer(
+        model,
+        nn.CrossEntropyLoss(),
+        optimizer,
+        learning_rate_schedule(opts),
+        device=device,
+        n_crops=10 if opts.tenCrop else 1,
+        memory_format=CHANNELS_LAST[opts.memoryFormat],
+        dtype=dtype,
+        autocast_dtype=autocast_dtype,
+    )
+    if opts.testOnly:
+        top1, top5 = trainer.test(0, loaders[1])
+        print(f" * Results top1: {top1:6.3f}  top5: {top5:6.3f}")
+        return 0
+    write_options(opts, arch)
+    train_epochs(opts, trainer, loaders, model, arch, classes, checkpoint)
+    return 0
+
+
+def main(argv=None) -> int:
+    """Entry point: one 'error:' line and exit status 2 for every bad input."""
+    try:
+        return run(options.parse(argv))
+    except (options.UsageError, ValueError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except FloatingPointError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    except OSError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

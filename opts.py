@@ -1,0 +1,203 @@
+"""Command-line options: every flag of fb.resnet.torch and ResNeXt, with the Lua's names."""
+
+import argparse
+import math
+import os
+import sys
+from collections.abc import Sequence
+
+DATASETS = ("imagenet", "cifar10", "cifar100", "fashionmnist")
+SMALL_IMAGE_DATASETS = ("cifar10", "cifar100", "fashionmnist")
+NET_TYPES = ("resnet", "preresnet", "resnext")
+PRECISIONS = ("single", "double", "half", "bf16")
+# nEpochs 0 means: the ResNeXt fork's default for the dataset.
+DEFAULT_EPOCHS = {"imagenet": 100, "cifar10": 300, "cifar100": 300, "fashionmnist": 300}
+# depth unset means: a depth valid for the netType and dataset (the Lua's 34 is not for resnext).
+DEFAULT_DEPTHS = {("resnext", False): 50, ("resnext", True): 29}
+TRUE_WORDS, FALSE_WORDS = ("true", "1", "yes"), ("false", "0", "no")
+
+
+class UsageError(Exception):
+    """A bad command line; main prints it as one 'error:' line and exits 2."""
+
+
+class Parser(argparse.ArgumentParser):
+    """ArgumentParser whose errors are one line, with no usage dump."""
+
+    def error(self, message: str):
+        raise UsageError(f"{message} (see -h)")
+
+
+def lua_bool(text: str) -> bool:
+    """'true'/'false' as the Lua flags take them (and 1/0, yes/no)."""
+    word = text.lower()
+    if word in TRUE_WORDS:
+        return True
+    if word in FALSE_WORDS:
+        return False
+    raise argparse.ArgumentTypeError(f"expected true or false, got {text!r}")
+
+
+def finite_float(text: str) -> float:
+    """A float that is neither NaN nor infinite."""
+    value = float(text)
+    if not math.isfinite(value):
+        raise ValueError(text)
+    return value
+
+
+finite_float.__name__ = "float"  # argparse names the type in its 'invalid float value' message
+
+# (name, type, default, help); booleans are Lua-style strings 'true' / 'false'.
+FLAGS = [
+    (
+        "data",
+        str,
+        "",
+        "Path to dataset: a folder with train/ and val/ (imagenet), or the CIFAR / "
+        "Fashion-MNIST files",
+    ),
+    ("dataset", str, "imagenet", "Options: " + " | ".join(DATASETS)),
+    ("manualSeed", int, 0, "Manually set RNG seed (0 is a seed too)"),
+    ("nGPU", int, 1, "Number of GPUs to use by default (0: CPU)"),
+    ("backend", str, "cudnn", "Options: cudnn | cunn (accepted, unused, as in the Lua)"),
+    ("cudnn", str, "fastest", "Options: fastest | default | deterministic"),
+    ("gen", str, "gen", "Path to save generated files (file index, downloads)"),
+    ("precision", str, "single", "Options: " + " | ".join(PRECISIONS)),
+    ("memoryFormat", str, "channels_last", "Options: channels_last | contiguous (new)"),
+    ("nThreads", int, 2, "number of data loading threads (0: load in the main process)"),
+    ("nEpochs", int, 0, "Number of total epochs to run (0: imagenet 100, CIFAR 300)"),
+    ("epochNumber", int, 1, "Manual epoch number (useful on restarts)"),
+    ("batchSize", int, 32, "mini-batch size (1 = pure stochastic)"),
+    ("testOnly", lua_bool, False, "Run on validation set only"),
+    ("tenCrop", lua_bool, False, "Ten-crop testing"),
+    ("save", str, "checkpoints", "Directory in which to save checkpoints"),
+    ("resume", str, "none", "Resume from the latest checkpoint in this directory"),
+    ("LR", finite_float, 0.1, "initial learning rate"),
+    ("momentum", finite_float, 0.9, "momentum"),
+    ("weightDecay", finite_float, 1e-4, "weight decay"),
+    ("netType", str, "resnext", "Options: " + " | ".join(NET_TYPES)),
+    ("bottleneckType", str, "resnext_C", "Options: resnet | resnext_B | resnext_C"),
+    (
+        "depth",
+        int,
+        None,
+        "ResNet depth (unset: resnext 50 ImageNet / 29 CIFAR; resnet and preresnet 34 / 20)",
+    ),
+    ("baseWidth", int, 64, "ResNet base width"),
+    ("cardinality", int, 1, "ResNet cardinality"),
+    ("shortcutType", str, "", "Options: A | B | C (unset: B; A for CIFAR resnet/preresnet)"),
+    ("retrain", str, "none", "Path to model to retrain with (ours or a torchvision state_dict)"),
+    ("optimState", str, "none", "Path to an optimState to reload from"),
+    ("shareGradInput", lua_bool, False, "Share gradInput tensors to reduce memory usage"),
+    ("optnet", lua_bool, False, "Use optnet to reduce memory usage"),
+    ("resetClassifier", lua_bool, False, "Reset the fully connected layer for fine-tuning"),
+    ("nClasses", int, 0, "Number of classes in the dataset (0: the dataset's own)"),
+]
+
+
+def build_parser() -> Parser:
+    """The parser: each flag as -name and --name, booleans also as a bare flag."""
+    parser = Parser(
+        prog="main.py",
+        description="Train ResNet / PreResNet / ResNeXt on ImageNet, CIFAR or an image folder.",
+        allow_abbrev=False,
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    for name, kind, default, text in FLAGS:
+        extra = {"nargs": "?", "const": True, "metavar": "true|false"} if kind is lua_bool else {}
+        parser.add_argument(
+            f"-{name}", f"--{name}", dest=name, type=kind, default=default, help=text, **extra
+        )
+    return parser
+
+
+def parse(argv: Sequence[str] | None = None) -> argparse.Namespace:
+    """Parse and validate argv; raise UsageError naming what to fix."""
+    opts = build_parser().parse_args(sys.argv[1:] if argv is None else list(argv))
+    resolve_defaults(opts)
+    validate(opts)
+    return opts
+
+
+def resolve_defaults(opts: argparse.Namespace) -> None:
+    """Fill the per-dataset defaults as opts.lua does, and an unset depth."""
+    small = opts.dataset in SMALL_IMAGE_DATASETS
+    if opts.nEpochs == 0 and opts.dataset in DEFAULT_EPOCHS:
+        opts.nEpochs = DEFAULT_EPOCHS[opts.dataset]
+    if opts.depth is None:
+        opts.depth = DEFAULT_DEPTHS.get((opts.netType, small), 20 if small else 34)
+
+
+def _check(condition: bool, message: str) -> None:
+    if not condition:
+        raise UsageError(message)
+
+
+def validate(opts: argparse.Namespace) -> None:
+    """Reject bad values and combinations before any work starts."""
+    _check(
+        opts.dataset in DATASETS,
+        f"unknown dataset: {opts.dataset} (options: {', '.join(DATASETS)})",
+    )
+    _check(
+        opts.netType in NET_TYPES,
+        f"unknown netType: {opts.netType} (options: {', '.join(NET_TYPES)})",
+    )
+    _check(
+        opts.precision in PRECISIONS,
+        f"unknown precision: {opts.precision} (options: {', '.join(PRECISIONS)})",
+    )
+    _check(
+        opts.memoryFormat in ("channels_last", "contiguous"),
+        f"unknown -memoryFormat {opts.memoryFormat} (options: channels_last, contiguous)",
+    )
+    _check(
+        opts.cudnn in ("fastest", "default", "deterministic"),
+        f"unknown -cudnn {opts.cudnn} (options: fastest, default, deterministic)",
+    )
+    _check(opts.batchSize > 0, f"-batchSize must be positive, got {opts.batchSize}")
+    _check(opts.nEpochs > 0, f"-nEpochs must be positive, got {opts.nEpochs}")
+    _check(opts.epochNumber > 0, f"-epochNumber must be positive, got {opts.epochNumber}")
+    _check(opts.LR > 0, f"-LR must be positive, got {opts.LR}")
+    _check(opts.momentum >= 0, f"-momentum must not be negative, got {opts.momentum}")
+    _check(opts.weightDecay >= 0, f"-weightDecay must not be negative, got {opts.weightDecay}")
+    _check(opts.nThreads >= 0, f"-nThreads must not be negative, got {opts.nThreads}")
+    _check(opts.nGPU >= 0, f"-nGPU must not be negative, got {opts.nGPU}")
+    _check(opts.nClasses >= 0, f"-nClasses must not be negative, got {opts.nClasses}")
+    _check(not (opts.shareGradInput and opts.optnet), "cannot use both -shareGradInput and -optnet")
+    _check(
+        not opts.resetClassifier or opts.nClasses > 0,
+        "-nClasses required when resetClassifier is set (e.g. -nClasses 10)",
+    )
+    _check(
+        not opts.tenCrop or opts.batchSize >= 10,
+        f"-tenCrop true needs -batchSize of at least 10 (10 crops per image), got {opts.batchSize}",
+    )
+    _check(
+        not opts.tenCrop or opts.dataset not in SMALL_IMAGE_DATASETS,
+        "-tenCrop is for ImageNet-style folder datasets, not " + opts.dataset,
+    )
+    validate_paths(opts)
+
+
+def validate_paths(opts: argparse.Namespace) -> None:
+    """The data folder and the files named by -resume / -retrain / -optimState must exist."""
+    if opts.dataset == "imagenet":
+        _check(
+            opts.data != "", "missing ImageNet data directory: give -data DIR with train/ and val/"
+        )
+        _check(os.path.isdir(opts.data), f"missing ImageNet data directory: {opts.data}")
+        for split in ("train", "val"):
+            folder = os.path.join(opts.data, split)
+            _check(
+                os.path.isdir(folder),
+                f"ImageNet missing `{split}` directory: {folder} (see README: Preparing ImageNet)",
+            )
+    elif opts.data:
+        _check(os.path.isdir(opts.data), f"data directory not found: {opts.data}")
+    if opts.resume != "none":
+        _check(os.path.isdir(opts.resume), f"-resume directory not found: {opts.resume}")
+    for flag in ("retrain", "optimState"):
+        path = getattr(opts, flag)
+        _check(path == "none" or os.path.isfile(path), f"-{flag} file not found: {path}")

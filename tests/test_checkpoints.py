@@ -1,0 +1,123 @@
+"""checkpoints.py against LUA_SPEC.md section 5, with PyTorch files."""
+
+import os
+import pickle
+
+import pytest
+import torch
+from torch import nn
+
+import checkpoints
+import models
+
+
+def tiny_model():
+    torch.manual_seed(0)
+    return models.create("resnet", 8, "cifar10")
+
+
+def save_epoch(folder, model, epoch, is_best, best=(50.0, 10.0)):
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
+    model(torch.randn(2, 3, 8, 8)).sum().backward()
+    optimizer.step()
+    arch = {"netType": "resnet", "depth": 8, "dataset": "cifar10"}
+    checkpoints.save(
+        str(folder),
+        epoch,
+        model,
+        optimizer.state_dict(),
+        arch=arch,
+        classes=[str(i) for i in range(10)],
+        is_best=is_best,
+        best=best,
+    )
+    return optimizer
+
+
+def test_save_writes_the_four_files_loadable_with_weights_only(tmp_path):
+    model = tiny_model()
+    save_epoch(tmp_path, model, 3, is_best=True)
+    assert sorted(os.listdir(tmp_path)) == [
+        "latest.pth",
+        "model_3.pth",
+        "model_best.pth",
+        "optimState_3.pth",
+    ]
+    for name in os.listdir(tmp_path):
+        torch.load(tmp_path / name, weights_only=True)
+    record = torch.load(tmp_path / "model_3.pth", weights_only=True)
+    assert record["arch"]["depth"] == 8 and record["classes"][9] == "9" and record["epoch"] == 3
+    fresh = models.create("resnet", 8, "cifar10")
+    fresh.load_state_dict(record["model"], strict=True)
+    for key, value in model.state_dict().items():
+        assert torch.equal(fresh.state_dict()[key], value)
+
+
+def test_latest_points_to_the_newest_epoch_and_keeps_the_best(tmp_path):
+    model = tiny_model()
+    save_epoch(tmp_path, model, 1, is_best=True, best=(40.0, 9.0))
+    optimizer = save_epoch(tmp_path, model, 2, is_best=False, best=(40.0, 9.0))
+    found = checkpoints.latest(str(tmp_path))
+    assert found["epoch"] == 2 and (found["bestTop1"], found["bestTop5"]) == (40.0, 9.0)
+    assert found["modelPath"].endswith("model_2.pth")
+    restored = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
+    restored.load_state_dict(found["optimState"])
+    buffers = [s["momentum_buffer"] for s in restored.state_dict()["state"].values()]
+    expected = [s["momentum_buffer"] for s in optimizer.state_dict()["state"].values()]
+    assert all(torch.equal(a, b) for a, b in zip(buffers, expected, strict=True))
+
+
+def test_a_folder_without_latest_gives_none(tmp_path):
+    assert checkpoints.latest(str(tmp_path)) is None
+
+
+def test_wrapped_models_are_saved_unwrapped(tmp_path):
+    model = tiny_model()
+    wrapped = nn.DataParallel(model)
+    save_epoch(tmp_path, wrapped, 1, is_best=False)
+    keys = torch.load(tmp_path / "model_1.pth", weights_only=True)["model"].keys()
+    assert not any(k.startswith(("module.", "_orig_mod.")) for k in keys)
+    assert checkpoints.unwrap(wrapped) is model
+
+
+def test_clean_state_dict_strips_nested_prefixes():
+    cleaned = checkpoints.clean_state_dict({"module._orig_mod.fc.weight": 1, "fc.bias": 2})
+    assert cleaned == {"fc.weight": 1, "fc.bias": 2}
+
+
+def test_truncated_file_is_named(tmp_path):
+    model = tiny_model()
+    save_epoch(tmp_path, model, 1, is_best=False)
+    data = (tmp_path / "model_1.pth").read_bytes()
+    (tmp_path / "model_1.pth").write_bytes(data[: len(data) // 2])
+    with pytest.raises(checkpoints.CheckpointError, match="model_1.pth is truncated"):
+        checkpoints.latest(str(tmp_path))
+
+
+def test_a_pickle_that_runs_code_is_refused(tmp_path):
+    class Exploit:
+        def __reduce__(self):
+            return (os.system, ("echo pwned",))
+
+    path = tmp_path / "evil.pth"
+    with open(path, "wb") as handle:
+        pickle.dump(Exploit(), handle)
+    with pytest.raises(checkpoints.CheckpointError, match="evil.pth"):
+        checkpoints.load_file(str(path))
+
+
+def test_a_bare_state_dict_is_accepted_as_a_model_file(tmp_path):
+    model = tiny_model()
+    torch.save(nn.DataParallel(model).state_dict(), tmp_path / "plain.pth")
+    record = checkpoints.load_model_file(str(tmp_path / "plain.pth"))
+    assert record["arch"] is None and "fc.weight" in record["model"]
+
+
+def test_failed_write_leaves_no_partial_file(tmp_path):
+    class Unsaveable:
+        def __reduce__(self):
+            raise OSError("disk full")
+
+    with pytest.raises(OSError, match="disk full"):
+        checkpoints.atomic_save({"x": Unsaveable()}, str(tmp_path / "latest.pth"))
+    assert os.listdir(tmp_path) == []

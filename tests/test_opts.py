@@ -1,0 +1,161 @@
+"""opts.py against LUA_SPEC.md section 1: names, types, defaults, validation."""
+
+import subprocess
+import sys
+
+import pytest
+
+import opts
+
+# Section 1: every Lua flag with its default (ResNeXt fork's where they differ).
+LUA_FLAGS = {
+    "data": "",
+    "dataset": "imagenet",
+    "manualSeed": 0,
+    "nGPU": 1,
+    "backend": "cudnn",
+    "cudnn": "fastest",
+    "gen": "gen",
+    "precision": "single",
+    "nThreads": 2,
+    "epochNumber": 1,
+    "batchSize": 32,
+    "testOnly": False,
+    "tenCrop": False,
+    "save": "checkpoints",
+    "resume": "none",
+    "LR": 0.1,
+    "momentum": 0.9,
+    "weightDecay": 1e-4,
+    "netType": "resnext",
+    "bottleneckType": "resnext_C",
+    "baseWidth": 64,
+    "cardinality": 1,
+    "shortcutType": "",
+    "retrain": "none",
+    "optimState": "none",
+    "shareGradInput": False,
+    "optnet": False,
+    "resetClassifier": False,
+    "nClasses": 0,
+}
+
+
+def parse_ok(*argv):
+    return opts.parse(["-dataset", "cifar10", *argv])
+
+
+def test_every_lua_flag_exists_with_its_default():
+    parsed = parse_ok()
+    for name, default in LUA_FLAGS.items():
+        if name != "dataset":
+            assert getattr(parsed, name) == default, name
+    assert type(parsed.LR) is float and type(parsed.batchSize) is int and type(parsed.depth) is int
+
+
+@pytest.mark.parametrize(
+    ("argv", "epochs", "depth"),
+    [
+        (["-dataset", "cifar10"], 300, 29),
+        (["-dataset", "cifar100", "-netType", "resnet"], 300, 20),
+        (["-dataset", "cifar10", "-netType", "preresnet", "-nEpochs", "164"], 164, 20),
+        (["-dataset", "fashionmnist", "-depth", "56", "-netType", "resnet"], 300, 56),
+    ],
+)
+def test_per_dataset_defaults_are_resolved(argv, epochs, depth):
+    parsed = opts.parse(argv)
+    assert (parsed.nEpochs, parsed.depth) == (epochs, depth)
+
+
+def test_imagenet_defaults(tmp_path):
+    (tmp_path / "train").mkdir(), (tmp_path / "val").mkdir()
+    parsed = opts.parse(["-data", str(tmp_path)])
+    assert (parsed.nEpochs, parsed.depth, parsed.netType) == (100, 50, "resnext")
+    assert opts.parse(["-data", str(tmp_path), "-netType", "resnet"]).depth == 34
+
+
+@pytest.mark.parametrize(
+    ("argv", "expected"),
+    [
+        (["-testOnly", "true"], True),
+        (["-testOnly", "false"], False),
+        (["-testOnly"], True),
+        (["--testOnly", "True"], True),
+        (["-testOnly", "0"], False),
+        ([], False),
+    ],
+)
+def test_booleans_take_the_lua_form_and_the_bare_flag(argv, expected):
+    assert parse_ok(*argv).testOnly is expected
+
+
+def test_double_dash_spelling_also_works():
+    parsed = parse_ok("--depth", "38", "--batchSize", "64", "--LR", "0.05")
+    assert (parsed.depth, parsed.batchSize, parsed.LR) == (38, 64, 0.05)
+
+
+def test_help_lists_every_flag_with_default():
+    out = subprocess.run(
+        [sys.executable, "main.py", "-h"],
+        capture_output=True,
+        text=True,
+        cwd=opts.__file__.rsplit("/", 1)[0],
+    )
+    assert out.returncode == 0
+    for name in LUA_FLAGS:
+        assert f"-{name}" in out.stdout, name
+    text = " ".join(out.stdout.split())
+    assert "initial learning rate (default: 0.1)" in text and "(default: resnext_C)" in text
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["-dataset", "mnist"], "unknown dataset: mnist"),
+        (["-dataset", "imagenet"], "missing ImageNet data directory"),
+        (
+            ["-dataset", "imagenet", "-data", "/does/not/exist"],
+            "missing ImageNet data directory: /does/not/exist",
+        ),
+        (["-dataset", "cifar10", "-data", "/does/not/exist"], "data directory not found"),
+        (["-resetClassifier", "true"], "-nClasses required when resetClassifier is set"),
+        (
+            ["-shareGradInput", "true", "-optnet", "true"],
+            "cannot use both -shareGradInput and -optnet",
+        ),
+        (["-batchSize", "0"], "-batchSize must be positive"),
+        (["-batchSize", "-4"], "-batchSize must be positive"),
+        (["-nEpochs", "-1"], "-nEpochs must be positive"),
+        (["-batchSize", "12x"], "invalid int value: '12x'"),
+        (["-LR", "fast"], "invalid float value: 'fast'"),
+        (["-LR", "inf"], "invalid float value: 'inf'"),
+        (["-LR", "0"], "-LR must be positive"),
+        (["-testOnly", "maybe"], "expected true or false"),
+        (["-depthh", "50"], "unrecognized arguments: -depthh"),
+        (["-netType", "vgg"], "unknown netType: vgg"),
+        (["-precision", "quad"], "unknown precision: quad"),
+        (["-cudnn", "slow"], "unknown -cudnn slow"),
+        (["-memoryFormat", "nhwc"], "unknown -memoryFormat nhwc"),
+        (["-nThreads", "-1"], "-nThreads must not be negative"),
+        (["-resume", "/does/not/exist"], "-resume directory not found"),
+        (["-retrain", "/does/not/exist.pth"], "-retrain file not found"),
+        (["-optimState", "/does/not/exist.pth"], "-optimState file not found"),
+        (["-tenCrop", "true"], "-tenCrop is for ImageNet-style"),
+    ],
+)
+def test_bad_input_raises_a_usage_error_saying_what_to_fix(argv, message):
+    argv = argv if "-dataset" in argv else ["-dataset", "cifar10", *argv]
+    with pytest.raises(opts.UsageError, match=message.replace("(", r"\(").replace("*", r"\*")):
+        opts.parse(argv)
+
+
+def test_imagenet_needs_train_and_val_folders(tmp_path):
+    (tmp_path / "train").mkdir()
+    with pytest.raises(opts.UsageError, match="ImageNet missing `val` directory"):
+        opts.parse(["-data", str(tmp_path)])
+
+
+def test_ten_crop_needs_ten_images_per_batch(tmp_path):
+    (tmp_path / "train").mkdir(), (tmp_path / "val").mkdir()
+    with pytest.raises(opts.UsageError, match="at least 10"):
+        opts.parse(["-data", str(tmp_path), "-tenCrop", "true", "-batchSize", "8"])

@@ -1,0 +1,176 @@
+"""train.py against LUA_SPEC.md section 4: schedules, scores, the loop and its lines."""
+
+import pytest
+import torch
+from torch import nn
+
+import train
+
+
+@pytest.mark.parametrize(
+    ("epoch", "lr"),
+    [
+        (1, 0.1),
+        (30, 0.1),
+        (31, 0.01),
+        (60, 0.01),
+        (61, 0.001),
+        (90, 0.001),
+        (91, 1e-4),
+        (100, 1e-4),
+    ],
+)
+def test_imagenet_lr_drops_every_30_epochs(epoch, lr):
+    assert train.step_lr(epoch, 0.1) == pytest.approx(lr, rel=1e-12)
+
+
+@pytest.mark.parametrize(
+    ("epoch", "lr"), [(1, 0.1), (80, 0.1), (81, 0.01), (121, 0.01), (122, 0.001), (164, 0.001)]
+)
+def test_fb_cifar_lr_drops_at_81_and_122(epoch, lr):
+    assert train.milestone_lr(epoch, 0.1) == pytest.approx(lr, rel=1e-12)
+
+
+@pytest.mark.parametrize(
+    ("n_epochs", "first_drop", "second_drop"),
+    [(300, 148, 223), (164, 81, 122), (100, 50, 75), (200, 99, 149)],
+)
+def test_resnext_cifar_lr_drops_at_the_lua_boundaries(n_epochs, first_drop, second_drop):
+    lrs = {e: train.relative_lr(e, 0.1, n_epochs) for e in range(1, n_epochs + 1)}
+    assert lrs[first_drop - 1] == pytest.approx(0.1) and lrs[first_drop] == pytest.approx(0.01)
+    assert lrs[second_drop - 1] == pytest.approx(0.01) and lrs[second_drop] == pytest.approx(0.001)
+    assert lrs[n_epochs] == pytest.approx(0.001)
+
+
+def test_compute_score_against_hand_made_logits():
+    output = torch.tensor(
+        [
+            [9.0, 1, 2, 3, 4, 5, 6],  # target 0: top-1 hit
+            [1.0, 9, 8, 7, 6, 5, 0],  # target 5: rank 5, top-5 hit
+            [1.0, 9, 8, 7, 6, 5, 0],  # target 6: miss
+            [0.0, 1, 2, 3, 4, 5, 9],  # target 5: rank 2
+        ]
+    )
+    target = torch.tensor([0, 5, 6, 5])
+    top1, top5 = train.compute_score(output, target)
+    assert top1 == pytest.approx(75.0) and top5 == pytest.approx(25.0)
+
+
+def test_top5_is_guarded_below_five_classes():
+    output = torch.tensor([[0.1, 0.9], [0.8, 0.2], [0.3, 0.7]])
+    top1, top5 = train.compute_score(output, torch.tensor([1, 1, 1]))
+    assert top1 == pytest.approx(100 / 3) and top5 == 0.0
+
+
+def test_ten_crop_scores_sum_the_logits_of_each_image():
+    # Image 0: crops disagree, but the sum favours class 2; image 1: sum favours class 0.
+    crops0 = torch.zeros(10, 3)
+    crops0[:6, 1] = 1.0
+    crops0[6:, 2] = 2.0
+    crops1 = torch.zeros(10, 3)
+    crops1[:, 0] = 1.0
+    output = torch.cat([crops0, crops1])
+    top1, _ = train.compute_score(output, torch.tensor([2, 0]), n_crops=10)
+    assert top1 == 0.0
+    top1, _ = train.compute_score(output, torch.tensor([1, 0]), n_crops=10)
+    assert top1 == 50.0
+
+
+class Memorizer(nn.Module):
+    """A linear model over flattened pixels: enough to learn and to check the loop."""
+
+    def __init__(self, n_classes=3):
+        super().__init__()
+        self.fc = nn.Linear(3 * 4 * 4, n_classes)
+
+    def forward(self, x):
+        return self.fc(x.flatten(1))
+
+
+def make_trainer(model, lines, n_crops=1, lr=0.5):
+    optimizer = torch.optim.SGD(model.parameters(), lr=lr, momentum=0.9, nesterov=True)
+    return train.Trainer(
+        model,
+        nn.CrossEntropyLoss(),
+        optimizer,
+        lambda epoch: lr / epoch,
+        device=torch.device("cpu"),
+        n_crops=n_crops,
+        log=lines.append,
+    )
+
+
+def batches(images, labels, size):
+    return [(images[i : i + size], labels[i : i + size]) for i in range(0, len(labels), size)]
+
+
+def test_train_prints_the_lua_lines_and_sets_the_lr():
+    torch.manual_seed(0)
+    images, labels = torch.randn(10, 3, 4, 4), torch.tensor([0, 1, 2] * 3 + [0])
+    lines = []
+    trainer = make_trainer(Memorizer(), lines)
+    top1, top5, loss = trainer.train(2, batches(images, labels, 4))
+    assert trainer.optimizer.param_groups[0]["lr"] == 0.25
+    assert lines[0] == "=> Training epoch # 2"
+    assert len(lines) == 4
+    pattern = r" \| Epoch: \[2\]\[3/3\]    Time \d+\.\d{3}  Data \d+\.\d{3}  Err \d\.\d{4}  top1 [ \d]{3}\.\d{3}  top5 [ \d]{3}\.\d{3}"
+    assert __import__("re").fullmatch(pattern, lines[3])
+    assert 0 <= top1 <= 100 and top5 == 0.0 and loss > 0
+
+
+def test_training_learns_and_test_weights_errors_per_image():
+    torch.manual_seed(0)
+    images, labels = torch.randn(10, 3, 4, 4), torch.tensor([0, 1, 2] * 3 + [0])
+    lines = []
+    trainer = make_trainer(Memorizer(), lines, lr=0.2)
+    for _ in range(30):
+        trainer.train(1, batches(images, labels, 4))
+    lines.clear()
+    top1, top5 = trainer.test(7, batches(images, labels, 4))
+    assert top1 == 0.0 and top5 == 0.0
+    # With one wrong label in the partial last batch (2 images), the error is 1/10 per image.
+    wrong = labels.clone()
+    wrong[9] = 2 if trainer.model(images[9:]).argmax().item() != 2 else 1
+    lines.clear()
+    top1, _ = trainer.test(7, batches(images, wrong, 4))
+    assert top1 == pytest.approx(10.0)
+    assert lines[-1] == " * Finished epoch # 7     top1:  10.000  top5:   0.000\n"
+    assert lines[2].startswith(" | Test: [7][3/3]    Time ") and lines[2].endswith(
+        "top1  50.000 ( 10.000)  top5   0.000 (  0.000)"
+    )
+
+
+def test_ten_crop_batches_are_flattened_for_the_model():
+    torch.manual_seed(0)
+    lines = []
+    trainer = make_trainer(Memorizer(), lines, n_crops=10)
+    crops = torch.randn(2, 10, 3, 4, 4)
+    top1, _ = trainer.test(0, [(crops, torch.tensor([0, 1]))])
+    expected, _ = train.compute_score(trainer.model(crops.flatten(0, 1)), torch.tensor([0, 1]), 10)
+    assert top1 == expected
+
+
+def test_a_nan_loss_stops_training_with_a_message():
+    lines = []
+    trainer = make_trainer(Memorizer(), lines)
+    images = torch.full((2, 3, 4, 4), float("nan"))
+    with pytest.raises(FloatingPointError, match="lower -LR"):
+        trainer.train(1, [(images, torch.tensor([0, 1]))])
+
+
+def test_sgd_matches_the_lua_nesterov_update():
+    """optim.sgd: d = g + wd*x; buf = d (first) then mom*buf + d; x -= lr * (d + mom*buf)."""
+    torch.manual_seed(0)
+    x = torch.randn(5, requires_grad=True)
+    optimizer = torch.optim.SGD(
+        [x], lr=0.1, momentum=0.9, dampening=0, weight_decay=1e-4, nesterov=True
+    )
+    expected, buf = x.detach().clone(), None
+    for _ in range(3):
+        optimizer.zero_grad()
+        (x**2).sum().backward()
+        d = 2 * expected + 1e-4 * expected
+        buf = d.clone() if buf is None else 0.9 * buf + d
+        expected = expected - 0.1 * (d + 0.9 * buf)
+        optimizer.step()
+    torch.testing.assert_close(x.detach(), expected)
