@@ -101,7 +101,7 @@ def test_a_pickle_that_runs_code_is_refused(tmp_path):
 
     path = tmp_path / "evil.pth"
     with open(path, "wb") as handle:
-        pickle.dump(Exploit(), handle)
+        pickle.dump(Exploit(), handle, protocol=2)
     with pytest.raises(checkpoints.CheckpointError, match="evil.pth"):
         checkpoints.load_file(str(path))
 

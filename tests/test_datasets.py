@@ -231,3 +231,35 @@ def test_loaders_repeat_with_a_seed_and_keep_the_last_partial_batch(cifar10_root
     assert first == epoch_labels(0)
     assert first[:3] != first[3:]  # reshuffled every epoch
     assert first != epoch_labels(5)
+
+
+def test_offline_cifar_download_failure_says_where_the_files_go(tmp_path, monkeypatch):
+    import urllib.error
+
+    import torchvision
+
+    def offline(*args, **kwargs):
+        raise urllib.error.URLError("no network")
+
+    monkeypatch.setattr(torchvision.datasets, "CIFAR100", offline)
+    with pytest.raises(
+        datasets.DataError, match=r"cifar-100-python/ \(train, test\).*in -data or in"
+    ):
+        datasets.load("cifar100", "train", data="", gen=str(tmp_path / "gen"))
+
+
+def test_offline_fashion_mnist_download_failure_names_the_debian_package(tmp_path, monkeypatch):
+    import urllib.error
+
+    import torchvision
+
+    from datasets import fashionmnist
+
+    class Offline:
+        def __init__(self, root, train, download):
+            raise (urllib.error.URLError("no network") if download else RuntimeError("not found"))
+
+    monkeypatch.setattr(torchvision.datasets, "FashionMNIST", Offline)
+    monkeypatch.setattr(fashionmnist, "DEBIAN_DIR", str(tmp_path / "no-debian-files"))
+    with pytest.raises(datasets.DataError, match="apt-get install dataset-fashion-mnist"):
+        datasets.load("fashionmnist", "train", data="", gen=str(tmp_path / "gen"))
