@@ -1,5 +1,6 @@
-"""Checkpoint files (the Lua's checkpoints.lua): per-epoch model and optimizer state, a
-latest.pth pointer written last, and model_best.pth.
+"""Checkpoint files (the Lua's checkpoints.lua): per-epoch (and mid-epoch) model and
+optimizer files, model_best.pth, and the latest.pth pointer, written last, that also holds
+the epoch, iteration, best errors and the run's RNG state for an exact resume.
 
 Every file holds only tensors and primitives and is read with weights_only=True; the
 model is saved unwrapped (no 'module.' or '_orig_mod.' prefixes), so a bare model loads it.
@@ -7,6 +8,8 @@ model is saved unwrapped (no 'module.' or '_orig_mod.' prefixes), so a bare mode
 
 import os
 import pickle
+import re
+import signal
 import tempfile
 from collections.abc import Mapping
 
@@ -16,20 +19,20 @@ from torch import nn
 LATEST = "latest.pth"
 BEST = "model_best.pth"
 WRAPPER_PREFIXES = ("module.", "_orig_mod.")
+EPOCH_FILE = re.compile(r"^(model|optimState)_(\d+)(_iter\d+)?\.pth$")
+# Fault injection for the crash tests: SIGKILL this process just before the file of
+# this name is renamed into place, i.e. in the middle of writing a checkpoint.
+KILL_BEFORE_RENAME = "CHECKPOINT_KILL_BEFORE_RENAME"
 
 
 class CheckpointError(ValueError):
     """A checkpoint that is missing, broken or not ours; main prints one 'error:' line."""
 
 
-def model_file(epoch: int) -> str:
-    """File name of the model saved after `epoch`."""
-    return f"model_{epoch}.pth"
-
-
-def optim_file(epoch: int) -> str:
-    """File name of the optimizer state saved after `epoch`."""
-    return f"optimState_{epoch}.pth"
+def file_names(epoch: int, iteration: int = 0) -> tuple[str, str]:
+    """(model file, optimizer file) saved after `epoch`, or mid-epoch after `iteration`."""
+    suffix = f"{epoch}" if iteration == 0 else f"{epoch}_iter{iteration}"
+    return f"model_{suffix}.pth", f"optimState_{suffix}.pth"
 
 
 def unwrap(model: nn.Module) -> nn.Module:
@@ -53,6 +56,15 @@ def clean_state_dict(state_dict: Mapping[str, torch.Tensor]) -> dict[str, torch.
     return cleaned
 
 
+def fsync_directory(folder: str) -> None:
+    """Make renames in folder durable."""
+    handle = os.open(folder, os.O_RDONLY)
+    try:
+        os.fsync(handle)
+    finally:
+        os.close(handle)
+
+
 def atomic_save(obj, path: str) -> None:
     """torch.save to a temporary file in the same folder, fsync, then rename over path."""
     folder = os.path.dirname(os.path.abspath(path))
@@ -62,11 +74,14 @@ def atomic_save(obj, path: str) -> None:
             torch.save(obj, stream)
             stream.flush()
             os.fsync(stream.fileno())
+        if os.environ.get(KILL_BEFORE_RENAME) == os.path.basename(path):
+            os.kill(os.getpid(), signal.SIGKILL)
         os.replace(partial, path)
     except BaseException:
         if os.path.exists(partial):
             os.remove(partial)
         raise
+    fsync_directory(folder)
 
 
 def model_record(model: nn.Module, epoch: int, arch: dict, classes: list[str]) -> dict:
@@ -85,21 +100,46 @@ def save(
     classes: list[str],
     is_best: bool,
     best: tuple[float, float],
+    iteration: int = 0,
+    state: dict | None = None,
+    keep: int = 0,
 ) -> None:
-    """Write model_<epoch>.pth, optimState_<epoch>.pth, model_best.pth if best, latest.pth last."""
+    """Write the model and optimizer files (per epoch, or mid-epoch after `iteration`),
+    model_best.pth if best, then latest.pth last, so that a crash at any instant leaves
+    the previous consistent set; then drop files no longer needed (keep: last K epochs)."""
     record = model_record(model, epoch, arch, classes)
-    atomic_save(record, os.path.join(save_dir, model_file(epoch)))
-    atomic_save(optimizer_state, os.path.join(save_dir, optim_file(epoch)))
+    model_name, optim_name = file_names(epoch, iteration)
+    atomic_save(record, os.path.join(save_dir, model_name))
+    atomic_save(optimizer_state, os.path.join(save_dir, optim_name))
     if is_best:
         atomic_save(record, os.path.join(save_dir, BEST))
     latest_record = {
         "epoch": epoch,
-        "modelFile": model_file(epoch),
-        "optimFile": optim_file(epoch),
+        "iteration": iteration,
+        "modelFile": model_name,
+        "optimFile": optim_name,
         "bestTop1": best[0],
         "bestTop5": best[1],
+        "state": state or {},
     }
     atomic_save(latest_record, os.path.join(save_dir, LATEST))
+    prune(save_dir, {model_name, optim_name}, keep)
+
+
+def prune(save_dir: str, current: set[str], keep: int) -> None:
+    """Delete mid-epoch files other than `current`, and with keep > 0 the per-epoch files
+    of all but the newest `keep` epochs (never `current` nor model_best.pth)."""
+    epochs = {}
+    for name in os.listdir(save_dir):
+        match = EPOCH_FILE.match(name)
+        if match and name not in current:
+            epochs.setdefault((int(match.group(2)), bool(match.group(3))), []).append(name)
+    complete = sorted(epoch for epoch, mid in epochs if not mid)
+    stale = set(complete[:-keep]) if keep > 0 else set()
+    for (epoch, mid), names in epochs.items():
+        if mid or epoch in stale:
+            for name in names:
+                os.remove(os.path.join(save_dir, name))
 
 
 def load_file(path: str):
@@ -124,15 +164,19 @@ def latest(resume_dir: str) -> dict | None:
     record = load_file(pointer)
     if not isinstance(record, dict) or "modelFile" not in record:
         raise CheckpointError(f"{pointer} is not a latest.pth written by this tool")
-    model = load_file(os.path.join(resume_dir, record["modelFile"]))
-    optim_state = load_file(os.path.join(resume_dir, record["optimFile"]))
+    model_path = os.path.join(resume_dir, record["modelFile"])
+    model = load_file(model_path)
+    if not isinstance(model, dict) or "arch" not in model or "model" not in model:
+        raise CheckpointError(f"{model_path} is not a model file written by this tool")
     return {
         "epoch": record["epoch"],
+        "iteration": record.get("iteration", 0),
         "model": model,
-        "optimState": optim_state,
+        "optimState": load_file(os.path.join(resume_dir, record["optimFile"])),
         "bestTop1": record.get("bestTop1", float("inf")),
         "bestTop5": record.get("bestTop5", float("inf")),
-        "modelPath": os.path.join(resume_dir, record["modelFile"]),
+        "state": record.get("state", {}),
+        "modelPath": model_path,
     }
 
 

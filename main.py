@@ -1,8 +1,11 @@
 """Train or evaluate ResNet / PreResNet / ResNeXt: python main.py -dataset ... (see -h)."""
 
+import errno
 import json
 import math
 import os
+import random
+import signal
 import sys
 
 import torch
@@ -175,29 +178,95 @@ def write_options(opts, arch: dict) -> None:
         json.dump({**vars(opts), "arch": arch}, handle, indent=2)
 
 
-def train_epochs(opts, trainer, loaders, model, arch, classes, checkpoint) -> None:
-    """The Lua's epoch loop: train, test, remember the best top-1, save."""
-    train_loader, val_loader = loaders
-    start = checkpoint["epoch"] + 1 if checkpoint else opts.epochNumber
-    best = (checkpoint["bestTop1"], checkpoint["bestTop5"]) if checkpoint else (math.inf, math.inf)
-    for epoch in range(start, opts.nEpochs + 1):
-        trainer.train(epoch, train_loader)
-        top1, top5 = trainer.test(epoch, val_loader)
-        is_best = top1 < best[0]
-        if is_best:
-            best = (top1, top5)
-            print(" * Best model ", f"{top1:.14g}", f"{top5:.14g}", sep="\t")
+def rng_state() -> dict:
+    """The generators' states a resumed run restores (torch CPU, CUDA, Python)."""
+    state = {"torch": torch.get_rng_state(), "python": random.getstate()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def restore_rng_state(state: dict) -> None:
+    """Put back what rng_state() saved (parts absent on this machine are skipped)."""
+    if "torch" in state:
+        torch.set_rng_state(state["torch"])
+    if "python" in state:
+        random.setstate(state["python"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+class StopRequest:
+    """Remembers SIGTERM / SIGINT so that training saves and stops between iterations."""
+
+    def __init__(self):
+        self.signal_number = None
+
+    def install(self) -> None:
+        """Catch SIGTERM and SIGINT from now on."""
+        for number in (signal.SIGTERM, signal.SIGINT):
+            signal.signal(number, self.handle)
+
+    def handle(self, number, _frame) -> None:
+        self.signal_number = number
+
+    def __call__(self) -> bool:
+        return self.signal_number is not None
+
+
+class EpochLoop:
+    """The Lua's epoch loop (train, test, remember the best top-1, save) made resumable:
+    checkpoints every -checkpointEvery iterations and on SIGTERM / SIGINT."""
+
+    def __init__(self, opts, trainer, loaders, arch, classes, checkpoint):
+        self.opts, self.trainer, self.arch, self.classes = opts, trainer, arch, classes
+        self.train_loader, self.val_loader = loaders
+        self.stop = StopRequest()
+        self.best = (math.inf, math.inf)
+        self.epoch, self.start = opts.epochNumber, 0
+        if checkpoint:
+            self.best = (checkpoint["bestTop1"], checkpoint["bestTop5"])
+            finished = checkpoint["iteration"] == 0
+            self.epoch = checkpoint["epoch"] + (1 if finished else 0)
+            self.start = 0 if finished else checkpoint["iteration"]
+
+    def save(self, epoch: int, iteration: int = 0, is_best: bool = False) -> None:
+        """Checkpoint after `epoch` (iteration 0) or after an iteration inside it."""
         checkpoints.save(
-            opts.save,
-            epoch,
-            model,
-            trainer.optimizer.state_dict(),
-            arch=arch,
-            classes=classes,
-            is_best=is_best,
-            best=best,
-        )
-    print(f" * Finished top1: {best[0]:6.3f}  top5: {best[1]:6.3f}")
+            self.opts.save, epoch, self.trainer.model, self.trainer.optimizer.state_dict(),
+            arch=self.arch, classes=self.classes, is_best=is_best, best=self.best,
+            iteration=iteration, state={"rng": rng_state()}, keep=self.opts.keepCheckpoints,
+        )  # fmt: skip
+
+    def after_step(self, epoch: int, iteration: int) -> None:
+        """Periodic and requested mid-epoch checkpoints."""
+        every = self.opts.checkpointEvery
+        if self.stop() or (every and iteration % every == 0):
+            self.save(epoch, iteration)
+        if self.stop():
+            raise train.Interrupted(f"at epoch {epoch}, iteration {iteration}")
+
+    def run(self) -> None:
+        """Epochs from the start (or resume) point to -nEpochs."""
+        self.stop.install()
+        for epoch in range(self.epoch, self.opts.nEpochs + 1):
+            start, self.start = self.start, 0
+            self.train_loader.sampler.set_epoch(epoch, start * self.opts.batchSize)
+            self.trainer.train(epoch, self.train_loader, start=start, on_step=self.after_step)
+            self.val_loader.sampler.set_epoch(epoch)
+            try:
+                top1, top5 = self.trainer.test(epoch, self.val_loader, stop=self.stop)
+            except train.Interrupted:
+                self.save(epoch, len(self.train_loader))  # trained, not yet tested
+                raise
+            is_best = top1 < self.best[0]
+            if is_best:
+                self.best = (top1, top5)
+                print(" * Best model ", f"{top1:.14g}", f"{top5:.14g}", sep="\t")
+            self.save(epoch, is_best=is_best)
+            if self.stop():
+                raise train.Interrupted(f"after epoch {epoch}")
+        print(f" * Finished top1: {self.best[0]:6.3f}  top5: {self.best[1]:6.3f}")
 
 
 def run(opts) -> int:
@@ -215,6 +284,7 @@ def run(opts) -> int:
             print(f"=> No checkpoint in {opts.resume}: training starts from scratch")
         else:
             print(f"=> Loading checkpoint {os.path.join(opts.resume, checkpoints.LATEST)}")
+            restore_rng_state(checkpoint["state"].get("rng", {}))
     retrained = checkpoints.load_model_file(opts.retrain) if opts.retrain != "none" else None
     loaders = datasets.create_loaders(opts, pin_memory=device.type == "cuda")
     classes = list(loaders[0].dataset.classes)
@@ -240,8 +310,30 @@ def run(opts) -> int:
         print(f" * Results top1: {top1:6.3f}  top5: {top5:6.3f}")
         return 0
     write_options(opts, arch)
-    train_epochs(opts, trainer, loaders, model, arch, classes, checkpoint)
+    loop = EpochLoop(opts, trainer, loaders, arch, classes, checkpoint)
+    try:
+        loop.run()
+    except train.Interrupted as exc:
+        number = loop.stop.signal_number
+        print(
+            f"=> Stopped by {signal.Signals(number).name} {exc}; checkpoint saved."
+            f" Continue with -resume {opts.save}"
+        )
+        return 128 + number
     return 0
+
+
+def one_line(exc: BaseException) -> str:
+    """The message of exc on one line; for an error raised in a loader worker, its own."""
+    text = str(exc).strip()
+    if "Original Traceback" in text:  # DataLoader re-raises with the worker's traceback
+        last = text.splitlines()[-1]
+        text = last.split(": ", 1)[1] if ": " in last else last
+    if isinstance(exc, OSError) and exc.errno == errno.ENOSPC:
+        return (
+            f"no space left on device ({exc.filename or text}); the previous checkpoints are intact"
+        )
+    return " ".join(text.split())
 
 
 def main(argv=None) -> int:
@@ -249,13 +341,10 @@ def main(argv=None) -> int:
     try:
         return run(options.parse(argv))
     except (options.UsageError, ValueError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
+        print(f"error: {one_line(exc)}", file=sys.stderr)
         return 2
-    except FloatingPointError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 1
-    except OSError as exc:
-        print(f"error: {exc}", file=sys.stderr)
+    except (FloatingPointError, OSError) as exc:
+        print(f"error: {one_line(exc)}", file=sys.stderr)
         return 1
 
 

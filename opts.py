@@ -93,6 +93,9 @@ FLAGS = [
     ("optnet", lua_bool, False, "Use optnet to reduce memory usage"),
     ("resetClassifier", lua_bool, False, "Reset the fully connected layer for fine-tuning"),
     ("nClasses", int, 0, "Number of classes in the dataset (0: the dataset's own)"),
+    ("checkpointEvery", int, 0, "Also checkpoint every N iterations (0: once per epoch) (new)"),
+    ("keepCheckpoints", int, 0, "Keep the last K per-epoch checkpoints (0: all) (new)"),
+    ("skipCorrupt", lua_bool, False, "Skip unreadable images instead of stopping (new)"),
 ]
 
 
@@ -164,7 +167,9 @@ def validate(opts: argparse.Namespace) -> None:
     _check(opts.weightDecay >= 0, f"-weightDecay must not be negative, got {opts.weightDecay}")
     _check(opts.nThreads >= 0, f"-nThreads must not be negative, got {opts.nThreads}")
     _check(opts.nGPU >= 0, f"-nGPU must not be negative, got {opts.nGPU}")
-    _check(opts.nClasses >= 0, f"-nClasses must not be negative, got {opts.nClasses}")
+    for name in ("nClasses", "checkpointEvery", "keepCheckpoints"):
+        value = getattr(opts, name)
+        _check(value >= 0, f"-{name} must not be negative, got {value}")
     _check(not (opts.shareGradInput and opts.optnet), "cannot use both -shareGradInput and -optnet")
     _check(
         not opts.resetClassifier or opts.nClasses > 0,

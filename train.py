@@ -7,7 +7,12 @@ from collections.abc import Callable, Iterable
 import torch
 from torch import nn
 
-Batch = tuple[torch.Tensor, torch.Tensor]
+Batch = tuple[torch.Tensor, ...]  # (images, target) or (images, target, n_skipped)
+StepHook = Callable[[int, int], None]  # (epoch, iteration) after each SGD step
+
+
+class Interrupted(Exception):
+    """Raised by a hook or a stop request to end training early (the caller saves state)."""
 
 
 def step_lr(epoch: int, base_lr: float, every: int = 30) -> float:
@@ -38,6 +43,11 @@ def compute_score(
     top1 = 1.0 - correct[:, :1].sum().item() / batch
     top5 = 1.0 - correct.sum().item() / batch
     return top1 * 100, top5 * 100
+
+
+def skipped_in(batch: Batch) -> int:
+    """Samples the loader dropped from this batch (its optional third element)."""
+    return int(batch[2]) if len(batch) > 2 else 0
 
 
 class Trainer:
@@ -77,9 +87,9 @@ class Trainer:
             group["lr"] = lr
         return lr
 
-    def to_device(self, batch: Batch) -> Batch:
+    def to_device(self, batch: Batch) -> tuple[torch.Tensor, torch.Tensor]:
         """Input in the model's dtype and memory format, target as int64, on the device."""
-        images, target = batch
+        images, target = batch[0], batch[1]
         if images.dim() == 5:  # ten-crop: B x 10 x C x H x W -> (B*10) x C x H x W
             images = images.flatten(0, 1)
         images = images.to(self.device, self.dtype, non_blocking=True)
@@ -103,15 +113,26 @@ class Trainer:
         self.scaler.update()
         return output.detach(), loss.detach()
 
-    def train(self, epoch: int, loader: Iterable[Batch]) -> tuple[float, float, float]:
-        """One epoch; prints the Lua's line per iteration; returns mean top1, top5, loss."""
+    def train(
+        self,
+        epoch: int,
+        loader: Iterable[Batch],
+        *,
+        start: int = 0,
+        on_step: StepHook | None = None,
+    ) -> tuple[float, float, float]:
+        """One epoch from iteration start + 1 (a resumed epoch's loader yields the rest);
+        prints the Lua's line per iteration; returns mean top1, top5, loss."""
         self.set_learning_rate(epoch)
         self.log(f"=> Training epoch # {epoch}")
         self.model.train()
-        sums, n_seen, size = [0.0, 0.0, 0.0], 0, len(loader)
+        sums, n_seen, skipped, size = [0.0, 0.0, 0.0], 0, 0, start + len(loader)
         timer = data_timer = time.perf_counter()
-        for n, batch in enumerate(loader, 1):
+        for n, batch in enumerate(loader, start + 1):
             data_time = time.perf_counter() - data_timer
+            skipped += skipped_in(batch)
+            if len(batch[1]) == 0:
+                continue  # every image of this batch was unreadable and skipped
             images, target = self.to_device(batch)
             output, loss = self.step(images, target)
             loss_value = loss.item()  # sync point: the line below prints it
@@ -129,18 +150,35 @@ class Trainer:
                 f" | Epoch: [{epoch}][{n}/{size}]    Time {elapsed:.3f}  Data {data_time:.3f}"
                 f"  Err {loss_value:1.4f}  top1 {top1:7.3f}  top5 {top5:7.3f}"
             )
+            if on_step is not None:
+                on_step(epoch, n)
             timer = data_timer = time.perf_counter()
+        self.report_skipped(skipped)
         return tuple(s / max(n_seen, 1) for s in sums)
 
+    def report_skipped(self, skipped: int) -> None:
+        """Say how many unreadable samples the loader dropped this pass."""
+        if skipped:
+            self.log(f" | skipped {skipped} unreadable images")
+
     @torch.no_grad()
-    def test(self, epoch: int, loader: Iterable[Batch]) -> tuple[float, float]:
-        """Evaluate; per-image errors over the whole split, partial batches included."""
+    def test(
+        self, epoch: int, loader: Iterable[Batch], *, stop: Callable[[], bool] | None = None
+    ) -> tuple[float, float]:
+        """Evaluate; per-image errors over the whole split, partial batches included.
+        Raises Interrupted between batches once stop() is true."""
         self.model.eval()
         top1_sum = top5_sum = 0.0
-        n_seen, size = 0, len(loader)
+        n_seen, skipped, size = 0, 0, len(loader)
         timer = data_timer = time.perf_counter()
         for n, batch in enumerate(loader, 1):
+            if stop is not None and stop():
+                self.model.train()
+                raise Interrupted(f"stopped while testing epoch {epoch}")
             data_time = time.perf_counter() - data_timer
+            skipped += skipped_in(batch)
+            if len(batch[1]) == 0:
+                continue  # every image of this batch was unreadable and skipped
             images, target = self.to_device(batch)
             output = self.forward(images).float()
             top1, top5 = compute_score(output, target, self.n_crops)
@@ -156,6 +194,7 @@ class Trainer:
             )
             timer = data_timer = time.perf_counter()
         self.model.train()
+        self.report_skipped(skipped)
         top1, top5 = top1_sum / max(n_seen, 1), top5_sum / max(n_seen, 1)
         self.log(f" * Finished epoch # {epoch}     top1: {top1:7.3f}  top5: {top5:7.3f}\n")
         return top1, top5

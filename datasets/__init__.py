@@ -2,23 +2,26 @@
 
 import os
 
-import torch
 from torch.utils.data import DataLoader, Dataset
 
 from datasets import cifar, fashionmnist, imagenet
 from datasets.cifar import DataError
+from datasets.sampler import EpochSampler, ignore_interrupts
 
-__all__ = ["DataError", "create", "create_loaders", "make_loader"]
+__all__ = ["DataError", "EpochSampler", "create", "create_loaders", "make_loader"]
 
 
-def load(name: str, split: str, *, data: str, gen: str, ten_crop: bool = False) -> Dataset:
+def load(
+    name: str, split: str, *, data: str, gen: str, ten_crop: bool = False, skip_corrupt=False
+) -> Dataset:
     """The train or val split of dataset `name`; the result has .classes."""
     if name in cifar.FOLDERS:
         return cifar.load(name, split, data, gen)
     if name == "fashionmnist":
         return fashionmnist.load(split, data, gen)
     if name == "imagenet":
-        return imagenet.load(split, data, os.path.join(gen, f"{name}.json"), ten_crop)
+        cache = os.path.join(gen, f"{name}.json")
+        return imagenet.load(split, data, cache, ten_crop, skip_corrupt)
     raise DataError(f"unknown dataset: {name}")
 
 
@@ -30,23 +33,28 @@ def make_loader(
     seed: int,
     pin_memory: bool = False,
 ) -> DataLoader:
-    """Reshuffled every epoch from a seeded generator, last partial batch kept."""
-    generator = torch.Generator().manual_seed(seed)
+    """Batches in the EpochSampler's order (reshuffled each epoch), last partial batch kept."""
+    collate = imagenet.collate_skipping if isinstance(dataset, imagenet.ImageFolder) else None
     return DataLoader(
         dataset,
         batch_size=batch_size,
-        shuffle=True,  # the Lua permutes the val set too; harmless, and kept
+        # The Lua permutes the val set too; harmless, and kept.
+        sampler=EpochSampler(len(dataset), seed),
         drop_last=False,
         num_workers=workers,
         pin_memory=pin_memory,
         persistent_workers=workers > 0,
-        generator=generator,
+        collate_fn=collate,
+        worker_init_fn=ignore_interrupts if workers > 0 else None,
     )
 
 
 def create(opts, split: str) -> Dataset:
     """Adapter from the parsed options to load()."""
-    return load(opts.dataset, split, data=opts.data, gen=opts.gen, ten_crop=opts.tenCrop)
+    return load(
+        opts.dataset, split, data=opts.data, gen=opts.gen, ten_crop=opts.tenCrop,
+        skip_corrupt=opts.skipCorrupt,
+    )  # fmt: skip
 
 
 def create_loaders(opts, pin_memory: bool = False) -> tuple[DataLoader, DataLoader]:

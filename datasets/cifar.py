@@ -11,6 +11,7 @@ import pickle
 import torch
 
 from datasets import transforms as T
+from datasets.sampler import split_item
 
 MEANSTD = {
     "cifar10": ((125.3, 123.0, 113.9), (63.0, 62.1, 66.7)),
@@ -52,11 +53,12 @@ class ArrayImageDataset(torch.utils.data.Dataset):
     def __len__(self) -> int:
         return len(self.labels)
 
-    def __getitem__(self, index: int) -> tuple[torch.Tensor, int]:
+    def __getitem__(self, item) -> tuple[torch.Tensor, int]:
+        index, generator = split_item(item)
         image = self.images[index].float()
         if image.shape[0] == 1:
             image = image.expand(3, -1, -1)  # greyscale data feeds the 3-channel networks
-        return self.transform(image), int(self.labels[index])
+        return self.transform(image, generator), int(self.labels[index])
 
 
 def small_image_transform(mean, std, train: bool, size: int) -> T.Transform:

@@ -10,10 +10,11 @@ import os
 
 import torch
 from PIL import Image, UnidentifiedImageError
-from torchvision.transforms.v2 import functional as TF
+from torch.utils.data import default_collate
 
 from datasets import transforms as T
 from datasets.cifar import DataError
+from datasets.sampler import split_item
 
 EXTENSIONS = (".jpg", ".jpeg", ".png", ".ppm", ".bmp")
 MEANSTD = ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225))
@@ -46,9 +47,11 @@ def list_images(split_dir: str, classes: list[str]) -> list[tuple[str, int]]:
             continue
         if entry.name not in index:
             raise DataError(f"class not found in train/: {entry.name} (in {split_dir})")
-        for name in sorted(os.listdir(entry.path), key=str.encode):
-            if name.lower().endswith(EXTENSIONS):
-                samples.append((f"{entry.name}/{name}", index[entry.name]))
+        names = [n for n in os.listdir(entry.path) if n.lower().endswith(EXTENSIONS)]
+        if not names:
+            print(f"warning: no images in {entry.path}")
+        for name in sorted(names, key=str.encode):
+            samples.append((f"{entry.name}/{name}", index[entry.name]))
     if not samples:
         raise DataError(f"no images ({', '.join(EXTENSIONS)}) found under {split_dir}")
     return samples
@@ -95,26 +98,42 @@ def load_rgb(path: str) -> Image.Image:
 
 
 class ImageFolder(torch.utils.data.Dataset):
-    """Images listed in an index, decoded with PIL and transformed on the fly."""
+    """Images listed in an index, decoded with PIL and transformed on the fly.
 
-    def __init__(self, root: str, samples: list, classes: list[str], transform):
+    With skip_corrupt, an unreadable image yields None, which collate_skipping drops
+    and counts; otherwise it raises DataError naming the file.
+    """
+
+    def __init__(self, root: str, samples: list, classes: list[str], transform, skip_corrupt=False):
         self.root = root
         self.samples = samples
         self.classes = classes
         self.transform = transform
+        self.skip_corrupt = skip_corrupt
 
     def __len__(self) -> int:
         return len(self.samples)
 
-    def __getitem__(self, index: int) -> tuple[torch.Tensor, int]:
+    def __getitem__(self, item) -> tuple[torch.Tensor, int] | None:
+        index, generator = split_item(item)
         relative, label = self.samples[index]
-        image = load_rgb(os.path.join(self.root, relative))
-        return self.transform(image), label
+        try:
+            image = load_rgb(os.path.join(self.root, relative))
+        except DataError:
+            if self.skip_corrupt:
+                return None
+            raise
+        return self.transform(image, generator), label
 
 
-def to_tensor(image: Image.Image) -> torch.Tensor:
-    """PIL image -> float C x H x W in [0, 1]."""
-    return TF.to_dtype(TF.pil_to_tensor(image), torch.float32, scale=True)
+def collate_skipping(samples: list) -> tuple[torch.Tensor, torch.Tensor, int]:
+    """Stack the readable samples; the third element counts the skipped ones."""
+    kept = [sample for sample in samples if sample is not None]
+    skipped = len(samples) - len(kept)
+    if not kept:
+        return torch.empty(0), torch.empty(0, dtype=torch.int64), skipped
+    images, labels = default_collate(kept)
+    return images, labels, skipped
 
 
 def train_transform(size: int = 224):
@@ -122,7 +141,7 @@ def train_transform(size: int = 224):
     return T.Compose(
         [
             T.RandomSizedCrop(size),
-            to_tensor,
+            T.ToTensor(),
             T.ColorJitter(brightness=0.4, contrast=0.4, saturation=0.4),
             T.Lighting(0.1, PCA_EIGVAL, PCA_EIGVEC),
             T.ColorNormalize(*MEANSTD),
@@ -134,12 +153,15 @@ def train_transform(size: int = 224):
 def val_transform(ten_crop: bool, size: int = 224, scale: int = 256):
     """Scale 256, normalise, then CenterCrop 224 or TenCrop 224."""
     crop = T.TenCrop(size) if ten_crop else T.CenterCrop(size)
-    return T.Compose([T.Scale(scale), to_tensor, T.ColorNormalize(*MEANSTD), crop])
+    return T.Compose([T.Scale(scale), T.ToTensor(), T.ColorNormalize(*MEANSTD), crop])
 
 
-def load(split: str, data: str, cache_path: str, ten_crop: bool = False) -> ImageFolder:
+def load(
+    split: str, data: str, cache_path: str, ten_crop: bool = False, skip_corrupt: bool = False
+) -> ImageFolder:
     """The train or val split of a class-per-folder dataset."""
     index = cached_index(data, cache_path)
     transform = train_transform() if split == "train" else val_transform(ten_crop)
     samples = [tuple(sample) for sample in index[split]]
-    return ImageFolder(os.path.join(data, split), samples, index["classes"], transform)
+    folder = os.path.join(data, split)
+    return ImageFolder(folder, samples, index["classes"], transform, skip_corrupt)

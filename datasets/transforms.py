@@ -1,8 +1,10 @@
 """The Lua's datasets/transforms.lua: the same random draws and the same arithmetic.
 
-Tensors are C x H x W floats. Randomness comes from torch's global generator, which the
-DataLoader seeds per worker, so a fixed -manualSeed repeats a run. Resizing uses PIL's
-bicubic filter (antialiased) instead of Torch's non-antialiased kernel.
+Tensors are C x H x W floats. Every transform is called as transform(x, generator): the
+random ones draw from that torch.Generator (None: the global one). The datasets seed one
+generator per sample from the run's seed, the epoch and the sample's position, so a run
+repeats exactly, whatever the number of loader workers and wherever it was resumed.
+Resizing uses PIL's bicubic filter (antialiased) instead of Torch's non-antialiased kernel.
 """
 
 import math
@@ -10,19 +12,21 @@ from collections.abc import Callable, Sequence
 
 import torch
 from PIL import Image
+from torchvision.transforms.v2 import functional as TF
 
-Transform = Callable[[torch.Tensor], torch.Tensor]
+Generator = torch.Generator | None
+Transform = Callable[..., torch.Tensor]
 GRAY_WEIGHTS = (0.299, 0.587, 0.114)  # the Lua's grayscale, not torchvision's 0.2989
 
 
-def uniform(low: float, high: float) -> float:
-    """torch.uniform(low, high) from the global generator."""
-    return low + (high - low) * torch.rand(()).item()
+def uniform(low: float, high: float, generator: Generator = None) -> float:
+    """torch.uniform(low, high)."""
+    return low + (high - low) * torch.rand((), generator=generator).item()
 
 
-def randint_inclusive(low: int, high: int) -> int:
+def randint_inclusive(low: int, high: int, generator: Generator = None) -> int:
     """torch.random(low, high): an integer in [low, high], both ends included."""
-    return int(torch.randint(low, high + 1, ()).item())
+    return int(torch.randint(low, high + 1, (), generator=generator).item())
 
 
 class Compose:
@@ -31,9 +35,9 @@ class Compose:
     def __init__(self, transforms: Sequence[Callable]):
         self.transforms = list(transforms)
 
-    def __call__(self, x):
+    def __call__(self, x, generator: Generator = None):
         for transform in self.transforms:
-            x = transform(x)
+            x = transform(x, generator)
         return x
 
 
@@ -44,7 +48,7 @@ class ColorNormalize:
         self.mean = torch.tensor(mean).view(-1, 1, 1)
         self.std = torch.tensor(std).view(-1, 1, 1)
 
-    def __call__(self, image: torch.Tensor) -> torch.Tensor:
+    def __call__(self, image: torch.Tensor, generator: Generator = None) -> torch.Tensor:
         return (image - self.mean) / self.std
 
 
@@ -61,7 +65,7 @@ class Scale:
     def __init__(self, size: int):
         self.size = size
 
-    def __call__(self, image: Image.Image) -> Image.Image:
+    def __call__(self, image: Image.Image, generator: Generator = None) -> Image.Image:
         width, height = image.size
         if min(width, height) == self.size:
             return image
@@ -79,7 +83,7 @@ class CenterCrop:
     def __init__(self, size: int):
         self.size = size
 
-    def __call__(self, image: torch.Tensor) -> torch.Tensor:
+    def __call__(self, image: torch.Tensor, generator: Generator = None) -> torch.Tensor:
         x1, y1 = center_offsets(image.shape[-1], image.shape[-2], self.size)
         return image[..., y1 : y1 + self.size, x1 : x1 + self.size]
 
@@ -90,7 +94,7 @@ class TenCrop:
     def __init__(self, size: int):
         self.size = size
 
-    def __call__(self, image: torch.Tensor) -> torch.Tensor:
+    def __call__(self, image: torch.Tensor, generator: Generator = None) -> torch.Tensor:
         s = self.size
         height, width = image.shape[-2:]
         crops = []
@@ -108,12 +112,12 @@ class RandomCrop:
         self.size = size
         self.padding = padding
 
-    def __call__(self, image: torch.Tensor) -> torch.Tensor:
+    def __call__(self, image: torch.Tensor, generator: Generator = None) -> torch.Tensor:
         if self.padding > 0:
             image = torch.nn.functional.pad(image, [self.padding] * 4)
         height, width = image.shape[-2:]
-        x1 = randint_inclusive(0, width - self.size)
-        y1 = randint_inclusive(0, height - self.size)
+        x1 = randint_inclusive(0, width - self.size, generator)
+        y1 = randint_inclusive(0, height - self.size, generator)
         return image[..., y1 : y1 + self.size, x1 : x1 + self.size]
 
 
@@ -123,8 +127,8 @@ class HorizontalFlip:
     def __init__(self, prob: float):
         self.prob = prob
 
-    def __call__(self, image: torch.Tensor) -> torch.Tensor:
-        return image.flip(-1) if uniform(0, 1) < self.prob else image
+    def __call__(self, image: torch.Tensor, generator: Generator = None) -> torch.Tensor:
+        return image.flip(-1) if uniform(0, 1, generator) < self.prob else image
 
 
 class RandomSizedCrop:
@@ -134,24 +138,26 @@ class RandomSizedCrop:
     def __init__(self, size: int):
         self.size = size
 
-    def crop_box(self, width: int, height: int) -> tuple[int, int, int, int] | None:
+    def crop_box(
+        self, width: int, height: int, generator: Generator = None
+    ) -> tuple[int, int, int, int] | None:
         """(x1, y1, w, h) of the crop, or None when all 10 tries fail."""
         area = width * height
         for _ in range(10):
-            target_area = uniform(0.08, 1.0) * area
-            aspect_ratio = uniform(3 / 4, 4 / 3)
+            target_area = uniform(0.08, 1.0, generator) * area
+            aspect_ratio = uniform(3 / 4, 4 / 3, generator)
             w = math.floor(math.sqrt(target_area * aspect_ratio) + 0.5)
             h = math.floor(math.sqrt(target_area / aspect_ratio) + 0.5)
-            if uniform(0, 1) < 0.5:
+            if uniform(0, 1, generator) < 0.5:
                 w, h = h, w
             if h <= height and w <= width:
-                y1 = randint_inclusive(0, height - h)
-                x1 = randint_inclusive(0, width - w)
+                y1 = randint_inclusive(0, height - h, generator)
+                x1 = randint_inclusive(0, width - w, generator)
                 return x1, y1, w, h
         return None
 
-    def __call__(self, image: Image.Image) -> Image.Image:
-        box = self.crop_box(*image.size)
+    def __call__(self, image: Image.Image, generator: Generator = None) -> Image.Image:
+        box = self.crop_box(*image.size, generator)
         if box is None:
             scaled = Scale(self.size)(image)
             x1, y1 = center_offsets(*scaled.size, self.size)
@@ -182,10 +188,10 @@ class ColorJitter:
         ]
         self.jitters = [(var, other) for var, other in jitters if var != 0]
 
-    def __call__(self, image: torch.Tensor) -> torch.Tensor:
-        for index in torch.randperm(len(self.jitters)).tolist():
+    def __call__(self, image: torch.Tensor, generator: Generator = None) -> torch.Tensor:
+        for index in torch.randperm(len(self.jitters), generator=generator).tolist():
             var, other = self.jitters[index]
-            image = blend(image, other(image), 1.0 + uniform(-var, var))
+            image = blend(image, other(image), 1.0 + uniform(-var, var, generator))
         return image
 
 
@@ -197,9 +203,16 @@ class Lighting:
         self.eigval = torch.tensor(eigval)
         self.eigvec = torch.tensor(eigvec)
 
-    def __call__(self, image: torch.Tensor) -> torch.Tensor:
+    def __call__(self, image: torch.Tensor, generator: Generator = None) -> torch.Tensor:
         if self.alphastd == 0:
             return image
-        alpha = torch.empty(3).normal_(0, self.alphastd)
+        alpha = torch.empty(3).normal_(0, self.alphastd, generator=generator)
         rgb = (self.eigvec * alpha.view(1, 3) * self.eigval.view(1, 3)).sum(1)
         return image + rgb.view(3, 1, 1)
+
+
+class ToTensor:
+    """PIL image -> float C x H x W in [0, 1]."""
+
+    def __call__(self, image: Image.Image, generator: Generator = None) -> torch.Tensor:
+        return TF.to_dtype(TF.pil_to_tensor(image), torch.float32, scale=True)

@@ -218,19 +218,48 @@ def test_cifar_reader_refuses_pickles_that_run_code(tmp_path):
         cifar.read_batch(str(folder / "test_batch"), "labels")
 
 
+def epoch_batches(loader, epoch, start=0):
+    loader.sampler.set_epoch(epoch, start)
+    return [(batch[0].clone(), batch[1].tolist()) for batch in loader]
+
+
 def test_loaders_repeat_with_a_seed_and_keep_the_last_partial_batch(cifar10_root):
     train = datasets.load("cifar10", "train", data=cifar10_root, gen="unused")
 
-    def epoch_labels(seed):
-        torch.manual_seed(seed)
+    def two_epochs(seed):
         loader = datasets.make_loader(train, 8, workers=0, seed=seed)
-        return [batch[1].tolist() for batch in loader] + [batch[1].tolist() for batch in loader]
+        return [labels for e in (1, 2) for _, labels in epoch_batches(loader, e)]
 
-    first = epoch_labels(0)
+    first = two_epochs(0)
     assert [len(b) for b in first] == [8, 8, 4] * 2
-    assert first == epoch_labels(0)
+    assert first == two_epochs(0)
     assert first[:3] != first[3:]  # reshuffled every epoch
-    assert first != epoch_labels(5)
+    assert first != two_epochs(5)
+
+
+def test_augmentation_does_not_depend_on_workers_or_history(cifar10_root):
+    train = datasets.load("cifar10", "train", data=cifar10_root, gen="unused")
+    in_process = datasets.make_loader(train, 6, workers=0, seed=3)
+    with_workers = datasets.make_loader(train, 6, workers=2, seed=3)
+    reference = epoch_batches(in_process, 2)
+    torch.manual_seed(123)  # the global generator plays no part
+    for (a, labels_a), (b, labels_b) in zip(reference, epoch_batches(with_workers, 2), strict=True):
+        assert labels_a == labels_b and torch.equal(a, b)
+    # Resuming epoch 2 after its first batch yields exactly the remaining batches.
+    resumed = epoch_batches(in_process, 2, start=6)
+    assert len(resumed) == len(reference) - 1
+    for (a, labels_a), (b, labels_b) in zip(reference[1:], resumed, strict=True):
+        assert labels_a == labels_b and torch.equal(a, b)
+
+
+def test_epoch_sampler_pairs_every_index_once_with_a_seed():
+    sampler = datasets.EpochSampler(10, seed=0)
+    sampler.set_epoch(4)
+    pairs = list(sampler)
+    assert sorted(index for index, _ in pairs) == list(range(10))
+    assert len({seed for _, seed in pairs}) == 10
+    sampler.set_epoch(4, start=7)
+    assert list(sampler) == pairs[7:] and len(sampler) == 3
 
 
 def test_offline_cifar_download_failure_says_where_the_files_go(tmp_path, monkeypatch):
