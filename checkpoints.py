@@ -127,18 +127,21 @@ def save(
 
 
 def prune(save_dir: str, current: set[str], keep: int) -> None:
-    """Delete mid-epoch files other than `current`, and with keep > 0 the per-epoch files
-    of all but the newest `keep` epochs (never `current` nor model_best.pth)."""
+    """Delete partial files, mid-epoch files other than `current`, and with keep > 0 the
+    per-epoch files of all but the newest `keep` epochs (never `current` nor model_best)."""
     epochs = {}
     for name in os.listdir(save_dir):
+        if name.startswith(".partial-"):  # left by a process killed while writing
+            os.remove(os.path.join(save_dir, name))
+            continue
         match = EPOCH_FILE.match(name)
-        if match and name not in current:
+        if match:
             epochs.setdefault((int(match.group(2)), bool(match.group(3))), []).append(name)
     complete = sorted(epoch for epoch, mid in epochs if not mid)
     stale = set(complete[:-keep]) if keep > 0 else set()
     for (epoch, mid), names in epochs.items():
         if mid or epoch in stale:
-            for name in names:
+            for name in set(names) - current:
                 os.remove(os.path.join(save_dir, name))
 
 

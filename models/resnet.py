@@ -22,6 +22,7 @@ IMAGENET_STAGES = {
 IMAGENET_PLANES = (64, 128, 256, 512)
 CIFAR_PLANES = (16, 32, 64)
 SHORTCUT_TYPES = ("A", "B", "C")
+MAX_CIFAR_DEPTH = 10_000  # far past ResNet-1202; guards against building a huge model by typo
 
 # (stage index, in channels, stride, index within the stage) -> block with .out_channels
 BlockFactory = Callable[[int, int, int, int], nn.Module]
@@ -222,8 +223,11 @@ def init_weights(model: nn.Module) -> None:
 
 def check_cifar_depth(depth: int, per_stage: int, examples: str) -> int:
     """Blocks per stage n for a CIFAR depth of the form per_stage*n + 2, else ValueError."""
-    if depth < per_stage + 2 or (depth - 2) % per_stage:
-        raise ValueError(f"CIFAR depth must be {per_stage}n+2 (e.g. {examples}); got {depth}")
+    if depth < per_stage + 2 or (depth - 2) % per_stage or depth > MAX_CIFAR_DEPTH:
+        raise ValueError(
+            f"CIFAR depth must be {per_stage}n+2 up to {MAX_CIFAR_DEPTH} (e.g. {examples});"
+            f" got {depth}"
+        )
     return (depth - 2) // per_stage
 
 

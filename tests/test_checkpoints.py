@@ -121,3 +121,38 @@ def test_failed_write_leaves_no_partial_file(tmp_path):
     with pytest.raises(OSError, match="disk full"):
         checkpoints.atomic_save({"x": Unsaveable()}, str(tmp_path / "latest.pth"))
     assert os.listdir(tmp_path) == []
+
+
+def test_a_full_disk_keeps_the_previous_checkpoint_set(tmp_path, monkeypatch):
+    import errno
+
+    model = tiny_model()
+    save_epoch(tmp_path, model, 1, is_best=True)
+    before = {n: (tmp_path / n).read_bytes() for n in os.listdir(tmp_path)}
+    real_save = torch.save
+
+    def disk_full_on_optimizer_file(obj, stream, *args, **kwargs):
+        if isinstance(obj, dict) and "param_groups" in obj:
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return real_save(obj, stream, *args, **kwargs)
+
+    monkeypatch.setattr(torch, "save", disk_full_on_optimizer_file)
+    with pytest.raises(OSError) as failure:
+        save_epoch(tmp_path, model, 2, is_best=True)
+    assert failure.value.errno == errno.ENOSPC
+    monkeypatch.undo()
+    assert checkpoints.latest(str(tmp_path))["epoch"] == 1
+    for name, content in before.items():
+        assert (tmp_path / name).read_bytes() == content  # model_best.pth too
+    assert not any(n.startswith(".partial-") for n in os.listdir(tmp_path))
+
+
+def test_prune_keeps_current_best_and_the_newest_epochs(tmp_path):
+    names = ["model_1.pth", "optimState_1.pth", "model_2.pth", "optimState_2.pth",
+             "model_3_iter5.pth", "optimState_3_iter5.pth", "model_3_iter9.pth",
+             "optimState_3_iter9.pth", "model_best.pth", "opts.json", ".partial-x"]  # fmt: skip
+    for name in names:
+        (tmp_path / name).write_bytes(b"x")
+    checkpoints.prune(str(tmp_path), {"model_3_iter9.pth", "optimState_3_iter9.pth"}, keep=1)
+    assert sorted(os.listdir(tmp_path)) == ["model_2.pth", "model_3_iter9.pth", "model_best.pth",
+                                            "optimState_2.pth", "optimState_3_iter9.pth", "opts.json"]  # fmt: skip

@@ -333,6 +333,7 @@ def test_outputs_at_the_lua_input_sizes_equal_fixed_pooling(args, size, kernel):
         (("resnext", 34, "imagenet"), {}, "50, 101, 152"),
         (("resnet", 21, "cifar10"), {}, "6n+2"),
         (("resnext", 30, "cifar10"), {}, "9n+2"),
+        (("resnet", 6 * 10**9 + 2, "cifar10"), {}, "up to 10000"),
         (("resnet", 200, "imagenet"), {}, "18, 34, 50, 101, 152"),
         (("preresnet", 20, "imagenet"), {}, "18, 34, 50, 101, 152, 200"),
         (("resnet", 50, "imagenet"), {"shortcutType": "A"}, "use B or C"),

@@ -3,7 +3,9 @@
 import subprocess
 import sys
 
+import hypothesis
 import pytest
+from hypothesis import strategies as st
 
 import opts
 
@@ -159,3 +161,32 @@ def test_ten_crop_needs_ten_images_per_batch(tmp_path):
     (tmp_path / "train").mkdir(), (tmp_path / "val").mkdir()
     with pytest.raises(opts.UsageError, match="at least 10"):
         opts.parse(["-data", str(tmp_path), "-tenCrop", "true", "-batchSize", "8"])
+
+
+FLAG_NAMES = [f"-{name}" for name, *_ in opts.FLAGS] + ["--depth", "-h2", "--", "-", "-LR"]
+TOKENS = st.one_of(
+    st.sampled_from(FLAG_NAMES),
+    st.sampled_from(["true", "false", "0", "-1", "1e309", "nan", "cifar10", "imagenet", "A", ""]),
+    st.text(max_size=8),
+    st.integers(-(10**6), 10**6).map(str),
+    st.floats(allow_nan=True, allow_infinity=True).map(str),
+)
+
+
+@hypothesis.settings(max_examples=300, deadline=None)
+@hypothesis.given(st.lists(TOKENS, max_size=8))
+def test_any_argument_list_gives_options_or_a_usage_error(argv):
+    try:
+        parsed = opts.parse(argv)
+    except opts.UsageError as exc:
+        assert str(exc) and "\n" not in str(exc)
+        return
+    assert parsed.batchSize > 0 and parsed.nEpochs > 0 and parsed.dataset in opts.DATASETS
+
+
+def test_main_turns_a_usage_error_into_exit_2_and_one_line(capsys):
+    import main
+
+    assert main.main(["-dataset", "cifar10", "-batchSize", "0"]) == 2
+    err = capsys.readouterr().err
+    assert err == "error: -batchSize must be positive, got 0\n"

@@ -1,0 +1,239 @@
+"""Crash safety (issue: never lose a run): kills at any instant, signals, bad data, NaNs."""
+
+import os
+import random
+import re
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+import torch
+from PIL import Image
+
+import checkpoints
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+# ResNet-8 on the 20 real CIFAR-10 images: 5 iterations an epoch, checkpoints every 2.
+FLAGS = "-dataset cifar10 -netType resnet -depth 8 -batchSize 4 -nEpochs 3 -manualSeed 5 -checkpointEvery 2"
+
+
+def command(data, save, threads, extra=()):
+    flags = [*FLAGS.split(), "-nThreads", str(threads), *extra]
+    return [
+        sys.executable,
+        os.path.join(ROOT, "main.py"),
+        *flags,
+        "-data",
+        data,
+        "-save",
+        str(save),
+    ]
+
+
+def final_weights(save):
+    return torch.load(os.path.join(save, "model_3.pth"), weights_only=True)["model"]
+
+
+def assert_bitwise_equal(a, b):
+    assert a.keys() == b.keys()
+    for key in a:
+        assert torch.equal(a[key], b[key]), key
+
+
+@pytest.fixture(scope="module", params=[0, 2], ids=["nThreads0", "nThreads2"])
+def reference(request, cifar10_root, tmp_path_factory):
+    """An uninterrupted run: (threads, final weights)."""
+    save = tmp_path_factory.mktemp("reference")
+    done = subprocess.run(
+        command(cifar10_root, save, request.param), capture_output=True, text=True
+    )
+    assert done.returncode == 0, done.stderr
+    return request.param, final_weights(save)
+
+
+def run_killed_inside_write(data, save, threads, file_name):
+    env = {**os.environ, checkpoints.KILL_BEFORE_RENAME: file_name}
+    done = subprocess.run(
+        command(data, save, threads, ["-resume", str(save)]), env=env, capture_output=True
+    )
+    assert done.returncode == -signal.SIGKILL
+    assert any(n.startswith(".partial-") for n in os.listdir(save))  # died mid-write
+
+
+def run_killed_after(data, save, threads, seconds):
+    process = subprocess.Popen(
+        command(data, save, threads, ["-resume", str(save)]), stdout=subprocess.DEVNULL
+    )
+    try:
+        process.wait(timeout=seconds)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait()
+
+
+def test_killed_runs_resume_to_bitwise_the_same_weights(reference, cifar10_root, tmp_path):
+    threads, expected = reference
+    save = tmp_path / "save"
+    save.mkdir()
+    run_killed_inside_write(cifar10_root, save, threads, "model_1_iter4.pth")
+    assert checkpoints.latest(str(save))["iteration"] == 2  # the previous set is the one loaded
+    run_killed_inside_write(cifar10_root, save, threads, "latest.pth")  # its first latest write
+    run_killed_inside_write(cifar10_root, save, threads, "optimState_2.pth")
+    rng = random.Random(threads)
+    for _ in range(3):
+        run_killed_after(cifar10_root, save, threads, rng.uniform(3.0, 6.0))
+    done = subprocess.run(
+        command(cifar10_root, save, threads, ["-resume", str(save)]), capture_output=True, text=True
+    )
+    assert done.returncode == 0, done.stderr
+    assert_bitwise_equal(final_weights(save), expected)
+    assert not any(n.startswith(".partial-") or "_iter" in n for n in os.listdir(save))
+
+
+def test_sigterm_saves_within_seconds_and_resume_continues_at_that_iteration(
+    reference, cifar10_root, tmp_path
+):
+    threads, expected = reference
+    save = tmp_path / "save"
+    process = subprocess.Popen(
+        command(cifar10_root, save, threads, ["-nEpochs", "3"]), stdout=subprocess.PIPE, text=True
+    )
+    for line in process.stdout:
+        if line.startswith(" | Epoch: [2][3/5]"):
+            process.send_signal(signal.SIGTERM)
+            sent = time.monotonic()
+            break
+    rest = process.stdout.read()
+    assert process.wait(timeout=30) == 128 + signal.SIGTERM
+    assert time.monotonic() - sent < 10
+    # The signal lands during iteration 3 or a later one; training stops right after it.
+    stopped = re.search(
+        r"=> Stopped by SIGTERM at epoch (\d), iteration (\d); checkpoint saved", rest
+    )
+    epoch, iteration = int(stopped.group(1)), int(stopped.group(2))
+    assert (epoch, 3) <= (epoch, iteration) and epoch == 2
+    found = checkpoints.latest(str(save))
+    assert (found["epoch"], found["iteration"]) == (epoch, iteration)
+    resumed = subprocess.run(
+        command(cifar10_root, save, threads, ["-resume", str(save)]), capture_output=True, text=True
+    )
+    assert resumed.returncode == 0, resumed.stderr
+    first_line = next(line for line in resumed.stdout.splitlines() if line.startswith(" | Epoch"))
+    assert first_line.startswith(f" | Epoch: [2][{iteration + 1}/5]")
+    assert_bitwise_equal(final_weights(save), expected)
+
+
+def test_keep_checkpoints_keeps_the_last_k_epochs_and_the_best(cifar10_root, tmp_path):
+    save = tmp_path / "save"
+    done = subprocess.run(command(cifar10_root, save, 0, ["-nEpochs", "4", "-keepCheckpoints", "2"]),
+                          capture_output=True, text=True)  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    names = sorted(n for n in os.listdir(save) if n.endswith(".pth"))
+    assert names == ["latest.pth", "model_3.pth", "model_4.pth", "model_best.pth",
+                     "optimState_3.pth", "optimState_4.pth"]  # fmt: skip
+
+
+def test_nan_loss_stops_before_saving_and_keeps_the_last_good_checkpoint(cifar10_root, tmp_path):
+    save = tmp_path / "save"
+    first = subprocess.run(
+        command(cifar10_root, save, 0, ["-nEpochs", "1"]), capture_output=True, text=True
+    )
+    assert first.returncode == 0, first.stderr
+    before = torch.load(save / "latest.pth", weights_only=True)
+    exploded = subprocess.run(
+        command(cifar10_root, save, 0, ["-resume", str(save), "-LR", "1e30", "-checkpointEvery", "1"]),
+        capture_output=True, text=True,
+    )  # fmt: skip
+    assert exploded.returncode == 1
+    assert exploded.stderr.startswith("error: loss is") and "try a lower -LR" in exploded.stderr
+    bad = int(re.search(r"at epoch 2, iteration (\d+)", exploded.stderr).group(1))
+    after = checkpoints.latest(str(save))
+    # The last checkpoint is the step before the bad one: nothing of the bad step was saved.
+    expected = (2, bad - 1) if bad > 1 else (before["epoch"], before["iteration"])
+    assert (after["epoch"], after["iteration"]) == expected
+    assert all(
+        torch.isfinite(v).all() for v in after["model"]["model"].values() if v.is_floating_point()
+    )
+
+
+@pytest.fixture
+def folder_with_bad_images(jpeg_root, tmp_path):
+    """A copy of the JPEG tree plus a truncated JPEG, an empty file and a fake PNG in train/."""
+    root = tmp_path / "data"
+    for split in ("train", "val"):
+        for cls in os.listdir(os.path.join(jpeg_root, split)):
+            (root / split / cls).mkdir(parents=True)
+            for name in os.listdir(os.path.join(jpeg_root, split, cls)):
+                data = open(os.path.join(jpeg_root, split, cls, name), "rb").read()
+                (root / split / cls / name).write_bytes(data)
+    real = next((root / "train" / "apple").iterdir()).read_bytes()
+    (root / "train" / "apple" / "truncated.jpg").write_bytes(real[: len(real) // 3])
+    (root / "train" / "apple" / "empty.jpg").write_bytes(b"")
+    (root / "train" / "banana" / "fake.png").write_text("not an image")
+    return root
+
+
+def folder_command(root, tmp_path, threads, extra=()):
+    flags = "-dataset imagenet -netType resnet -depth 18 -batchSize 6 -nEpochs 1 -LR 0.01"
+    return [sys.executable, os.path.join(ROOT, "main.py"), *flags.split(), "-nThreads", str(threads),
+            "-data", str(root), "-save", str(tmp_path / "save"), "-gen", str(tmp_path / "gen"), *extra]  # fmt: skip
+
+
+@pytest.mark.parametrize("threads", [0, 2])
+def test_a_corrupt_image_stops_with_one_line_naming_it(folder_with_bad_images, tmp_path, threads):
+    done = subprocess.run(
+        folder_command(folder_with_bad_images, tmp_path, threads), capture_output=True, text=True
+    )
+    assert done.returncode == 2
+    lines = done.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: cannot read image "), done.stderr
+    assert any(name in lines[0] for name in ("truncated.jpg", "empty.jpg", "fake.png"))
+
+
+def test_skip_corrupt_counts_the_skipped_images(folder_with_bad_images, tmp_path):
+    done = subprocess.run(folder_command(folder_with_bad_images, tmp_path, 2, ["-skipCorrupt", "true"]),
+                          capture_output=True, text=True)  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    assert " | skipped 3 unreadable images" in done.stdout
+
+
+def test_grey_cmyk_palette_and_alpha_images_load_as_rgb(foolbox_data, tmp_path):
+    from datasets.imagenet import load_rgb
+
+    source = Image.open(os.path.join(foolbox_data, "imagenet_00_243.jpg"))
+    variants = {
+        "grey.png": source.convert("L"),
+        "cmyk.jpg": source.convert("CMYK"),
+        "palette.png": source.convert("P"),
+        "alpha.png": source.convert("RGBA"),
+        "grey_alpha.png": source.convert("LA"),
+    }
+    for name, image in variants.items():
+        image.save(tmp_path / name)
+        loaded = load_rgb(str(tmp_path / name))
+        assert loaded.mode == "RGB" and loaded.size == source.size, name
+
+
+def test_empty_class_folder_is_a_warning(tmp_path, capsys):
+    from datasets.imagenet import build_index
+
+    for split in ("train", "val"):
+        (tmp_path / split / "cat").mkdir(parents=True)
+        Image.new("RGB", (8, 8)).save(tmp_path / split / "cat" / "a.jpg")
+    (tmp_path / "train" / "dog").mkdir()
+    index = build_index(str(tmp_path))
+    assert index["classes"] == ["cat", "dog"]
+    assert f"warning: no images in {tmp_path}/train/dog" in capsys.readouterr().out
+
+
+def test_garbage_latest_file_is_named_and_nothing_changes(cifar10_root, tmp_path):
+    save = tmp_path / "save"
+    save.mkdir()
+    (save / "latest.pth").write_bytes(b"\x80\x02garbage")
+    done = subprocess.run(
+        command(cifar10_root, save, 0, ["-resume", str(save)]), capture_output=True, text=True
+    )
+    assert done.returncode == 2 and "latest.pth" in done.stderr and "Traceback" not in done.stderr
+    assert os.listdir(save) == ["latest.pth"]
