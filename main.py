@@ -235,7 +235,8 @@ class EpochLoop:
         checkpoints.save(
             self.opts.save, epoch, self.trainer.model, self.trainer.optimizer.state_dict(),
             arch=self.arch, classes=self.classes, is_best=is_best, best=self.best,
-            iteration=iteration, state={"rng": rng_state()}, keep=self.opts.keepCheckpoints,
+            iteration=iteration, keep=self.opts.keepCheckpoints,
+            state={"rng": rng_state(), "scaler": self.trainer.scaler.state_dict()},
         )  # fmt: skip
 
     def after_step(self, epoch: int, iteration: int) -> None:
@@ -251,9 +252,9 @@ class EpochLoop:
         self.stop.install()
         for epoch in range(self.epoch, self.opts.nEpochs + 1):
             start, self.start = self.start, 0
-            self.train_loader.sampler.set_epoch(epoch, start * self.opts.batchSize)
+            datasets.set_epoch(self.train_loader, epoch, start * self.opts.batchSize)
             self.trainer.train(epoch, self.train_loader, start=start, on_step=self.after_step)
-            self.val_loader.sampler.set_epoch(epoch)
+            datasets.set_epoch(self.val_loader, epoch)
             try:
                 top1, top5 = self.trainer.test(epoch, self.val_loader, stop=self.stop)
             except train.Interrupted:
@@ -286,7 +287,7 @@ def run(opts) -> int:
             print(f"=> Loading checkpoint {os.path.join(opts.resume, checkpoints.LATEST)}")
             restore_rng_state(checkpoint["state"].get("rng", {}))
     retrained = checkpoints.load_model_file(opts.retrain) if opts.retrain != "none" else None
-    loaders = datasets.create_loaders(opts, pin_memory=device.type == "cuda")
+    loaders = datasets.create_loaders(opts, device)
     classes = list(loaders[0].dataset.classes)
     model, arch = build_model(opts, classes, checkpoint, retrained)
     check_classes(model, classes)
@@ -305,6 +306,8 @@ def run(opts) -> int:
         dtype=dtype,
         autocast_dtype=autocast_dtype,
     )
+    if checkpoint and checkpoint["state"].get("scaler"):
+        trainer.scaler.load_state_dict(checkpoint["state"]["scaler"])  # fp16 loss scale
     if opts.testOnly:
         top1, top5 = trainer.test(0, loaders[1])
         print(f" * Results top1: {top1:6.3f}  top5: {top5:6.3f}")

@@ -2,13 +2,23 @@
 
 import os
 
+import torch
 from torch.utils.data import DataLoader, Dataset
 
 from datasets import cifar, fashionmnist, imagenet
-from datasets.cifar import DataError
+from datasets.cifar import ArrayImageDataset, DataError
+from datasets.memory import InMemoryLoader
 from datasets.sampler import EpochSampler, ignore_interrupts
 
-__all__ = ["DataError", "EpochSampler", "create", "create_loaders", "make_loader"]
+__all__ = [
+    "DataError",
+    "EpochSampler",
+    "InMemoryLoader",
+    "create",
+    "create_loaders",
+    "make_loader",
+    "set_epoch",
+]
 
 
 def load(
@@ -57,11 +67,29 @@ def create(opts, split: str) -> Dataset:
     )  # fmt: skip
 
 
-def create_loaders(opts, pin_memory: bool = False) -> tuple[DataLoader, DataLoader]:
-    """Train and val loaders; with -tenCrop the val batch is floor(batchSize / 10) images."""
+def set_epoch(loader, epoch: int, start: int = 0) -> None:
+    """Select epoch's sample order, beginning at sample `start`, for either loader kind."""
+    target = loader if isinstance(loader, InMemoryLoader) else loader.sampler
+    target.set_epoch(epoch, start)
+
+
+def in_memory_loader(dataset, batch_size: int, seed: int, train: bool, device) -> InMemoryLoader:
+    """Whole-batch loader for an ArrayImageDataset, augmenting on `device`."""
+    return InMemoryLoader(dataset, batch_size, seed=seed, train=train, mean=dataset.mean,
+                          std=dataset.std, device=device)  # fmt: skip
+
+
+def create_loaders(opts, device: torch.device) -> tuple:
+    """Train and val loaders: in memory for CIFAR / Fashion-MNIST, DataLoader workers for
+    folders; with -tenCrop the val batch is floor(batchSize / 10) images."""
     train_set, val_set = create(opts, "train"), create(opts, "val")
+    if isinstance(train_set, ArrayImageDataset):
+        return (
+            in_memory_loader(train_set, opts.batchSize, opts.manualSeed, True, device),
+            in_memory_loader(val_set, opts.batchSize, opts.manualSeed + 1, False, device),
+        )
     n_crops = 10 if opts.tenCrop else 1
-    kwargs = {"workers": opts.nThreads, "pin_memory": pin_memory}
+    kwargs = {"workers": opts.nThreads, "pin_memory": device.type == "cuda"}
     train = make_loader(train_set, opts.batchSize, seed=opts.manualSeed, **kwargs)
     val = make_loader(val_set, opts.batchSize // n_crops, seed=opts.manualSeed + 1, **kwargs)
     return train, val

@@ -44,11 +44,12 @@ class DataError(ValueError):
 class ArrayImageDataset(torch.utils.data.Dataset):
     """uint8 images N x C x H x W in memory, transformed one by one into 3-channel floats."""
 
-    def __init__(self, images, labels, classes: list[str], transform: T.Transform):
+    def __init__(self, images, labels, classes: list[str], transform: T.Transform, meanstd):
         self.images = images
         self.labels = labels
         self.classes = classes
         self.transform = transform
+        self.mean, self.std = meanstd  # for whole-batch augmentation (datasets.memory)
 
     def __len__(self) -> int:
         return len(self.labels)
@@ -147,4 +148,4 @@ def load(dataset: str, split: str, data: str, gen: str) -> ArrayImageDataset:
     labels = torch.cat([p[1] for p in parts])
     mean, std = MEANSTD[dataset]
     transform = small_image_transform(mean, std, split == "train", 32)
-    return ArrayImageDataset(images, labels, class_names(dataset, folder), transform)
+    return ArrayImageDataset(images, labels, class_names(dataset, folder), transform, (mean, std))

@@ -82,4 +82,5 @@ def load(split: str, data: str, gen: str) -> ArrayImageDataset:
     dataset = read(gen, train=split == "train")
     images = dataset.data.unsqueeze(1).to(torch.uint8)
     transform = small_image_transform(MEAN, STD, split == "train", 28)
-    return ArrayImageDataset(images, dataset.targets.long(), list(dataset.classes), transform)
+    labels, classes = dataset.targets.long(), list(dataset.classes)
+    return ArrayImageDataset(images, labels, classes, transform, (MEAN, STD))

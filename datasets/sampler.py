@@ -36,7 +36,7 @@ class EpochSampler(Sampler):
         self.start = start
 
     def __len__(self) -> int:
-        return self.size - self.start
+        return max(self.size - self.start, 0)  # start passes the end after the last batch
 
     def __iter__(self):
         generator = epoch_generator(self.seed, self.epoch)

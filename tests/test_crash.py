@@ -15,25 +15,25 @@ from PIL import Image
 import checkpoints
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-# ResNet-8 on the 20 real CIFAR-10 images: 5 iterations an epoch, checkpoints every 2.
+# ResNet-8 on the 20 real CIFAR-10 images (in-memory loader): 5 iterations an epoch.
 FLAGS = "-dataset cifar10 -netType resnet -depth 8 -batchSize 4 -nEpochs 3 -manualSeed 5 -checkpointEvery 2"
+# ResNet-18 on the 15 + 5 real ImageNet JPEGs (DataLoader with 2 workers): 4 iterations an epoch.
+FOLDER_FLAGS = "-dataset imagenet -netType resnet -depth 18 -batchSize 4 -nEpochs 2 -manualSeed 5 -checkpointEvery 2 -LR 0.01"
+# config -> (flags, loader workers, final epoch, files to die inside of, random kills)
+CONFIGS = {
+    "cifar-in-memory": (FLAGS, 0, 3, ["model_1_iter4.pth", "latest.pth", "optimState_2.pth"], 3),
+    "folder-2-workers": (FOLDER_FLAGS, 2, 2, ["model_1_iter4.pth", "optimState_1.pth"], 1),
+}
 
 
-def command(data, save, threads, extra=()):
-    flags = [*FLAGS.split(), "-nThreads", str(threads), *extra]
-    return [
-        sys.executable,
-        os.path.join(ROOT, "main.py"),
-        *flags,
-        "-data",
-        data,
-        "-save",
-        str(save),
-    ]
+def command(data, save, threads, extra=(), flags=FLAGS):
+    options = [*flags.split(), "-nThreads", str(threads), *extra]
+    return [sys.executable, os.path.join(ROOT, "main.py"), *options, "-data", data, "-save", str(save),
+            "-gen", f"{save}-gen"]  # fmt: skip
 
 
-def final_weights(save):
-    return torch.load(os.path.join(save, "model_3.pth"), weights_only=True)["model"]
+def final_weights(save, epoch=3):
+    return torch.load(os.path.join(save, f"model_{epoch}.pth"), weights_only=True)["model"]
 
 
 def assert_bitwise_equal(a, b):
@@ -42,30 +42,30 @@ def assert_bitwise_equal(a, b):
         assert torch.equal(a[key], b[key]), key
 
 
-@pytest.fixture(scope="module", params=[0, 2], ids=["nThreads0", "nThreads2"])
-def reference(request, cifar10_root, tmp_path_factory):
-    """An uninterrupted run: (threads, final weights)."""
+@pytest.fixture(scope="module", params=list(CONFIGS))
+def reference(request, cifar10_root, jpeg_root, tmp_path_factory):
+    """An uninterrupted run: (command maker, config, final weights)."""
+    flags, threads, last_epoch, _, _ = CONFIGS[request.param]
+    data = cifar10_root if flags is FLAGS else jpeg_root
+
+    def make(save, extra=()):
+        return command(data, save, threads, extra, flags)
+
     save = tmp_path_factory.mktemp("reference")
-    done = subprocess.run(
-        command(cifar10_root, save, request.param), capture_output=True, text=True
-    )
+    done = subprocess.run(make(save), capture_output=True, text=True)
     assert done.returncode == 0, done.stderr
-    return request.param, final_weights(save)
+    return make, CONFIGS[request.param], final_weights(save, last_epoch)
 
 
-def run_killed_inside_write(data, save, threads, file_name):
+def run_killed_inside_write(make, save, file_name):
     env = {**os.environ, checkpoints.KILL_BEFORE_RENAME: file_name}
-    done = subprocess.run(
-        command(data, save, threads, ["-resume", str(save)]), env=env, capture_output=True
-    )
+    done = subprocess.run(make(save, ["-resume", str(save)]), env=env, capture_output=True)
     assert done.returncode == -signal.SIGKILL
     assert any(n.startswith(".partial-") for n in os.listdir(save))  # died mid-write
 
 
-def run_killed_after(data, save, threads, seconds):
-    process = subprocess.Popen(
-        command(data, save, threads, ["-resume", str(save)]), stdout=subprocess.DEVNULL
-    )
+def run_killed_after(make, save, seconds):
+    process = subprocess.Popen(make(save, ["-resume", str(save)]), stdout=subprocess.DEVNULL)
     try:
         process.wait(timeout=seconds)
     except subprocess.TimeoutExpired:
@@ -73,56 +73,49 @@ def run_killed_after(data, save, threads, seconds):
         process.wait()
 
 
-def test_killed_runs_resume_to_bitwise_the_same_weights(reference, cifar10_root, tmp_path):
-    threads, expected = reference
+def test_killed_runs_resume_to_bitwise_the_same_weights(reference, tmp_path):
+    make, (_, threads, last_epoch, kill_files, random_kills), expected = reference
     save = tmp_path / "save"
     save.mkdir()
-    run_killed_inside_write(cifar10_root, save, threads, "model_1_iter4.pth")
+    run_killed_inside_write(make, save, kill_files[0])
     assert checkpoints.latest(str(save))["iteration"] == 2  # the previous set is the one loaded
-    run_killed_inside_write(cifar10_root, save, threads, "latest.pth")  # its first latest write
-    run_killed_inside_write(cifar10_root, save, threads, "optimState_2.pth")
+    for name in kill_files[1:]:
+        run_killed_inside_write(make, save, name)
     rng = random.Random(threads)
-    for _ in range(3):
-        run_killed_after(cifar10_root, save, threads, rng.uniform(3.0, 6.0))
-    done = subprocess.run(
-        command(cifar10_root, save, threads, ["-resume", str(save)]), capture_output=True, text=True
-    )
+    for _ in range(random_kills):
+        run_killed_after(make, save, rng.uniform(3.0, 6.0))
+    done = subprocess.run(make(save, ["-resume", str(save)]), capture_output=True, text=True)
     assert done.returncode == 0, done.stderr
-    assert_bitwise_equal(final_weights(save), expected)
+    assert_bitwise_equal(final_weights(save, last_epoch), expected)
     assert not any(n.startswith(".partial-") or "_iter" in n for n in os.listdir(save))
 
 
-def test_sigterm_saves_within_seconds_and_resume_continues_at_that_iteration(
-    reference, cifar10_root, tmp_path
-):
-    threads, expected = reference
+def test_sigterm_saves_within_seconds_and_resume_continues_at_that_iteration(reference, tmp_path):
+    make, (_, _, last_epoch, _, _), expected = reference
     save = tmp_path / "save"
-    process = subprocess.Popen(
-        command(cifar10_root, save, threads, ["-nEpochs", "3"]), stdout=subprocess.PIPE, text=True
-    )
+    process = subprocess.Popen(make(save), stdout=subprocess.PIPE, text=True)
     for line in process.stdout:
-        if line.startswith(" | Epoch: [2][3/5]"):
+        if line.startswith(" | Epoch: [2][2/"):
             process.send_signal(signal.SIGTERM)
             sent = time.monotonic()
+            total = int(re.match(r" \| Epoch: \[2\]\[2/(\d+)\]", line).group(1))
             break
     rest = process.stdout.read()
     assert process.wait(timeout=30) == 128 + signal.SIGTERM
     assert time.monotonic() - sent < 10
-    # The signal lands during iteration 3 or a later one; training stops right after it.
-    stopped = re.search(
-        r"=> Stopped by SIGTERM at epoch (\d), iteration (\d); checkpoint saved", rest
-    )
-    epoch, iteration = int(stopped.group(1)), int(stopped.group(2))
-    assert (epoch, 3) <= (epoch, iteration) and epoch == 2
+    # The signal lands during iteration 2 or a later one; training stops right after it.
+    stopped = re.search(r"=> Stopped by SIGTERM (at epoch 2, iteration (\d)|after epoch 2)", rest)
+    iteration = int(stopped.group(2) or 0)
     found = checkpoints.latest(str(save))
-    assert (found["epoch"], found["iteration"]) == (epoch, iteration)
-    resumed = subprocess.run(
-        command(cifar10_root, save, threads, ["-resume", str(save)]), capture_output=True, text=True
-    )
+    assert (found["epoch"], found["iteration"]) == (2, iteration)
+    resumed = subprocess.run(make(save, ["-resume", str(save)]), capture_output=True, text=True)
     assert resumed.returncode == 0, resumed.stderr
-    first_line = next(line for line in resumed.stdout.splitlines() if line.startswith(" | Epoch"))
-    assert first_line.startswith(f" | Epoch: [2][{iteration + 1}/5]")
-    assert_bitwise_equal(final_weights(save), expected)
+    first_line = next(
+        (line for line in resumed.stdout.splitlines() if line.startswith(" | Epoch")), ""
+    )
+    if 0 < iteration < total:
+        assert first_line.startswith(f" | Epoch: [2][{iteration + 1}/{total}]")
+    assert_bitwise_equal(final_weights(save, last_epoch), expected)
 
 
 def test_keep_checkpoints_keeps_the_last_k_epochs_and_the_best(cifar10_root, tmp_path):

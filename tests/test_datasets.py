@@ -260,6 +260,8 @@ def test_epoch_sampler_pairs_every_index_once_with_a_seed():
     assert len({seed for _, seed in pairs}) == 10
     sampler.set_epoch(4, start=7)
     assert list(sampler) == pairs[7:] and len(sampler) == 3
+    sampler.set_epoch(4, start=12)  # resumed after a partial last batch of 10 samples
+    assert list(sampler) == [] and len(sampler) == 0
 
 
 def test_offline_cifar_download_failure_says_where_the_files_go(tmp_path, monkeypatch):

@@ -1,0 +1,85 @@
+"""Whole-batch loading and augmentation for the in-memory datasets (CIFAR, Fashion-MNIST).
+
+The uint8 images stay in one tensor (on the training device when it is a GPU). Each batch
+is gathered, converted and augmented as a whole: normalise, flip, zero-pad (the mean
+colour, as the Lua pads after normalising) and crop, with the Lua's distribution: flips
+with p = 0.5 and crop offsets uniform over 0..2*padding, per image. The epoch's order,
+flips and offsets are drawn at once from the (seed, epoch) generator, so an epoch resumed
+at batch k yields exactly the batches k+1.. of the uninterrupted run.
+"""
+
+import math
+
+import torch
+from torch.nn import functional as F
+
+from datasets.sampler import epoch_generator
+
+
+def augment_batch(
+    images: torch.Tensor,
+    mean: torch.Tensor,
+    std: torch.Tensor,
+    flips: torch.Tensor,
+    offsets: torch.Tensor,
+    padding: int,
+) -> torch.Tensor:
+    """Normalise, flip where flips is true, pad, and crop each image at its (y, x) offset."""
+    batch, _, height, width = images.shape
+    images = (images - mean) / std
+    images = torch.where(flips.view(-1, 1, 1, 1), images.flip(-1), images)
+    padded = F.pad(images, [padding] * 4).permute(0, 2, 3, 1)  # B x H' x W' x C
+    rows = offsets[:, 0:1] + torch.arange(height, device=images.device)  # B x H
+    cols = offsets[:, 1:2] + torch.arange(width, device=images.device)  # B x W
+    which = torch.arange(batch, device=images.device).view(-1, 1, 1)
+    return padded[which, rows.unsqueeze(2), cols.unsqueeze(1)].permute(0, 3, 1, 2)
+
+
+class InMemoryLoader:
+    """Iterates (images, labels) batches of an ArrayImageDataset, augmented on `device`."""
+
+    def __init__(self, dataset, batch_size: int, *, seed: int, train: bool, mean, std,
+                 padding: int = 4, device: torch.device | str = "cpu"):  # fmt: skip
+        self.dataset = dataset  # keeps .classes reachable as for a DataLoader
+        self.device = torch.device(device)
+        self.images = dataset.images.to(self.device)
+        self.labels = dataset.labels.to(self.device)
+        self.batch_size = batch_size
+        self.seed = seed
+        self.train = train
+        self.padding = padding if train else 0
+        self.mean = torch.tensor(mean, device=self.device).view(1, -1, 1, 1)
+        self.std = torch.tensor(std, device=self.device).view(1, -1, 1, 1)
+        self.epoch, self.start = 1, 0
+
+    def set_epoch(self, epoch: int, start: int = 0) -> None:
+        """Use epoch's order and draws, beginning at sample `start`."""
+        self.epoch, self.start = epoch, start
+
+    def __len__(self) -> int:
+        return math.ceil(max(len(self.labels) - self.start, 0) / self.batch_size)
+
+    def draws(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """The epoch's (order, flips, offsets), one entry per position in the epoch."""
+        generator = epoch_generator(self.seed, self.epoch)
+        size = len(self.labels)
+        order = torch.randperm(size, generator=generator)
+        flips = torch.rand(size, generator=generator) < 0.5
+        offsets = torch.randint(0, 2 * self.padding + 1, (size, 2), generator=generator)
+        return order, flips, offsets
+
+    def __iter__(self):
+        order, flips, offsets = (t.to(self.device) for t in self.draws())
+        for first in range(self.start, len(order), self.batch_size):
+            index = order[first : first + self.batch_size]
+            images = self.images[index].float()
+            if images.shape[1] == 1:
+                images = images.expand(-1, 3, -1, -1)  # greyscale feeds 3-channel networks
+            if not self.train:
+                yield (images - self.mean) / self.std, self.labels[index]
+                continue
+            part = slice(first, first + self.batch_size)
+            batch = augment_batch(
+                images, self.mean, self.std, flips[part], offsets[part], self.padding
+            )
+            yield batch, self.labels[index]
