@@ -1,0 +1,219 @@
+"""Training speed on this machine, as ratios measured in one run (PERF.md's targets).
+
+  python scripts/benchmark.py [--model resnet20|resnet18|resnext50] [--batch N] [--steps N]
+
+Each measurement runs in a fresh process (clean peak RSS, no shared caches) and reports
+the median img/s over --steps timed iterations after --warmup ones:
+  bare      model + SGD on synthetic tensors already in memory (the ceiling)
+  trainer   the tool's Trainer on the in-memory loader (whole-batch augmentation)
+  pipeline  the in-memory augmentation alone, on one thread
+  baseline  what pytorch/examples does: fp32, contiguous, per-image torchvision
+            transforms in a 2-worker DataLoader
+"""
+
+import argparse
+import json
+import os
+import resource
+import statistics
+import subprocess
+import sys
+import time
+
+import torch
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)
+
+import models  # noqa: E402
+import train  # noqa: E402
+from datasets.cifar import ArrayImageDataset  # noqa: E402
+from datasets.memory import InMemoryLoader  # noqa: E402
+
+MODELS = {  # name -> (create() arguments, image size)
+    "resnet20": (("resnet", 20, "cifar10"), 32),
+    "resnet18": (("resnet", 18, "imagenet"), 224),
+    "resnext50": (("resnext", 50, "imagenet", {"cardinality": 32, "baseWidth": 4}), 64),
+}
+LAYOUTS = {"channels_last": torch.channels_last, "contiguous": torch.contiguous_format}
+PRECISIONS = {"fp32": None, "bf16": torch.bfloat16}
+MEAN, STD = (125.3, 123.0, 113.9), (63.0, 62.1, 66.7)
+
+
+def build(name: str):
+    """The model and its input size."""
+    args, size = MODELS[name]
+    kwargs = args[3] if len(args) > 3 else {}
+    torch.manual_seed(0)
+    return models.create(*args[:3], **kwargs), size
+
+
+def synthetic_dataset(n: int, size: int, n_classes: int) -> ArrayImageDataset:
+    """Random uint8 images with labels, shaped as an in-memory dataset."""
+    generator = torch.Generator().manual_seed(0)
+    images = torch.randint(0, 256, (n, 3, size, size), dtype=torch.uint8, generator=generator)
+    labels = torch.randint(0, n_classes, (n,), generator=generator)
+    classes = [str(i) for i in range(n_classes)]
+    return ArrayImageDataset(images, labels, classes, None, (MEAN, STD))
+
+
+def timed(step, warmup: int, steps: int) -> float:
+    """Median seconds per call of step() after warmup calls."""
+    for _ in range(warmup):
+        step()
+    times = []
+    for _ in range(steps):
+        start = time.perf_counter()
+        step()
+        times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
+def measure_bare(model, size, batch, layout, precision, warmup, steps) -> float:
+    """Seconds per step of the bare loop."""
+    model = model.to(memory_format=LAYOUTS[layout])
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9, nesterov=True)
+    images = torch.randn(batch, 3, size, size).contiguous(memory_format=LAYOUTS[layout])
+    target = torch.randint(0, model.fc.out_features, (batch,))
+
+    def step():
+        with torch.autocast("cpu", dtype=PRECISIONS[precision] or torch.float32,
+                            enabled=precision != "fp32"):  # fmt: skip
+            loss = torch.nn.functional.cross_entropy(model(images).float(), target)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+
+    return timed(step, warmup, steps)
+
+
+def measure_trainer(model, size, batch, layout, precision, warmup, steps) -> float:
+    """Seconds per iteration of Trainer.train over the in-memory loader (lines not printed)."""
+    model = model.to(memory_format=LAYOUTS[layout])
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9, nesterov=True)
+    trainer = train.Trainer(model, torch.nn.CrossEntropyLoss(), optimizer, lambda e: 0.01,
+                            device=torch.device("cpu"), memory_format=LAYOUTS[layout],
+                            autocast_dtype=PRECISIONS[precision],
+                            log=lambda line: None)  # fmt: skip
+    data = synthetic_dataset(batch * (warmup + steps), size, model.fc.out_features)
+    loader = InMemoryLoader(data, batch, seed=0, train=True, mean=MEAN, std=STD)
+    stamps = []
+    trainer.train(1, loader, on_step=lambda epoch, n: stamps.append(time.perf_counter()))
+    gaps = [b - a for a, b in zip(stamps[warmup:], stamps[warmup + 1 :], strict=False)]
+    return statistics.median(gaps)
+
+
+def measure_pipeline(size, batch, warmup, steps) -> float:
+    """Seconds per batch of the in-memory augmentation alone, on one thread."""
+    data = synthetic_dataset(batch * 64, size, 10)
+    loader = InMemoryLoader(data, batch, seed=0, train=True, mean=MEAN, std=STD)
+    batches = iter(loader)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        return timed(lambda: next(batches), warmup, steps)
+    finally:
+        torch.set_num_threads(threads)
+
+
+def measure_baseline(model, size, batch, warmup, steps) -> float:
+    """Seconds per step: fp32 contiguous, per-image torchvision transforms, 2 workers."""
+    from torchvision import transforms as tv
+
+    data = synthetic_dataset(batch * (warmup + steps + 2), size, model.fc.out_features)
+    transform = tv.Compose([tv.RandomCrop(size, padding=4), tv.RandomHorizontalFlip(),
+                            tv.ConvertImageDtype(torch.float32),
+                            tv.Normalize([m / 255 for m in MEAN],
+                                         [s / 255 for s in STD])])  # fmt: skip
+    per_image = [(data.images[i], int(data.labels[i])) for i in range(len(data.labels))]
+
+    class PerImage(torch.utils.data.Dataset):
+        def __len__(self):
+            return len(per_image)
+
+        def __getitem__(self, i):
+            return transform(per_image[i][0]), per_image[i][1]
+
+    loader = iter(torch.utils.data.DataLoader(PerImage(), batch, shuffle=True, num_workers=2))
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9, nesterov=True)
+
+    def step():
+        images, target = next(loader)
+        loss = torch.nn.functional.cross_entropy(model(images), target)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+
+    return timed(step, warmup, steps)
+
+
+def run_one(spec: dict) -> dict:
+    """One measurement, in this process."""
+    batch, warmup, steps = spec["batch"], spec["warmup"], spec["steps"]
+    if spec["kind"] == "pipeline":
+        seconds = measure_pipeline(MODELS[spec["model"]][1], batch, warmup, steps)
+    else:
+        model, size = build(spec["model"])
+        if spec["kind"] == "baseline":
+            seconds = measure_baseline(model, size, batch, warmup, steps)
+        else:
+            measure = measure_bare if spec["kind"] == "bare" else measure_trainer
+            layout, precision = spec["layout"], spec["precision"]
+            seconds = measure(model, size, batch, layout, precision, warmup, steps)
+    peak_kib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return {"img_s": batch / seconds, "peak_rss_mib": peak_kib / 1024}
+
+
+def measure(spec: dict) -> dict:
+    """run_one in a fresh interpreter."""
+    command = [sys.executable, os.path.abspath(__file__), "--one", json.dumps(spec)]
+    done = subprocess.run(command, capture_output=True, text=True, check=True)
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def main() -> None:
+    """Measure every configuration of one model and print the table and the ratios."""
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--model", choices=sorted(MODELS), default="resnet20")
+    parser.add_argument("--batch", type=int, default=128)
+    parser.add_argument("--warmup", type=int, default=3)
+    parser.add_argument("--steps", type=int, default=10)
+    parser.add_argument("--one", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.one:
+        print(json.dumps(run_one(json.loads(args.one))))
+        return
+    base = {"model": args.model, "batch": args.batch, "warmup": args.warmup, "steps": args.steps}
+    rows = {
+        "bare fp32 contiguous": {"kind": "bare", "layout": "contiguous", "precision": "fp32"},
+        "bare fp32 channels_last": {"kind": "bare", "layout": "channels_last", "precision": "fp32"},
+        "bare bf16 channels_last": {"kind": "bare", "layout": "channels_last", "precision": "bf16"},
+        "trainer default (fp32 channels_last)": {"kind": "trainer", "layout": "channels_last",
+                                                 "precision": "fp32"},
+        "trainer -precision bf16": {"kind": "trainer", "layout": "channels_last",
+                                    "precision": "bf16"},
+        "pipeline (1 thread)": {"kind": "pipeline"},
+        "baseline (pytorch/examples style)": {"kind": "baseline"},
+    }  # fmt: skip
+    results = {}
+    print(f"{args.model}, batch {args.batch}, torch {torch.__version__}, {os.cpu_count()} CPUs")
+    print("| configuration | img/s | peak RSS (MiB) |\n|---|---|---|")
+    for label, spec in rows.items():
+        results[label] = measure({**base, **spec})
+        print(f"| {label} | {results[label]['img_s']:.1f} | {results[label]['peak_rss_mib']:.0f} |")
+    img_s = {label: r["img_s"] for label, r in results.items()}
+    default, bf16 = img_s["trainer default (fp32 channels_last)"], img_s["trainer -precision bf16"]
+    baseline = img_s["baseline (pytorch/examples style)"]
+    ratios = [
+        ("trainer / bare, same flags", default / img_s["bare fp32 channels_last"], "0.95"),
+        ("default flags / baseline", default / baseline, "1.3"),
+        ("-precision bf16 / baseline", bf16 / baseline, "2"),
+    ]
+    for label, ratio, target in ratios:
+        print(f"{label}: {ratio:.2f}x (target >= {target})")
+    pipeline = img_s["pipeline (1 thread)"]
+    print(f"augmentation pipeline: {pipeline:.0f} img/s on one thread (target >= 20,000 at 32x32)")
+
+
+if __name__ == "__main__":
+    main()

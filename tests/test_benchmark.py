@@ -1,0 +1,33 @@
+"""scripts/benchmark.py runs each kind of measurement (speed itself is not asserted)."""
+
+import importlib.util
+import os
+
+import pytest
+import torch
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+@pytest.fixture(scope="module")
+def benchmark():
+    spec = importlib.util.spec_from_file_location("benchmark", os.path.join(ROOT, "scripts", "benchmark.py"))
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.mark.parametrize(
+    "spec",
+    [
+        {"kind": "bare", "layout": "channels_last", "precision": "bf16"},
+        {"kind": "trainer", "layout": "contiguous", "precision": "fp32"},
+        {"kind": "pipeline"},
+        {"kind": "baseline"},
+    ],
+)
+def test_each_measurement_reports_throughput_and_memory(benchmark, spec):
+    threads = torch.get_num_threads()
+    result = benchmark.run_one({"model": "resnet20", "batch": 4, "warmup": 1, "steps": 2, **spec})
+    assert result["img_s"] > 0 and result["peak_rss_mib"] > 0
+    assert torch.get_num_threads() == threads
