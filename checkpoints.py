@@ -11,7 +11,8 @@ import pickle
 import re
 import signal
 import tempfile
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
+from typing import BinaryIO
 
 import torch
 from torch import nn
@@ -66,12 +67,17 @@ def fsync_directory(folder: str) -> None:
 
 
 def atomic_save(obj, path: str) -> None:
-    """torch.save to a temporary file in the same folder, fsync, then rename over path."""
+    """torch.save obj to path atomically (see atomic_write)."""
+    atomic_write(path, lambda stream: torch.save(obj, stream))
+
+
+def atomic_write(path: str, write: Callable[[BinaryIO], object]) -> None:
+    """write() into a temporary file in the same folder, fsync, then rename over path."""
     folder = os.path.dirname(os.path.abspath(path))
     handle, partial = tempfile.mkstemp(prefix=".partial-", dir=folder)
     try:
         with os.fdopen(handle, "wb") as stream:
-            torch.save(obj, stream)
+            write(stream)
             stream.flush()
             os.fsync(stream.fileno())
         if os.environ.get(KILL_BEFORE_RENAME) == os.path.basename(path):

@@ -174,8 +174,8 @@ def write_options(opts, arch: dict) -> None:
         raise StartError(
             f"unable to create checkpoint directory: {opts.save} ({exc.strerror})"
         ) from None
-    with open(os.path.join(opts.save, "opts.json"), "w") as handle:
-        json.dump({**vars(opts), "arch": arch}, handle, indent=2)
+    text = json.dumps({**vars(opts), "arch": arch}, indent=2)
+    checkpoints.atomic_write(os.path.join(opts.save, "opts.json"), lambda f: f.write(text.encode()))
 
 
 def rng_state() -> dict:
@@ -241,10 +241,10 @@ class EpochLoop:
 
     def after_step(self, epoch: int, iteration: int) -> None:
         """Periodic and requested mid-epoch checkpoints."""
-        every = self.opts.checkpointEvery
-        if self.stop() or (every and iteration % every == 0):
+        every, stopping = self.opts.checkpointEvery, self.stop()
+        if stopping or (every and iteration % every == 0):
             self.save(epoch, iteration)
-        if self.stop():
+        if stopping:
             raise train.Interrupted(f"at epoch {epoch}, iteration {iteration}")
 
     def run(self) -> None:
