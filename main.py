@@ -5,6 +5,7 @@ import json
 import math
 import os
 import random
+import shutil
 import signal
 import sys
 
@@ -66,6 +67,18 @@ def retrained_arch(opts, retrained: dict) -> dict:
     fc_weight = retrained["model"].get("fc.weight")
     n_classes = fc_weight.shape[0] if fc_weight is not None else opts.nClasses or None
     return {**models.arch_from_opts(opts), "nClasses": n_classes}
+
+
+def compile_model(model: nn.Module, device: torch.device) -> nn.Module:
+    """torch.compile, or a StartError where this platform cannot compile."""
+    compilers = (os.environ.get("CXX"), "g++", "c++", "clang++")
+    if device.type == "cpu" and not any(c and shutil.which(c) for c in compilers):
+        raise StartError(
+            "-compile true needs a C++ compiler on the CPU (apt-get install g++);"
+            " or run without -compile"
+        )
+    print("=> Compiling the model with torch.compile (the first iterations are slow)")
+    return torch.compile(model)
 
 
 def intended_arch(opts, classes: list[str], retrained: dict | None) -> dict:
@@ -294,6 +307,8 @@ def run(opts) -> int:
     model = model.to(device, dtype).to(memory_format=CHANNELS_LAST[opts.memoryFormat])
     if device.type == "cuda" and opts.nGPU > 1:
         model = nn.DataParallel(model, device_ids=list(range(opts.nGPU)))
+    if opts.compile:
+        model = compile_model(model, device)
     optimizer = make_optimizer(model, opts, checkpoint)
     trainer = train.Trainer(
         model,
@@ -348,6 +363,12 @@ def main(argv=None) -> int:
         return 2
     except (FloatingPointError, OSError) as exc:
         print(f"error: {one_line(exc)}", file=sys.stderr)
+        return 1
+    except RuntimeError as exc:
+        if not type(exc).__module__.startswith(("torch._dynamo", "torch._inductor")):
+            raise
+        print(f"error: torch.compile failed ({one_line(exc)[:300]}); run without -compile",
+              file=sys.stderr)  # fmt: skip
         return 1
 
 

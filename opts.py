@@ -65,6 +65,7 @@ FLAGS = [
     ("gen", str, "gen", "Path to save generated files (file index, downloads)"),
     ("precision", str, "single", "Options: " + " | ".join(PRECISIONS)),
     ("memoryFormat", str, "channels_last", "Options: channels_last | contiguous (new)"),
+    ("compile", lua_bool, False, "torch.compile the model (new; needs a C++ compiler on CPU)"),
     ("nThreads", int, 2, "number of data loading threads (0: load in the main process)"),
     ("nEpochs", int, 0, "Number of total epochs to run (0: imagenet 100, CIFAR 300)"),
     ("epochNumber", int, 1, "Manual epoch number (useful on restarts)"),

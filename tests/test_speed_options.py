@@ -1,0 +1,63 @@
+"""Issue 5's numerical checks: layouts, bf16 and compilation change speed, not results."""
+
+import os
+import shutil
+import subprocess
+import sys
+
+import pytest
+import torch
+
+import main
+import models
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+@pytest.mark.parametrize(("args", "size"), [(("resnet", 20, "cifar10"), 32), (("resnext", 50, "imagenet"), 64)])
+def test_channels_last_and_contiguous_give_the_same_logits(args, size):
+    torch.manual_seed(0)
+    kwargs = {"cardinality": 4, "baseWidth": 4} if args[0] == "resnext" else {}
+    model = models.create(*args, **kwargs).eval()
+    x = torch.randn(2, 3, size, size)
+    with torch.no_grad():
+        contiguous = model(x)
+        model = model.to(memory_format=torch.channels_last)
+        channels_last = model(x.contiguous(memory_format=torch.channels_last))
+    torch.testing.assert_close(channels_last, contiguous, atol=1e-5, rtol=1e-5)
+
+
+def test_bf16_autocast_stays_within_two_percent_of_fp32():
+    torch.manual_seed(0)
+    model = models.create("resnet", 20, "cifar10").eval()
+    x = torch.randn(8, 3, 32, 32)
+    with torch.no_grad():
+        reference = model(x)
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            reduced = model(x).float()
+    relative = (reduced - reference).norm() / reference.norm()
+    assert relative < 0.02
+
+
+def test_compile_without_a_cpu_compiler_is_a_clear_error(monkeypatch):
+    monkeypatch.setattr(shutil, "which", lambda name: None)
+    monkeypatch.delenv("CXX", raising=False)
+    with pytest.raises(main.StartError, match="needs a C\\+\\+ compiler"):
+        main.compile_model(torch.nn.Linear(2, 2), torch.device("cpu"))
+
+
+def test_compiled_training_matches_eager_and_saves_clean_keys(cifar10_root, tmp_path):
+    def run(name, *extra):
+        flags = "-dataset cifar10 -netType resnet -depth 8 -batchSize 10 -nEpochs 1 -manualSeed 3"
+        command = [sys.executable, os.path.join(ROOT, "main.py"), *flags.split(), *extra,
+                   "-data", cifar10_root, "-save", str(tmp_path / name)]  # fmt: skip
+        done = subprocess.run(command, capture_output=True, text=True, timeout=900)
+        assert done.returncode == 0, done.stderr
+        return torch.load(tmp_path / name / "model_1.pth", weights_only=True)["model"]
+
+    compiled = run("compiled", "-compile", "true")
+    eager = run("eager")
+    assert compiled.keys() == eager.keys()  # no '_orig_mod.' prefixes
+    for key in eager:
+        if eager[key].is_floating_point():
+            torch.testing.assert_close(compiled[key], eager[key], atol=1e-4, rtol=1e-3)
