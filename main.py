@@ -304,6 +304,9 @@ def run(opts) -> int:
     classes = list(loaders[0].dataset.classes)
     model, arch = build_model(opts, classes, checkpoint, retrained)
     check_classes(model, classes)
+    if opts.shareGradInput or opts.optnet:
+        print("=> Recomputing residual blocks in the backward pass to save memory (-optnet)")
+        models.set_activation_checkpointing(model)
     model = model.to(device, dtype).to(memory_format=CHANNELS_LAST[opts.memoryFormat])
     if device.type == "cuda" and opts.nGPU > 1:
         model = nn.DataParallel(model, device_ids=list(range(opts.nGPU)))

@@ -127,6 +127,11 @@ def to_torchvision(state_dict: Mapping[str, torch.Tensor]) -> dict[str, torch.Te
     return _rename(state_dict, reverse)
 
 
+def set_activation_checkpointing(model: nn.Module, enabled: bool = True) -> None:
+    """Recompute each residual block in the backward pass instead of storing its activations."""
+    model.checkpoint_blocks = enabled
+
+
 def replace_classifier(model: nn.Module, n_classes: int) -> None:
     """Swap the final Linear for a fresh n_classes-way one (default weight init, zero bias)."""
     old = model.fc

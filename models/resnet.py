@@ -7,9 +7,11 @@ with size-adaptive average pooling, and the Lua's weight initialisation.
 
 from collections import OrderedDict
 from collections.abc import Callable, Sequence
+from contextlib import nullcontext
 
 import torch
 from torch import nn
+from torch.utils.checkpoint import checkpoint
 
 # depth -> (blocks per stage, block kind); models/resnet.lua's cfg table.
 IMAGENET_STAGES = {
@@ -195,17 +197,49 @@ class ResNet(nn.Module):
         # identical at 224 / 32 and also valid at any other input size.
         self.avgpool = nn.AdaptiveAvgPool2d(1)
         self.fc = nn.Linear(n_features, n_classes)
+        # Activation checkpointing (the Lua's -optnet / -shareGradInput memory savers).
+        self.checkpoint_blocks = False
         init_weights(self)
 
     def features(self, x: torch.Tensor) -> torch.Tensor:
         """Pooled penultimate-layer features (the input of fc)."""
         x = self.stem(x)
         for name in self.stage_names:
-            x = getattr(self, name)(x)
+            for block in getattr(self, name):
+                x = self.run_block(block, x)
         return torch.flatten(self.avgpool(self.final(x)), 1)
+
+    def run_block(self, block: nn.Module, x: torch.Tensor) -> torch.Tensor:
+        """block(x), or with checkpointing: keep only x and recompute the rest in backward."""
+        if not (self.checkpoint_blocks and self.training and torch.is_grad_enabled()):
+            return block(x)
+        contexts = lambda: (nullcontext(), FrozenBatchNormStatistics(block))  # noqa: E731
+        return checkpoint(block, x, use_reentrant=False, context_fn=contexts)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.fc(self.features(x))
+
+
+class FrozenBatchNormStatistics:
+    """While a checkpointed block is recomputed, its BatchNorms must not update their
+    running statistics a second time: momentum 0 keeps them, and the batch counter is
+    put back afterwards. The recomputed outputs use batch statistics, as the first pass."""
+
+    def __init__(self, block: nn.Module):
+        self.norms = [m for m in block.modules() if isinstance(m, nn.BatchNorm2d)]
+        self.saved = []
+
+    def __enter__(self):
+        self.saved = [(m.momentum, m.num_batches_tracked.clone()) for m in self.norms]
+        for module in self.norms:
+            module.momentum = 0.0
+        return self
+
+    def __exit__(self, *exc_info):
+        for module, (momentum, count) in zip(self.norms, self.saved, strict=True):
+            module.momentum = momentum
+            module.num_batches_tracked.copy_(count)
+        return False
 
 
 def init_weights(model: nn.Module) -> None:

@@ -11,7 +11,9 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 @pytest.fixture(scope="module")
 def benchmark():
-    spec = importlib.util.spec_from_file_location("benchmark", os.path.join(ROOT, "scripts", "benchmark.py"))
+    spec = importlib.util.spec_from_file_location(
+        "benchmark", os.path.join(ROOT, "scripts", "benchmark.py")
+    )
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
@@ -20,7 +22,7 @@ def benchmark():
 @pytest.mark.parametrize(
     "spec",
     [
-        {"kind": "bare", "layout": "channels_last", "precision": "bf16"},
+        {"kind": "bare", "layout": "channels_last", "precision": "bf16", "optnet": True},
         {"kind": "trainer", "layout": "contiguous", "precision": "fp32"},
         {"kind": "pipeline"},
         {"kind": "baseline"},

@@ -14,7 +14,9 @@ import models
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
-@pytest.mark.parametrize(("args", "size"), [(("resnet", 20, "cifar10"), 32), (("resnext", 50, "imagenet"), 64)])
+@pytest.mark.parametrize(
+    ("args", "size"), [(("resnet", 20, "cifar10"), 32), (("resnext", 50, "imagenet"), 64)]
+)
 def test_channels_last_and_contiguous_give_the_same_logits(args, size):
     torch.manual_seed(0)
     kwargs = {"cardinality": 4, "baseWidth": 4} if args[0] == "resnext" else {}
@@ -61,3 +63,27 @@ def test_compiled_training_matches_eager_and_saves_clean_keys(cifar10_root, tmp_
     for key in eager:
         if eager[key].is_floating_point():
             torch.testing.assert_close(compiled[key], eager[key], atol=1e-4, rtol=1e-3)
+
+
+def test_activation_checkpointing_gives_the_same_gradients_and_statistics():
+    torch.manual_seed(0)
+    plain = models.create("resnext", 29, "cifar10", cardinality=2, baseWidth=4)
+    saver = models.create("resnext", 29, "cifar10", cardinality=2, baseWidth=4)
+    saver.load_state_dict(plain.state_dict())
+    models.set_activation_checkpointing(saver)
+    x, target = torch.randn(4, 3, 32, 32), torch.tensor([0, 1, 2, 3])
+    for model in (plain, saver):
+        torch.nn.functional.cross_entropy(model(x), target).backward()
+    for (name, a), b in zip(plain.named_parameters(), saver.parameters(), strict=True):
+        torch.testing.assert_close(b.grad, a.grad, atol=1e-6, rtol=1e-5, msg=name)
+    for (name, a), b in zip(plain.state_dict().items(), saver.state_dict().values(), strict=True):
+        assert torch.equal(a, b), name  # running statistics updated once, as without
+
+
+def test_optnet_flag_turns_checkpointing_on(cifar10_root, tmp_path):
+    flags = "-dataset cifar10 -netType resnet -depth 8 -batchSize 10 -nEpochs 1 -optnet true"
+    command = [sys.executable, os.path.join(ROOT, "main.py"), *flags.split(),
+               "-data", cifar10_root, "-save", str(tmp_path / "save")]  # fmt: skip
+    done = subprocess.run(command, capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    assert "=> Recomputing residual blocks in the backward pass" in done.stdout
