@@ -118,6 +118,59 @@ def measure_pipeline(size, batch, warmup, steps) -> float:
         torch.set_num_threads(threads)
 
 
+def jpeg_files(folder: str, count: int = 32) -> list[str]:
+    """Real ImageNet JPEGs from the test suite's foolbox wheel when it is in .cache/, else
+    ImageNet-sized ones (500 x 375, quality 90) of smooth random content, written once."""
+    import glob
+    import zipfile
+
+    from PIL import Image
+
+    wheels = glob.glob(os.path.join(ROOT, ".cache", "foolbox-3.3.4-*.whl"))
+    if wheels:
+        with zipfile.ZipFile(wheels[0]) as wheel:
+            names = [n for n in wheel.namelist() if n.startswith("foolbox/data/imagenet_")]
+            wheel.extractall(folder + "-real", names)
+        return sorted(glob.glob(os.path.join(folder + "-real", "foolbox", "data", "*.jpg")))
+    os.makedirs(folder, exist_ok=True)
+    generator = torch.Generator().manual_seed(0)
+    paths = []
+    for i in range(count):
+        path = os.path.join(folder, f"{i}.jpg")
+        if not os.path.exists(path):
+            coarse = torch.randint(0, 256, (3, 24, 32), dtype=torch.uint8, generator=generator)
+            smooth = torch.nn.functional.interpolate(
+                coarse[None].float(), (375, 500), mode="bicubic"
+            )
+            pixels = smooth[0].clamp(0, 255).byte().permute(1, 2, 0).numpy()
+            Image.fromarray(pixels).save(path, quality=90)
+        paths.append(path)
+    return paths
+
+
+def measure_jpeg(decode_only: bool, warmup: int, steps: int) -> float:
+    """Seconds per image on one thread: JPEG decode alone, or the whole ImageNet train
+    pipeline (decode, RandomSizedCrop 224, ColorJitter, Lighting, normalise, flip)."""
+    from datasets import imagenet
+
+    paths = jpeg_files(os.path.join(ROOT, ".cache", "benchmark-jpegs"))
+    transform = imagenet.train_transform()
+    generator = torch.Generator().manual_seed(0)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    position = iter(range(10**9))
+
+    def one():
+        image = imagenet.load_rgb(paths[next(position) % len(paths)])
+        if not decode_only:
+            transform(image, generator)
+
+    try:
+        return timed(one, warmup * len(paths), steps * len(paths))
+    finally:
+        torch.set_num_threads(threads)
+
+
 def measure_baseline(model, size, batch, warmup, steps) -> float:
     """Seconds per step: fp32 contiguous, per-image torchvision transforms, 2 workers."""
     from torchvision import transforms as tv
@@ -152,6 +205,12 @@ def measure_baseline(model, size, batch, warmup, steps) -> float:
 def run_one(spec: dict) -> dict:
     """One measurement, in this process."""
     batch, warmup, steps = spec["batch"], spec["warmup"], spec["steps"]
+    if spec["kind"] in ("jpeg_decode", "jpeg_pipeline"):
+        seconds = measure_jpeg(spec["kind"] == "jpeg_decode", warmup, steps)
+        return {
+            "img_s": 1 / seconds,
+            "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+        }
     if spec["kind"] == "pipeline":
         seconds = measure_pipeline(
             spec.get("size") or MODELS[spec["model"]][1], batch, warmup, steps
@@ -201,6 +260,8 @@ def main() -> None:
         "bare fp32 channels_last -optnet": {"kind": "bare", "layout": "channels_last",
                                             "precision": "fp32", "optnet": True},
         "pipeline (1 thread)": {"kind": "pipeline"},
+        "JPEG decode alone (1 thread)": {"kind": "jpeg_decode"},
+        "JPEG ImageNet train pipeline (1 thread)": {"kind": "jpeg_pipeline"},
         "baseline (pytorch/examples style)": {"kind": "baseline"},
     }  # fmt: skip
     results = {}
@@ -226,6 +287,8 @@ def main() -> None:
     )
     for label, ratio, target in ratios:
         print(f"{label}: {ratio:.2f}x (target >= {target})")
+    jpeg = img_s["JPEG ImageNet train pipeline (1 thread)"] / img_s["JPEG decode alone (1 thread)"]
+    print(f"JPEG pipeline / decode alone: {jpeg:.2f}x (target >= 0.6)")
     pipeline = img_s["pipeline (1 thread)"]
     print(f"augmentation pipeline: {pipeline:.0f} img/s on one thread (target >= 20,000 at 32x32)")
 

@@ -26,6 +26,8 @@ def benchmark():
         {"kind": "trainer", "layout": "contiguous", "precision": "fp32"},
         {"kind": "pipeline"},
         {"kind": "baseline"},
+        {"kind": "jpeg_decode"},
+        {"kind": "jpeg_pipeline"},
     ],
 )
 def test_each_measurement_reports_throughput_and_memory(benchmark, spec):
