@@ -81,12 +81,12 @@ def compile_model(model: nn.Module, device: torch.device) -> nn.Module:
     return torch.compile(model)
 
 
-def intended_arch(opts, classes: list[str], retrained: dict | None) -> dict:
-    """The network this run trains: from -retrain's file if given, else the flags."""
-    arch = retrained_arch(opts, retrained) if retrained else models.arch_from_opts(opts)
+def intended_arch(opts, classes: list[str], file_arch: dict | None) -> dict:
+    """The network this run trains: from -retrain's file (file_arch) if given, else the flags."""
+    arch = dict(file_arch) if file_arch else models.arch_from_opts(opts)
     if opts.resetClassifier:
         arch["nClasses"] = opts.nClasses
-    elif not retrained and opts.dataset == "imagenet" and not opts.nClasses:
+    elif not file_arch and opts.dataset == "imagenet" and not opts.nClasses:
         arch["nClasses"] = len(classes)  # any class-per-folder data set, not only ImageNet-1k
     return arch
 
@@ -108,7 +108,8 @@ def load_weights(model: nn.Module, state_dict: dict, source: str) -> None:
 
 def build_model(opts, classes, checkpoint, retrained) -> tuple[nn.Module, dict]:
     """The model to train (fresh, retrained or resumed) and the arch it is saved under."""
-    arch = intended_arch(opts, classes, retrained)
+    file_arch = retrained_arch(opts, retrained) if retrained else None
+    arch = intended_arch(opts, classes, file_arch)
     if checkpoint:
         saved = checkpoint["model"]["arch"]
         differing = {k: (saved.get(k), v) for k, v in arch.items() if saved.get(k) != v}
@@ -127,7 +128,7 @@ def build_model(opts, classes, checkpoint, retrained) -> tuple[nn.Module, dict]:
         print(line)
     if retrained:
         print(f"Loading model from file: {opts.retrain}")
-        model = models.create(**retrained_arch(opts, retrained))
+        model = models.create(**file_arch)
         load_weights(model, retrained["model"], opts.retrain)
         if opts.resetClassifier:
             print(f" => Replacing classifier with {opts.nClasses}-way classifier")
