@@ -257,6 +257,7 @@ class EpochLoop:
         """Periodic and requested mid-epoch checkpoints."""
         every, stopping = self.opts.checkpointEvery, self.stop()
         if stopping or (every and iteration % every == 0):
+            self.trainer.check_finite()  # never checkpoint weights a NaN has reached
             self.save(epoch, iteration)
         if stopping:
             raise train.Interrupted(f"at epoch {epoch}, iteration {iteration}")
@@ -287,7 +288,7 @@ class EpochLoop:
 def run(opts) -> int:
     """Everything after parsing: validate, build, then train or test."""
     device = select_device(opts.nGPU)
-    dtype, autocast_dtype = precision_settings(opts.precision, device)
+    precision_settings(opts.precision, device)  # a bad combination fails before any work
     configure_backends(opts.cudnn)
     torch.manual_seed(opts.manualSeed)
     with torch.device("meta"):
@@ -302,9 +303,15 @@ def run(opts) -> int:
             restore_rng_state(checkpoint["state"].get("rng", {}))
     retrained = checkpoints.load_model_file(opts.retrain) if opts.retrain != "none" else None
     loaders = datasets.create_loaders(opts, device)
-    classes = list(loaders[0].dataset.classes)
-    model, arch = build_model(opts, classes, checkpoint, retrained)
-    check_classes(model, classes)
+    try:
+        return train_or_test(opts, device, loaders, checkpoint, retrained)
+    finally:
+        for loader in loaders:
+            datasets.close(loader)
+
+
+def prepare_model(opts, model: nn.Module, device: torch.device, dtype) -> nn.Module:
+    """-optnet, then device, dtype and layout, then DataParallel and -compile."""
     if opts.shareGradInput or opts.optnet:
         print("=> Recomputing residual blocks in the backward pass to save memory (-optnet)")
         models.set_activation_checkpointing(model)
@@ -313,20 +320,36 @@ def run(opts) -> int:
         model = nn.DataParallel(model, device_ids=list(range(opts.nGPU)))
     if opts.compile:
         model = compile_model(model, device)
-    optimizer = make_optimizer(model, opts, checkpoint)
+    return model
+
+
+def make_trainer(opts, model: nn.Module, device: torch.device, checkpoint) -> train.Trainer:
+    """The Trainer for the options, with the optimizer and loss scale of -resume."""
+    dtype, autocast_dtype = precision_settings(opts.precision, device)
+    model = prepare_model(opts, model, device, dtype)
     trainer = train.Trainer(
         model,
         nn.CrossEntropyLoss(),
-        optimizer,
+        make_optimizer(model, opts, checkpoint),
         learning_rate_schedule(opts),
         device=device,
         n_crops=10 if opts.tenCrop else 1,
         memory_format=CHANNELS_LAST[opts.memoryFormat],
         dtype=dtype,
         autocast_dtype=autocast_dtype,
+        print_every=opts.printFreq,
     )
     if checkpoint and checkpoint["state"].get("scaler"):
         trainer.scaler.load_state_dict(checkpoint["state"]["scaler"])  # fp16 loss scale
+    return trainer
+
+
+def train_or_test(opts, device, loaders, checkpoint, retrained) -> int:
+    """Build the model and trainer on the loaders' classes, then train or test."""
+    classes = list(loaders[0].dataset.classes)
+    model, arch = build_model(opts, classes, checkpoint, retrained)
+    check_classes(model, classes)
+    trainer = make_trainer(opts, model, device, checkpoint)
     if opts.testOnly:
         top1, top5 = trainer.test(0, loaders[1])
         print(f" * Results top1: {top1:6.3f}  top5: {top5:6.3f}")

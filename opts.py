@@ -20,6 +20,10 @@ TRUE_WORDS, FALSE_WORDS = ("true", "1", "yes"), ("false", "0", "no")
 class UsageError(Exception):
     """A bad command line; main prints it as one 'error:' line and exits 2."""
 
+    def __init__(self, message: str):
+        # A value the user typed may hold a line break; the message stays one line.
+        super().__init__(message.replace("\r", "\\r").replace("\n", "\\n"))
+
 
 class Parser(argparse.ArgumentParser):
     """ArgumentParser whose errors are one line, with no usage dump."""
@@ -96,6 +100,7 @@ FLAGS = [
     ("nClasses", int, 0, "Number of classes in the dataset (0: the dataset's own)"),
     ("checkpointEvery", int, 0, "Also checkpoint every N iterations (0: once per epoch) (new)"),
     ("keepCheckpoints", int, 0, "Keep the last K per-epoch checkpoints (0: all) (new)"),
+    ("printFreq", int, 1, "Print a training / test line every N iterations (new)"),
     ("skipCorrupt", lua_bool, False, "Skip unreadable images instead of stopping (new)"),
 ]
 
@@ -168,6 +173,7 @@ def validate(opts: argparse.Namespace) -> None:
     _check(opts.weightDecay >= 0, f"-weightDecay must not be negative, got {opts.weightDecay}")
     _check(opts.nThreads >= 0, f"-nThreads must not be negative, got {opts.nThreads}")
     _check(opts.nGPU >= 0, f"-nGPU must not be negative, got {opts.nGPU}")
+    _check(opts.printFreq > 0, f"-printFreq must be positive, got {opts.printFreq}")
     for name in ("nClasses", "checkpointEvery", "keepCheckpoints"):
         value = getattr(opts, name)
         _check(value >= 0, f"-{name} must not be negative, got {value}")

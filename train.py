@@ -30,24 +30,69 @@ def relative_lr(epoch: int, base_lr: float, n_epochs: int, fractions=(0.49, 0.74
     return base_lr * 0.1 ** sum(epoch / n_epochs > f for f in fractions)
 
 
-def compute_score(
-    output: torch.Tensor, target: torch.Tensor, n_crops: int = 1
-) -> tuple[float, float]:
-    """Top-1 and top-5 error in percent; logits of an image's crops are summed first."""
+def count_wrong(output: torch.Tensor, target: torch.Tensor, n_crops: int = 1) -> torch.Tensor:
+    """Top-1 and top-5 misses of a batch as a 2-element tensor on its device (no sync);
+    logits of an image's crops are summed first."""
     if n_crops > 1:
         output = output.view(-1, n_crops, output.shape[-1]).sum(1)
     k = min(5, output.shape[-1])  # the Lua's topk(5) failed below 5 classes (its #184)
-    predictions = output.topk(k, dim=1).indices
-    correct = predictions.eq(target.view(-1, 1))
-    batch = target.shape[0]
-    top1 = 1.0 - correct[:, :1].sum().item() / batch
-    top5 = 1.0 - correct.sum().item() / batch
-    return top1 * 100, top5 * 100
+    correct = output.topk(k, dim=1).indices.eq(target.view(-1, 1))
+    hits = torch.stack((correct[:, :1].sum(), correct.sum()))
+    return target.shape[0] - hits
+
+
+def compute_score(
+    output: torch.Tensor, target: torch.Tensor, n_crops: int = 1
+) -> tuple[float, float]:
+    """Top-1 and top-5 error in percent (synchronises; the trainer uses count_wrong)."""
+    top1, top5 = (count_wrong(output, target, n_crops) * 100.0 / target.shape[0]).tolist()
+    return top1, top5
+
+
+def to_host(values: torch.Tensor) -> list[float]:
+    """The one place the trainer waits for the device: reading sums to print them."""
+    return values.tolist()
 
 
 def skipped_in(batch: Batch) -> int:
     """Samples the loader dropped from this batch (its optional third element)."""
     return int(batch[2]) if len(batch) > 2 else 0
+
+
+class RunningSums:
+    """Top-1 misses, top-5 misses, loss x images and images, summed on the device since the
+    last read (the window) and on the host over the whole pass (the total)."""
+
+    def __init__(self, device: torch.device):
+        self.window = torch.zeros(4, dtype=torch.float64, device=device)
+        self.total = [0.0, 0.0, 0.0, 0.0]
+        self.iterations = 0  # in the window
+
+    def add(self, wrong: torch.Tensor, loss: torch.Tensor | None, n: int) -> None:
+        """Accumulate one batch without synchronising."""
+        self.window[:2] += wrong
+        if loss is not None:
+            self.window[2] += loss.double() * n
+        self.window[3] += n
+        self.iterations += 1
+
+    def loss_is_finite(self) -> bool:
+        """Whether the window's losses are finite (a sync; asked before a checkpoint)."""
+        return bool(torch.isfinite(self.window[2]))
+
+    def read(self) -> tuple[list[float], list[float]]:
+        """(window, total) as (top1 %, top5 %, mean loss, images); starts a new window."""
+        window = to_host(self.window)
+        self.window.zero_()
+        self.iterations = 0
+        self.total = [t + w for t, w in zip(self.total, window, strict=True)]
+        return as_means(window), as_means(self.total)
+
+
+def as_means(sums: list[float]) -> list[float]:
+    """(misses1, misses5, loss sum, n) -> (top1 %, top5 %, mean loss, n)."""
+    n = max(sums[3], 1.0)
+    return [sums[0] * 100 / n, sums[1] * 100 / n, sums[2] / n, sums[3]]
 
 
 class Trainer:
@@ -65,6 +110,7 @@ class Trainer:
         memory_format: torch.memory_format = torch.contiguous_format,
         dtype: torch.dtype = torch.float32,
         autocast_dtype: torch.dtype | None = None,
+        print_every: int = 1,
         log: Callable[[str], None] = print,
     ):
         self.model = model
@@ -76,7 +122,9 @@ class Trainer:
         self.memory_format = memory_format
         self.dtype = dtype
         self.autocast_dtype = autocast_dtype
+        self.print_every = print_every
         self.log = log
+        self.sums = RunningSums(device)
         use_scaler = autocast_dtype == torch.float16 and device.type == "cuda"
         self.scaler = torch.amp.GradScaler(device.type, enabled=use_scaler)
 
@@ -122,39 +170,49 @@ class Trainer:
         on_step: StepHook | None = None,
     ) -> tuple[float, float, float]:
         """One epoch from iteration start + 1 (a resumed epoch's loader yields the rest);
-        prints the Lua's line per iteration; returns mean top1, top5, loss."""
+        prints the Lua's line every print_every iterations; returns mean top1, top5, loss."""
         self.set_learning_rate(epoch)
         self.log(f"=> Training epoch # {epoch}")
         self.model.train()
-        sums, n_seen, skipped, size = [0.0, 0.0, 0.0], 0, 0, start + len(loader)
-        timer = data_timer = time.perf_counter()
+        self.sums = sums = RunningSums(self.device)
+        clock, skipped, size = WindowClock(), 0, start + len(loader)
         for n, batch in enumerate(loader, start + 1):
-            data_time = time.perf_counter() - data_timer
+            clock.batch_arrived()
             skipped += skipped_in(batch)
-            if len(batch[1]) == 0:
-                continue  # every image of this batch was unreadable and skipped
-            images, target = self.to_device(batch)
-            output, loss = self.step(images, target)
-            loss_value = loss.item()  # sync point: the line below prints it
-            if not math.isfinite(loss_value):
-                raise FloatingPointError(
-                    f"loss is {loss_value} at epoch {epoch}, iteration {n}; try a lower -LR"
-                )
-            top1, top5 = compute_score(output, target)
-            batch_size = target.shape[0]
-            for i, value in enumerate((top1, top5, loss_value)):
-                sums[i] += value * batch_size
-            n_seen += batch_size
-            elapsed = time.perf_counter() - timer
-            self.log(
-                f" | Epoch: [{epoch}][{n}/{size}]    Time {elapsed:.3f}  Data {data_time:.3f}"
-                f"  Err {loss_value:1.4f}  top1 {top1:7.3f}  top5 {top5:7.3f}"
-            )
+            if len(batch[1]) > 0:  # else every image of this batch was unreadable and skipped
+                images, target = self.to_device(batch)
+                output, loss = self.step(images, target)
+                sums.add(count_wrong(output, target), loss, target.shape[0])
+            if sums.iterations and (n % self.print_every == 0 or n == size):
+                self.print_train_line(epoch, n, size, clock)
             if on_step is not None:
                 on_step(epoch, n)
-            timer = data_timer = time.perf_counter()
+            clock.step_done()
+        if sums.iterations:
+            self.print_train_line(epoch, size, size, clock)
         self.report_skipped(skipped)
-        return tuple(s / max(n_seen, 1) for s in sums)
+        top1, top5, loss, _ = as_means(sums.total)
+        return top1, top5, loss
+
+    def print_train_line(self, epoch: int, n: int, size: int, clock: "WindowClock") -> None:
+        """The Lua's training line for the window ending at iteration n (a sync point)."""
+        iterations = self.sums.iterations
+        (top1, top5, loss, _), _ = self.sums.read()
+        if not math.isfinite(loss):
+            raise FloatingPointError(
+                f"loss is {loss} at epoch {epoch}, iteration {n}; try a lower -LR"
+            )
+        elapsed, data_time = clock.read(iterations)
+        self.log(
+            f" | Epoch: [{epoch}][{n}/{size}]    Time {elapsed:.3f}  Data {data_time:.3f}"
+            f"  Err {loss:1.4f}  top1 {top1:7.3f}  top5 {top5:7.3f}"
+        )
+
+    def check_finite(self) -> None:
+        """Raise FloatingPointError if a loss since the last printed line was not finite;
+        the caller asks before writing a checkpoint mid-epoch."""
+        if self.sums.iterations and not self.sums.loss_is_finite():
+            raise FloatingPointError("the loss is not finite; try a lower -LR")
 
     def report_skipped(self, skipped: int) -> None:
         """Say how many unreadable samples the loader dropped this pass."""
@@ -168,33 +226,53 @@ class Trainer:
         """Evaluate; per-image errors over the whole split, partial batches included.
         Raises Interrupted between batches once stop() is true."""
         self.model.eval()
-        top1_sum = top5_sum = 0.0
-        n_seen, skipped, size = 0, 0, len(loader)
-        timer = data_timer = time.perf_counter()
+        sums = RunningSums(self.device)
+        clock, skipped, size = WindowClock(), 0, len(loader)
         for n, batch in enumerate(loader, 1):
             if stop is not None and stop():
                 self.model.train()
                 raise Interrupted(f"stopped while testing epoch {epoch}")
-            data_time = time.perf_counter() - data_timer
+            clock.batch_arrived()
             skipped += skipped_in(batch)
-            if len(batch[1]) == 0:
-                continue  # every image of this batch was unreadable and skipped
-            images, target = self.to_device(batch)
-            output = self.forward(images).float()
-            top1, top5 = compute_score(output, target, self.n_crops)
-            batch_size = target.shape[0]
-            top1_sum += top1 * batch_size
-            top5_sum += top5 * batch_size
-            n_seen += batch_size
-            elapsed = time.perf_counter() - timer
-            self.log(
-                f" | Test: [{epoch}][{n}/{size}]    Time {elapsed:.3f}  Data {data_time:.3f}"
-                f"  top1 {top1:7.3f} ({top1_sum / n_seen:7.3f})"
-                f"  top5 {top5:7.3f} ({top5_sum / n_seen:7.3f})"
-            )
-            timer = data_timer = time.perf_counter()
+            if len(batch[1]) > 0:  # else every image of this batch was unreadable and skipped
+                images, target = self.to_device(batch)
+                output = self.forward(images).float()
+                sums.add(count_wrong(output, target, self.n_crops), None, target.shape[0])
+            if sums.iterations and (n % self.print_every == 0 or n == size):
+                iterations = sums.iterations
+                (top1, top5, *_), (run1, run5, *_) = sums.read()
+                elapsed, data_time = clock.read(iterations)
+                self.log(
+                    f" | Test: [{epoch}][{n}/{size}]    Time {elapsed:.3f}  Data {data_time:.3f}"
+                    f"  top1 {top1:7.3f} ({run1:7.3f})  top5 {top5:7.3f} ({run5:7.3f})"
+                )
+            clock.step_done()
         self.model.train()
         self.report_skipped(skipped)
-        top1, top5 = top1_sum / max(n_seen, 1), top5_sum / max(n_seen, 1)
+        top1, top5, *_ = as_means(sums.read()[1] if sums.iterations else sums.total)
         self.log(f" * Finished epoch # {epoch}     top1: {top1:7.3f}  top5: {top5:7.3f}\n")
         return top1, top5
+
+
+class WindowClock:
+    """Wall time per iteration and time spent waiting for data, over a printed window."""
+
+    def __init__(self):
+        self.mark = self.window_start = time.perf_counter()
+        self.data_time = 0.0
+
+    def batch_arrived(self) -> None:
+        """The loader has handed over the next batch."""
+        self.data_time += time.perf_counter() - self.mark
+
+    def step_done(self) -> None:
+        """The iteration's work is queued; the wait for the next batch starts."""
+        self.mark = time.perf_counter()
+
+    def read(self, iterations: int) -> tuple[float, float]:
+        """(seconds per iteration, data seconds per iteration) of the window; starts a new one."""
+        now = time.perf_counter()
+        per = max(iterations, 1)
+        result = ((now - self.window_start) / per, self.data_time / per)
+        self.window_start, self.data_time = now, 0.0
+        return result

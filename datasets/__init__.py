@@ -12,6 +12,7 @@ from datasets.sampler import EpochSampler, ignore_interrupts
 
 __all__ = [
     "DataError",
+    "close",
     "EpochSampler",
     "InMemoryLoader",
     "create",
@@ -57,6 +58,14 @@ def make_loader(
         collate_fn=collate,
         worker_init_fn=ignore_interrupts if workers > 0 else None,
     )
+
+
+def close(loader) -> None:
+    """Stop a loader's persistent worker processes now, not at garbage collection: workers
+    ignore SIGTERM, so one still running at exit would block the interpreter's exit."""
+    iterator = getattr(loader, "_iterator", None)
+    if iterator is not None and hasattr(iterator, "_shutdown_workers"):
+        iterator._shutdown_workers()
 
 
 def create(opts, split: str) -> Dataset:

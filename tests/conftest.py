@@ -18,6 +18,7 @@ from PIL import Image
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CACHE = os.path.join(ROOT, ".cache")
 WHEEL = "foolbox==3.3.4"
+TIMEOUT = 600  # seconds for one main.py run: a hung run fails its test, not the suite
 
 
 def foolbox_wheel() -> str:

@@ -8,6 +8,7 @@ import sys
 
 import pytest
 import torch
+from conftest import TIMEOUT
 
 import models
 
@@ -17,7 +18,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 def run_main(*argv, cwd=None):
     """python main.py argv; returns the finished process with its text output."""
     command = [sys.executable, os.path.join(ROOT, "main.py"), *argv]
-    return subprocess.run(command, capture_output=True, text=True, cwd=cwd, timeout=600)
+    return subprocess.run(command, capture_output=True, text=True, cwd=cwd, timeout=TIMEOUT)
 
 
 def small_cifar_run(data, save, flags):

@@ -10,6 +10,7 @@ import time
 
 import pytest
 import torch
+from conftest import TIMEOUT
 from PIL import Image
 
 import checkpoints
@@ -52,14 +53,16 @@ def reference(request, cifar10_root, jpeg_root, tmp_path_factory):
         return command(data, save, threads, extra, flags)
 
     save = tmp_path_factory.mktemp("reference")
-    done = subprocess.run(make(save), capture_output=True, text=True)
+    done = subprocess.run(make(save), capture_output=True, timeout=TIMEOUT, text=True)
     assert done.returncode == 0, done.stderr
     return make, CONFIGS[request.param], final_weights(save, last_epoch)
 
 
 def run_killed_inside_write(make, save, file_name):
     env = {**os.environ, checkpoints.KILL_BEFORE_RENAME: file_name}
-    done = subprocess.run(make(save, ["-resume", str(save)]), env=env, capture_output=True)
+    done = subprocess.run(
+        make(save, ["-resume", str(save)]), env=env, capture_output=True, timeout=TIMEOUT
+    )
     assert done.returncode == -signal.SIGKILL
     assert any(n.startswith(".partial-") for n in os.listdir(save))  # died mid-write
 
@@ -84,7 +87,9 @@ def test_killed_runs_resume_to_bitwise_the_same_weights(reference, tmp_path):
     rng = random.Random(threads)
     for _ in range(random_kills):
         run_killed_after(make, save, rng.uniform(3.0, 6.0))
-    done = subprocess.run(make(save, ["-resume", str(save)]), capture_output=True, text=True)
+    done = subprocess.run(
+        make(save, ["-resume", str(save)]), capture_output=True, timeout=TIMEOUT, text=True
+    )
     assert done.returncode == 0, done.stderr
     assert_bitwise_equal(final_weights(save, last_epoch), expected)
     assert not any(n.startswith(".partial-") or "_iter" in n for n in os.listdir(save))
@@ -108,7 +113,9 @@ def test_sigterm_saves_within_seconds_and_resume_continues_at_that_iteration(ref
     iteration = int(stopped.group(2) or 0)
     found = checkpoints.latest(str(save))
     assert (found["epoch"], found["iteration"]) == (2, iteration)
-    resumed = subprocess.run(make(save, ["-resume", str(save)]), capture_output=True, text=True)
+    resumed = subprocess.run(
+        make(save, ["-resume", str(save)]), capture_output=True, timeout=TIMEOUT, text=True
+    )
     assert resumed.returncode == 0, resumed.stderr
     first_line = next(
         (line for line in resumed.stdout.splitlines() if line.startswith(" | Epoch")), ""
@@ -121,7 +128,7 @@ def test_sigterm_saves_within_seconds_and_resume_continues_at_that_iteration(ref
 def test_keep_checkpoints_keeps_the_last_k_epochs_and_the_best(cifar10_root, tmp_path):
     save = tmp_path / "save"
     done = subprocess.run(command(cifar10_root, save, 0, ["-nEpochs", "4", "-keepCheckpoints", "2"]),
-                          capture_output=True, text=True)  # fmt: skip
+                          capture_output=True, timeout=TIMEOUT, text=True)  # fmt: skip
     assert done.returncode == 0, done.stderr
     names = sorted(n for n in os.listdir(save) if n.endswith(".pth"))
     assert names == ["latest.pth", "model_3.pth", "model_4.pth", "model_best.pth",
@@ -131,13 +138,16 @@ def test_keep_checkpoints_keeps_the_last_k_epochs_and_the_best(cifar10_root, tmp
 def test_nan_loss_stops_before_saving_and_keeps_the_last_good_checkpoint(cifar10_root, tmp_path):
     save = tmp_path / "save"
     first = subprocess.run(
-        command(cifar10_root, save, 0, ["-nEpochs", "1"]), capture_output=True, text=True
+        command(cifar10_root, save, 0, ["-nEpochs", "1"]),
+        capture_output=True,
+        timeout=TIMEOUT,
+        text=True,
     )
     assert first.returncode == 0, first.stderr
     before = torch.load(save / "latest.pth", weights_only=True)
     exploded = subprocess.run(
         command(cifar10_root, save, 0, ["-resume", str(save), "-LR", "1e30", "-checkpointEvery", "1"]),
-        capture_output=True, text=True,
+        capture_output=True, timeout=TIMEOUT, text=True,
     )  # fmt: skip
     assert exploded.returncode == 1
     assert exploded.stderr.startswith("error: loss is") and "try a lower -LR" in exploded.stderr
@@ -177,7 +187,10 @@ def folder_command(root, tmp_path, threads, extra=()):
 @pytest.mark.parametrize("threads", [0, 2])
 def test_a_corrupt_image_stops_with_one_line_naming_it(folder_with_bad_images, tmp_path, threads):
     done = subprocess.run(
-        folder_command(folder_with_bad_images, tmp_path, threads), capture_output=True, text=True
+        folder_command(folder_with_bad_images, tmp_path, threads),
+        capture_output=True,
+        timeout=TIMEOUT,
+        text=True,
     )
     assert done.returncode == 2
     lines = done.stderr.strip().splitlines()
@@ -187,7 +200,7 @@ def test_a_corrupt_image_stops_with_one_line_naming_it(folder_with_bad_images, t
 
 def test_skip_corrupt_counts_the_skipped_images(folder_with_bad_images, tmp_path):
     done = subprocess.run(folder_command(folder_with_bad_images, tmp_path, 2, ["-skipCorrupt", "true"]),
-                          capture_output=True, text=True)  # fmt: skip
+                          capture_output=True, timeout=TIMEOUT, text=True)  # fmt: skip
     assert done.returncode == 0, done.stderr
     assert " | skipped 3 unreadable images" in done.stdout
 
@@ -226,7 +239,10 @@ def test_garbage_latest_file_is_named_and_nothing_changes(cifar10_root, tmp_path
     save.mkdir()
     (save / "latest.pth").write_bytes(b"\x80\x02garbage")
     done = subprocess.run(
-        command(cifar10_root, save, 0, ["-resume", str(save)]), capture_output=True, text=True
+        command(cifar10_root, save, 0, ["-resume", str(save)]),
+        capture_output=True,
+        timeout=TIMEOUT,
+        text=True,
     )
     assert done.returncode == 2 and "latest.pth" in done.stderr and "Traceback" not in done.stderr
     assert os.listdir(save) == ["latest.pth"]

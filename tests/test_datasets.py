@@ -294,3 +294,20 @@ def test_offline_fashion_mnist_download_failure_names_the_debian_package(tmp_pat
     monkeypatch.setattr(fashionmnist, "DEBIAN_DIR", str(tmp_path / "no-debian-files"))
     with pytest.raises(datasets.DataError, match="apt-get install dataset-fashion-mnist"):
         datasets.load("fashionmnist", "train", data="", gen=str(tmp_path / "gen"))
+
+
+def test_close_stops_the_workers_after_a_worker_error(tmp_path):
+    """Workers ignore SIGTERM (main saves first), so close() must end them explicitly:
+    a left-over worker blocks the interpreter's exit after an error."""
+    for split in ("train", "val"):
+        (tmp_path / split / "cat").mkdir(parents=True)
+        for i in range(4):
+            (tmp_path / split / "cat" / f"{i}.jpg").write_bytes(b"\xff\xd8 not really a jpeg")
+    dataset = imagenet.load("train", str(tmp_path), str(tmp_path / "gen.json"))
+    loader = datasets.make_loader(dataset, 2, workers=2, seed=0)
+    with pytest.raises(datasets.DataError, match="cannot read image"):
+        next(iter(loader))
+    workers = list(loader._iterator._workers)
+    assert all(worker.is_alive() for worker in workers)
+    datasets.close(loader)
+    assert not any(worker.is_alive() for worker in workers)

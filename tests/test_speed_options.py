@@ -7,6 +7,7 @@ import sys
 
 import pytest
 import torch
+from conftest import TIMEOUT
 
 import main
 import models
@@ -53,7 +54,7 @@ def test_compiled_training_matches_eager_and_saves_clean_keys(cifar10_root, tmp_
         flags = "-dataset cifar10 -netType resnet -depth 8 -batchSize 10 -nEpochs 1 -manualSeed 3"
         command = [sys.executable, os.path.join(ROOT, "main.py"), *flags.split(), *extra,
                    "-data", cifar10_root, "-save", str(tmp_path / name)]  # fmt: skip
-        done = subprocess.run(command, capture_output=True, text=True, timeout=900)
+        done = subprocess.run(command, capture_output=True, text=True, timeout=2 * TIMEOUT)
         assert done.returncode == 0, done.stderr
         return torch.load(tmp_path / name / "model_1.pth", weights_only=True)["model"]
 
@@ -84,6 +85,6 @@ def test_optnet_flag_turns_checkpointing_on(cifar10_root, tmp_path):
     flags = "-dataset cifar10 -netType resnet -depth 8 -batchSize 10 -nEpochs 1 -optnet true"
     command = [sys.executable, os.path.join(ROOT, "main.py"), *flags.split(),
                "-data", cifar10_root, "-save", str(tmp_path / "save")]  # fmt: skip
-    done = subprocess.run(command, capture_output=True, text=True)
+    done = subprocess.run(command, capture_output=True, timeout=TIMEOUT, text=True)
     assert done.returncode == 0, done.stderr
     assert "=> Recomputing residual blocks in the backward pass" in done.stdout

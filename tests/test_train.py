@@ -3,6 +3,7 @@
 import pytest
 import torch
 from torch import nn
+from torch.utils._python_dispatch import TorchDispatchMode
 
 import train
 
@@ -174,3 +175,65 @@ def test_sgd_matches_the_lua_nesterov_update():
         expected = expected - 0.1 * (d + 0.9 * buf)
         optimizer.step()
     torch.testing.assert_close(x.detach(), expected)
+
+
+class HostReads(TorchDispatchMode):
+    """Counts reads of a single tensor value by the host (.item(), bool(), float())."""
+
+    def __init__(self):
+        super().__init__()
+        self.count = 0
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        self.count += func is torch.ops.aten._local_scalar_dense.default
+        return func(*args, **(kwargs or {}))
+
+
+def test_the_hot_loop_reads_the_device_only_to_print(monkeypatch):
+    torch.manual_seed(0)
+    images, labels = torch.randn(40, 3, 4, 4), torch.randint(0, 3, (40,))
+    reads = []
+    monkeypatch.setattr(train, "to_host", lambda t: reads.append(1) or t.tolist())
+    lines = []
+    trainer = make_trainer(Memorizer(), lines)
+    trainer.print_every = 4
+    with HostReads() as host:
+        trainer.train(1, batches(images, labels, 4))  # 10 iterations
+        trainer.test(1, batches(images, labels, 4))
+    assert host.count == 0
+    printed = [line for line in lines if line.startswith(" | ")]
+    assert len(reads) == len(printed) == 6  # train and test lines at 4, 8 and 10
+    assert [line.split("]")[1] for line in printed[:3]] == ["[4/10", "[8/10", "[10/10"]
+
+
+def test_a_printed_line_averages_its_window_and_the_total_is_per_image():
+    torch.manual_seed(0)
+    images, labels = torch.randn(10, 3, 4, 4), torch.tensor([0, 1, 2] * 3 + [0])
+    lines = []
+    trainer = make_trainer(Memorizer(), lines)
+    trainer.print_every = 2
+    parts = batches(images, labels, 4)  # 4 + 4 + 2 images
+    expected = [train.compute_score(trainer.model(x), y) for x, y in parts]
+    top1, top5 = trainer.test(3, parts)
+    first = 0.5 * (expected[0][0] + expected[1][0])
+    assert lines[0].endswith(f"top1 {first:7.3f} ({first:7.3f})  top5   0.000 (  0.000)")
+    assert top1 == pytest.approx(
+        (4 * expected[0][0] + 4 * expected[1][0] + 2 * expected[2][0]) / 10
+    )
+    assert lines[1].startswith(" | Test: [3][3/3]") and top5 == 0.0
+
+
+def test_a_nan_reaching_the_weights_is_caught_before_a_checkpoint():
+    lines = []
+    trainer = make_trainer(Memorizer(), lines)
+    trainer.print_every = 100
+    images = torch.full((2, 3, 4, 4), float("nan"))
+    seen = []
+
+    def before_checkpoint(epoch, n):
+        seen.append(n)
+        trainer.check_finite()
+
+    with pytest.raises(FloatingPointError, match="not finite"):
+        trainer.train(1, [(images, torch.tensor([0, 1]))] * 3, on_step=before_checkpoint)
+    assert seen == [1]
