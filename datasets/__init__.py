@@ -63,6 +63,7 @@ def make_loader(
 def close(loader) -> None:
     """Stop a loader's persistent worker processes now, not at garbage collection: workers
     ignore SIGTERM, so one still running at exit would block the interpreter's exit."""
+    loader = getattr(loader, "loader", loader)  # unwrap DeviceFinishing
     iterator = getattr(loader, "_iterator", None)
     if iterator is not None and hasattr(iterator, "_shutdown_workers"):
         iterator._shutdown_workers()
@@ -101,4 +102,4 @@ def create_loaders(opts, device: torch.device) -> tuple:
     kwargs = {"workers": opts.nThreads, "pin_memory": device.type == "cuda"}
     train = make_loader(train_set, opts.batchSize, seed=opts.manualSeed, **kwargs)
     val = make_loader(val_set, opts.batchSize // n_crops, seed=opts.manualSeed + 1, **kwargs)
-    return train, val
+    return imagenet.finish_on(train, device), imagenet.finish_on(val, device)

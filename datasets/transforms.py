@@ -1,21 +1,23 @@
 """The Lua's datasets/transforms.lua: the same random draws and the same arithmetic.
 
-Tensors are C x H x W floats. Every transform is called as transform(x, generator): the
+Images are C x H x W tensors: uint8 from decoding to the float conversion, floats after.
+Every transform is called as transform(x, generator): the
 random ones draw from that torch.Generator (None: the global one). The datasets seed one
 generator per sample from the run's seed, the epoch and the sample's position, so a run
 repeats exactly, whatever the number of loader workers and wherever it was resumed.
-Resizing uses PIL's bicubic filter (antialiased) instead of Torch's non-antialiased kernel.
+Resizing is antialiased bicubic (torchvision's, PIL's filter) instead of Torch7's
+non-antialiased kernel.
 """
 
 import math
 from collections.abc import Callable, Sequence
 
 import torch
-from PIL import Image
 from torchvision.transforms.v2 import functional as TF
 
 Generator = torch.Generator | None
 Transform = Callable[..., torch.Tensor]
+BICUBIC = TF.InterpolationMode.BICUBIC
 GRAY_WEIGHTS = (0.299, 0.587, 0.114)  # the Lua's grayscale, not torchvision's 0.2989
 
 
@@ -59,17 +61,22 @@ def scaled_size(width: int, height: int, size: int) -> tuple[int, int]:
     return int(width / height * size), size
 
 
+def resize(image: torch.Tensor, width: int, height: int) -> torch.Tensor:
+    """Antialiased bicubic resize of a C x H x W tensor (uint8 stays uint8)."""
+    return TF.resize(image, [height, width], interpolation=BICUBIC, antialias=True)
+
+
 class Scale:
-    """Resize a PIL image so that its shorter side is `size` (unchanged if it already is)."""
+    """Resize so that the shorter side is `size` (unchanged if it already is)."""
 
     def __init__(self, size: int):
         self.size = size
 
-    def __call__(self, image: Image.Image, generator: Generator = None) -> Image.Image:
-        width, height = image.size
+    def __call__(self, image: torch.Tensor, generator: Generator = None) -> torch.Tensor:
+        height, width = image.shape[-2:]
         if min(width, height) == self.size:
             return image
-        return image.resize(scaled_size(width, height, self.size), Image.BICUBIC)
+        return resize(image, *scaled_size(width, height, self.size))
 
 
 def center_offsets(width: int, height: int, size: int) -> tuple[int, int]:
@@ -156,14 +163,16 @@ class RandomSizedCrop:
                 return x1, y1, w, h
         return None
 
-    def __call__(self, image: Image.Image, generator: Generator = None) -> Image.Image:
-        box = self.crop_box(*image.size, generator)
+    def __call__(self, image: torch.Tensor, generator: Generator = None) -> torch.Tensor:
+        return self.apply(image, self.crop_box(image.shape[-1], image.shape[-2], generator))
+
+    def apply(self, image: torch.Tensor, box: tuple[int, int, int, int] | None) -> torch.Tensor:
+        """Resize box (x1, y1, w, h) of image to size x size; None: Scale + CenterCrop."""
         if box is None:
-            scaled = Scale(self.size)(image)
-            x1, y1 = center_offsets(*scaled.size, self.size)
-            return scaled.crop((x1, y1, x1 + self.size, y1 + self.size))
+            return CenterCrop(self.size)(Scale(self.size)(image))
         x1, y1, w, h = box
-        return image.resize((self.size, self.size), Image.BICUBIC, box=(x1, y1, x1 + w, y1 + h))
+        size = [self.size, self.size]
+        return TF.resized_crop(image, y1, x1, h, w, size, interpolation=BICUBIC, antialias=True)
 
 
 def grayscale(image: torch.Tensor) -> torch.Tensor:
@@ -211,8 +220,8 @@ class Lighting:
         return image + rgb.view(3, 1, 1)
 
 
-class ToTensor:
-    """PIL image -> float C x H x W in [0, 1]."""
+class ToFloat:
+    """uint8 tensor -> float in [0, 1]."""
 
-    def __call__(self, image: Image.Image, generator: Generator = None) -> torch.Tensor:
-        return TF.to_dtype(TF.pil_to_tensor(image), torch.float32, scale=True)
+    def __call__(self, image: torch.Tensor, generator: Generator = None) -> torch.Tensor:
+        return TF.to_dtype(image, torch.float32, scale=True)

@@ -149,24 +149,34 @@ def jpeg_files(folder: str, count: int = 32) -> list[str]:
 
 
 def measure_jpeg(decode_only: bool, warmup: int, steps: int) -> float:
-    """Seconds per image on one thread: JPEG decode alone, or the whole ImageNet train
-    pipeline (decode, RandomSizedCrop 224, ColorJitter, Lighting, normalise, flip)."""
+    """Seconds per image on one thread: JPEG decode alone (PIL, whole image, RGB), or the
+    tool's ImageNet train pipeline: the worker half (RandomSizedCrop with draft decoding,
+    colour draws, flip, as uint8) and the batch finishing (ColorJitter, Lighting,
+    normalise) of datasets/photometric.py, for a batch of every file."""
+    from PIL import Image
+
     from datasets import imagenet
 
     paths = jpeg_files(os.path.join(ROOT, ".cache", "benchmark-jpegs"))
-    transform = imagenet.train_transform()
+    worker, finishing = imagenet.TrainSample(), imagenet.finish_on(None, torch.device("cpu"))
     generator = torch.Generator().manual_seed(0)
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
-    position = iter(range(10**9))
 
-    def one():
-        image = imagenet.load_rgb(paths[next(position) % len(paths)])
-        if not decode_only:
-            transform(image, generator)
+    def batch():
+        if decode_only:
+            for path in paths:
+                imagenet.load_rgb(path)
+            return
+        samples = []
+        for path in paths:
+            with Image.open(path) as image:
+                samples.append(worker(image, generator))
+        crops, draws = (torch.stack(parts) for parts in zip(*samples, strict=True))
+        finishing.finish(crops, draws)
 
     try:
-        return timed(one, warmup * len(paths), steps * len(paths))
+        return timed(batch, warmup, steps) / len(paths)
     finally:
         torch.set_num_threads(threads)
 

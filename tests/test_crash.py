@@ -206,20 +206,25 @@ def test_skip_corrupt_counts_the_skipped_images(folder_with_bad_images, tmp_path
 
 
 def test_grey_cmyk_palette_and_alpha_images_load_as_rgb(foolbox_data, tmp_path):
-    from datasets.imagenet import load_rgb
+    from datasets.imagenet import decode_rgb
 
     source = Image.open(os.path.join(foolbox_data, "imagenet_00_243.jpg"))
     variants = {
         "grey.png": source.convert("L"),
         "cmyk.jpg": source.convert("CMYK"),
+        "grey.jpg": source.convert("L"),
         "palette.png": source.convert("P"),
         "alpha.png": source.convert("RGBA"),
         "grey_alpha.png": source.convert("LA"),
     }
     for name, image in variants.items():
         image.save(tmp_path / name)
-        loaded = load_rgb(str(tmp_path / name))
-        assert loaded.mode == "RGB" and loaded.size == source.size, name
+        for reduce_by, side in ((1.0, 512), (2.0, 256)):
+            with Image.open(tmp_path / name) as opened:
+                pixels = decode_rgb(opened, reduce_by)
+            assert pixels.dtype == torch.uint8, name
+            draft = name.endswith(".jpg")  # DCT scaling exists for JPEGs only
+            assert pixels.shape == (3, side if draft else 512, side if draft else 512), name
 
 
 def test_empty_class_folder_is_a_warning(tmp_path, capsys):

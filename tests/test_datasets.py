@@ -97,8 +97,9 @@ def test_ten_crop_order_is_centre_corners_then_mirrored():
 def test_scale_keeps_aspect_and_truncates_like_torch():
     assert T.scaled_size(500, 375, 256) == (341, 256)
     assert T.scaled_size(333, 500, 256) == (256, 384)
-    same = Image.new("RGB", (256, 300))
+    same = torch.zeros(3, 300, 256, dtype=torch.uint8)
     assert T.Scale(256)(same) is same
+    assert T.Scale(256)(torch.zeros(3, 375, 500, dtype=torch.uint8)).shape == (3, 256, 341)
 
 
 def test_random_sized_crop_draws_linear_aspect_ratios_and_swaps():
@@ -119,8 +120,8 @@ def test_random_sized_crop_falls_back_to_scale_and_center_crop():
     torch.manual_seed(0)
     crop = T.RandomSizedCrop(224)
     assert crop.crop_box(1000, 10) is None  # no 8%-of-area box with aspect <= 4/3 fits
-    out = crop(Image.new("RGB", (1000, 10)))
-    assert out.size == (224, 224)
+    out = crop(torch.zeros(3, 10, 1000, dtype=torch.uint8))
+    assert out.shape == (3, 224, 224) and out.dtype == torch.uint8
 
 
 def test_color_jitter_does_not_clamp_and_keeps_grey_images_grey():
@@ -151,11 +152,11 @@ def test_folder_dataset_on_real_jpegs(jpeg_root, tmp_path):
     val = imagenet.load("val", jpeg_root, str(cache), ten_crop=True)
     assert train.classes == ["Zebra", "apple", "banana"]  # byte order: upper case first
     assert len(train) == 15 and len(val) == 5
-    image, label = train[0]
-    assert image.shape == (3, 224, 224) and label == 0
-    assert -3 < image.mean() < 3
-    crops, _ = val[0]
-    assert crops.shape == (10, 3, 224, 224)
+    image, draws, label = train[0]
+    assert image.shape == (3, 224, 224) and image.dtype == torch.uint8 and label == 0
+    assert draws.shape == (9,) and sorted(draws[:3].tolist()) == [0, 1, 2]
+    crops, no_draws, _ = val[0]
+    assert crops.shape == (10, 3, 224, 224) and no_draws.numel() == 0
     assert json.loads(cache.read_text())["basedir"] == jpeg_root
 
 

@@ -1,0 +1,137 @@
+"""The folder (ImageNet) input pipeline: uint8 crops from loader workers, colour steps and
+normalisation on the device (datasets/photometric.py), JPEG draft decoding."""
+
+import os
+
+import pytest
+import torch
+from PIL import Image
+
+import datasets
+from datasets import imagenet, photometric
+from datasets import transforms as T
+
+SEEDS = range(8)
+
+
+def generator(seed: int) -> torch.Generator:
+    return torch.Generator().manual_seed(seed)
+
+
+def real_jpegs(jpeg_root: str) -> list[str]:
+    folder = os.path.join(jpeg_root, "train")
+    return sorted(
+        os.path.join(folder, c, name) for c in os.listdir(folder) for name in os.listdir(os.path.join(folder, c))
+    )  # fmt: skip
+
+
+def finisher(device="cpu") -> photometric.DeviceFinishing:
+    return imagenet.finish_on(None, torch.device(device))
+
+
+def test_batch_finishing_equals_the_per_image_lua_transform(jpeg_root):
+    """Same generator seed: workers' uint8 crop + draws, finished as a batch, against the
+    per-image ColorJitter / Lighting / normalise / flip of datasets/transforms.py."""
+    paths = real_jpegs(jpeg_root)[: len(SEEDS)]
+    worker = imagenet.TrainSample(draft=False)
+    reference = imagenet.train_transform()
+    crops, draws, expected = [], [], []
+    for seed, path in zip(SEEDS, paths, strict=True):
+        with Image.open(path) as image:
+            pixels, drawn = worker(image, generator(seed))
+        crops.append(pixels)
+        draws.append(drawn)
+        with Image.open(path) as image:
+            expected.append(reference(imagenet.decode_rgb(image), generator(seed)))
+    finished = finisher().finish(torch.stack(crops), torch.stack(draws))
+    torch.testing.assert_close(finished, torch.stack(expected), atol=1e-5, rtol=0)
+
+
+def test_every_jitter_order_and_flip_occurs_in_the_draws():
+    orders, flips = set(), 0
+    worker = imagenet.TrainSample(draft=False)
+    image = Image.new("RGB", (300, 300), (200, 20, 20))
+    image.paste((20, 20, 200), (0, 0, 150, 300))  # left half blue: a flip is visible
+    for seed in range(200):
+        pixels, drawn = worker(image, generator(seed))
+        orders.add(tuple(drawn[:3].int().tolist()))
+        flips += int(pixels[2, 112, 5] < 100)  # red at the left edge: mirrored
+    assert len(orders) == 6
+    assert 70 < flips < 130
+
+
+def test_validation_batches_are_normalised_on_the_device(jpeg_root):
+    val = imagenet.ValSample(ten_crop=False, draft=False)
+    path = real_jpegs(jpeg_root)[0]
+    with Image.open(path) as image:
+        pixels, no_draws = val(image)
+    finished = finisher().finish(pixels[None], no_draws[None])
+    mean = torch.tensor(imagenet.MEANSTD[0]).view(3, 1, 1)
+    std = torch.tensor(imagenet.MEANSTD[1]).view(3, 1, 1)
+    torch.testing.assert_close(finished[0], (pixels / 255 - mean) / std)
+
+
+def test_draft_decoding_shrinks_large_jpegs_and_keeps_the_picture(foolbox_data):
+    path = os.path.join(foolbox_data, "imagenet_10_541.jpg")  # 1024 x 683
+    with Image.open(path) as image:
+        full = imagenet.decode_rgb(image)
+    for reduce_by, shape in ((1.9, (683, 1024)), (2.0, (342, 512)), (4.5, (171, 256))):
+        with Image.open(path) as image:
+            assert imagenet.decode_rgb(image, reduce_by).shape[-2:] == shape
+    with Image.open(path) as image:
+        quarter = imagenet.decode_rgb(image, 4.0).float()
+    shrunk = torch.nn.functional.interpolate(
+        full[None].float(), size=quarter.shape[-2:], mode="area"
+    )
+    assert (shrunk[0] - quarter).abs().mean() < 4  # of 255: the same picture, 4x smaller
+
+
+@pytest.mark.parametrize("ten_crop", [False, True])
+def test_drafted_validation_crops_match_full_decoding(foolbox_data, ten_crop):
+    path = os.path.join(foolbox_data, "imagenet_10_541.jpg")
+    crops = []
+    for draft in (False, True):
+        with Image.open(path) as image:
+            crops.append(imagenet.ValSample(ten_crop, draft=draft)(image)[0].float())
+    assert crops[0].shape == crops[1].shape == ((10, 3, 224, 224) if ten_crop else (3, 224, 224))
+    assert (crops[0] - crops[1]).abs().mean() < 4
+
+
+def test_drafted_training_crops_match_full_decoding_of_the_same_region(foolbox_data):
+    """Draft decoding may move a crop's edges by up to half a reduced pixel (a crop offset
+    the random draw could have given anyway); over the region it covers, the picture
+    matches full decoding."""
+    path = os.path.join(foolbox_data, "imagenet_10_541.jpg")  # 1024 x 683
+    crop, drafted = T.RandomSizedCrop(224), 0
+    with Image.open(path) as image:
+        full = imagenet.decode_rgb(image)
+    for seed in range(20):
+        box = crop.crop_box(1024, 683, generator(seed))
+        with Image.open(path) as image:
+            small = imagenet.decode_rgb(image, min(box[2:]) / 224 if box else 1.0)
+        if small.shape == full.shape:
+            continue
+        drafted += 1
+        reduced = imagenet.rescale_box(box, 1024, 683, small)
+        scales = (small.shape[-1] / 1024, small.shape[-2] / 683) * 2
+        covered = tuple(round(v / s) for v, s in zip(reduced, scales, strict=True))
+        assert max(abs(a - b) for a, b in zip(covered, box, strict=True)) <= 2
+        difference = crop.apply(full, covered).float() - crop.apply(small, reduced).float()
+        assert difference.abs().mean() < 5  # of 255
+        with Image.open(path) as image:
+            pixels, _ = imagenet.TrainSample()(image, generator(seed))
+        with Image.open(path) as image:
+            unflipped, _ = imagenet.TrainSample(draft=False)(image, generator(seed))
+        assert (pixels.float() - unflipped.float()).abs().mean() < 20  # same flip, same draws
+    assert drafted >= 5
+
+
+def test_the_loader_yields_finished_float_batches_and_counts_skips(jpeg_root, tmp_path):
+    dataset = imagenet.load("train", jpeg_root, str(tmp_path / "gen.json"))
+    loader = imagenet.finish_on(datasets.make_loader(dataset, 4, workers=0, seed=1), "cpu")
+    datasets.set_epoch(loader, 1)
+    batches = list(loader)
+    assert len(batches) == len(loader) == 4
+    images, labels, skipped = batches[0]
+    assert images.dtype == torch.float32 and images.shape == (4, 3, 224, 224)
+    assert labels.dtype == torch.int64 and skipped == 0
