@@ -8,8 +8,11 @@ import random
 import shutil
 import signal
 import sys
+from datetime import timedelta
+from typing import NamedTuple
 
 import torch
+import torch.distributed as dist
 from torch import nn
 
 import checkpoints
@@ -17,6 +20,7 @@ import datasets
 import models
 import opts as options
 import train
+from models import sync_batchnorm
 
 CHANNELS_LAST = {"channels_last": torch.channels_last, "contiguous": torch.contiguous_format}
 
@@ -25,8 +29,42 @@ class StartError(ValueError):
     """A start that cannot go on (bad combination found after parsing)."""
 
 
-def select_device(n_gpu: int) -> torch.device:
-    """CUDA when asked for and present, else the CPU (said once)."""
+class Processes(NamedTuple):
+    """This process's place in a distributed run (rank 0 of 1 when not distributed)."""
+
+    rank: int = 0
+    world: int = 1
+    local_rank: int = 0
+    control: object = None  # a gloo group for small CPU messages (stop requests)
+
+
+def start_processes(n_gpu: int) -> Processes:
+    """Join the process group torchrun describes in the environment: nccl with one GPU per
+    process, gloo on CPUs. Without torchrun (or WORLD_SIZE 1): one process."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world <= 1:
+        return Processes()
+    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+    on_gpus = n_gpu > 0 and torch.cuda.is_available()
+    if on_gpus:
+        torch.cuda.set_device(local_rank)
+    # A peer that died makes collectives fail after this long instead of waiting forever.
+    dist.init_process_group("nccl" if on_gpus else "gloo", timeout=timedelta(minutes=5))
+    control = dist.new_group(backend="gloo") if on_gpus else None
+    if dist.get_rank() != 0:
+        sys.stdout = open(os.devnull, "w")  # noqa: SIM115 - only rank 0 prints
+    else:
+        where = "GPU" if on_gpus else "CPU"
+        print(f"=> Distributed: {world} processes, one {where} each ({dist.get_backend()})")
+    return Processes(dist.get_rank(), world, local_rank, control)
+
+
+def select_device(n_gpu: int, processes: Processes | None = None) -> torch.device:
+    """CUDA when asked for and present, else the CPU (said once); under torchrun, the
+    process's own GPU."""
+    if processes is not None and processes.world > 1:
+        on_gpus = n_gpu > 0 and torch.cuda.is_available()
+        return torch.device("cuda", processes.local_rank) if on_gpus else torch.device("cpu")
     if n_gpu > 0 and torch.cuda.is_available():
         if n_gpu > torch.cuda.device_count():
             raise StartError(f"-nGPU {n_gpu} but only {torch.cuda.device_count()} GPUs are visible")
@@ -211,10 +249,22 @@ def restore_rng_state(state: dict) -> None:
 
 
 class StopRequest:
-    """Remembers SIGTERM / SIGINT so that training saves and stops between iterations."""
+    """Remembers SIGTERM / SIGINT so that training saves and stops between iterations;
+    in a distributed run, every process stops at the same iteration (agreed)."""
 
-    def __init__(self):
+    def __init__(self, processes: Processes | None = None):
         self.signal_number = None
+        self.processes = processes or Processes()
+
+    def agreed(self) -> bool:
+        """Whether any process was asked to stop (a small all-reduce when distributed)."""
+        if self.processes.world == 1:
+            return self()
+        flag = torch.tensor([int(self())])
+        dist.all_reduce(flag, op=dist.ReduceOp.MAX, group=self.processes.control)
+        if flag.item() and self.signal_number is None:
+            self.signal_number = signal.SIGTERM  # another process got the signal
+        return bool(flag.item())
 
     def install(self) -> None:
         """Catch SIGTERM and SIGINT from now on."""
@@ -232,10 +282,11 @@ class EpochLoop:
     """The Lua's epoch loop (train, test, remember the best top-1, save) made resumable:
     checkpoints every -checkpointEvery iterations and on SIGTERM / SIGINT."""
 
-    def __init__(self, opts, trainer, loaders, arch, classes, checkpoint):
+    def __init__(self, opts, trainer, loaders, arch, classes, checkpoint, processes=None):
         self.opts, self.trainer, self.arch, self.classes = opts, trainer, arch, classes
         self.train_loader, self.val_loader = loaders
-        self.stop = StopRequest()
+        self.processes = processes or Processes()
+        self.stop = StopRequest(self.processes)
         self.best = (math.inf, math.inf)
         self.epoch, self.start = opts.epochNumber, 0
         if checkpoint:
@@ -245,7 +296,10 @@ class EpochLoop:
             self.start = 0 if finished else checkpoint["iteration"]
 
     def save(self, epoch: int, iteration: int = 0, is_best: bool = False) -> None:
-        """Checkpoint after `epoch` (iteration 0) or after an iteration inside it."""
+        """Checkpoint after `epoch` (iteration 0) or after an iteration inside it; only
+        rank 0 writes (every rank holds the same weights)."""
+        if self.processes.rank != 0:
+            return
         checkpoints.save(
             self.opts.save, epoch, self.trainer.model, self.trainer.optimizer.state_dict(),
             arch=self.arch, classes=self.classes, is_best=is_best, best=self.best,
@@ -255,7 +309,7 @@ class EpochLoop:
 
     def after_step(self, epoch: int, iteration: int) -> None:
         """Periodic and requested mid-epoch checkpoints."""
-        every, stopping = self.opts.checkpointEvery, self.stop()
+        every, stopping = self.opts.checkpointEvery, self.stop.agreed()
         if stopping or (every and iteration % every == 0):
             self.trainer.check_finite()  # never checkpoint weights a NaN has reached
             self.save(epoch, iteration)
@@ -280,14 +334,44 @@ class EpochLoop:
                 self.best = (top1, top5)
                 print(" * Best model ", f"{top1:.14g}", f"{top5:.14g}", sep="\t")
             self.save(epoch, is_best=is_best)
-            if self.stop():
+            if self.stop.agreed():
                 raise train.Interrupted(f"after epoch {epoch}")
         print(f" * Finished top1: {self.best[0]:6.3f}  top5: {self.best[1]:6.3f}")
 
 
+REFERENCE_BATCH = {"imagenet": 256}  # the recipes' batch for -LR 0.1; CIFAR's is 128
+
+
+def linear_scaling_note(opts) -> None:
+    """Say once what -LR the linear scaling rule gives when the batch is not the recipe's."""
+    reference = REFERENCE_BATCH.get(opts.dataset, 128)
+    suggested = 0.1 * opts.batchSize / reference
+    if opts.batchSize != reference and not math.isclose(opts.LR, suggested):
+        print(
+            f"=> Note: -batchSize {opts.batchSize} is not the recipe's {reference}; the linear"
+            f" scaling rule suggests -LR {suggested:g} (0.1 x {opts.batchSize}/{reference})"
+        )
+
+
 def run(opts) -> int:
-    """Everything after parsing: validate, build, then train or test."""
-    device = select_device(opts.nGPU)
+    """Everything after parsing, in each process of a torchrun job (or the only one)."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if opts.batchSize % world:
+        raise StartError(
+            f"-batchSize {opts.batchSize} (the global batch) does not divide among {world}"
+            f" processes; use a multiple of {world}"
+        )
+    processes = start_processes(opts.nGPU)
+    try:
+        return run_process(opts, processes)
+    finally:
+        if processes.world > 1:
+            dist.destroy_process_group()
+
+
+def run_process(opts, processes: Processes) -> int:
+    """Validate, build, then train or test."""
+    device = select_device(opts.nGPU, processes)
     precision_settings(opts.precision, device)  # a bad combination fails before any work
     configure_backends(opts.cudnn)
     torch.manual_seed(opts.manualSeed)
@@ -302,31 +386,45 @@ def run(opts) -> int:
             print(f"=> Loading checkpoint {os.path.join(opts.resume, checkpoints.LATEST)}")
             restore_rng_state(checkpoint["state"].get("rng", {}))
     retrained = checkpoints.load_model_file(opts.retrain) if opts.retrain != "none" else None
-    loaders = datasets.create_loaders(opts, device)
+    linear_scaling_note(opts)
+    loaders = datasets.create_loaders(opts, device, processes.rank, processes.world)
     try:
-        return train_or_test(opts, device, loaders, checkpoint, retrained)
+        return train_or_test(opts, device, loaders, checkpoint, retrained, processes)
     finally:
         for loader in loaders:
             datasets.close(loader)
 
 
-def prepare_model(opts, model: nn.Module, device: torch.device, dtype) -> nn.Module:
-    """-optnet, then device, dtype and layout, then DataParallel and -compile."""
+def prepare_model(opts, model: nn.Module, device: torch.device, dtype, world: int) -> nn.Module:
+    """-optnet, then device, dtype and layout, then -syncBN and DistributedDataParallel
+    (torchrun) or DataParallel (-nGPU > 1), then -compile."""
     if opts.shareGradInput or opts.optnet:
         print("=> Recomputing residual blocks in the backward pass to save memory (-optnet)")
         models.set_activation_checkpointing(model)
     model = model.to(device, dtype).to(memory_format=CHANNELS_LAST[opts.memoryFormat])
-    if device.type == "cuda" and opts.nGPU > 1:
+    if world > 1:
+        if opts.syncBN:
+            print("=> Batch normalisation over the global batch (-syncBN)")
+            model = sync_batchnorm.convert(model)
+        ids = [device.index] if device.type == "cuda" else None
+        model = nn.parallel.DistributedDataParallel(model, device_ids=ids)
+    elif device.type == "cuda" and opts.nGPU > 1:
         model = nn.DataParallel(model, device_ids=list(range(opts.nGPU)))
     if opts.compile:
         model = compile_model(model, device)
     return model
 
 
-def make_trainer(opts, model: nn.Module, device: torch.device, checkpoint) -> train.Trainer:
+def sum_over_processes(values: torch.Tensor) -> torch.Tensor:
+    """values summed over the processes of the distributed run."""
+    dist.all_reduce(values)
+    return values
+
+
+def make_trainer(opts, model, device, checkpoint, world: int) -> train.Trainer:
     """The Trainer for the options, with the optimizer and loss scale of -resume."""
     dtype, autocast_dtype = precision_settings(opts.precision, device)
-    model = prepare_model(opts, model, device, dtype)
+    model = prepare_model(opts, model, device, dtype, world)
     trainer = train.Trainer(
         model,
         nn.CrossEntropyLoss(),
@@ -338,24 +436,26 @@ def make_trainer(opts, model: nn.Module, device: torch.device, checkpoint) -> tr
         dtype=dtype,
         autocast_dtype=autocast_dtype,
         print_every=opts.printFreq,
+        reduce=sum_over_processes if world > 1 else None,
     )
     if checkpoint and checkpoint["state"].get("scaler"):
         trainer.scaler.load_state_dict(checkpoint["state"]["scaler"])  # fp16 loss scale
     return trainer
 
 
-def train_or_test(opts, device, loaders, checkpoint, retrained) -> int:
+def train_or_test(opts, device, loaders, checkpoint, retrained, processes: Processes) -> int:
     """Build the model and trainer on the loaders' classes, then train or test."""
     classes = list(loaders[0].dataset.classes)
     model, arch = build_model(opts, classes, checkpoint, retrained)
     check_classes(model, classes)
-    trainer = make_trainer(opts, model, device, checkpoint)
+    trainer = make_trainer(opts, model, device, checkpoint, processes.world)
     if opts.testOnly:
         top1, top5 = trainer.test(0, loaders[1])
         print(f" * Results top1: {top1:6.3f}  top5: {top5:6.3f}")
         return 0
-    write_options(opts, arch)
-    loop = EpochLoop(opts, trainer, loaders, arch, classes, checkpoint)
+    if processes.rank == 0:
+        write_options(opts, arch)
+    loop = EpochLoop(opts, trainer, loaders, arch, classes, checkpoint, processes)
     try:
         loop.run()
     except train.Interrupted as exc:
@@ -392,6 +492,10 @@ def main(argv=None) -> int:
         print(f"error: {one_line(exc)}", file=sys.stderr)
         return 1
     except RuntimeError as exc:
+        if isinstance(exc, dist.DistError) or dist.is_initialized():
+            print(f"error: another process of this distributed job failed ({one_line(exc)[:300]});"
+                  " the checkpoints are intact: rerun with -resume", file=sys.stderr)  # fmt: skip
+            return 1
         if not type(exc).__module__.startswith(("torch._dynamo", "torch._inductor")):
             raise
         print(f"error: torch.compile failed ({one_line(exc)[:300]}); run without -compile",

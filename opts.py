@@ -100,6 +100,7 @@ FLAGS = [
     ("nClasses", int, 0, "Number of classes in the dataset (0: the dataset's own)"),
     ("checkpointEvery", int, 0, "Also checkpoint every N iterations (0: once per epoch) (new)"),
     ("keepCheckpoints", int, 0, "Keep the last K per-epoch checkpoints (0: all) (new)"),
+    ("syncBN", lua_bool, False, "Under torchrun: batch norm over the global batch (new)"),
     ("printFreq", int, 1, "Print a training / test line every N iterations (new)"),
     ("skipCorrupt", lua_bool, False, "Skip unreadable images instead of stopping (new)"),
 ]

@@ -111,6 +111,7 @@ class Trainer:
         dtype: torch.dtype = torch.float32,
         autocast_dtype: torch.dtype | None = None,
         print_every: int = 1,
+        reduce: Callable[[torch.Tensor], torch.Tensor] | None = None,
         log: Callable[[str], None] = print,
     ):
         self.model = model
@@ -123,6 +124,7 @@ class Trainer:
         self.dtype = dtype
         self.autocast_dtype = autocast_dtype
         self.print_every = print_every
+        self.reduce = reduce  # sums a tensor over the processes of a distributed run
         self.log = log
         self.sums = RunningSums(device)
         use_scaler = autocast_dtype == torch.float16 and device.type == "cuda"
@@ -144,12 +146,14 @@ class Trainer:
         images = images.contiguous(memory_format=self.memory_format)
         return images, target.to(self.device, non_blocking=True)
 
-    def forward(self, images: torch.Tensor) -> torch.Tensor:
-        """Model output, under autocast when a reduced precision is asked for."""
+    def forward(self, images: torch.Tensor, model: nn.Module | None = None) -> torch.Tensor:
+        """Output of model (default: the trained one), under autocast when a reduced
+        precision is asked for."""
+        model = self.model if model is None else model
         if self.autocast_dtype is None:
-            return self.model(images)
+            return model(images)
         with torch.autocast(self.device.type, dtype=self.autocast_dtype):
-            return self.model(images)
+            return model(images)
 
     def step(self, images: torch.Tensor, target: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """One SGD step; returns (output, loss) without synchronising."""
@@ -191,8 +195,21 @@ class Trainer:
         if sums.iterations:
             self.print_train_line(epoch, size, size, clock)
         self.report_skipped(skipped)
-        top1, top5, loss, _ = as_means(sums.total)
+        top1, top5, loss, _ = as_means(self.all_processes(sums.total))
         return top1, top5, loss
+
+    def all_processes(self, totals: list[float]) -> list[float]:
+        """Totals summed over the processes of a distributed run (as is, in one process)."""
+        if self.reduce is None:
+            return totals
+        return self.reduce(torch.tensor(totals, dtype=torch.float64, device=self.device)).tolist()
+
+    def evaluated_model(self) -> nn.Module:
+        """The model to evaluate: unwrapped from DistributedDataParallel, whose forward may
+        communicate, while each process evaluates a different number of batches."""
+        if isinstance(self.model, nn.parallel.DistributedDataParallel):
+            return self.model.module
+        return self.model
 
     def print_train_line(self, epoch: int, n: int, size: int, clock: "WindowClock") -> None:
         """The Lua's training line for the window ending at iteration n (a sync point)."""
@@ -225,18 +242,19 @@ class Trainer:
     ) -> tuple[float, float]:
         """Evaluate; per-image errors over the whole split, partial batches included.
         Raises Interrupted between batches once stop() is true."""
-        self.model.eval()
+        model = self.evaluated_model()
+        model.eval()
         sums = RunningSums(self.device)
         clock, skipped, size = WindowClock(), 0, len(loader)
         for n, batch in enumerate(loader, 1):
             if stop is not None and stop():
-                self.model.train()
+                model.train()
                 raise Interrupted(f"stopped while testing epoch {epoch}")
             clock.batch_arrived()
             skipped += skipped_in(batch)
             if len(batch[1]) > 0:  # else every image of this batch was unreadable and skipped
                 images, target = self.to_device(batch)
-                output = self.forward(images).float()
+                output = self.forward(images, model).float()
                 sums.add(count_wrong(output, target, self.n_crops), None, target.shape[0])
             if sums.iterations and (n % self.print_every == 0 or n == size):
                 iterations = sums.iterations
@@ -247,9 +265,10 @@ class Trainer:
                     f"  top1 {top1:7.3f} ({run1:7.3f})  top5 {top5:7.3f} ({run5:7.3f})"
                 )
             clock.step_done()
-        self.model.train()
+        model.train()
         self.report_skipped(skipped)
-        top1, top5, *_ = as_means(sums.read()[1] if sums.iterations else sums.total)
+        totals = sums.read()[1] if sums.iterations else sums.total
+        top1, top5, *_ = as_means(self.all_processes(totals))
         self.log(f" * Finished epoch # {epoch}     top1: {top1:7.3f}  top5: {top5:7.3f}\n")
         return top1, top5
 

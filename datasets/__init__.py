@@ -43,14 +43,20 @@ def make_loader(
     workers: int,
     seed: int,
     pin_memory: bool = False,
+    rank: int = 0,
+    world: int = 1,
+    train: bool = False,
 ) -> DataLoader:
-    """Batches in the EpochSampler's order (reshuffled each epoch), last partial batch kept."""
+    """Batches in the EpochSampler's order (reshuffled each epoch), last partial batch kept.
+    batch_size is global: with world > 1 processes, this rank loads its share of each."""
     collate = imagenet.collate_skipping if isinstance(dataset, imagenet.ImageFolder) else None
+    # The Lua permutes the val set too; harmless, and kept.
+    sampler = EpochSampler(len(dataset), seed, batch_size=batch_size, rank=rank, world=world,
+                           train=train)  # fmt: skip
     return DataLoader(
         dataset,
-        batch_size=batch_size,
-        # The Lua permutes the val set too; harmless, and kept.
-        sampler=EpochSampler(len(dataset), seed),
+        batch_size=-(-batch_size // world),  # the largest share of a global batch
+        sampler=sampler,
         drop_last=False,
         num_workers=workers,
         pin_memory=pin_memory,
@@ -83,23 +89,26 @@ def set_epoch(loader, epoch: int, start: int = 0) -> None:
     target.set_epoch(epoch, start)
 
 
-def in_memory_loader(dataset, batch_size: int, seed: int, train: bool, device) -> InMemoryLoader:
+def in_memory_loader(dataset, batch_size: int, seed: int, train: bool, device, rank: int,
+                     world: int) -> InMemoryLoader:  # fmt: skip
     """Whole-batch loader for an ArrayImageDataset, augmenting on `device`."""
     return InMemoryLoader(dataset, batch_size, seed=seed, train=train, mean=dataset.mean,
-                          std=dataset.std, device=device)  # fmt: skip
+                          std=dataset.std, device=device, rank=rank, world=world)  # fmt: skip
 
 
-def create_loaders(opts, device: torch.device) -> tuple:
+def create_loaders(opts, device: torch.device, rank: int = 0, world: int = 1) -> tuple:
     """Train and val loaders: in memory for CIFAR / Fashion-MNIST, DataLoader workers for
-    folders; with -tenCrop the val batch is floor(batchSize / 10) images."""
+    folders; with -tenCrop the val batch is floor(batchSize / 10) images. -batchSize is
+    global: each of `world` processes loads its share of every batch."""
     train_set, val_set = create(opts, "train"), create(opts, "val")
+    ranks = {"rank": rank, "world": world}
     if isinstance(train_set, ArrayImageDataset):
         return (
-            in_memory_loader(train_set, opts.batchSize, opts.manualSeed, True, device),
-            in_memory_loader(val_set, opts.batchSize, opts.manualSeed + 1, False, device),
+            in_memory_loader(train_set, opts.batchSize, opts.manualSeed, True, device, **ranks),
+            in_memory_loader(val_set, opts.batchSize, opts.manualSeed + 1, False, device, **ranks),
         )
     n_crops = 10 if opts.tenCrop else 1
-    kwargs = {"workers": opts.nThreads, "pin_memory": device.type == "cuda"}
-    train = make_loader(train_set, opts.batchSize, seed=opts.manualSeed, **kwargs)
+    kwargs = {"workers": opts.nThreads, "pin_memory": device.type == "cuda", **ranks}
+    train = make_loader(train_set, opts.batchSize, seed=opts.manualSeed, train=True, **kwargs)
     val = make_loader(val_set, opts.batchSize // n_crops, seed=opts.manualSeed + 1, **kwargs)
     return imagenet.finish_on(train, device), imagenet.finish_on(val, device)

@@ -82,7 +82,7 @@ def cached_index(data: str, cache_path: str) -> dict:
     index = build_index(data)
     print(f" | saving list of images to {cache_path}")
     os.makedirs(os.path.dirname(cache_path) or ".", exist_ok=True)
-    partial = cache_path + ".partial"
+    partial = f"{cache_path}.{os.getpid()}.partial"  # ranks may build it at the same time
     with open(partial, "w") as handle:
         json.dump(index, handle)
     os.replace(partial, cache_path)

@@ -8,12 +8,10 @@ flips and offsets are drawn at once from the (seed, epoch) generator, so an epoc
 at batch k yields exactly the batches k+1.. of the uninterrupted run.
 """
 
-import math
-
 import torch
 from torch.nn import functional as F
 
-from datasets.sampler import epoch_generator
+from datasets.sampler import epoch_generator, shard
 
 
 def augment_batch(
@@ -39,7 +37,8 @@ class InMemoryLoader:
     """Iterates (images, labels) batches of an ArrayImageDataset, augmented on `device`."""
 
     def __init__(self, dataset, batch_size: int, *, seed: int, train: bool, mean, std,
-                 padding: int = 4, device: torch.device | str = "cpu"):  # fmt: skip
+                 padding: int = 4, device: torch.device | str = "cpu", rank: int = 0,
+                 world: int = 1):  # fmt: skip
         self.dataset = dataset  # keeps .classes reachable as for a DataLoader
         self.device = torch.device(device)
         self.images = dataset.images.to(self.device)
@@ -51,13 +50,19 @@ class InMemoryLoader:
         self.mean = torch.tensor(mean, device=self.device).view(1, -1, 1, 1)
         self.std = torch.tensor(std, device=self.device).view(1, -1, 1, 1)
         self.epoch, self.start = 1, 0
+        self.rank, self.world = rank, world  # batch_size is global; this rank gets its share
 
     def set_epoch(self, epoch: int, start: int = 0) -> None:
         """Use epoch's order and draws, beginning at sample `start`."""
         self.epoch, self.start = epoch, start
 
+    def shares(self):
+        """This rank's positions of each global batch (datasets.sampler.shard)."""
+        return shard(self.start, len(self.labels), self.batch_size, self.rank, self.world,
+                     whole_batches_only=self.train)  # fmt: skip
+
     def __len__(self) -> int:
-        return math.ceil(max(len(self.labels) - self.start, 0) / self.batch_size)
+        return sum(1 for _ in self.shares())
 
     def draws(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """The epoch's (order, flips, offsets), one entry per position in the epoch."""
@@ -70,15 +75,15 @@ class InMemoryLoader:
 
     def __iter__(self):
         order, flips, offsets = (t.to(self.device) for t in self.draws())
-        for first in range(self.start, len(order), self.batch_size):
-            index = order[first : first + self.batch_size]
+        for share in self.shares():
+            part = slice(share.start, share.stop)
+            index = order[part]
             images = self.images[index].float()
             if images.shape[1] == 1:
                 images = images.expand(-1, 3, -1, -1)  # greyscale feeds 3-channel networks
             if not self.train:
                 yield (images - self.mean) / self.std, self.labels[index]
                 continue
-            part = slice(first, first + self.batch_size)
             batch = augment_batch(
                 images, self.mean, self.std, flips[part], offsets[part], self.padding
             )

@@ -20,13 +20,31 @@ def epoch_generator(seed: int, epoch: int) -> torch.Generator:
     return torch.Generator().manual_seed((seed * 1_000_003 + epoch) % 2**63)
 
 
-class EpochSampler(Sampler):
-    """Yields (index, augmentation seed) pairs; call set_epoch before each epoch."""
+def shard(start: int, size: int, batch_size: int, rank: int = 0, world: int = 1, *,
+          whole_batches_only: bool = False):  # fmt: skip
+    """This process's positions of each global batch of the epoch from position `start`:
+    a batch of n is cut in `world` contiguous shares that differ by at most one, so every
+    sample is used exactly once. whole_batches_only (distributed training, where every
+    process must step together): a last batch too small to give each process a sample is
+    dropped."""
+    for first in range(start, size, batch_size):
+        n = min(batch_size, size - first)
+        if whole_batches_only and world > 1 and n < world:
+            return
+        yield range(first + rank * n // world, first + (rank + 1) * n // world)
 
-    def __init__(self, size: int, seed: int, shuffle: bool = True):
+
+class EpochSampler(Sampler):
+    """Yields (index, augmentation seed) pairs; call set_epoch before each epoch. With
+    world > 1, only this rank's share of each global batch of batch_size (see shard)."""
+
+    def __init__(self, size: int, seed: int, shuffle: bool = True, *, batch_size: int = 1,
+                 rank: int = 0, world: int = 1, train: bool = False):  # fmt: skip
         self.size = size
         self.seed = seed
         self.shuffle = shuffle
+        self.shards = {"batch_size": batch_size, "rank": rank, "world": world,
+                       "whole_batches_only": train}  # fmt: skip
         self.epoch = 1
         self.start = 0
 
@@ -35,8 +53,13 @@ class EpochSampler(Sampler):
         self.epoch = epoch
         self.start = start
 
+    def positions(self):
+        """This rank's positions in the epoch's order, from `start` (past the end: none)."""
+        for share in shard(self.start, self.size, **self.shards):
+            yield from share
+
     def __len__(self) -> int:
-        return max(self.size - self.start, 0)  # start passes the end after the last batch
+        return sum(len(share) for share in shard(self.start, self.size, **self.shards))
 
     def __iter__(self):
         generator = epoch_generator(self.seed, self.epoch)
@@ -45,7 +68,7 @@ class EpochSampler(Sampler):
         else:
             order = torch.arange(self.size)
         seeds = torch.randint(0, SEED_RANGE, (self.size,), generator=generator)
-        for position in range(self.start, self.size):
+        for position in self.positions():
             yield int(order[position]), int(seeds[position])
 
 

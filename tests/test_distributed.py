@@ -1,0 +1,123 @@
+"""torchrun on CPU with gloo: the same weights and errors as one process, rank-0-only output,
+two "nodes" on one machine, and a dead rank ending the job (issue: many GPUs and machines)."""
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+
+import pytest
+import torch
+from conftest import TIMEOUT
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+MAIN = os.path.join(ROOT, "main.py")
+
+
+def torchrun(*launcher):
+    return [sys.executable, "-m", "torch.distributed.run", *launcher, MAIN]
+
+
+def cifar_flags(data, save, *extra):
+    return ["-dataset", "cifar10", "-netType", "resnet", "-depth", "8", "-batchSize", "4",
+            "-LR", "0.05", "-nThreads", "0", "-memoryFormat", "contiguous", "-data", data,
+            "-save", str(save), *extra]  # fmt: skip
+
+
+def run(command):
+    done = subprocess.run(command, capture_output=True, text=True, timeout=TIMEOUT)
+    assert done.returncode == 0, done.stderr[-3000:]
+    return done
+
+
+def weights(save, name="model_1.pth"):
+    return torch.load(os.path.join(save, name), weights_only=True)["model"]
+
+
+@pytest.fixture(scope="module")
+def one_process(cifar10_root, tmp_path_factory):
+    save = tmp_path_factory.mktemp("single")
+    run([sys.executable, MAIN, *cifar_flags(cifar10_root, save, "-nEpochs", "1")])
+    return save
+
+
+def test_two_processes_with_sync_bn_train_the_weights_of_one(cifar10_root, one_process, tmp_path):
+    done = run([*torchrun("--standalone", "--nproc-per-node", "2"),
+                *cifar_flags(cifar10_root, tmp_path, "-nEpochs", "1", "-syncBN", "true")])  # fmt: skip
+    single, double = weights(one_process), weights(tmp_path)
+    assert single.keys() == double.keys()
+    for name in single:
+        torch.testing.assert_close(double[name], single[name], atol=1e-5, rtol=0, msg=name)
+    assert done.stdout.count("=> Training epoch # 1") == 1  # rank 0 alone prints
+    assert "=> Distributed: 2 processes, one CPU each (gloo)" in done.stdout
+    assert sorted(os.listdir(tmp_path)) == sorted(os.listdir(one_process))
+
+
+def results_line(stdout: str) -> str:
+    return next(line for line in stdout.splitlines() if line.startswith(" * Results"))
+
+
+def test_distributed_validation_counts_every_image_once(cifar10_root, one_process):
+    """20 test images over 3 processes, batches of 6: shares 2/2/2 three times, then 0/1/1."""
+    flags = cifar_flags(cifar10_root, one_process, "-testOnly", "true", "-batchSize", "6",
+                        "-resume", str(one_process))  # fmt: skip
+    alone = run([sys.executable, MAIN, *flags])
+    three = run([*torchrun("--standalone", "--nproc-per-node", "3"), *flags])
+    assert results_line(three.stdout) == results_line(alone.stdout)
+    assert results_line(alone.stdout) != " * Results top1:  0.000  top5:  0.000"
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def test_two_nodes_rendezvous_train_and_write_one_checkpoint(cifar10_root, tmp_path):
+    launcher = ["--nnodes", "2", "--nproc-per-node", "1", "--rdzv-backend", "c10d",
+                "--rdzv-endpoint", f"127.0.0.1:{free_port()}", "--rdzv-id", "two-nodes"]  # fmt: skip
+    command = [*torchrun(*launcher), *cifar_flags(cifar10_root, tmp_path, "-nEpochs", "1")]
+    nodes = [subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+             for _ in range(2)]  # fmt: skip
+    outputs = [node.communicate(timeout=TIMEOUT) for node in nodes]
+    assert [node.returncode for node in nodes] == [0, 0], outputs[0][1][-2000:]
+    assert sum(out.count("=> Training epoch # 1") for out, _ in outputs) == 1
+    assert sorted(os.listdir(tmp_path)) == ["latest.pth", "model_1.pth", "model_best.pth",
+                                            "optimState_1.pth", "opts.json"]  # fmt: skip
+
+
+def rank_pids() -> dict[int, int]:
+    """pid of each torchrun worker process running main.py, by rank, from /proc."""
+    ranks = {}
+    for entry in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            with open(f"/proc/{entry}/environ", "rb") as handle:
+                environ = dict(v.split(b"=", 1) for v in handle.read().split(b"\0") if b"=" in v)
+            with open(f"/proc/{entry}/cmdline", "rb") as handle:
+                cmdline = handle.read()
+        except OSError:
+            continue  # ended meanwhile
+        if MAIN.encode() in cmdline and b"TORCHELASTIC_RUN_ID" in environ and b"RANK" in environ:
+            ranks[int(environ[b"RANK"])] = int(entry)
+    return ranks
+
+
+def test_a_dead_rank_ends_the_job_and_the_run_resumes(cifar10_root, tmp_path):
+    flags = cifar_flags(cifar10_root, tmp_path, "-nEpochs", "40", "-batchSize", "2")
+    job = subprocess.Popen([*torchrun("--standalone", "--nproc-per-node", "2"), *flags],
+                           stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                           env={**os.environ, "PYTHONUNBUFFERED": "1"})  # fmt: skip
+    for line in job.stdout:  # epoch 2 is saved once epoch 3 starts
+        if line.startswith("=> Training epoch # 3"):
+            break
+    os.kill(rank_pids()[1], signal.SIGKILL)
+    started = time.monotonic()
+    _, stderr = job.communicate(timeout=TIMEOUT)
+    assert job.returncode != 0
+    assert time.monotonic() - started < 120, "the job outlived its dead rank too long"
+    resumed = run([sys.executable, MAIN, *cifar_flags(cifar10_root, tmp_path, "-nEpochs", "3",
+                                                      "-batchSize", "2", "-resume", str(tmp_path))])  # fmt: skip
+    assert "=> Loading checkpoint" in resumed.stdout
+    assert os.path.exists(tmp_path / "model_3.pth")
