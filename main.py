@@ -492,7 +492,7 @@ def main(argv=None) -> int:
         print(f"error: {one_line(exc)}", file=sys.stderr)
         return 1
     except RuntimeError as exc:
-        if isinstance(exc, dist.DistError) or dist.is_initialized():
+        if isinstance(exc, dist.DistError) or int(os.environ.get("WORLD_SIZE", "1")) > 1:
             print(f"error: another process of this distributed job failed ({one_line(exc)[:300]});"
                   " the checkpoints are intact: rerun with -resume", file=sys.stderr)  # fmt: skip
             return 1

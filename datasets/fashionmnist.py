@@ -45,7 +45,7 @@ def unpack(source: str, raw: str) -> None:
         origin = plain if os.path.isfile(plain) else packed
         if os.path.isfile(target) and os.path.getmtime(target) >= os.path.getmtime(origin):
             continue
-        partial = target + ".partial"
+        partial = f"{target}.{os.getpid()}.partial"  # ranks may unpack at the same time
         opener = gzip.open if origin == packed else open
         try:
             with opener(origin, "rb") as src, open(partial, "wb") as dst:

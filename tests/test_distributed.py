@@ -12,6 +12,8 @@ import pytest
 import torch
 from conftest import TIMEOUT
 
+from datasets.sampler import shard
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 MAIN = os.path.join(ROOT, "main.py")
 
@@ -121,3 +123,52 @@ def test_a_dead_rank_ends_the_job_and_the_run_resumes(cifar10_root, tmp_path):
                                                       "-batchSize", "2", "-resume", str(tmp_path))])  # fmt: skip
     assert "=> Loading checkpoint" in resumed.stdout
     assert os.path.exists(tmp_path / "model_3.pth")
+
+
+@pytest.mark.parametrize(("size", "batch", "world"), [(20, 6, 3), (10, 4, 2), (7, 8, 4), (5, 4, 2)])
+def test_shares_cover_every_sample_once_and_differ_by_at_most_one(size, batch, world):
+    shares = [list(shard(0, size, batch, rank, world)) for rank in range(world)]
+    for batches in zip(*shares, strict=True):  # the same global batches on every rank
+        lengths = [len(part) for part in batches]
+        assert max(lengths) - min(lengths) <= 1
+    positions = sorted(p for rank in shares for part in rank for p in part)
+    assert positions == list(range(size))
+
+
+def test_training_drops_a_last_batch_too_small_for_every_rank():
+    kept = [list(shard(0, 9, 4, rank, 2, whole_batches_only=True)) for rank in range(2)]
+    assert [len(rank) for rank in kept] == [2, 2]  # 4 + 4 kept, the last single image not
+    assert list(shard(0, 9, 4, 0, 1, whole_batches_only=True))[-1] == range(8, 9)  # one process
+
+
+def test_a_global_batch_that_does_not_divide_among_the_processes_is_an_error(
+    cifar10_root, tmp_path
+):
+    command = [sys.executable, MAIN, *cifar_flags(cifar10_root, tmp_path, "-batchSize", "10")]
+    done = subprocess.run(command, capture_output=True, text=True, timeout=TIMEOUT,
+                          env={**os.environ, "WORLD_SIZE": "4"})  # fmt: skip
+    assert done.returncode == 2
+    assert done.stderr == (
+        "error: -batchSize 10 (the global batch) does not divide among 4 processes;"
+        " use a multiple of 4\n"
+    )
+    assert not os.listdir(tmp_path)
+
+
+@pytest.mark.parametrize(
+    ("dataset", "batch", "lr", "note"),
+    [
+        ("cifar10", 64, 0.1, "suggests -LR 0.05 (0.1 x 64/128)"),
+        ("cifar10", 32, 0.025, None),
+        ("cifar10", 128, 0.1, None),
+        ("imagenet", 512, 0.1, "suggests -LR 0.2 (0.1 x 512/256)"),
+    ],
+)
+def test_the_linear_scaling_rule_is_suggested_once(capsys, dataset, batch, lr, note):
+    import argparse
+
+    import main
+
+    main.linear_scaling_note(argparse.Namespace(dataset=dataset, batchSize=batch, LR=lr))
+    out = capsys.readouterr().out
+    assert (note in out and out.count("\n") == 1) if note else out == ""
