@@ -421,7 +421,7 @@ def sum_over_processes(values: torch.Tensor) -> torch.Tensor:
     return values
 
 
-def make_trainer(opts, model, device, checkpoint, world: int) -> train.Trainer:
+def make_trainer(opts, model, device, checkpoint, world: int, progress=None) -> train.Trainer:
     """The Trainer for the options, with the optimizer and loss scale of -resume."""
     dtype, autocast_dtype = precision_settings(opts.precision, device)
     model = prepare_model(opts, model, device, dtype, world)
@@ -437,6 +437,7 @@ def make_trainer(opts, model, device, checkpoint, world: int) -> train.Trainer:
         autocast_dtype=autocast_dtype,
         print_every=opts.printFreq,
         reduce=sum_over_processes if world > 1 else None,
+        progress=progress,
     )
     if checkpoint and checkpoint["state"].get("scaler"):
         trainer.scaler.load_state_dict(checkpoint["state"]["scaler"])  # fp16 loss scale
@@ -448,13 +449,20 @@ def train_or_test(opts, device, loaders, checkpoint, retrained, processes: Proce
     classes = list(loaders[0].dataset.classes)
     model, arch = build_model(opts, classes, checkpoint, retrained)
     check_classes(model, classes)
-    trainer = make_trainer(opts, model, device, checkpoint, processes.world)
+    bar = sys.stdout.isatty()  # on a terminal: progress bars; else the Lua's lines
     if opts.testOnly:
+        trainer = make_trainer(opts, model, device, checkpoint, processes.world,
+                               train.Progress(bar=bar))  # fmt: skip
         top1, top5 = trainer.test(0, loaders[1])
         print(f" * Results top1: {top1:6.3f}  top5: {top5:6.3f}")
         return 0
+    records = None
     if processes.rank == 0:
         write_options(opts, arch)
+        records = train.RunRecords(opts.save, len(loaders[0]), tensorboard=opts.tensorboard,
+                                   options={**vars(opts), "arch": arch})  # fmt: skip
+    trainer = make_trainer(opts, model, device, checkpoint, processes.world,
+                           train.Progress(bar=bar, record=records))  # fmt: skip
     loop = EpochLoop(opts, trainer, loaders, arch, classes, checkpoint, processes)
     try:
         loop.run()
@@ -465,6 +473,9 @@ def train_or_test(opts, device, loaders, checkpoint, retrained, processes: Proce
             f" Continue with -resume {opts.save}"
         )
         return 128 + number
+    finally:
+        if records is not None:
+            records.close()
     return 0
 
 

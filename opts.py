@@ -100,6 +100,13 @@ FLAGS = [
     ("nClasses", int, 0, "Number of classes in the dataset (0: the dataset's own)"),
     ("checkpointEvery", int, 0, "Also checkpoint every N iterations (0: once per epoch) (new)"),
     ("keepCheckpoints", int, 0, "Keep the last K per-epoch checkpoints (0: all) (new)"),
+    (
+        "decodeOnDevice",
+        lua_bool,
+        False,
+        "Folder datasets: decode JPEGs on the training device, nvJPEG on CUDA (new)",
+    ),
+    ("tensorboard", lua_bool, True, "Also write TensorBoard scalars under <save>/tb (new)"),
     ("syncBN", lua_bool, False, "Under torchrun: batch norm over the global batch (new)"),
     ("printFreq", int, 1, "Print a training / test line every N iterations (new)"),
     ("skipCorrupt", lua_bool, False, "Skip unreadable images instead of stopping (new)"),
@@ -174,6 +181,10 @@ def validate(opts: argparse.Namespace) -> None:
     _check(opts.weightDecay >= 0, f"-weightDecay must not be negative, got {opts.weightDecay}")
     _check(opts.nThreads >= 0, f"-nThreads must not be negative, got {opts.nThreads}")
     _check(opts.nGPU >= 0, f"-nGPU must not be negative, got {opts.nGPU}")
+    _check(
+        not opts.decodeOnDevice or opts.dataset == "imagenet",
+        "-decodeOnDevice is for folder datasets (-dataset imagenet)",
+    )
     _check(opts.printFreq > 0, f"-printFreq must be positive, got {opts.printFreq}")
     for name in ("nClasses", "checkpointEvery", "keepCheckpoints"):
         value = getattr(opts, name)

@@ -1,11 +1,15 @@
 """The training loop (the Lua's train.lua): SGD steps, top-1/top-5 errors, printed lines."""
 
+import json
 import math
+import os
+import sys
 import time
 from collections.abc import Callable, Iterable
 
 import torch
 from torch import nn
+from tqdm import tqdm
 
 Batch = tuple[torch.Tensor, ...]  # (images, target) or (images, target, n_skipped)
 StepHook = Callable[[int, int], None]  # (epoch, iteration) after each SGD step
@@ -113,6 +117,7 @@ class Trainer:
         print_every: int = 1,
         reduce: Callable[[torch.Tensor], torch.Tensor] | None = None,
         log: Callable[[str], None] = print,
+        progress: "Progress | None" = None,
     ):
         self.model = model
         self.criterion = criterion
@@ -125,7 +130,7 @@ class Trainer:
         self.autocast_dtype = autocast_dtype
         self.print_every = print_every
         self.reduce = reduce  # sums a tensor over the processes of a distributed run
-        self.log = log
+        self.progress = progress or Progress(log)
         self.sums = RunningSums(device)
         use_scaler = autocast_dtype == torch.float16 and device.type == "cuda"
         self.scaler = torch.amp.GradScaler(device.type, enabled=use_scaler)
@@ -175,11 +180,12 @@ class Trainer:
     ) -> tuple[float, float, float]:
         """One epoch from iteration start + 1 (a resumed epoch's loader yields the rest);
         prints the Lua's line every print_every iterations; returns mean top1, top5, loss."""
-        self.set_learning_rate(epoch)
-        self.log(f"=> Training epoch # {epoch}")
+        lr = self.set_learning_rate(epoch)
+        self.progress.say(f"=> Training epoch # {epoch}")
         self.model.train()
         self.sums = sums = RunningSums(self.device)
         clock, skipped, size = WindowClock(), 0, start + len(loader)
+        self.progress.begin("train", epoch, size, start)
         for n, batch in enumerate(loader, start + 1):
             clock.batch_arrived()
             skipped += skipped_in(batch)
@@ -188,14 +194,16 @@ class Trainer:
                 output, loss = self.step(images, target)
                 sums.add(count_wrong(output, target), loss, target.shape[0])
             if sums.iterations and (n % self.print_every == 0 or n == size):
-                self.print_train_line(epoch, n, size, clock)
+                self.print_train_line(epoch, n, size, clock, lr)
             if on_step is not None:
                 on_step(epoch, n)
             clock.step_done()
         if sums.iterations:
-            self.print_train_line(epoch, size, size, clock)
+            self.print_train_line(epoch, size, size, clock, lr)
         self.report_skipped(skipped)
         top1, top5, loss, _ = as_means(self.all_processes(sums.total))
+        self.progress.end({"epoch": epoch, "split": "train", "loss": loss, "top1": top1,
+                           "top5": top5, "lr": lr})  # fmt: skip
         return top1, top5, loss
 
     def all_processes(self, totals: list[float]) -> list[float]:
@@ -211,19 +219,23 @@ class Trainer:
             return self.model.module
         return self.model
 
-    def print_train_line(self, epoch: int, n: int, size: int, clock: "WindowClock") -> None:
+    def print_train_line(self, epoch, n: int, size: int, clock: "WindowClock", lr) -> None:
         """The Lua's training line for the window ending at iteration n (a sync point)."""
         iterations = self.sums.iterations
-        (top1, top5, loss, _), _ = self.sums.read()
+        (top1, top5, loss, images), _ = self.sums.read()
         if not math.isfinite(loss):
             raise FloatingPointError(
                 f"loss is {loss} at epoch {epoch}, iteration {n}; try a lower -LR"
             )
         elapsed, data_time = clock.read(iterations)
-        self.log(
+        line = (
             f" | Epoch: [{epoch}][{n}/{size}]    Time {elapsed:.3f}  Data {data_time:.3f}"
             f"  Err {loss:1.4f}  top1 {top1:7.3f}  top5 {top5:7.3f}"
         )
+        speed = window_speed(images, iterations, elapsed, data_time)
+        record = {"epoch": epoch, "iter": n, "split": "train", "loss": loss, "top1": top1,
+                  "top5": top5, "lr": lr, **speed}  # fmt: skip
+        self.progress.step(line, record, iterations)
 
     def check_finite(self) -> None:
         """Raise FloatingPointError if a loss since the last printed line was not finite;
@@ -234,7 +246,7 @@ class Trainer:
     def report_skipped(self, skipped: int) -> None:
         """Say how many unreadable samples the loader dropped this pass."""
         if skipped:
-            self.log(f" | skipped {skipped} unreadable images")
+            self.progress.say(f" | skipped {skipped} unreadable images")
 
     @torch.no_grad()
     def test(
@@ -246,6 +258,7 @@ class Trainer:
         model.eval()
         sums = RunningSums(self.device)
         clock, skipped, size = WindowClock(), 0, len(loader)
+        self.progress.begin("val", epoch, size, 0)
         for n, batch in enumerate(loader, 1):
             if stop is not None and stop():
                 model.train()
@@ -257,20 +270,28 @@ class Trainer:
                 output = self.forward(images, model).float()
                 sums.add(count_wrong(output, target, self.n_crops), None, target.shape[0])
             if sums.iterations and (n % self.print_every == 0 or n == size):
-                iterations = sums.iterations
-                (top1, top5, *_), (run1, run5, *_) = sums.read()
-                elapsed, data_time = clock.read(iterations)
-                self.log(
-                    f" | Test: [{epoch}][{n}/{size}]    Time {elapsed:.3f}  Data {data_time:.3f}"
-                    f"  top1 {top1:7.3f} ({run1:7.3f})  top5 {top5:7.3f} ({run5:7.3f})"
-                )
+                self.print_test_line(epoch, n, size, clock, sums)
             clock.step_done()
         model.train()
         self.report_skipped(skipped)
         totals = sums.read()[1] if sums.iterations else sums.total
         top1, top5, *_ = as_means(self.all_processes(totals))
-        self.log(f" * Finished epoch # {epoch}     top1: {top1:7.3f}  top5: {top5:7.3f}\n")
+        self.progress.end({"epoch": epoch, "split": "val", "top1": top1, "top5": top5})
+        self.progress.say(f" * Finished epoch # {epoch}     top1: {top1:7.3f}  top5: {top5:7.3f}\n")
         return top1, top5
+
+    def print_test_line(self, epoch, n: int, size: int, clock: "WindowClock", sums) -> None:
+        """The Lua's test line for the window ending at iteration n, with running errors."""
+        iterations = sums.iterations
+        (top1, top5, _, images), (run1, run5, *_) = sums.read()
+        elapsed, data_time = clock.read(iterations)
+        line = (
+            f" | Test: [{epoch}][{n}/{size}]    Time {elapsed:.3f}  Data {data_time:.3f}"
+            f"  top1 {top1:7.3f} ({run1:7.3f})  top5 {top5:7.3f} ({run5:7.3f})"
+        )
+        record = {"epoch": epoch, "iter": n, "split": "val", "top1": top1, "top5": top5,
+                  **window_speed(images, iterations, elapsed, data_time)}  # fmt: skip
+        self.progress.step(line, record, iterations)
 
 
 class WindowClock:
@@ -295,3 +316,101 @@ class WindowClock:
         result = ((now - self.window_start) / per, self.data_time / per)
         self.window_start, self.data_time = now, 0.0
         return result
+
+
+def window_speed(images: float, iterations: int, per_iteration: float, data: float) -> dict:
+    """img/s and the share of time spent waiting for data over a printed window."""
+    seconds = per_iteration * iterations
+    return {"img_s": images / seconds if seconds > 0 else 0.0,
+            "data_share": data / per_iteration if per_iteration > 0 else 0.0}  # fmt: skip
+
+
+class Progress:
+    """Where the trainer's output goes: the Lua's plain lines, or on a terminal one tqdm
+    bar per pass (loss, errors, LR, img/s, data share, ETA); and every printed step and
+    finished pass handed to `record` (metrics.jsonl, TensorBoard)."""
+
+    def __init__(self, log: Callable[[str], None] = print, *, bar: bool = False,
+                 record: Callable[[dict], None] | None = None):  # fmt: skip
+        self.log = log
+        self.use_bar = bar
+        self.record = record
+        self.bar = None
+
+    def say(self, text: str) -> None:
+        """A line outside the bars (epoch starts, results)."""
+        if self.bar is not None:
+            tqdm.write(text, file=sys.stdout)
+        else:
+            self.log(text)
+
+    def begin(self, split: str, epoch: int, total: int, done: int) -> None:
+        """A pass of total iterations starts, done of them already (a resumed epoch)."""
+        if self.use_bar:
+            self.bar = tqdm(total=total, initial=done, desc=f"{split} {epoch}", leave=True,
+                            dynamic_ncols=True, unit="it", file=sys.stdout)  # fmt: skip
+
+    def step(self, line: str, record: dict, iterations: int) -> None:
+        """A printed window of `iterations` iterations: its Lua line and its record."""
+        if self.bar is not None:
+            self.bar.update(iterations)
+            shown = {k: record[k] for k in ("loss", "top1", "top5", "lr") if k in record}
+            postfix = "  ".join(f"{k} {v:.4g}" for k, v in shown.items())
+            self.bar.set_postfix_str(
+                f"{postfix}  {record['img_s']:.0f} img/s  data {record['data_share']:.0%}"
+            )
+        else:
+            self.log(line)
+        if self.record is not None:
+            self.record(record)
+
+    def end(self, summary: dict) -> None:
+        """The pass is over: close its bar, record its summary."""
+        if self.bar is not None:
+            self.bar.close()
+            self.bar = None
+        if self.record is not None:
+            self.record({**summary, "iter": None})
+
+
+class RunRecords:
+    """A run's records: one JSON object per line appended to <folder>/metrics.jsonl, and the
+    same numbers as TensorBoard scalars under <folder>/tb. A resumed run appends."""
+
+    SCALARS = ("loss", "top1", "top5", "lr", "img_s", "data_share")
+
+    def __init__(self, folder: str, iterations_per_epoch: int, *, tensorboard: bool = True,
+                 options: dict | None = None):  # fmt: skip
+        self.path = os.path.join(folder, "metrics.jsonl")
+        self.per_epoch = iterations_per_epoch
+        self.started = time.time()
+        self.writer = None
+        if tensorboard:
+            from torch.utils.tensorboard import SummaryWriter  # only when asked for
+
+            self.writer = SummaryWriter(os.path.join(folder, "tb"))
+            if options is not None:
+                self.writer.add_text("options", f"```\n{json.dumps(options, indent=2)}\n```")
+
+    def __call__(self, record: dict) -> None:
+        """Append one record (a printed step, or a pass's summary when iter is None)."""
+        record = {**record, "seconds": round(time.time() - self.started, 3)}
+        with open(self.path, "a") as handle:
+            handle.write(json.dumps(record) + "\n")
+        if self.writer is None:
+            return
+        split, epoch = record["split"], record["epoch"]
+        if record["iter"] is None:
+            names, step = {k: f"epoch/{split}_{k}" for k in self.SCALARS}, epoch
+        else:
+            names = {k: f"{split}/{k}" for k in self.SCALARS}
+            step = (epoch - 1) * self.per_epoch + record["iter"]
+        for key, name in names.items():
+            if key in record:
+                self.writer.add_scalar(name, record[key], step)
+        self.writer.flush()
+
+    def close(self) -> None:
+        """Flush and close the TensorBoard writer."""
+        if self.writer is not None:
+            self.writer.close()

@@ -22,9 +22,8 @@ __all__ = [
 ]
 
 
-def load(
-    name: str, split: str, *, data: str, gen: str, ten_crop: bool = False, skip_corrupt=False
-) -> Dataset:
+def load(name: str, split: str, *, data: str, gen: str, ten_crop: bool = False,
+         skip_corrupt=False, decode_on_device=False) -> Dataset:  # fmt: skip
     """The train or val split of dataset `name`; the result has .classes."""
     if name in cifar.FOLDERS:
         return cifar.load(name, split, data, gen)
@@ -32,7 +31,7 @@ def load(
         return fashionmnist.load(split, data, gen)
     if name == "imagenet":
         cache = os.path.join(gen, f"{name}.json")
-        return imagenet.load(split, data, cache, ten_crop, skip_corrupt)
+        return imagenet.load(split, data, cache, ten_crop, skip_corrupt, decode_on_device)
     raise DataError(f"unknown dataset: {name}")
 
 
@@ -79,7 +78,7 @@ def create(opts, split: str) -> Dataset:
     """Adapter from the parsed options to load()."""
     return load(
         opts.dataset, split, data=opts.data, gen=opts.gen, ten_crop=opts.tenCrop,
-        skip_corrupt=opts.skipCorrupt,
+        skip_corrupt=opts.skipCorrupt, decode_on_device=opts.decodeOnDevice,
     )  # fmt: skip
 
 
@@ -111,4 +110,7 @@ def create_loaders(opts, device: torch.device, rank: int = 0, world: int = 1) ->
     kwargs = {"workers": opts.nThreads, "pin_memory": device.type == "cuda", **ranks}
     train = make_loader(train_set, opts.batchSize, seed=opts.manualSeed, train=True, **kwargs)
     val = make_loader(val_set, opts.batchSize // n_crops, seed=opts.manualSeed + 1, **kwargs)
-    return imagenet.finish_on(train, device), imagenet.finish_on(val, device)
+    if opts.decodeOnDevice:
+        imagenet.check_device_decoding(device)
+    skip = opts.skipCorrupt
+    return imagenet.finish_on(train, device, skip), imagenet.finish_on(val, device, skip)

@@ -7,10 +7,14 @@ Lua's imagenet-gen.lua cache was.
 
 import json
 import os
+from collections.abc import Callable
+from functools import partial
+from typing import NamedTuple
 
 import torch
 from PIL import Image, UnidentifiedImageError
 from torch.utils.data import default_collate
+from torchvision.io import ImageReadMode, decode_jpeg, encode_jpeg
 
 from datasets import photometric
 from datasets import transforms as T
@@ -131,44 +135,126 @@ def rescale_box(box, width: int, height: int, pixels: torch.Tensor):
     return x1, y1, w, h
 
 
-class TrainSample:
+class Encoded(NamedTuple):
+    """A JPEG a loader worker left encoded, to be decoded on the training device (nvJPEG on
+    CUDA) and then placed: cropped, resized and flipped as the worker planned."""
+
+    path: str
+    data: torch.Tensor  # the file's bytes
+    place: Callable[[torch.Tensor], torch.Tensor]
+
+
+class FolderSample:
+    """Decode (in the worker, or leave a JPEG for the device) and place one image."""
+
+    def __init__(self, draft: bool, on_device: bool):
+        self.draft = draft
+        self.on_device = on_device
+
+    def decoded(self, image: Image.Image, place, reduce_by: float):
+        """place(pixels), or an Encoded JPEG when decoding happens on the device."""
+        if self.on_device and image.format == "JPEG":
+            with open(image.filename, "rb") as handle:
+                data = torch.frombuffer(bytearray(handle.read()), dtype=torch.uint8)
+            return Encoded(image.filename, data, place)
+        return place(decode_rgb(image, reduce_by if self.draft else 1.0))
+
+
+class TrainSample(FolderSample):
     """The loader-worker half of the ImageNet train transform: RandomSizedCrop to uint8
     (decoding small when the crop is shrunk 2x or more), then the colour draws, then the
     flip, in the Lua's draw order; datasets.photometric finishes the batch on the device."""
 
-    def __init__(self, size: int = 224, draft: bool = True):
+    def __init__(self, size: int = 224, draft: bool = True, on_device: bool = False):
+        super().__init__(draft, on_device)
         self.crop = T.RandomSizedCrop(size)
-        self.draft = draft
 
     def __call__(self, image: Image.Image, generator: T.Generator = None):
         width, height = image.size
         box = self.crop.crop_box(width, height, generator)
-        covered = min(box[2:]) if box else min(width, height)
-        pixels = decode_rgb(image, covered / self.crop.size if self.draft else 1.0)
-        pixels = self.crop.apply(pixels, rescale_box(box, width, height, pixels))
         draws = photometric.draw(generator)
-        if T.uniform(0, 1, generator) < 0.5:
-            pixels = pixels.flip(-1)
-        return pixels, draws
+        flip = T.uniform(0, 1, generator) < 0.5
+        covered = min(box[2:]) if box else min(width, height)
+        place = partial(self.place, box=box, flip=flip, width=width, height=height)
+        return self.decoded(image, place, covered / self.crop.size), draws
+
+    def place(self, pixels: torch.Tensor, *, box, flip: bool, width: int, height: int):
+        """The planned crop of the width x height original, on pixels of any scale."""
+        pixels = self.crop.apply(pixels, rescale_box(box, width, height, pixels))
+        return pixels.flip(-1) if flip else pixels
 
 
-class ValSample:
+class ValSample(FolderSample):
     """The loader-worker half of the ImageNet val transform: Scale 256 and CenterCrop 224
     (or TenCrop) as uint8; normalisation follows on the device."""
 
-    def __init__(self, ten_crop: bool, size: int = 224, scale: int = 256, draft: bool = True):
+    def __init__(self, ten_crop: bool, size: int = 224, scale: int = 256, draft: bool = True,
+                 on_device: bool = False):  # fmt: skip
+        super().__init__(draft, on_device)
         self.crop = T.TenCrop(size) if ten_crop else T.CenterCrop(size)
         self.scale = scale
-        self.draft = draft
 
     def __call__(self, image: Image.Image, generator: T.Generator = None):
         width, height = image.size
-        pixels = decode_rgb(image, min(width, height) / self.scale if self.draft else 1.0)
+        place = partial(self.place, width=width, height=height)
+        return self.decoded(image, place, min(width, height) / self.scale), NO_DRAWS
+
+    def place(self, pixels: torch.Tensor, *, width: int, height: int) -> torch.Tensor:
+        """Scale(256) of the width x height original, from pixels of any scale, then crop."""
         if min(width, height) != self.scale:
             target = T.scaled_size(width, height, self.scale)
             if pixels.shape[-2:] != target[::-1]:
                 pixels = T.resize(pixels, *target)
-        return self.crop(pixels), NO_DRAWS
+        return self.crop(pixels)
+
+
+def decode_jpegs(images: list[Encoded], device: torch.device, skip_corrupt: bool) -> list:
+    """Decoded RGB pixels on device for each JPEG (None for an unreadable one when
+    skipping), all at once, or one by one to find and name an unreadable file."""
+    datas = [image.data for image in images]
+    try:
+        return decode_jpeg(datas, mode=ImageReadMode.RGB, device=device)
+    except RuntimeError:
+        pass
+    decoded = []
+    for image in images:
+        try:
+            decoded.append(decode_jpeg(image.data, mode=ImageReadMode.RGB, device=device))
+        except RuntimeError as exc:
+            if not skip_corrupt:
+                raise DataError(f"cannot read image {image.path}: {exc}") from None
+            decoded.append(None)
+    return decoded
+
+
+def decode_batch(images: list, device: torch.device, skip_corrupt: bool = False):
+    """A collated list of Encoded JPEGs and worker-decoded tensors as one uint8 batch on
+    device, and the positions kept (an unreadable JPEG is dropped when skipping)."""
+    jpegs = [image for image in images if isinstance(image, Encoded)]
+    decoded = iter(decode_jpegs(jpegs, device, skip_corrupt) if jpegs else [])
+    batch, kept = [], []
+    for position, image in enumerate(images):
+        if isinstance(image, Encoded):
+            pixels = next(decoded)
+            if pixels is None:
+                continue
+            batch.append(image.place(pixels))
+        else:
+            batch.append(image.to(device, non_blocking=True))
+        kept.append(position)
+    return (torch.stack(batch) if batch else torch.empty(0)), kept
+
+
+def check_device_decoding(device: torch.device) -> None:
+    """Decode a tiny JPEG on device, or raise DataError saying that it cannot."""
+    tiny = encode_jpeg(torch.zeros(3, 8, 8, dtype=torch.uint8))
+    try:
+        decode_jpeg(tiny, device=device)
+    except RuntimeError as exc:
+        raise DataError(
+            f"-decodeOnDevice true: this torchvision cannot decode JPEGs on {device} ({exc});"
+            " run without it"
+        ) from None
 
 
 NO_DRAWS = torch.empty(0)
@@ -206,12 +292,16 @@ class ImageFolder(torch.utils.data.Dataset):
         return pixels, draws, label
 
 
-def collate_skipping(samples: list) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, int]:
-    """Stack the readable samples; the last element counts the skipped ones."""
+def collate_skipping(samples: list) -> tuple:
+    """Stack the readable samples; the last element counts the skipped ones. Images left
+    encoded for the device stay a list (decode_batch stacks them once decoded)."""
     kept = [sample for sample in samples if sample is not None]
     skipped = len(samples) - len(kept)
     if not kept:
         return torch.empty(0), torch.empty(0), torch.empty(0, dtype=torch.int64), skipped
+    images = [sample[0] for sample in kept]
+    if any(isinstance(image, Encoded) for image in images):
+        return (images, *default_collate([sample[1:] for sample in kept]), skipped)
     return (*default_collate(kept), skipped)
 
 
@@ -232,17 +322,26 @@ def train_transform(size: int = 224):
 
 
 def load(
-    split: str, data: str, cache_path: str, ten_crop: bool = False, skip_corrupt: bool = False
+    split: str,
+    data: str,
+    cache_path: str,
+    ten_crop: bool = False,
+    skip_corrupt: bool = False,
+    decode_on_device: bool = False,
 ) -> ImageFolder:
-    """The train or val split of a class-per-folder dataset, as uint8 samples."""
+    """The train or val split of a class-per-folder dataset, as uint8 samples (JPEGs left
+    encoded with decode_on_device)."""
     index = cached_index(data, cache_path)
-    transform = TrainSample() if split == "train" else ValSample(ten_crop)
+    on_device = {"on_device": decode_on_device}
+    transform = TrainSample(**on_device) if split == "train" else ValSample(ten_crop, **on_device)
     samples = [tuple(sample) for sample in index[split]]
     folder = os.path.join(data, split)
     return ImageFolder(folder, samples, index["classes"], transform, skip_corrupt)
 
 
-def finish_on(loader, device: torch.device) -> photometric.DeviceFinishing:
-    """The loader's uint8 batches finished on `device` with this dataset's constants."""
+def finish_on(loader, device, skip_corrupt: bool = False) -> photometric.DeviceFinishing:
+    """The loader's uint8 batches (JPEGs decoded first when left encoded) finished on
+    `device` with this dataset's constants."""
     constants = {"mean": MEANSTD[0], "std": MEANSTD[1], "eigval": PCA_EIGVAL, "eigvec": PCA_EIGVEC}
-    return photometric.DeviceFinishing(loader, device, constants)
+    decode = partial(decode_batch, device=torch.device(device), skip_corrupt=skip_corrupt)
+    return photometric.DeviceFinishing(loader, device, constants, decode)

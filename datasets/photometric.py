@@ -78,13 +78,15 @@ def standardise(images: torch.Tensor, mean: Sequence[float], std: Sequence[float
 
 class DeviceFinishing:
     """A folder DataLoader of (uint8 images, draws, labels, skipped) batches, yielding
-    (float images, labels, skipped) finished on `device`: colour steps (when draws are
-    given) and normalisation. Behaves as the DataLoader for len, dataset and sampler."""
+    (float images, labels, skipped) finished on `device`: decoding (when the images are a
+    list left encoded), colour steps (when draws are given) and normalisation. Behaves as
+    the DataLoader for len, dataset and sampler."""
 
-    def __init__(self, loader, device: torch.device, constants: dict):
+    def __init__(self, loader, device: torch.device, constants: dict, decode=None):
         self.loader = loader
         self.device = device
         self.constants = constants  # mean, std, eigval, eigvec
+        self.decode = decode  # a list of images left encoded -> (uint8 batch, kept positions)
 
     def __len__(self) -> int:
         return len(self.loader)
@@ -117,6 +119,10 @@ class DeviceFinishing:
 
     def __iter__(self) -> Iterator[tuple]:
         for images, draws, labels, skipped in self.loader:
+            if isinstance(images, list):
+                images, kept = self.decode(images)
+                skipped += len(labels) - len(kept)
+                labels, draws = labels[kept], draws[kept]
             if len(labels) == 0:
                 yield images, labels, skipped
             else:

@@ -151,3 +151,32 @@ def arch_from_opts(opts) -> dict:
         "cardinality": opts.cardinality,
         "nClasses": opts.nClasses or None,
     }
+
+
+# Blocks per stage -> depth, for torchvision's ImageNet ResNets (basic and bottleneck).
+TORCHVISION_DEPTHS = {(False, (2, 2, 2, 2)): 18, (False, (3, 4, 6, 3)): 34,
+                      (True, (3, 4, 6, 3)): 50, (True, (3, 4, 23, 3)): 101,
+                      (True, (3, 8, 36, 3)): 152, (True, (3, 24, 36, 3)): 200}  # fmt: skip
+
+
+def arch_of_torchvision(state_dict: Mapping[str, torch.Tensor]) -> dict:
+    """The create() arguments of a torchvision ResNet / ResNeXt state_dict, read from its
+    shapes: blocks per stage give the depth, the first grouped conv the cardinality and
+    width."""
+    blocks = tuple(
+        1 + max((int(m.group(1)) for k in state_dict if (m := re.match(rf"layer{s}\.(\d+)\.", k))),
+                default=-1)
+        for s in range(1, 5)
+    )  # fmt: skip
+    bottleneck = "layer1.0.conv3.weight" in state_dict
+    depth = TORCHVISION_DEPTHS.get((bottleneck, blocks))
+    if depth is None:
+        raise ValueError(f"not a torchvision ResNet state_dict (blocks per stage {blocks})")
+    arch = {"netType": "resnet", "depth": depth, "dataset": "imagenet", "shortcutType": "B",
+            "nClasses": state_dict["fc.weight"].shape[0]}  # fmt: skip
+    if bottleneck:
+        width, per_group = state_dict["layer1.0.conv2.weight"].shape[:2]
+        cardinality = width // per_group
+        if cardinality > 1 or width != 64:
+            arch.update(netType="resnext", cardinality=cardinality, baseWidth=width // cardinality)
+    return arch

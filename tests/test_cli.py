@@ -21,10 +21,15 @@ def run_main(*argv, cwd=None):
     return subprocess.run(command, capture_output=True, text=True, cwd=cwd, timeout=TIMEOUT)
 
 
+def small_cifar_args(data, save, flags="-nEpochs 1"):
+    """Arguments of a ResNet-8 run on the CIFAR-10 sample with extra flags in one string."""
+    base = f"-dataset cifar10 -netType resnet -depth 8 -nThreads 0 {flags}".split()
+    return [*base, "-data", data, "-save", str(save)]
+
+
 def small_cifar_run(data, save, flags):
     """A ResNet-8 run on the CIFAR-10 sample with extra flags given as one string."""
-    base = f"-dataset cifar10 -netType resnet -depth 8 -nThreads 0 {flags}".split()
-    return run_main(*base, "-data", data, "-save", str(save))
+    return run_main(*small_cifar_args(data, save, flags))
 
 
 @pytest.fixture(scope="module")
@@ -110,7 +115,10 @@ def test_a_folder_without_checkpoint_starts_from_scratch_at_epoch_number(cifar10
     assert out.returncode == 0, out.stderr
     assert f"=> No checkpoint in {tmp_path}: training starts from scratch" in out.stdout
     assert "=> Training epoch # 3" in out.stdout and "# 1\n" not in out.stdout
-    assert sorted(os.listdir(tmp_path / "save"))[:2] == ["latest.pth", "model_3.pth"]
+    assert sorted(n for n in os.listdir(tmp_path / "save") if n.endswith(".pth"))[:2] == [
+        "latest.pth",
+        "model_3.pth",
+    ]
 
 
 def test_a_fixed_seed_repeats_the_run_with_two_workers(cifar10_root, tmp_path):
@@ -196,3 +204,50 @@ def test_a_broken_retrain_file_is_named(cifar10_root, tmp_path):
     (tmp_path / "bad.pth").write_bytes(b"this is not a checkpoint")
     out = small_cifar_run(cifar10_root, tmp_path / "save", f"-retrain {tmp_path}/bad.pth")
     assert out.returncode == 2 and "bad.pth" in out.stderr and "Traceback" not in out.stderr
+
+
+def test_records_every_printed_step_and_epoch_and_a_resumed_run_appends(cifar_run):
+    save, _, _, _ = cifar_run
+    with open(os.path.join(save, "metrics.jsonl")) as handle:
+        records = [json.loads(line) for line in handle]
+    summaries = [(r["epoch"], r["split"]) for r in records if r["iter"] is None]
+    assert summaries == [(e, s) for e in (1, 2, 3) for s in ("train", "val")]
+    steps = [r for r in records if r["split"] == "train" and r["iter"] is not None]
+    assert [(r["epoch"], r["iter"]) for r in steps] == [
+        (e, i) for e in (1, 2, 3) for i in (1, 2, 3)
+    ]
+    assert {"loss", "top1", "top5", "lr", "img_s", "seconds"} <= set(steps[0])
+    assert len(os.listdir(os.path.join(save, "tb"))) == 2  # one event file per run
+
+
+def test_a_terminal_gets_progress_bars_instead_of_lines(cifar10_root, tmp_path):
+    """stdout on a pseudo-terminal: tqdm bars with the errors, LR and img/s."""
+    import fcntl
+    import pty
+    import struct
+    import termios
+
+    leader, follower = pty.openpty()
+    fcntl.ioctl(follower, termios.TIOCSWINSZ, struct.pack("HHHH", 40, 160, 0, 0))  # 160 columns
+    command = [
+        sys.executable,
+        os.path.join(ROOT, "main.py"),
+        *small_cifar_args(cifar10_root, tmp_path),
+    ]
+    process = subprocess.Popen(command, stdout=follower, stderr=subprocess.PIPE, cwd=tmp_path)
+    os.close(follower)
+    output = b""
+    while True:
+        try:
+            chunk = os.read(leader, 4096)
+        except OSError:  # the terminal closed with the process
+            break
+        if not chunk:
+            break
+        output += chunk
+    assert process.wait(timeout=TIMEOUT) == 0, process.stderr.read()
+    text = output.decode(errors="replace")
+    assert "train 1: 100%" in text and "val 1: 100%" in text
+    assert "img/s" in text and "lr 0.1" in text
+    assert " | Epoch: [1]" not in text  # the plain lines are for logs, not terminals
+    assert " * Finished epoch # 1" in text

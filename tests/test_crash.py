@@ -3,6 +3,7 @@
 import os
 import random
 import re
+import shutil
 import signal
 import subprocess
 import sys
@@ -165,12 +166,7 @@ def test_nan_loss_stops_before_saving_and_keeps_the_last_good_checkpoint(cifar10
 def folder_with_bad_images(jpeg_root, tmp_path):
     """A copy of the JPEG tree plus a truncated JPEG, an empty file and a fake PNG in train/."""
     root = tmp_path / "data"
-    for split in ("train", "val"):
-        for cls in os.listdir(os.path.join(jpeg_root, split)):
-            (root / split / cls).mkdir(parents=True)
-            for name in os.listdir(os.path.join(jpeg_root, split, cls)):
-                data = open(os.path.join(jpeg_root, split, cls, name), "rb").read()
-                (root / split / cls / name).write_bytes(data)
+    shutil.copytree(jpeg_root, root)
     real = next((root / "train" / "apple").iterdir()).read_bytes()
     (root / "train" / "apple" / "truncated.jpg").write_bytes(real[: len(real) // 3])
     (root / "train" / "apple" / "empty.jpg").write_bytes(b"")

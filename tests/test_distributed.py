@@ -86,8 +86,10 @@ def test_two_nodes_rendezvous_train_and_write_one_checkpoint(cifar10_root, tmp_p
     outputs = [node.communicate(timeout=TIMEOUT) for node in nodes]
     assert [node.returncode for node in nodes] == [0, 0], outputs[0][1][-2000:]
     assert sum(out.count("=> Training epoch # 1") for out, _ in outputs) == 1
-    assert sorted(os.listdir(tmp_path)) == ["latest.pth", "model_1.pth", "model_best.pth",
-                                            "optimState_1.pth", "opts.json"]  # fmt: skip
+    assert sorted(os.listdir(tmp_path)) == ["latest.pth", "metrics.jsonl", "model_1.pth",
+                                            "model_best.pth", "optimState_1.pth", "opts.json",
+                                            "tb"]  # fmt: skip
+    assert len(os.listdir(tmp_path / "tb")) == 1  # rank 0 alone records
 
 
 def rank_pids() -> dict[int, int]:

@@ -2,6 +2,7 @@
 normalisation on the device (datasets/photometric.py), JPEG draft decoding."""
 
 import os
+import shutil
 
 import pytest
 import torch
@@ -135,3 +136,48 @@ def test_the_loader_yields_finished_float_batches_and_counts_skips(jpeg_root, tm
     images, labels, skipped = batches[0]
     assert images.dtype == torch.float32 and images.shape == (4, 3, 224, 224)
     assert labels.dtype == torch.int64 and skipped == 0
+
+
+def epoch_of(jpeg_root, tmp_path, split, decode_on_device, skip_corrupt=False):
+    dataset = imagenet.load(split, jpeg_root, str(tmp_path / "gen.json"), ten_crop=False,
+                            skip_corrupt=skip_corrupt, decode_on_device=decode_on_device)  # fmt: skip
+    if not decode_on_device:
+        dataset.transform.draft = False  # the device decodes at full size
+    loader = datasets.make_loader(dataset, 4, workers=0, seed=5, train=split == "train")
+    finished = imagenet.finish_on(loader, "cpu", skip_corrupt)
+    datasets.set_epoch(finished, 2)
+    return list(finished)
+
+
+@pytest.mark.parametrize("split", ["train", "val"])
+def test_decoding_on_the_device_gives_the_workers_batches(jpeg_root, tmp_path, split):
+    """-decodeOnDevice: workers send JPEG bytes and a crop plan; the device decodes
+    (torchvision.io.decode_jpeg, here on the CPU) and places: the same batches as decoding
+    in the workers, to the decoders' rounding."""
+    on_device = epoch_of(jpeg_root, tmp_path, split, True)
+    in_workers = epoch_of(jpeg_root, tmp_path, split, False)
+    assert len(on_device) == len(in_workers) > 1
+    for (a, labels_a, _), (b, labels_b, _) in zip(on_device, in_workers, strict=True):
+        assert torch.equal(labels_a, labels_b) and a.shape == b.shape
+        assert (a - b).abs().mean() < 0.02  # normalised units: about 1/255 of a pixel
+
+
+def test_an_unreadable_jpeg_on_the_device_is_named_or_skipped(jpeg_root, tmp_path):
+    root = tmp_path / "data"
+    shutil.copytree(jpeg_root, root)
+    victim = sorted((root / "train" / "apple").iterdir())[0]
+    victim.write_bytes(victim.read_bytes()[:700])  # the header reads, the pixels do not
+    with pytest.raises(datasets.DataError, match=victim.name):
+        epoch_of(str(root), tmp_path, "train", True)
+    batches = epoch_of(str(root), tmp_path, "train", True, skip_corrupt=True)
+    assert sum(skipped for *_, skipped in batches) == 1
+    assert sum(len(labels) for _, labels, _ in batches) == 15 - 1
+
+
+def test_device_decoding_is_checked_before_training():
+    imagenet.check_device_decoding(torch.device("cpu"))  # torchvision decodes on the CPU
+    if torch.cuda.is_available():
+        imagenet.check_device_decoding(torch.device("cuda"))
+    else:
+        with pytest.raises(datasets.DataError, match="cannot decode JPEGs on cuda"):
+            imagenet.check_device_decoding(torch.device("cuda"))

@@ -1,5 +1,8 @@
 """train.py against LUA_SPEC.md section 4: schedules, scores, the loop and its lines."""
 
+import json
+import os
+
 import pytest
 import torch
 from torch import nn
@@ -237,3 +240,54 @@ def test_a_nan_reaching_the_weights_is_caught_before_a_checkpoint():
     with pytest.raises(FloatingPointError, match="not finite"):
         trainer.train(1, [(images, torch.tensor([0, 1]))] * 3, on_step=before_checkpoint)
     assert seen == [1]
+
+
+def test_records_get_every_printed_step_and_each_pass(tmp_path):
+    torch.manual_seed(0)
+    images, labels = torch.randn(10, 3, 4, 4), torch.tensor([0, 1, 2] * 3 + [0])
+    records, lines = [], []
+    trainer = make_trainer(Memorizer(), lines)
+    trainer.progress = train.Progress(lines.append, record=records.append)
+    trainer.print_every = 2
+    top1, _, loss = trainer.train(2, batches(images, labels, 4))  # lines at 2 and 3
+    trainer.test(2, batches(images, labels, 4))
+    assert [(r["split"], r["iter"]) for r in records] == [
+        ("train", 2),
+        ("train", 3),
+        ("train", None),
+        ("val", 2),
+        ("val", 3),
+        ("val", None),
+    ]
+    assert records[2]["top1"] == top1 and records[2]["loss"] == loss and records[0]["lr"] == 0.25
+    assert records[0]["img_s"] > 0 and 0 <= records[0]["data_share"] <= 1
+    assert len([line for line in lines if line.startswith(" | ")]) == 4  # plain lines too
+
+
+def test_run_records_append_json_lines_and_tensorboard_scalars(tmp_path):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    for run in range(2):  # a resumed run appends
+        records = train.RunRecords(str(tmp_path), 10, options={"LR": 0.1})
+        records({"epoch": 1 + run, "iter": 5, "split": "train", "loss": 2.5, "top1": 80.0,
+                 "top5": 40.0, "lr": 0.1, "img_s": 100.0, "data_share": 0.25})  # fmt: skip
+        records({"epoch": 1 + run, "iter": None, "split": "val", "top1": 70.0, "top5": 30.0})
+        records.close()
+    lines = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    assert [(r["epoch"], r["split"], r["iter"]) for r in lines] == [
+        (1, "train", 5),
+        (1, "val", None),
+        (2, "train", 5),
+        (2, "val", None),
+    ]
+    assert all(r["seconds"] >= 0 for r in lines)
+    events = EventAccumulator(str(tmp_path / "tb")).Reload()
+    assert [(e.step, e.value) for e in events.Scalars("train/loss")] == [(5, 2.5), (15, 2.5)]
+    assert [e.step for e in events.Scalars("epoch/val_top1")] == [1, 2]
+    assert "options/text_summary" in events.Tags()["tensors"]
+
+
+def test_records_can_leave_tensorboard_out(tmp_path):
+    records = train.RunRecords(str(tmp_path), 10, tensorboard=False)
+    records({"epoch": 1, "iter": None, "split": "val", "top1": 1.0, "top5": 0.0})
+    assert sorted(os.listdir(tmp_path)) == ["metrics.jsonl"]

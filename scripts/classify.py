@@ -1,0 +1,46 @@
+"""Top-5 classes of images with a trained model, as the Lua's pretrained/classify.lua:
+
+    python scripts/classify.py CHECKPOINT IMAGE...
+
+CHECKPOINT: a model file of this tool (model_best.pth, model_<epoch>.pth) or a torchvision
+ResNet / ResNeXt state_dict. For each image: "Classes for <file>", then five lines
+"probability<TAB>class name" (the names stored in the checkpoint; ImageNet-1k's readable
+names for 1000-way ImageNet models), then a blank line."""
+
+import argparse
+import sys
+
+import inference
+import torch
+
+
+@torch.no_grad()
+def classify(checkpoint: str, files: list[str], batch_size: int = 32, top: int = 5) -> None:
+    """Print the top classes of each image."""
+    device = inference.device_for_inference()
+    model, arch, names = inference.load_model(checkpoint, device)
+    for paths, inputs in inference.batches(inference.image_files(files), arch, batch_size):
+        probabilities = model(inputs.to(device)).float().softmax(1)
+        best = probabilities.topk(min(top, probabilities.shape[1]), dim=1)
+        for path, values, indices in zip(paths, best.values, best.indices, strict=True):
+            print(f"Classes for {path}")
+            for value, index in zip(values.tolist(), indices.tolist(), strict=True):
+                print(f"{value:.4f}\t{names[index]}")
+            print()
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("checkpoint")
+    parser.add_argument("images", nargs="+", help="image files or directories of images")
+    args = parser.parse_args(argv)
+    try:
+        classify(args.checkpoint, args.images)
+    except (ValueError, OSError) as exc:  # DataError, CheckpointError, unreadable files
+        print(f"error: {' '.join(str(exc).split())}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

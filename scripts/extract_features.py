@@ -1,0 +1,51 @@
+"""Penultimate-layer features of images, as the Lua's extract-features.lua:
+
+    python scripts/extract_features.py CHECKPOINT [BATCH_SIZE] DIR|IMAGE...
+
+Writes features.pt in the working directory: {"features": N x D float tensor (the pooled
+activations fed to the classifier), "image_list": the N files in order}."""
+
+import argparse
+import sys
+
+import inference
+import torch
+from torch import nn
+
+OUTPUT = "features.pt"
+
+
+@torch.no_grad()
+def extract(checkpoint: str, files: list[str], batch_size: int) -> dict:
+    """Features of every image, in order, from the network without its classifier."""
+    device = inference.device_for_inference()
+    model, arch, _ = inference.load_model(checkpoint, device)
+    model.fc = nn.Identity()  # the Lua removed the last nn.Linear
+    files = inference.image_files(files)
+    features = [model(inputs.to(device)).float().cpu()
+                for _, inputs in inference.batches(files, arch, batch_size)]  # fmt: skip
+    return {"features": torch.cat(features), "image_list": files}
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("checkpoint")
+    parser.add_argument("inputs", nargs="+", help="[BATCH_SIZE] then image files or directories")
+    args = parser.parse_args(argv)
+    inputs, batch_size = args.inputs, 32
+    if inputs[0].isdigit() and len(inputs) > 1:
+        batch_size, inputs = int(inputs[0]), inputs[1:]
+    try:
+        if batch_size < 1:
+            raise ValueError(f"BATCH_SIZE must be positive, got {batch_size}")
+        result = extract(args.checkpoint, inputs, batch_size)
+    except (ValueError, OSError) as exc:
+        print(f"error: {' '.join(str(exc).split())}", file=sys.stderr)
+        return 2
+    torch.save(result, OUTPUT)
+    print(f"saved features to {OUTPUT}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,105 @@
+"""What classify.py and extract_features.py share: a model file as an evaluating network
+with its class names, and the Lua's test-time transform of an image file."""
+
+import os
+import re
+import sys
+
+import torch
+from PIL import Image
+from torchvision.transforms.v2 import functional as TF
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)
+
+import checkpoints  # noqa: E402 - after the repository root is on the path
+import models  # noqa: E402
+from datasets import cifar, fashionmnist, imagenet, photometric  # noqa: E402
+
+WNID = re.compile(r"n\d{8}")
+
+
+def imagenet_names(classes: list[str] | None, n_outputs: int) -> list[str]:
+    """Readable names: ImageNet-1k's (torchvision's list, in the sorted-synset order of the
+    Lua's pretrained/imagenet.lua) for a 1000-way model trained on synset folders or without
+    names; else the names as stored; else the class indices."""
+    if n_outputs == 1000 and (classes is None or all(WNID.fullmatch(c) for c in classes)):
+        from torchvision.models import ResNet50_Weights
+
+        return list(ResNet50_Weights.IMAGENET1K_V1.meta["categories"])
+    return list(classes) if classes else [str(i) for i in range(n_outputs)]
+
+
+def load_model(path: str, device: torch.device) -> tuple[torch.nn.Module, dict, list[str]]:
+    """The network of a model file (ours, or a torchvision state_dict) in eval mode on device,
+    its arch and its class names."""
+    record = checkpoints.load_model_file(path)
+    state_dict = record["model"]
+    if record.get("arch"):
+        arch = dict(record["arch"])
+    else:
+        arch = models.arch_of_torchvision(state_dict)
+    if "conv1.weight" in state_dict:
+        state_dict = models.from_torchvision(state_dict)
+    model = models.create(**arch)
+    model.load_state_dict(state_dict, strict=True)
+    names = imagenet_names(record.get("classes"), model.fc.out_features)
+    return model.to(device).eval(), arch, names
+
+
+def preprocess(path: str, arch: dict) -> torch.Tensor:
+    """The Lua's test transform of one image as a float 3 x H x W tensor: ImageNet-shaped
+    networks Scale(256), CenterCrop(224), normalise (classify.lua); CIFAR-shaped ones the
+    image resized to 32 x 32 and normalised with the data set's mean and std."""
+    try:
+        with Image.open(path) as image:
+            if models.is_cifar_shaped(arch["dataset"]):
+                return small_image(image, arch["dataset"])
+            pixels, _ = imagenet.ValSample(ten_crop=False)(image)
+    except imagenet.DECODE_ERRORS as exc:
+        raise imagenet.DataError(f"cannot read image {path}: {exc}") from None
+    floats = pixels.float() / 255
+    return photometric.standardise(floats, *imagenet.MEANSTD)
+
+
+def small_image(image: Image.Image, dataset: str) -> torch.Tensor:
+    """An image as the CIFAR / Fashion-MNIST networks saw their data: resized to the data
+    set's size, on the 0-255 scale, normalised with its mean and std, 3 channels."""
+    if dataset == "fashionmnist":
+        size, mode, (mean, std) = 28, "L", (fashionmnist.MEAN, fashionmnist.STD)
+    else:
+        size, mode, (mean, std) = 32, "RGB", cifar.MEANSTD[dataset]
+    pixels = TF.pil_to_tensor(image.convert(mode).resize((size, size), Image.BICUBIC)).float()
+    mean = torch.tensor(mean, dtype=torch.float32).view(-1, 1, 1)
+    std = torch.tensor(std, dtype=torch.float32).view(-1, 1, 1)
+    return ((pixels - mean) / std).expand(3, -1, -1)
+
+
+def image_files(arguments: list[str]) -> list[str]:
+    """The image files named, with a directory standing for its images (sorted)."""
+    files = []
+    for argument in arguments:
+        if os.path.isdir(argument):
+            names = sorted(
+                n for n in os.listdir(argument) if n.lower().endswith(imagenet.EXTENSIONS)
+            )
+            files.extend(os.path.join(argument, n) for n in names)
+        elif os.path.isfile(argument):
+            files.append(argument)
+        else:
+            raise imagenet.DataError(f"no such image or directory: {argument}")
+    if not files:
+        raise imagenet.DataError("no images given (files or directories of images)")
+    return files
+
+
+def batches(files: list[str], arch: dict, size: int):
+    """(file names, stacked inputs) in batches of size."""
+    for first in range(0, len(files), size):
+        names = files[first : first + size]
+        yield names, torch.stack([preprocess(name, arch) for name in names])
+
+
+def device_for_inference() -> torch.device:
+    """The first GPU when there is one, else the CPU."""
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")

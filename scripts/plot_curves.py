@@ -1,0 +1,77 @@
+"""Train and val top-1 error against epoch for one or more runs, like the training-curve
+figure of the ResNeXt README:
+
+    python scripts/plot_curves.py SAVE_DIR... -o curves.png
+
+Each SAVE_DIR is a run's -save folder; its metrics.jsonl gives one point per epoch and
+split (the last record wins, so a resumed run's repeated epochs count once). Needs
+matplotlib (pip install matplotlib), this script's only extra dependency."""
+
+import argparse
+import json
+import os
+import sys
+
+
+def read_curves(folder: str) -> dict[str, list[tuple[int, float]]]:
+    """{"train": [(epoch, top1)...], "val": [...]} from folder/metrics.jsonl."""
+    path = os.path.join(folder, "metrics.jsonl")
+    if not os.path.isfile(path):
+        raise ValueError(f"no metrics.jsonl in {folder} (is it a -save folder of this tool?)")
+    points: dict[str, dict[int, float]] = {"train": {}, "val": {}}
+    with open(path) as handle:
+        for number, line in enumerate(handle, 1):
+            try:
+                record = json.loads(line)
+            except ValueError:
+                raise ValueError(f"{path} line {number} is not JSON") from None
+            if record.get("iter") is None and record.get("split") in points:
+                points[record["split"]][record["epoch"]] = record["top1"]
+    return {split: sorted(values.items()) for split, values in points.items()}
+
+
+def plot(folders: list[str], output: str) -> None:
+    """Draw every run's curves into one PNG: val solid, train dashed, one colour per run."""
+    import matplotlib
+
+    matplotlib.use("Agg")  # files only: no display needed
+    from matplotlib import pyplot
+
+    figure, axes = pyplot.subplots(figsize=(8, 5))
+    for index, folder in enumerate(folders):
+        colour = f"C{index}"
+        name = os.path.basename(os.path.normpath(folder))
+        for split, style in (("val", "-"), ("train", "--")):
+            points = read_curves(folder)[split]
+            if points:
+                epochs, errors = zip(*points, strict=True)
+                axes.plot(epochs, errors, style, color=colour, label=f"{name} {split}")
+    axes.set_xlabel("epoch")
+    axes.set_ylabel("top-1 error (%)")
+    axes.grid(alpha=0.3)
+    axes.legend()
+    figure.savefig(output, dpi=120, bbox_inches="tight")
+    pyplot.close(figure)
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("folders", nargs="+", metavar="SAVE_DIR")
+    parser.add_argument("-o", "--output", default="curves.png")
+    args = parser.parse_args(argv)
+    try:
+        import matplotlib  # noqa: F401 - checked before any work
+    except ImportError:
+        print("error: plot_curves.py needs matplotlib: pip install matplotlib", file=sys.stderr)
+        return 2
+    try:
+        plot(args.folders, args.output)
+    except (ValueError, OSError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    print(f"wrote {args.output}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

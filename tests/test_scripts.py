@@ -1,0 +1,139 @@
+"""scripts/classify.py and scripts/extract_features.py (ports of the Lua's pretrained/
+helpers), and fine-tuning end to end as the Lua documented it."""
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+import torchvision
+from conftest import TIMEOUT
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def python(*argv, cwd=None):
+    done = subprocess.run([sys.executable, *argv], capture_output=True, text=True, cwd=cwd,
+                          timeout=TIMEOUT)  # fmt: skip
+    return done
+
+
+def script(name):
+    return os.path.join(ROOT, "scripts", name)
+
+
+@pytest.fixture(scope="module")
+def torchvision_file(tmp_path_factory):
+    """torchvision's resnet18 as its published files are: a bare state_dict."""
+    path = tmp_path_factory.mktemp("tv") / "resnet18.pth"
+    torch.manual_seed(0)
+    torch.save(torchvision.models.resnet18(weights=None).state_dict(), path)
+    return path
+
+
+@pytest.fixture(scope="module")
+def fine_tuned(jpeg_root, torchvision_file, tmp_path_factory):
+    """-retrain a torchvision ResNet-18 with a new 3-way classifier on the JPEG folders."""
+    save = tmp_path_factory.mktemp("finetune")
+    done = python(os.path.join(ROOT, "main.py"), "-dataset", "imagenet", "-netType", "resnet",
+                  "-depth", "18", "-retrain", str(torchvision_file), "-resetClassifier", "true",
+                  "-nClasses", "3", "-data", jpeg_root, "-nEpochs", "1", "-batchSize", "5",
+                  "-LR", "0.01", "-nThreads", "0", "-save", str(save), "-gen", str(save))  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    assert " => Replacing classifier with 3-way classifier" in done.stdout
+    return save
+
+
+def test_the_fine_tuned_model_tests_alone(fine_tuned, jpeg_root):
+    done = python(os.path.join(ROOT, "main.py"), "-dataset", "imagenet", "-netType", "resnet",
+                  "-depth", "18", "-testOnly", "true", "-resume", str(fine_tuned), "-data",
+                  jpeg_root, "-nThreads", "0", "-batchSize", "5", "-save", str(fine_tuned),
+                  "-gen", str(fine_tuned), "-resetClassifier", "true", "-nClasses", "3")  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip().splitlines()[-1].startswith(" * Results top1: ")
+
+
+def test_classify_prints_the_fine_tuned_class_names(fine_tuned, jpeg_root):
+    images = [os.path.join(jpeg_root, "val", c, sorted(os.listdir(os.path.join(jpeg_root, "val", c)))[0])
+              for c in ("Zebra", "apple")]  # fmt: skip
+    done = python(script("classify.py"), str(fine_tuned / "model_best.pth"), *images)
+    assert done.returncode == 0, done.stderr
+    blocks = done.stdout.split("\n\n")
+    assert blocks[0].splitlines()[0] == f"Classes for {images[0]}"
+    for block in blocks[:2]:
+        rows = [line.split("\t") for line in block.splitlines()[1:]]
+        assert sorted(name for _, name in rows) == ["Zebra", "apple", "banana"]  # k = 3 classes
+        probabilities = [float(p) for p, _ in rows]
+        assert probabilities == sorted(probabilities, reverse=True)
+        assert sum(probabilities) == pytest.approx(1, abs=2e-4)
+
+
+def test_classify_names_imagenet_classes_for_a_torchvision_file(torchvision_file, foolbox_data):
+    image = os.path.join(foolbox_data, "imagenet_00_243.jpg")
+    done = python(script("classify.py"), str(torchvision_file), image)
+    assert done.returncode == 0, done.stderr
+    names = torchvision.models.ResNet18_Weights.IMAGENET1K_V1.meta["categories"]
+    rows = [line.split("\t") for line in done.stdout.splitlines()[1:6]]
+    assert len(rows) == 5 and all(name in names for _, name in rows)
+    assert len({name for _, name in rows}) == 5
+
+
+def test_extract_features_writes_the_penultimate_layer_and_the_file_list(
+    fine_tuned, jpeg_root, tmp_path
+):
+    folder = os.path.join(jpeg_root, "train", "apple")
+    done = python(script("extract_features.py"), str(fine_tuned / "model_best.pth"), "2", folder,
+                  cwd=tmp_path)  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    assert done.stdout == "saved features to features.pt\n"
+    saved = torch.load(tmp_path / "features.pt", weights_only=True)
+    files = sorted(os.listdir(folder))
+    assert saved["image_list"] == [os.path.join(folder, name) for name in files]
+    assert saved["features"].shape == (len(files), 512)
+    assert (saved["features"] >= 0).all()  # pooled after a ReLU
+
+
+def test_the_scripts_say_what_is_wrong_in_one_line(fine_tuned, tmp_path):
+    missing = python(
+        script("classify.py"), str(fine_tuned / "model_best.pth"), str(tmp_path / "x.jpg")
+    )
+    assert missing.returncode == 2
+    assert missing.stderr == f"error: no such image or directory: {tmp_path / 'x.jpg'}\n"
+    (tmp_path / "bad.jpg").write_bytes(b"not a jpeg")
+    bad = python(
+        script("extract_features.py"), str(fine_tuned / "model_best.pth"), str(tmp_path / "bad.jpg")
+    )
+    assert bad.returncode == 2 and bad.stderr.startswith("error: cannot read image ")
+    no_model = python(script("classify.py"), str(tmp_path / "none.pth"), str(tmp_path / "bad.jpg"))
+    assert no_model.returncode == 2 and no_model.stderr.startswith("error: ")
+
+
+def test_plot_curves_draws_a_png_from_real_runs_records(fine_tuned, tmp_path):
+    output = tmp_path / "curves.png"
+    done = python(script("plot_curves.py"), str(fine_tuned), str(fine_tuned), "-o", str(output))
+    assert done.returncode == 0, done.stderr
+    assert output.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    from PIL import Image
+
+    with Image.open(output) as image:
+        assert image.size[0] > 400 and image.size[1] > 300
+
+
+def test_plot_curves_reads_one_point_per_epoch_and_split(tmp_path):
+    sys.path.insert(0, os.path.join(ROOT, "scripts"))
+    import plot_curves
+
+    records = [{"epoch": 1, "iter": 3, "split": "train", "top1": 90.0},
+               {"epoch": 1, "iter": None, "split": "train", "top1": 80.0},
+               {"epoch": 1, "iter": None, "split": "val", "top1": 70.0},
+               {"epoch": 2, "iter": None, "split": "val", "top1": 60.0},
+               {"epoch": 2, "iter": None, "split": "val", "top1": 50.0}]  # fmt: skip
+    (tmp_path / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
+    assert plot_curves.read_curves(str(tmp_path)) == {
+        "train": [(1, 80.0)],
+        "val": [(1, 70.0), (2, 50.0)],
+    }
+    empty = python(script("plot_curves.py"), str(tmp_path / "nothing"))
+    assert empty.returncode == 2 and empty.stderr.startswith("error: no metrics.jsonl in ")
