@@ -1,0 +1,5 @@
+#!/usr/bin/env bash
+# ResNeXt paper Table 4: ImageNet, 2x complexity
+# NGPU=8|4|2|1 (default 8) [DATA=/path/to/data] bash scripts/resnext_table4.sh; DRY_RUN=1 prints sizes only.
+set -euo pipefail
+exec "${PYTHON:-python}" "$(dirname "$0")/paper_tables.py" resnext_table4
