@@ -38,14 +38,24 @@ class Processes(NamedTuple):
     control: object = None  # a gloo group for small CPU messages (stop requests)
 
 
+def torchrun_world() -> int:
+    """The number of processes torchrun started for this job (1 without torchrun)."""
+    return int(os.environ.get("WORLD_SIZE", "1"))
+
+
+def uses_gpus(n_gpu: int) -> bool:
+    """Whether this run computes on CUDA: asked for with -nGPU and present."""
+    return n_gpu > 0 and torch.cuda.is_available()
+
+
 def start_processes(n_gpu: int) -> Processes:
     """Join the process group torchrun describes in the environment: nccl with one GPU per
     process, gloo on CPUs. Without torchrun (or WORLD_SIZE 1): one process."""
-    world = int(os.environ.get("WORLD_SIZE", "1"))
+    world = torchrun_world()
     if world <= 1:
         return Processes()
     local_rank = int(os.environ.get("LOCAL_RANK", "0"))
-    on_gpus = n_gpu > 0 and torch.cuda.is_available()
+    on_gpus = uses_gpus(n_gpu)
     if on_gpus:
         torch.cuda.set_device(local_rank)
     # A peer that died makes collectives fail after this long instead of waiting forever.
@@ -63,9 +73,10 @@ def select_device(n_gpu: int, processes: Processes | None = None) -> torch.devic
     """CUDA when asked for and present, else the CPU (said once); under torchrun, the
     process's own GPU."""
     if processes is not None and processes.world > 1:
-        on_gpus = n_gpu > 0 and torch.cuda.is_available()
-        return torch.device("cuda", processes.local_rank) if on_gpus else torch.device("cpu")
-    if n_gpu > 0 and torch.cuda.is_available():
+        if uses_gpus(n_gpu):
+            return torch.device("cuda", processes.local_rank)
+        return torch.device("cpu")
+    if uses_gpus(n_gpu):
         if n_gpu > torch.cuda.device_count():
             raise StartError(f"-nGPU {n_gpu} but only {torch.cuda.device_count()} GPUs are visible")
         return torch.device("cuda")
@@ -262,9 +273,10 @@ class StopRequest:
             return self()
         flag = torch.tensor([int(self())])
         dist.all_reduce(flag, op=dist.ReduceOp.MAX, group=self.processes.control)
-        if flag.item() and self.signal_number is None:
+        stopping = bool(flag.item())
+        if stopping and self.signal_number is None:
             self.signal_number = signal.SIGTERM  # another process got the signal
-        return bool(flag.item())
+        return stopping
 
     def install(self) -> None:
         """Catch SIGTERM and SIGINT from now on."""
@@ -355,7 +367,7 @@ def linear_scaling_note(opts) -> None:
 
 def run(opts) -> int:
     """Everything after parsing, in each process of a torchrun job (or the only one)."""
-    world = int(os.environ.get("WORLD_SIZE", "1"))
+    world = torchrun_world()
     if opts.batchSize % world:
         raise StartError(
             f"-batchSize {opts.batchSize} (the global batch) does not divide among {world}"
@@ -503,14 +515,14 @@ def main(argv=None) -> int:
         print(f"error: {one_line(exc)}", file=sys.stderr)
         return 1
     except RuntimeError as exc:
-        if isinstance(exc, dist.DistError) or int(os.environ.get("WORLD_SIZE", "1")) > 1:
-            print(f"error: another process of this distributed job failed ({one_line(exc)[:300]});"
-                  " the checkpoints are intact: rerun with -resume", file=sys.stderr)  # fmt: skip
+        if type(exc).__module__.startswith(("torch._dynamo", "torch._inductor")):
+            print(f"error: torch.compile failed ({one_line(exc)[:300]}); run without -compile",
+                  file=sys.stderr)  # fmt: skip
             return 1
-        if not type(exc).__module__.startswith(("torch._dynamo", "torch._inductor")):
+        if not (isinstance(exc, dist.DistError) or torchrun_world() > 1):
             raise
-        print(f"error: torch.compile failed ({one_line(exc)[:300]}); run without -compile",
-              file=sys.stderr)  # fmt: skip
+        print(f"error: another process of this distributed job failed ({one_line(exc)[:300]});"
+              " the checkpoints are intact: rerun with -resume", file=sys.stderr)  # fmt: skip
         return 1
 
 
