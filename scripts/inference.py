@@ -15,6 +15,7 @@ sys.path.insert(0, ROOT)
 import checkpoints  # noqa: E402 - after the repository root is on the path
 import models  # noqa: E402
 from datasets import cifar, fashionmnist, imagenet, photometric  # noqa: E402
+from main import load_weights  # noqa: E402
 
 WNID = re.compile(r"n\d{8}")
 
@@ -39,10 +40,8 @@ def load_model(path: str, device: torch.device) -> tuple[torch.nn.Module, dict, 
         arch = dict(record["arch"])
     else:
         arch = models.arch_of_torchvision(state_dict)
-    if "conv1.weight" in state_dict:
-        state_dict = models.from_torchvision(state_dict)
     model = models.create(**arch)
-    model.load_state_dict(state_dict, strict=True)
+    load_weights(model, state_dict, path)  # torchvision names accepted, one-line errors
     names = imagenet_names(record.get("classes"), model.fc.out_features)
     return model.to(device).eval(), arch, names
 
@@ -58,7 +57,7 @@ def preprocess(path: str, arch: dict) -> torch.Tensor:
             pixels, _ = imagenet.ValSample(ten_crop=False)(image)
     except imagenet.DECODE_ERRORS as exc:
         raise imagenet.DataError(f"cannot read image {path}: {exc}") from None
-    floats = pixels.float() / 255
+    floats = TF.to_dtype(pixels, torch.float32, scale=True)  # as the training's val batches
     return photometric.standardise(floats, *imagenet.MEANSTD)
 
 
@@ -70,9 +69,7 @@ def small_image(image: Image.Image, dataset: str) -> torch.Tensor:
     else:
         size, mode, (mean, std) = 32, "RGB", cifar.MEANSTD[dataset]
     pixels = TF.pil_to_tensor(image.convert(mode).resize((size, size), Image.BICUBIC)).float()
-    mean = torch.tensor(mean, dtype=torch.float32).view(-1, 1, 1)
-    std = torch.tensor(std, dtype=torch.float32).view(-1, 1, 1)
-    return ((pixels - mean) / std).expand(3, -1, -1)
+    return photometric.standardise(pixels, mean, std)  # a grey channel broadcasts to 3
 
 
 def image_files(arguments: list[str]) -> list[str]:

@@ -137,3 +137,23 @@ def test_plot_curves_reads_one_point_per_epoch_and_split(tmp_path):
     }
     empty = python(script("plot_curves.py"), str(tmp_path / "nothing"))
     assert empty.returncode == 2 and empty.stderr.startswith("error: no metrics.jsonl in ")
+
+
+def test_small_images_are_prepared_as_their_data_sets_were():
+    sys.path.insert(0, os.path.join(ROOT, "scripts"))
+    import inference
+    from PIL import Image
+
+    from datasets import cifar, fashionmnist
+
+    image = Image.new("RGB", (40, 30), (10, 200, 30))
+    grey = inference.small_image(image, "fashionmnist")  # Fashion-MNIST: one channel, 28 x 28
+    level = 0.299 * 10 + 0.587 * 200 + 0.114 * 30  # PIL's L conversion
+    expected = (level - fashionmnist.MEAN[0]) / fashionmnist.STD[0]
+    assert grey.shape == (3, 28, 28) and torch.allclose(grey, torch.tensor(expected), atol=0.02)
+    colour = inference.small_image(image, "cifar10")
+    mean, std = cifar.MEANSTD["cifar10"]
+    assert colour.shape == (3, 32, 32)
+    assert torch.allclose(
+        colour[:, 5, 5], (torch.tensor([10.0, 200, 30]) - torch.tensor(mean)) / torch.tensor(std)
+    )
