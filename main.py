@@ -1,9 +1,11 @@
 """Train or evaluate ResNet / PreResNet / ResNeXt: python main.py -dataset ... (see -h)."""
 
+import ctypes
 import errno
 import json
 import math
 import os
+import platform
 import random
 import shutil
 import signal
@@ -22,6 +24,7 @@ import opts as options
 import train
 from models import sync_batchnorm
 
+M_TRIM_THRESHOLD, M_MMAP_MAX = -1, -4  # mallopt parameters, from glibc's malloc.h
 CHANNELS_LAST = {"channels_last": torch.channels_last, "contiguous": torch.contiguous_format}
 
 
@@ -93,6 +96,17 @@ def configure_backends(cudnn_mode: str) -> None:
         torch.backends.cudnn.benchmark = False
         torch.backends.cudnn.deterministic = True
         torch.use_deterministic_algorithms(True, warn_only=True)
+
+
+def configure_host_allocator(mode: str) -> bool:
+    """-hostAllocator cache: glibc keeps freed memory for reuse; True if it was set."""
+    if mode != "cache" or platform.libc_ver()[0] != "glibc":
+        return False
+    # By default glibc maps each large block (a batch's activations) on its own and unmaps
+    # it on free, so every step faults its activations back in as fresh zeroed pages: about
+    # a fifth of a CPU training step. From the heap, with no trimming, they are reused.
+    libc = ctypes.CDLL(None)
+    return bool(libc.mallopt(M_MMAP_MAX, 0) and libc.mallopt(M_TRIM_THRESHOLD, 2**31 - 1))
 
 
 def precision_settings(
@@ -386,6 +400,7 @@ def run_process(opts, processes: Processes) -> int:
     device = select_device(opts.nGPU, processes)
     precision_settings(opts.precision, device)  # a bad combination fails before any work
     configure_backends(opts.cudnn)
+    configure_host_allocator(opts.hostAllocator)  # before loader workers fork: they inherit it
     torch.manual_seed(opts.manualSeed)
     with torch.device("meta"):
         models.create(**{**models.arch_from_opts(opts), "nClasses": opts.nClasses or 1})

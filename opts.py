@@ -69,6 +69,12 @@ FLAGS = [
     ("gen", str, "gen", "Path to save generated files (file index, downloads)"),
     ("precision", str, "single", "Options: " + " | ".join(PRECISIONS)),
     ("memoryFormat", str, "channels_last", "Options: channels_last | contiguous (new)"),
+    (
+        "hostAllocator",
+        str,
+        "cache",
+        "cache: keep freed host memory for reuse (glibc); system: the C library's default (new)",
+    ),
     ("compile", lua_bool, False, "torch.compile the model (new; needs a C++ compiler on CPU)"),
     ("nThreads", int, 2, "number of data loading threads (0: load in the main process)"),
     ("nEpochs", int, 0, "Number of total epochs to run (0: imagenet 100, CIFAR 300)"),
@@ -172,6 +178,10 @@ def validate(opts: argparse.Namespace) -> None:
     _check(
         opts.cudnn in ("fastest", "default", "deterministic"),
         f"unknown -cudnn {opts.cudnn} (options: fastest, default, deterministic)",
+    )
+    _check(
+        opts.hostAllocator in ("cache", "system"),
+        f"unknown -hostAllocator {opts.hostAllocator} (options: cache, system)",
     )
     _check(opts.batchSize > 0, f"-batchSize must be positive, got {opts.batchSize}")
     _check(opts.nEpochs > 0, f"-nEpochs must be positive, got {opts.nEpochs}")

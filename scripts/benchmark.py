@@ -2,8 +2,9 @@
 
   python scripts/benchmark.py [--model resnet20|resnet18|resnext50] [--batch N] [--steps N]
 
-Each measurement runs in a fresh process (clean peak RSS, no shared caches) and reports
-the median img/s over --steps timed iterations after --warmup ones:
+Each measurement runs in a fresh process (clean peak RSS, no shared caches) with the tool's
+-hostAllocator (cache unless the row says system; the baseline keeps the C library's
+default) and reports the median img/s over --steps timed iterations after --warmup ones:
   bare      model + SGD on synthetic tensors already in memory (the ceiling)
   trainer   the tool's Trainer on the in-memory loader (whole-batch augmentation)
   pipeline  the in-memory augmentation alone, on one thread
@@ -25,6 +26,7 @@ import torch
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
+import main as tool  # noqa: E402
 import models  # noqa: E402
 import train  # noqa: E402
 from datasets.cifar import ArrayImageDataset  # noqa: E402
@@ -215,6 +217,7 @@ def measure_baseline(model, size, batch, warmup, steps) -> float:
 def run_one(spec: dict) -> dict:
     """One measurement, in this process."""
     batch, warmup, steps = spec["batch"], spec["warmup"], spec["steps"]
+    tool.configure_host_allocator("system" if spec["kind"] == "baseline" else spec["allocator"])
     if spec["kind"] in ("jpeg_decode", "jpeg_pipeline"):
         seconds = measure_jpeg(spec["kind"] == "jpeg_decode", warmup, steps)
         return {
@@ -258,10 +261,13 @@ def main() -> None:
         print(json.dumps(run_one(json.loads(args.one))))
         return
     base = {"model": args.model, "batch": args.batch, "warmup": args.warmup, "steps": args.steps,
-            "size": args.size}  # fmt: skip
+            "size": args.size, "allocator": "cache"}  # fmt: skip
     rows = {
         "bare fp32 contiguous": {"kind": "bare", "layout": "contiguous", "precision": "fp32"},
         "bare fp32 channels_last": {"kind": "bare", "layout": "channels_last", "precision": "fp32"},
+        "bare fp32 channels_last -hostAllocator system": {"kind": "bare", "layout": "channels_last",
+                                                          "precision": "fp32",
+                                                          "allocator": "system"},
         "bare bf16 channels_last": {"kind": "bare", "layout": "channels_last", "precision": "bf16"},
         "trainer default (fp32 channels_last)": {"kind": "trainer", "layout": "channels_last",
                                                  "precision": "fp32"},
@@ -297,6 +303,10 @@ def main() -> None:
     )
     for label, ratio, target in ratios:
         print(f"{label}: {ratio:.2f}x (target >= {target})")
+    allocator = (
+        img_s["bare fp32 channels_last"] / img_s["bare fp32 channels_last -hostAllocator system"]
+    )
+    print(f"-hostAllocator cache / system: {allocator:.2f}x")
     jpeg = img_s["JPEG ImageNet train pipeline (1 thread)"] / img_s["JPEG decode alone (1 thread)"]
     print(f"JPEG pipeline / decode alone: {jpeg:.2f}x (target >= 0.6)")
     pipeline = img_s["pipeline (1 thread)"]

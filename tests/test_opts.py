@@ -140,6 +140,7 @@ def test_help_lists_every_flag_with_default():
         (["-precision", "quad"], "unknown precision: quad"),
         (["-cudnn", "slow"], "unknown -cudnn slow"),
         (["-memoryFormat", "nhwc"], "unknown -memoryFormat nhwc"),
+        (["-hostAllocator", "jemalloc"], "unknown -hostAllocator jemalloc"),
         (["-nThreads", "-1"], "-nThreads must not be negative"),
         (["-resume", "/does/not/exist"], "-resume directory not found"),
         (["-retrain", "/does/not/exist.pth"], "-retrain file not found"),

@@ -88,3 +88,57 @@ def test_optnet_flag_turns_checkpointing_on(cifar10_root, tmp_path):
     done = subprocess.run(command, capture_output=True, timeout=TIMEOUT, text=True)
     assert done.returncode == 0, done.stderr
     assert "=> Recomputing residual blocks in the backward pass" in done.stdout
+
+
+PAGE_FAULTS_PER_STEP = """
+import resource, sys
+import torch
+sys.path.insert(0, sys.argv[1])
+import main, models
+print(main.configure_host_allocator(sys.argv[2]))
+torch.manual_seed(0)
+model = models.create("resnet", 18, "imagenet").to(memory_format=torch.channels_last)
+images = torch.randn(16, 3, 64, 64).contiguous(memory_format=torch.channels_last)
+faults = []
+for _ in range(8):
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+    model(images).sum().backward()
+    faults.append(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before)
+print(sum(faults[4:]))
+"""
+
+
+def steady_page_faults(mode: str) -> tuple[str, int]:
+    """Whether the mode was applied, and the page faults of steps 5-8 of a training loop."""
+    command = [sys.executable, "-c", PAGE_FAULTS_PER_STEP, ROOT, mode]
+    done = subprocess.run(command, capture_output=True, timeout=TIMEOUT, text=True)
+    assert done.returncode == 0, done.stderr
+    applied, faults = done.stdout.split()
+    return applied, int(faults)
+
+
+def test_host_allocator_cache_reuses_activations_without_page_faults():
+    # glibc's default returns a step's freed activations to the OS, so the next step
+    # faults them in again as fresh pages (about 20,000 faults a step here)
+    cached, system = steady_page_faults("cache"), steady_page_faults("system")
+    assert (cached[0], system[0]) == ("True", "False")
+    assert system[1] > 4 * 2_000
+    assert cached[1] * 10 < system[1]
+
+
+def test_the_host_allocator_is_set_before_any_data_is_loaded(monkeypatch):
+    calls = []
+
+    class Stop(Exception):
+        pass
+
+    def no_loaders(*args):
+        calls.append("loaders")
+        raise Stop
+
+    monkeypatch.setattr(main, "configure_host_allocator", lambda mode: calls.append(mode))
+    monkeypatch.setattr(main.datasets, "create_loaders", no_loaders)
+    parsed = main.options.parse(["-dataset", "cifar10", "-nGPU", "0", "-netType", "resnet"])
+    with pytest.raises(Stop):
+        main.run(parsed)
+    assert calls == ["cache", "loaders"]
