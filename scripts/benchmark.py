@@ -1,10 +1,12 @@
 """Training speed on this machine, as ratios measured in one run (PERF.md's targets).
 
   python scripts/benchmark.py [--model resnet20|resnet18|resnext50] [--batch N] [--steps N]
+                              [--rounds N]
 
 Each measurement runs in a fresh process (clean peak RSS, no shared caches) with the tool's
 -hostAllocator (cache unless the row says system; the baseline keeps the C library's
-default) and reports the median img/s over --steps timed iterations after --warmup ones:
+default) and reports the median img/s over --steps timed iterations after --warmup ones;
+the rows are measured in turn, --rounds times, and the table gives each row's median:
   bare      model + SGD on synthetic tensors already in memory (the ceiling)
   trainer   the tool's Trainer on the in-memory loader (whole-batch augmentation)
   pipeline  the in-memory augmentation alone, on one thread
@@ -247,6 +249,24 @@ def measure(spec: dict) -> dict:
     return json.loads(done.stdout.strip().splitlines()[-1])
 
 
+def measure_rounds(specs: dict[str, dict], rounds: int) -> dict[str, dict]:
+    """Every spec once per round, round after round, so that the machine's drift over the
+    run falls on every row alike; the median img/s and peak RSS of each, and the img/s range."""
+    runs = {label: [] for label in specs}
+    for round_number in range(1, rounds + 1):
+        for label, spec in specs.items():
+            runs[label].append(measure(spec))
+        print(f"round {round_number}/{rounds} done", file=sys.stderr, flush=True)
+    return {
+        label: {
+            "img_s": statistics.median(r["img_s"] for r in results),
+            "img_s_range": (min(r["img_s"] for r in results), max(r["img_s"] for r in results)),
+            "peak_rss_mib": statistics.median(r["peak_rss_mib"] for r in results),
+        }
+        for label, results in runs.items()
+    }
+
+
 def main() -> None:
     """Measure every configuration of one model and print the table and the ratios."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
@@ -255,6 +275,7 @@ def main() -> None:
     parser.add_argument("--size", type=int, help="image size (default: the model's)")
     parser.add_argument("--warmup", type=int, default=3)
     parser.add_argument("--steps", type=int, default=10)
+    parser.add_argument("--rounds", type=int, default=3, help="measure every row this often")
     parser.add_argument("--one", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.one:
@@ -280,12 +301,13 @@ def main() -> None:
         "JPEG ImageNet train pipeline (1 thread)": {"kind": "jpeg_pipeline"},
         "baseline (pytorch/examples style)": {"kind": "baseline"},
     }  # fmt: skip
-    results = {}
-    print(f"{args.model}, batch {args.batch}, torch {torch.__version__}, {os.cpu_count()} CPUs")
-    print("| configuration | img/s | peak RSS (MiB) |\n|---|---|---|")
-    for label, spec in rows.items():
-        results[label] = measure({**base, **spec})
-        print(f"| {label} | {results[label]['img_s']:.1f} | {results[label]['peak_rss_mib']:.0f} |")
+    results = measure_rounds({label: {**base, **spec} for label, spec in rows.items()}, args.rounds)
+    print(f"{args.model}, batch {args.batch}, torch {torch.__version__}, {os.cpu_count()} CPUs,"
+          f" median of {args.rounds} rounds")  # fmt: skip
+    print("| configuration | img/s | lowest-highest | peak RSS (MiB) |\n|---|---|---|---|")
+    for label, r in results.items():
+        low, high = r["img_s_range"]
+        print(f"| {label} | {r['img_s']:.1f} | {low:.1f}-{high:.1f} | {r['peak_rss_mib']:.0f} |")
     img_s = {label: r["img_s"] for label, r in results.items()}
     default, bf16 = img_s["trainer default (fp32 channels_last)"], img_s["trainer -precision bf16"]
     baseline = img_s["baseline (pytorch/examples style)"]

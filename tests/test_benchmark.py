@@ -37,3 +37,18 @@ def test_each_measurement_reports_throughput_and_memory(benchmark, spec):
     result = benchmark.run_one({**base, **spec})
     assert result["img_s"] > 0 and result["peak_rss_mib"] > 0
     assert torch.get_num_threads() == threads
+
+
+def test_rounds_measure_every_row_in_turn_and_report_medians(benchmark, monkeypatch):
+    calls = []
+    speeds = {"a": iter([10.0, 30.0, 20.0]), "b": iter([5.0, 1.0, 3.0])}
+
+    def fake_measure(spec):
+        calls.append(spec["row"])
+        return {"img_s": next(speeds[spec["row"]]), "peak_rss_mib": 100.0}
+
+    monkeypatch.setattr(benchmark, "measure", fake_measure)
+    results = benchmark.measure_rounds({"a": {"row": "a"}, "b": {"row": "b"}}, 3)
+    assert calls == ["a", "b", "a", "b", "a", "b"]  # drift falls on both rows alike
+    assert results["a"] == {"img_s": 20.0, "img_s_range": (10.0, 30.0), "peak_rss_mib": 100.0}
+    assert results["b"]["img_s"] == 3.0 and results["b"]["img_s_range"] == (1.0, 5.0)
