@@ -12,6 +12,9 @@ the rows are measured in turn, --rounds times, and the table gives each row's me
   pipeline  the in-memory augmentation alone, on one thread
   baseline  what pytorch/examples does: fp32, contiguous, per-image torchvision
             transforms in a 2-worker DataLoader
+  reference the img/s this model would train at if every FLOP of its training step
+            (counted by torch.utils.flop_counter) ran at the fp32 speed of a large
+            channels_last convolution on this CPU: roughly what an fp32 schedule can reach
 """
 
 import argparse
@@ -185,6 +188,43 @@ def measure_jpeg(decode_only: bool, warmup: int, steps: int) -> float:
         torch.set_num_threads(threads)
 
 
+def convolution_backward_flops(grad_out_shape, x_shape, w_shape, _bias, _stride, _padding,
+                               _dilation, _transposed, _output_padding, _groups, output_mask,
+                               out_shape=None, **kwargs) -> int:  # fmt: skip
+    """FLOPs of aten.convolution_backward (not transposed): each gradient it computes costs
+    what the forward convolution did. torch 2.14's own formula counts a grouped
+    convolution's weight gradient as if it were ungrouped (fixed by pytorch/pytorch#183405)."""
+    from torch.utils.flop_counter import conv_flop_count
+
+    forward = conv_flop_count(list(x_shape), list(w_shape), list(grad_out_shape))
+    return forward * (int(output_mask[0]) + int(output_mask[1]))
+
+
+def training_flops_per_image(model, size: int) -> float:
+    """FLOPs of one training step's forward and backward, per image."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    images = torch.zeros(2, 3, size, size)
+    target = torch.zeros(2, dtype=torch.long)
+    fixed = {torch.ops.aten.convolution_backward: convolution_backward_flops}
+    counter = FlopCounterMode(display=False, custom_mapping=fixed)
+    with counter:
+        torch.nn.functional.cross_entropy(model(images), target).backward()
+    model.zero_grad(set_to_none=True)
+    return counter.get_total_flops() / len(images)
+
+
+def conv_peak_flop_s(warmup: int, steps: int) -> float:
+    """FLOP/s of a 3x3, 256-channel convolution at 28x28, batch 32, fp32 channels_last:
+    the rate oneDNN reaches on this CPU's vector units when nothing else is in the way."""
+    conv = torch.nn.Conv2d(256, 256, 3, padding=1, bias=False)
+    conv = conv.to(memory_format=torch.channels_last)
+    images = torch.randn(32, 256, 28, 28).contiguous(memory_format=torch.channels_last)
+    with torch.no_grad():
+        seconds = timed(lambda: conv(images), warmup, steps)
+    return 2 * 32 * 256 * 256 * 9 * 28 * 28 / seconds
+
+
 def measure_baseline(model, size, batch, warmup, steps) -> float:
     """Seconds per step: fp32 contiguous, per-image torchvision transforms, 2 workers."""
     from torchvision import transforms as tv
@@ -232,7 +272,10 @@ def run_one(spec: dict) -> dict:
         )
     else:
         model, size = build(spec["model"], spec.get("size"), spec.get("optnet", False))
-        if spec["kind"] == "baseline":
+        if spec["kind"] == "reference":
+            flops = training_flops_per_image(model, size)
+            seconds = batch * flops / conv_peak_flop_s(warmup, steps)
+        elif spec["kind"] == "baseline":
             seconds = measure_baseline(model, size, batch, warmup, steps)
         else:
             measure = measure_bare if spec["kind"] == "bare" else measure_trainer
@@ -300,6 +343,7 @@ def main() -> None:
         "JPEG decode alone (1 thread)": {"kind": "jpeg_decode"},
         "JPEG ImageNet train pipeline (1 thread)": {"kind": "jpeg_pipeline"},
         "baseline (pytorch/examples style)": {"kind": "baseline"},
+        "reference: every FLOP at fp32 conv peak": {"kind": "reference"},
     }  # fmt: skip
     results = measure_rounds({label: {**base, **spec} for label, spec in rows.items()}, args.rounds)
     print(f"{args.model}, batch {args.batch}, torch {torch.__version__}, {os.cpu_count()} CPUs,"
@@ -325,6 +369,9 @@ def main() -> None:
     )
     for label, ratio, target in ratios:
         print(f"{label}: {ratio:.2f}x (target >= {target})")
+    reference = img_s["reference: every FLOP at fp32 conv peak"]
+    print(f"default flags / fp32 conv-peak reference: {default / reference:.2f}x;"
+          f" reference / baseline: {reference / baseline:.2f}x")  # fmt: skip
     allocator = (
         img_s["bare fp32 channels_last"] / img_s["bare fp32 channels_last -hostAllocator system"]
     )

@@ -28,6 +28,7 @@ def benchmark():
         {"kind": "baseline"},
         {"kind": "jpeg_decode"},
         {"kind": "jpeg_pipeline"},
+        {"kind": "reference"},
     ],
 )
 def test_each_measurement_reports_throughput_and_memory(benchmark, spec):
@@ -52,3 +53,18 @@ def test_rounds_measure_every_row_in_turn_and_report_medians(benchmark, monkeypa
     assert calls == ["a", "b", "a", "b", "a", "b"]  # drift falls on both rows alike
     assert results["a"] == {"img_s": 20.0, "img_s_range": (10.0, 30.0), "peak_rss_mib": 100.0}
     assert results["b"]["img_s"] == 3.0 and results["b"]["img_s_range"] == (1.0, 5.0)
+
+
+@pytest.mark.parametrize("name, size", [("resnet18", 224), ("resnext50", 64)])
+def test_a_training_step_counts_three_forward_passes_less_the_stems_input_gradient(
+    benchmark, name, size
+):
+    import models
+
+    model, size = benchmark.build(name, size)
+    forward_macs = models.complexity(model, size)[1]
+    if name == "resnet18":
+        assert 1.81e9 < forward_macs < 1.83e9  # ResNet-18's published 1.8 GFLOPs
+    stem_macs = 64 * 3 * 7 * 7 * (size // 2) ** 2  # no gradient is taken for the image itself
+    flops = benchmark.training_flops_per_image(model, size)
+    assert flops == 2 * (3 * forward_macs - stem_macs)  # grouped convolutions counted right
