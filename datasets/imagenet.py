@@ -39,26 +39,48 @@ def list_classes(train_dir: str) -> list[str]:
         if entry.is_dir() and not entry.name.startswith(".")
     ]
     if not names:
+        loose = sum(map(is_image, os.listdir(train_dir)))
+        if loose:
+            raise flat_folder_error(train_dir, loose)
         raise DataError(f"no class folders in {train_dir}: expected train/<class>/<image>")
     return sorted(names, key=lambda name: name.encode())
+
+
+def flat_folder_error(split_dir: str, count: int) -> DataError:
+    """The error for images lying directly in split_dir, as ImageNet's val/ comes."""
+    return DataError(
+        f"{split_dir} holds {count} images directly, not in class folders: move each into"
+        f" {split_dir}/<class>/ (ImageNet's val/: run valprep.sh of"
+        " soumith/imagenetloader.torch there, as the Lua's INSTALL.md does)"
+    )
+
+
+def is_image(name: str) -> bool:
+    """Whether a file name has one of the readable image extensions (any case)."""
+    return name.lower().endswith(EXTENSIONS)
 
 
 def list_images(split_dir: str, classes: list[str]) -> list[tuple[str, int]]:
     """(class/file, class index) of every image one level below split_dir, sorted."""
     index = {name: i for i, name in enumerate(classes)}
-    samples = []
+    samples, loose = [], 0
     for entry in sorted(os.scandir(split_dir), key=lambda e: e.name.encode()):
         if not entry.is_dir() or entry.name.startswith("."):
+            loose += entry.is_file() and is_image(entry.name)
             continue
         if entry.name not in index:
             raise DataError(f"class not found in train/: {entry.name} (in {split_dir})")
-        names = [n for n in os.listdir(entry.path) if n.lower().endswith(EXTENSIONS)]
+        names = [n for n in os.listdir(entry.path) if is_image(n)]
         if not names:
             print(f"warning: no images in {entry.path}")
         for name in sorted(names, key=str.encode):
             samples.append((f"{entry.name}/{name}", index[entry.name]))
+    if loose and not samples:
+        raise flat_folder_error(split_dir, loose)
     if not samples:
         raise DataError(f"no images ({', '.join(EXTENSIONS)}) found under {split_dir}")
+    if loose:
+        print(f"warning: {loose} images directly in {split_dir} are in no class folder: left out")
     return samples
 
 

@@ -179,6 +179,39 @@ def test_val_class_missing_from_train_is_an_error(tmp_path):
         imagenet.load("val", str(tmp_path), str(tmp_path / "gen.json"))
 
 
+def test_flat_validation_folder_says_how_to_sort_it(tmp_path):
+    (tmp_path / "train" / "cat").mkdir(parents=True)
+    Image.new("RGB", (8, 8)).save(tmp_path / "train" / "cat" / "x.jpg")
+    (tmp_path / "val").mkdir()
+    for name in ("ILSVRC2012_val_00000001.JPEG", "ILSVRC2012_val_00000002.JPEG"):
+        Image.new("RGB", (8, 8)).save(tmp_path / "val" / name, format="JPEG")
+    with pytest.raises(datasets.DataError) as error:
+        imagenet.load("val", str(tmp_path), str(tmp_path / "gen.json"))
+    message = str(error.value)
+    assert f"{tmp_path}/val holds 2 images directly, not in class folders" in message
+    assert "valprep.sh" in message and "\n" not in message
+
+
+def test_flat_training_folder_says_to_make_class_folders(tmp_path):
+    (tmp_path / "train").mkdir()
+    for name in ("a.png", "b.png", "c.png"):
+        Image.new("RGB", (8, 8)).save(tmp_path / "train" / name)
+    with pytest.raises(datasets.DataError, match="holds 3 images directly, not in class folders"):
+        imagenet.load("train", str(tmp_path), str(tmp_path / "gen.json"))
+
+
+def test_images_left_beside_the_class_folders_are_named_in_a_warning(tmp_path, capsys):
+    for split in ("train", "val"):
+        (tmp_path / split / "cat").mkdir(parents=True)
+        Image.new("RGB", (8, 8)).save(tmp_path / split / "cat" / "x.jpg")
+    Image.new("RGB", (8, 8)).save(tmp_path / "val" / "stray.jpg")
+    val = imagenet.load("val", str(tmp_path), str(tmp_path / "gen.json"))
+    assert len(val) == 1
+    assert f"warning: 1 images directly in {tmp_path}/val are in no class folder: left out" in (
+        capsys.readouterr().out
+    )
+
+
 def test_corrupt_image_names_the_file(tmp_path):
     for split in ("train", "val"):
         (tmp_path / split / "cat").mkdir(parents=True)
