@@ -87,24 +87,51 @@ def list_images(split_dir: str, classes: list[str]) -> list[tuple[str, int]]:
 def build_index(data: str) -> dict:
     """Classes and image lists of both splits (the Lua's imagenet-gen.lua)."""
     print("=> Generating list of images")
+    stamp = folder_stamp(data)  # before listing: a change made meanwhile is seen next time
     classes = list_classes(os.path.join(data, "train"))
     print(" | finding all validation images")
     val = list_images(os.path.join(data, "val"), classes)
     print(" | finding all training images")
     train = list_images(os.path.join(data, "train"), classes)
-    return {"basedir": data, "classes": classes, "train": train, "val": val}
+    return {"basedir": data, "stamp": stamp, "classes": classes, "train": train, "val": val}
+
+
+def folder_stamp(data: str) -> dict[str, int]:
+    """Modification times of train/, val/ and their class folders: a folder's changes when
+    an entry is added, removed or renamed in it, so an equal stamp means the same lists."""
+    stamp = {}
+    for split in ("train", "val"):
+        folder = os.path.join(data, split)
+        if not os.path.isdir(folder):
+            continue  # the listing says what is missing
+        stamp[split] = os.stat(folder).st_mtime_ns
+        for entry in os.scandir(folder):
+            if entry.is_dir():
+                stamp[f"{split}/{entry.name}"] = entry.stat().st_mtime_ns
+    return stamp
+
+
+def read_index(data: str, cache_path: str) -> dict | None:
+    """The cached index if it lists data's folders as they are now; else None, and why."""
+    try:
+        with open(cache_path) as handle:
+            index = json.load(handle)
+    except (OSError, ValueError):
+        return None  # missing or unreadable: rebuilt without comment
+    if index.get("basedir") != data or "stamp" not in index:
+        return None
+    if index["stamp"] != folder_stamp(data):
+        print(f"=> image folders changed since {cache_path} was built: rebuilding it")
+        return None
+    return index
 
 
 def cached_index(data: str, cache_path: str) -> dict:
-    """The index from cache_path, rebuilt (and saved) when missing or made for another -data."""
-    if os.path.isfile(cache_path):
-        try:
-            with open(cache_path) as handle:
-                index = json.load(handle)
-            if index.get("basedir") == data:
-                return index
-        except (OSError, ValueError):
-            pass  # unreadable cache: rebuild it below
+    """The index from cache_path, rebuilt (and saved) when missing, made for another -data,
+    or older than a change to the folders (the Lua rebuilt only for another -data)."""
+    index = read_index(data, cache_path)
+    if index is not None:
+        return index
     index = build_index(data)
     print(f" | saving list of images to {cache_path}")
     os.makedirs(os.path.dirname(cache_path) or ".", exist_ok=True)

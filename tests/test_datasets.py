@@ -3,6 +3,7 @@
 import json
 import os
 import pickle
+import shutil
 
 import numpy as np
 import pytest
@@ -169,6 +170,22 @@ def test_folder_index_is_rebuilt_when_data_changes(jpeg_root, tmp_path):
         Image.new("RGB", (40, 30), (200, 10, 10)).save(other / split / "solo" / "a.png")
     rebuilt = imagenet.load("train", str(other), cache)
     assert rebuilt.classes == ["solo"] and len(rebuilt) == 1
+
+
+def test_folder_index_is_rebuilt_when_images_or_classes_are_added(jpeg_root, tmp_path, capsys):
+    data, cache = tmp_path / "data", str(tmp_path / "imagenet.json")
+    shutil.copytree(jpeg_root, data)
+    before = imagenet.load("train", str(data), cache)
+    imagenet.load("train", str(data), cache)
+    assert "Generating" not in capsys.readouterr().out.split("saving list")[1]  # cache used
+    first = data / "train" / "apple" / sorted(os.listdir(data / "train" / "apple"))[0]
+    shutil.copyfile(first, data / "train" / "apple" / "added.JPEG")
+    grown = imagenet.load("train", str(data), cache)
+    assert len(grown) == len(before) + 1
+    assert "image folders changed since" in capsys.readouterr().out
+    for split in ("train", "val"):
+        shutil.copytree(data / split / "apple", data / split / "cherry")
+    assert imagenet.load("val", str(data), cache).classes == ["Zebra", "apple", "banana", "cherry"]
 
 
 def test_val_class_missing_from_train_is_an_error(tmp_path):
