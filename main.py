@@ -519,6 +519,21 @@ def one_line(exc: BaseException) -> str:
     return " ".join(text.split())
 
 
+def resource_error(exc: RuntimeError) -> str | None:
+    """What to do when memory runs out or a loader worker dies (None for other errors)."""
+    text = one_line(exc)
+    if isinstance(exc, torch.OutOfMemoryError) or "can't allocate memory" in text:
+        _, allocator, detail = text.partition("DefaultCPUAllocator")  # past "[enforce fail ..."
+        text = allocator + detail if allocator else text
+        return (f"out of memory ({text[:200]}): lower -batchSize, or use -optnet true or"
+                " -precision bf16; the checkpoints are intact")  # fmt: skip
+    if text.startswith("DataLoader worker"):
+        return (f"a data loader worker died ({text[:200]}): it ran out of memory or shared"
+                " memory (in Docker: --shm-size or --ipc=host); lower -nThreads or -batchSize;"
+                " the checkpoints are intact: rerun with -resume")  # fmt: skip
+    return None
+
+
 def main(argv=None) -> int:
     """Entry point: one 'error:' line and exit status 2 for every bad input."""
     try:
@@ -530,6 +545,9 @@ def main(argv=None) -> int:
         print(f"error: {one_line(exc)}", file=sys.stderr)
         return 1
     except RuntimeError as exc:
+        if (message := resource_error(exc)) is not None:
+            print(f"error: {message}", file=sys.stderr)
+            return 1
         if type(exc).__module__.startswith(("torch._dynamo", "torch._inductor")):
             print(f"error: torch.compile failed ({one_line(exc)[:300]}); run without -compile",
                   file=sys.stderr)  # fmt: skip

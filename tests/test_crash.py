@@ -247,3 +247,54 @@ def test_garbage_latest_file_is_named_and_nothing_changes(cifar10_root, tmp_path
     )
     assert done.returncode == 2 and "latest.pth" in done.stderr and "Traceback" not in done.stderr
     assert os.listdir(save) == ["latest.pth"]
+
+
+class DiesInTheWorker(torch.utils.data.Dataset):
+    """A dataset whose loader worker is killed the way a full /dev/shm kills it."""
+
+    def __len__(self):
+        return 4
+
+    def __getitem__(self, index):
+        os.kill(os.getpid(), signal.SIGBUS)
+
+
+def real_failure(kind: str) -> RuntimeError:
+    """The exception torch itself raises when a loader worker dies or memory runs out."""
+    try:
+        if kind == "worker":
+            list(torch.utils.data.DataLoader(DiesInTheWorker(), num_workers=1))
+        elif kind == "cpu memory":
+            torch.empty(2**50)  # 4 PiB: the allocator refuses
+        else:
+            raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 20.00 GiB")
+    except RuntimeError as exc:
+        return exc
+    raise AssertionError(f"{kind}: no failure")
+
+
+@pytest.mark.parametrize(
+    "kind, says",
+    [
+        ("worker", "a data loader worker died (DataLoader worker (pid(s) "),
+        ("cpu memory", "out of memory (DefaultCPUAllocator: can't allocate memory"),
+        ("gpu memory", "out of memory (CUDA out of memory. Tried to allocate 20.00 GiB)"),
+    ],
+)
+def test_a_dead_loader_worker_or_no_memory_is_one_line_with_what_to_do(
+    kind, says, monkeypatch, capsys
+):
+    import main
+
+    failure = real_failure(kind)
+    capsys.readouterr()  # torch's own note from the dying worker
+
+    def run(opts):
+        raise failure
+
+    monkeypatch.setattr(main, "run", run)
+    assert main.main(["-dataset", "cifar10"]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith(f"error: {says}") and err.count("\n") == 1
+    assert "the checkpoints are intact" in err
+    assert ("-nThreads" in err) if kind == "worker" else ("-batchSize" in err)
