@@ -5,6 +5,7 @@ index is cached as JSON in <gen>/<dataset>.json and rebuilt when -data changes, 
 Lua's imagenet-gen.lua cache was.
 """
 
+import itertools
 import json
 import os
 from collections.abc import Callable
@@ -309,6 +310,27 @@ def check_device_decoding(device: torch.device) -> None:
 NO_DRAWS = torch.empty(0)
 
 
+class PackedSamples:
+    """(relative path, label) pairs packed into three tensors. Forked loader workers read
+    them without writing to the parent's pages, where a list of Python tuples gets copied
+    into every worker as reading it touches reference counts (pytorch/pytorch#13246)."""
+
+    def __init__(self, samples: list[tuple[str, int]]):
+        names = b"".join(path.encode() for path, _ in samples)
+        ends = itertools.accumulate(len(path.encode()) for path, _ in samples)
+        self.names = torch.frombuffer(bytearray(names), dtype=torch.uint8) if names else None
+        self.ends = torch.tensor(list(ends), dtype=torch.int64)
+        self.labels = torch.tensor([label for _, label in samples], dtype=torch.int64)
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def __getitem__(self, index: int) -> tuple[str, int]:
+        start = int(self.ends[index - 1]) if index > 0 else 0
+        name = bytes(self.names[start : int(self.ends[index])].tolist()).decode()
+        return name, int(self.labels[index])
+
+
 class ImageFolder(torch.utils.data.Dataset):
     """Images listed in an index, decoded with PIL and transformed on the fly into
     (uint8 image, colour draws, label) samples.
@@ -317,7 +339,9 @@ class ImageFolder(torch.utils.data.Dataset):
     and counts; otherwise it raises DataError naming the file.
     """
 
-    def __init__(self, root: str, samples: list, classes: list[str], transform, skip_corrupt=False):
+    def __init__(
+        self, root: str, samples: PackedSamples, classes: list[str], transform, skip_corrupt=False
+    ):
         self.root = root
         self.samples = samples
         self.classes = classes
@@ -383,7 +407,7 @@ def load(
     index = cached_index(data, cache_path)
     on_device = {"on_device": decode_on_device}
     transform = TrainSample(**on_device) if split == "train" else ValSample(ten_crop, **on_device)
-    samples = [tuple(sample) for sample in index[split]]
+    samples = PackedSamples([tuple(sample) for sample in index[split]])
     folder = os.path.join(data, split)
     return ImageFolder(folder, samples, index["classes"], transform, skip_corrupt)
 
