@@ -349,6 +349,7 @@ class EpochLoop:
             start, self.start = self.start, 0
             datasets.set_epoch(self.train_loader, epoch, start * self.opts.batchSize)
             self.trainer.train(epoch, self.train_loader, start=start, on_step=self.after_step)
+            precise_bn(self.opts, self.trainer, self.train_loader, epoch)
             datasets.set_epoch(self.val_loader, epoch)
             try:
                 top1, top5 = self.trainer.test(epoch, self.val_loader, stop=self.stop)
@@ -363,6 +364,16 @@ class EpochLoop:
             if self.stop.agreed():
                 raise train.Interrupted(f"after epoch {epoch}")
         print(f" * Finished top1: {self.best[0]:6.3f}  top5: {self.best[1]:6.3f}")
+
+
+def precise_bn(opts, trainer: train.Trainer, train_loader, epoch: int) -> None:
+    """-preciseBN N: BatchNorm statistics from N training images of epoch's order."""
+    if opts.preciseBN == 0:
+        return
+    datasets.set_epoch(train_loader, epoch)
+    batches = math.ceil(opts.preciseBN / opts.batchSize)  # -batchSize is the global batch
+    images = trainer.recompute_bn_statistics(train_loader, batches)
+    trainer.progress.say(f"=> Recomputed BatchNorm statistics on {images} training images")
 
 
 REFERENCE_BATCH = {"imagenet": 256}  # the recipes' batch for -LR 0.1; CIFAR's is 128
@@ -480,6 +491,7 @@ def train_or_test(opts, device, loaders, checkpoint, retrained, processes: Proce
     if opts.testOnly:
         trainer = make_trainer(opts, model, device, checkpoint, processes.world,
                                train.Progress(bar=bar))  # fmt: skip
+        precise_bn(opts, trainer, loaders[0], max(opts.epochNumber, 1))
         top1, top5 = trainer.test(0, loaders[1])
         print(f" * Results top1: {top1:6.3f}  top5: {top5:6.3f}")
         return 0

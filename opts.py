@@ -116,6 +116,12 @@ FLAGS = [
     ("syncBN", lua_bool, False, "Under torchrun: batch norm over the global batch (new)"),
     ("printFreq", int, 1, "Print a training / test line every N iterations (new)"),
     ("skipCorrupt", lua_bool, False, "Skip unreadable images instead of stopping (new)"),
+    (
+        "preciseBN",
+        int,
+        0,
+        "Before each test pass, recompute BatchNorm statistics on N training images (new)",
+    ),
 ]
 
 
@@ -196,7 +202,7 @@ def validate(opts: argparse.Namespace) -> None:
         "-decodeOnDevice is for folder datasets (-dataset imagenet)",
     )
     _check(opts.printFreq > 0, f"-printFreq must be positive, got {opts.printFreq}")
-    for name in ("nClasses", "checkpointEvery", "keepCheckpoints"):
+    for name in ("nClasses", "checkpointEvery", "keepCheckpoints", "preciseBN"):
         value = getattr(opts, name)
         _check(value >= 0, f"-{name} must not be negative, got {value}")
     _check(not (opts.shareGradInput and opts.optnet), "cannot use both -shareGradInput and -optnet")

@@ -1,5 +1,6 @@
 """The training loop (the Lua's train.lua): SGD steps, top-1/top-5 errors, printed lines."""
 
+import itertools
 import json
 import math
 import os
@@ -13,6 +14,7 @@ from tqdm import tqdm
 
 Batch = tuple[torch.Tensor, ...]  # (images, target) or (images, target, n_skipped)
 StepHook = Callable[[int, int], None]  # (epoch, iteration) after each SGD step
+BATCH_NORMS = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d)
 
 
 class Interrupted(Exception):
@@ -211,6 +213,43 @@ class Trainer:
         if self.reduce is None:
             return totals
         return self.reduce(torch.tensor(totals, dtype=torch.float64, device=self.device)).tolist()
+
+    def recompute_bn_statistics(self, loader: Iterable[Batch], batches: int) -> int:
+        """Precise BN (as pycls; what fb.resnet.torch's maintainers advised for reproducing
+        ImageNet numbers): every BatchNorm's running mean and variance become their plain
+        average over the first `batches` batches of loader, weighted by images over the
+        processes. Weights are untouched. Returns the images used, by all processes."""
+        model = self.evaluated_model()  # no DistributedDataParallel: it would broadcast buffers
+        norms = [m for m in model.modules() if isinstance(m, BATCH_NORMS) and m.track_running_stats]
+        momenta = [norm.momentum for norm in norms]
+        for norm in norms:
+            norm.reset_running_stats()
+            norm.momentum = None  # a cumulative, equally weighted average of the batches
+        model.train()
+        images = 0
+        with torch.no_grad():
+            for batch in itertools.islice(loader, batches):
+                if len(batch[1]) > 0:  # else every image of this batch was unreadable
+                    inputs, _ = self.to_device(batch)
+                    self.forward(inputs, model)
+                    images += inputs.shape[0]
+        for norm, momentum in zip(norms, momenta, strict=True):
+            norm.momentum = momentum
+        return self.average_over_processes(norms, images)
+
+    def average_over_processes(self, norms: list[nn.Module], images: int) -> int:
+        """Running statistics averaged over the processes, each weighted by its images;
+        returns the images of all processes."""
+        if self.reduce is None or not norms:
+            return images
+        stats = [stat for norm in norms for stat in (norm.running_mean, norm.running_var)]
+        weighted = torch.cat([stat.double() * images for stat in stats] + [
+            torch.tensor([float(images)], dtype=torch.float64, device=self.device)])  # fmt: skip
+        total = self.reduce(weighted)
+        averages = (total[:-1] / total[-1]).split([stat.numel() for stat in stats])
+        for stat, average in zip(stats, averages, strict=True):
+            stat.copy_(average)
+        return int(total[-1])
 
     def evaluated_model(self) -> nn.Module:
         """The model to evaluate: unwrapped from DistributedDataParallel, whose forward may

@@ -164,6 +164,19 @@ def test_fine_tune_a_folder_dataset_from_a_torchvision_state_dict(jpeg_root, tmp
     assert record["classes"] == ["Zebra", "apple", "banana"]
 
 
+def test_precise_bn_recomputes_the_statistics_before_each_test(cifar10_root, tmp_path):
+    out = small_cifar_run(cifar10_root, tmp_path, "-nEpochs 2 -batchSize 4 -preciseBN 7")
+    assert out.returncode == 0, out.stderr
+    lines = out.stdout.splitlines()
+    said = [i for i, line in enumerate(lines) if "Recomputed BatchNorm" in line]
+    recomputed = "=> Recomputed BatchNorm statistics on 8 training images"
+    assert [lines[i] for i in said] == [recomputed] * 2  # once per epoch
+    assert all(lines[i + 1].startswith(" | Test: [") for i in said)  # just before testing
+    model = torch.load(tmp_path / "model_2.pth", weights_only=True)["model"]
+    tracked = {k: int(v) for k, v in model.items() if k.endswith("num_batches_tracked")}
+    assert tracked and set(tracked.values()) == {2}  # 2 batches of 4, not 10 training steps
+
+
 @pytest.mark.parametrize(
     ("flags", "message"),
     [

@@ -57,6 +57,18 @@ def test_two_processes_with_sync_bn_train_the_weights_of_one(cifar10_root, one_p
     assert sorted(os.listdir(tmp_path)) == sorted(os.listdir(one_process))
 
 
+def test_precise_bn_over_two_processes_matches_one(cifar10_root, tmp_path):
+    extra = ("-nEpochs", "1", "-syncBN", "true", "-preciseBN", "8")
+    run([sys.executable, MAIN, *cifar_flags(cifar10_root, tmp_path / "one", *extra)])
+    two = run([*torchrun("--standalone", "--nproc-per-node", "2"),
+               *cifar_flags(cifar10_root, tmp_path / "two", *extra)])  # fmt: skip
+    assert two.stdout.count("=> Recomputed BatchNorm statistics on 8 training images") == 1
+    single, double = weights(tmp_path / "one"), weights(tmp_path / "two")
+    for name in single:  # float rounding of the gradient all-reduce grows through the network
+        torch.testing.assert_close(double[name], single[name], atol=1e-5, rtol=1e-4, msg=name)
+    assert {int(v) for k, v in double.items() if k.endswith("num_batches_tracked")} == {2}
+
+
 def results_line(stdout: str) -> str:
     return next(line for line in stdout.splitlines() if line.startswith(" * Results"))
 

@@ -142,6 +142,7 @@ def test_help_lists_every_flag_with_default():
         (["-memoryFormat", "nhwc"], "unknown -memoryFormat nhwc"),
         (["-hostAllocator", "jemalloc"], "unknown -hostAllocator jemalloc"),
         (["-nThreads", "-1"], "-nThreads must not be negative"),
+        (["-preciseBN", "-8"], "-preciseBN must not be negative"),
         (["-resume", "/does/not/exist"], "-resume directory not found"),
         (["-retrain", "/does/not/exist.pth"], "-retrain file not found"),
         (["-optimState", "/does/not/exist.pth"], "-optimState file not found"),

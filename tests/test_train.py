@@ -291,3 +291,80 @@ def test_records_can_leave_tensorboard_out(tmp_path):
     records = train.RunRecords(str(tmp_path), 10, tensorboard=False)
     records({"epoch": 1, "iter": None, "split": "val", "top1": 1.0, "top5": 0.0})
     assert sorted(os.listdir(tmp_path)) == ["metrics.jsonl"]
+
+
+def bn_network():
+    """conv -> BN -> classifier: a BatchNorm whose input statistics are easy to recompute."""
+    torch.manual_seed(3)
+    return nn.Sequential(nn.Conv2d(3, 4, 1), nn.BatchNorm2d(4), nn.Flatten(), nn.Linear(64, 3))
+
+
+def shifted_batches(seed, count=5, size=4):
+    """Batches whose pixel statistics differ from batch to batch."""
+    generator = torch.Generator().manual_seed(seed)
+    return [(torch.randn(size, 3, 4, 4, generator=generator) * (k + 1) + k,
+             torch.randint(0, 3, (size,), generator=generator)) for k in range(count)]  # fmt: skip
+
+
+def batch_statistics(model, data):
+    """Each batch's per-channel mean and unbiased variance at the BatchNorm's input."""
+    with torch.no_grad():
+        features = [model[0](images) for images, _ in data]
+    means = torch.stack([f.mean((0, 2, 3)) for f in features])
+    variances = torch.stack([f.transpose(0, 1).flatten(1).var(1) for f in features])
+    return means, variances
+
+
+def test_precise_bn_sets_running_statistics_to_their_average_over_the_batches():
+    model, data = bn_network(), shifted_batches(0)
+    trainer = make_trainer(model, [])
+    trainer.train(1, data)  # running statistics: a momentum 0.1 moving average
+    weights = {k: v.clone() for k, v in model.named_parameters()}
+    means, variances = batch_statistics(model, data[:3])
+    assert trainer.recompute_bn_statistics(data, batches=3) == 12
+    norm = model[1]
+    torch.testing.assert_close(norm.running_mean, means.mean(0))
+    torch.testing.assert_close(norm.running_var, variances.mean(0))
+    assert norm.momentum == 0.1 and norm.training and int(norm.num_batches_tracked) == 3
+    assert all(torch.equal(parameter, weights[k]) for k, parameter in model.named_parameters())
+
+
+def test_precise_bn_weighs_each_process_by_its_images():
+    import threading
+
+    class TwoProcesses:
+        """all_reduce(SUM) between two threads standing for two processes."""
+
+        def __init__(self):
+            self.barrier, self.lock, self.parts = threading.Barrier(2), threading.Lock(), []
+
+        def __call__(self, values):
+            with self.lock:
+                self.parts.append(values.clone())
+            self.barrier.wait()
+            total = self.parts[0] + self.parts[1]
+            if self.barrier.wait() == 0:  # one thread clears, once both have read
+                self.parts.clear()
+            self.barrier.wait()
+            return total
+
+    reduce = TwoProcesses()
+    shares = [shifted_batches(1, count=3, size=4), shifted_batches(2, count=3, size=2)]
+    models = [bn_network(), bn_network()]
+    trainers = [make_trainer(model, []) for model in models]
+    for trainer in trainers:
+        trainer.reduce = reduce
+    used = [None, None]
+    threads = [threading.Thread(target=lambda r=r: used.__setitem__(
+        r, trainers[r].recompute_bn_statistics(shares[r], batches=3))) for r in (0, 1)]  # fmt: skip
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert used == [18, 18]  # images of both processes
+    per_process = [batch_statistics(models[0], share) for share in shares]
+    expected_mean = (per_process[0][0].mean(0) * 12 + per_process[1][0].mean(0) * 6) / 18
+    expected_var = (per_process[0][1].mean(0) * 12 + per_process[1][1].mean(0) * 6) / 18
+    for model in models:
+        torch.testing.assert_close(model[1].running_mean, expected_mean)
+        torch.testing.assert_close(model[1].running_var, expected_var)
