@@ -15,6 +15,7 @@ from tqdm import tqdm
 Batch = tuple[torch.Tensor, ...]  # (images, target) or (images, target, n_skipped)
 StepHook = Callable[[int, int], None]  # (epoch, iteration) after each SGD step
 BATCH_NORMS = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d)
+INPUT_BOUND_MIN_ITERATIONS = 50
 
 
 class Interrupted(Exception):
@@ -134,6 +135,7 @@ class Trainer:
         self.reduce = reduce  # sums a tensor over the processes of a distributed run
         self.progress = progress or Progress(log)
         self.sums = RunningSums(device)
+        self.warned_input_bound = False
         use_scaler = autocast_dtype == torch.float16 and device.type == "cuda"
         self.scaler = torch.amp.GradScaler(device.type, enabled=use_scaler)
 
@@ -203,6 +205,7 @@ class Trainer:
         if sums.iterations:
             self.print_train_line(epoch, size, size, clock, lr)
         self.report_skipped(skipped)
+        self.warn_if_input_bound(epoch, clock, size - start)
         top1, top5, loss, _ = as_means(self.all_processes(sums.total))
         self.progress.end({"epoch": epoch, "split": "train", "loss": loss, "top1": top1,
                            "top5": top5, "lr": lr})  # fmt: skip
@@ -282,6 +285,18 @@ class Trainer:
         if self.sums.iterations and not self.sums.loss_is_finite():
             raise FloatingPointError("the loss is not finite; try a lower -LR")
 
+    def warn_if_input_bound(self, epoch: int, clock: "WindowClock", iterations: int) -> None:
+        """Say once per run when over half of an epoch went to waiting for data; epochs of
+        fewer than INPUT_BOUND_MIN_ITERATIONS are not judged (start-up would dominate)."""
+        share = clock.data_share()
+        if self.warned_input_bound or iterations < INPUT_BOUND_MIN_ITERATIONS or share <= 0.5:
+            return
+        self.warned_input_bound = True
+        self.progress.say(
+            f" | warning: input-bound: {share:.0%} of epoch {epoch} went to waiting for data;"
+            " more loader workers (-nThreads), faster storage or -decodeOnDevice would help"
+        )
+
     def report_skipped(self, skipped: int) -> None:
         """Say how many unreadable samples the loader dropped this pass."""
         if skipped:
@@ -334,15 +349,23 @@ class Trainer:
 
 
 class WindowClock:
-    """Wall time per iteration and time spent waiting for data, over a printed window."""
+    """Wall time per iteration and time spent waiting for data, over a printed window
+    and over the whole pass."""
 
     def __init__(self):
-        self.mark = self.window_start = time.perf_counter()
-        self.data_time = 0.0
+        self.mark = self.window_start = self.started = time.perf_counter()
+        self.data_time = self.pass_data_time = 0.0
 
     def batch_arrived(self) -> None:
         """The loader has handed over the next batch."""
-        self.data_time += time.perf_counter() - self.mark
+        waited = time.perf_counter() - self.mark
+        self.data_time += waited
+        self.pass_data_time += waited
+
+    def data_share(self) -> float:
+        """The share of the pass so far spent waiting for data."""
+        elapsed = time.perf_counter() - self.started
+        return self.pass_data_time / elapsed if elapsed > 0 else 0.0
 
     def step_done(self) -> None:
         """The iteration's work is queued; the wait for the next batch starts."""

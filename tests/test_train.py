@@ -368,3 +368,43 @@ def test_precise_bn_weighs_each_process_by_its_images():
     for model in models:
         torch.testing.assert_close(model[1].running_mean, expected_mean)
         torch.testing.assert_close(model[1].running_var, expected_var)
+
+
+class SlowLoader:
+    """Batches that take far longer to produce (real work, a large matrix product) than a
+    Memorizer step takes to train on them."""
+
+    def __init__(self, count):
+        self.count, self.work = count, torch.randn(400, 400)
+
+    def __len__(self):
+        return self.count
+
+    def __iter__(self):
+        for k in range(self.count):
+            for _ in range(5):
+                self.work = torch.tanh(self.work @ self.work)
+            yield torch.randn(4, 3, 4, 4), torch.tensor([0, 1, 2, k % 3])
+
+
+def test_an_input_bound_epoch_is_named_once():
+    lines = []
+    trainer = make_trainer(Memorizer(), lines)
+    trainer.train(1, SlowLoader(60))
+    trainer.train(2, SlowLoader(60))
+    warnings = [line for line in lines if "input-bound" in line]
+    assert len(warnings) == 1, lines
+    assert __import__("re").fullmatch(
+        r" \| warning: input-bound: \d+% of epoch 1 went to waiting for data; more loader"
+        r" workers \(-nThreads\), faster storage or -decodeOnDevice would help",
+        warnings[0],
+    )
+
+
+def test_a_fast_loader_or_a_short_epoch_gets_no_input_bound_warning():
+    lines = []
+    trainer = make_trainer(Memorizer(), lines)
+    data = batches(torch.randn(240, 3, 4, 4), torch.randint(0, 3, (240,)), 4)
+    trainer.train(1, data)  # 60 batches already in memory
+    trainer.train(2, SlowLoader(10))  # too short to tell start-up from a slow loader
+    assert not any("input-bound" in line for line in lines)
