@@ -6,9 +6,12 @@ Every file holds only tensors and primitives and is read with weights_only=True;
 model is saved unwrapped (no 'module.' or '_orig_mod.' prefixes), so a bare model loads it.
 """
 
+import errno
+import io
 import os
 import pickle
 import re
+import shutil
 import signal
 import tempfile
 from collections.abc import Callable, Mapping
@@ -21,6 +24,9 @@ LATEST = "latest.pth"
 BEST = "model_best.pth"
 WRAPPER_PREFIXES = ("module.", "_orig_mod.")
 EPOCH_FILE = re.compile(r"^(model|optimState)_(\d+)(_iter\d+)?\.pth$")
+# What a run of this tool writes in its -save folder (besides the tb/ folder).
+RUN_RECORDS = ("opts.json", "metrics.jsonl")
+RECORDS_FOLDER = "tb"
 # Fault injection for the crash tests: SIGKILL this process just before the file of
 # this name is renamed into place, i.e. in the middle of writing a checkpoint.
 KILL_BEFORE_RENAME = "CHECKPOINT_KILL_BEFORE_RENAME"
@@ -67,8 +73,12 @@ def fsync_directory(folder: str) -> None:
 
 
 def atomic_save(obj, path: str) -> None:
-    """torch.save obj to path atomically (see atomic_write)."""
-    atomic_write(path, lambda stream: torch.save(obj, stream))
+    """torch.save obj to path atomically (see atomic_write). The file is serialised in
+    memory first: torch's writer turns a failed write (a full disk) into an opaque
+    RuntimeError, a plain write gives the OSError with its errno."""
+    buffer = io.BytesIO()
+    torch.save(obj, buffer)
+    atomic_write(path, lambda stream: stream.write(buffer.getbuffer()))
 
 
 def atomic_write(path: str, write: Callable[[BinaryIO], object]) -> None:
@@ -83,9 +93,11 @@ def atomic_write(path: str, write: Callable[[BinaryIO], object]) -> None:
         if os.environ.get(KILL_BEFORE_RENAME) == os.path.basename(path):
             os.kill(os.getpid(), signal.SIGKILL)
         os.replace(partial, path)
-    except BaseException:
+    except BaseException as exc:
         if os.path.exists(partial):
             os.remove(partial)
+        if isinstance(exc, OSError) and exc.filename is None:  # name the file in the error
+            raise OSError(exc.errno, exc.strerror or errno.errorcode.get(exc.errno), path) from None
         raise
     fsync_directory(folder)
 
@@ -107,12 +119,14 @@ def save(
     is_best: bool,
     best: tuple[float, float],
     iteration: int = 0,
+    samples: int = 0,
     state: dict | None = None,
     keep: int = 0,
 ) -> None:
     """Write the model and optimizer files (per epoch, or mid-epoch after `iteration`),
     model_best.pth if best, then latest.pth last, so that a crash at any instant leaves
-    the previous consistent set; then drop files no longer needed (keep: last K epochs)."""
+    the previous consistent set; then drop files no longer needed (keep: last K epochs).
+    samples: how many samples of the epoch's order the iterations used (mid-epoch)."""
     record = model_record(model, epoch, arch, classes)
     model_name, optim_name = file_names(epoch, iteration)
     atomic_save(record, os.path.join(save_dir, model_name))
@@ -122,6 +136,7 @@ def save(
     latest_record = {
         "epoch": epoch,
         "iteration": iteration,
+        "samples": samples,
         "modelFile": model_name,
         "optimFile": optim_name,
         "bestTop1": best[0],
@@ -151,6 +166,64 @@ def prune(save_dir: str, current: set[str], keep: int) -> None:
                 os.remove(os.path.join(save_dir, name))
 
 
+def run_files(folder: str) -> list[str]:
+    """The files a run of this tool wrote in folder (checkpoints, opts.json, metrics.jsonl),
+    sorted; [] when there are none or no folder."""
+    if not os.path.isdir(folder):
+        return []
+    names = os.listdir(folder)
+    return sorted(n for n in names if is_checkpoint_file(n) or n in RUN_RECORDS)
+
+
+def is_checkpoint_file(name: str) -> bool:
+    """Whether name is one of the checkpoint files this tool writes."""
+    return name in (LATEST, BEST) or bool(EPOCH_FILE.match(name))
+
+
+def clear_run(folder: str) -> None:
+    """Delete the files of an earlier run in folder (what run_files lists, and tb/)."""
+    for name in run_files(folder):
+        os.remove(os.path.join(folder, name))
+    shutil.rmtree(os.path.join(folder, RECORDS_FOLDER), ignore_errors=True)
+
+
+def newest_model_file(folder: str) -> str | None:
+    """The model file of the latest epoch (mid-epoch files after their epoch's start) in
+    folder, else model_best.pth, else None."""
+    epochs = {}
+    for name in os.listdir(folder):
+        match = EPOCH_FILE.match(name)
+        if match and match.group(1) == "model":
+            iteration = int(match.group(3)[5:]) if match.group(3) else 0
+            epochs[name] = (int(match.group(2)), iteration == 0, iteration)
+    if epochs:
+        return max(epochs, key=epochs.get)
+    return BEST if os.path.isfile(os.path.join(folder, BEST)) else None
+
+
+def unwritable(path: str) -> str | None:
+    """Why a folder at path (created if missing) could not hold files, or None if it can."""
+    full = os.path.abspath(path)
+    name_max = os.pathconf("/", "PC_NAME_MAX")
+    if len(os.fsencode(full)) > os.pathconf("/", "PC_PATH_MAX") - name_max:
+        return "the path is too long for this system"
+    if any(len(os.fsencode(part)) > name_max for part in full.split(os.sep)):
+        return f"a folder name in it is longer than {name_max} bytes"
+    existing = full
+    while not os.path.lexists(existing):
+        existing = os.path.dirname(existing)
+    if not os.path.isdir(existing):
+        return f"{existing} is not a folder"
+    if not os.access(existing, os.W_OK | os.X_OK):
+        read_only = os.statvfs(existing).f_flag & os.ST_RDONLY
+        return (
+            f"{existing} is on a read-only file system"
+            if read_only
+            else f"{existing} is not writable"
+        )
+    return None
+
+
 def load_file(path: str):
     """torch.load with weights_only=True onto the CPU, or CheckpointError naming the file."""
     if not os.path.isfile(path):
@@ -166,13 +239,28 @@ def load_file(path: str):
 
 
 def latest(resume_dir: str) -> dict | None:
-    """The checkpoint latest.pth points to, or None when the folder has none."""
+    """The checkpoint latest.pth points to, or None when the folder has no checkpoint; a
+    folder with model files but no (readable) latest.pth is a CheckpointError."""
     pointer = os.path.join(resume_dir, LATEST)
     if not os.path.isfile(pointer):
+        newest = newest_model_file(resume_dir)
+        if newest is not None:
+            broken = "a broken link" if os.path.islink(pointer) else "missing"
+            raise CheckpointError(
+                f"{resume_dir} holds model files but its {LATEST} is {broken}, so there is no"
+                f" point to resume from; start from weights with -retrain"
+                f" {os.path.join(resume_dir, newest)}, or start afresh in another -save"
+            )
         return None
     record = load_file(pointer)
-    if not isinstance(record, dict) or "modelFile" not in record:
-        raise CheckpointError(f"{pointer} is not a latest.pth written by this tool")
+    required = {"epoch": int, "modelFile": str, "optimFile": str}
+    if not isinstance(record, dict) or not all(
+        isinstance(record.get(k), kind) for k, kind in required.items()
+    ):
+        raise CheckpointError(
+            f"{pointer} is not a latest.pth written by this tool (it lacks"
+            f" {', '.join(required)}); resume from another folder or -retrain a model file"
+        )
     model_path = os.path.join(resume_dir, record["modelFile"])
     model = load_file(model_path)
     if not isinstance(model, dict) or "arch" not in model or "model" not in model:
@@ -180,6 +268,7 @@ def latest(resume_dir: str) -> dict | None:
     return {
         "epoch": record["epoch"],
         "iteration": record.get("iteration", 0),
+        "samples": record.get("samples"),
         "model": model,
         "optimState": load_file(os.path.join(resume_dir, record["optimFile"])),
         "bestTop1": record.get("bestTop1", float("inf")),

@@ -1,17 +1,12 @@
 """Train or evaluate ResNet / PreResNet / ResNeXt: python main.py -dataset ... (see -h)."""
 
-import ctypes
 import errno
 import json
 import math
 import os
-import platform
-import random
-import shutil
 import signal
 import sys
-from datetime import timedelta
-from typing import NamedTuple
+import threading
 
 import torch
 import torch.distributed as dist
@@ -19,108 +14,14 @@ from torch import nn
 
 import checkpoints
 import datasets
+import launch
 import models
 import opts as options
 import train
+from launch import Processes, StartError
 from models import sync_batchnorm
 
-M_TRIM_THRESHOLD, M_MMAP_MAX = -1, -4  # mallopt parameters, from glibc's malloc.h
 CHANNELS_LAST = {"channels_last": torch.channels_last, "contiguous": torch.contiguous_format}
-
-
-class StartError(ValueError):
-    """A start that cannot go on (bad combination found after parsing)."""
-
-
-class Processes(NamedTuple):
-    """This process's place in a distributed run (rank 0 of 1 when not distributed)."""
-
-    rank: int = 0
-    world: int = 1
-    local_rank: int = 0
-    control: object = None  # a gloo group for small CPU messages (stop requests)
-
-
-def torchrun_world() -> int:
-    """The number of processes torchrun started for this job (1 without torchrun)."""
-    return int(os.environ.get("WORLD_SIZE", "1"))
-
-
-def uses_gpus(n_gpu: int) -> bool:
-    """Whether this run computes on CUDA: asked for with -nGPU and present."""
-    return n_gpu > 0 and torch.cuda.is_available()
-
-
-def start_processes(n_gpu: int) -> Processes:
-    """Join the process group torchrun describes in the environment: nccl with one GPU per
-    process, gloo on CPUs. Without torchrun (or WORLD_SIZE 1): one process."""
-    world = torchrun_world()
-    if world <= 1:
-        return Processes()
-    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
-    on_gpus = uses_gpus(n_gpu)
-    if on_gpus:
-        torch.cuda.set_device(local_rank)
-    # A peer that died makes collectives fail after this long instead of waiting forever.
-    dist.init_process_group("nccl" if on_gpus else "gloo", timeout=timedelta(minutes=5))
-    control = dist.new_group(backend="gloo") if on_gpus else None
-    if dist.get_rank() != 0:
-        sys.stdout = open(os.devnull, "w")  # noqa: SIM115 - only rank 0 prints
-    else:
-        where = "GPU" if on_gpus else "CPU"
-        print(f"=> Distributed: {world} processes, one {where} each ({dist.get_backend()})")
-    return Processes(dist.get_rank(), world, local_rank, control)
-
-
-def select_device(n_gpu: int, processes: Processes | None = None) -> torch.device:
-    """CUDA when asked for and present, else the CPU (said once); under torchrun, the
-    process's own GPU."""
-    if processes is not None and processes.world > 1:
-        if uses_gpus(n_gpu):
-            return torch.device("cuda", processes.local_rank)
-        return torch.device("cpu")
-    if uses_gpus(n_gpu):
-        if n_gpu > torch.cuda.device_count():
-            raise StartError(f"-nGPU {n_gpu} but only {torch.cuda.device_count()} GPUs are visible")
-        return torch.device("cuda")
-    if n_gpu > 0:
-        print("=> No CUDA device found: running on the CPU")
-    return torch.device("cpu")
-
-
-def configure_backends(cudnn_mode: str) -> None:
-    """The Lua's -cudnn fastest | default | deterministic."""
-    if cudnn_mode == "fastest":
-        torch.backends.cudnn.benchmark = True
-    elif cudnn_mode == "deterministic":
-        torch.backends.cudnn.benchmark = False
-        torch.backends.cudnn.deterministic = True
-        torch.use_deterministic_algorithms(True, warn_only=True)
-
-
-def configure_host_allocator(mode: str) -> bool:
-    """-hostAllocator cache: glibc keeps freed memory for reuse; True if it was set."""
-    if mode != "cache" or platform.libc_ver()[0] != "glibc":
-        return False
-    # By default glibc maps each large block (a batch's activations) on its own and unmaps
-    # it on free, so every step faults its activations back in as fresh zeroed pages: about
-    # a fifth of a CPU training step. From the heap, with no trimming, they are reused.
-    libc = ctypes.CDLL(None)
-    return bool(libc.mallopt(M_MMAP_MAX, 0) and libc.mallopt(M_TRIM_THRESHOLD, 2**31 - 1))
-
-
-def precision_settings(
-    precision: str, device: torch.device
-) -> tuple[torch.dtype, torch.dtype | None]:
-    """(parameter dtype, autocast dtype) for -precision."""
-    if precision == "half" and device.type != "cuda":
-        raise StartError("-precision half needs a CUDA device; on the CPU use bf16 or single")
-    return {
-        "single": (torch.float32, None),
-        "double": (torch.float64, None),
-        "half": (torch.float32, torch.float16),
-        "bf16": (torch.float32, torch.bfloat16),
-    }[precision]
 
 
 def retrained_arch(opts, retrained: dict) -> dict:
@@ -132,41 +33,51 @@ def retrained_arch(opts, retrained: dict) -> dict:
     return {**models.arch_from_opts(opts), "nClasses": n_classes}
 
 
-def compile_model(model: nn.Module, device: torch.device) -> nn.Module:
-    """torch.compile, or a StartError where this platform cannot compile."""
-    compilers = (os.environ.get("CXX"), "g++", "c++", "clang++")
-    if device.type == "cpu" and not any(c and shutil.which(c) for c in compilers):
-        raise StartError(
-            "-compile true needs a C++ compiler on the CPU (apt-get install g++);"
-            " or run without -compile"
-        )
-    print("=> Compiling the model with torch.compile (the first iterations are slow)")
-    return torch.compile(model)
-
-
 def intended_arch(opts, classes: list[str], file_arch: dict | None) -> dict:
     """The network this run trains: from -retrain's file (file_arch) if given, else the flags."""
     arch = dict(file_arch) if file_arch else models.arch_from_opts(opts)
     if opts.resetClassifier:
-        arch["nClasses"] = opts.nClasses
+        arch["nClasses"] = opts.nClasses or len(classes)
     elif not file_arch and opts.dataset == "imagenet" and not opts.nClasses:
         arch["nClasses"] = len(classes)  # any class-per-folder data set, not only ImageNet-1k
     return arch
 
 
 def load_weights(model: nn.Module, state_dict: dict, source: str) -> None:
-    """load_state_dict(strict=True), with torchvision names accepted, or a one-line error."""
+    """load_state_dict(strict=True), with torchvision names accepted, or a one-line error
+    that says how the weights differ and, for a torchvision-style file, which flags fit."""
     state_dict = checkpoints.clean_state_dict(state_dict)
-    if "conv1.weight" in state_dict:
-        state_dict = models.from_torchvision(state_dict)
-    try:
-        model.load_state_dict(state_dict, strict=True)
-    except RuntimeError as exc:
-        detail = str(exc).splitlines()[1].strip() if "\n" in str(exc) else str(exc)
-        raise checkpoints.CheckpointError(
-            f"the weights in {source} do not fit this network ({detail}); pass the options"
-            " it was trained with"
-        ) from None
+    torchvision_names = "conv1.weight" in state_dict
+    converted = models.from_torchvision(state_dict) if torchvision_names else state_dict
+    difference = weights_difference(model.state_dict(), converted)
+    if difference is None:
+        model.load_state_dict(converted, strict=True)
+        return
+    hint = "pass the options it was trained with"
+    if torchvision_names:
+        try:
+            hint = f"it fits {models.arch_flags(models.arch_of_torchvision(state_dict))}"
+        except ValueError:
+            hint = "it is not a ResNet / ResNeXt of this tool or torchvision"
+    raise checkpoints.CheckpointError(
+        f"the weights in {source} do not fit this network ({difference}); {hint}"
+    )
+
+
+def weights_difference(expected: dict, given: dict) -> str | None:
+    """How a state_dict differs from the model's, in a few words (None: it fits)."""
+    missing = [k for k in expected if k not in given]
+    unexpected = [k for k in given if k not in expected]
+    reshaped = [k for k in expected if k in given and given[k].shape != expected[k].shape]
+    parts = []
+    for words, keys in (("missing", missing), ("unexpected", unexpected)):
+        if keys:
+            parts.append(f"{len(keys)} {words}, e.g. {keys[0]}")
+    if reshaped:
+        key = reshaped[0]
+        shapes = f"{tuple(given[key].shape)} for {tuple(expected[key].shape)}"
+        parts.append(f"{len(reshaped)} of another shape, e.g. {key} {shapes}")
+    return "; ".join(parts) or None
 
 
 def build_model(opts, classes, checkpoint, retrained) -> tuple[nn.Module, dict]:
@@ -194,19 +105,26 @@ def build_model(opts, classes, checkpoint, retrained) -> tuple[nn.Module, dict]:
         model = models.create(**file_arch)
         load_weights(model, retrained["model"], opts.retrain)
         if opts.resetClassifier:
-            print(f" => Replacing classifier with {opts.nClasses}-way classifier")
-            models.replace_classifier(model, opts.nClasses)
+            print(f" => Replacing classifier with {arch['nClasses']}-way classifier")
+            models.replace_classifier(model, arch["nClasses"])
         return model, arch
     return models.create(**arch), arch
 
 
 def check_classes(model: nn.Module, classes: list[str]) -> None:
-    """The classifier must have an output for every class of the data."""
+    """The classifier must have an output for every class of the data; more outputs than
+    classes (a -retrain file of another data set) is said once."""
     outputs = model.fc.out_features
     if outputs < len(classes):
         raise StartError(
             f"the network has {outputs} outputs but the data has {len(classes)} classes;"
-            f" use -resetClassifier true -nClasses {len(classes)}"
+            " use -resetClassifier true for a classifier of the data's classes"
+        )
+    if outputs > len(classes):
+        print(
+            f"=> warning: the network has {outputs} outputs for {len(classes)} classes; the"
+            f" extra {outputs - len(classes)} are trained toward never being picked. For a"
+            f" {len(classes)}-way classifier add -resetClassifier true"
         )
 
 
@@ -228,7 +146,7 @@ def make_optimizer(model: nn.Module, opts, checkpoint) -> torch.optim.Optimizer:
         momentum=opts.momentum,
         dampening=0.0,
         weight_decay=opts.weightDecay,
-        nesterov=True,
+        nesterov=opts.momentum > 0,  # with -momentum 0, plain SGD
     )
     state = checkpoint["optimState"] if checkpoint else None
     if state is None and opts.optimState != "none":
@@ -244,93 +162,109 @@ def make_optimizer(model: nn.Module, opts, checkpoint) -> torch.optim.Optimizer:
 
 
 def write_options(opts, arch: dict) -> None:
-    """Create -save and write the resolved options to <save>/opts.json."""
-    try:
-        os.makedirs(opts.save, exist_ok=True)
-    except OSError as exc:
-        raise StartError(
-            f"unable to create checkpoint directory: {opts.save} ({exc.strerror})"
-        ) from None
-    text = json.dumps({**vars(opts), "arch": arch}, indent=2)
+    """Write the resolved options to <save>/opts.json."""
+    options = {k: v for k, v in vars(opts).items() if k != "given"}
+    text = json.dumps({**options, "arch": arch}, indent=2)
     checkpoints.atomic_write(os.path.join(opts.save, "opts.json"), lambda f: f.write(text.encode()))
 
 
-def rng_state() -> dict:
-    """The generators' states a resumed run restores (torch CPU, CUDA, Python)."""
-    state = {"torch": torch.get_rng_state(), "python": random.getstate()}
-    if torch.cuda.is_available():
-        state["cuda"] = torch.cuda.get_rng_state_all()
-    return state
+def same_folder(first: str, second: str) -> bool:
+    """Whether two paths name the same folder."""
+    return os.path.realpath(first) == os.path.realpath(second)
 
 
-def restore_rng_state(state: dict) -> None:
-    """Put back what rng_state() saved (parts absent on this machine are skipped)."""
-    if "torch" in state:
-        torch.set_rng_state(state["torch"])
-    if "python" in state:
-        random.setstate(state["python"])
-    if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
+def check_save_folder(opts) -> None:
+    """-save must be able to hold files, and may hold another run only when this run
+    continues it (-resume of the same folder) or replaces it (-overwrite true)."""
+    if opts.testOnly:
+        return  # testing writes nothing there
+    problem = checkpoints.unwritable(opts.save)
+    if problem:
+        raise StartError(f"cannot save in -save {opts.save}: {problem}; choose another -save")
+    resuming = opts.resume != "none" and same_folder(opts.resume, opts.save)
+    if resuming and opts.overwrite:
+        raise StartError(
+            "-overwrite true would delete the run that -resume continues; give one of them"
+        )
+    found = checkpoints.run_files(opts.save)
+    if found and not resuming and not opts.overwrite:
+        listed = ", ".join(found[:3]) + (" ..." if len(found) > 3 else "")
+        raise StartError(
+            f"-save {opts.save} already holds a run ({listed}): continue it with -resume"
+            f" {opts.save}, choose another -save, or replace it with -overwrite true"
+        )
 
 
-class StopRequest:
-    """Remembers SIGTERM / SIGINT so that training saves and stops between iterations;
-    in a distributed run, every process stops at the same iteration (agreed)."""
+class RunFolder:
+    """-save, made ready on the run's first write (never by a run that fails to start):
+    created, emptied of an earlier run with -overwrite, and given opts.json."""
 
-    def __init__(self, processes: Processes | None = None):
-        self.signal_number = None
-        self.processes = processes or Processes()
+    def __init__(self, opts, arch: dict, classes: list[str]):
+        self.opts, self.arch, self.classes = opts, arch, classes
+        self.ready = False
 
-    def agreed(self) -> bool:
-        """Whether any process was asked to stop (a small all-reduce when distributed)."""
-        if self.processes.world == 1:
-            return self()
-        flag = torch.tensor([int(self())])
-        dist.all_reduce(flag, op=dist.ReduceOp.MAX, group=self.processes.control)
-        stopping = bool(flag.item())
-        if stopping and self.signal_number is None:
-            self.signal_number = signal.SIGTERM  # another process got the signal
-        return stopping
-
-    def install(self) -> None:
-        """Catch SIGTERM and SIGINT from now on."""
-        for number in (signal.SIGTERM, signal.SIGINT):
-            signal.signal(number, self.handle)
-
-    def handle(self, number, _frame) -> None:
-        self.signal_number = number
-
-    def __call__(self) -> bool:
-        return self.signal_number is not None
+    def __call__(self) -> None:
+        if self.ready:
+            return
+        os.makedirs(self.opts.save, exist_ok=True)
+        if self.opts.overwrite and checkpoints.run_files(self.opts.save):
+            checkpoints.clear_run(self.opts.save)
+            print(f"=> -overwrite true: deleted the earlier run in {self.opts.save}")
+        write_options(self.opts, self.arch)
+        self.ready = True
 
 
 class EpochLoop:
     """The Lua's epoch loop (train, test, remember the best top-1, save) made resumable:
     checkpoints every -checkpointEvery iterations and on SIGTERM / SIGINT."""
 
-    def __init__(self, opts, trainer, loaders, arch, classes, checkpoint, processes=None):
-        self.opts, self.trainer, self.arch, self.classes = opts, trainer, arch, classes
+    def __init__(self, opts, trainer, loaders, run_folder, checkpoint, stop, processes):
+        self.opts, self.trainer, self.run_folder = opts, trainer, run_folder
         self.train_loader, self.val_loader = loaders
-        self.processes = processes or Processes()
-        self.stop = StopRequest(self.processes)
+        self.processes, self.stop = processes, stop
         self.best = (math.inf, math.inf)
-        self.epoch, self.start = opts.epochNumber, 0
+        self.epoch, self.resume_sample, self.resume_sums = opts.epochNumber, 0, None
+        self.position = (0, 0)  # (iteration, sample) the epoch being trained started at
         if checkpoint:
             self.best = (checkpoint["bestTop1"], checkpoint["bestTop5"])
-            finished = checkpoint["iteration"] == 0
-            self.epoch = checkpoint["epoch"] + (1 if finished else 0)
-            self.start = 0 if finished else checkpoint["iteration"]
+            self.resume_at(checkpoint)
+
+    def resume_at(self, checkpoint: dict) -> None:
+        """Continue after the checkpoint's epoch, or inside it at the sample it reached
+        (whatever -batchSize was then), with the epoch's training sums so far."""
+        if checkpoint["iteration"] == 0:
+            self.epoch = checkpoint["epoch"] + 1
+            return
+        self.epoch = checkpoint["epoch"]
+        samples = checkpoint["samples"]
+        if samples is None:  # written before samples were recorded: same -batchSize
+            samples = checkpoint["iteration"] * self.opts.batchSize
+        self.resume_sample = samples
+        if self.processes.rank == 0:  # the sums of every process, added up once
+            self.resume_sums = checkpoint["state"].get("epochSums")
+
+    def epoch_size(self) -> int:
+        """Samples in an epoch's order."""
+        return len(self.train_loader.dataset)
 
     def save(self, epoch: int, iteration: int = 0, is_best: bool = False) -> None:
         """Checkpoint after `epoch` (iteration 0) or after an iteration inside it; only
         rank 0 writes (every rank holds the same weights)."""
+        state = {"rng": launch.rng_state(), "scaler": self.trainer.scaler.state_dict()}
+        samples = 0
+        if iteration:  # where in the epoch, and its training sums so far (all processes)
+            first_iteration, first_sample = self.position
+            samples = first_sample + (iteration - first_iteration) * self.opts.batchSize
+            samples = min(samples, self.epoch_size())
+            state["epochSums"] = self.trainer.all_processes(self.trainer.sums.snapshot())
         if self.processes.rank != 0:
             return
+        self.run_folder()
         checkpoints.save(
             self.opts.save, epoch, self.trainer.model, self.trainer.optimizer.state_dict(),
-            arch=self.arch, classes=self.classes, is_best=is_best, best=self.best,
-            iteration=iteration, keep=self.opts.keepCheckpoints,
-            state={"rng": rng_state(), "scaler": self.trainer.scaler.state_dict()},
+            arch=self.run_folder.arch, classes=self.run_folder.classes, is_best=is_best,
+            best=self.best, iteration=iteration, samples=samples, state=state,
+            keep=self.opts.keepCheckpoints,
         )  # fmt: skip
 
     def after_step(self, epoch: int, iteration: int) -> None:
@@ -342,19 +276,34 @@ class EpochLoop:
         if stopping:
             raise train.Interrupted(f"at epoch {epoch}, iteration {iteration}")
 
+    def train_epoch(self, epoch: int) -> int:
+        """Train one epoch, from where a resumed run stopped inside it; returns the
+        epoch's last iteration."""
+        first, self.resume_sample = self.resume_sample, 0
+        sums, self.resume_sums = self.resume_sums, None
+        self.position = (first // self.opts.batchSize, first)
+        if first % self.opts.batchSize:
+            print(f"=> Resuming epoch {epoch} at image {first} (a checkpoint written with"
+                  f" another -batchSize)")  # fmt: skip
+        datasets.set_epoch(self.train_loader, epoch, first)
+        self.trainer.train(epoch, self.train_loader, start=self.position[0],
+                           on_step=self.after_step, totals=sums)  # fmt: skip
+        return self.position[0] + len(self.train_loader)
+
     def run(self) -> None:
         """Epochs from the start (or resume) point to -nEpochs."""
-        self.stop.install()
+        if self.epoch > self.opts.nEpochs:
+            print(f"=> {self.opts.resume} finished epoch {self.epoch - 1} of -nEpochs"
+                  f" {self.opts.nEpochs}: nothing to train (raise -nEpochs to go on)")  # fmt: skip
+        self.stop.deferred = True  # from now on a stop request saves first
         for epoch in range(self.epoch, self.opts.nEpochs + 1):
-            start, self.start = self.start, 0
-            datasets.set_epoch(self.train_loader, epoch, start * self.opts.batchSize)
-            self.trainer.train(epoch, self.train_loader, start=start, on_step=self.after_step)
+            last = self.train_epoch(epoch)
             precise_bn(self.opts, self.trainer, self.train_loader, epoch)
             datasets.set_epoch(self.val_loader, epoch)
             try:
                 top1, top5 = self.trainer.test(epoch, self.val_loader, stop=self.stop)
             except train.Interrupted:
-                self.save(epoch, len(self.train_loader))  # trained, not yet tested
+                self.save(epoch, last)  # trained, not yet tested
                 raise
             is_best = top1 < self.best[0]
             if is_best:
@@ -380,7 +329,11 @@ REFERENCE_BATCH = {"imagenet": 256}  # the recipes' batch for -LR 0.1; CIFAR's i
 
 
 def linear_scaling_note(opts) -> None:
-    """Say once what -LR the linear scaling rule gives when the batch is not the recipe's."""
+    """Say once what -LR the linear scaling rule gives when the user changed -batchSize to
+    another than the recipe's and left -LR at its default."""
+    given = getattr(opts, "given", ())
+    if opts.testOnly or "batchSize" not in given or "LR" in given:
+        return
     reference = REFERENCE_BATCH.get(opts.dataset, 128)
     suggested = 0.1 * opts.batchSize / reference
     if opts.batchSize != reference and not math.isclose(opts.LR, suggested):
@@ -392,42 +345,63 @@ def linear_scaling_note(opts) -> None:
 
 def run(opts) -> int:
     """Everything after parsing, in each process of a torchrun job (or the only one)."""
-    world = torchrun_world()
+    stop = launch.StopRequest()
+    stop.install()  # before any work: a stop request never ends in a traceback
+    thread_hook = launch.quiet_thread_write_errors()
+    try:
+        return run_started(opts, stop)
+    finally:
+        stop.restore()
+        threading.excepthook = thread_hook
+
+
+def run_started(opts, stop: launch.StopRequest) -> int:
+    """run(), once stop requests are handled."""
+    world = launch.torchrun_world()
     if opts.batchSize % world:
         raise StartError(
             f"-batchSize {opts.batchSize} (the global batch) does not divide among {world}"
             f" processes; use a multiple of {world}"
         )
-    processes = start_processes(opts.nGPU)
+    check_save_folder(opts)
+    processes = launch.start_processes(opts.nGPU)
+    stop.processes = processes
     try:
-        return run_process(opts, processes)
+        return run_process(opts, processes, stop)
     finally:
         if processes.world > 1:
             dist.destroy_process_group()
 
 
-def run_process(opts, processes: Processes) -> int:
+def load_checkpoint(opts) -> dict | None:
+    """The -resume checkpoint (its RNG state restored), or None to start from scratch."""
+    if opts.resume == "none":
+        return None
+    checkpoint = checkpoints.latest(opts.resume)
+    if checkpoint is None:
+        print(f"=> No checkpoint in {opts.resume}: training starts from scratch")
+        return None
+    print(f"=> Loading checkpoint {os.path.join(opts.resume, checkpoints.LATEST)}")
+    launch.restore_rng_state(checkpoint["state"].get("rng", {}))
+    return checkpoint
+
+
+def run_process(opts, processes: Processes, stop: launch.StopRequest) -> int:
     """Validate, build, then train or test."""
-    device = select_device(opts.nGPU, processes)
-    precision_settings(opts.precision, device)  # a bad combination fails before any work
-    configure_backends(opts.cudnn)
-    configure_host_allocator(opts.hostAllocator)  # before loader workers fork: they inherit it
+    device = launch.select_device(opts.nGPU, processes)
+    launch.precision_settings(opts.precision, device)  # a bad combination fails before any work
+    launch.configure_backends(opts.cudnn)
+    launch.configure_host_allocator(opts.hostAllocator)  # before workers fork: they inherit it
     torch.manual_seed(opts.manualSeed)
     with torch.device("meta"):
         models.create(**{**models.arch_from_opts(opts), "nClasses": opts.nClasses or 1})
-    checkpoint = None
-    if opts.resume != "none":
-        checkpoint = checkpoints.latest(opts.resume)
-        if checkpoint is None:
-            print(f"=> No checkpoint in {opts.resume}: training starts from scratch")
-        else:
-            print(f"=> Loading checkpoint {os.path.join(opts.resume, checkpoints.LATEST)}")
-            restore_rng_state(checkpoint["state"].get("rng", {}))
+    checkpoint = load_checkpoint(opts)
     retrained = checkpoints.load_model_file(opts.retrain) if opts.retrain != "none" else None
     linear_scaling_note(opts)
+    stop.doing = "loading the data"
     loaders = datasets.create_loaders(opts, device, processes.rank, processes.world)
     try:
-        return train_or_test(opts, device, loaders, checkpoint, retrained, processes)
+        return train_or_test(opts, device, loaders, (checkpoint, retrained), processes, stop)
     finally:
         for loader in loaders:
             datasets.close(loader)
@@ -449,7 +423,7 @@ def prepare_model(opts, model: nn.Module, device: torch.device, dtype, world: in
     elif device.type == "cuda" and opts.nGPU > 1:
         model = nn.DataParallel(model, device_ids=list(range(opts.nGPU)))
     if opts.compile:
-        model = compile_model(model, device)
+        model = launch.compile_model(model, device)
     return model
 
 
@@ -461,7 +435,7 @@ def sum_over_processes(values: torch.Tensor) -> torch.Tensor:
 
 def make_trainer(opts, model, device, checkpoint, world: int, progress=None) -> train.Trainer:
     """The Trainer for the options, with the optimizer and loss scale of -resume."""
-    dtype, autocast_dtype = precision_settings(opts.precision, device)
+    dtype, autocast_dtype = launch.precision_settings(opts.precision, device)
     model = prepare_model(opts, model, device, dtype, world)
     trainer = train.Trainer(
         model,
@@ -482,36 +456,40 @@ def make_trainer(opts, model, device, checkpoint, world: int, progress=None) -> 
     return trainer
 
 
-def train_or_test(opts, device, loaders, checkpoint, retrained, processes: Processes) -> int:
-    """Build the model and trainer on the loaders' classes, then train or test."""
+def train_or_test(opts, device, loaders, sources, processes: Processes, stop) -> int:
+    """Build the model and trainer on the loaders' classes (sources: the -resume checkpoint
+    and the -retrain file, or None), then train or test."""
+    checkpoint, retrained = sources
     classes = list(loaders[0].dataset.classes)
     model, arch = build_model(opts, classes, checkpoint, retrained)
     check_classes(model, classes)
     bar = sys.stdout.isatty()  # on a terminal: progress bars; else the Lua's lines
+    shown = {"bar": bar, "top5": len(classes) > 5}  # top-5 of 5 classes or fewer says nothing
     if opts.testOnly:
         trainer = make_trainer(opts, model, device, checkpoint, processes.world,
-                               train.Progress(bar=bar))  # fmt: skip
+                               train.Progress(**shown))  # fmt: skip
+        stop.doing = "testing"
         precise_bn(opts, trainer, loaders[0], max(opts.epochNumber, 1))
         top1, top5 = trainer.test(0, loaders[1])
         print(f" * Results top1: {top1:6.3f}  top5: {top5:6.3f}")
         return 0
+    run_folder = RunFolder(opts, arch, classes)
     records = None
     if processes.rank == 0:
-        write_options(opts, arch)
+        print(f"=> Saving checkpoints and records in {os.path.abspath(opts.save)}")
         records = train.RunRecords(opts.save, len(loaders[0]), tensorboard=opts.tensorboard,
-                                   options={**vars(opts), "arch": arch})  # fmt: skip
+                                   options={**vars(opts), "arch": arch},
+                                   before_first_write=run_folder)  # fmt: skip
     trainer = make_trainer(opts, model, device, checkpoint, processes.world,
-                           train.Progress(bar=bar, record=records))  # fmt: skip
-    loop = EpochLoop(opts, trainer, loaders, arch, classes, checkpoint, processes)
+                           train.Progress(record=records, **shown))  # fmt: skip
+    loop = EpochLoop(opts, trainer, loaders, run_folder, checkpoint, stop, processes)
     try:
         loop.run()
     except train.Interrupted as exc:
-        number = loop.stop.signal_number
-        print(
-            f"=> Stopped by {signal.Signals(number).name} {exc}; checkpoint saved."
-            f" Continue with -resume {opts.save}"
-        )
-        return 128 + number
+        name = signal.Signals(stop.signal_number).name
+        print(f"=> Stopped by {name} {exc}; checkpoint saved. Continue with the same command"
+              f" and -resume {opts.save}")  # fmt: skip
+        return 128 + stop.signal_number
     finally:
         if records is not None:
             records.close()
@@ -525,8 +503,10 @@ def one_line(exc: BaseException) -> str:
         last = text.splitlines()[-1]
         text = last.split(": ", 1)[1] if ": " in last else last
     if isinstance(exc, OSError) and exc.errno == errno.ENOSPC:
+        if exc.filename is None:  # a print: the output is redirected to a full device
+            return "no space left on the device that the output (stdout) is written to"
         return (
-            f"no space left on device ({exc.filename or text}); the previous checkpoints are intact"
+            f"no space left on device writing {exc.filename}; the checkpoints before it are intact"
         )
     return " ".join(text.split())
 
@@ -548,8 +528,15 @@ def resource_error(exc: RuntimeError) -> str | None:
 
 def main(argv=None) -> int:
     """Entry point: one 'error:' line and exit status 2 for every bad input."""
+    sys.stdout.reconfigure(errors="backslashreplace")  # file names that are not UTF-8
     try:
         return run(options.parse(argv))
+    except (launch.Stopped, KeyboardInterrupt) as exc:
+        number = getattr(exc, "signal_number", signal.SIGINT)
+        doing = f" {exc}" if isinstance(exc, launch.Stopped) else ""
+        print(f"\n=> Stopped by {signal.Signals(number).name}{doing}; nothing was saved",
+              file=sys.stderr)  # fmt: skip
+        return 128 + number
     except (options.UsageError, ValueError) as exc:
         print(f"error: {one_line(exc)}", file=sys.stderr)
         return 2
@@ -564,12 +551,26 @@ def main(argv=None) -> int:
             print(f"error: torch.compile failed ({one_line(exc)[:300]}); run without -compile",
                   file=sys.stderr)  # fmt: skip
             return 1
-        if not (isinstance(exc, dist.DistError) or torchrun_world() > 1):
+        if not (isinstance(exc, dist.DistError) or launch.torchrun_world() > 1):
             raise
         print(f"error: another process of this distributed job failed ({one_line(exc)[:300]});"
               " the checkpoints are intact: rerun with -resume", file=sys.stderr)  # fmt: skip
         return 1
 
 
+def flush_output(status: int) -> int:
+    """Flush stdout and return the exit status; when stdout cannot be written (a full
+    device, a closed pipe) say so unless the run already failed, and point it at /dev/null
+    so that the interpreter's exit does not complain again."""
+    try:
+        sys.stdout.flush()
+        return status
+    except OSError as exc:
+        if status == 0:
+            print(f"error: {one_line(exc)}", file=sys.stderr)
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return status or 1
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(flush_output(main()))

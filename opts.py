@@ -14,6 +14,9 @@ PRECISIONS = ("single", "double", "half", "bf16")
 DEFAULT_EPOCHS = {"imagenet": 100, "cifar10": 300, "cifar100": 300, "fashionmnist": 300}
 # depth unset means: a depth valid for the netType and dataset (the Lua's 34 is not for resnext).
 DEFAULT_DEPTHS = {("resnext", False): 50, ("resnext", True): 29}
+INT_LIMIT = 2**31 - 1
+# More loader processes than this per core only wait on one another (and on memory).
+WORKERS_PER_CORE = 8
 TRUE_WORDS, FALSE_WORDS = ("true", "1", "yes"), ("false", "0", "no")
 
 
@@ -42,6 +45,28 @@ def lua_bool(text: str) -> bool:
     raise argparse.ArgumentTypeError(f"expected true or false, got {text!r}")
 
 
+def bounded_int(text: str) -> int:
+    """An integer that fits the C int every count and size ends up in."""
+    value = int(text)
+    if abs(value) > INT_LIMIT:
+        raise ValueError(text)
+    return value
+
+
+bounded_int.__name__ = "int"  # argparse: "argument -batchSize/--batchSize: invalid int value"
+
+
+def seed_int(text: str) -> int:
+    """A seed: any integer the 64-bit generators take."""
+    value = int(text)
+    if not 0 <= value < 2**63:
+        raise ValueError(text)
+    return value
+
+
+seed_int.__name__ = "seed (0 to 2^63 - 1)"
+
+
 def finite_float(text: str) -> float:
     """A float that is neither NaN nor infinite."""
     value = float(text)
@@ -62,8 +87,8 @@ FLAGS = [
         "Fashion-MNIST files",
     ),
     ("dataset", str, "imagenet", "Options: " + " | ".join(DATASETS)),
-    ("manualSeed", int, 0, "Manually set RNG seed (0 is a seed too)"),
-    ("nGPU", int, 1, "Number of GPUs to use by default (0: CPU)"),
+    ("manualSeed", seed_int, 0, "Manually set RNG seed (0 is a seed too)"),
+    ("nGPU", bounded_int, 1, "Number of GPUs to use by default (0: CPU)"),
     ("backend", str, "cudnn", "Options: cudnn | cunn (accepted, unused, as in the Lua)"),
     ("cudnn", str, "fastest", "Options: fastest | default | deterministic"),
     ("gen", str, "gen", "Path to save generated files (file index, downloads)"),
@@ -76,10 +101,10 @@ FLAGS = [
         "cache: keep freed host memory for reuse (glibc); system: the C library's default (new)",
     ),
     ("compile", lua_bool, False, "torch.compile the model (new; needs a C++ compiler on CPU)"),
-    ("nThreads", int, 2, "number of data loading threads (0: load in the main process)"),
-    ("nEpochs", int, 0, "Number of total epochs to run (0: imagenet 100, CIFAR 300)"),
-    ("epochNumber", int, 1, "Manual epoch number (useful on restarts)"),
-    ("batchSize", int, 32, "mini-batch size (1 = pure stochastic)"),
+    ("nThreads", bounded_int, 2, "number of data loading threads (0: load in the main process)"),
+    ("nEpochs", bounded_int, 0, "Number of total epochs to run (0: imagenet 100, CIFAR 300)"),
+    ("epochNumber", bounded_int, 1, "Manual epoch number (useful on restarts)"),
+    ("batchSize", bounded_int, 32, "mini-batch size (1 = pure stochastic)"),
     ("testOnly", lua_bool, False, "Run on validation set only"),
     ("tenCrop", lua_bool, False, "Ten-crop testing"),
     ("save", str, "checkpoints", "Directory in which to save checkpoints"),
@@ -91,34 +116,61 @@ FLAGS = [
     ("bottleneckType", str, "resnext_C", "Options: resnet | resnext_B | resnext_C"),
     (
         "depth",
-        int,
+        bounded_int,
         None,
         "ResNet depth (unset: resnext 50 ImageNet / 29 CIFAR; resnet and preresnet 34 / 20)",
     ),
-    ("baseWidth", int, 64, "ResNet base width"),
-    ("cardinality", int, 1, "ResNet cardinality"),
+    ("baseWidth", bounded_int, 64, "ResNet base width"),
+    ("cardinality", bounded_int, 1, "ResNet cardinality"),
     ("shortcutType", str, "", "Options: A | B | C (unset: B; A for CIFAR resnet/preresnet)"),
     ("retrain", str, "none", "Path to model to retrain with (ours or a torchvision state_dict)"),
     ("optimState", str, "none", "Path to an optimState to reload from"),
-    ("shareGradInput", lua_bool, False, "Share gradInput tensors to reduce memory usage"),
-    ("optnet", lua_bool, False, "Use optnet to reduce memory usage"),
+    (
+        "shareGradInput",
+        lua_bool,
+        False,
+        "Save memory: recompute each residual block in the backward pass (activation"
+        " checkpointing; the Lua shared gradInput buffers)",
+    ),
+    (
+        "optnet",
+        lua_bool,
+        False,
+        "Save memory as -shareGradInput does (activation checkpointing; the Lua used optnet)",
+    ),
     ("resetClassifier", lua_bool, False, "Reset the fully connected layer for fine-tuning"),
-    ("nClasses", int, 0, "Number of classes in the dataset (0: the dataset's own)"),
-    ("checkpointEvery", int, 0, "Also checkpoint every N iterations (0: once per epoch) (new)"),
-    ("keepCheckpoints", int, 0, "Keep the last K per-epoch checkpoints (0: all) (new)"),
+    (
+        "nClasses",
+        bounded_int,
+        0,
+        "Number of classes (0: the dataset's own; with -resetClassifier, the new classifier's)",
+    ),
+    (
+        "checkpointEvery",
+        bounded_int,
+        0,
+        "Also checkpoint every N iterations (0: once per epoch) (new)",
+    ),
+    ("keepCheckpoints", bounded_int, 0, "Keep the last K per-epoch checkpoints (0: all) (new)"),
     (
         "decodeOnDevice",
         lua_bool,
         False,
         "Folder datasets: decode JPEGs on the training device, nvJPEG on CUDA (new)",
     ),
+    (
+        "overwrite",
+        lua_bool,
+        False,
+        "Start afresh in a -save folder that holds another run, deleting its files (new)",
+    ),
     ("tensorboard", lua_bool, True, "Also write TensorBoard scalars under <save>/tb (new)"),
     ("syncBN", lua_bool, False, "Under torchrun: batch norm over the global batch (new)"),
-    ("printFreq", int, 1, "Print a training / test line every N iterations (new)"),
+    ("printFreq", bounded_int, 1, "Print a training / test line every N iterations (new)"),
     ("skipCorrupt", lua_bool, False, "Skip unreadable images instead of stopping (new)"),
     (
         "preciseBN",
-        int,
+        bounded_int,
         0,
         "Before each test pass, recompute BatchNorm statistics on N training images (new)",
     ),
@@ -142,11 +194,34 @@ def build_parser() -> Parser:
 
 
 def parse(argv: Sequence[str] | None = None) -> argparse.Namespace:
-    """Parse and validate argv; raise UsageError naming what to fix."""
-    opts = build_parser().parse_args(sys.argv[1:] if argv is None else list(argv))
+    """Parse and validate argv; raise UsageError naming what to fix. opts.given lists the
+    flags the command line set (the rest are defaults)."""
+    argv = sys.argv[1:] if argv is None else list(argv)
+    given = given_flags(argv)
+    opts = build_parser().parse_args(argv)
+    opts.given = given
     resolve_defaults(opts)
     validate(opts)
     return opts
+
+
+def given_flags(argv: Sequence[str]) -> list[str]:
+    """The flag names in argv, each spelled out in full and given once. (argparse matches
+    single-dash prefixes even with allow_abbrev=False, and keeps the last of repeats.)"""
+    known = {name for name, *_ in FLAGS}
+    seen = []
+    for token in argv:
+        if not (token.startswith("-") and len(token) > 1 and not token[1].isdigit()):
+            continue  # a value (negative numbers included)
+        name = token.split("=", 1)[0].lstrip("-")
+        if name in ("h", "help"):
+            continue
+        if name not in known:
+            raise UsageError(f"unknown flag {token.split('=', 1)[0]} (see -h)")
+        if name in seen:
+            raise UsageError(f"-{name} is given twice; give it once")
+        seen.append(name)
+    return seen
 
 
 def resolve_defaults(opts: argparse.Namespace) -> None:
@@ -193,9 +268,19 @@ def validate(opts: argparse.Namespace) -> None:
     _check(opts.nEpochs > 0, f"-nEpochs must be positive, got {opts.nEpochs}")
     _check(opts.epochNumber > 0, f"-epochNumber must be positive, got {opts.epochNumber}")
     _check(opts.LR > 0, f"-LR must be positive, got {opts.LR}")
-    _check(opts.momentum >= 0, f"-momentum must not be negative, got {opts.momentum}")
+    _check(0 <= opts.momentum < 1, f"-momentum must be in [0, 1), got {opts.momentum}")
     _check(opts.weightDecay >= 0, f"-weightDecay must not be negative, got {opts.weightDecay}")
     _check(opts.nThreads >= 0, f"-nThreads must not be negative, got {opts.nThreads}")
+    workers = WORKERS_PER_CORE * (os.cpu_count() or 1)
+    _check(
+        opts.nThreads <= workers,
+        f"-nThreads {opts.nThreads} is more loader processes than this machine can use"
+        f" ({os.cpu_count()} cores: at most {workers})",
+    )
+    _check(
+        opts.testOnly or opts.epochNumber <= opts.nEpochs,
+        f"-epochNumber {opts.epochNumber} is beyond -nEpochs {opts.nEpochs}: nothing to train",
+    )
     _check(opts.nGPU >= 0, f"-nGPU must not be negative, got {opts.nGPU}")
     _check(
         not opts.decodeOnDevice or opts.dataset == "imagenet",
@@ -206,10 +291,6 @@ def validate(opts: argparse.Namespace) -> None:
         value = getattr(opts, name)
         _check(value >= 0, f"-{name} must not be negative, got {value}")
     _check(not (opts.shareGradInput and opts.optnet), "cannot use both -shareGradInput and -optnet")
-    _check(
-        not opts.resetClassifier or opts.nClasses > 0,
-        "-nClasses required when resetClassifier is set (e.g. -nClasses 10)",
-    )
     _check(
         not opts.tenCrop or opts.batchSize >= 10,
         f"-tenCrop true needs -batchSize of at least 10 (10 crops per image), got {opts.batchSize}",

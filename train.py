@@ -1,9 +1,11 @@
 """The training loop (the Lua's train.lua): SGD steps, top-1/top-5 errors, printed lines."""
 
+import contextlib
 import itertools
 import json
 import math
 import os
+import shutil
 import sys
 import time
 from collections.abc import Callable, Iterable
@@ -70,9 +72,9 @@ class RunningSums:
     """Top-1 misses, top-5 misses, loss x images and images, summed on the device since the
     last read (the window) and on the host over the whole pass (the total)."""
 
-    def __init__(self, device: torch.device):
+    def __init__(self, device: torch.device, total: list[float] | None = None):
         self.window = torch.zeros(4, dtype=torch.float64, device=device)
-        self.total = [0.0, 0.0, 0.0, 0.0]
+        self.total = list(total) if total is not None else [0.0, 0.0, 0.0, 0.0]
         self.iterations = 0  # in the window
 
     def add(self, wrong: torch.Tensor, loss: torch.Tensor | None, n: int) -> None:
@@ -86,6 +88,10 @@ class RunningSums:
     def loss_is_finite(self) -> bool:
         """Whether the window's losses are finite (a sync; asked before a checkpoint)."""
         return bool(torch.isfinite(self.window[2]))
+
+    def snapshot(self) -> list[float]:
+        """The total so far, the unread window included (a sync; for a checkpoint)."""
+        return [t + w for t, w in zip(self.total, to_host(self.window), strict=True)]
 
     def read(self) -> tuple[list[float], list[float]]:
         """(window, total) as (top1 %, top5 %, mean loss, images); starts a new window."""
@@ -181,29 +187,32 @@ class Trainer:
         *,
         start: int = 0,
         on_step: StepHook | None = None,
+        totals: list[float] | None = None,
     ) -> tuple[float, float, float]:
-        """One epoch from iteration start + 1 (a resumed epoch's loader yields the rest);
-        prints the Lua's line every print_every iterations; returns mean top1, top5, loss."""
+        """One epoch from iteration start + 1 (a resumed epoch's loader yields the rest,
+        and totals are the sums of its first part); prints the Lua's line every print_every
+        iterations; returns mean top1, top5, loss."""
         lr = self.set_learning_rate(epoch)
         self.progress.say(f"=> Training epoch # {epoch}")
         self.model.train()
-        self.sums = sums = RunningSums(self.device)
+        self.sums = sums = RunningSums(self.device, totals)
         clock, skipped, size = WindowClock(), 0, start + len(loader)
         self.progress.begin("train", epoch, size, start)
-        for n, batch in enumerate(loader, start + 1):
-            clock.batch_arrived()
-            skipped += skipped_in(batch)
-            if len(batch[1]) > 0:  # else every image of this batch was unreadable and skipped
-                images, target = self.to_device(batch)
-                output, loss = self.step(images, target)
-                sums.add(count_wrong(output, target), loss, target.shape[0])
-            if sums.iterations and (n % self.print_every == 0 or n == size):
-                self.print_train_line(epoch, n, size, clock, lr)
-            if on_step is not None:
-                on_step(epoch, n)
-            clock.step_done()
-        if sums.iterations:
-            self.print_train_line(epoch, size, size, clock, lr)
+        with self.progress.closing_on_error():
+            for n, batch in enumerate(loader, start + 1):
+                clock.batch_arrived()
+                skipped += skipped_in(batch)
+                if len(batch[1]) > 0:  # else every image of this batch was unreadable
+                    images, target = self.to_device(batch)
+                    output, loss = self.step(images, target)
+                    sums.add(count_wrong(output, target), loss, target.shape[0])
+                if sums.iterations and (n % self.print_every == 0 or n == size):
+                    self.print_train_line(epoch, n, size, clock, lr)
+                if on_step is not None:
+                    on_step(epoch, n)
+                clock.step_done()
+            if sums.iterations:
+                self.print_train_line(epoch, size, size, clock, lr)
         self.report_skipped(skipped)
         self.warn_if_input_bound(epoch, clock, size - start)
         top1, top5, loss, _ = as_means(self.all_processes(sums.total))
@@ -264,7 +273,7 @@ class Trainer:
     def print_train_line(self, epoch, n: int, size: int, clock: "WindowClock", lr) -> None:
         """The Lua's training line for the window ending at iteration n (a sync point)."""
         iterations = self.sums.iterations
-        (top1, top5, loss, images), _ = self.sums.read()
+        (top1, top5, loss, images), (run1, run5, run_loss, _) = self.sums.read()
         if not math.isfinite(loss):
             raise FloatingPointError(
                 f"loss is {loss} at epoch {epoch}, iteration {n}; try a lower -LR"
@@ -277,7 +286,8 @@ class Trainer:
         speed = window_speed(images, iterations, elapsed, data_time)
         record = {"epoch": epoch, "iter": n, "split": "train", "loss": loss, "top1": top1,
                   "top5": top5, "lr": lr, **speed}  # fmt: skip
-        self.progress.step(line, record, iterations)
+        running = {"loss": run_loss, "top1": run1, "top5": run5}
+        self.progress.step(line, record, iterations, running)
 
     def check_finite(self) -> None:
         """Raise FloatingPointError if a loss since the last printed line was not finite;
@@ -313,19 +323,20 @@ class Trainer:
         sums = RunningSums(self.device)
         clock, skipped, size = WindowClock(), 0, len(loader)
         self.progress.begin("val", epoch, size, 0)
-        for n, batch in enumerate(loader, 1):
-            if stop is not None and stop():
-                model.train()
-                raise Interrupted(f"stopped while testing epoch {epoch}")
-            clock.batch_arrived()
-            skipped += skipped_in(batch)
-            if len(batch[1]) > 0:  # else every image of this batch was unreadable and skipped
-                images, target = self.to_device(batch)
-                output = self.forward(images, model).float()
-                sums.add(count_wrong(output, target, self.n_crops), None, target.shape[0])
-            if sums.iterations and (n % self.print_every == 0 or n == size):
-                self.print_test_line(epoch, n, size, clock, sums)
-            clock.step_done()
+        with self.progress.closing_on_error():
+            for n, batch in enumerate(loader, 1):
+                if stop is not None and stop():
+                    model.train()
+                    raise Interrupted(f"while testing epoch {epoch}")
+                clock.batch_arrived()
+                skipped += skipped_in(batch)
+                if len(batch[1]) > 0:  # else every image of this batch was unreadable
+                    images, target = self.to_device(batch)
+                    output = self.forward(images, model).float()
+                    sums.add(count_wrong(output, target, self.n_crops), None, target.shape[0])
+                if sums.iterations and (n % self.print_every == 0 or n == size):
+                    self.print_test_line(epoch, n, size, clock, sums)
+                clock.step_done()
         model.train()
         self.report_skipped(skipped)
         totals = sums.read()[1] if sums.iterations else sums.total
@@ -345,7 +356,7 @@ class Trainer:
         )
         record = {"epoch": epoch, "iter": n, "split": "val", "top1": top1, "top5": top5,
                   **window_speed(images, iterations, elapsed, data_time)}  # fmt: skip
-        self.progress.step(line, record, iterations)
+        self.progress.step(line, record, iterations, {"top1": run1, "top5": run5})
 
 
 class WindowClock:
@@ -389,15 +400,20 @@ def window_speed(images: float, iterations: int, per_iteration: float, data: flo
 
 class Progress:
     """Where the trainer's output goes: the Lua's plain lines, or on a terminal one tqdm
-    bar per pass (loss, errors, LR, img/s, data share, ETA); and every printed step and
-    finished pass handed to `record` (metrics.jsonl, TensorBoard)."""
+    bar per pass (the pass's running loss and errors, img/s, data share, ETA, fitted to the
+    terminal's width); and every printed step and finished pass handed to `record`
+    (metrics.jsonl, TensorBoard). top5: whether top-5 errors mean anything (over 5 classes)."""
+
+    WIDE = 110  # columns from which the bar shows the top-5 error, the LR and a bar
 
     def __init__(self, log: Callable[[str], None] = print, *, bar: bool = False,
-                 record: Callable[[dict], None] | None = None):  # fmt: skip
+                 record: Callable[[dict], None] | None = None, top5: bool = True):  # fmt: skip
         self.log = log
         self.use_bar = bar
         self.record = record
+        self.top5 = top5
         self.bar = None
+        self.wide = False
 
     def say(self, text: str) -> None:
         """A line outside the bars (epoch starts, results)."""
@@ -408,23 +424,52 @@ class Progress:
 
     def begin(self, split: str, epoch: int, total: int, done: int) -> None:
         """A pass of total iterations starts, done of them already (a resumed epoch)."""
-        if self.use_bar:
-            self.bar = tqdm(total=total, initial=done, desc=f"{split} {epoch}", leave=True,
-                            dynamic_ncols=True, unit="it", file=sys.stdout)  # fmt: skip
+        if not self.use_bar:
+            return
+        # shutil falls back to 80 columns where a terminal reports 0 (some containers).
+        columns = shutil.get_terminal_size().columns
+        self.wide = columns >= self.WIDE
+        bar = "|{bar}|" if self.wide else ""  # the bar takes the columns left over
+        layout = "{desc} {percentage:3.0f}%" + bar + " {n_fmt}/{total_fmt} [{elapsed}<{remaining}"
+        self.bar = tqdm(total=total, initial=done, desc=f"{split} {epoch}", leave=True,
+                        ncols=columns, bar_format=layout + "{postfix}]",
+                        file=sys.stdout)  # fmt: skip
 
-    def step(self, line: str, record: dict, iterations: int) -> None:
-        """A printed window of `iterations` iterations: its Lua line and its record."""
+    def step(self, line: str, record: dict, iterations: int, running: dict | None = None) -> None:
+        """A printed window of `iterations` iterations: its Lua line and its record; the bar
+        shows the pass's running means (running) and the window's speed."""
         if self.bar is not None:
             self.bar.update(iterations)
-            shown = {k: record[k] for k in ("loss", "top1", "top5", "lr") if k in record}
-            postfix = "  ".join(f"{k} {v:.4g}" for k, v in shown.items())
-            self.bar.set_postfix_str(
-                f"{postfix}  {record['img_s']:.0f} img/s  data {record['data_share']:.0%}"
-            )
+            self.bar.set_postfix_str(self.postfix({**record, **(running or {})}), refresh=True)
         else:
             self.log(line)
         if self.record is not None:
             self.record(record)
+
+    def postfix(self, values: dict) -> str:
+        """What the bar shows after the counts: errors as errors, compact enough for 80
+        columns (the top-5 error and the LR from WIDE columns on)."""
+        parts = [f"loss {values['loss']:.3g}"] if "loss" in values else []
+        parts.append(f"err@1 {values['top1']:.1f}")
+        if self.top5 and self.wide:
+            parts.append(f"err@5 {values['top5']:.1f}")
+        if "lr" in values and self.wide:
+            parts.append(f"lr {values['lr']:.3g}")
+        parts.append(f"{values['img_s']:.0f} img/s data {values['data_share']:.0%}")
+        return " ".join(parts)  # tqdm puts ", " before it
+
+    @contextlib.contextmanager
+    def closing_on_error(self):
+        """Close the pass's bar when the pass ends by an exception (a stop request, an
+        error), so that what is printed next starts on a line of its own and the bar is
+        not redrawn after it."""
+        try:
+            yield
+        except BaseException:
+            if self.bar is not None:
+                self.bar.close()
+                self.bar = None
+            raise
 
     def end(self, summary: dict) -> None:
         """The pass is over: close its bar, record its summary."""
@@ -442,25 +487,56 @@ class RunRecords:
     SCALARS = ("loss", "top1", "top5", "lr", "img_s", "data_share")
 
     def __init__(self, folder: str, iterations_per_epoch: int, *, tensorboard: bool = True,
-                 options: dict | None = None):  # fmt: skip
+                 options: dict | None = None,
+                 before_first_write: Callable[[], None] | None = None):  # fmt: skip
+        self.folder = folder
         self.path = os.path.join(folder, "metrics.jsonl")
         self.per_epoch = iterations_per_epoch
         self.started = time.time()
+        self.tensorboard, self.options = tensorboard, options
+        self.before_first_write = before_first_write
+        self.opened = False
         self.writer = None
-        if tensorboard:
-            from torch.utils.tensorboard import SummaryWriter  # only when asked for
 
-            self.writer = SummaryWriter(os.path.join(folder, "tb"))
-            if options is not None:
+    def open(self) -> None:
+        """Create what the records go into, on the first record: a run that fails before
+        its first step leaves no files."""
+        self.opened = True
+        if self.before_first_write is not None:
+            self.before_first_write()
+        if not self.tensorboard:
+            return
+        from torch.utils.tensorboard import SummaryWriter  # only when asked for
+
+        with self.naming_errors(os.path.join(self.folder, "tb")):
+            self.writer = SummaryWriter(os.path.join(self.folder, "tb"))
+            if self.options is not None:
+                options = {k: v for k, v in self.options.items() if k != "given"}
                 self.writer.add_text("options", f"```\n{json.dumps(options, indent=2)}\n```")
+
+    @staticmethod
+    @contextlib.contextmanager
+    def naming_errors(path: str):
+        """Re-raise a failed write (a full disk) with the path written to, so that it is
+        told apart from a failed print to stdout."""
+        try:
+            yield
+        except OSError as exc:
+            raise OSError(exc.errno, exc.strerror, path) from None
 
     def __call__(self, record: dict) -> None:
         """Append one record (a printed step, or a pass's summary when iter is None)."""
+        if not self.opened:
+            self.open()
         record = {**record, "seconds": round(time.time() - self.started, 3)}
-        with open(self.path, "a") as handle:
+        with self.naming_errors(self.path), open(self.path, "a") as handle:
             handle.write(json.dumps(record) + "\n")
-        if self.writer is None:
-            return
+        if self.writer is not None:
+            with self.naming_errors(os.path.join(self.folder, "tb")):
+                self.write_scalars(record)
+
+    def write_scalars(self, record: dict) -> None:
+        """The record's numbers as TensorBoard scalars, at the iteration or the epoch."""
         split, epoch = record["split"], record["epoch"]
         if record["iter"] is None:
             names, step = {k: f"epoch/{split}_{k}" for k in self.SCALARS}, epoch
@@ -475,4 +551,5 @@ class RunRecords:
     def close(self) -> None:
         """Flush and close the TensorBoard writer."""
         if self.writer is not None:
-            self.writer.close()
+            with self.naming_errors(os.path.join(self.folder, "tb")):
+                self.writer.close()

@@ -27,14 +27,17 @@ FILES = {
 LABEL_KEYS = {"cifar10": "labels", "cifar100": "fine_labels"}
 META = {"cifar10": ("batches.meta", "label_names"), "cifar100": ("meta", "fine_label_names")}
 N_CLASSES = {"cifar10": 10, "cifar100": 100}
-# What a CIFAR batch may contain: numpy arrays and bytes, nothing that runs code.
+IMAGE_BYTES = 3 * 32 * 32
+# What a CIFAR batch may contain: numpy arrays, scalars and bytes as numpy 1 and 2 pickle
+# them (protocols 2 to 5), nothing that runs code.
 SAFE_GLOBALS = {
-    ("numpy.core.multiarray", "_reconstruct"),
-    ("numpy._core.multiarray", "_reconstruct"),
+    *((f"numpy.{core}.{module}", name) for core in ("core", "_core")
+      for module, name in (("multiarray", "_reconstruct"), ("multiarray", "scalar"),
+                           ("numeric", "_frombuffer"))),
     ("numpy", "ndarray"),
     ("numpy", "dtype"),
     ("_codecs", "encode"),
-}
+}  # fmt: skip
 
 
 class DataError(ValueError):
@@ -79,28 +82,71 @@ class RestrictedUnpickler(pickle.Unpickler):
         return super().find_class(module, name)
 
 
-def read_batch(path: str, label_key: str) -> tuple[torch.Tensor, torch.Tensor]:
-    """One pickle batch as (N x 3 x 32 x 32 uint8 images, N labels), any N."""
+def read_pickle(path: str, what: str):
+    """The object in a pickle file, through RestrictedUnpickler, or DataError naming it."""
     try:
         with open(path, "rb") as handle:
-            batch = RestrictedUnpickler(handle, encoding="bytes").load()
-        data = batch[b"data"]
-        labels = batch[label_key.encode()]
-    except (OSError, pickle.UnpicklingError, EOFError, KeyError, TypeError) as exc:
-        raise DataError(f"cannot read CIFAR batch {path}: {exc}") from exc
-    images = torch.as_tensor(data, dtype=torch.uint8).reshape(-1, 3, 32, 32)
-    return images, torch.as_tensor(list(labels), dtype=torch.int64)
+            return RestrictedUnpickler(handle, encoding="bytes").load()
+    except pickle.UnpicklingError as exc:
+        raise DataError(f"cannot read {what} {path}: {exc}") from None
+    except Exception as exc:  # a damaged pickle can fail anywhere inside the unpickler
+        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise DataError(f"cannot read {what} {path}: damaged or not a pickle ({reason})") from None
+
+
+def entry(content, key: str, path: str):
+    """content[key] of a CIFAR pickle, whose keys are bytes (Python 2) or str (Python 3)."""
+    if not isinstance(content, dict):
+        raise DataError(f"{path} holds a {type(content).__name__}, not a CIFAR dict")
+    for candidate in (key.encode(), key):
+        if candidate in content:
+            return content[candidate]
+    raise DataError(f"{path} has no {key!r} entry; is it a CIFAR file of the python version?")
+
+
+def read_batch(path: str, label_key: str, n_classes: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """One pickle batch as (N x 3 x 32 x 32 uint8 images, N labels in 0..n_classes-1)."""
+    batch = read_pickle(path, "CIFAR batch")
+    data, labels = entry(batch, "data", path), entry(batch, label_key, path)
+    try:
+        images = torch.as_tensor(data)
+        labels = torch.as_tensor(list(labels), dtype=torch.int64)
+    except (TypeError, ValueError, RuntimeError, OverflowError):
+        raise DataError(f"{path}: 'data' or {label_key!r} is not an array of numbers") from None
+    if images.dtype != torch.uint8 or images.dim() != 2 or images.shape[1] != IMAGE_BYTES:
+        raise DataError(
+            f"{path}: 'data' is {tuple(images.shape)} {images.dtype}, expected N x"
+            f" {IMAGE_BYTES} uint8 (N images of 3 x 32 x 32)"
+        )
+    if labels.dim() != 1 or len(labels) != len(images):
+        raise DataError(f"{path} has {labels.numel()} labels for {len(images)} images")
+    check_labels(labels, n_classes, path)
+    return images.reshape(-1, 3, 32, 32), labels
+
+
+def check_labels(labels: torch.Tensor, n_classes: int, path: str) -> None:
+    """Every label must name one of the n_classes classes."""
+    bad = labels[(labels < 0) | (labels >= n_classes)]
+    if len(bad):
+        raise DataError(
+            f"{path} has {len(bad)} labels outside 0..{n_classes - 1} (the first:"
+            f" {int(bad[0])}); is it the right dataset?"
+        )
 
 
 def class_names(dataset: str, folder: str) -> list[str]:
     """Label names from the folder's meta file, or the class numbers when it is absent."""
     name, key = META[dataset]
     path = os.path.join(folder, name)
-    if os.path.isfile(path):
-        with open(path, "rb") as handle:
-            names = RestrictedUnpickler(handle, encoding="bytes").load()[key.encode()]
-        return [n.decode() for n in names]
-    return [str(i) for i in range(N_CLASSES[dataset])]
+    if not os.path.isfile(path):
+        return [str(i) for i in range(N_CLASSES[dataset])]
+    names = entry(read_pickle(path, "CIFAR meta file"), key, path)
+    if not isinstance(names, list | tuple) or len(names) != N_CLASSES[dataset]:
+        raise DataError(f"{path}: {key!r} is not a list of {N_CLASSES[dataset]} class names")
+    try:
+        return [n.decode() if isinstance(n, bytes) else str(n) for n in names]
+    except UnicodeDecodeError:
+        raise DataError(f"{path}: a class name in {key!r} is not text") from None
 
 
 def find_folder(dataset: str, roots: list[str]) -> str | None:
@@ -118,7 +164,13 @@ def download(dataset: str, gen: str) -> str:
     """Download the pickle folder into gen through torchvision, or explain where to put it."""
     import torchvision
 
-    os.makedirs(gen, exist_ok=True)
+    try:
+        os.makedirs(gen, exist_ok=True)
+    except OSError as exc:
+        raise DataError(
+            f"{dataset} is not in -data and cannot be downloaded into -gen {gen}"
+            f" ({exc.strerror}); choose a writable -gen or give -data"
+        ) from None
     builder = (
         torchvision.datasets.CIFAR10 if dataset == "cifar10" else torchvision.datasets.CIFAR100
     )
@@ -143,7 +195,7 @@ def load(dataset: str, split: str, data: str, gen: str) -> ArrayImageDataset:
         path = os.path.join(folder, name)
         if not os.path.isfile(path):
             raise DataError(f"{dataset} file missing: {path}")
-        parts.append(read_batch(path, LABEL_KEYS[dataset]))
+        parts.append(read_batch(path, LABEL_KEYS[dataset], N_CLASSES[dataset]))
     images = torch.cat([p[0] for p in parts])
     labels = torch.cat([p[1] for p in parts])
     mean, std = MEANSTD[dataset]

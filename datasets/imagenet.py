@@ -44,7 +44,7 @@ def list_classes(train_dir: str) -> list[str]:
         if loose:
             raise flat_folder_error(train_dir, loose)
         raise DataError(f"no class folders in {train_dir}: expected train/<class>/<image>")
-    return sorted(names, key=lambda name: name.encode())
+    return sorted(names, key=os.fsencode)
 
 
 def flat_folder_error(split_dir: str, count: int) -> DataError:
@@ -65,17 +65,24 @@ def list_images(split_dir: str, classes: list[str]) -> list[tuple[str, int]]:
     """(class/file, class index) of every image one level below split_dir, sorted."""
     index = {name: i for i, name in enumerate(classes)}
     samples, loose = [], 0
-    for entry in sorted(os.scandir(split_dir), key=lambda e: e.name.encode()):
+    irregular = []
+    for entry in sorted(os.scandir(split_dir), key=lambda e: os.fsencode(e.name)):
         if not entry.is_dir() or entry.name.startswith("."):
             loose += entry.is_file() and is_image(entry.name)
             continue
         if entry.name not in index:
             raise DataError(f"class not found in train/: {entry.name} (in {split_dir})")
-        names = [n for n in os.listdir(entry.path) if is_image(n)]
+        names, others = image_files_in(entry.path)
+        irregular += others
         if not names:
             print(f"warning: no images in {entry.path}")
-        for name in sorted(names, key=str.encode):
+        for name in sorted(names, key=os.fsencode):
             samples.append((f"{entry.name}/{name}", index[entry.name]))
+    if irregular:
+        print(
+            f"warning: {len(irregular)} entries named as images under {split_dir} are not"
+            f" regular files (pipes, devices, folders; e.g. {irregular[0]}): left out"
+        )
     if loose and not samples:
         raise flat_folder_error(split_dir, loose)
     if not samples:
@@ -83,6 +90,16 @@ def list_images(split_dir: str, classes: list[str]) -> list[tuple[str, int]]:
     if loose:
         print(f"warning: {loose} images directly in {split_dir} are in no class folder: left out")
     return samples
+
+
+def image_files_in(folder: str) -> tuple[list[str], list[str]]:
+    """(image file names, paths of other entries with image names) in folder: a pipe or a
+    device named *.jpg would block or fail the loader, a folder would fail it."""
+    images, others = [], []
+    for entry in os.scandir(folder):
+        if is_image(entry.name):
+            (images if entry.is_file() else others).append(entry.name)
+    return images, [os.path.join(folder, name) for name in others]
 
 
 def build_index(data: str) -> dict:
@@ -114,12 +131,22 @@ def folder_stamp(data: str) -> dict[str, int]:
 
 def read_index(data: str, cache_path: str) -> dict | None:
     """The cached index if it lists data's folders as they are now; else None, and why."""
+    if os.path.isdir(cache_path):
+        raise DataError(
+            f"{cache_path} is a folder, not the image index file; move it away or choose"
+            " another -gen"
+        )
     try:
         with open(cache_path) as handle:
             index = json.load(handle)
+    except FileNotFoundError:
+        return None
     except (OSError, ValueError):
-        return None  # missing or unreadable: rebuilt without comment
-    if index.get("basedir") != data or "stamp" not in index:
+        index = None
+    if not is_index(index):
+        print(f"=> {cache_path} is damaged: rebuilding it")
+        return None
+    if index["basedir"] != data:
         return None
     if index["stamp"] != folder_stamp(data):
         print(f"=> image folders changed since {cache_path} was built: rebuilding it")
@@ -127,19 +154,47 @@ def read_index(data: str, cache_path: str) -> dict | None:
     return index
 
 
+def is_index(index) -> bool:
+    """Whether index has the form build_index gives (labels in range included)."""
+    if not isinstance(index, dict) or not isinstance(index.get("basedir"), str):
+        return False
+    classes = index.get("classes")
+    if not isinstance(index.get("stamp"), dict) or not isinstance(classes, list) or not classes:
+        return False
+    return all(is_sample_list(index.get(split), len(classes)) for split in ("train", "val"))
+
+
+def is_sample_list(samples, n_classes: int) -> bool:
+    """Whether samples is a list of [relative path, label in 0..n_classes-1]."""
+    return isinstance(samples, list) and all(
+        isinstance(s, list) and len(s) == 2 and isinstance(s[0], str) and type(s[1]) is int
+        and 0 <= s[1] < n_classes
+        for s in samples
+    )  # fmt: skip
+
+
 def cached_index(data: str, cache_path: str) -> dict:
-    """The index from cache_path, rebuilt (and saved) when missing, made for another -data,
-    or older than a change to the folders (the Lua rebuilt only for another -data)."""
+    """The index from cache_path, rebuilt (and saved) when missing, damaged, made for
+    another -data, or older than a change to the folders (the Lua rebuilt only for another
+    -data)."""
     index = read_index(data, cache_path)
     if index is not None:
         return index
     index = build_index(data)
     print(f" | saving list of images to {cache_path}")
-    os.makedirs(os.path.dirname(cache_path) or ".", exist_ok=True)
     partial = f"{cache_path}.{os.getpid()}.partial"  # ranks may build it at the same time
-    with open(partial, "w") as handle:
-        json.dump(index, handle)
-    os.replace(partial, cache_path)
+    try:
+        os.makedirs(os.path.dirname(cache_path) or ".", exist_ok=True)
+        with open(partial, "w") as handle:
+            json.dump(index, handle)
+        os.replace(partial, cache_path)
+    except OSError as exc:
+        if os.path.exists(partial):
+            os.remove(partial)
+        raise DataError(
+            f"cannot write the image index {cache_path} ({exc.strerror}); choose a writable"
+            " -gen folder"
+        ) from None
     return index
 
 
@@ -316,8 +371,8 @@ class PackedSamples:
     into every worker as reading it touches reference counts (pytorch/pytorch#13246)."""
 
     def __init__(self, samples: list[tuple[str, int]]):
-        names = b"".join(path.encode() for path, _ in samples)
-        ends = itertools.accumulate(len(path.encode()) for path, _ in samples)
+        names = b"".join(os.fsencode(path) for path, _ in samples)  # any file name's bytes
+        ends = itertools.accumulate(len(os.fsencode(path)) for path, _ in samples)
         self.names = torch.frombuffer(bytearray(names), dtype=torch.uint8) if names else None
         self.ends = torch.tensor(list(ends), dtype=torch.int64)
         self.labels = torch.tensor([label for _, label in samples], dtype=torch.int64)
@@ -327,7 +382,7 @@ class PackedSamples:
 
     def __getitem__(self, index: int) -> tuple[str, int]:
         start = int(self.ends[index - 1]) if index > 0 else 0
-        name = bytes(self.names[start : int(self.ends[index])].tolist()).decode()
+        name = os.fsdecode(bytes(self.names[start : int(self.ends[index])].tolist()))
         return name, int(self.labels[index])
 
 

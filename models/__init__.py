@@ -153,6 +153,14 @@ def arch_from_opts(opts) -> dict:
     }
 
 
+def arch_flags(arch: dict) -> str:
+    """The command-line flags that build the network of arch."""
+    flags = f"-netType {arch['netType']} -depth {arch['depth']}"
+    if arch["netType"] == "resnext":
+        flags += f" -cardinality {arch['cardinality']} -baseWidth {arch['baseWidth']}"
+    return flags
+
+
 # Blocks per stage -> depth, for torchvision's ImageNet ResNets (basic and bottleneck).
 TORCHVISION_DEPTHS = {(False, (2, 2, 2, 2)): 18, (False, (3, 4, 6, 3)): 34,
                       (True, (3, 4, 6, 3)): 50, (True, (3, 4, 23, 3)): 101,

@@ -31,7 +31,7 @@ import torch
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
-import main as tool  # noqa: E402
+import launch  # noqa: E402
 import models  # noqa: E402
 import train  # noqa: E402
 from datasets.cifar import ArrayImageDataset  # noqa: E402
@@ -259,7 +259,7 @@ def measure_baseline(model, size, batch, warmup, steps) -> float:
 def run_one(spec: dict) -> dict:
     """One measurement, in this process."""
     batch, warmup, steps = spec["batch"], spec["warmup"], spec["steps"]
-    tool.configure_host_allocator("system" if spec["kind"] == "baseline" else spec["allocator"])
+    launch.configure_host_allocator("system" if spec["kind"] == "baseline" else spec["allocator"])
     if spec["kind"] in ("jpeg_decode", "jpeg_pipeline"):
         seconds = measure_jpeg(spec["kind"] == "jpeg_decode", warmup, steps)
         return {

@@ -1,9 +1,10 @@
 """Penultimate-layer features of images, as the Lua's extract-features.lua:
 
-    python scripts/extract_features.py CHECKPOINT [BATCH_SIZE] DIR|IMAGE...
+    python scripts/extract_features.py CHECKPOINT [BATCH_SIZE] DIR|IMAGE... [-o FILE]
 
-Writes features.pt in the working directory: {"features": N x D float tensor (the pooled
-activations fed to the classifier), "image_list": the N files in order}."""
+A DIR stands for every image in it and its subfolders (a class-per-folder tree). Writes
+FILE (default features.pt): {"features": N x D float tensor (the pooled activations fed to
+the classifier), "image_list": the N files in order}."""
 
 import argparse
 import sys
@@ -31,6 +32,7 @@ def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("checkpoint")
     parser.add_argument("inputs", nargs="+", help="[BATCH_SIZE] then image files or directories")
+    parser.add_argument("-o", "--output", default=OUTPUT, help="where to save the features")
     args = parser.parse_args(argv)
     inputs, batch_size = args.inputs, 32
     if inputs[0].isdigit() and len(inputs) > 1:
@@ -42,8 +44,12 @@ def main(argv=None) -> int:
     except (ValueError, OSError) as exc:
         print(f"error: {' '.join(str(exc).split())}", file=sys.stderr)
         return 2
-    torch.save(result, OUTPUT)
-    print(f"saved features to {OUTPUT}")
+    try:
+        torch.save(result, args.output)
+    except OSError as exc:
+        print(f"error: cannot write {args.output}: {exc.strerror}", file=sys.stderr)
+        return 2
+    print(f"saved features of {len(result['image_list'])} images to {args.output}")
     return 0
 
 

@@ -23,12 +23,14 @@ WNID = re.compile(r"n\d{8}")
 def imagenet_names(classes: list[str] | None, n_outputs: int) -> list[str]:
     """Readable names: ImageNet-1k's (torchvision's list, in the sorted-synset order of the
     Lua's pretrained/imagenet.lua) for a 1000-way model trained on synset folders or without
-    names; else the names as stored; else the class indices."""
-    if n_outputs == 1000 and (classes is None or all(WNID.fullmatch(c) for c in classes)):
+    names; else the names as stored, and the class index for an output beyond them (a
+    network trained with more outputs than its data's classes)."""
+    if n_outputs == 1000 and (not classes or all(WNID.fullmatch(c) for c in classes)):
         from torchvision.models import ResNet50_Weights
 
         return list(ResNet50_Weights.IMAGENET1K_V1.meta["categories"])
-    return list(classes) if classes else [str(i) for i in range(n_outputs)]
+    names = list(classes or [])[:n_outputs]
+    return names + [f"output {i}" for i in range(len(names), n_outputs)]
 
 
 def load_model(path: str, device: torch.device) -> tuple[torch.nn.Module, dict, list[str]]:
@@ -72,15 +74,22 @@ def small_image(image: Image.Image, dataset: str) -> torch.Tensor:
     return photometric.standardise(pixels, mean, std)  # a grey channel broadcasts to 3
 
 
+def images_below(folder: str) -> list[str]:
+    """The image files in folder and its subfolders (a class-per-folder tree), sorted."""
+    found = []
+    for parent, folders, names in os.walk(folder):
+        folders.sort()
+        paths = (os.path.join(parent, n) for n in sorted(names) if imagenet.is_image(n))
+        found.extend(p for p in paths if os.path.isfile(p))  # no pipes or devices
+    return found
+
+
 def image_files(arguments: list[str]) -> list[str]:
-    """The image files named, with a directory standing for its images (sorted)."""
+    """The image files named, a directory standing for the images in it and below it."""
     files = []
     for argument in arguments:
         if os.path.isdir(argument):
-            names = sorted(
-                n for n in os.listdir(argument) if n.lower().endswith(imagenet.EXTENSIONS)
-            )
-            files.extend(os.path.join(argument, n) for n in names)
+            files.extend(images_below(argument))
         elif os.path.isfile(argument):
             files.append(argument)
         else:

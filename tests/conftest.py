@@ -21,6 +21,21 @@ WHEEL = "foolbox==3.3.4"
 TIMEOUT = 600  # seconds for one main.py run: a hung run fails its test, not the suite
 
 
+def with_flags(base: list[str], extra: list[str]) -> list[str]:
+    """base's -flag value pairs, less those that extra gives again, then extra (main.py
+    refuses a flag given twice)."""
+    given = {token for token in extra if token.startswith("-") and not token[1:2].isdigit()}
+    kept, skip = [], False
+    for token in base:
+        if skip:
+            skip = False
+        elif token in given:
+            skip = True  # its value goes too
+        else:
+            kept.append(token)
+    return [*kept, *extra]
+
+
 def foolbox_wheel() -> str:
     """Path of the foolbox wheel, downloaded from PyPI into .cache/ the first time."""
     found = glob.glob(os.path.join(CACHE, "foolbox-3.3.4-*.whl"))

@@ -23,8 +23,10 @@ def run_main(*argv, cwd=None):
 
 def small_cifar_args(data, save, flags="-nEpochs 1"):
     """Arguments of a ResNet-8 run on the CIFAR-10 sample with extra flags in one string."""
-    base = f"-dataset cifar10 -netType resnet -depth 8 -nThreads 0 {flags}".split()
-    return [*base, "-data", data, "-save", str(save)]
+    base = {"-dataset": "cifar10", "-netType": "resnet", "-depth": "8", "-nThreads": "0"}
+    given = flags.split()
+    kept = [word for flag, value in base.items() if flag not in given for word in (flag, value)]
+    return [*kept, *given, "-data", data, "-save", str(save)]
 
 
 def small_cifar_run(data, save, flags):
@@ -185,7 +187,8 @@ def test_precise_bn_recomputes_the_statistics_before_each_test(cifar10_root, tmp
         ("-batchSize 0", "-batchSize must be positive"),
         ("-nEpochs -3", "-nEpochs must be positive"),
         ("-LR x", "invalid float value"),
-        ("-resetClassifier true", "-nClasses required"),
+        ("-momentum 1", "-momentum must be in [0, 1)"),
+        ("-sav x", "unknown flag -sav"),
         ("-shareGradInput true -optnet true", "cannot use both"),
         ("-depth 21 -netType resnet", "6n+2"),
         ("-depth 30", "9n+2"),
@@ -233,21 +236,19 @@ def test_records_every_printed_step_and_epoch_and_a_resumed_run_appends(cifar_ru
     assert len(os.listdir(os.path.join(save, "tb"))) == 2  # one event file per run
 
 
-def test_a_terminal_gets_progress_bars_instead_of_lines(cifar10_root, tmp_path):
-    """stdout on a pseudo-terminal: tqdm bars with the errors, LR and img/s."""
+def run_on_terminal(argv, columns: int, cwd) -> str:
+    """python main.py argv with stdout on a pseudo-terminal of `columns` columns (0: one
+    that reports no size); returns what the terminal received."""
     import fcntl
     import pty
     import struct
     import termios
 
     leader, follower = pty.openpty()
-    fcntl.ioctl(follower, termios.TIOCSWINSZ, struct.pack("HHHH", 40, 160, 0, 0))  # 160 columns
-    command = [
-        sys.executable,
-        os.path.join(ROOT, "main.py"),
-        *small_cifar_args(cifar10_root, tmp_path),
-    ]
-    process = subprocess.Popen(command, stdout=follower, stderr=subprocess.PIPE, cwd=tmp_path)
+    fcntl.ioctl(follower, termios.TIOCSWINSZ, struct.pack("HHHH", 40, columns, 0, 0))
+    command = [sys.executable, os.path.join(ROOT, "main.py"), *argv]
+    env = {k: v for k, v in os.environ.items() if k not in ("COLUMNS", "LINES")}
+    process = subprocess.Popen(command, stdout=follower, stderr=subprocess.PIPE, cwd=cwd, env=env)
     os.close(follower)
     output = b""
     while True:
@@ -259,8 +260,33 @@ def test_a_terminal_gets_progress_bars_instead_of_lines(cifar10_root, tmp_path):
             break
         output += chunk
     assert process.wait(timeout=TIMEOUT) == 0, process.stderr.read()
-    text = output.decode(errors="replace")
-    assert "train 1: 100%" in text and "val 1: 100%" in text
-    assert "img/s" in text and "lr 0.1" in text
+    return output.decode(errors="replace")
+
+
+@pytest.mark.parametrize("columns", [160, 80, 0])
+def test_a_terminal_gets_progress_bars_that_fit_it(cifar10_root, tmp_path, columns):
+    """tqdm bars with the running loss and error, img/s and data share, never wider than the
+    terminal (a terminal reporting 0 columns is taken as 80); no top-5 of 10 classes at 80."""
+    text = run_on_terminal(small_cifar_args(cifar10_root, tmp_path), columns, tmp_path)
+    assert "train 1 100%" in text and "val 1 100%" in text
     assert " | Epoch: [1]" not in text  # the plain lines are for logs, not terminals
     assert " * Finished epoch # 1" in text
+    bars = [part for line in text.split("\n") for part in line.split("\r") if "img/s" in part]
+    assert bars and all("err@1" in bar and "data" in bar for bar in bars)
+    width = columns or 80
+    assert all(len(bar.rstrip()) <= width for bar in bars), max(bars, key=len)
+    assert all(("err@5" in bar) == (width >= 110) for bar in bars)
+    assert all(("lr 0.1" in bar) == (width >= 110) for bar in bars if "train 1" in bar)
+
+
+def test_a_bar_closed_by_an_error_ends_its_line_and_is_not_redrawn(capsys):
+    import train
+
+    progress = train.Progress(bar=True)
+    progress.begin("train", 1, 10, 0)
+    with pytest.raises(KeyboardInterrupt), progress.closing_on_error():
+        raise KeyboardInterrupt
+    assert progress.bar is None
+    print("=> Stopped")
+    out = capsys.readouterr().out
+    assert out.endswith("\n=> Stopped\n") and out.count("train 1") >= 1

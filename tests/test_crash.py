@@ -11,7 +11,7 @@ import time
 
 import pytest
 import torch
-from conftest import TIMEOUT
+from conftest import TIMEOUT, with_flags
 from PIL import Image
 
 import checkpoints
@@ -29,7 +29,7 @@ CONFIGS = {
 
 
 def command(data, save, threads, extra=(), flags=FLAGS):
-    options = [*flags.split(), "-nThreads", str(threads), *extra]
+    options = with_flags([*flags.split(), "-nThreads", str(threads)], list(extra))
     return [sys.executable, os.path.join(ROOT, "main.py"), *options, "-data", data, "-save", str(save),
             "-gen", f"{save}-gen"]  # fmt: skip
 

@@ -266,7 +266,7 @@ def test_cifar_reader_refuses_pickles_that_run_code(tmp_path):
     with open(folder / "test_batch", "wb") as handle:
         pickle.dump({b"data": Exploit(), b"labels": [0]}, handle)
     with pytest.raises(datasets.DataError, match="refusing to load"):
-        cifar.read_batch(str(folder / "test_batch"), "labels")
+        cifar.read_batch(str(folder / "test_batch"), "labels", 10)
 
 
 def epoch_batches(loader, epoch, start=0):

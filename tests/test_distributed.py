@@ -10,7 +10,7 @@ import time
 
 import pytest
 import torch
-from conftest import TIMEOUT
+from conftest import TIMEOUT, with_flags
 
 from datasets.sampler import shard
 
@@ -23,9 +23,9 @@ def torchrun(*launcher):
 
 
 def cifar_flags(data, save, *extra):
-    return ["-dataset", "cifar10", "-netType", "resnet", "-depth", "8", "-batchSize", "4",
-            "-LR", "0.05", "-nThreads", "0", "-memoryFormat", "contiguous", "-data", data,
-            "-save", str(save), *extra]  # fmt: skip
+    return with_flags(["-dataset", "cifar10", "-netType", "resnet", "-depth", "8", "-batchSize",
+                       "4", "-LR", "0.05", "-nThreads", "0", "-memoryFormat", "contiguous",
+                       "-data", data, "-save", str(save)], list(extra))  # fmt: skip
 
 
 def run(command):
@@ -170,19 +170,22 @@ def test_a_global_batch_that_does_not_divide_among_the_processes_is_an_error(
 
 
 @pytest.mark.parametrize(
-    ("dataset", "batch", "lr", "note"),
+    ("flags", "note"),
     [
-        ("cifar10", 64, 0.1, "suggests -LR 0.05 (0.1 x 64/128)"),
-        ("cifar10", 32, 0.025, None),
-        ("cifar10", 128, 0.1, None),
-        ("imagenet", 512, 0.1, "suggests -LR 0.2 (0.1 x 512/256)"),
+        ("-dataset cifar10 -batchSize 64", "suggests -LR 0.05 (0.1 x 64/128)"),
+        ("-dataset cifar10 -batchSize 64 -LR 0.1", None),  # the user chose the LR
+        ("-dataset cifar10 -batchSize 64 -testOnly", None),  # nothing is trained
+        ("-dataset cifar10", None),  # the tool's own default batch
+        ("-dataset cifar10 -batchSize 128", None),  # the recipe's batch
+        ("-dataset imagenet -batchSize 512", "suggests -LR 0.2 (0.1 x 512/256)"),
     ],
 )
-def test_the_linear_scaling_rule_is_suggested_once(capsys, dataset, batch, lr, note):
-    import argparse
-
+def test_the_linear_scaling_rule_is_suggested_only_for_a_changed_batch(capsys, tmp_path, flags,
+                                                                       note):  # fmt: skip
     import main
+    import opts
 
-    main.linear_scaling_note(argparse.Namespace(dataset=dataset, batchSize=batch, LR=lr))
+    (tmp_path / "train").mkdir(), (tmp_path / "val").mkdir()
+    main.linear_scaling_note(opts.parse([*flags.split(), "-data", str(tmp_path)]))
     out = capsys.readouterr().out
     assert (note in out and out.count("\n") == 1) if note else out == ""

@@ -253,7 +253,11 @@ def test_resnext_forms_b_and_c_compute_the_same_function(depth, dataset, size):
     x = torch.randn(2, 3, size, size)
     model_b.eval(), model_c.eval()
     with torch.no_grad():
-        torch.testing.assert_close(model_c(x), model_b(x), atol=1e-5, rtol=1e-4)
+        expected = model_b(x)
+        # The randomised statistics make logits of up to ~1e6: fp32 rounding of the grouped
+        # and the per-branch sums differs by about 1e-6 of that, whichever kernels run.
+        scale = float(expected.abs().max())
+        torch.testing.assert_close(model_c(x), expected, atol=1e-5 * scale, rtol=1e-4)
 
 
 def test_resnext_c_with_one_group_of_64_is_the_resnet_bottleneck():

@@ -1,5 +1,6 @@
 """opts.py against LUA_SPEC.md section 1: names, types, defaults, validation."""
 
+import re
 import subprocess
 import sys
 
@@ -120,7 +121,6 @@ def test_help_lists_every_flag_with_default():
             "missing ImageNet data directory: /does/not/exist",
         ),
         (["-dataset", "cifar10", "-data", "/does/not/exist"], "data directory not found"),
-        (["-resetClassifier", "true"], "-nClasses required when resetClassifier is set"),
         (
             ["-shareGradInput", "true", "-optnet", "true"],
             "cannot use both -shareGradInput and -optnet",
@@ -135,7 +135,18 @@ def test_help_lists_every_flag_with_default():
         (["-LR", "inf"], "invalid float value: 'inf'"),
         (["-LR", "0"], "-LR must be positive"),
         (["-testOnly", "maybe"], "expected true or false"),
-        (["-depthh", "50"], "unrecognized arguments: -depthh"),
+        (["-depthh", "50"], "unknown flag -depthh"),
+        (["-sav", "x"], "unknown flag -sav"),  # no prefix matching, single or double dash
+        (["-batch", "8"], "unknown flag -batch"),
+        (["--batch=8"], "unknown flag --batch"),
+        (["-save", "a", "--save", "b"], "-save is given twice"),
+        (["-momentum", "1"], r"-momentum must be in [0, 1), got 1.0"),
+        (["-momentum", "-0.5"], r"-momentum must be in [0, 1)"),
+        (["-nThreads", "100000"], "-nThreads 100000 is more loader processes than this machine"),
+        (["-nEpochs", "5", "-epochNumber", "6"], "-epochNumber 6 is beyond -nEpochs 5"),
+        (["-batchSize", "99999999999999999999"], "argument -batchSize/--batchSize: invalid int"),
+        (["-depth", "3000000000"], "argument -depth/--depth: invalid int"),
+        (["-manualSeed", "-1"], "argument -manualSeed/--manualSeed: invalid seed"),
         (["-netType", "vgg"], "unknown netType: vgg"),
         (["-precision", "quad"], "unknown precision: quad"),
         (["-cudnn", "slow"], "unknown -cudnn slow"),
@@ -151,8 +162,15 @@ def test_help_lists_every_flag_with_default():
 )
 def test_bad_input_raises_a_usage_error_saying_what_to_fix(argv, message):
     argv = argv if "-dataset" in argv else ["-dataset", "cifar10", *argv]
-    with pytest.raises(opts.UsageError, match=message.replace("(", r"\(").replace("*", r"\*")):
+    with pytest.raises(opts.UsageError, match=re.escape(message)):
         opts.parse(argv)
+
+
+def test_given_flags_are_listed_and_reset_classifier_defaults_to_the_dataset(tmp_path):
+    parsed = parse_ok("-resetClassifier", "true", "--LR=0.01", "-momentum", "0")
+    assert parsed.given == ["dataset", "resetClassifier", "LR", "momentum"]
+    assert parsed.nClasses == 0 and parsed.momentum == 0.0  # 0: the data's class count
+    assert opts.parse(["-dataset", "cifar10", "-testOnly", "-epochNumber", "9", "-nEpochs", "1"])
 
 
 def test_imagenet_needs_train_and_val_folders(tmp_path):

@@ -87,12 +87,29 @@ def test_extract_features_writes_the_penultimate_layer_and_the_file_list(
     done = python(script("extract_features.py"), str(fine_tuned / "model_best.pth"), "2", folder,
                   cwd=tmp_path)  # fmt: skip
     assert done.returncode == 0, done.stderr
-    assert done.stdout == "saved features to features.pt\n"
+    assert done.stdout == f"saved features of {len(os.listdir(folder))} images to features.pt\n"
     saved = torch.load(tmp_path / "features.pt", weights_only=True)
     files = sorted(os.listdir(folder))
     assert saved["image_list"] == [os.path.join(folder, name) for name in files]
     assert saved["features"].shape == (len(files), 512)
     assert (saved["features"] >= 0).all()  # pooled after a ReLU
+
+
+def test_extract_features_reads_a_class_per_folder_tree_into_the_named_file(
+    fine_tuned, jpeg_root, tmp_path
+):
+    tree = os.path.join(jpeg_root, "val")
+    os.mkfifo(tmp_path / "pipe.jpg")  # not a file: never opened
+    output = tmp_path / "out" / "val.pt"
+    output.parent.mkdir()
+    done = python(script("extract_features.py"), str(fine_tuned / "model_best.pth"), tree,
+                  str(tmp_path), "-o", str(output))  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    expected = [os.path.join(tree, c, n) for c in sorted(os.listdir(tree))
+                for n in sorted(os.listdir(os.path.join(tree, c)))]  # fmt: skip
+    assert done.stdout == f"saved features of {len(expected)} images to {output}\n"
+    saved = torch.load(output, weights_only=True)
+    assert saved["image_list"] == expected and saved["features"].shape == (len(expected), 512)
 
 
 def test_the_scripts_say_what_is_wrong_in_one_line(fine_tuned, tmp_path):

@@ -9,6 +9,7 @@ import pytest
 import torch
 from conftest import TIMEOUT
 
+import launch
 import main
 import models
 
@@ -45,8 +46,8 @@ def test_bf16_autocast_stays_within_two_percent_of_fp32():
 def test_compile_without_a_cpu_compiler_is_a_clear_error(monkeypatch):
     monkeypatch.setattr(shutil, "which", lambda name: None)
     monkeypatch.delenv("CXX", raising=False)
-    with pytest.raises(main.StartError, match="needs a C\\+\\+ compiler"):
-        main.compile_model(torch.nn.Linear(2, 2), torch.device("cpu"))
+    with pytest.raises(launch.StartError, match="needs a C\\+\\+ compiler"):
+        launch.compile_model(torch.nn.Linear(2, 2), torch.device("cpu"))
 
 
 def test_compiled_training_matches_eager_and_saves_clean_keys(cifar10_root, tmp_path):
@@ -94,8 +95,8 @@ PAGE_FAULTS_PER_STEP = """
 import resource, sys
 import torch
 sys.path.insert(0, sys.argv[1])
-import main, models
-print(main.configure_host_allocator(sys.argv[2]))
+import launch, models
+print(launch.configure_host_allocator(sys.argv[2]))
 torch.manual_seed(0)
 model = models.create("resnet", 18, "imagenet").to(memory_format=torch.channels_last)
 images = torch.randn(16, 3, 64, 64).contiguous(memory_format=torch.channels_last)
@@ -136,7 +137,7 @@ def test_the_host_allocator_is_set_before_any_data_is_loaded(monkeypatch):
         calls.append("loaders")
         raise Stop
 
-    monkeypatch.setattr(main, "configure_host_allocator", lambda mode: calls.append(mode))
+    monkeypatch.setattr(launch, "configure_host_allocator", lambda mode: calls.append(mode))
     monkeypatch.setattr(main.datasets, "create_loaders", no_loaders)
     parsed = main.options.parse(["-dataset", "cifar10", "-nGPU", "0", "-netType", "resnet"])
     with pytest.raises(Stop):
