@@ -247,15 +247,17 @@ class EpochLoop:
         """Samples in an epoch's order."""
         return len(self.train_loader.dataset)
 
-    def save(self, epoch: int, iteration: int = 0, is_best: bool = False) -> None:
-        """Checkpoint after `epoch` (iteration 0) or after an iteration inside it; only
-        rank 0 writes (every rank holds the same weights)."""
+    def save(self, epoch: int, iteration: int = 0, is_best: bool = False, sums=False) -> None:
+        """Checkpoint after `epoch` (iteration 0) or after an iteration inside it, with the
+        epoch's training sums so far when `sums` (a collective: every process calls it at
+        the same iteration); only rank 0 writes (every rank holds the same weights)."""
         state = {"rng": launch.rng_state(), "scaler": self.trainer.scaler.state_dict()}
         samples = 0
-        if iteration:  # where in the epoch, and its training sums so far (all processes)
+        if iteration:  # where in the epoch's order
             first_iteration, first_sample = self.position
             samples = first_sample + (iteration - first_iteration) * self.opts.batchSize
             samples = min(samples, self.epoch_size())
+        if sums:
             state["epochSums"] = self.trainer.all_processes(self.trainer.sums.snapshot())
         if self.processes.rank != 0:
             return
@@ -272,7 +274,7 @@ class EpochLoop:
         every, stopping = self.opts.checkpointEvery, self.stop.agreed()
         if stopping or (every and iteration % every == 0):
             self.trainer.check_finite()  # never checkpoint weights a NaN has reached
-            self.save(epoch, iteration)
+            self.save(epoch, iteration, sums=True)
         if stopping:
             raise train.Interrupted(f"at epoch {epoch}, iteration {iteration}")
 
@@ -282,6 +284,8 @@ class EpochLoop:
         first, self.resume_sample = self.resume_sample, 0
         sums, self.resume_sums = self.resume_sums, None
         self.position = (first // self.opts.batchSize, first)
+        if first >= self.epoch_size():  # trained before a stop during its test: test it
+            return max(1, -(-first // self.opts.batchSize))
         if first % self.opts.batchSize:
             print(f"=> Resuming epoch {epoch} at image {first} (a checkpoint written with"
                   f" another -batchSize)")  # fmt: skip

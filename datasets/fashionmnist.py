@@ -13,7 +13,6 @@ import struct
 import zlib
 
 import torch
-import torchvision
 
 from datasets.cifar import ArrayImageDataset, DataError, check_labels, small_image_transform
 
@@ -89,6 +88,8 @@ def read_split(root: str, split: str) -> tuple[torch.Tensor, torch.Tensor]:
 def download(gen: str) -> str:
     """Download the files into <gen>/FashionMNIST/raw through torchvision, or explain
     where they go."""
+    import torchvision  # only to download
+
     print(f"=> Downloading Fashion-MNIST into {gen}")
     try:
         torchvision.datasets.FashionMNIST(gen, train=True, download=True)

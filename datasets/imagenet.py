@@ -15,7 +15,6 @@ from typing import NamedTuple
 import torch
 from PIL import Image, UnidentifiedImageError
 from torch.utils.data import default_collate
-from torchvision.io import ImageReadMode, decode_jpeg, encode_jpeg
 
 from datasets import photometric
 from datasets import transforms as T
@@ -316,6 +315,8 @@ class ValSample(FolderSample):
 def decode_jpegs(images: list[Encoded], device: torch.device, skip_corrupt: bool) -> list:
     """Decoded RGB pixels on device for each JPEG (None for an unreadable one when
     skipping), all at once, or one by one to find and name an unreadable file."""
+    from torchvision.io import ImageReadMode, decode_jpeg  # only when decoding on the device
+
     datas = [image.data for image in images]
     try:
         return decode_jpeg(datas, mode=ImageReadMode.RGB, device=device)
@@ -352,6 +353,8 @@ def decode_batch(images: list, device: torch.device, skip_corrupt: bool = False)
 
 def check_device_decoding(device: torch.device) -> None:
     """Decode a tiny JPEG on device, or raise DataError saying that it cannot."""
+    from torchvision.io import decode_jpeg, encode_jpeg
+
     tiny = encode_jpeg(torch.zeros(3, 8, 8, dtype=torch.uint8))
     try:
         decode_jpeg(tiny, device=device)

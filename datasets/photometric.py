@@ -12,7 +12,6 @@ Flipping before the colour steps changes nothing: they are the same at every pix
 from collections.abc import Iterator, Sequence
 
 import torch
-from torchvision.transforms.v2 import functional as TF
 
 from datasets import transforms as T
 
@@ -106,7 +105,8 @@ class DeviceFinishing:
         c = self.constants
         images = images.to(self.device, non_blocking=True)
         if draws.shape[-1] == 0:
-            return standardise(TF.to_dtype(images, torch.float32, scale=True), c["mean"], c["std"])
+            floats = T.vision().to_dtype(images, torch.float32, scale=True)
+            return standardise(floats, c["mean"], c["std"])
         draws = draws.to(self.device, non_blocking=True)
         images = images.float()  # 0..255; the 1 / 255 of ToFloat is folded into the map
         channel_means = images.mean((2, 3)) / 255

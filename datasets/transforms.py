@@ -13,11 +13,19 @@ import math
 from collections.abc import Callable, Sequence
 
 import torch
-from torchvision.transforms.v2 import functional as TF
 
 Generator = torch.Generator | None
 Transform = Callable[..., torch.Tensor]
-BICUBIC = TF.InterpolationMode.BICUBIC
+
+
+def vision():
+    """torchvision's v2 functional transforms, imported on first use: importing torchvision
+    takes about 2 s (it loads torch._dynamo), which the in-memory datasets never need."""
+    from torchvision.transforms.v2 import functional
+
+    return functional
+
+
 GRAY_WEIGHTS = (0.299, 0.587, 0.114)  # the Lua's grayscale, not torchvision's 0.2989
 
 
@@ -63,7 +71,9 @@ def scaled_size(width: int, height: int, size: int) -> tuple[int, int]:
 
 def resize(image: torch.Tensor, width: int, height: int) -> torch.Tensor:
     """Antialiased bicubic resize of a C x H x W tensor (uint8 stays uint8)."""
-    return TF.resize(image, [height, width], interpolation=BICUBIC, antialias=True)
+    TF = vision()
+    return TF.resize(image, [height, width], interpolation=TF.InterpolationMode.BICUBIC,
+                     antialias=True)  # fmt: skip
 
 
 class Scale:
@@ -172,7 +182,9 @@ class RandomSizedCrop:
             return CenterCrop(self.size)(Scale(self.size)(image))
         x1, y1, w, h = box
         size = [self.size, self.size]
-        return TF.resized_crop(image, y1, x1, h, w, size, interpolation=BICUBIC, antialias=True)
+        TF = vision()
+        bicubic = TF.InterpolationMode.BICUBIC
+        return TF.resized_crop(image, y1, x1, h, w, size, interpolation=bicubic, antialias=True)
 
 
 def grayscale(image: torch.Tensor) -> torch.Tensor:
@@ -224,4 +236,4 @@ class ToFloat:
     """uint8 tensor -> float in [0, 1]."""
 
     def __call__(self, image: torch.Tensor, generator: Generator = None) -> torch.Tensor:
-        return TF.to_dtype(image, torch.float32, scale=True)
+        return vision().to_dtype(image, torch.float32, scale=True)

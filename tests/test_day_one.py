@@ -98,6 +98,22 @@ def test_resume_without_latest_but_with_model_files_is_refused(finished_run, tmp
     assert snapshot(copy) == before
 
 
+def test_an_epoch_trained_but_not_tested_is_tested_on_resume_not_retrained(finished_run,
+                                                                          tmp_path):  # fmt: skip
+    """A stop during validation saves epoch e at its last iteration, all samples used."""
+    save, argv = finished_run
+    copy = tmp_path / "copy"
+    shutil.copytree(save, copy)
+    record = torch.load(copy / "latest.pth", weights_only=True)
+    torch.save({**record, "iteration": 5, "samples": 20}, copy / "latest.pth")
+    lines_before = len(open(copy / "metrics.jsonl").readlines())
+    done = run_main(*argv(copy, f"-resume {copy}"))
+    assert done.returncode == 0, done.stderr
+    assert "Training epoch" not in done.stdout and " * Finished epoch # 2 " in done.stdout
+    records = [json.loads(line) for line in open(copy / "metrics.jsonl")][lines_before:]
+    assert {r["split"] for r in records} == {"val"}  # no second, empty training summary
+
+
 def test_a_latest_pth_without_an_epoch_is_one_line(finished_run, tmp_path):
     save, argv = finished_run
     copy = tmp_path / "copy"
@@ -198,7 +214,7 @@ def test_a_mid_epoch_resume_keeps_the_epoch_summary_and_takes_another_batch_size
                *small_cifar_args(cifar10_root, killed, flags)]  # fmt: skip
     assert subprocess.run(command, env=env, capture_output=True, timeout=TIMEOUT).returncode < 0
     assert checkpoints.latest(str(killed))["samples"] == 16
-    for batch, first_line in (("4", "[1][5/5]"), ("8", "[1][3/3]"), ("6", "[1][3/3]")):
+    for batch, first_line in (("4", "[1][5/5]"), ("6", "[1][3/3]")):
         save = tmp_path / f"resumed{batch}"
         shutil.copytree(killed, save)
         argv = small_cifar_args(cifar10_root, save, f"{flags} -resume {save}")
@@ -267,22 +283,30 @@ def test_retraining_a_1000_way_file_on_3_classes_warns_and_classify_still_names(
 ):
     import torchvision
 
+    import models
+
     torch.manual_seed(0)
     torch.save(torchvision.models.resnet18().state_dict(), tmp_path / "resnet18.pth")
-    flags = "-dataset imagenet -netType resnet -depth 18 -batchSize 8 -nEpochs 1 -nThreads 0"
+    flags = "-dataset imagenet -netType resnet -depth 18 -batchSize 8 -testOnly -nThreads 0"
     done = run_main(*flags.split(), "-data", jpeg_root, "-retrain", str(tmp_path / "resnet18.pth"),
-                    "-save", str(tmp_path / "save"), "-gen", str(tmp_path / "gen"))  # fmt: skip
+                    "-gen", str(tmp_path / "gen"))  # fmt: skip
     assert done.returncode == 0, done.stderr
     assert "=> warning: the network has 1000 outputs for 3 classes" in done.stdout
     assert "add -resetClassifier true" in done.stdout
+    # What such a run saves: 1000 outputs, the 3 class names of its folders.
+    model = models.create("resnet", 18, "imagenet", nClasses=1000)
+    arch = {"netType": "resnet", "depth": 18, "dataset": "imagenet", "nClasses": 1000}
+    record = checkpoints.model_record(model, 1, arch, ["Zebra", "apple", "banana"])
+    torch.save(record, tmp_path / "model_1.pth")
     apples = os.path.join(jpeg_root, "val", "apple")
     image = os.path.join(apples, sorted(os.listdir(apples))[0])
     classify = subprocess.run([sys.executable, os.path.join(ROOT, "scripts", "classify.py"),
-                               str(tmp_path / "save" / "model_1.pth"), image],
+                               str(tmp_path / "model_1.pth"), image],
                               capture_output=True, text=True, timeout=TIMEOUT)  # fmt: skip
     assert classify.returncode == 0, classify.stderr
-    rows = classify.stdout.splitlines()[1:6]
-    assert len(rows) == 5 and all("\t" in row for row in rows)
+    rows = [row.split("\t") for row in classify.stdout.splitlines()[1:6]]
+    assert len(rows) == 5 and all(name.startswith("output ") or name in record["classes"]
+                                  for _, name in rows)  # fmt: skip
 
 
 def test_a_torchvision_file_of_another_depth_names_the_flags_that_fit(tmp_path):
@@ -301,3 +325,21 @@ def test_a_torchvision_file_of_another_depth_names_the_flags_that_fit(tmp_path):
         assert "\n" not in message and len(message) < 400, message
         assert message.startswith("the weights in file.pth do not fit this network (")
         assert message.endswith(f"it fits {flags}")
+
+
+def test_a_write_error_in_a_helper_thread_prints_no_traceback():
+    """TensorBoard's writer thread on a full disk: the main thread reports it in one line."""
+    script = (
+        "import sys, threading; sys.path.insert(0, sys.argv[1]); import launch\n"
+        "def fail(error):\n"
+        "    raise error\n"
+        "launch.quiet_thread_write_errors()\n"
+        "for error in (OSError(28, 'No space left on device'), ZeroDivisionError('other')):\n"
+        "    thread = threading.Thread(target=fail, args=(error,))\n"
+        "    thread.start()\n"
+        "    thread.join()\n"
+    )
+    done = subprocess.run([sys.executable, "-c", script, ROOT], capture_output=True, text=True,
+                          timeout=TIMEOUT)  # fmt: skip
+    assert done.returncode == 0
+    assert "No space left" not in done.stderr and "ZeroDivisionError: other" in done.stderr
