@@ -32,6 +32,12 @@ def snapshot(folder) -> dict:
     return found
 
 
+def run_script(script: str, *argv: str) -> subprocess.CompletedProcess:
+    """python -c script ROOT argv, with its text output."""
+    command = [sys.executable, "-c", script, ROOT, *argv]
+    return subprocess.run(command, capture_output=True, text=True, timeout=TIMEOUT)
+
+
 def one_error_line(done, *fragments) -> str:
     """The run failed with exit 2 and one 'error:' line holding every fragment."""
     lines = done.stderr.strip().splitlines()
@@ -236,8 +242,7 @@ def test_a_second_stop_request_ends_the_process_at_once(tmp_path):
         "os.kill(os.getpid(), signal.SIGTERM)\n"
         "print('still running')\n"
     )
-    done = subprocess.run([sys.executable, "-c", script, ROOT], capture_output=True, text=True,
-                          timeout=TIMEOUT)  # fmt: skip
+    done = run_script(script)
     assert done.returncode == -signal.SIGTERM
     assert done.stdout == "first request remembered\n"
     assert "SIGTERM again: stopping at once, without saving" in done.stderr
@@ -255,9 +260,8 @@ def test_ctrl_c_while_the_image_index_is_built_is_one_line(jpeg_root, tmp_path):
         "sys.exit(main.main(sys.argv[2:]))\n"
     )
     flags = "-dataset imagenet -netType resnet -depth 18 -nEpochs 1 -nThreads 0"
-    done = subprocess.run([sys.executable, "-c", script, ROOT, *flags.split(), "-data", jpeg_root,
-                           "-save", str(tmp_path / "save"), "-gen", str(tmp_path / "gen")],
-                          capture_output=True, text=True, timeout=TIMEOUT)  # fmt: skip
+    done = run_script(script, *flags.split(), "-data", jpeg_root, "-save", str(tmp_path / "save"),
+                      "-gen", str(tmp_path / "gen"))  # fmt: skip
     assert done.returncode == 128 + signal.SIGINT
     assert done.stderr.strip() == "=> Stopped by SIGINT while loading the data; nothing was saved"
     assert not (tmp_path / "save").exists()
@@ -339,7 +343,6 @@ def test_a_write_error_in_a_helper_thread_prints_no_traceback():
         "    thread.start()\n"
         "    thread.join()\n"
     )
-    done = subprocess.run([sys.executable, "-c", script, ROOT], capture_output=True, text=True,
-                          timeout=TIMEOUT)  # fmt: skip
+    done = run_script(script)
     assert done.returncode == 0
     assert "No space left" not in done.stderr and "ZeroDivisionError: other" in done.stderr
