@@ -408,3 +408,23 @@ def test_a_fast_loader_or_a_short_epoch_gets_no_input_bound_warning():
     trainer.train(1, data)  # 60 batches already in memory
     trainer.train(2, SlowLoader(10))  # too short to tell start-up from a slow loader
     assert not any("input-bound" in line for line in lines)
+
+
+def test_a_stop_while_testing_says_so_in_words():
+    images, labels = torch.randn(8, 3, 4, 4), torch.tensor([0, 1, 2, 0] * 2)
+    trainer = make_trainer(Memorizer(), [])
+    with pytest.raises(train.Interrupted) as caught:
+        trainer.test(3, batches(images, labels, 4), stop=lambda: True)
+    assert str(caught.value) == "while testing epoch 3"  # "Stopped by SIGTERM while testing ..."
+
+
+def test_records_create_nothing_before_the_first_record(tmp_path):
+    opened = []
+    folder = tmp_path / "save"
+    records = train.RunRecords(str(folder), 10, before_first_write=lambda: opened.append(1) or
+                               folder.mkdir())  # fmt: skip
+    assert not folder.exists() and opened == []
+    records({"epoch": 1, "iter": None, "split": "val", "top1": 1.0, "top5": 0.0})
+    records({"epoch": 2, "iter": None, "split": "val", "top1": 1.0, "top5": 0.0})
+    records.close()
+    assert opened == [1] and sorted(os.listdir(folder)) == ["metrics.jsonl", "tb"]
