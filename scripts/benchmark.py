@@ -1,4 +1,5 @@
-"""Training speed on this machine, as ratios measured in one run (PERF.md's targets).
+"""Training speed on this machine, as ratios measured in one run, each printed beside the
+project's target for it (docs/performance.md gives the targets and measured results).
 
   python scripts/benchmark.py [--model resnet20|resnet18|resnext50] [--batch N] [--steps N]
                               [--rounds N]

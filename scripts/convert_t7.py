@@ -4,14 +4,15 @@ released models) into this tool's model file:
     python scripts/convert_t7.py IN.t7 OUT.pth [-netType resnet] [-depth 50] [-dataset imagenet]
                                  [-cardinality 1] [-baseWidth 64] [-shortcutType B] [-classes FILE]
 
-The .t7 is read with the torchfile package (pip install torchfile). Its nn.Sequential (LUA_SPEC
-section 2.7) is walked depth first; the convolutions, batch normalisations and the final
-Linear are matched in order to the network the flags describe (the Lua's defaults; -depth and
--netType as trained), shape by shape, and the result is checked to load strictly. The
-released ResNet-18/34/50 have no BN after the projection shortcut's convolution: that BN
-becomes the identity. Other layouts (a BN after the addition, as LUA_SPEC notes of the
-released ResNet-50) are refused with the first mismatch named. -classes: a text file with
-one class name per line (else none stored).
+The .t7 is read with the torchfile package (pip install torchfile). Its nn.Sequential
+(built in the Lua's order: the stem, then each block's convolutions, batch normalisations
+and shortcut, then the classifier) is walked depth first; the convolutions, batch
+normalisations and the final Linear are matched in order to the network the flags describe
+(the Lua's defaults; -depth and -netType as trained), shape by shape, and the result is
+checked to load strictly. The released ResNet-18/34/50 have no BN after the projection
+shortcut's convolution: that BN becomes the identity. Other layouts (a BN after the
+addition, as in the released ResNet-50) are refused with the first mismatch named.
+-classes: a text file with one class name per line (else none stored).
 """
 
 import argparse

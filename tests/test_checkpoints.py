@@ -1,4 +1,4 @@
-"""checkpoints.py against LUA_SPEC.md section 5, with PyTorch files."""
+"""checkpoints.py against the Lua's checkpoints.lua semantics, with PyTorch files."""
 
 import os
 import pickle

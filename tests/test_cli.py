@@ -1,4 +1,4 @@
-"""End to end: python main.py on real images, as a user runs it (LUA_SPEC.md sections 4, 5)."""
+"""End to end: python main.py on real images, as a user runs it (the Lua's training loop and checkpoints)."""
 
 import json
 import os

@@ -1,5 +1,5 @@
 """scripts/convert_t7.py on Torch7 streams built in fb.resnet.torch's nn.Sequential layout
-(LUA_SPEC.md section 2.7) by tests/torch7.py: same logits after conversion, old-nn quirks
+(the Lua's construction order) by tests/torch7.py: same logits after conversion, old-nn quirks
 read, networks of another layout refused with the mismatch named."""
 
 import os
@@ -135,7 +135,7 @@ def test_a_converted_t7_gives_the_same_logits(tmp_path, arch, flags, old_nn):
 
 
 def test_released_models_without_a_shortcut_bn_convert_with_an_identity_bn(tmp_path):
-    """fb's released ResNet-18/34/50 have no BN after the projection shortcut (LUA_SPEC 2.7)."""
+    """fb's released ResNet-18/34/50 have no BN after the projection shortcut."""
     model = trained_like(models.create("resnet", 18, "imagenet"))
     for block in (model.layer2[0], model.layer3[0], model.layer4[0]):
         bn = block.shortcut[1]

@@ -1,4 +1,4 @@
-"""datasets/ against LUA_SPEC.md section 3, on real images in the real on-disk formats."""
+"""datasets/ against the Lua's data pipeline (datasets/*.lua, transforms.lua), on real images in the real on-disk formats."""
 
 import json
 import os

@@ -1,4 +1,4 @@
-"""Models against LUA_SPEC.md section 2: structure, goldens, equivalences, errors."""
+"""Models against the Lua's models/*.lua: structure, goldens, equivalences, errors."""
 
 import pytest
 import torch

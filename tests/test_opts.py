@@ -1,4 +1,4 @@
-"""opts.py against LUA_SPEC.md section 1: names, types, defaults, validation."""
+"""opts.py against the Lua's opts.lua: names, types, defaults, validation."""
 
 import re
 import subprocess

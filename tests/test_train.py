@@ -1,4 +1,4 @@
-"""train.py against LUA_SPEC.md section 4: schedules, scores, the loop and its lines."""
+"""train.py against the Lua's train.lua: schedules, scores, the loop and its lines."""
 
 import json
 import os
