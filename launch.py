@@ -180,6 +180,7 @@ class StopRequest:
         self.processes = processes or Processes()
         self.deferred = False
         self.doing = "starting"  # what a stop before training interrupts, for the message
+        self.previous = {}  # the handlers install replaced, by signal
 
     def agreed(self) -> bool:
         """Whether any process was asked to stop (a small all-reduce when distributed)."""
@@ -198,8 +199,9 @@ class StopRequest:
 
     def restore(self) -> None:
         """Put back the handlers that install replaced."""
-        for number, handler in getattr(self, "previous", {}).items():
+        for number, handler in self.previous.items():
             signal.signal(number, handler)
+        self.previous = {}
 
     def handle(self, number, _frame) -> None:
         if self.signal_number is not None:  # asked twice: end now, by the signal itself

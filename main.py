@@ -161,10 +161,15 @@ def make_optimizer(model: nn.Module, opts, checkpoint) -> torch.optim.Optimizer:
     return optimizer
 
 
+def options_record(opts, arch: dict) -> dict:
+    """The resolved options and the network, as opts.json and TensorBoard keep them (the
+    parser's list of the flags given is not an option)."""
+    return {**{k: v for k, v in vars(opts).items() if k != "given"}, "arch": arch}
+
+
 def write_options(opts, arch: dict) -> None:
     """Write the resolved options to <save>/opts.json."""
-    options = {k: v for k, v in vars(opts).items() if k != "given"}
-    text = json.dumps({**options, "arch": arch}, indent=2)
+    text = json.dumps(options_record(opts, arch), indent=2)
     checkpoints.atomic_write(os.path.join(opts.save, "opts.json"), lambda f: f.write(text.encode()))
 
 
@@ -482,7 +487,7 @@ def train_or_test(opts, device, loaders, sources, processes: Processes, stop) ->
     if processes.rank == 0:
         print(f"=> Saving checkpoints and records in {os.path.abspath(opts.save)}")
         records = train.RunRecords(opts.save, len(loaders[0]), tensorboard=opts.tensorboard,
-                                   options={**vars(opts), "arch": arch},
+                                   options=options_record(opts, arch),
                                    before_first_write=run_folder)  # fmt: skip
     trainer = make_trainer(opts, model, device, checkpoint, processes.world,
                            train.Progress(record=records, **shown))  # fmt: skip

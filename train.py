@@ -489,8 +489,8 @@ class RunRecords:
     def __init__(self, folder: str, iterations_per_epoch: int, *, tensorboard: bool = True,
                  options: dict | None = None,
                  before_first_write: Callable[[], None] | None = None):  # fmt: skip
-        self.folder = folder
         self.path = os.path.join(folder, "metrics.jsonl")
+        self.tb_folder = os.path.join(folder, "tb")
         self.per_epoch = iterations_per_epoch
         self.started = time.time()
         self.tensorboard, self.options = tensorboard, options
@@ -508,11 +508,11 @@ class RunRecords:
             return
         from torch.utils.tensorboard import SummaryWriter  # only when asked for
 
-        with self.naming_errors(os.path.join(self.folder, "tb")):
-            self.writer = SummaryWriter(os.path.join(self.folder, "tb"))
+        with self.naming_errors(self.tb_folder):
+            self.writer = SummaryWriter(self.tb_folder)
             if self.options is not None:
-                options = {k: v for k, v in self.options.items() if k != "given"}
-                self.writer.add_text("options", f"```\n{json.dumps(options, indent=2)}\n```")
+                text = json.dumps(self.options, indent=2)
+                self.writer.add_text("options", f"```\n{text}\n```")
 
     @staticmethod
     @contextlib.contextmanager
@@ -532,7 +532,7 @@ class RunRecords:
         with self.naming_errors(self.path), open(self.path, "a") as handle:
             handle.write(json.dumps(record) + "\n")
         if self.writer is not None:
-            with self.naming_errors(os.path.join(self.folder, "tb")):
+            with self.naming_errors(self.tb_folder):
                 self.write_scalars(record)
 
     def write_scalars(self, record: dict) -> None:
@@ -551,5 +551,5 @@ class RunRecords:
     def close(self) -> None:
         """Flush and close the TensorBoard writer."""
         if self.writer is not None:
-            with self.naming_errors(os.path.join(self.folder, "tb")):
+            with self.naming_errors(self.tb_folder):
                 self.writer.close()

@@ -77,10 +77,10 @@ def small_image(image: Image.Image, dataset: str) -> torch.Tensor:
 def images_below(folder: str) -> list[str]:
     """The image files in folder and its subfolders (a class-per-folder tree), sorted."""
     found = []
-    for parent, folders, names in os.walk(folder):
+    for parent, folders, _ in os.walk(folder):
         folders.sort()
-        paths = (os.path.join(parent, n) for n in sorted(names) if imagenet.is_image(n))
-        found.extend(p for p in paths if os.path.isfile(p))  # no pipes or devices
+        names, _ = imagenet.image_files_in(parent)  # regular files only, as for training
+        found.extend(os.path.join(parent, name) for name in sorted(names))
     return found
 
 
