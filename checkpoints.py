@@ -43,9 +43,10 @@ def file_names(epoch: int, iteration: int = 0) -> tuple[str, str]:
 
 
 def unwrap(model: nn.Module) -> nn.Module:
-    """The bare model inside DataParallel / DistributedDataParallel / torch.compile wrappers."""
+    """The bare model inside wrappers: DataParallel, DistributedDataParallel and any other
+    that holds it as `.module`, and torch.compile's."""
     while True:
-        if isinstance(model, nn.DataParallel | nn.parallel.DistributedDataParallel):
+        if isinstance(getattr(model, "module", None), nn.Module):
             model = model.module
         elif hasattr(model, "_orig_mod"):
             model = model._orig_mod

@@ -6,6 +6,7 @@ import ctypes
 import os
 import platform
 import random
+import re
 import shutil
 import signal
 import sys
@@ -48,9 +49,64 @@ def quiet_thread_write_errors() -> Callable:
     return default
 
 
-def torchrun_world() -> int:
-    """The number of processes torchrun started for this job (1 without torchrun)."""
-    return int(os.environ.get("WORLD_SIZE", "1"))
+class PeerFailed(Exception):
+    """Another process of the job failed (it reports why); rank 0 says so, the others
+    end quietly."""
+
+    def __init__(self, message: str, rank: int = 0):
+        super().__init__(message)
+        self.rank = rank
+
+
+class Job(NamedTuple):
+    """Where this process is in its job, as its launcher says (one process without one)."""
+
+    rank: int = 0
+    world: int = 1
+    local_rank: int = 0
+    address: str | None = None  # rank 0's host and port, when the launcher is srun
+    port: int | None = None
+    launcher: str = ""
+
+
+def first_host(nodelist: str) -> str:
+    """The first host of a Slurm node list: 'gpu[07-09,12],cpu1' -> 'gpu07'."""
+    depth, end = 0, len(nodelist)
+    for position, char in enumerate(nodelist):
+        depth += (char == "[") - (char == "]")
+        if char == "," and depth == 0:
+            end = position
+            break
+    return re.sub(r"\[([^]]*)\]", lambda group: re.split("[,-]", group[1])[0], nodelist[:end])
+
+
+def job_environment(environ=os.environ) -> Job:
+    """This process's job: torchrun's RANK / WORLD_SIZE / LOCAL_RANK, else the tasks of an
+    srun step (SLURM_PROCID / SLURM_STEP_NUM_TASKS / SLURM_LOCALID; rank 0 on the step's
+    first node, port from the job id unless MASTER_ADDR / MASTER_PORT say otherwise). A
+    batch script's own process (SLURM_NTASKS but no step) is one process."""
+    if "WORLD_SIZE" in environ:
+        return Job(int(environ.get("RANK", "0")), int(environ["WORLD_SIZE"]),
+                   int(environ.get("LOCAL_RANK", "0")), launcher="torchrun")  # fmt: skip
+    tasks = environ.get("SLURM_STEP_NUM_TASKS")
+    if tasks is None and "SLURM_STEP_ID" in environ:
+        tasks = environ.get("SLURM_NTASKS")
+    if tasks is None or int(tasks) <= 1:
+        return Job()
+    nodes = next((environ[k] for k in ("SLURM_STEP_NODELIST", "SLURM_JOB_NODELIST",
+                                      "SLURM_NODELIST") if environ.get(k)), None)  # fmt: skip
+    address = environ.get("MASTER_ADDR") or (first_host(nodes) if nodes else None)
+    if address is None:
+        raise StartError("srun started this job without a node list: set MASTER_ADDR to the"
+                         " host of task 0")  # fmt: skip
+    port = environ.get("MASTER_PORT") or 12000 + int(environ.get("SLURM_JOB_ID", "0")) % 20000
+    return Job(int(environ["SLURM_PROCID"]), int(tasks), int(environ.get("SLURM_LOCALID", "0")),
+               address, int(port), "srun")  # fmt: skip
+
+
+def world_size() -> int:
+    """The number of processes of this job (torchrun's or srun's; 1 without them)."""
+    return job_environment().world
 
 
 def uses_gpus(n_gpu: int) -> bool:
@@ -58,25 +114,52 @@ def uses_gpus(n_gpu: int) -> bool:
     return n_gpu > 0 and torch.cuda.is_available()
 
 
-def start_processes(n_gpu: int) -> Processes:
-    """Join the process group torchrun describes in the environment: nccl with one GPU per
-    process, gloo on CPUs. Without torchrun (or WORLD_SIZE 1): one process."""
-    world = torchrun_world()
-    if world <= 1:
+def start_processes(n_gpu: int, job: Job | None = None) -> Processes:
+    """Join the process group of this job (torchrun's or srun's): nccl with one GPU per
+    process, gloo on CPUs. Alone (or in a job of one process): nothing to join."""
+    job = job or job_environment()
+    if job.world <= 1:
         return Processes()
-    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
     on_gpus = uses_gpus(n_gpu)
     if on_gpus:
-        torch.cuda.set_device(local_rank)
+        torch.cuda.set_device(job.local_rank)
+    where = {"init_method": "env://"}
+    if job.launcher == "srun":
+        where = {"init_method": f"tcp://{job.address}:{job.port}", "rank": job.rank,
+                 "world_size": job.world}  # fmt: skip
     # A peer that died makes collectives fail after this long instead of waiting forever.
-    dist.init_process_group("nccl" if on_gpus else "gloo", timeout=timedelta(minutes=5))
+    dist.init_process_group("nccl" if on_gpus else "gloo", timeout=timedelta(minutes=5), **where)
     control = dist.new_group(backend="gloo") if on_gpus else None
     if dist.get_rank() != 0:
         sys.stdout = open(os.devnull, "w")  # noqa: SIM115 - only rank 0 prints
     else:
-        where = "GPU" if on_gpus else "CPU"
-        print(f"=> Distributed: {world} processes, one {where} each ({dist.get_backend()})")
-    return Processes(dist.get_rank(), world, local_rank, control)
+        device = "GPU" if on_gpus else "CPU"
+        print(f"=> Distributed: {job.world} processes, one {device} each ({dist.get_backend()},"
+              f" started by {job.launcher})")  # fmt: skip
+    return Processes(dist.get_rank(), job.world, job.local_rank, control)
+
+
+def any_process(flag: bool, processes: Processes) -> bool:
+    """Whether flag is true in any process of the run (a small CPU all-reduce)."""
+    if processes.world == 1:
+        return flag
+    value = torch.tensor([int(flag)])
+    dist.all_reduce(value, op=dist.ReduceOp.MAX, group=processes.control)
+    return bool(value.item())
+
+
+def every_process(flag: bool, processes: Processes) -> bool:
+    """Whether flag is true in every process of the run (a small CPU all-reduce)."""
+    return not any_process(not flag, processes)
+
+
+def all_gathered(value, processes: Processes) -> list:
+    """value from every process, by rank (small picklable values)."""
+    if processes.world == 1:
+        return [value]
+    values = [None] * processes.world
+    dist.all_gather_object(values, value, group=processes.control)
+    return values
 
 
 def select_device(n_gpu: int, processes: Processes | None = None) -> torch.device:
@@ -95,14 +178,16 @@ def select_device(n_gpu: int, processes: Processes | None = None) -> torch.devic
     return torch.device("cpu")
 
 
-def configure_backends(cudnn_mode: str) -> None:
-    """The Lua's -cudnn fastest | default | deterministic."""
+def configure_backends(cudnn_mode: str, environ=os.environ) -> None:
+    """The Lua's -cudnn fastest | default | deterministic. Deterministic also makes cuBLAS
+    deterministic: its workspace setting is read when CUDA starts, so this runs before."""
     if cudnn_mode == "fastest":
         torch.backends.cudnn.benchmark = True
     elif cudnn_mode == "deterministic":
         torch.backends.cudnn.benchmark = False
         torch.backends.cudnn.deterministic = True
         torch.use_deterministic_algorithms(True, warn_only=True)
+        environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")  # a user's own value stays
 
 
 def configure_host_allocator(mode: str) -> bool:
@@ -142,22 +227,37 @@ def compile_model(model: nn.Module, device: torch.device) -> nn.Module:
     return torch.compile(model)
 
 
-def rng_state() -> dict:
-    """The generators' states a resumed run restores (torch CPU, CUDA, Python)."""
+def rng_state(devices: list[torch.device]) -> dict:
+    """The generators' states a resumed run restores: torch's CPU one, Python's, and the
+    CUDA one of each device this process computes on (in `devices`' order)."""
     state = {"torch": torch.get_rng_state(), "python": random.getstate()}
-    if torch.cuda.is_available():
-        state["cuda"] = torch.cuda.get_rng_state_all()
+    cuda = [device for device in devices if device.type == "cuda"]
+    if cuda:
+        state["cuda"] = [torch.cuda.get_rng_state(device) for device in cuda]
     return state
 
 
-def restore_rng_state(state: dict) -> None:
-    """Put back what rng_state() saved (parts absent on this machine are skipped)."""
+def restore_rng_state(saved, rank: int, devices: list[torch.device]) -> None:
+    """Put back what rng_state() saved for this rank (saved: one state per rank, or one
+    for all). What does not fit (more processes or GPUs than saved, fewer than saved)
+    keeps its -manualSeed start, and is said once; never an error."""
+    states = saved if isinstance(saved, list) else [saved]
+    if rank >= len(states):
+        print(f"=> The checkpoint holds the random generators of {len(states)} processes:"
+              " the others start from -manualSeed")  # fmt: skip
+        return
+    state = states[rank]
     if "torch" in state:
         torch.set_rng_state(state["torch"])
     if "python" in state:
         random.setstate(state["python"])
-    if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
+    cuda = [device for device in devices if device.type == "cuda"]
+    saved_cuda = state.get("cuda", [])
+    for device, device_state in zip(cuda, saved_cuda, strict=False):
+        torch.cuda.set_rng_state(device_state, device)
+    if cuda and len(saved_cuda) != len(cuda):
+        print(f"=> The checkpoint holds the random generators of {len(saved_cuda)} GPUs for"
+              f" the {len(cuda)} used now: the others start from -manualSeed")  # fmt: skip
 
 
 class Stopped(Exception):
@@ -171,8 +271,8 @@ class Stopped(Exception):
 class StopRequest:
     """SIGTERM / SIGINT handling from the start of a run. Before training (building the
     image index, loading, testing) a request stops at once (Stopped). Once `deferred` is
-    set, it is remembered so that training saves and stops between iterations; in a
-    distributed run, every process stops at the same iteration (agreed). A second request
+    set, it is remembered so that training (or testing) saves and stops between
+    iterations; in a distributed run, every process stops at the same iteration. A second request
     ends the process at once."""
 
     def __init__(self, processes: Processes | None = None):
@@ -182,13 +282,14 @@ class StopRequest:
         self.doing = "starting"  # what a stop before training interrupts, for the message
         self.previous = {}  # the handlers install replaced, by signal
 
-    def agreed(self) -> bool:
-        """Whether any process was asked to stop (a small all-reduce when distributed)."""
-        if self.processes.world == 1:
-            return self()
-        flag = torch.tensor([int(self())])
-        dist.all_reduce(flag, op=dist.ReduceOp.MAX, group=self.processes.control)
-        stopping = bool(flag.item())
+    def requested(self) -> bool:
+        """Whether this process was asked to stop."""
+        return self.signal_number is not None
+
+    def __call__(self) -> bool:
+        """Whether any process was asked to stop. In a distributed run every process asks
+        at the same point (a small all-reduce), so that all stop together."""
+        stopping = any_process(self.requested(), self.processes)
         if stopping and self.signal_number is None:
             self.signal_number = signal.SIGTERM  # another process got the signal
         return stopping
@@ -212,6 +313,3 @@ class StopRequest:
         self.signal_number = number
         if not self.deferred:
             raise Stopped(number, self.doing)
-
-    def __call__(self) -> bool:
-        return self.signal_number is not None

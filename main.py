@@ -7,6 +7,7 @@ import os
 import signal
 import sys
 import threading
+from functools import partial
 
 import torch
 import torch.distributed as dist
@@ -17,9 +18,9 @@ import datasets
 import launch
 import models
 import opts as options
+import parallel
 import train
 from launch import Processes, StartError
-from models import sync_batchnorm
 
 CHANNELS_LAST = {"channels_last": torch.channels_last, "contiguous": torch.contiguous_format}
 
@@ -223,10 +224,11 @@ class EpochLoop:
     """The Lua's epoch loop (train, test, remember the best top-1, save) made resumable:
     checkpoints every -checkpointEvery iterations and on SIGTERM / SIGINT."""
 
-    def __init__(self, opts, trainer, loaders, run_folder, checkpoint, stop, processes):
+    def __init__(self, opts, trainer, loaders, run_folder, checkpoint, stop, processes,
+                 devices):  # fmt: skip
         self.opts, self.trainer, self.run_folder = opts, trainer, run_folder
         self.train_loader, self.val_loader = loaders
-        self.processes, self.stop = processes, stop
+        self.processes, self.stop, self.devices = processes, stop, devices
         self.best = (math.inf, math.inf)
         self.epoch, self.resume_sample, self.resume_sums = opts.epochNumber, 0, None
         self.position = (0, 0)  # (iteration, sample) the epoch being trained started at
@@ -255,8 +257,10 @@ class EpochLoop:
     def save(self, epoch: int, iteration: int = 0, is_best: bool = False, sums=False) -> None:
         """Checkpoint after `epoch` (iteration 0) or after an iteration inside it, with the
         epoch's training sums so far when `sums` (a collective: every process calls it at
-        the same iteration); only rank 0 writes (every rank holds the same weights)."""
-        state = {"rng": launch.rng_state(), "scaler": self.trainer.scaler.state_dict()}
+        the same iteration, as every process calls it); only rank 0 writes (every rank
+        holds the same weights), with the random generators of every rank."""
+        rng = launch.all_gathered(launch.rng_state(self.devices), self.processes)
+        state = {"rng": rng, "scaler": self.trainer.scaler.state_dict()}
         samples = 0
         if iteration:  # where in the epoch's order
             first_iteration, first_sample = self.position
@@ -276,7 +280,7 @@ class EpochLoop:
 
     def after_step(self, epoch: int, iteration: int) -> None:
         """Periodic and requested mid-epoch checkpoints."""
-        every, stopping = self.opts.checkpointEvery, self.stop.agreed()
+        every, stopping = self.opts.checkpointEvery, self.stop()
         if stopping or (every and iteration % every == 0):
             self.trainer.check_finite()  # never checkpoint weights a NaN has reached
             self.save(epoch, iteration, sums=True)
@@ -308,6 +312,7 @@ class EpochLoop:
         for epoch in range(self.epoch, self.opts.nEpochs + 1):
             last = self.train_epoch(epoch)
             precise_bn(self.opts, self.trainer, self.train_loader, epoch)
+            parallel.share_buffers(self.trainer.evaluated_model(), self.processes)
             datasets.set_epoch(self.val_loader, epoch)
             try:
                 top1, top5 = self.trainer.test(epoch, self.val_loader, stop=self.stop)
@@ -319,7 +324,7 @@ class EpochLoop:
                 self.best = (top1, top5)
                 print(" * Best model ", f"{top1:.14g}", f"{top5:.14g}", sep="\t")
             self.save(epoch, is_best=is_best)
-            if self.stop.agreed():
+            if self.stop():
                 raise train.Interrupted(f"after epoch {epoch}")
         print(f" * Finished top1: {self.best[0]:6.3f}  top5: {self.best[1]:6.3f}")
 
@@ -366,13 +371,14 @@ def run(opts) -> int:
 
 def run_started(opts, stop: launch.StopRequest) -> int:
     """run(), once stop requests are handled."""
-    world = launch.torchrun_world()
+    world = launch.world_size()
     if opts.batchSize % world:
         raise StartError(
             f"-batchSize {opts.batchSize} (the global batch) does not divide among {world}"
             f" processes; use a multiple of {world}"
         )
     check_save_folder(opts)
+    launch.configure_backends(opts.cudnn)  # before CUDA starts: cuBLAS reads its setting then
     processes = launch.start_processes(opts.nGPU)
     stop.processes = processes
     try:
@@ -382,8 +388,8 @@ def run_started(opts, stop: launch.StopRequest) -> int:
             dist.destroy_process_group()
 
 
-def load_checkpoint(opts) -> dict | None:
-    """The -resume checkpoint (its RNG state restored), or None to start from scratch."""
+def load_checkpoint(opts, rank: int, devices: list[torch.device]) -> dict | None:
+    """The -resume checkpoint (this rank's RNG states restored), or None to start afresh."""
     if opts.resume == "none":
         return None
     checkpoint = checkpoints.latest(opts.resume)
@@ -391,7 +397,7 @@ def load_checkpoint(opts) -> dict | None:
         print(f"=> No checkpoint in {opts.resume}: training starts from scratch")
         return None
     print(f"=> Loading checkpoint {os.path.join(opts.resume, checkpoints.LATEST)}")
-    launch.restore_rng_state(checkpoint["state"].get("rng", {}))
+    launch.restore_rng_state(checkpoint["state"].get("rng", {}), rank, devices)
     return checkpoint
 
 
@@ -399,41 +405,38 @@ def run_process(opts, processes: Processes, stop: launch.StopRequest) -> int:
     """Validate, build, then train or test."""
     device = launch.select_device(opts.nGPU, processes)
     launch.precision_settings(opts.precision, device)  # a bad combination fails before any work
-    launch.configure_backends(opts.cudnn)
+    parallel.check_compile(opts.compile, device, opts.nGPU, processes.world)
     launch.configure_host_allocator(opts.hostAllocator)  # before workers fork: they inherit it
     torch.manual_seed(opts.manualSeed)
     with torch.device("meta"):
         models.create(**{**models.arch_from_opts(opts), "nClasses": opts.nClasses or 1})
-    checkpoint = load_checkpoint(opts)
+    devices = parallel.devices_used(device, opts.nGPU, processes.world)
+    checkpoint = load_checkpoint(opts, processes.rank, devices)
     retrained = checkpoints.load_model_file(opts.retrain) if opts.retrain != "none" else None
     linear_scaling_note(opts)
     stop.doing = "loading the data"
-    loaders = datasets.create_loaders(opts, device, processes.rank, processes.world)
+    loaders = parallel.in_turns(
+        processes, lambda: datasets.create_loaders(opts, device, processes.rank, processes.world)
+    )
     try:
-        return train_or_test(opts, device, loaders, (checkpoint, retrained), processes, stop)
+        return train_or_test(opts, (device, devices), loaders, (checkpoint, retrained),
+                             processes, stop)  # fmt: skip
     finally:
         for loader in loaders:
             datasets.close(loader)
 
 
-def prepare_model(opts, model: nn.Module, device: torch.device, dtype, world: int) -> nn.Module:
-    """-optnet, then device, dtype and layout, then -syncBN and DistributedDataParallel
-    (torchrun) or DataParallel (-nGPU > 1), then -compile."""
+def prepare_model(opts, model: nn.Module, device: torch.device, world: int):
+    """-optnet, then device, dtype and layout, then the spread over devices and processes
+    (and -compile): (model to train, model to evaluate)."""
     if opts.shareGradInput or opts.optnet:
         print("=> Recomputing residual blocks in the backward pass to save memory (-optnet)")
         models.set_activation_checkpointing(model)
+    dtype, autocast_dtype = launch.precision_settings(opts.precision, device)
     model = model.to(device, dtype).to(memory_format=CHANNELS_LAST[opts.memoryFormat])
-    if world > 1:
-        if opts.syncBN:
-            print("=> Batch normalisation over the global batch (-syncBN)")
-            model = sync_batchnorm.convert(model)
-        ids = [device.index] if device.type == "cuda" else None
-        model = nn.parallel.DistributedDataParallel(model, device_ids=ids)
-    elif device.type == "cuda" and opts.nGPU > 1:
-        model = nn.DataParallel(model, device_ids=list(range(opts.nGPU)))
-    if opts.compile:
-        model = launch.compile_model(model, device)
-    return model
+    return parallel.spread_model(model, device, n_gpu=opts.nGPU, world=world,
+                                 autocast_dtype=autocast_dtype, sync_bn=opts.syncBN,
+                                 compile_model=opts.compile)  # fmt: skip
 
 
 def sum_over_processes(values: torch.Tensor) -> torch.Tensor:
@@ -442,14 +445,16 @@ def sum_over_processes(values: torch.Tensor) -> torch.Tensor:
     return values
 
 
-def make_trainer(opts, model, device, checkpoint, world: int, progress=None) -> train.Trainer:
+def make_trainer(opts, model, device, checkpoint, processes: Processes,
+                 progress=None) -> train.Trainer:  # fmt: skip
     """The Trainer for the options, with the optimizer and loss scale of -resume."""
     dtype, autocast_dtype = launch.precision_settings(opts.precision, device)
-    model = prepare_model(opts, model, device, dtype, world)
+    trained, evaluated = prepare_model(opts, model, device, processes.world)
+    distributed = processes.world > 1
     trainer = train.Trainer(
-        model,
+        trained,
         nn.CrossEntropyLoss(),
-        make_optimizer(model, opts, checkpoint),
+        make_optimizer(trained, opts, checkpoint),
         learning_rate_schedule(opts),
         device=device,
         n_crops=10 if opts.tenCrop else 1,
@@ -457,25 +462,32 @@ def make_trainer(opts, model, device, checkpoint, world: int, progress=None) -> 
         dtype=dtype,
         autocast_dtype=autocast_dtype,
         print_every=opts.printFreq,
-        reduce=sum_over_processes if world > 1 else None,
+        reduce=sum_over_processes if distributed else None,
         progress=progress,
+        evaluated=evaluated,
+        # With -skipCorrupt a process may get no readable image of a batch: every process
+        # then leaves that step out, so that their gradient all-reduces stay paired.
+        every_process=partial(launch.every_process, processes=processes)
+        if distributed and opts.skipCorrupt
+        else None,
     )
     if checkpoint and checkpoint["state"].get("scaler"):
         trainer.scaler.load_state_dict(checkpoint["state"]["scaler"])  # fp16 loss scale
     return trainer
 
 
-def train_or_test(opts, device, loaders, sources, processes: Processes, stop) -> int:
-    """Build the model and trainer on the loaders' classes (sources: the -resume checkpoint
-    and the -retrain file, or None), then train or test."""
-    checkpoint, retrained = sources
+def train_or_test(opts, devices, loaders, sources, processes: Processes, stop) -> int:
+    """Build the model and trainer on the loaders' classes (devices: the process's device
+    and all it uses; sources: the -resume checkpoint and the -retrain file, or None), then
+    train or test."""
+    (device, used), (checkpoint, retrained) = devices, sources
     classes = list(loaders[0].dataset.classes)
     model, arch = build_model(opts, classes, checkpoint, retrained)
     check_classes(model, classes)
     bar = sys.stdout.isatty()  # on a terminal: progress bars; else the Lua's lines
     shown = {"bar": bar, "top5": len(classes) > 5}  # top-5 of 5 classes or fewer says nothing
     if opts.testOnly:
-        trainer = make_trainer(opts, model, device, checkpoint, processes.world,
+        trainer = make_trainer(opts, model, device, checkpoint, processes,
                                train.Progress(**shown))  # fmt: skip
         stop.doing = "testing"
         precise_bn(opts, trainer, loaders[0], max(opts.epochNumber, 1))
@@ -489,9 +501,9 @@ def train_or_test(opts, device, loaders, sources, processes: Processes, stop) ->
         records = train.RunRecords(opts.save, len(loaders[0]), tensorboard=opts.tensorboard,
                                    options=options_record(opts, arch),
                                    before_first_write=run_folder)  # fmt: skip
-    trainer = make_trainer(opts, model, device, checkpoint, processes.world,
+    trainer = make_trainer(opts, model, device, checkpoint, processes,
                            train.Progress(record=records, **shown))  # fmt: skip
-    loop = EpochLoop(opts, trainer, loaders, run_folder, checkpoint, stop, processes)
+    loop = EpochLoop(opts, trainer, loaders, run_folder, checkpoint, stop, processes, used)
     try:
         loop.run()
     except train.Interrupted as exc:
@@ -540,6 +552,10 @@ def main(argv=None) -> int:
     sys.stdout.reconfigure(errors="backslashreplace")  # file names that are not UTF-8
     try:
         return run(options.parse(argv))
+    except launch.PeerFailed as exc:
+        if exc.rank == 0:  # the failed process gave its reason; once is enough
+            print(f"error: {exc}", file=sys.stderr)
+        return 1
     except (launch.Stopped, KeyboardInterrupt) as exc:
         number = getattr(exc, "signal_number", signal.SIGINT)
         doing = f" {exc}" if isinstance(exc, launch.Stopped) else ""
@@ -560,7 +576,7 @@ def main(argv=None) -> int:
             print(f"error: torch.compile failed ({one_line(exc)[:300]}); run without -compile",
                   file=sys.stderr)  # fmt: skip
             return 1
-        if not (isinstance(exc, dist.DistError) or launch.torchrun_world() > 1):
+        if not (isinstance(exc, dist.DistError) or launch.world_size() > 1):
             raise
         print(f"error: another process of this distributed job failed ({one_line(exc)[:300]});"
               " the checkpoints are intact: rerun with -resume", file=sys.stderr)  # fmt: skip

@@ -127,8 +127,11 @@ class Trainer:
         reduce: Callable[[torch.Tensor], torch.Tensor] | None = None,
         log: Callable[[str], None] = print,
         progress: "Progress | None" = None,
+        evaluated: nn.Module | None = None,
+        every_process: Callable[[bool], bool] | None = None,
     ):
         self.model = model
+        self.evaluated = model if evaluated is None else evaluated
         self.criterion = criterion
         self.optimizer = optimizer
         self.lr_at = lr_at
@@ -139,6 +142,7 @@ class Trainer:
         self.autocast_dtype = autocast_dtype
         self.print_every = print_every
         self.reduce = reduce  # sums a tensor over the processes of a distributed run
+        self.every_process = every_process  # whether a flag holds in every process
         self.progress = progress or Progress(log)
         self.sums = RunningSums(device)
         self.warned_input_bound = False
@@ -196,13 +200,13 @@ class Trainer:
         self.progress.say(f"=> Training epoch # {epoch}")
         self.model.train()
         self.sums = sums = RunningSums(self.device, totals)
-        clock, skipped, size = WindowClock(), 0, start + len(loader)
+        clock, skipped, size = WindowClock(), [0, 0], start + len(loader)
         self.progress.begin("train", epoch, size, start)
         with self.progress.closing_on_error():
             for n, batch in enumerate(loader, start + 1):
                 clock.batch_arrived()
-                skipped += skipped_in(batch)
-                if len(batch[1]) > 0:  # else every image of this batch was unreadable
+                skipped[0] += skipped_in(batch)
+                if self.takes_step(batch, skipped):
                     images, target = self.to_device(batch)
                     output, loss = self.step(images, target)
                     sums.add(count_wrong(output, target), loss, target.shape[0])
@@ -220,6 +224,16 @@ class Trainer:
                            "top5": top5, "lr": lr})  # fmt: skip
         return top1, top5, loss
 
+    def takes_step(self, batch: Batch, skipped: list[int]) -> bool:
+        """Whether this batch trains: when some of its images were readable, and when
+        every_process is given, in every process; else its readable images are counted in
+        skipped[1]."""
+        readable = len(batch[1]) > 0  # else every image of this batch was unreadable
+        if self.every_process is None or self.every_process(readable):
+            return readable
+        skipped[1] += len(batch[1])
+        return False
+
     def all_processes(self, totals: list[float]) -> list[float]:
         """Totals summed over the processes of a distributed run (as is, in one process)."""
         if self.reduce is None:
@@ -231,7 +245,7 @@ class Trainer:
         ImageNet numbers): every BatchNorm's running mean and variance become their plain
         average over the first `batches` batches of loader, weighted by images over the
         processes. Weights are untouched. Returns the images used, by all processes."""
-        model = self.evaluated_model()  # no DistributedDataParallel: it would broadcast buffers
+        model = self.evaluated_model()
         norms = [m for m in model.modules() if isinstance(m, BATCH_NORMS) and m.track_running_stats]
         momenta = [norm.momentum for norm in norms]
         for norm in norms:
@@ -264,11 +278,10 @@ class Trainer:
         return int(total[-1])
 
     def evaluated_model(self) -> nn.Module:
-        """The model to evaluate: unwrapped from DistributedDataParallel, whose forward may
-        communicate, while each process evaluates a different number of batches."""
-        if isinstance(self.model, nn.parallel.DistributedDataParallel):
-            return self.model.module
-        return self.model
+        """The model to evaluate (and to recompute BatchNorm statistics with): the trained
+        one, or the one given for it (in a distributed run, one whose forward does not
+        communicate, as processes evaluate different numbers of images)."""
+        return self.evaluated
 
     def print_train_line(self, epoch, n: int, size: int, clock: "WindowClock", lr) -> None:
         """The Lua's training line for the window ending at iteration n (a sync point)."""
@@ -307,21 +320,27 @@ class Trainer:
             " more loader workers (-nThreads), faster storage or -decodeOnDevice would help"
         )
 
-    def report_skipped(self, skipped: int) -> None:
-        """Say how many unreadable samples the loader dropped this pass."""
-        if skipped:
-            self.progress.say(f" | skipped {skipped} unreadable images")
+    def report_skipped(self, skipped: list[int]) -> None:
+        """Say how many unreadable samples the loaders of all processes dropped this pass,
+        and how many readable ones were left out with them (see takes_step)."""
+        unreadable, left_out = (int(n) for n in self.all_processes([float(n) for n in skipped]))
+        if unreadable:
+            self.progress.say(f" | skipped {unreadable} unreadable images")
+        if left_out:
+            self.progress.say(f" | left out {left_out} readable images of batches in which"
+                              " another process had none")  # fmt: skip
 
     @torch.no_grad()
     def test(
         self, epoch: int, loader: Iterable[Batch], *, stop: Callable[[], bool] | None = None
     ) -> tuple[float, float]:
         """Evaluate; per-image errors over the whole split, partial batches included.
-        Raises Interrupted between batches once stop() is true."""
+        Raises Interrupted between batches once stop() is true (a StopRequest: in a
+        distributed run, true in every process at the same batch)."""
         model = self.evaluated_model()
         model.eval()
         sums = RunningSums(self.device)
-        clock, skipped, size = WindowClock(), 0, len(loader)
+        clock, skipped, size = WindowClock(), [0, 0], len(loader)
         self.progress.begin("val", epoch, size, 0)
         with self.progress.closing_on_error():
             for n, batch in enumerate(loader, 1):
@@ -329,7 +348,7 @@ class Trainer:
                     model.train()
                     raise Interrupted(f"while testing epoch {epoch}")
                 clock.batch_arrived()
-                skipped += skipped_in(batch)
+                skipped[0] += skipped_in(batch)
                 if len(batch[1]) > 0:  # else every image of this batch was unreadable
                     images, target = self.to_device(batch)
                     output = self.forward(images, model).float()

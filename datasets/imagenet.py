@@ -5,6 +5,7 @@ index is cached as JSON in <gen>/<dataset>.json and rebuilt when -data changes, 
 Lua's imagenet-gen.lua cache was.
 """
 
+import io
 import itertools
 import json
 import os
@@ -248,6 +249,19 @@ class Encoded(NamedTuple):
     place: Callable[[torch.Tensor], torch.Tensor]
 
 
+def device_decodable(image: Image.Image) -> bool:
+    """Whether a device decoder (nvJPEG) decodes this opened image right: a baseline 8-bit
+    JPEG in colour (YCbCr) or grey. nvJPEG does not convert CMYK or YCCK (some 22 images
+    of ImageNet's train set are CMYK), so those, progressive and 12-bit JPEGs, and every
+    other format are decoded by the loader workers."""
+    return (
+        image.format == "JPEG"
+        and image.mode in ("RGB", "L")
+        and not image.info.get("progressive")
+        and getattr(image, "bits", 8) == 8
+    )
+
+
 class FolderSample:
     """Decode (in the worker, or leave a JPEG for the device) and place one image."""
 
@@ -257,7 +271,7 @@ class FolderSample:
 
     def decoded(self, image: Image.Image, place, reduce_by: float):
         """place(pixels), or an Encoded JPEG when decoding happens on the device."""
-        if self.on_device and image.format == "JPEG":
+        if self.on_device and device_decodable(image):
             with open(image.filename, "rb") as handle:
                 data = torch.frombuffer(bytearray(handle.read()), dtype=torch.uint8)
             return Encoded(image.filename, data, place)
@@ -313,24 +327,35 @@ class ValSample(FolderSample):
 
 
 def decode_jpegs(images: list[Encoded], device: torch.device, skip_corrupt: bool) -> list:
-    """Decoded RGB pixels on device for each JPEG (None for an unreadable one when
-    skipping), all at once, or one by one to find and name an unreadable file."""
-    from torchvision.io import ImageReadMode, decode_jpeg  # only when decoding on the device
+    """Decoded RGB pixels on device for each JPEG (TorchCodec; nvJPEG on CUDA), all at
+    once, or one by one when that fails: a JPEG the device decoder refuses is decoded by
+    PIL instead; an unreadable one is named, or None when skipping."""
+    from torchcodec.decoders import decode_jpeg  # only when decoding on the device
 
     datas = [image.data for image in images]
     try:
-        return decode_jpeg(datas, mode=ImageReadMode.RGB, device=device)
+        return decode_jpeg(datas, mode="RGB", device=device)
     except RuntimeError:
         pass
     decoded = []
     for image in images:
         try:
-            decoded.append(decode_jpeg(image.data, mode=ImageReadMode.RGB, device=device))
-        except RuntimeError as exc:
-            if not skip_corrupt:
-                raise DataError(f"cannot read image {image.path}: {exc}") from None
-            decoded.append(None)
+            decoded.append(decode_jpeg(image.data, mode="RGB", device=device))
+        except RuntimeError:
+            decoded.append(decoded_by_pil(image, device, skip_corrupt))
     return decoded
+
+
+def decoded_by_pil(image: Encoded, device: torch.device, skip_corrupt: bool):
+    """An encoded JPEG decoded by PIL and moved to device; None when unreadable and
+    skipping, else DataError naming it."""
+    try:
+        with Image.open(io.BytesIO(image.data.numpy().tobytes())) as opened:
+            return decode_rgb(opened).to(device)
+    except DECODE_ERRORS as exc:
+        if not skip_corrupt:
+            raise DataError(f"cannot read image {image.path}: {exc}") from None
+        return None
 
 
 def decode_batch(images: list, device: torch.device, skip_corrupt: bool = False):
@@ -352,15 +377,21 @@ def decode_batch(images: list, device: torch.device, skip_corrupt: bool = False)
 
 
 def check_device_decoding(device: torch.device) -> None:
-    """Decode a tiny JPEG on device, or raise DataError saying that it cannot."""
-    from torchvision.io import decode_jpeg, encode_jpeg
-
-    tiny = encode_jpeg(torch.zeros(3, 8, 8, dtype=torch.uint8))
+    """Decode a tiny JPEG on device, or raise DataError saying why it cannot."""
     try:
-        decode_jpeg(tiny, device=device)
-    except RuntimeError as exc:
+        from torchcodec.decoders import decode_jpeg
+    except ImportError as exc:
         raise DataError(
-            f"-decodeOnDevice true: this torchvision cannot decode JPEGs on {device} ({exc});"
+            f"-decodeOnDevice true needs TorchCodec ({exc}): pip install torchcodec, or run"
+            " without it"
+        ) from None
+    tiny = io.BytesIO()
+    Image.new("RGB", (8, 8)).save(tiny, "JPEG")
+    try:
+        decode_jpeg(tiny.getvalue(), device=device)
+    except (RuntimeError, ValueError) as exc:
+        raise DataError(
+            f"-decodeOnDevice true: TorchCodec cannot decode JPEGs on {device} ({exc});"
             " run without it"
         ) from None
 

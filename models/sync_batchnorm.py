@@ -19,8 +19,9 @@ class GlobalBatchNorm2d(nn.BatchNorm2d):
         if not self.training or not dist.is_initialized() or dist.get_world_size() == 1:
             return super().forward(x)
         channels = x.shape[1]
-        local = x.float()
-        count = torch.full((1,), local.numel() / channels, device=x.device)
+        # Statistics in float32 for half inputs, in the buffers' float64 for double ones.
+        local = x.to(torch.promote_types(x.dtype, self.running_mean.dtype))
+        count = torch.full((1,), local.numel() / channels, dtype=local.dtype, device=x.device)
         sums = dist_nn.all_reduce(torch.cat((local.sum((0, 2, 3)), count)))
         n = sums[-1]
         mean = sums[:channels] / n

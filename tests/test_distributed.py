@@ -53,7 +53,7 @@ def test_two_processes_with_sync_bn_train_the_weights_of_one(cifar10_root, one_p
     for name in single:
         torch.testing.assert_close(double[name], single[name], atol=1e-5, rtol=0, msg=name)
     assert done.stdout.count("=> Training epoch # 1") == 1  # rank 0 alone prints
-    assert "=> Distributed: 2 processes, one CPU each (gloo)" in done.stdout
+    assert "=> Distributed: 2 processes, one CPU each (gloo, started by torchrun)" in done.stdout
     assert sorted(os.listdir(tmp_path)) == sorted(os.listdir(one_process))
 
 

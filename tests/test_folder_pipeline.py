@@ -141,8 +141,7 @@ def test_the_loader_yields_finished_float_batches_and_counts_skips(jpeg_root, tm
 def epoch_of(jpeg_root, tmp_path, split, decode_on_device, skip_corrupt=False):
     dataset = imagenet.load(split, jpeg_root, str(tmp_path / "gen.json"), ten_crop=False,
                             skip_corrupt=skip_corrupt, decode_on_device=decode_on_device)  # fmt: skip
-    if not decode_on_device:
-        dataset.transform.draft = False  # the device decodes at full size
+    dataset.transform.draft = False  # the device decodes at full size; workers the same here
     loader = datasets.make_loader(dataset, 4, workers=0, seed=5, train=split == "train")
     finished = imagenet.finish_on(loader, "cpu", skip_corrupt)
     datasets.set_epoch(finished, 2)
@@ -152,7 +151,7 @@ def epoch_of(jpeg_root, tmp_path, split, decode_on_device, skip_corrupt=False):
 @pytest.mark.parametrize("split", ["train", "val"])
 def test_decoding_on_the_device_gives_the_workers_batches(jpeg_root, tmp_path, split):
     """-decodeOnDevice: workers send JPEG bytes and a crop plan; the device decodes
-    (torchvision.io.decode_jpeg, here on the CPU) and places: the same batches as decoding
+    (TorchCodec's decode_jpeg, here on the CPU) and places: the same batches as decoding
     in the workers, to the decoders' rounding."""
     on_device = epoch_of(jpeg_root, tmp_path, split, True)
     in_workers = epoch_of(jpeg_root, tmp_path, split, False)
@@ -175,9 +174,31 @@ def test_an_unreadable_jpeg_on_the_device_is_named_or_skipped(jpeg_root, tmp_pat
 
 
 def test_device_decoding_is_checked_before_training():
-    imagenet.check_device_decoding(torch.device("cpu"))  # torchvision decodes on the CPU
+    imagenet.check_device_decoding(torch.device("cpu"))  # TorchCodec decodes on the CPU
     if torch.cuda.is_available():
         imagenet.check_device_decoding(torch.device("cuda"))
     else:
         with pytest.raises(datasets.DataError, match="cannot decode JPEGs on cuda"):
             imagenet.check_device_decoding(torch.device("cuda"))
+
+
+@pytest.mark.parametrize(
+    ("mode", "options", "left_encoded"),
+    [("RGB", {}, True), ("L", {}, True), ("CMYK", {}, False),
+     ("RGB", {"progressive": True}, False)],
+)  # fmt: skip
+def test_only_jpegs_that_the_device_decodes_right_are_left_to_it(tmp_path, mode, options,
+                                                                 left_encoded):  # fmt: skip
+    """nvJPEG does not convert CMYK (ImageNet's train set has about 22 such JPEGs): those,
+    and progressive JPEGs, are decoded by the workers, the same as without the flag."""
+    path = tmp_path / "image.jpg"
+    Image.new(mode, (40, 30), (30, 120, 200, 10)[: len(mode)] if mode != "L" else 90).save(
+        path, "JPEG", **options
+    )
+    with Image.open(path) as image:
+        sample, _ = imagenet.ValSample(False, size=16, scale=20, on_device=True)(image)
+    assert isinstance(sample, imagenet.Encoded) == left_encoded
+    if not left_encoded:
+        with Image.open(path) as image:
+            in_worker, _ = imagenet.ValSample(False, size=16, scale=20, draft=False)(image)
+        assert torch.equal(sample, in_worker)
