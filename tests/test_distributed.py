@@ -2,6 +2,7 @@
 two "nodes" on one machine, and a dead rank ending the job (issue: many GPUs and machines)."""
 
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -189,3 +190,39 @@ def test_the_linear_scaling_rule_is_suggested_only_for_a_changed_batch(capsys, t
     main.linear_scaling_note(opts.parse([*flags.split(), "-data", str(tmp_path)]))
     out = capsys.readouterr().out
     assert (note in out and out.count("\n") == 1) if note else out == ""
+
+
+def errors_in(line: str) -> tuple[float, float]:
+    """(top1, top5) of a ' * Finished epoch' or ' * Results' line."""
+    numbers = re.findall(r"top[15]:\s+([\d.]+)", line)
+    return float(numbers[0]), float(numbers[1])
+
+
+def srun_task(rank: int, port: int) -> dict:
+    """The environment srun gives task `rank` of a two-task step on this host."""
+    outside = {k: v for k, v in os.environ.items() if not k.startswith(("SLURM_", "MASTER_"))}
+    return {**outside, "SLURM_PROCID": str(rank), "SLURM_LOCALID": str(rank),
+            "SLURM_NTASKS": "2", "SLURM_STEP_NUM_TASKS": "2", "SLURM_STEP_ID": "0",
+            "SLURM_JOB_ID": "4242", "SLURM_STEP_NODELIST": "localhost",
+            "MASTER_PORT": str(port)}  # fmt: skip
+
+
+def test_srun_tasks_train_together_and_report_the_error_of_the_saved_model(cifar10_root, tmp_path):
+    """Two srun tasks, each BatchNorm with its own statistics (no -syncBN): the error they
+    report after the epoch is that of the model rank 0 saved, tested alone."""
+    flags = cifar_flags(cifar10_root, tmp_path, "-nEpochs", "1", "-batchSize", "2")
+    port = free_port()
+    tasks = [subprocess.Popen([sys.executable, MAIN, *flags], stdout=subprocess.PIPE,
+                              stderr=subprocess.PIPE, text=True, env=srun_task(rank, port))
+             for rank in range(2)]  # fmt: skip
+    outputs = [task.communicate(timeout=TIMEOUT) for task in tasks]
+    assert [task.returncode for task in tasks] == [0, 0], outputs[0][1][-2000:] + outputs[1][1]
+    stdout = outputs[0][0]
+    assert "=> Distributed: 2 processes, one CPU each (gloo, started by srun)" in stdout
+    assert outputs[1][0] == ""  # rank 0 alone prints
+    finished = next(line for line in stdout.splitlines() if line.startswith(" * Finished epoch"))
+    alone = run([sys.executable, MAIN, *with_flags(flags, ["-testOnly", "true", "-resume",
+                                                           str(tmp_path)])])  # fmt: skip
+    assert errors_in(results_line(alone.stdout)) == errors_in(finished)
+    state = torch.load(tmp_path / "latest.pth", weights_only=True)["state"]
+    assert len(state["rng"]) == 2  # each process's generators
