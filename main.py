@@ -28,7 +28,7 @@ CHANNELS_LAST = {"channels_last": torch.channels_last, "contiguous": torch.conti
 def retrained_arch(opts, retrained: dict) -> dict:
     """The network of a -retrain file: as saved, else the flags' with the file's fc width."""
     if retrained.get("arch"):
-        return dict(retrained["arch"])
+        return models.complete_arch(retrained["arch"])
     fc_weight = retrained["model"].get("fc.weight")
     n_classes = fc_weight.shape[0] if fc_weight is not None else opts.nClasses or None
     return {**models.arch_from_opts(opts), "nClasses": n_classes}
@@ -86,7 +86,7 @@ def build_model(opts, classes, checkpoint, retrained) -> tuple[nn.Module, dict]:
     file_arch = retrained_arch(opts, retrained) if retrained else None
     arch = intended_arch(opts, classes, file_arch)
     if checkpoint:
-        saved = checkpoint["model"]["arch"]
+        saved = models.complete_arch(checkpoint["model"]["arch"])
         differing = {k: (saved.get(k), v) for k, v in arch.items() if saved.get(k) != v}
         if differing:
             listed = ", ".join(f"{k} {old} (asked: {new})" for k, (old, new) in differing.items())

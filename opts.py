@@ -122,6 +122,12 @@ FLAGS = [
     ),
     ("baseWidth", bounded_int, 64, "ResNet base width"),
     ("cardinality", bounded_int, 1, "ResNet cardinality"),
+    (
+        "se",
+        bounded_int,
+        0,
+        "Squeeze-and-excitation ratio in every block, resnet / resnext (0: none; SENet: 16) (new)",
+    ),
     ("shortcutType", str, "", "Options: A | B | C (unset: B; A for CIFAR resnet/preresnet)"),
     ("retrain", str, "none", "Path to model to retrain with (ours or a torchvision state_dict)"),
     ("optimState", str, "none", "Path to an optimState to reload from"),

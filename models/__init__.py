@@ -58,8 +58,10 @@ def create(
     baseWidth: int = 64,
     cardinality: int = 1,
     nClasses: int | None = None,
+    se: int = 0,
 ) -> nn.Module:
-    """Build a network mapping images to logits; ValueError lists what is valid."""
+    """Build a network mapping images to logits; ValueError lists what is valid. se > 0
+    adds squeeze-and-excitation of that ratio to every block (resnet, resnext)."""
     if netType not in NET_TYPES:
         raise ValueError(f"unknown netType {netType!r}; valid: {', '.join(NET_TYPES)}")
     n_classes = n_outputs(dataset, nClasses)
@@ -67,18 +69,32 @@ def create(
     cifar = is_cifar_shaped(dataset)
     if netType == "resnext":
         return resnext.build(
-            depth, cifar, n_classes, shortcut, bottleneckType, baseWidth, cardinality
+            depth, cifar, n_classes, shortcut, bottleneckType, baseWidth, cardinality, se
         )
-    family = resnet if netType == "resnet" else preresnet
-    return family.build(depth, cifar, n_classes, shortcut)
+    if netType == "resnet":
+        return resnet.build(depth, cifar, n_classes, shortcut, se)
+    if se:
+        raise ValueError("se (squeeze-and-excitation) is for netType resnet and resnext")
+    return preresnet.build(depth, cifar, n_classes, shortcut)
+
+
+# create() arguments added after checkpoints were first written, with the value that
+# builds the network such a checkpoint holds.
+LATER_ARGUMENTS = {"se": 0}
+
+
+def complete_arch(arch: Mapping) -> dict:
+    """A saved arch with the arguments added since it was saved, at their old meaning."""
+    return {**LATER_ARGUMENTS, **arch}
 
 
 def describe(
-    netType: str, depth: int, dataset: str, *, bottleneckType: str = "resnext_C", **_
+    netType: str, depth: int, dataset: str, *, bottleneckType: str = "resnext_C", se: int = 0, **_
 ) -> list[str]:
-    """The startup lines the Lua printed while building this network."""
+    """The startup lines the Lua printed while building this network (SE- before the name
+    of a squeeze-and-excitation network)."""
     lines = [resnext.DEPLOY_LINES[bottleneckType]] if netType == "resnext" else []
-    name = "PreResNet" if netType == "preresnet" else "ResNet"
+    name = ("SE-" if se else "") + ("PreResNet" if netType == "preresnet" else "ResNet")
     if not is_cifar_shaped(dataset):
         where = "ImageNet"
     elif netType == "resnext":
@@ -127,6 +143,17 @@ def to_torchvision(state_dict: Mapping[str, torch.Tensor]) -> dict[str, torch.Te
     return _rename(state_dict, reverse)
 
 
+def from_timm(state_dict: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Rename a timm resnet / resnext / seresnet / seresnext state_dict to our names
+    (timm names these as torchvision does, the SE module as se.fc1 / se.fc2, as ours)."""
+    return from_torchvision(state_dict)
+
+
+def to_timm(state_dict: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Rename one of our ResNet/ResNeXt (shortcut B, SE or not) state_dicts to timm's."""
+    return to_torchvision(state_dict)
+
+
 def set_activation_checkpointing(model: nn.Module, enabled: bool = True) -> None:
     """Recompute each residual block in the backward pass instead of storing its activations."""
     model.checkpoint_blocks = enabled
@@ -150,6 +177,7 @@ def arch_from_opts(opts) -> dict:
         "baseWidth": opts.baseWidth,
         "cardinality": opts.cardinality,
         "nClasses": opts.nClasses or None,
+        "se": opts.se,
     }
 
 
@@ -158,6 +186,8 @@ def arch_flags(arch: dict) -> str:
     flags = f"-netType {arch['netType']} -depth {arch['depth']}"
     if arch["netType"] == "resnext":
         flags += f" -cardinality {arch['cardinality']} -baseWidth {arch['baseWidth']}"
+    if arch.get("se"):
+        flags += f" -se {arch['se']}"
     return flags
 
 
@@ -168,9 +198,9 @@ TORCHVISION_DEPTHS = {(False, (2, 2, 2, 2)): 18, (False, (3, 4, 6, 3)): 34,
 
 
 def arch_of_torchvision(state_dict: Mapping[str, torch.Tensor]) -> dict:
-    """The create() arguments of a torchvision ResNet / ResNeXt state_dict, read from its
-    shapes: blocks per stage give the depth, the first grouped conv the cardinality and
-    width."""
+    """The create() arguments of a torchvision (or timm) ResNet / ResNeXt state_dict, read
+    from its shapes: blocks per stage give the depth, the first grouped conv the cardinality
+    and width, the SE modules their ratio."""
     blocks = tuple(
         1 + max((int(m.group(1)) for k in state_dict if (m := re.match(rf"layer{s}\.(\d+)\.", k))),
                 default=-1)
@@ -187,4 +217,8 @@ def arch_of_torchvision(state_dict: Mapping[str, torch.Tensor]) -> dict:
         cardinality = width // per_group
         if cardinality > 1 or width != 64:
             arch.update(netType="resnext", cardinality=cardinality, baseWidth=width // cardinality)
+    squeezes = [v.shape for k, v in state_dict.items() if k.endswith(".se.fc1.weight")]
+    if squeezes:  # timm's seresnet / seresnext; the widest is least rounded
+        widest = max(squeezes, key=lambda shape: shape[1])
+        arch["se"] = round(widest[1] / widest[0])
     return arch

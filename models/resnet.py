@@ -77,17 +77,45 @@ def make_shortcut(
     return nn.Identity()
 
 
+def squeezed_width(channels: int, ratio: int, divisor: int = 8) -> int:
+    """The squeeze width of channels / ratio, rounded to the nearest multiple of divisor
+    (at least divisor), as timm's SE module rounds it."""
+    return max(divisor, int(channels / ratio + divisor / 2) // divisor * divisor)
+
+
+class SqueezeExcitation(nn.Module):
+    """Squeeze-and-excitation (SENet): global average pool, 1x1 conv to channels / ratio,
+    ReLU, 1x1 conv back, sigmoid; the input scaled channel by channel."""
+
+    def __init__(self, channels: int, ratio: int):
+        super().__init__()
+        width = squeezed_width(channels, ratio)
+        self.fc1 = nn.Conv2d(channels, width, 1)
+        self.relu = nn.ReLU(inplace=True)
+        self.fc2 = nn.Conv2d(width, channels, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        scale = self.fc2(self.relu(self.fc1(x.mean((2, 3), keepdim=True))))
+        return x * scale.sigmoid()
+
+
+def excitation(channels: int, se: int) -> nn.Module | None:
+    """The SE module of a block's output (se: the ratio; 0 for none)."""
+    return SqueezeExcitation(channels, se) if se else None
+
+
 class BasicBlock(nn.Module):
-    """conv3x3(stride)-BN-ReLU-conv3x3-BN, added to the shortcut, then ReLU."""
+    """conv3x3(stride)-BN-ReLU-conv3x3-BN(-SE), added to the shortcut, then ReLU."""
 
     expansion = 1
 
-    def __init__(self, n_in: int, planes: int, stride: int, shortcut_type: str):
+    def __init__(self, n_in: int, planes: int, stride: int, shortcut_type: str, se: int = 0):
         super().__init__()
         self.conv1 = conv3x3(n_in, planes, stride)
         self.bn1 = nn.BatchNorm2d(planes)
         self.conv2 = conv3x3(planes, planes)
         self.bn2 = nn.BatchNorm2d(planes)
+        self.se = excitation(planes, se)
         self.relu = nn.ReLU(inplace=True)
         self.shortcut = make_shortcut(n_in, planes, stride, shortcut_type)
         self.out_channels = planes
@@ -95,11 +123,14 @@ class BasicBlock(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         out = self.relu(self.bn1(self.conv1(x)))
         out = self.bn2(self.conv2(out))
+        if self.se is not None:
+            out = self.se(out)
         return self.relu(out + self.shortcut(x))
 
 
 class Bottleneck(nn.Module):
-    """1x1-3x3(stride, groups)-1x1 bottleneck with 4x expansion (ResNet, ResNeXt form C).
+    """1x1-3x3(stride, groups)-1x1 bottleneck with 4x expansion (ResNet, ResNeXt form C),
+    then SE when se (its ratio) is given.
 
     inner_width is the width of the 3x3 convolution: planes for ResNet,
     D * cardinality for ResNeXt.
@@ -115,6 +146,7 @@ class Bottleneck(nn.Module):
         shortcut_type: str,
         cardinality: int = 1,
         inner_width: int | None = None,
+        se: int = 0,
     ):
         super().__init__()
         inner = inner_width or planes
@@ -125,6 +157,7 @@ class Bottleneck(nn.Module):
         self.bn2 = nn.BatchNorm2d(inner)
         self.conv3 = conv1x1(inner, n_out)
         self.bn3 = nn.BatchNorm2d(n_out)
+        self.se = excitation(n_out, se)
         self.relu = nn.ReLU(inplace=True)
         self.shortcut = make_shortcut(n_in, n_out, stride, shortcut_type)
         self.out_channels = n_out
@@ -133,6 +166,8 @@ class Bottleneck(nn.Module):
         out = self.relu(self.bn1(self.conv1(x)))
         out = self.relu(self.bn2(self.conv2(out)))
         out = self.bn3(self.conv3(out))
+        if self.se is not None:
+            out = self.se(out)
         return self.relu(out + self.shortcut(x))
 
 
@@ -273,13 +308,23 @@ def check_imagenet_depth(depth: int, valid: Sequence[int], family: str) -> None:
         )
 
 
-def build(depth: int, cifar: bool, n_classes: int, shortcut_type: str) -> ResNet:
-    """ResNet for ImageNet (18-152) or CIFAR (6n+2 basic blocks of widths 16/32/64)."""
+def check_se(se: int) -> None:
+    """ValueError for a negative SE ratio."""
+    if se < 0:
+        raise ValueError(
+            f"se (the squeeze-and-excitation ratio) must be 0 (none) or more; got {se}"
+        )
+
+
+def build(depth: int, cifar: bool, n_classes: int, shortcut_type: str, se: int = 0) -> ResNet:
+    """ResNet for ImageNet (18-152) or CIFAR (6n+2 basic blocks of widths 16/32/64); with
+    squeeze-and-excitation of ratio se in every block when se > 0 (SE-ResNet)."""
+    check_se(se)
     if cifar:
         n = check_cifar_depth(depth, 6, "20, 32, 44, 56, 110, 1202")
 
         def block(stage, n_in, stride, _):
-            return BasicBlock(n_in, CIFAR_PLANES[stage], stride, shortcut_type)
+            return BasicBlock(n_in, CIFAR_PLANES[stage], stride, shortcut_type, se)
 
         stages, n_features = make_stages(block, 16, (n, n, n))
         return ResNet(cifar_stem(16), stages, n_features, n_classes)
@@ -288,8 +333,9 @@ def build(depth: int, cifar: bool, n_classes: int, shortcut_type: str) -> ResNet
     counts, kind = IMAGENET_STAGES[depth]
 
     def block(stage, n_in, stride, _):
-        cls = BasicBlock if kind == "basic" else Bottleneck
-        return cls(n_in, IMAGENET_PLANES[stage], stride, shortcut_type)
+        if kind == "basic":
+            return BasicBlock(n_in, IMAGENET_PLANES[stage], stride, shortcut_type, se)
+        return Bottleneck(n_in, IMAGENET_PLANES[stage], stride, shortcut_type, se=se)
 
     stages, n_features = make_stages(block, 64, counts)
     return ResNet(imagenet_stem(), stages, n_features, n_classes)

@@ -16,9 +16,11 @@ from models.resnet import (
     ResNet,
     check_cifar_depth,
     check_imagenet_depth,
+    check_se,
     cifar_stem,
     conv1x1,
     conv3x3,
+    excitation,
     imagenet_stem,
     make_shortcut,
     make_stages,
@@ -42,11 +44,10 @@ def group_width(planes: int, base_width: int) -> int:
 
 class ResNeXtBranchesBlock(nn.Module):
     """Form B: C branches of conv1x1-BN-ReLU-conv3x3(stride)-BN-ReLU, concatenated,
-    then conv1x1-BN, added to the shortcut, then ReLU."""
+    then conv1x1-BN(-SE), added to the shortcut, then ReLU."""
 
-    def __init__(
-        self, n_in: int, planes: int, stride: int, shortcut_type: str, cardinality: int, d: int
-    ):
+    def __init__(self, n_in: int, planes: int, stride: int, shortcut_type: str,
+                 cardinality: int, d: int, se: int = 0):  # fmt: skip
         super().__init__()
         n_out = planes * 4
         self.branches = nn.ModuleList(
@@ -64,6 +65,7 @@ class ResNeXtBranchesBlock(nn.Module):
         )
         self.conv3 = conv1x1(d * cardinality, n_out)
         self.bn3 = nn.BatchNorm2d(n_out)
+        self.se = excitation(n_out, se)
         self.relu = nn.ReLU(inplace=True)
         self.shortcut = make_shortcut(n_in, n_out, stride, shortcut_type)
         self.out_channels = n_out
@@ -71,6 +73,8 @@ class ResNeXtBranchesBlock(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         out = torch.cat([branch(x) for branch in self.branches], dim=1)
         out = self.bn3(self.conv3(out))
+        if self.se is not None:
+            out = self.se(out)
         return self.relu(out + self.shortcut(x))
 
 
@@ -89,17 +93,17 @@ def check_arguments(bottleneck_type: str, base_width: int, cardinality: int) -> 
         )
 
 
-def block_factory(planes, shortcut_type, bottleneck_type, base_width, cardinality):
+def block_factory(planes, shortcut_type, bottleneck_type, base_width, cardinality, se=0):
     """Block constructor of the chosen form, for make_stages."""
 
     def block(stage, n_in, stride, _):
         n = planes[stage]
         if bottleneck_type == "resnet":
-            return Bottleneck(n_in, n, stride, shortcut_type)
+            return Bottleneck(n_in, n, stride, shortcut_type, se=se)
         d = group_width(n, base_width)
         if bottleneck_type == "resnext_B":
-            return ResNeXtBranchesBlock(n_in, n, stride, shortcut_type, cardinality, d)
-        return Bottleneck(n_in, n, stride, shortcut_type, cardinality, d * cardinality)
+            return ResNeXtBranchesBlock(n_in, n, stride, shortcut_type, cardinality, d, se)
+        return Bottleneck(n_in, n, stride, shortcut_type, cardinality, d * cardinality, se)
 
     return block
 
@@ -112,15 +116,18 @@ def build(
     bottleneck_type: str = "resnext_C",
     base_width: int = 64,
     cardinality: int = 1,
+    se: int = 0,
 ) -> ResNet:
-    """ResNeXt for ImageNet (50/101/152) or CIFAR (9n+2, 64-channel stem, no max-pool)."""
+    """ResNeXt for ImageNet (50/101/152) or CIFAR (9n+2, 64-channel stem, no max-pool);
+    with squeeze-and-excitation of ratio se in every block when se > 0 (SE-ResNeXt)."""
     check_arguments(bottleneck_type, base_width, cardinality)
+    check_se(se)
+    form = (shortcut_type, bottleneck_type, base_width, cardinality, se)
     if cifar:
         n = check_cifar_depth(depth, 9, "29, 38, 47, 56, 101")
-        block = block_factory(CIFAR_PLANES, shortcut_type, bottleneck_type, base_width, cardinality)
-        stages, n_features = make_stages(block, 64, (n, n, n))
+        stages, n_features = make_stages(block_factory(CIFAR_PLANES, *form), 64, (n, n, n))
         return ResNet(cifar_stem(64), stages, n_features, n_classes)
     check_imagenet_depth(depth, tuple(IMAGENET_COUNTS), "resnext")
-    block = block_factory(IMAGENET_PLANES, shortcut_type, bottleneck_type, base_width, cardinality)
+    block = block_factory(IMAGENET_PLANES, *form)
     stages, n_features = make_stages(block, 64, IMAGENET_COUNTS[depth])
     return ResNet(imagenet_stem(), stages, n_features, n_classes)
