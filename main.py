@@ -48,8 +48,8 @@ def load_weights(model: nn.Module, state_dict: dict, source: str) -> None:
     """load_state_dict(strict=True), with torchvision names accepted, or a one-line error
     that says how the weights differ and, for a torchvision-style file, which flags fit."""
     state_dict = checkpoints.clean_state_dict(state_dict)
-    torchvision_names = "conv1.weight" in state_dict
-    converted = models.from_torchvision(state_dict) if torchvision_names else state_dict
+    torchvision_names = models.is_foreign(state_dict)  # torchvision's or timm's
+    converted = models.from_timm(state_dict) if torchvision_names else state_dict
     difference = weights_difference(model.state_dict(), converted)
     if difference is None:
         model.load_state_dict(converted, strict=True)
@@ -59,7 +59,7 @@ def load_weights(model: nn.Module, state_dict: dict, source: str) -> None:
         try:
             hint = f"it fits {models.arch_flags(models.arch_of_torchvision(state_dict))}"
         except ValueError:
-            hint = "it is not a ResNet / ResNeXt of this tool or torchvision"
+            hint = "it is not a ResNet / ResNeXt / ResNeSt of this tool, torchvision or timm"
     raise checkpoints.CheckpointError(
         f"the weights in {source} do not fit this network ({difference}); {hint}"
     )

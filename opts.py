@@ -8,12 +8,12 @@ from collections.abc import Sequence
 
 DATASETS = ("imagenet", "cifar10", "cifar100", "fashionmnist")
 SMALL_IMAGE_DATASETS = ("cifar10", "cifar100", "fashionmnist")
-NET_TYPES = ("resnet", "preresnet", "resnext")
+NET_TYPES = ("resnet", "preresnet", "resnext", "resnest")
 PRECISIONS = ("single", "double", "half", "bf16")
 # nEpochs 0 means: the ResNeXt fork's default for the dataset.
 DEFAULT_EPOCHS = {"imagenet": 100, "cifar10": 300, "cifar100": 300, "fashionmnist": 300}
 # depth unset means: a depth valid for the netType and dataset (the Lua's 34 is not for resnext).
-DEFAULT_DEPTHS = {("resnext", False): 50, ("resnext", True): 29}
+DEFAULT_DEPTHS = {("resnext", False): 50, ("resnext", True): 29, ("resnest", False): 50}
 INT_LIMIT = 2**31 - 1
 # More loader processes than this per core only wait on one another (and on memory).
 WORKERS_PER_CORE = 8
@@ -122,6 +122,7 @@ FLAGS = [
     ),
     ("baseWidth", bounded_int, 64, "ResNet base width"),
     ("cardinality", bounded_int, 1, "ResNet cardinality"),
+    ("radix", bounded_int, 2, "ResNeSt: splits of each split-attention convolution (new)"),
     (
         "se",
         bounded_int,

@@ -7,9 +7,9 @@ import torch
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
-from models import preresnet, resnet, resnext
+from models import preresnet, resnest, resnet, resnext
 
-NET_TYPES = ("resnet", "preresnet", "resnext")
+NET_TYPES = ("resnet", "preresnet", "resnext", "resnest")
 # Datasets with a fixed class count; every other name is a folder dataset.
 DATASET_CLASSES = {"imagenet": 1000, "cifar10": 10, "cifar100": 100, "fashionmnist": 10}
 CIFAR_SHAPED = ("cifar10", "cifar100", "fashionmnist")
@@ -18,6 +18,12 @@ DATASET_TITLES = {"cifar10": "CIFAR-10", "cifar100": "CIFAR-100", "fashionmnist"
 TORCHVISION_RENAMES = (
     (r"^conv1\.", "stem.conv."),
     (r"^bn1\.", "stem.bn."),
+    (r"\.downsample\.", ".shortcut."),
+)
+# timm's deep stem (ResNeSt: conv1.0 ... conv1.6, then bn1) -> ours (stem.0 ... stem.7).
+DEEP_STEM_RENAMES = (
+    (r"^conv1\.(\d+)\.", r"stem.\1."),
+    (r"^bn1\.", "stem.7."),
     (r"\.downsample\.", ".shortcut."),
 )
 
@@ -59,28 +65,35 @@ def create(
     cardinality: int = 1,
     nClasses: int | None = None,
     se: int = 0,
+    radix: int = 2,
 ) -> nn.Module:
     """Build a network mapping images to logits; ValueError lists what is valid. se > 0
-    adds squeeze-and-excitation of that ratio to every block (resnet, resnext)."""
+    adds squeeze-and-excitation of that ratio to every block (resnet, resnext); radix is
+    ResNeSt's number of splits."""
     if netType not in NET_TYPES:
         raise ValueError(f"unknown netType {netType!r}; valid: {', '.join(NET_TYPES)}")
     n_classes = n_outputs(dataset, nClasses)
     shortcut = shortcutType or default_shortcut(netType, dataset)
     cifar = is_cifar_shaped(dataset)
+    if se and netType not in ("resnet", "resnext"):
+        raise ValueError("se (squeeze-and-excitation) is for netType resnet and resnext")
+    if netType == "resnest":
+        if cifar:
+            raise ValueError("netType resnest is for ImageNet-shaped images (imagenet or a"
+                             " class-per-folder dataset), not the 32 x 32 datasets")  # fmt: skip
+        return resnest.build(depth, n_classes, radix, cardinality, baseWidth)
     if netType == "resnext":
         return resnext.build(
             depth, cifar, n_classes, shortcut, bottleneckType, baseWidth, cardinality, se
         )
     if netType == "resnet":
         return resnet.build(depth, cifar, n_classes, shortcut, se)
-    if se:
-        raise ValueError("se (squeeze-and-excitation) is for netType resnet and resnext")
     return preresnet.build(depth, cifar, n_classes, shortcut)
 
 
 # create() arguments added after checkpoints were first written, with the value that
 # builds the network such a checkpoint holds.
-LATER_ARGUMENTS = {"se": 0}
+LATER_ARGUMENTS = {"se": 0, "radix": 2}
 
 
 def complete_arch(arch: Mapping) -> dict:
@@ -94,7 +107,8 @@ def describe(
     """The startup lines the Lua printed while building this network (SE- before the name
     of a squeeze-and-excitation network)."""
     lines = [resnext.DEPLOY_LINES[bottleneckType]] if netType == "resnext" else []
-    name = ("SE-" if se else "") + ("PreResNet" if netType == "preresnet" else "ResNet")
+    family = {"preresnet": "PreResNet", "resnest": "ResNeSt"}.get(netType, "ResNet")
+    name = ("SE-" if se else "") + family
     if not is_cifar_shaped(dataset):
         where = "ImageNet"
     elif netType == "resnext":
@@ -144,14 +158,27 @@ def to_torchvision(state_dict: Mapping[str, torch.Tensor]) -> dict[str, torch.Te
 
 
 def from_timm(state_dict: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """Rename a timm resnet / resnext / seresnet / seresnext state_dict to our names
-    (timm names these as torchvision does, the SE module as se.fc1 / se.fc2, as ours)."""
+    """Rename a timm resnet / resnext / seresnet / seresnext / resnest state_dict to our
+    names (timm names the first four as torchvision does, the SE module as se.fc1 / se.fc2
+    and the split attention as conv2.conv / bn0 / fc1 / bn1 / fc2, as ours)."""
+    if "conv1.0.weight" in state_dict:  # a deep stem: ResNeSt
+        return _rename(state_dict, DEEP_STEM_RENAMES)
     return from_torchvision(state_dict)
 
 
 def to_timm(state_dict: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """Rename one of our ResNet/ResNeXt (shortcut B, SE or not) state_dicts to timm's."""
+    """Rename one of our ResNet / ResNeXt (shortcut B, SE or not) or ResNeSt state_dicts
+    to timm's names."""
+    if "stem.0.weight" in state_dict:
+        reverse = ((r"^stem\.7\.", "bn1."), (r"^stem\.(\d+)\.", r"conv1.\1."),
+                   (r"\.shortcut\.", ".downsample."))  # fmt: skip
+        return _rename(state_dict, reverse)
     return to_torchvision(state_dict)
+
+
+def is_foreign(state_dict: Mapping[str, torch.Tensor]) -> bool:
+    """Whether a state_dict has torchvision's or timm's names (not this package's)."""
+    return "conv1.weight" in state_dict or "conv1.0.weight" in state_dict
 
 
 def set_activation_checkpointing(model: nn.Module, enabled: bool = True) -> None:
@@ -178,14 +205,19 @@ def arch_from_opts(opts) -> dict:
         "cardinality": opts.cardinality,
         "nClasses": opts.nClasses or None,
         "se": opts.se,
+        "radix": opts.radix,
     }
 
 
 def arch_flags(arch: dict) -> str:
     """The command-line flags that build the network of arch."""
     flags = f"-netType {arch['netType']} -depth {arch['depth']}"
-    if arch["netType"] == "resnext":
+    if arch["netType"] == "resnext" or (
+        arch["netType"] == "resnest" and (arch["cardinality"], arch["baseWidth"]) != (1, 64)
+    ):
         flags += f" -cardinality {arch['cardinality']} -baseWidth {arch['baseWidth']}"
+    if arch["netType"] == "resnest" and arch.get("radix", 2) != 2:
+        flags += f" -radix {arch['radix']}"
     if arch.get("se"):
         flags += f" -se {arch['se']}"
     return flags
@@ -197,15 +229,30 @@ TORCHVISION_DEPTHS = {(False, (2, 2, 2, 2)): 18, (False, (3, 4, 6, 3)): 34,
                       (True, (3, 8, 36, 3)): 152, (True, (3, 24, 36, 3)): 200}  # fmt: skip
 
 
+def arch_of_resnest(state_dict: Mapping[str, torch.Tensor], blocks: tuple) -> dict:
+    """The create() arguments of a timm (or resnest package) ResNeSt state_dict."""
+    depths = {counts: depth for depth, counts in resnest.IMAGENET_COUNTS.items()}
+    if blocks not in depths:
+        raise ValueError(f"not a ResNeSt state_dict (blocks per stage {blocks})")
+    width = state_dict["layer1.0.conv1.weight"].shape[0]
+    cardinality = width // state_dict["layer1.0.conv2.fc1.weight"].shape[1]
+    return {"netType": "resnest", "depth": depths[blocks], "dataset": "imagenet",
+            "nClasses": state_dict["fc.weight"].shape[0], "cardinality": cardinality,
+            "baseWidth": width // cardinality,
+            "radix": state_dict["layer1.0.conv2.conv.weight"].shape[0] // width}  # fmt: skip
+
+
 def arch_of_torchvision(state_dict: Mapping[str, torch.Tensor]) -> dict:
-    """The create() arguments of a torchvision (or timm) ResNet / ResNeXt state_dict, read
-    from its shapes: blocks per stage give the depth, the first grouped conv the cardinality
-    and width, the SE modules their ratio."""
+    """The create() arguments of a torchvision (or timm) ResNet / ResNeXt / ResNeSt
+    state_dict, read from its shapes: blocks per stage give the depth, the first grouped
+    conv the cardinality and width, the SE modules their ratio."""
     blocks = tuple(
         1 + max((int(m.group(1)) for k in state_dict if (m := re.match(rf"layer{s}\.(\d+)\.", k))),
                 default=-1)
         for s in range(1, 5)
     )  # fmt: skip
+    if "layer1.0.conv2.fc1.weight" in state_dict:
+        return arch_of_resnest(state_dict, blocks)
     bottleneck = "layer1.0.conv3.weight" in state_dict
     depth = TORCHVISION_DEPTHS.get((bottleneck, blocks))
     if depth is None:

@@ -45,18 +45,24 @@ def randomise_batch_norm(model: nn.Module) -> None:
             module.running_var.uniform_(0.5, 1.5)
 
 
-@pytest.mark.parametrize(("name", "arch", "_"), [SE_TWINS[0], SE_TWINS[4]])
-def test_timm_weights_give_timms_logits_and_go_back_unchanged(name, arch, _):
-    torch.manual_seed(0)
-    reference = timm.create_model(name, pretrained=False).eval()
-    randomise_batch_norm(reference)
-    ours = models.create(dataset="imagenet", se=16, **arch).eval()
+def assert_timm_twins(ours: nn.Module, reference: nn.Module) -> None:
+    """timm's weights, renamed, load strictly into ours and give timm's logits (in eval
+    mode, with its BatchNorm statistics); ours, renamed back, are timm's unchanged."""
     ours.load_state_dict(models.from_timm(reference.state_dict()), strict=True)
     images = torch.randn(2, 3, 64, 64)
     with torch.no_grad():
         assert (ours(images) - reference(images)).abs().max().item() < 1e-5
     back = models.to_timm(ours.state_dict())
     assert all(torch.equal(back[k], v) for k, v in reference.state_dict().items())
+
+
+@pytest.mark.parametrize(("name", "arch", "_"), [SE_TWINS[0], SE_TWINS[4]])
+def test_timm_weights_give_timms_logits_and_go_back_unchanged(name, arch, _):
+    torch.manual_seed(0)
+    reference = timm.create_model(name, pretrained=False).eval()
+    randomise_batch_norm(reference)
+    ours = models.create(dataset="imagenet", se=16, **arch).eval()
+    assert_timm_twins(ours, reference)
 
 
 def test_the_se_module_scales_channels_after_the_last_batch_norm():

@@ -1,0 +1,116 @@
+"""ResNeSt (-netType resnest): the networks the ResNeSt authors and timm build as
+resnest*d / resnest*e, to the parameter, the key, the multiply-add and the logit; timm is
+the oracle (pretrained=False)."""
+
+import pytest
+import timm
+import torch
+from test_cli import run_main
+from test_squeeze_excitation import assert_timm_twins, parameters, randomise_batch_norm
+from timm.models.resnest import ResNestBottleneck
+from timm.models.resnet import ResNet as TimmResNet
+
+import main
+import models
+from checkpoints import CheckpointError
+
+TWINS = [  # (timm name, depth, published parameter count)
+    ("resnest14d", 14, 10_611_688),
+    ("resnest26d", 26, 17_069_448),
+    ("resnest50d", 50, 27_483_240),
+    ("resnest101e", 101, 48_275_016),
+    ("resnest200e", 200, 70_201_544),
+    ("resnest269e", 269, 110_929_480),
+]
+
+
+@pytest.mark.parametrize(("name", "depth", "published"), TWINS)
+def test_parameters_and_names_equal_timms(name, depth, published):
+    with torch.device("meta"):
+        ours = models.create("resnest", depth, "imagenet")
+        reference = timm.create_model(name, pretrained=False)
+    assert parameters(ours) == parameters(reference) == published
+    assert set(models.to_timm(ours.state_dict())) == set(reference.state_dict())
+
+
+def test_resnest_50_multiply_adds():
+    params, macs = models.complexity(models.create("resnest", 50, "imagenet"), 224)
+    assert (params, round(macs / 1e9, 3)) == (27_483_240, 5.371)
+
+
+def timm_resnest(radix: int, cardinality: int, base_width: int) -> TimmResNet:
+    """timm's ResNeSt-14 with another radix, cardinality and width (its resnest14d's)."""
+    return TimmResNet(block=ResNestBottleneck, layers=[1, 1, 1, 1], stem_type="deep",
+                      stem_width=32, avg_down=True, base_width=base_width,
+                      cardinality=cardinality,
+                      block_args={"radix": radix, "avd": True, "avd_first": False})  # fmt: skip
+
+
+@pytest.mark.parametrize(("radix", "cardinality", "base_width"), [(2, 1, 64), (1, 1, 64),
+                                                                 (4, 2, 40)])  # fmt: skip
+def test_timm_weights_give_timms_logits_and_go_back_unchanged(radix, cardinality, base_width):
+    torch.manual_seed(0)
+    reference = timm_resnest(radix, cardinality, base_width).eval()
+    randomise_batch_norm(reference)
+    ours = models.create("resnest", 14, "imagenet", radix=radix, cardinality=cardinality,
+                         baseWidth=base_width).eval()  # fmt: skip
+    assert_timm_twins(ours, reference)
+    arch = models.arch_of_torchvision(reference.state_dict())
+    assert (arch["radix"], arch["cardinality"], arch["baseWidth"]) == (radix, cardinality,
+                                                                      base_width)  # fmt: skip
+
+
+def test_a_timm_file_is_recognised_and_its_flags_named():
+    reference = timm.create_model("resnest26d", pretrained=False)
+    with pytest.raises(CheckpointError, match=r"it fits -netType resnest -depth 26$"):
+        main.load_weights(models.create("resnest", 50, "imagenet"), reference.state_dict(), "f")
+    main.load_weights(models.create("resnest", 26, "imagenet"), reference.state_dict(), "f")
+
+
+def test_one_image_trains_without_error_and_leaves_the_attention_statistics():
+    model = models.create("resnest", 14, "imagenet", nClasses=3).train()
+    attention_norm = model.layer1[0].conv2.bn1
+    before = attention_norm.running_mean.clone()
+    model(torch.randn(1, 3, 64, 64)).sum().backward()
+    assert torch.equal(attention_norm.running_mean, before)
+    model(torch.randn(2, 3, 64, 64))
+    assert not torch.equal(attention_norm.running_mean, before)
+
+
+def test_the_avd_pool_and_average_down_shortcut_sit_where_the_paper_puts_them():
+    model = models.create("resnest", 50, "imagenet")
+    first, later = model.layer2[0], model.layer2[1]
+    assert first.conv2.conv.stride == (1, 1) and first.avd.stride == 2
+    assert isinstance(later.avd, torch.nn.Identity)
+    pool, conv, _ = first.shortcut
+    assert (pool.kernel_size, pool.ceil_mode, pool.count_include_pad) == (2, True, False)
+    assert conv.stride == (1, 1)
+    assert isinstance(model.layer1[0].shortcut[0], torch.nn.Identity)  # no pool in stage 1
+    assert [model.stem[i].out_channels for i in (0, 3, 6)] == [32, 32, 64]
+    deeper = models.create("resnest", 101, "imagenet")
+    assert [deeper.stem[i].out_channels for i in (0, 3, 6)] == [64, 64, 128]
+
+
+def test_invalid_resnest_settings_say_what_is_valid():
+    with pytest.raises(ValueError, match="resnest ImageNet depth must be one of 14, 26, 50"):
+        models.create("resnest", 34, "imagenet")
+    with pytest.raises(ValueError, match="not the 32 x 32 datasets"):
+        models.create("resnest", 50, "cifar10")
+    with pytest.raises(ValueError, match="radix must be at least 1"):
+        models.create("resnest", 50, "imagenet", radix=0)
+    with pytest.raises(ValueError, match="se .squeeze-and-excitation. is for netType resnet"):
+        models.create("resnest", 50, "imagenet", se=16)
+
+
+def test_a_resnest_trains_on_a_jpeg_folder_and_resumes(jpeg_root, tmp_path):
+    save = tmp_path / "run"
+    flags = ["-dataset", "imagenet", "-data", jpeg_root, "-netType", "resnest", "-depth", "14",
+             "-batchSize", "7", "-nThreads", "0", "-save", str(save),
+             "-gen", str(tmp_path / "gen")]  # fmt: skip
+    first = run_main(*flags, "-nEpochs", "1")  # 15 images: a last batch of one
+    assert first.returncode == 0, first.stderr
+    assert " | ResNeSt-14 ImageNet" in first.stdout
+    resumed = run_main(*flags, "-nEpochs", "2", "-resume", str(save))
+    assert resumed.returncode == 0, resumed.stderr
+    saved = torch.load(save / "model_2.pth", weights_only=True)
+    assert (saved["arch"]["netType"], saved["arch"]["radix"]) == ("resnest", 2)
