@@ -8,12 +8,13 @@ from collections.abc import Sequence
 
 DATASETS = ("imagenet", "cifar10", "cifar100", "fashionmnist")
 SMALL_IMAGE_DATASETS = ("cifar10", "cifar100", "fashionmnist")
-NET_TYPES = ("resnet", "preresnet", "resnext", "resnest")
+NET_TYPES = ("resnet", "preresnet", "resnext", "resnest", "senet")
 PRECISIONS = ("single", "double", "half", "bf16")
 # nEpochs 0 means: the ResNeXt fork's default for the dataset.
 DEFAULT_EPOCHS = {"imagenet": 100, "cifar10": 300, "cifar100": 300, "fashionmnist": 300}
 # depth unset means: a depth valid for the netType and dataset (the Lua's 34 is not for resnext).
-DEFAULT_DEPTHS = {("resnext", False): 50, ("resnext", True): 29, ("resnest", False): 50}
+DEFAULT_DEPTHS = {("resnext", False): 50, ("resnext", True): 29, ("resnest", False): 50,
+                  ("senet", False): 154}  # fmt: skip
 INT_LIMIT = 2**31 - 1
 # More loader processes than this per core only wait on one another (and on memory).
 WORKERS_PER_CORE = 8

@@ -7,9 +7,9 @@ import torch
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
-from models import preresnet, resnest, resnet, resnext
+from models import preresnet, resnest, resnet, resnext, senet
 
-NET_TYPES = ("resnet", "preresnet", "resnext", "resnest")
+NET_TYPES = ("resnet", "preresnet", "resnext", "resnest", "senet")
 # Datasets with a fixed class count; every other name is a folder dataset.
 DATASET_CLASSES = {"imagenet": 1000, "cifar10": 10, "cifar100": 100, "fashionmnist": 10}
 CIFAR_SHAPED = ("cifar10", "cifar100", "fashionmnist")
@@ -75,13 +75,16 @@ def create(
     n_classes = n_outputs(dataset, nClasses)
     shortcut = shortcutType or default_shortcut(netType, dataset)
     cifar = is_cifar_shaped(dataset)
-    if se and netType not in ("resnet", "resnext"):
+    if se and netType not in ("resnet", "resnext", "senet"):
         raise ValueError("se (squeeze-and-excitation) is for netType resnet and resnext")
+    if netType in ("resnest", "senet") and cifar:
+        raise ValueError(f"netType {netType} is for ImageNet-shaped images (imagenet or a"
+                         " class-per-folder dataset), not the 32 x 32 datasets")  # fmt: skip
     if netType == "resnest":
-        if cifar:
-            raise ValueError("netType resnest is for ImageNet-shaped images (imagenet or a"
-                             " class-per-folder dataset), not the 32 x 32 datasets")  # fmt: skip
         return resnest.build(depth, n_classes, radix, cardinality, baseWidth)
+    if netType == "senet":
+        check_senet_arguments(cardinality, baseWidth, se)
+        return senet.build(depth, n_classes)
     if netType == "resnext":
         return resnext.build(
             depth, cifar, n_classes, shortcut, bottleneckType, baseWidth, cardinality, se
@@ -89,6 +92,16 @@ def create(
     if netType == "resnet":
         return resnet.build(depth, cifar, n_classes, shortcut, se)
     return preresnet.build(depth, cifar, n_classes, shortcut)
+
+
+def check_senet_arguments(cardinality: int, base_width: int, se: int) -> None:
+    """SENet-154 is one network: its own or the default flags, nothing else."""
+    own = (senet.CARDINALITY, senet.BASE_WIDTH)
+    if (cardinality, base_width) not in ((1, 64), own) or se not in (0, senet.SE_RATIO):
+        raise ValueError(
+            "netType senet is SENet-154 (64 groups of width 4, SE ratio 16): leave"
+            " cardinality, baseWidth and se unset, or use netType resnext with se"
+        )
 
 
 # create() arguments added after checkpoints were first written, with the value that
@@ -107,8 +120,8 @@ def describe(
     """The startup lines the Lua printed while building this network (SE- before the name
     of a squeeze-and-excitation network)."""
     lines = [resnext.DEPLOY_LINES[bottleneckType]] if netType == "resnext" else []
-    family = {"preresnet": "PreResNet", "resnest": "ResNeSt"}.get(netType, "ResNet")
-    name = ("SE-" if se else "") + family
+    family = {"preresnet": "PreResNet", "resnest": "ResNeSt", "senet": "SENet"}
+    name = ("SE-" if se and netType != "senet" else "") + family.get(netType, "ResNet")
     if not is_cifar_shaped(dataset):
         where = "ImageNet"
     elif netType == "resnext":
@@ -158,17 +171,18 @@ def to_torchvision(state_dict: Mapping[str, torch.Tensor]) -> dict[str, torch.Te
 
 
 def from_timm(state_dict: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """Rename a timm resnet / resnext / seresnet / seresnext / resnest state_dict to our
-    names (timm names the first four as torchvision does, the SE module as se.fc1 / se.fc2
-    and the split attention as conv2.conv / bn0 / fc1 / bn1 / fc2, as ours)."""
-    if "conv1.0.weight" in state_dict:  # a deep stem: ResNeSt
+    """Rename a timm resnet / resnext / seresnet / seresnext / resnest / senet154
+    state_dict to our names (timm names the first four as torchvision does, the SE module
+    as se.fc1 / se.fc2 and the split attention as conv2.conv / bn0 / fc1 / bn1 / fc2, as
+    ours; the deep stem differs)."""
+    if "conv1.0.weight" in state_dict:  # a deep stem: ResNeSt, SENet-154
         return _rename(state_dict, DEEP_STEM_RENAMES)
     return from_torchvision(state_dict)
 
 
 def to_timm(state_dict: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """Rename one of our ResNet / ResNeXt (shortcut B, SE or not) or ResNeSt state_dicts
-    to timm's names."""
+    """Rename one of our ResNet / ResNeXt (shortcut B, SE or not), ResNeSt or SENet-154
+    state_dicts to timm's names."""
     if "stem.0.weight" in state_dict:
         reverse = ((r"^stem\.7\.", "bn1."), (r"^stem\.(\d+)\.", r"conv1.\1."),
                    (r"\.shortcut\.", ".downsample."))  # fmt: skip
@@ -253,6 +267,11 @@ def arch_of_torchvision(state_dict: Mapping[str, torch.Tensor]) -> dict:
     )  # fmt: skip
     if "layer1.0.conv2.fc1.weight" in state_dict:
         return arch_of_resnest(state_dict, blocks)
+    if "conv1.0.weight" in state_dict:  # a deep stem without split attention
+        if blocks != senet.IMAGENET_COUNTS[154]:
+            raise ValueError(f"not a SENet-154 state_dict (blocks per stage {blocks})")
+        return {"netType": "senet", "depth": 154, "dataset": "imagenet",
+                "nClasses": state_dict["fc.weight"].shape[0]}  # fmt: skip
     bottleneck = "layer1.0.conv3.weight" in state_dict
     depth = TORCHVISION_DEPTHS.get((bottleneck, blocks))
     if depth is None:

@@ -9,13 +9,18 @@ stages 2-4 convolves at stride 1 and a 3x3/2 average pool follows; "average down
 shortcuts: a 2x2 average pool at the stride, then a 1x1 convolution and BN.
 """
 
-from collections import OrderedDict
-
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from models.resnet import ResNet, check_imagenet_depth, conv1x1, conv3x3, make_stages
+from models.resnet import (
+    ResNet,
+    check_imagenet_depth,
+    conv1x1,
+    conv3x3,
+    deep_stem,
+    make_stages,
+)
 
 IMAGENET_COUNTS = {
     14: (1, 1, 1, 1),
@@ -107,16 +112,6 @@ class SplitAttentionBottleneck(nn.Module):
         out = self.relu(self.bn1(self.conv1(x)))
         out = self.bn3(self.conv3(self.avd(self.conv2(out))))
         return self.relu(out + self.shortcut(x))
-
-
-def deep_stem(width: int) -> nn.Sequential:
-    """conv 3x3/2 (3 -> w), BN, ReLU, conv 3x3 (w -> w), BN, ReLU, conv 3x3 (w -> 2w), BN,
-    ReLU, max-pool 3x3/2; numbered as timm numbers its stem (conv1.0 ... and bn1 = 7)."""
-    layers = [conv3x3(3, width, 2), nn.BatchNorm2d(width), nn.ReLU(inplace=True),
-              conv3x3(width, width), nn.BatchNorm2d(width), nn.ReLU(inplace=True),
-              conv3x3(width, 2 * width), nn.BatchNorm2d(2 * width), nn.ReLU(inplace=True),
-              nn.MaxPool2d(3, 2, 1)]  # fmt: skip
-    return nn.Sequential(OrderedDict((str(i), layer) for i, layer in enumerate(layers)))
 
 
 def check_arguments(radix: int, cardinality: int, base_width: int) -> None:

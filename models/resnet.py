@@ -147,19 +147,22 @@ class Bottleneck(nn.Module):
         cardinality: int = 1,
         inner_width: int | None = None,
         se: int = 0,
+        first_width: int | None = None,
+        shortcut: nn.Module | None = None,
     ):
         super().__init__()
         inner = inner_width or planes
+        first = first_width or inner  # SENet-154 halves the first 1x1's width
         n_out = planes * self.expansion
-        self.conv1 = conv1x1(n_in, inner)
-        self.bn1 = nn.BatchNorm2d(inner)
-        self.conv2 = conv3x3(inner, inner, stride, groups=cardinality)
+        self.conv1 = conv1x1(n_in, first)
+        self.bn1 = nn.BatchNorm2d(first)
+        self.conv2 = conv3x3(first, inner, stride, groups=cardinality)
         self.bn2 = nn.BatchNorm2d(inner)
         self.conv3 = conv1x1(inner, n_out)
         self.bn3 = nn.BatchNorm2d(n_out)
         self.se = excitation(n_out, se)
         self.relu = nn.ReLU(inplace=True)
-        self.shortcut = make_shortcut(n_in, n_out, stride, shortcut_type)
+        self.shortcut = shortcut or make_shortcut(n_in, n_out, stride, shortcut_type)
         self.out_channels = n_out
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -181,6 +184,17 @@ def imagenet_stem(width: int = 64) -> nn.Sequential:
             maxpool=nn.MaxPool2d(3, 2, 1),
         )
     )
+
+
+def deep_stem(width: int) -> nn.Sequential:
+    """ResNeSt's and SENet-154's: conv 3x3/2 (3 -> w), BN, ReLU, conv 3x3 (w -> w), BN,
+    ReLU, conv 3x3 (w -> 2w), BN, ReLU, max-pool 3x3/2; numbered as timm numbers its stem
+    (conv1.0 ... conv1.6, and bn1 = 7)."""
+    layers = [conv3x3(3, width, 2), nn.BatchNorm2d(width), nn.ReLU(inplace=True),
+              conv3x3(width, width), nn.BatchNorm2d(width), nn.ReLU(inplace=True),
+              conv3x3(width, 2 * width), nn.BatchNorm2d(2 * width), nn.ReLU(inplace=True),
+              nn.MaxPool2d(3, 2, 1)]  # fmt: skip
+    return nn.Sequential(OrderedDict((str(i), layer) for i, layer in enumerate(layers)))
 
 
 def cifar_stem(width: int, with_bn: bool = True) -> nn.Sequential:
@@ -208,7 +222,8 @@ def make_stages(
 
 
 class ResNet(nn.Module):
-    """Stem, residual stages layer1..layerN, optional BN-ReLU, global average pool, Linear."""
+    """Stem, residual stages layer1..layerN, optional BN-ReLU, global average pool,
+    dropout when given, Linear."""
 
     def __init__(
         self,
@@ -217,6 +232,7 @@ class ResNet(nn.Module):
         n_features: int,
         n_classes: int,
         final_bn: bool = False,
+        dropout: float = 0.0,
     ):
         super().__init__()
         self.stem = stem
@@ -231,6 +247,7 @@ class ResNet(nn.Module):
         # Adaptive pooling instead of the Lua's fixed 7x7 / 8x8 (its issues #192, #110):
         # identical at 224 / 32 and also valid at any other input size.
         self.avgpool = nn.AdaptiveAvgPool2d(1)
+        self.dropout = nn.Dropout(dropout) if dropout else nn.Identity()
         self.fc = nn.Linear(n_features, n_classes)
         # Activation checkpointing (the Lua's -optnet / -shareGradInput memory savers).
         self.checkpoint_blocks = False
@@ -252,7 +269,7 @@ class ResNet(nn.Module):
         return checkpoint(block, x, use_reentrant=False, context_fn=contexts)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.fc(self.features(x))
+        return self.fc(self.dropout(self.features(x)))
 
 
 class FrozenBatchNormStatistics:

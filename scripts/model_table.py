@@ -52,6 +52,7 @@ NETWORKS = [
         "4.25",
         "SENet paper",
     ),
+    ("SENet-154", ("senet", 154, "imagenet"), {}, "115.1M", "20.8", "timm"),
     ("ResNeSt-50", ("resnest", 50, "imagenet"), {}, "27.5M", "5.4", "ResNeSt paper, timm"),
     ("ResNeSt-101", ("resnest", 101, "imagenet"), {}, "48.3M", None, "ResNeSt paper"),
     ("ResNeSt-200", ("resnest", 200, "imagenet"), {}, "70.2M", None, "ResNeSt paper"),

@@ -124,3 +124,29 @@ def test_an_se_resnext_trains_on_a_jpeg_folder_and_resumes(jpeg_root, tmp_path):
     assert "=> Training epoch # 2" in resumed.stdout
     saved = torch.load(save / "model_2.pth", weights_only=True)
     assert saved["arch"]["se"] == 16 and "layer4.2.se.fc2.bias" in saved["model"]
+
+
+def test_senet_154_is_timms_to_the_parameter_and_the_logit():
+    torch.manual_seed(0)
+    reference = timm.create_model("senet154", pretrained=False).eval()
+    assert parameters(reference) == 115_088_984
+    randomise_batch_norm(reference)
+    ours = models.create("senet", 154, "imagenet").eval()
+    assert parameters(ours) == 115_088_984
+    assert_timm_twins(ours, reference)
+    assert models.arch_flags(models.arch_of_torchvision(reference.state_dict())) == (
+        "-netType senet -depth 154"
+    )
+    first = ours.layer2[0]
+    assert (first.conv1.out_channels, first.conv2.out_channels) == (256, 512)  # halved 1x1
+    assert first.shortcut[0].kernel_size == (3, 3) and first.shortcut[0].stride == (2, 2)
+    assert ours.dropout.p == 0.2 and models.describe("senet", 154, "imagenet") == [
+        " | SENet-154 ImageNet"
+    ]
+
+
+def test_senet_is_one_network():
+    with pytest.raises(ValueError, match="netType senet is SENet-154"):
+        models.create("senet", 154, "imagenet", cardinality=32, baseWidth=4)
+    with pytest.raises(ValueError, match="senet ImageNet depth must be one of 154"):
+        models.create("senet", 50, "imagenet")
