@@ -1,6 +1,7 @@
 """Run a function in several processes joined by a gloo process group, as torchrun's
 workers are on CPUs: what multi-GPU runs do between processes, without GPUs."""
 
+import io
 import multiprocessing
 import os
 import traceback
@@ -14,6 +15,14 @@ from launch import Processes
 GROUP_TIMEOUT = 60  # seconds: a collective one rank never joins fails, not hangs the suite
 
 
+def as_bytes(value) -> bytes:
+    """value serialised whole: tensors put on a queue as they are would be shared through
+    this process's memory, which is gone once it has ended."""
+    buffer = io.BytesIO()
+    torch.save(value, buffer)
+    return buffer.getvalue()
+
+
 def rank_main(function, rank: int, world: int, store: str, args: tuple, results) -> None:
     """One rank: join the group, run function(processes, *args), report its result."""
     torch.set_num_threads(1)
@@ -21,7 +30,7 @@ def rank_main(function, rank: int, world: int, store: str, args: tuple, results)
         dist.init_process_group("gloo", init_method=f"file://{store}", rank=rank,
                                 world_size=world, timeout=timedelta(seconds=GROUP_TIMEOUT))  # fmt: skip
         processes = Processes(rank, world, rank, None)
-        results.put((rank, "ok", function(processes, *args)))
+        results.put((rank, "ok", as_bytes(function(processes, *args))))
     except BaseException:  # the parent reports it
         results.put((rank, "error", traceback.format_exc()))
     finally:
@@ -45,4 +54,4 @@ def run_ranks(function, world: int, folder, *args) -> list:
     reports.sort(key=lambda report: report[0])
     errors = [text for _, status, text in reports if status == "error"]
     assert not errors, errors[0]
-    return [value for _, _, value in reports]
+    return [torch.load(io.BytesIO(value), weights_only=False) for _, _, value in reports]
