@@ -1,10 +1,12 @@
 """Penultimate-layer features of images, as the Lua's extract-features.lua:
 
     python scripts/extract_features.py CHECKPOINT [BATCH_SIZE] DIR|IMAGE... [-o FILE]
+        [-layer pool|stem|layer1|...]
 
 A DIR stands for every image in it and its subfolders (a class-per-folder tree). Writes
 FILE (default features.pt): {"features": N x D float tensor (the pooled activations fed to
-the classifier), "image_list": the N files in order}."""
+the classifier), "image_list": the N files in order}; with -layer stem or layerK, the N x C x
+H x W output of that stage instead (a detector's C2-C5 are layer1-layer4)."""
 
 import argparse
 import sys
@@ -16,14 +18,32 @@ from torch import nn
 OUTPUT = "features.pt"
 
 
+class StageOutput(nn.Module):
+    """The output of one stage of a network (its stem, or layerK)."""
+
+    def __init__(self, model: nn.Module, layer: str):
+        super().__init__()
+        names = ["stem", *model.stage_names]
+        if layer not in names:
+            raise ValueError(f"unknown -layer {layer}; valid: pool, {', '.join(names)}")
+        self.parts = [getattr(model, name) for name in names[: names.index(layer) + 1]]
+
+    def forward(self, x):
+        for part in self.parts:
+            x = part(x)
+        return x
+
+
 @torch.no_grad()
-def extract(checkpoint: str, files: list[str], batch_size: int) -> dict:
-    """Features of every image, in order, from the network without its classifier."""
+def extract(checkpoint: str, files: list[str], batch_size: int, layer: str = "pool") -> dict:
+    """Features of every image, in order: the pooled vector the classifier reads, or the
+    output of the stage named by layer."""
     device = inference.device_for_inference()
     model, arch, _ = inference.load_model(checkpoint, device)
     model.fc = nn.Identity()  # the Lua removed the last nn.Linear
+    network = model if layer == "pool" else StageOutput(model, layer)
     files = inference.image_files(files)
-    features = [model(inputs.to(device)).float().cpu()
+    features = [network(inputs.to(device)).float().cpu()
                 for _, inputs in inference.batches(files, arch, batch_size)]  # fmt: skip
     return {"features": torch.cat(features), "image_list": files}
 
@@ -33,6 +53,7 @@ def main(argv=None) -> int:
     parser.add_argument("checkpoint")
     parser.add_argument("inputs", nargs="+", help="[BATCH_SIZE] then image files or directories")
     parser.add_argument("-o", "--output", default=OUTPUT, help="where to save the features")
+    parser.add_argument("-layer", default="pool", help="pool (default), stem or layer1..layerN")
     args = parser.parse_args(argv)
     inputs, batch_size = args.inputs, 32
     if inputs[0].isdigit() and len(inputs) > 1:
@@ -40,7 +61,7 @@ def main(argv=None) -> int:
     try:
         if batch_size < 1:
             raise ValueError(f"BATCH_SIZE must be positive, got {batch_size}")
-        result = extract(args.checkpoint, inputs, batch_size)
+        result = extract(args.checkpoint, inputs, batch_size, args.layer)
     except (ValueError, OSError) as exc:
         print(f"error: {' '.join(str(exc).split())}", file=sys.stderr)
         return 2

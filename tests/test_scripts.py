@@ -112,6 +112,21 @@ def test_extract_features_reads_a_class_per_folder_tree_into_the_named_file(
     assert saved["image_list"] == expected and saved["features"].shape == (len(expected), 512)
 
 
+def test_extract_features_saves_a_chosen_stage(fine_tuned, jpeg_root, tmp_path):
+    folder = os.path.join(jpeg_root, "train", "apple")
+    model = str(fine_tuned / "model_best.pth")
+    done = python(script("extract_features.py"), model, folder, "-layer", "layer2", cwd=tmp_path)
+    assert done.returncode == 0, done.stderr
+    saved = torch.load(tmp_path / "features.pt", weights_only=True)
+    assert saved["features"].shape == (len(os.listdir(folder)), 128, 28, 28)  # C3 at 224
+    wrong = python(script("extract_features.py"), model, folder, "-layer", "layer5", cwd=tmp_path)
+    assert wrong.returncode == 2
+    assert (
+        wrong.stderr
+        == "error: unknown -layer layer5; valid: pool, stem, layer1, layer2, layer3, layer4\n"
+    )
+
+
 def test_the_scripts_say_what_is_wrong_in_one_line(fine_tuned, tmp_path):
     missing = python(
         script("classify.py"), str(fine_tuned / "model_best.pth"), str(tmp_path / "x.jpg")
