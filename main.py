@@ -82,7 +82,29 @@ def weights_difference(expected: dict, given: dict) -> str | None:
 
 
 def build_model(opts, classes, checkpoint, retrained) -> tuple[nn.Module, dict]:
-    """The model to train (fresh, retrained or resumed) and the arch it is saved under."""
+    """The model to train (fresh, retrained or resumed) and the arch it is saved under,
+    with -frozenStages and -normEval applied."""
+    if checkpoint:
+        check_frozen_settings(opts, checkpoint["state"].get("frozen", [-1, False]))
+    model, arch = built_model(opts, classes, checkpoint, retrained)
+    if opts.zeroInitResidual and not (checkpoint or retrained):
+        models.zero_init_residual(model)
+    models.set_frozen(model, opts.frozenStages, opts.normEval)
+    return model, arch
+
+
+def check_frozen_settings(opts, saved: list) -> None:
+    """A resumed run freezes what the run it continues froze (its optimizer holds exactly
+    the trainable parameters)."""
+    if list(saved) != [opts.frozenStages, opts.normEval]:
+        flags = f"-frozenStages {saved[0]} -normEval {str(saved[1]).lower()}"
+        raise checkpoints.CheckpointError(
+            f"{opts.resume} was trained with {flags}; resume with the same flags"
+        )
+
+
+def built_model(opts, classes, checkpoint, retrained) -> tuple[nn.Module, dict]:
+    """build_model() before the fine-tuning options."""
     file_arch = retrained_arch(opts, retrained) if retrained else None
     arch = intended_arch(opts, classes, file_arch)
     if checkpoint:
@@ -140,9 +162,10 @@ def learning_rate_schedule(opts):
 
 
 def make_optimizer(model: nn.Module, opts, checkpoint) -> torch.optim.Optimizer:
-    """Nesterov SGD with weight decay on every parameter; state from -resume or -optimState."""
+    """Nesterov SGD with weight decay on every trainable parameter (frozen ones are left
+    out); state from -resume or -optimState."""
     optimizer = torch.optim.SGD(
-        model.parameters(),
+        [parameter for parameter in model.parameters() if parameter.requires_grad],
         lr=opts.LR,
         momentum=opts.momentum,
         dampening=0.0,
@@ -260,7 +283,8 @@ class EpochLoop:
         the same iteration, as every process calls it); only rank 0 writes (every rank
         holds the same weights), with the random generators of every rank."""
         rng = launch.all_gathered(launch.rng_state(self.devices), self.processes)
-        state = {"rng": rng, "scaler": self.trainer.scaler.state_dict()}
+        state = {"rng": rng, "scaler": self.trainer.scaler.state_dict(),
+                 "frozen": [self.opts.frozenStages, self.opts.normEval]}  # fmt: skip
         samples = 0
         if iteration:  # where in the epoch's order
             first_iteration, first_sample = self.position

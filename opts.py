@@ -148,6 +148,14 @@ FLAGS = [
     ),
     ("resetClassifier", lua_bool, False, "Reset the fully connected layer for fine-tuning"),
     (
+        "frozenStages",
+        bounded_int,
+        -1,
+        "Fine-tuning: freeze the stem (0) and stages 1..N (-1: none) (new)",
+    ),
+    ("normEval", lua_bool, False, "Fine-tuning: keep every BatchNorm in eval mode (new)"),
+    ("zeroInitResidual", lua_bool, False, "Start each residual branch's last BN gamma at 0 (new)"),
+    (
         "nClasses",
         bounded_int,
         0,

@@ -7,6 +7,7 @@ import torch
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
+from models import backbone as backbones
 from models import preresnet, resnest, resnet, resnext, senet
 
 NET_TYPES = ("resnet", "preresnet", "resnext", "resnest", "senet")
@@ -193,6 +194,46 @@ def to_timm(state_dict: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
 def is_foreign(state_dict: Mapping[str, torch.Tensor]) -> bool:
     """Whether a state_dict has torchvision's or timm's names (not this package's)."""
     return "conv1.weight" in state_dict or "conv1.0.weight" in state_dict
+
+
+def backbone(
+    netType: str,
+    depth: int,
+    *,
+    cardinality: int = 1,
+    baseWidth: int = 64,
+    bottleneckType: str = "resnext_C",
+    se: int = 0,
+    radix: int = 2,
+    style: str = "pytorch",
+    strides=(1, 2, 2, 2),
+    dilations=(1, 1, 1, 1),
+    outIndices=(0, 1, 2, 3),
+    frozenStages: int = -1,
+    normEval: bool = False,
+    zeroInitResidual: bool = False,
+) -> nn.Module:
+    """An ImageNet ResNet / ResNeXt (SE or not) as a detection backbone: forward gives the
+    outputs of the stages in outIndices (0-3: C2-C5), and the options mean what
+    mmdetection's ResNet options of the same names mean; ValueError lists what is valid."""
+    if netType not in ("resnet", "resnext"):
+        raise ValueError(f"the backbone is built for netType resnet and resnext; got {netType!r}")
+    network = create(netType, depth, "imagenet", cardinality=cardinality, baseWidth=baseWidth,
+                     bottleneckType=bottleneckType, se=se, radix=radix, nClasses=1)  # fmt: skip
+    return backbones.backbone(network, style=style, strides=strides, dilations=dilations,
+                              out_indices=outIndices, frozen_stages=frozenStages,
+                              norm_eval=normEval, zero_init=zeroInitResidual)  # fmt: skip
+
+
+def set_frozen(model: nn.Module, frozen_stages: int = -1, norm_eval: bool = False) -> None:
+    """Fine-tuning: freeze the stem and the first frozen_stages stages (no gradient, BN in
+    eval mode), and with norm_eval keep every BN in eval mode, through .train()."""
+    backbones.set_frozen(model, frozen_stages, norm_eval)
+
+
+def zero_init_residual(model: nn.Module) -> None:
+    """The last BN gamma of every residual branch set to 0."""
+    backbones.zero_init_residual(model)
 
 
 def set_activation_checkpointing(model: nn.Module, enabled: bool = True) -> None:

@@ -251,7 +251,14 @@ class ResNet(nn.Module):
         self.fc = nn.Linear(n_features, n_classes)
         # Activation checkpointing (the Lua's -optnet / -shareGradInput memory savers).
         self.checkpoint_blocks = False
+        self.frozen_stages, self.norm_eval = -1, False  # see models.backbone.set_frozen
         init_weights(self)
+
+    def train(self, mode: bool = True) -> "ResNet":
+        super().train(mode)
+        if mode:
+            keep_frozen_in_eval(self)
+        return self
 
     def features(self, x: torch.Tensor) -> torch.Tensor:
         """Pooled penultimate-layer features (the input of fc)."""
@@ -270,6 +277,24 @@ class ResNet(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.fc(self.dropout(self.features(x)))
+
+
+def frozen_parts(network: nn.Module) -> list[nn.Module]:
+    """The stem and the first frozen_stages stages of a network (none when it is -1)."""
+    frozen = getattr(network, "frozen_stages", -1)
+    if frozen < 0:
+        return []
+    return [network.stem, *(getattr(network, f"layer{i}") for i in range(1, frozen + 1))]
+
+
+def keep_frozen_in_eval(network: nn.Module) -> None:
+    """After .train(): frozen parts, and with norm_eval every BatchNorm, back in eval mode."""
+    for module in frozen_parts(network):
+        module.eval()
+    if getattr(network, "norm_eval", False):
+        for module in network.modules():
+            if isinstance(module, nn.modules.batchnorm._BatchNorm):
+                module.eval()
 
 
 class FrozenBatchNormStatistics:
