@@ -41,7 +41,8 @@ def resnet(depth, dataset="imagenet", net_type="resnet"):
 
 # name -> (title, recipe, rows of (label, create() arguments, published params in M or None,
 # published GFLOPs or None, the paper's top-1 error in %)). Errors: ResNeXt paper Tables 3,
-# 4, 7; fb.resnet.torch README; ResNet paper Table 6. Sizes: ResNeXt paper (Table 1, Table 4
+# 4, 7; ResNeSt paper (100 - its top-1 accuracy); fb.resnet.torch README; ResNet paper
+# Table 6. Sizes: ResNeXt paper (Table 1, Table 4
 # GFLOPs, Table 7) and README (~44M, ~7.8 GFLOPs for the 101s); ResNet paper Table 6; for
 # fb's ImageNet ResNets and ResNeXt-101 64x4d, torchvision's published model sizes.
 TABLES = {
@@ -69,6 +70,13 @@ TABLES = {
         ("ResNeXt-29 16x64d CIFAR-10", resnext(29, 16, 64, "cifar10"), 68.1, None, 3.58),
         ("ResNeXt-29 8x64d CIFAR-100", resnext(29, 8, 64, "cifar100"), 34.4, None, 17.77),
         ("ResNeXt-29 16x64d CIFAR-100", resnext(29, 16, 64, "cifar100"), 68.1, None, 17.31),
+    ]),
+    "resnest_table": ("ResNeSt paper: ImageNet (the paper's crops 224/256/320/416 and training"
+                      " recipe; this tool trains at 224 with the Lua's recipe)", IMAGENET, [
+        ("ResNeSt-50", resnet(50, net_type="resnest"), 27.5, 5.4, 18.87),
+        ("ResNeSt-101", resnet(101, net_type="resnest"), 48.3, None, 17.17),
+        ("ResNeSt-200", resnet(200, net_type="resnest"), 70.2, None, 16.16),
+        ("ResNeSt-269", resnet(269, net_type="resnest"), 110.9, None, 15.46),
     ]),
     "fb_imagenet": ("fb.resnet.torch ImageNet single-crop errors", FB_IMAGENET, [
         ("ResNet-18", resnet(18), 11.7, 1.8, 30.43),
