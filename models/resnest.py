@@ -72,8 +72,11 @@ class SplitAttentionConv(nn.Module):
 
     def attention_norm(self, pooled: torch.Tensor) -> torch.Tensor:
         """bn1; for a single image in training, where a pooled vector has no batch to be
-        normalised over, with the running statistics (and without updating them)."""
-        if not (self.training and pooled.shape[0] == 1):
+        normalised over, with the running statistics (and without updating them). A
+        -syncBN norm normalises over every process's images: it is always called, so that
+        its all-reduces pair up."""
+        alone = self.training and pooled.shape[0] == 1 and type(self.bn1) is nn.BatchNorm2d
+        if not alone:
             return self.bn1(pooled)
         norm = self.bn1
         return F.batch_norm(pooled, norm.running_mean, norm.running_var, norm.weight, norm.bias,

@@ -5,14 +5,17 @@ the oracle (pretrained=False)."""
 import pytest
 import timm
 import torch
+from ranks import run_ranks
 from test_cli import run_main
 from test_squeeze_excitation import assert_timm_twins, parameters, randomise_batch_norm
 from timm.models.resnest import ResNestBottleneck
 from timm.models.resnet import ResNet as TimmResNet
+from torch import nn
 
 import main
 import models
 from checkpoints import CheckpointError
+from models import sync_batchnorm
 
 TWINS = [  # (timm name, depth, published parameter count)
     ("resnest14d", 14, 10_611_688),
@@ -114,3 +117,48 @@ def test_a_resnest_trains_on_a_jpeg_folder_and_resumes(jpeg_root, tmp_path):
     assert resumed.returncode == 0, resumed.stderr
     saved = torch.load(save / "model_2.pth", weights_only=True)
     assert (saved["arch"]["netType"], saved["arch"]["radix"]) == ("resnest", 2)
+
+
+NEW_NETWORKS = [("resnest", 14, {}), ("resnest", 14, {"radix": 1, "cardinality": 2}),
+                ("resnet", 18, {"se": 16})]  # fmt: skip
+
+
+@pytest.mark.parametrize(("net", "depth", "kwargs"), NEW_NETWORKS)
+@pytest.mark.parametrize("mode", ["optnet", "bf16", "channels_last"])
+def test_the_new_networks_train_in_every_mode(net, depth, kwargs, mode):
+    """-optnet (recomputed blocks), -precision bf16 (autocast) and channels_last give the
+    plain run's loss and finite gradients."""
+    torch.manual_seed(0)
+    model = models.create(net, depth, "imagenet", nClasses=5, **kwargs)
+    images, target = torch.randn(2, 3, 64, 64), torch.tensor([0, 3])
+    plain = nn.functional.cross_entropy(model(images), target).item()
+    if mode == "optnet":
+        models.set_activation_checkpointing(model)
+    if mode == "channels_last":
+        model, images = (
+            model.to(memory_format=torch.channels_last),
+            images.to(memory_format=torch.channels_last),
+        )
+    with torch.autocast("cpu", dtype=torch.bfloat16, enabled=mode == "bf16"):
+        loss = nn.functional.cross_entropy(model(images).float(), target)
+    loss.backward()
+    assert loss.item() == pytest.approx(plain, rel=0.05 if mode == "bf16" else 1e-4)
+    assert all(p.grad is not None and torch.isfinite(p.grad).all() for p in model.parameters())
+
+
+def train_resnest_with_global_batch_norm(processes, images_per_rank):
+    """One DistributedDataParallel step of a -syncBN ResNeSt-14 on each rank's images."""
+    torch.manual_seed(0)
+    model = sync_batchnorm.convert(models.create("resnest", 14, "imagenet", nClasses=3))
+    ddp = nn.parallel.DistributedDataParallel(model)
+    torch.manual_seed(1 + processes.rank)
+    images = torch.randn(images_per_rank[processes.rank], 3, 64, 64)
+    nn.functional.cross_entropy(ddp(images), torch.zeros(len(images), dtype=torch.long)).backward()
+    return model.layer1[0].conv2.bn1.running_mean.clone(), model.fc.weight.grad.clone()
+
+
+def test_resnest_with_sync_bn_under_ddp_agrees_across_processes(tmp_path):
+    """Also when one process holds a single image: its attention statistics are global."""
+    results = run_ranks(train_resnest_with_global_batch_norm, 2, tmp_path, (1, 3))
+    (mean0, grad0), (mean1, grad1) = results
+    assert torch.equal(mean0, mean1) and torch.equal(grad0, grad1)
