@@ -213,11 +213,14 @@ def backbone(
     normEval: bool = False,
     zeroInitResidual: bool = False,
 ) -> nn.Module:
-    """An ImageNet ResNet / ResNeXt (SE or not) as a detection backbone: forward gives the
-    outputs of the stages in outIndices (0-3: C2-C5), and the options mean what
-    mmdetection's ResNet options of the same names mean; ValueError lists what is valid."""
-    if netType not in ("resnet", "resnext"):
-        raise ValueError(f"the backbone is built for netType resnet and resnext; got {netType!r}")
+    """An ImageNet ResNet / ResNeXt (SE or not), SENet-154 or ResNeSt as a detection
+    backbone: forward gives the outputs of the stages in outIndices (0-3: C2-C5), and the
+    options mean what mmdetection's ResNet (and ResNeSt) options of the same names mean;
+    ValueError lists what is valid."""
+    if netType not in ("resnet", "resnext", "senet", "resnest"):
+        raise ValueError(
+            f"the backbone is built for netType resnet, resnext, senet and resnest; got {netType!r}"
+        )
     network = create(netType, depth, "imagenet", cardinality=cardinality, baseWidth=baseWidth,
                      bottleneckType=bottleneckType, se=se, radix=radix, nClasses=1)  # fmt: skip
     return backbones.backbone(network, style=style, strides=strides, dilations=dilations,

@@ -1,14 +1,16 @@
-"""ResNet / ResNeXt (SE or not) as a detection backbone, with mmdetection's ResNet options:
-the stem and stages without pooling and classifier, returning the stage outputs a
-detector needs (C2-C5), with style, per-stage strides and dilations, frozen stages,
-BatchNorm kept in eval mode, and zero-initialised residual branches. Frozen stages and
-normEval also apply to a whole classification network (fine-tuning)."""
+"""ResNet / ResNeXt (SE or not), SENet-154 and ResNeSt as a detection backbone, with
+mmdetection's ResNet options: the stem and stages without pooling and classifier,
+returning the stage outputs a detector needs (C2-C5), with style, per-stage strides and
+dilations, frozen stages, BatchNorm kept in eval mode, and zero-initialised residual
+branches. Frozen stages and normEval also apply to a whole classification network
+(fine-tuning)."""
 
 from collections.abc import Sequence
 
 import torch
 from torch import nn
 
+from models.resnest import SplitAttentionBottleneck
 from models.resnet import BasicBlock, Bottleneck, ResNet, frozen_parts, keep_frozen_in_eval
 
 STYLES = ("pytorch", "caffe")  # the stride on the 3x3 (the Lua's) or on the first 1x1
@@ -32,6 +34,9 @@ def check_options(style: str, strides: Sequence[int], dilations: Sequence[int],
 def stride_and_dilate(block: nn.Module, stride: int, dilation: int, style: str) -> None:
     """Give a built block another stride and dilation, where mmdetection puts them: the
     3x3 convolution (padding = dilation); with style caffe, the stride on the first 1x1."""
+    if isinstance(block, SplitAttentionBottleneck):
+        stride_and_dilate_split_attention(block, stride, dilation, style)
+        return
     if isinstance(block, BasicBlock):
         strided, dilated = block.conv1, block.conv1
     elif isinstance(block, Bottleneck):
@@ -49,11 +54,29 @@ def stride_and_dilate(block: nn.Module, stride: int, dilation: int, style: str) 
         raise ValueError("a stride on a block without a projection shortcut; use shortcutType B")
 
 
+def stride_and_dilate_split_attention(block: SplitAttentionBottleneck, stride: int,
+                                      dilation: int, style: str) -> None:  # fmt: skip
+    """ResNeSt's block as mmdetection's ResNeSt strides it: the 3x3 average pool after the
+    split-attention convolution (style pytorch) or the first 1x1 (caffe); the shortcut's
+    average pool at the stride."""
+    on_pool = style == "pytorch" and stride > 1
+    block.conv1.stride = (1, 1) if style == "pytorch" else (stride, stride)
+    block.avd = nn.AvgPool2d(3, stride, padding=1) if on_pool else nn.Identity()
+    block.conv2.conv.dilation = block.conv2.conv.padding = (dilation, dilation)
+    if isinstance(block.shortcut, nn.Sequential):
+        pool = nn.AvgPool2d(stride, stride, ceil_mode=True, count_include_pad=False)
+        block.shortcut[0] = pool if stride > 1 else nn.Identity()
+    elif stride != 1:
+        raise ValueError("a stride on a block without a projection shortcut")
+
+
 def zero_init_residual(network: nn.Module) -> None:
     """The last BN gamma of every residual branch starts at 0: each block starts as its
     shortcut."""
     for block in network.modules():
-        last = {BasicBlock: "bn2", Bottleneck: "bn3"}.get(type(block))
+        last = {BasicBlock: "bn2", Bottleneck: "bn3", SplitAttentionBottleneck: "bn3"}.get(
+            type(block)
+        )
         if last is not None:
             nn.init.zeros_(getattr(block, last).weight)
 

@@ -121,3 +121,39 @@ def test_a_frozen_fine_tuning_run_leaves_the_frozen_weights_bitwise_unchanged(ci
     assert "was trained with -frozenStages 2 -normEval true; resume with the same" in (
         refused.stderr
     )
+
+
+@pytest.mark.parametrize(("net", "depth"), [("resnest", 14), ("resnet", 18)])
+def test_the_default_backbone_computes_the_networks_own_stages(net, depth):
+    torch.manual_seed(0)
+    network = models.create(net, depth, "imagenet").eval()
+    backbone = models.backbone(net, depth).eval()
+    weights = {k: v for k, v in network.state_dict().items() if not k.startswith("fc.")}
+    backbone.load_state_dict(weights, strict=True)
+    images = torch.randn(2, 3, 64, 64)
+    with torch.no_grad():
+        expected = network.layer4(network.layer3(network.layer2(network.layer1(
+            network.stem(images)))))  # fmt: skip
+        assert torch.equal(backbone(images)[-1], expected)
+    n_params = sum(p.numel() for p in backbone.parameters())
+    assert (
+        n_params == sum(p.numel() for p in network.parameters()) - network.fc.weight.numel() - 1000
+    )
+
+
+def test_resnest_and_senet_backbones_take_mmdetections_options():
+    resnest = models.backbone("resnest", 50, style="caffe", strides=(1, 2, 2, 1),
+                              dilations=(1, 1, 1, 2), frozenStages=2)  # fmt: skip
+    first = resnest.layer2[0]
+    assert first.conv1.stride == (2, 2) and isinstance(first.avd, nn.Identity)  # caffe
+    assert resnest.layer4[0].conv2.conv.dilation == (2, 2)
+    with torch.no_grad():
+        shapes = [o.shape[-1] for o in resnest.eval()(torch.randn(1, 3, 64, 64))]
+    assert shapes == [16, 8, 4, 4]
+    assert not any(p.requires_grad for p in resnest.layer2.parameters())
+    assert all(p.requires_grad for p in resnest.layer3.parameters())
+    pytorch = models.backbone("resnest", 50)
+    assert pytorch.layer2[0].avd.stride == 2 and pytorch.layer2[0].conv1.stride == (1, 1)
+    with torch.device("meta"):
+        senet = models.backbone("senet", 154, outIndices=(1, 3))
+    assert senet.out_indices == (1, 3) and senet.layer2[0].shortcut[0].kernel_size == (3, 3)
