@@ -8,6 +8,7 @@ model is saved unwrapped (no 'module.' or '_orig_mod.' prefixes), so a bare mode
 
 import errno
 import io
+import json
 import os
 import pickle
 import re
@@ -223,6 +224,51 @@ def unwritable(path: str) -> str | None:
             else f"{existing} is not writable"
         )
     return None
+
+
+def same_folder(first: str, second: str) -> bool:
+    """Whether two paths name the same folder."""
+    return os.path.realpath(first) == os.path.realpath(second)
+
+
+def check_run_folder(save: str, resume: str, overwrite: bool) -> None:
+    """A run's -save must be able to hold files, and may hold another run only when this
+    run continues it (-resume of the same folder) or replaces it (-overwrite true)."""
+    problem = unwritable(save)
+    if problem:
+        raise CheckpointError(f"cannot save in -save {save}: {problem}; choose another -save")
+    resuming = resume != "none" and same_folder(resume, save)
+    if resuming and overwrite:
+        raise CheckpointError(
+            "-overwrite true would delete the run that -resume continues; give one of them"
+        )
+    found = run_files(save)
+    if found and not resuming and not overwrite:
+        listed = ", ".join(found[:3]) + (" ..." if len(found) > 3 else "")
+        raise CheckpointError(
+            f"-save {save} already holds a run ({listed}): continue it with -resume"
+            f" {save}, choose another -save, or replace it with -overwrite true"
+        )
+
+
+class RunFolder:
+    """A run's folder, made ready on its first write (never by a run that fails to
+    start): created, emptied of an earlier run when overwriting, given opts.json."""
+
+    def __init__(self, folder: str, overwrite: bool, options: dict):
+        self.folder, self.overwrite, self.options = folder, overwrite, options
+        self.ready = False
+
+    def __call__(self) -> None:
+        if self.ready:
+            return
+        os.makedirs(self.folder, exist_ok=True)
+        if self.overwrite and run_files(self.folder):
+            clear_run(self.folder)
+            print(f"=> -overwrite true: deleted the earlier run in {self.folder}")
+        text = json.dumps(self.options, indent=2).encode()
+        atomic_write(os.path.join(self.folder, "opts.json"), lambda handle: handle.write(text))
+        self.ready = True
 
 
 def load_file(path: str):

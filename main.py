@@ -1,7 +1,6 @@
 """Train or evaluate ResNet / PreResNet / ResNeXt: python main.py -dataset ... (see -h)."""
 
 import errno
-import json
 import math
 import os
 import signal
@@ -191,65 +190,20 @@ def options_record(opts, arch: dict) -> dict:
     return {**{k: v for k, v in vars(opts).items() if k != "given"}, "arch": arch}
 
 
-def write_options(opts, arch: dict) -> None:
-    """Write the resolved options to <save>/opts.json."""
-    text = json.dumps(options_record(opts, arch), indent=2)
-    checkpoints.atomic_write(os.path.join(opts.save, "opts.json"), lambda f: f.write(text.encode()))
-
-
-def same_folder(first: str, second: str) -> bool:
-    """Whether two paths name the same folder."""
-    return os.path.realpath(first) == os.path.realpath(second)
-
-
 def check_save_folder(opts) -> None:
-    """-save must be able to hold files, and may hold another run only when this run
-    continues it (-resume of the same folder) or replaces it (-overwrite true)."""
-    if opts.testOnly:
-        return  # testing writes nothing there
-    problem = checkpoints.unwritable(opts.save)
-    if problem:
-        raise StartError(f"cannot save in -save {opts.save}: {problem}; choose another -save")
-    resuming = opts.resume != "none" and same_folder(opts.resume, opts.save)
-    if resuming and opts.overwrite:
-        raise StartError(
-            "-overwrite true would delete the run that -resume continues; give one of them"
-        )
-    found = checkpoints.run_files(opts.save)
-    if found and not resuming and not opts.overwrite:
-        listed = ", ".join(found[:3]) + (" ..." if len(found) > 3 else "")
-        raise StartError(
-            f"-save {opts.save} already holds a run ({listed}): continue it with -resume"
-            f" {opts.save}, choose another -save, or replace it with -overwrite true"
-        )
-
-
-class RunFolder:
-    """-save, made ready on the run's first write (never by a run that fails to start):
-    created, emptied of an earlier run with -overwrite, and given opts.json."""
-
-    def __init__(self, opts, arch: dict, classes: list[str]):
-        self.opts, self.arch, self.classes = opts, arch, classes
-        self.ready = False
-
-    def __call__(self) -> None:
-        if self.ready:
-            return
-        os.makedirs(self.opts.save, exist_ok=True)
-        if self.opts.overwrite and checkpoints.run_files(self.opts.save):
-            checkpoints.clear_run(self.opts.save)
-            print(f"=> -overwrite true: deleted the earlier run in {self.opts.save}")
-        write_options(self.opts, self.arch)
-        self.ready = True
+    """-save may hold another run only when this run continues or replaces it."""
+    if not opts.testOnly:  # testing writes nothing there
+        checkpoints.check_run_folder(opts.save, opts.resume, opts.overwrite)
 
 
 class EpochLoop:
     """The Lua's epoch loop (train, test, remember the best top-1, save) made resumable:
     checkpoints every -checkpointEvery iterations and on SIGTERM / SIGINT."""
 
-    def __init__(self, opts, trainer, loaders, run_folder, checkpoint, stop, processes,
-                 devices):  # fmt: skip
+    def __init__(self, opts, trainer, loaders, run_folder, network, checkpoint, stop,
+                 processes, devices):  # fmt: skip
         self.opts, self.trainer, self.run_folder = opts, trainer, run_folder
+        self.arch, self.classes = network  # what the model files describe
         self.train_loader, self.val_loader = loaders
         self.processes, self.stop, self.devices = processes, stop, devices
         self.best = (math.inf, math.inf)
@@ -297,7 +251,7 @@ class EpochLoop:
         self.run_folder()
         checkpoints.save(
             self.opts.save, epoch, self.trainer.model, self.trainer.optimizer.state_dict(),
-            arch=self.run_folder.arch, classes=self.run_folder.classes, is_best=is_best,
+            arch=self.arch, classes=self.classes, is_best=is_best,
             best=self.best, iteration=iteration, samples=samples, state=state,
             keep=self.opts.keepCheckpoints,
         )  # fmt: skip
@@ -518,7 +472,7 @@ def train_or_test(opts, devices, loaders, sources, processes: Processes, stop) -
         top1, top5 = trainer.test(0, loaders[1])
         print(f" * Results top1: {top1:6.3f}  top5: {top5:6.3f}")
         return 0
-    run_folder = RunFolder(opts, arch, classes)
+    run_folder = checkpoints.RunFolder(opts.save, opts.overwrite, options_record(opts, arch))
     records = None
     if processes.rank == 0:
         print(f"=> Saving checkpoints and records in {os.path.abspath(opts.save)}")
@@ -527,7 +481,8 @@ def train_or_test(opts, devices, loaders, sources, processes: Processes, stop) -
                                    before_first_write=run_folder)  # fmt: skip
     trainer = make_trainer(opts, model, device, checkpoint, processes,
                            train.Progress(record=records, **shown))  # fmt: skip
-    loop = EpochLoop(opts, trainer, loaders, run_folder, checkpoint, stop, processes, used)
+    loop = EpochLoop(opts, trainer, loaders, run_folder, (arch, classes), checkpoint, stop,
+                     processes, used)  # fmt: skip
     try:
         loop.run()
     except train.Interrupted as exc:
