@@ -215,6 +215,19 @@ def precision_settings(
     }[precision]
 
 
+def cpu_has_bf16() -> bool:
+    """Whether this CPU computes bf16 natively (AVX512-BF16 or AMX), as oneDNN reports."""
+    return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+
+
+def precision_note(precision: str, device: torch.device, has_bf16=cpu_has_bf16) -> None:
+    """Say once when -precision bf16 runs on a CPU that only emulates bf16 (slower than
+    single there)."""
+    if precision == "bf16" and device.type == "cpu" and not has_bf16():
+        print("=> warning: this CPU has no native bf16 (AVX512-BF16 or AMX): -precision bf16"
+              " is emulated here and slower than -precision single")  # fmt: skip
+
+
 def compile_model(model: nn.Module, device: torch.device) -> nn.Module:
     """torch.compile, or a StartError where this platform cannot compile."""
     compilers = (os.environ.get("CXX"), "g++", "c++", "clang++")

@@ -383,6 +383,7 @@ def run_process(opts, processes: Processes, stop: launch.StopRequest) -> int:
     """Validate, build, then train or test."""
     device = launch.select_device(opts.nGPU, processes)
     launch.precision_settings(opts.precision, device)  # a bad combination fails before any work
+    launch.precision_note(opts.precision, device)
     parallel.check_compile(opts.compile, device, opts.nGPU, processes.world)
     launch.configure_host_allocator(opts.hostAllocator)  # before workers fork: they inherit it
     torch.manual_seed(opts.manualSeed)
