@@ -1,11 +1,12 @@
-"""ResNeSt (-netType resnest): the networks the ResNeSt authors and timm build as
-resnest*d / resnest*e, to the parameter, the key, the multiply-add and the logit; timm is
-the oracle (pretrained=False)."""
+"""ResNeSt (-netType resnest): the networks the ResNeSt authors' `resnest` package and timm
+(resnest*d / resnest*e) build, to the parameter, the key, the multiply-add and the logit;
+both are the oracles (pretrained=False)."""
 
 import pytest
 import timm
 import torch
 from ranks import run_ranks
+from resnest.torch import resnest50, resnest101, resnest200, resnest269
 from test_cli import run_main
 from test_squeeze_excitation import assert_timm_twins, parameters, randomise_batch_norm
 from timm.models.resnest import ResNestBottleneck
@@ -34,6 +35,25 @@ def test_parameters_and_names_equal_timms(name, depth, published):
         reference = timm.create_model(name, pretrained=False)
     assert parameters(ours) == parameters(reference) == published
     assert set(models.to_timm(ours.state_dict())) == set(reference.state_dict())
+
+
+AUTHORS = [(resnest50, 50), (resnest101, 101), (resnest200, 200), (resnest269, 269)]
+
+
+@pytest.mark.parametrize(("builder", "depth"), AUTHORS)
+def test_parameters_and_names_equal_the_resnest_packages(builder, depth):
+    with torch.device("meta"):
+        ours = models.create("resnest", depth, "imagenet")
+        reference = builder(pretrained=False)
+    assert parameters(ours) == parameters(reference)
+    assert set(models.to_timm(ours.state_dict())) == set(reference.state_dict())
+
+
+def test_the_resnest_packages_weights_give_its_logits():
+    torch.manual_seed(0)
+    reference = resnest50(pretrained=False).eval()
+    randomise_batch_norm(reference)
+    assert_timm_twins(models.create("resnest", 50, "imagenet").eval(), reference)
 
 
 def test_resnest_50_multiply_adds():
