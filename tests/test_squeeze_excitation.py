@@ -98,7 +98,8 @@ def test_a_checkpoint_saved_before_se_existed_resumes(tmp_path):
     arch = models.arch_from_opts(opts)
     old_arch = {k: v for k, v in arch.items() if k != "se"}
     state = models.create(**arch).state_dict()
-    checkpoint = {"model": {"arch": old_arch, "model": state}, "modelPath": "model_1.pth"}
+    checkpoint = {"model": {"arch": old_arch, "model": state}, "modelPath": "model_1.pth",
+                  "state": {}}  # fmt: skip
     model, saved = main.build_model(opts, [str(i) for i in range(10)], checkpoint, None)
     assert saved["se"] == 0 and model.layer1[0].se is None
 
