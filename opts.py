@@ -169,6 +169,12 @@ FLAGS = [
     ),
     ("keepCheckpoints", bounded_int, 0, "Keep the last K per-epoch checkpoints (0: all) (new)"),
     (
+        "cropSize",
+        bounded_int,
+        224,
+        "Folder datasets: train / val crop side (val resized to it / 0.875) (new)",
+    ),
+    (
         "decodeOnDevice",
         lua_bool,
         False,
@@ -302,6 +308,11 @@ def validate(opts: argparse.Namespace) -> None:
         not opts.decodeOnDevice or opts.dataset == "imagenet",
         "-decodeOnDevice is for folder datasets (-dataset imagenet)",
     )
+    _check(
+        opts.cropSize == 224 or opts.dataset == "imagenet",
+        "-cropSize is for folder datasets (-dataset imagenet)",
+    )
+    _check(opts.cropSize >= 32, f"-cropSize must be at least 32, got {opts.cropSize}")
     _check(opts.printFreq > 0, f"-printFreq must be positive, got {opts.printFreq}")
     for name in ("nClasses", "checkpointEvery", "keepCheckpoints", "preciseBN"):
         value = getattr(opts, name)

@@ -23,7 +23,7 @@ __all__ = [
 
 
 def load(name: str, split: str, *, data: str, gen: str, ten_crop: bool = False,
-         skip_corrupt=False, decode_on_device=False) -> Dataset:  # fmt: skip
+         skip_corrupt=False, decode_on_device=False, crop_size: int = 224) -> Dataset:  # fmt: skip
     """The train or val split of dataset `name`; the result has .classes."""
     if name in cifar.FOLDERS:
         return cifar.load(name, split, data, gen)
@@ -31,7 +31,8 @@ def load(name: str, split: str, *, data: str, gen: str, ten_crop: bool = False,
         return fashionmnist.load(split, data, gen)
     if name == "imagenet":
         cache = os.path.join(gen, f"{name}.json")
-        return imagenet.load(split, data, cache, ten_crop, skip_corrupt, decode_on_device)
+        return imagenet.load(split, data, cache, ten_crop, skip_corrupt, decode_on_device,
+                             crop_size)  # fmt: skip
     raise DataError(f"unknown dataset: {name}")
 
 
@@ -79,6 +80,7 @@ def create(opts, split: str) -> Dataset:
     return load(
         opts.dataset, split, data=opts.data, gen=opts.gen, ten_crop=opts.tenCrop,
         skip_corrupt=opts.skipCorrupt, decode_on_device=opts.decodeOnDevice,
+        crop_size=opts.cropSize,
     )  # fmt: skip
 
 

@@ -490,15 +490,25 @@ def load(
     ten_crop: bool = False,
     skip_corrupt: bool = False,
     decode_on_device: bool = False,
+    crop_size: int = 224,
 ) -> ImageFolder:
     """The train or val split of a class-per-folder dataset, as uint8 samples (JPEGs left
-    encoded with decode_on_device)."""
+    encoded with decode_on_device), cropped to crop_size (val: from a resize of the short
+    side to crop_size / 0.875, the Lua's 256 for 224)."""
     index = cached_index(data, cache_path)
     on_device = {"on_device": decode_on_device}
-    transform = TrainSample(**on_device) if split == "train" else ValSample(ten_crop, **on_device)
+    if split == "train":
+        transform = TrainSample(crop_size, **on_device)
+    else:
+        transform = ValSample(ten_crop, crop_size, val_scale(crop_size), **on_device)
     samples = PackedSamples([tuple(sample) for sample in index[split]])
     folder = os.path.join(data, split)
     return ImageFolder(folder, samples, index["classes"], transform, skip_corrupt)
+
+
+def val_scale(crop_size: int) -> int:
+    """The short side validation images are resized to before the centre crop."""
+    return int(crop_size / 0.875)
 
 
 def finish_on(loader, device, skip_corrupt: bool = False) -> photometric.DeviceFinishing:

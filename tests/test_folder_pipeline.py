@@ -202,3 +202,16 @@ def test_only_jpegs_that_the_device_decodes_right_are_left_to_it(tmp_path, mode,
         with Image.open(path) as image:
             in_worker, _ = imagenet.ValSample(False, size=16, scale=20, draft=False)(image)
         assert torch.equal(sample, in_worker)
+
+
+def test_a_crop_size_other_than_224_crops_train_and_val_to_it(jpeg_root, tmp_path):
+    """-cropSize 256 (ResNeSt-101's): 256 x 256 crops; val resized to 292 (256 / 0.875) first."""
+    train = imagenet.load("train", jpeg_root, str(tmp_path / "gen.json"), crop_size=256)
+    val = imagenet.load("val", jpeg_root, str(tmp_path / "gen.json"), crop_size=256)
+    assert train[(0, 7)][0].shape == val[0][0].shape == (3, 256, 256)
+    assert (val.transform.scale, imagenet.val_scale(224)) == (292, 256)
+    import opts as options
+
+    parsed = options.parse(["-dataset", "imagenet", "-data", jpeg_root, "-cropSize", "320",
+                            "-gen", str(tmp_path / "gen")])  # fmt: skip
+    assert datasets.create(parsed, "val")[0][0].shape == (3, 320, 320)  # the flag reaches it

@@ -130,6 +130,7 @@ def test_help_lists_every_flag_with_default():
         (["-nEpochs", "-1"], "-nEpochs must be positive"),
         (["-printFreq", "0"], "-printFreq must be positive"),
         (["-decodeOnDevice", "true"], "-decodeOnDevice is for folder datasets"),
+        (["-cropSize", "256"], "-cropSize is for folder datasets"),
         (["-batchSize", "12x"], "invalid int value: '12x'"),
         (["-LR", "fast"], "invalid float value: 'fast'"),
         (["-LR", "inf"], "invalid float value: 'inf'"),

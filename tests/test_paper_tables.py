@@ -63,3 +63,12 @@ def test_imagenet_tables_need_the_data_and_a_known_gpu_count():
     assert missing.returncode == 2 and missing.stderr.startswith("error: set DATA")
     odd = table_script("fb_cifar", NGPU="3")
     assert odd.returncode == 2 and odd.stderr == "error: NGPU must be 8, 4, 2 or 1, got 3\n"
+
+
+def test_resnest_rows_train_at_the_papers_crop_sizes():
+    _, recipe, rows = paper_tables.TABLES["resnest_table"]
+    crops = []
+    for label, arch, *_ in rows:
+        line = paper_tables.command("resnest_table", label, arch, recipe, 8, "/data")
+        crops.append(line[line.index("-cropSize") + 1] if "-cropSize" in line else "224")
+    assert crops == ["224", "256", "320", "416"]
