@@ -1,4 +1,5 @@
-"""Train or evaluate ResNet / PreResNet / ResNeXt: python main.py -dataset ... (see -h)."""
+"""Train or evaluate ResNet / PreResNet / ResNeXt / ResNeSt / SENet: python main.py -dataset
+... (see -h)."""
 
 import errno
 import math
@@ -349,7 +350,8 @@ def run(opts) -> int:
 
 def run_started(opts, stop: launch.StopRequest) -> int:
     """run(), once stop requests are handled."""
-    world = launch.world_size()
+    job = launch.job_environment()
+    world = job.world
     if opts.batchSize % world:
         raise StartError(
             f"-batchSize {opts.batchSize} (the global batch) does not divide among {world}"
@@ -357,7 +359,7 @@ def run_started(opts, stop: launch.StopRequest) -> int:
         )
     check_save_folder(opts)
     launch.configure_backends(opts.cudnn)  # before CUDA starts: cuBLAS reads its setting then
-    processes = launch.start_processes(opts.nGPU)
+    processes = launch.start_processes(opts.nGPU, job)
     stop.processes = processes
     try:
         return run_process(opts, processes, stop)
@@ -405,13 +407,13 @@ def run_process(opts, processes: Processes, stop: launch.StopRequest) -> int:
             datasets.close(loader)
 
 
-def prepare_model(opts, model: nn.Module, device: torch.device, world: int):
-    """-optnet, then device, dtype and layout, then the spread over devices and processes
-    (and -compile): (model to train, model to evaluate)."""
+def prepare_model(opts, model: nn.Module, device: torch.device, dtypes: tuple, world: int):
+    """-optnet, then device, dtype and layout (dtypes: the parameters' and autocast's), then
+    the spread over devices and processes (and -compile): (model to train, to evaluate)."""
     if opts.shareGradInput or opts.optnet:
         print("=> Recomputing residual blocks in the backward pass to save memory (-optnet)")
         models.set_activation_checkpointing(model)
-    dtype, autocast_dtype = launch.precision_settings(opts.precision, device)
+    dtype, autocast_dtype = dtypes
     model = model.to(device, dtype).to(memory_format=CHANNELS_LAST[opts.memoryFormat])
     return parallel.spread_model(model, device, n_gpu=opts.nGPU, world=world,
                                  autocast_dtype=autocast_dtype, sync_bn=opts.syncBN,
@@ -428,7 +430,8 @@ def make_trainer(opts, model, device, checkpoint, processes: Processes,
                  progress=None) -> train.Trainer:  # fmt: skip
     """The Trainer for the options, with the optimizer and loss scale of -resume."""
     dtype, autocast_dtype = launch.precision_settings(opts.precision, device)
-    trained, evaluated = prepare_model(opts, model, device, processes.world)
+    trained, evaluated = prepare_model(opts, model, device, (dtype, autocast_dtype),
+                                       processes.world)  # fmt: skip
     distributed = processes.world > 1
     trainer = train.Trainer(
         trained,
