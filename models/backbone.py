@@ -11,15 +11,16 @@ import torch
 from torch import nn
 
 from models.resnest import SplitAttentionBottleneck
-from models.resnet import BasicBlock, Bottleneck, ResNet, frozen_parts, keep_frozen_in_eval
+from models.resnet import BasicBlock, Bottleneck, FreezableStages, ResNet
 
 STYLES = ("pytorch", "caffe")  # the stride on the 3x3 (the Lua's) or on the first 1x1
 N_STAGES = 4
 
 
 def check_options(style: str, strides: Sequence[int], dilations: Sequence[int],
-                  out_indices: Sequence[int], frozen_stages: int) -> None:  # fmt: skip
-    """ValueError naming what is valid for each of mmdetection's options."""
+                  out_indices: Sequence[int]) -> None:  # fmt: skip
+    """ValueError naming what is valid for mmdetection's options (set_frozen checks
+    frozenStages)."""
     if style not in STYLES:
         raise ValueError(f"unknown style {style!r}; valid: {', '.join(STYLES)}")
     for name, values in (("strides", strides), ("dilations", dilations)):
@@ -27,8 +28,6 @@ def check_options(style: str, strides: Sequence[int], dilations: Sequence[int],
             raise ValueError(f"{name} must be {N_STAGES} integers of at least 1; got {values}")
     if not out_indices or any(i not in range(N_STAGES) for i in out_indices):
         raise ValueError(f"outIndices must be some of 0, 1, 2, 3; got {tuple(out_indices)}")
-    if frozen_stages not in range(-1, N_STAGES + 1):
-        raise ValueError(f"frozenStages must be -1 (none) to {N_STAGES}; got {frozen_stages}")
 
 
 def stride_and_dilate(block: nn.Module, stride: int, dilation: int, style: str) -> None:
@@ -81,20 +80,20 @@ def zero_init_residual(network: nn.Module) -> None:
             nn.init.zeros_(getattr(block, last).weight)
 
 
-def set_frozen(network: nn.Module, frozen_stages: int = -1, norm_eval: bool = False) -> None:
+def set_frozen(network: FreezableStages, frozen_stages: int = -1, norm_eval: bool = False) -> None:
     """Freeze the stem (frozen_stages >= 0) and stages 1..frozen_stages: no gradients, BN
     in eval mode (kept through .train()); norm_eval keeps every BN in eval mode."""
     stages = len(network.stage_names)
     if frozen_stages not in range(-1, stages + 1):
         raise ValueError(f"frozenStages must be -1 (none) to {stages}; got {frozen_stages}")
     network.frozen_stages, network.norm_eval = frozen_stages, norm_eval
-    for module in frozen_parts(network):
+    for module in network.frozen_parts():
         for parameter in module.parameters():
             parameter.requires_grad_(False)
     network.train(network.training)
 
 
-class Backbone(nn.Module):
+class Backbone(FreezableStages):
     """A network's stem and stages; forward returns the outputs of out_indices' stages."""
 
     def __init__(self, network: ResNet, out_indices: Sequence[int]):
@@ -104,7 +103,6 @@ class Backbone(nn.Module):
         for name in self.stage_names:
             self.add_module(name, getattr(network, name))
         self.out_indices = tuple(out_indices)
-        self.frozen_stages, self.norm_eval = -1, False
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, ...]:
         x = self.stem(x)
@@ -115,18 +113,12 @@ class Backbone(nn.Module):
                 outputs.append(x)
         return tuple(outputs)
 
-    def train(self, mode: bool = True) -> "Backbone":
-        super().train(mode)
-        if mode:
-            keep_frozen_in_eval(self)
-        return self
-
 
 def backbone(network: ResNet, *, style: str = "pytorch", strides=(1, 2, 2, 2),
              dilations=(1, 1, 1, 1), out_indices=(0, 1, 2, 3), frozen_stages: int = -1,
              norm_eval: bool = False, zero_init: bool = False) -> Backbone:  # fmt: skip
     """The detection backbone of an ImageNet ResNet / ResNeXt (see models.backbone)."""
-    check_options(style, strides, dilations, out_indices, frozen_stages)
+    check_options(style, strides, dilations, out_indices)
     for stage_index, name in enumerate(network.stage_names):
         for index, block in enumerate(getattr(network, name)):
             stride = strides[stage_index] if index == 0 else 1

@@ -21,6 +21,7 @@ from models.resnet import (
     deep_stem,
     make_stages,
 )
+from models.resnext import group_width
 
 IMAGENET_COUNTS = {
     14: (1, 1, 1, 1),
@@ -99,7 +100,7 @@ class SplitAttentionBottleneck(nn.Module):
     def __init__(self, n_in: int, planes: int, stride: int, cardinality: int, base_width: int,
                  radix: int):  # fmt: skip
         super().__init__()
-        width = planes * base_width // 64 * cardinality
+        width = group_width(planes, base_width) * cardinality
         n_out = planes * 4
         self.conv1 = conv1x1(n_in, width)
         self.bn1 = nn.BatchNorm2d(width)
@@ -119,11 +120,9 @@ class SplitAttentionBottleneck(nn.Module):
 
 def check_arguments(radix: int, cardinality: int, base_width: int) -> None:
     """ValueError for a radix, cardinality or width below 1."""
-    for name, value in (("radix", radix), ("cardinality", cardinality)):
+    for name, value in (("radix", radix), ("cardinality", cardinality), ("baseWidth", base_width)):
         if value < 1:
             raise ValueError(f"{name} must be at least 1; got {value}")
-    if 64 * base_width // 64 < 1:
-        raise ValueError(f"baseWidth must be at least 1; got {base_width}")
 
 
 def build(depth: int, n_classes: int, radix: int = 2, cardinality: int = 1,

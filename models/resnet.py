@@ -221,7 +221,32 @@ def make_stages(
     return stages, n_in
 
 
-class ResNet(nn.Module):
+class FreezableStages(nn.Module):
+    """A module with a stem and stages layer1..layerN of which the stem and the first
+    frozen_stages stay in eval mode through .train() (every BatchNorm with norm_eval);
+    models.backbone.set_frozen sets both and takes their gradients."""
+
+    frozen_stages, norm_eval = -1, False
+
+    def frozen_parts(self) -> list[nn.Module]:
+        """The stem and the first frozen_stages stages (none when it is -1)."""
+        if self.frozen_stages < 0:
+            return []
+        return [self.stem, *(getattr(self, f"layer{i}") for i in range(1, self.frozen_stages + 1))]
+
+    def train(self, mode: bool = True):
+        super().train(mode)
+        if mode:
+            for module in self.frozen_parts():
+                module.eval()
+            if self.norm_eval:
+                for module in self.modules():
+                    if isinstance(module, nn.modules.batchnorm._BatchNorm):
+                        module.eval()
+        return self
+
+
+class ResNet(FreezableStages):
     """Stem, residual stages layer1..layerN, optional BN-ReLU, global average pool,
     dropout when given, Linear."""
 
@@ -251,14 +276,7 @@ class ResNet(nn.Module):
         self.fc = nn.Linear(n_features, n_classes)
         # Activation checkpointing (the Lua's -optnet / -shareGradInput memory savers).
         self.checkpoint_blocks = False
-        self.frozen_stages, self.norm_eval = -1, False  # see models.backbone.set_frozen
         init_weights(self)
-
-    def train(self, mode: bool = True) -> "ResNet":
-        super().train(mode)
-        if mode:
-            keep_frozen_in_eval(self)
-        return self
 
     def features(self, x: torch.Tensor) -> torch.Tensor:
         """Pooled penultimate-layer features (the input of fc)."""
@@ -277,24 +295,6 @@ class ResNet(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.fc(self.dropout(self.features(x)))
-
-
-def frozen_parts(network: nn.Module) -> list[nn.Module]:
-    """The stem and the first frozen_stages stages of a network (none when it is -1)."""
-    frozen = getattr(network, "frozen_stages", -1)
-    if frozen < 0:
-        return []
-    return [network.stem, *(getattr(network, f"layer{i}") for i in range(1, frozen + 1))]
-
-
-def keep_frozen_in_eval(network: nn.Module) -> None:
-    """After .train(): frozen parts, and with norm_eval every BatchNorm, back in eval mode."""
-    for module in frozen_parts(network):
-        module.eval()
-    if getattr(network, "norm_eval", False):
-        for module in network.modules():
-            if isinstance(module, nn.modules.batchnorm._BatchNorm):
-                module.eval()
 
 
 class FrozenBatchNormStatistics:
