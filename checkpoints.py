@@ -104,10 +104,30 @@ def atomic_write(path: str, write: Callable[[BinaryIO], object]) -> None:
     fsync_directory(folder)
 
 
-def model_record(model: nn.Module, epoch: int, arch: dict, classes: list[str]) -> dict:
-    """What a model file holds: CPU weights, the network's arguments, the class names."""
-    state = {k: v.detach().cpu() for k, v in clean_state_dict(unwrap(model).state_dict()).items()}
-    return {"model": state, "arch": dict(arch), "classes": list(classes), "epoch": epoch}
+def cpu_state(model: nn.Module) -> dict[str, torch.Tensor]:
+    """The bare model's state_dict on the CPU, with no wrapper prefixes."""
+    return {k: v.detach().cpu() for k, v in clean_state_dict(unwrap(model).state_dict()).items()}
+
+
+def model_record(model: nn.Module, epoch: int, arch: dict, classes: list[str],
+                 average: dict | None = None) -> dict:  # fmt: skip
+    """What a model file holds: CPU weights, the network's arguments, the class names, and
+    the averaged weights of -ema ({"model": state_dict, "updates": n}) when given."""
+    record = {"model": cpu_state(model), "arch": dict(arch), "classes": list(classes),
+              "epoch": epoch}  # fmt: skip
+    if average is not None:
+        weights = {k: v.detach().cpu() for k, v in average["model"].items()}
+        record["ema"] = {"model": weights, "updates": int(average["updates"])}
+    return record
+
+
+def evaluated_weights(record: dict) -> tuple[dict, bool]:
+    """The weights a model file is evaluated with: its averaged (-ema) weights when it has
+    them, else its trained ones; and whether they are the averaged ones."""
+    average = record.get("ema")
+    if isinstance(average, dict) and isinstance(average.get("model"), dict):
+        return average["model"], True
+    return record["model"], False
 
 
 def save(
@@ -124,12 +144,14 @@ def save(
     samples: int = 0,
     state: dict | None = None,
     keep: int = 0,
+    average: dict | None = None,
 ) -> None:
     """Write the model and optimizer files (per epoch, or mid-epoch after `iteration`),
     model_best.pth if best, then latest.pth last, so that a crash at any instant leaves
     the previous consistent set; then drop files no longer needed (keep: last K epochs).
-    samples: how many samples of the epoch's order the iterations used (mid-epoch)."""
-    record = model_record(model, epoch, arch, classes)
+    samples: how many samples of the epoch's order the iterations used (mid-epoch);
+    average: the -ema state, saved in the model files."""
+    record = model_record(model, epoch, arch, classes, average)
     model_name, optim_name = file_names(epoch, iteration)
     atomic_save(record, os.path.join(save_dir, model_name))
     atomic_save(optimizer_state, os.path.join(save_dir, optim_name))

@@ -13,15 +13,19 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
+import averaging
 import checkpoints
 import datasets
 import launch
 import models
 import opts as options
 import parallel
+import schedules
 import train
+from datasets import mixing
 from launch import Processes, StartError
 
+NORM_LAYERS = (nn.modules.batchnorm._NormBase, nn.GroupNorm, nn.LayerNorm, nn.LocalResponseNorm)
 CHANNELS_LAST = {"channels_last": torch.channels_last, "contiguous": torch.contiguous_format}
 
 
@@ -116,17 +120,23 @@ def built_model(opts, classes, checkpoint, retrained) -> tuple[nn.Module, dict]:
                 f"{opts.resume} holds a checkpoint of another network: {listed}; resume with"
                 " its options or choose another -resume folder"
             )
-        print(f"=> Resuming model from {checkpoint['modelPath']}")
+        weights, averaged = checkpoints.evaluated_weights(checkpoint["model"])
+        if not (opts.testOnly and averaged):  # -testOnly evaluates the -ema weights
+            weights, averaged = checkpoint["model"]["model"], False
+        print(
+            f"=> Resuming model from {checkpoint['modelPath']}" + " (its -ema weights)" * averaged
+        )
         model = models.create(**saved)
-        load_weights(model, checkpoint["model"]["model"], checkpoint["modelPath"])
+        load_weights(model, weights, checkpoint["modelPath"])
         return model, saved
     print(f"=> Creating model from file: models/{arch['netType']}.py")
     for line in models.describe(**arch):
         print(line)
     if retrained:
-        print(f"Loading model from file: {opts.retrain}")
+        weights, averaged = checkpoints.evaluated_weights(retrained)
+        print(f"Loading model from file: {opts.retrain}" + (" (its -ema weights)" * averaged))
         model = models.create(**file_arch)
-        load_weights(model, retrained["model"], opts.retrain)
+        load_weights(model, weights, opts.retrain)
         if opts.resetClassifier:
             print(f" => Replacing classifier with {arch['nClasses']}-way classifier")
             models.replace_classifier(model, arch["nClasses"])
@@ -151,21 +161,41 @@ def check_classes(model: nn.Module, classes: list[str]) -> None:
         )
 
 
-def learning_rate_schedule(opts):
-    """The Lua's schedule for this dataset and netType, as a function of the epoch."""
-    if opts.dataset == "imagenet":
-        return lambda epoch: train.step_lr(epoch, opts.LR)
-    if opts.dataset != "fashionmnist" and opts.netType != "resnext":
-        return lambda epoch: train.milestone_lr(epoch, opts.LR)
-    # ResNeXt's rule; also Fashion-MNIST's, whose epochs are not tied to the 164 of fb's.
-    return lambda epoch: train.relative_lr(epoch, opts.LR, opts.nEpochs)
+def learning_rate_schedule(opts) -> schedules.Schedule:
+    """-lrSchedule with its options: the Lua's per-dataset rule by default."""
+    lua = schedules.lua_rule(opts.dataset, opts.netType, opts.LR, opts.nEpochs)
+    return schedules.schedule(opts.lrSchedule, opts.LR, opts.nEpochs, lua=lua,
+                              steps=opts.lrSteps, gamma=opts.lrGamma, min_lr=opts.lrMin,
+                              warmup=opts.warmupEpochs, warmup_start=opts.warmupStart)  # fmt: skip
+
+
+def parameter_groups(model: nn.Module, opts) -> list[dict]:
+    """The trainable parameters (frozen ones are left out) in groups by weight decay:
+    one group unless -normWeightDecay or -biasWeightDecay is given (then the
+    normalisation layers' parameters and the biases get theirs, as torchvision's
+    reference sets them)."""
+    decays = {"norm": opts.normWeightDecay, "bias": opts.biasWeightDecay}
+    groups = {"other": [], "norm": [], "bias": []}
+    for module in model.modules():
+        is_norm = isinstance(module, NORM_LAYERS)
+        for name, parameter in module.named_parameters(recurse=False):
+            if not parameter.requires_grad:
+                continue
+            if name == "bias" and decays["bias"] is not None:
+                groups["bias"].append(parameter)
+            elif is_norm and decays["norm"] is not None:
+                groups["norm"].append(parameter)
+            else:
+                groups["other"].append(parameter)
+    decay = {"other": opts.weightDecay, **decays}
+    return [{"params": params, "weight_decay": decay[kind]}
+            for kind, params in groups.items() if params or kind == "other"]  # fmt: skip
 
 
 def make_optimizer(model: nn.Module, opts, checkpoint) -> torch.optim.Optimizer:
-    """Nesterov SGD with weight decay on every trainable parameter (frozen ones are left
-    out); state from -resume or -optimState."""
+    """Nesterov SGD over parameter_groups(); state from -resume or -optimState."""
     optimizer = torch.optim.SGD(
-        [parameter for parameter in model.parameters() if parameter.requires_grad],
+        parameter_groups(model, opts),
         lr=opts.LR,
         momentum=opts.momentum,
         dampening=0.0,
@@ -180,7 +210,8 @@ def make_optimizer(model: nn.Module, opts, checkpoint) -> torch.optim.Optimizer:
             optimizer.load_state_dict(state)
         except (ValueError, KeyError, TypeError) as exc:
             raise checkpoints.CheckpointError(
-                f"optimizer state does not fit this network: {exc}"
+                f"optimizer state does not fit this network and its parameter groups (resume"
+                f" with the -normWeightDecay / -biasWeightDecay it was saved with): {exc}"
             ) from None
     return optimizer
 
@@ -250,11 +281,12 @@ class EpochLoop:
         if self.processes.rank != 0:
             return
         self.run_folder()
+        average = self.trainer.average.state_dict() if self.trainer.average else None
         checkpoints.save(
             self.opts.save, epoch, self.trainer.model, self.trainer.optimizer.state_dict(),
             arch=self.arch, classes=self.classes, is_best=is_best,
             best=self.best, iteration=iteration, samples=samples, state=state,
-            keep=self.opts.keepCheckpoints,
+            keep=self.opts.keepCheckpoints, average=average,
         )  # fmt: skip
 
     def after_step(self, epoch: int, iteration: int) -> None:
@@ -435,7 +467,7 @@ def make_trainer(opts, model, device, checkpoint, processes: Processes,
     distributed = processes.world > 1
     trainer = train.Trainer(
         trained,
-        nn.CrossEntropyLoss(),
+        nn.CrossEntropyLoss(label_smoothing=opts.labelSmoothing),
         make_optimizer(trained, opts, checkpoint),
         learning_rate_schedule(opts),
         device=device,
@@ -444,6 +476,7 @@ def make_trainer(opts, model, device, checkpoint, processes: Processes,
         dtype=dtype,
         autocast_dtype=autocast_dtype,
         print_every=opts.printFreq,
+        clip_grad_norm=opts.clipGradNorm,
         reduce=sum_over_processes if distributed else None,
         progress=progress,
         evaluated=evaluated,
@@ -452,10 +485,37 @@ def make_trainer(opts, model, device, checkpoint, processes: Processes,
         every_process=partial(launch.every_process, processes=processes)
         if distributed and opts.skipCorrupt
         else None,
+        mix=batch_mixing(opts, checkpoints.unwrap(trained).fc.out_features),
+        average=weight_average(opts, trained, checkpoint),
     )
     if checkpoint and checkpoint["state"].get("scaler"):
         trainer.scaler.load_state_dict(checkpoint["state"]["scaler"])  # fp16 loss scale
     return trainer
+
+
+def batch_mixing(opts, n_outputs: int):
+    """-mixup / -cutmix on the training batches, or None."""
+    if opts.testOnly or not (opts.mixup or opts.cutmix):
+        return None
+    print(f"=> Mixing training batches (-mixup {opts.mixup:g} -cutmix {opts.cutmix:g}): the"
+          " training errors are against each mixed image's dominant class")  # fmt: skip
+    return mixing.BatchMixing(n_outputs, mixup=opts.mixup, cutmix=opts.cutmix,
+                              seed=opts.manualSeed + 2)  # fmt: skip
+
+
+def weight_average(opts, trained: nn.Module, checkpoint):
+    """-ema: the average of the trained weights (the -resume checkpoint's when it has one),
+    or None."""
+    if opts.testOnly or not opts.ema:
+        return None
+    average = averaging.ExponentialAverage(checkpoints.unwrap(trained), opts.ema,
+                                           opts.emaEvery, opts.warmupEpochs)  # fmt: skip
+    saved = checkpoint["model"].get("ema") if checkpoint else None
+    if saved is not None:
+        average.load_state_dict(saved)
+    elif checkpoint:
+        print("=> The resumed checkpoint has no -ema average: it starts from the weights")
+    return average
 
 
 def train_or_test(opts, devices, loaders, sources, processes: Processes, stop) -> int:

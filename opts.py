@@ -6,6 +6,8 @@ import os
 import sys
 from collections.abc import Sequence
 
+from schedules import SCHEDULES
+
 DATASETS = ("imagenet", "cifar10", "cifar100", "fashionmnist")
 SMALL_IMAGE_DATASETS = ("cifar10", "cifar100", "fashionmnist")
 NET_TYPES = ("resnet", "preresnet", "resnext", "resnest", "senet")
@@ -78,6 +80,17 @@ def finite_float(text: str) -> float:
 
 finite_float.__name__ = "float"  # argparse names the type in its 'invalid float value' message
 
+
+def epoch_list(text: str) -> tuple[int, ...]:
+    """Comma-separated epochs, increasing: '30,60,90' (empty: none)."""
+    epochs = tuple(int(part) for part in text.split(",") if part.strip())
+    if any(e < 1 for e in epochs) or list(epochs) != sorted(set(epochs)):
+        raise ValueError(text)
+    return epochs
+
+
+epoch_list.__name__ = "list of increasing epochs (e.g. 30,60,90)"
+
 # (name, type, default, help); booleans are Lua-style strings 'true' / 'false'.
 FLAGS = [
     (
@@ -113,6 +126,52 @@ FLAGS = [
     ("LR", finite_float, 0.1, "initial learning rate"),
     ("momentum", finite_float, 0.9, "momentum"),
     ("weightDecay", finite_float, 1e-4, "weight decay"),
+    (
+        "normWeightDecay",
+        finite_float,
+        None,
+        "Weight decay of normalisation layers' weights and biases (unset: -weightDecay) (new)",
+    ),
+    (
+        "biasWeightDecay",
+        finite_float,
+        None,
+        "Weight decay of every bias, norm layers' too (unset: as the other weights) (new)",
+    ),
+    (
+        "lrSchedule",
+        str,
+        "lua",
+        "Options: " + " | ".join(SCHEDULES) + " (lua: the Lua's per-dataset steps; cosine: per"
+        " iteration to -lrMin) (new)",
+    ),
+    ("lrSteps", epoch_list, (), "-lrSchedule step: epochs from which the LR is x -lrGamma (new)"),
+    ("lrGamma", finite_float, 0.1, "-lrSchedule step: factor at each of -lrSteps (new)"),
+    ("lrMin", finite_float, 0.0, "-lrSchedule cosine: the LR at the end (new)"),
+    (
+        "warmupEpochs",
+        finite_float,
+        0.0,
+        "Linear LR warm-up over the first N epochs, per iteration (new)",
+    ),
+    ("warmupStart", finite_float, 0.01, "Warm-up: the first LR as a share of the LR (new)"),
+    ("labelSmoothing", finite_float, 0.0, "Label smoothing of the cross-entropy loss (new)"),
+    ("clipGradNorm", finite_float, 0.0, "Clip the gradients' global norm to N (0: off) (new)"),
+    (
+        "mixup",
+        finite_float,
+        0.0,
+        "MixUp with Beta(a, a) (0: off; with -cutmix, one per batch) (new)",
+    ),
+    ("cutmix", finite_float, 0.0, "CutMix with Beta(a, a) (0: off) (new)"),
+    (
+        "ema",
+        finite_float,
+        0.0,
+        "Evaluate and save an exponential moving average of the weights, decay per step"
+        " (0: off) (new)",
+    ),
+    ("emaEvery", bounded_int, 1, "-ema: update the average every N steps (new)"),
     ("netType", str, "resnext", "Options: " + " | ".join(NET_TYPES)),
     ("bottleneckType", str, "resnext_C", "Options: resnet | resnext_B | resnext_C"),
     (
@@ -292,6 +351,7 @@ def validate(opts: argparse.Namespace) -> None:
     _check(opts.LR > 0, f"-LR must be positive, got {opts.LR}")
     _check(0 <= opts.momentum < 1, f"-momentum must be in [0, 1), got {opts.momentum}")
     _check(opts.weightDecay >= 0, f"-weightDecay must not be negative, got {opts.weightDecay}")
+    validate_recipe_options(opts)
     _check(opts.nThreads >= 0, f"-nThreads must not be negative, got {opts.nThreads}")
     workers = WORKERS_PER_CORE * (os.cpu_count() or 1)
     _check(
@@ -327,6 +387,44 @@ def validate(opts: argparse.Namespace) -> None:
         "-tenCrop is for ImageNet-style folder datasets, not " + opts.dataset,
     )
     validate_paths(opts)
+
+
+def validate_recipe_options(opts: argparse.Namespace) -> None:
+    """The schedule, loss and optimizer options beyond the Lua's."""
+    _check(
+        opts.lrSchedule in SCHEDULES,
+        f"unknown -lrSchedule {opts.lrSchedule} (options: {', '.join(SCHEDULES)})",
+    )
+    _check(
+        opts.lrSchedule != "step" or opts.lrSteps,
+        "-lrSchedule step needs -lrSteps, the epochs the LR drops at (e.g. -lrSteps 30,60,90)",
+    )
+    _check(
+        not opts.lrSteps or opts.lrSchedule == "step",
+        f"-lrSteps is for -lrSchedule step (this run's is {opts.lrSchedule})",
+    )
+    _check(0 < opts.lrGamma <= 1, f"-lrGamma must be in (0, 1], got {opts.lrGamma}")
+    _check(0 <= opts.lrMin < opts.LR, f"-lrMin must be in [0, -LR), got {opts.lrMin}")
+    _check(opts.warmupEpochs >= 0, f"-warmupEpochs must not be negative, got {opts.warmupEpochs}")
+    _check(
+        opts.testOnly or opts.warmupEpochs < opts.nEpochs,
+        f"-warmupEpochs {opts.warmupEpochs:g} must be shorter than the run (-nEpochs"
+        f" {opts.nEpochs})",
+    )
+    _check(0 < opts.warmupStart <= 1, f"-warmupStart must be in (0, 1], got {opts.warmupStart}")
+    _check(
+        0 <= opts.labelSmoothing < 1,
+        f"-labelSmoothing must be in [0, 1), got {opts.labelSmoothing}",
+    )
+    _check(opts.clipGradNorm >= 0, f"-clipGradNorm must not be negative, got {opts.clipGradNorm}")
+    for name in ("mixup", "cutmix"):
+        value = getattr(opts, name)
+        _check(value >= 0, f"-{name} (alpha) must not be negative, got {value}")
+    _check(0 <= opts.ema < 1, f"-ema (the decay) must be in (0, 1), or 0 for none; got {opts.ema}")
+    _check(opts.emaEvery > 0, f"-emaEvery must be positive, got {opts.emaEvery}")
+    for name in ("normWeightDecay", "biasWeightDecay"):
+        value = getattr(opts, name)
+        _check(value is None or value >= 0, f"-{name} must not be negative, got {value}")
 
 
 def validate_paths(opts: argparse.Namespace) -> None:

@@ -9,6 +9,7 @@ import shutil
 import sys
 import time
 from collections.abc import Callable, Iterable
+from typing import Protocol
 
 import torch
 from torch import nn
@@ -16,27 +17,24 @@ from tqdm import tqdm
 
 Batch = tuple[torch.Tensor, ...]  # (images, target) or (images, target, n_skipped)
 StepHook = Callable[[int, int], None]  # (epoch, iteration) after each SGD step
+# (images, labels, epoch, iteration) -> (images, targets as class probabilities)
+BatchTransform = Callable[[torch.Tensor, torch.Tensor, int, int], tuple[torch.Tensor, torch.Tensor]]
+
+
+class WeightAverage(Protocol):
+    """Weights averaged over training steps (averaging.ExponentialAverage)."""
+
+    module: nn.Module
+
+    def after_step(self, epoch: int, iteration: int) -> None: ...
+
+
 BATCH_NORMS = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d)
 INPUT_BOUND_MIN_ITERATIONS = 50
 
 
 class Interrupted(Exception):
     """Raised by a hook or a stop request to end training early (the caller saves state)."""
-
-
-def step_lr(epoch: int, base_lr: float, every: int = 30) -> float:
-    """ImageNet: base_lr * 0.1^floor((epoch - 1) / every)."""
-    return base_lr * 0.1 ** ((epoch - 1) // every)
-
-
-def milestone_lr(epoch: int, base_lr: float, milestones=(81, 122)) -> float:
-    """fb CIFAR: x0.1 from each absolute milestone epoch on."""
-    return base_lr * 0.1 ** sum(epoch >= m for m in milestones)
-
-
-def relative_lr(epoch: int, base_lr: float, n_epochs: int, fractions=(0.49, 0.74)) -> float:
-    """ResNeXt CIFAR: x0.1 once epoch / n_epochs exceeds each fraction."""
-    return base_lr * 0.1 ** sum(epoch / n_epochs > f for f in fractions)
 
 
 def count_wrong(output: torch.Tensor, target: torch.Tensor, n_crops: int = 1) -> torch.Tensor:
@@ -116,7 +114,7 @@ class Trainer:
         model: nn.Module,
         criterion: nn.Module,
         optimizer: torch.optim.Optimizer,
-        lr_at: Callable[[int], float],
+        lr_at: Callable[[int, float], float],
         *,
         device: torch.device,
         n_crops: int = 1,
@@ -124,11 +122,14 @@ class Trainer:
         dtype: torch.dtype = torch.float32,
         autocast_dtype: torch.dtype | None = None,
         print_every: int = 1,
+        clip_grad_norm: float = 0.0,
         reduce: Callable[[torch.Tensor], torch.Tensor] | None = None,
         log: Callable[[str], None] = print,
         progress: "Progress | None" = None,
         evaluated: nn.Module | None = None,
         every_process: Callable[[bool], bool] | None = None,
+        mix: BatchTransform | None = None,
+        average: "WeightAverage | None" = None,
     ):
         self.model = model
         self.evaluated = model if evaluated is None else evaluated
@@ -141,17 +142,21 @@ class Trainer:
         self.dtype = dtype
         self.autocast_dtype = autocast_dtype
         self.print_every = print_every
+        self.clip_grad_norm = clip_grad_norm
         self.reduce = reduce  # sums a tensor over the processes of a distributed run
         self.every_process = every_process  # whether a flag holds in every process
+        self.mix = mix  # training batches -> mixed images and soft targets (MixUp, CutMix)
+        self.average = average  # weights averaged over steps, evaluated instead (EMA)
         self.progress = progress or Progress(log)
         self.sums = RunningSums(device)
         self.warned_input_bound = False
         use_scaler = autocast_dtype == torch.float16 and device.type == "cuda"
         self.scaler = torch.amp.GradScaler(device.type, enabled=use_scaler)
 
-    def set_learning_rate(self, epoch: int) -> float:
-        """Set the schedule's LR for this epoch on every parameter group."""
-        lr = self.lr_at(epoch)
+    def set_learning_rate(self, epoch: int, progress: float = 0.0) -> float:
+        """Set the schedule's LR on every parameter group, for the iteration that starts
+        when `progress` of the epoch is done."""
+        lr = self.lr_at(epoch, progress)
         for group in self.optimizer.param_groups:
             group["lr"] = lr
         return lr
@@ -180,6 +185,10 @@ class Trainer:
         loss = self.criterion(output.float(), target)
         self.optimizer.zero_grad(set_to_none=True)
         self.scaler.scale(loss).backward()
+        if self.clip_grad_norm > 0:
+            self.scaler.unscale_(self.optimizer)  # clip the true gradients, not scaled ones
+            parameters = [p for group in self.optimizer.param_groups for p in group["params"]]
+            nn.utils.clip_grad_norm_(parameters, self.clip_grad_norm)
         self.scaler.step(self.optimizer)
         self.scaler.update()
         return output.detach(), loss.detach()
@@ -196,7 +205,7 @@ class Trainer:
         """One epoch from iteration start + 1 (a resumed epoch's loader yields the rest,
         and totals are the sums of its first part); prints the Lua's line every print_every
         iterations; returns mean top1, top5, loss."""
-        lr = self.set_learning_rate(epoch)
+        lr = self.set_learning_rate(epoch, start / max(start + len(loader), 1))
         self.progress.say(f"=> Training epoch # {epoch}")
         self.model.train()
         self.sums = sums = RunningSums(self.device, totals)
@@ -206,10 +215,17 @@ class Trainer:
             for n, batch in enumerate(loader, start + 1):
                 clock.batch_arrived()
                 skipped[0] += skipped_in(batch)
+                lr = self.set_learning_rate(epoch, (n - 1) / size)
                 if self.takes_step(batch, skipped):
                     images, target = self.to_device(batch)
+                    if self.mix is not None:
+                        images, target = self.mix(images, target, epoch, n)
                     output, loss = self.step(images, target)
-                    sums.add(count_wrong(output, target), loss, target.shape[0])
+                    # Mixed targets are scored against each image's dominant class.
+                    hard = target.argmax(1) if target.dim() == 2 else target
+                    sums.add(count_wrong(output, hard), loss, target.shape[0])
+                    if self.average is not None:
+                        self.average.after_step(epoch, n)
                 if sums.iterations and (n % self.print_every == 0 or n == size):
                     self.print_train_line(epoch, n, size, clock, lr)
                 if on_step is not None:
@@ -278,10 +294,11 @@ class Trainer:
         return int(total[-1])
 
     def evaluated_model(self) -> nn.Module:
-        """The model to evaluate (and to recompute BatchNorm statistics with): the trained
-        one, or the one given for it (in a distributed run, one whose forward does not
-        communicate, as processes evaluate different numbers of images)."""
-        return self.evaluated
+        """The model to evaluate (and to recompute BatchNorm statistics with): the averaged
+        weights when averaging, else the trained model, or the one given for it (in a
+        distributed run, one whose forward does not communicate, as processes evaluate
+        different numbers of images)."""
+        return self.average.module if self.average is not None else self.evaluated
 
     def print_train_line(self, epoch, n: int, size: int, clock: "WindowClock", lr) -> None:
         """The Lua's training line for the window ending at iteration n (a sync point)."""

@@ -101,7 +101,7 @@ def measure_trainer(model, size, batch, layout, precision, warmup, steps) -> flo
     """Seconds per iteration of Trainer.train over the in-memory loader (lines not printed)."""
     model = model.to(memory_format=LAYOUTS[layout])
     optimizer = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9, nesterov=True)
-    trainer = train.Trainer(model, torch.nn.CrossEntropyLoss(), optimizer, lambda e: 0.01,
+    trainer = train.Trainer(model, torch.nn.CrossEntropyLoss(), optimizer, lambda *_: 0.01,
                             device=torch.device("cpu"), memory_format=LAYOUTS[layout],
                             autocast_dtype=PRECISIONS[precision],
                             log=lambda line: None)  # fmt: skip

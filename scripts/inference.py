@@ -35,9 +35,9 @@ def imagenet_names(classes: list[str] | None, n_outputs: int) -> list[str]:
 
 def load_model(path: str, device: torch.device) -> tuple[torch.nn.Module, dict, list[str]]:
     """The network of a model file (ours, or a torchvision state_dict) in eval mode on device,
-    its arch and its class names."""
+    with its averaged weights when it has them (-ema), its arch and its class names."""
     record = checkpoints.load_model_file(path)
-    state_dict = record["model"]
+    state_dict, _ = checkpoints.evaluated_weights(record)  # the -ema weights when saved
     if record.get("arch"):
         arch = dict(record["arch"])
     else:

@@ -133,11 +133,12 @@ def fashion_copy(fashion_root, tmp_path):
     ("name", "content", "message"),
     [
         ("train-images-idx3-ubyte.gz", b"garbage", "cannot read Fashion-MNIST file"),
-        ("train-labels-idx1-ubyte.gz", gzip.compress(b"\x00\x00\x08\x01"), "header is 00000801"),
+        ("train-labels-idx1-ubyte.gz", gzip.compress(b"\x00\x00\x08\x01", mtime=0),
+         "header is 00000801"),
         ("train-images-idx3-ubyte.gz", gzip.compress(b"\x00\x00\x08\x03\x00\x00\x00\x10"
-                                                     b"\x00\x00\x00\x1c\x00\x00\x00\x1c" + b"\x00" * 99),
+                                                     b"\x00\x00\x00\x1c\x00\x00\x00\x1c" + b"\x00" * 99, mtime=0),
          "holds 99 bytes of data where its header promises 12544"),
-        ("train-labels-idx1-ubyte.gz", gzip.compress(b"\x00\x00\x08\x03" + b"\x00" * 12),
+        ("train-labels-idx1-ubyte.gz", gzip.compress(b"\x00\x00\x08\x03" + b"\x00" * 12, mtime=0),
          "is not an IDX file of 1-dimensional bytes"),
     ],
 )  # fmt: skip

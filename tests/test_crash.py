@@ -21,9 +21,15 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 FLAGS = "-dataset cifar10 -netType resnet -depth 8 -batchSize 4 -nEpochs 3 -manualSeed 5 -checkpointEvery 2"
 # ResNet-18 on the 15 + 5 real ImageNet JPEGs (DataLoader with 2 workers): 4 iterations an epoch.
 FOLDER_FLAGS = "-dataset imagenet -netType resnet -depth 18 -batchSize 4 -nEpochs 2 -manualSeed 5 -checkpointEvery 2 -LR 0.01"
+# The modern recipe's options, all at once, on the CIFAR run.
+RECIPE_FLAGS = (
+    FLAGS + " -lrSchedule cosine -warmupEpochs 1 -mixup 0.2 -cutmix 1.0"
+    " -labelSmoothing 0.1 -ema 0.99 -emaEvery 2 -normWeightDecay 0 -clipGradNorm 5"
+)
 # config -> (flags, loader workers, final epoch, files to die inside of, random kills)
 CONFIGS = {
     "cifar-in-memory": (FLAGS, 0, 3, ["model_1_iter4.pth", "latest.pth", "optimState_2.pth"], 3),
+    "cifar-recipe": (RECIPE_FLAGS, 0, 3, ["model_1_iter4.pth", "model_2_iter2.pth"], 1),
     "folder-2-workers": (FOLDER_FLAGS, 2, 2, ["model_1_iter4.pth", "optimState_1.pth"], 1),
 }
 
@@ -35,7 +41,10 @@ def command(data, save, threads, extra=(), flags=FLAGS):
 
 
 def final_weights(save, epoch=3):
-    return torch.load(os.path.join(save, f"model_{epoch}.pth"), weights_only=True)["model"]
+    """The trained weights of the epoch's model file, and its -ema weights if any."""
+    record = torch.load(os.path.join(save, f"model_{epoch}.pth"), weights_only=True)
+    averaged = record.get("ema", {"model": {}})["model"]
+    return {**record["model"], **{f"ema:{k}": v for k, v in averaged.items()}}
 
 
 def assert_bitwise_equal(a, b):
@@ -48,7 +57,7 @@ def assert_bitwise_equal(a, b):
 def reference(request, cifar10_root, jpeg_root, tmp_path_factory):
     """An uninterrupted run: (command maker, config, final weights)."""
     flags, threads, last_epoch, _, _ = CONFIGS[request.param]
-    data = cifar10_root if flags is FLAGS else jpeg_root
+    data = jpeg_root if flags is FOLDER_FLAGS else cifar10_root
 
     def make(save, extra=()):
         return command(data, save, threads, extra, flags)
@@ -96,6 +105,7 @@ def test_killed_runs_resume_to_bitwise_the_same_weights(reference, tmp_path):
     assert not any(n.startswith(".partial-") or "_iter" in n for n in os.listdir(save))
 
 
+@pytest.mark.parametrize("reference", ["cifar-in-memory", "folder-2-workers"], indirect=True)
 def test_sigterm_saves_within_seconds_and_resume_continues_at_that_iteration(reference, tmp_path):
     make, (_, _, last_epoch, _, _), expected = reference
     save = tmp_path / "save"

@@ -181,7 +181,7 @@ class Batches:
 
 def tiny_trainer(model, lines, **kwargs):
     optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
-    return train.Trainer(model, nn.CrossEntropyLoss(), optimizer, lambda _: 0.1,
+    return train.Trainer(model, nn.CrossEntropyLoss(), optimizer, lambda *_: 0.1,
                          device=torch.device("cpu"), reduce=sum_over,
                          progress=train.Progress(lines.append), **kwargs)  # fmt: skip
 

@@ -1,4 +1,4 @@
-"""train.py against the Lua's train.lua: schedules, scores, the loop and its lines."""
+"""train.py against the Lua's train.lua: scores, the loop and its lines."""
 
 import json
 import os
@@ -9,41 +9,6 @@ from torch import nn
 from torch.utils._python_dispatch import TorchDispatchMode
 
 import train
-
-
-@pytest.mark.parametrize(
-    ("epoch", "lr"),
-    [
-        (1, 0.1),
-        (30, 0.1),
-        (31, 0.01),
-        (60, 0.01),
-        (61, 0.001),
-        (90, 0.001),
-        (91, 1e-4),
-        (100, 1e-4),
-    ],
-)
-def test_imagenet_lr_drops_every_30_epochs(epoch, lr):
-    assert train.step_lr(epoch, 0.1) == pytest.approx(lr, rel=1e-12)
-
-
-@pytest.mark.parametrize(
-    ("epoch", "lr"), [(1, 0.1), (80, 0.1), (81, 0.01), (121, 0.01), (122, 0.001), (164, 0.001)]
-)
-def test_fb_cifar_lr_drops_at_81_and_122(epoch, lr):
-    assert train.milestone_lr(epoch, 0.1) == pytest.approx(lr, rel=1e-12)
-
-
-@pytest.mark.parametrize(
-    ("n_epochs", "first_drop", "second_drop"),
-    [(300, 148, 223), (164, 81, 122), (100, 50, 75), (200, 99, 149)],
-)
-def test_resnext_cifar_lr_drops_at_the_lua_boundaries(n_epochs, first_drop, second_drop):
-    lrs = {e: train.relative_lr(e, 0.1, n_epochs) for e in range(1, n_epochs + 1)}
-    assert lrs[first_drop - 1] == pytest.approx(0.1) and lrs[first_drop] == pytest.approx(0.01)
-    assert lrs[second_drop - 1] == pytest.approx(0.01) and lrs[second_drop] == pytest.approx(0.001)
-    assert lrs[n_epochs] == pytest.approx(0.001)
 
 
 def test_compute_score_against_hand_made_logits():
@@ -97,7 +62,7 @@ def make_trainer(model, lines, n_crops=1, lr=0.5):
         model,
         nn.CrossEntropyLoss(),
         optimizer,
-        lambda epoch: lr / epoch,
+        lambda epoch, progress: lr / epoch,
         device=torch.device("cpu"),
         n_crops=n_crops,
         log=lines.append,

@@ -1,0 +1,262 @@
+"""The modern recipe's options, each against the library it comes from: MixUp / CutMix
+against torchvision.transforms.v2 on the same draws, the EMA against a hand loop, gradient
+clipping against clip_grad_norm_, weight-decay groups against torchvision's rule; and the
+defaults against the Lua's plain loop, bitwise."""
+
+import copy
+import os
+import re
+import subprocess
+import sys
+
+import pytest
+import torch
+from conftest import ROOT, TIMEOUT
+from torch import nn
+from torchvision.transforms import v2
+
+import averaging
+import main
+import models
+import opts as options
+import schedules
+import train
+from datasets.mixing import BatchMixing
+
+CIFAR = ["-dataset", "cifar10", "-netType", "resnet", "-depth", "8", "-nGPU", "0"]
+
+
+def batch(seed=0, size=6, classes=10):
+    generator = torch.Generator().manual_seed(seed)
+    images = torch.rand(size, 3, 8, 8, generator=generator)
+    return images, torch.randint(0, classes, (size,), generator=generator)
+
+
+@pytest.mark.parametrize(("mixup", "cutmix"), [(0.2, 0.0), (0.0, 1.0), (0.2, 1.0)])
+def test_mixing_gives_torchvisions_images_and_targets_on_the_same_draws(mixup, cutmix):
+    images, labels = batch()
+    mixer = BatchMixing(10, mixup=mixup, cutmix=cutmix, seed=3)
+    ours = [mixer(images, labels, epoch=2, iteration=i) for i in range(1, 9)]
+    choices = [v2.MixUp(alpha=mixup, num_classes=10)] if mixup else []
+    choices += [v2.CutMix(alpha=cutmix, num_classes=10)] if cutmix else []
+    reference = choices[0] if len(choices) == 1 else v2.RandomChoice(choices)
+    for i, (mixed, targets) in enumerate(ours, 1):
+        torch.manual_seed(mixer.seed_of(2, i))
+        expected_images, expected_targets = reference(images, labels)
+        assert torch.equal(mixed, expected_images) and torch.equal(targets, expected_targets)
+        assert torch.allclose(targets.sum(1), torch.ones(6))
+    assert len({round(float(t.max()), 6) for _, t in ours}) > 1  # each iteration draws anew
+
+
+def test_mixing_repeats_on_resume_leaves_the_global_generator_and_agrees_across_processes():
+    images, labels = batch(size=8)
+    state = torch.get_rng_state()
+    first = BatchMixing(10, mixup=0.4, seed=1)(images, labels, 3, 5)
+    again = BatchMixing(10, mixup=0.4, seed=1)(images, labels, 3, 5)
+    assert torch.equal(torch.get_rng_state(), state)
+    assert torch.equal(first[0], again[0]) and torch.equal(first[1], again[1])
+    # Two processes mix their halves of a global batch with the same lambda.
+    halves = [BatchMixing(10, mixup=0.4, seed=1)(images[s], labels[s], 3, 5)
+              for s in (slice(0, 4), slice(4, 8))]  # fmt: skip
+    lambdas = set()
+    for part, (_, targets) in zip((labels[:4], labels[4:]), halves, strict=True):
+        differs = part != part.roll(1)  # the image mixed in is of another class
+        own = targets[torch.arange(4), part][differs]
+        lambdas |= {round(float(value), 6) for value in own}
+    assert len(lambdas) == 1
+
+
+def test_mixed_batches_train_on_soft_targets_and_score_the_dominant_class():
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Flatten(), nn.Linear(3 * 8 * 8, 10))
+    before = copy.deepcopy(model)
+    seen = []
+
+    def criterion(output, target):
+        seen.append(target)
+        return nn.functional.cross_entropy(output, target)
+
+    mixer = BatchMixing(10, mixup=1.0, seed=0)
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    trainer = train.Trainer(model, criterion, optimizer, lambda *_: 0.1,
+                            device=torch.device("cpu"), log=lambda _: None, mix=mixer)  # fmt: skip
+    images, labels = batch(size=6)
+    trainer.train(1, [(images, labels)])
+    mixed, targets = mixer(images, labels, 1, 1)
+    assert torch.equal(seen[0], targets)  # the loss got the mixed one-hot targets
+    with torch.no_grad():
+        expected = train.count_wrong(before(mixed), targets.argmax(1))
+    assert trainer.sums.total[:2] == expected.tolist()
+
+
+def test_the_ema_equals_a_hand_loop_over_ten_steps():
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(4, 3), nn.BatchNorm1d(3))
+    decay, every = 0.9, 2
+    average = averaging.ExponentialAverage(model, decay, every)
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.5)
+    expected = None
+    for step in range(1, 11):
+        optimizer.zero_grad()
+        model(torch.randn(8, 4)).square().mean().backward()
+        optimizer.step()
+        average.after_step(epoch=1, iteration=step)
+        if step % every == 0:
+            current = {k: v.clone().float() for k, v in model.state_dict().items()}
+            if expected is None:
+                expected = current
+            else:
+                expected = {k: decay**every * expected[k] + (1 - decay**every) * current[k]
+                            for k in current}  # fmt: skip
+    averaged = average.module.state_dict()
+    for key in ("0.weight", "0.bias", "1.weight", "1.running_mean", "1.running_var"):
+        torch.testing.assert_close(averaged[key], expected[key], rtol=1e-6, atol=1e-7)
+    assert not torch.equal(averaged["0.weight"], model[0].weight)
+    assert average.state_dict()["updates"] == 5
+
+
+def test_during_warmup_epochs_the_ema_follows_the_weights_then_averages():
+    model = nn.Linear(4, 3)
+    average = averaging.ExponentialAverage(model, 0.5, warmup=1)
+    followed = []
+    for epoch, iteration in ((1, 1), (1, 2), (2, 1), (2, 2)):
+        with torch.no_grad():
+            model.weight.add_(1.0)
+        average.after_step(epoch, iteration)
+        followed.append(torch.equal(average.module.weight, model.weight))
+    # The first update after the warm-up starts the average from the weights.
+    assert followed == [True, True, True, False]
+
+
+def test_the_trainer_evaluates_the_average_and_restores_it_exactly():
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Flatten(), nn.Linear(3 * 8 * 8, 10))
+    average = averaging.ExponentialAverage(model, 0.9)
+    trainer = train.Trainer(model, nn.CrossEntropyLoss(), torch.optim.SGD(model.parameters(), 0.1),
+                            lambda *_: 0.1, device=torch.device("cpu"), log=lambda _: None,
+                            average=average)  # fmt: skip
+    trainer.train(1, [batch(i) for i in range(3)])
+    assert trainer.evaluated_model() is average.module
+    restored = averaging.ExponentialAverage(copy.deepcopy(model), 0.9)
+    restored.load_state_dict(average.state_dict())
+    for key, value in average.module.state_dict().items():
+        assert torch.equal(restored.module.state_dict()[key], value)
+    assert int(restored.averaged.n_averaged) == 3
+
+
+def test_gradient_clipping_equals_clip_grad_norm():
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Flatten(), nn.Linear(3 * 8 * 8, 10))
+    reference = copy.deepcopy(model)
+    images, labels = batch()
+    trainer = train.Trainer(model, nn.CrossEntropyLoss(), torch.optim.SGD(model.parameters(), 1.0),
+                            lambda *_: 1.0, device=torch.device("cpu"), log=lambda _: None,
+                            clip_grad_norm=0.01)  # fmt: skip
+    trainer.train(1, [(images, labels)])
+    optimizer = torch.optim.SGD(reference.parameters(), 1.0)
+    nn.functional.cross_entropy(reference(images), labels).backward()
+    norm = nn.utils.clip_grad_norm_(reference.parameters(), 0.01)
+    optimizer.step()
+    assert norm > 0.01  # the clip did something
+    for ours, theirs in zip(model.parameters(), reference.parameters(), strict=True):
+        assert torch.equal(ours, theirs)
+
+
+def test_weight_decay_groups_put_norm_layers_and_biases_apart():
+    model = models.create(netType="resnet", depth=8, dataset="cifar10", se=4)
+    norms = [p for m in model.modules() if isinstance(m, nn.BatchNorm2d) for p in m.parameters()]
+    biases = [p for n, p in model.named_parameters() if n.endswith("bias")]
+    assert len(main.parameter_groups(model, options.parse(CIFAR))) == 1
+    groups = main.parameter_groups(model, options.parse([*CIFAR, "-normWeightDecay", "0"]))
+    assert [g["weight_decay"] for g in groups] == [1e-4, 0.0]
+    assert {id(p) for p in groups[1]["params"]} == {id(p) for p in norms}
+    opts = options.parse([*CIFAR, "-normWeightDecay", "0", "-biasWeightDecay", "1e-5"])
+    other, norm, bias = main.parameter_groups(model, opts)
+    assert {id(p) for p in bias["params"]} == {id(p) for p in biases}  # SE and fc biases too
+    assert bias["weight_decay"] == 1e-5 and norm["weight_decay"] == 0.0
+    everything = other["params"] + norm["params"] + bias["params"]
+    assert len(everything) == len(list(model.parameters()))
+
+
+def test_the_default_options_train_bitwise_as_the_lua_loop():
+    """Default flags: one SGD group, the Lua's LR per epoch, plain cross-entropy, no mixing,
+    no average; the Trainer's weights equal a hand-written loop of the Lua's steps."""
+    opts = options.parse([*CIFAR, "-nEpochs", "4", "-LR", "0.3"])
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Flatten(), nn.Linear(3 * 8 * 8, 10))
+    reference = copy.deepcopy(model)
+    lr_at = main.learning_rate_schedule(opts)
+    rule = schedules.lua_rule("cifar10", "resnet", 0.3, 4)
+    trainer = train.Trainer(model, nn.CrossEntropyLoss(label_smoothing=opts.labelSmoothing),
+                            main.make_optimizer(model, opts, None), lr_at,
+                            device=torch.device("cpu"), log=lambda _: None,
+                            clip_grad_norm=opts.clipGradNorm)  # fmt: skip
+    optimizer = torch.optim.SGD(reference.parameters(), lr=0.3, momentum=0.9, dampening=0.0,
+                                weight_decay=1e-4, nesterov=True)  # fmt: skip
+    data = [batch(i) for i in range(3)]
+    for epoch in range(1, 5):
+        trainer.train(epoch, data)
+        for group in optimizer.param_groups:
+            group["lr"] = rule(epoch)
+        for images, labels in data:
+            optimizer.zero_grad(set_to_none=True)
+            nn.CrossEntropyLoss()(reference(images), labels).backward()
+            optimizer.step()
+    for ours, theirs in zip(model.parameters(), reference.parameters(), strict=True):
+        assert torch.equal(ours, theirs)
+    assert (opts.mixup, opts.cutmix, opts.ema) == (0, 0, 0)
+
+
+@pytest.mark.parametrize(
+    ("extra", "message"),
+    [
+        (["-labelSmoothing", "-0.1"], "-labelSmoothing must be in [0, 1), got -0.1"),
+        (["-mixup", "-1"], "-mixup (alpha) must not be negative, got -1.0"),
+        (["-cutmix", "-0.5"], "-cutmix (alpha) must not be negative"),
+        (["-warmupEpochs", "5", "-nEpochs", "5"], "-warmupEpochs 5 must be shorter than the run"),
+        (["-ema", "1.5"], "-ema (the decay) must be in (0, 1)"),
+        (["-ema", "-0.9"], "-ema (the decay) must be in (0, 1)"),
+        (["-lrSchedule", "poly"], "unknown -lrSchedule poly (options: lua, step, cosine)"),
+        (["-lrSchedule", "step"], "-lrSchedule step needs -lrSteps"),
+        (["-lrSteps", "30,60"], "-lrSteps is for -lrSchedule step"),
+        (["-lrSchedule", "step", "-lrSteps", "60,30"], "invalid list of increasing epochs"),
+        (["-emaEvery", "0"], "-emaEvery must be positive"),
+        (["-normWeightDecay", "-1"], "-normWeightDecay must not be negative"),
+        (["-clipGradNorm", "-1"], "-clipGradNorm must not be negative"),
+        (["-lrSchedule", "cosine", "-lrMin", "0.5"], "-lrMin must be in [0, -LR)"),
+    ],
+)
+def test_bad_recipe_values_are_one_usage_error(extra, message):
+    with pytest.raises(options.UsageError, match=re.escape(message)):
+        options.parse([*CIFAR, *extra])
+
+
+def test_a_bad_recipe_value_exits_2_with_one_line(capsys):
+    assert main.main([*CIFAR, "-labelSmoothing", "-0.1"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: -labelSmoothing") and err.count("\n") == 1
+
+
+def run_main(*argv):
+    done = subprocess.run([sys.executable, os.path.join(ROOT, "main.py"), *argv],
+                          capture_output=True, text=True, timeout=TIMEOUT)  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    return done.stdout
+
+
+def test_validation_test_only_and_the_scripts_use_the_ema_weights(cifar10_root, tmp_path):
+    save = tmp_path / "run"
+    common = [*CIFAR, "-data", cifar10_root, "-batchSize", "4", "-gen", str(tmp_path / "gen")]
+    trained = run_main(*common, "-nEpochs", "2", "-ema", "0.8", "-save", str(save))
+    last_test = re.findall(r" \* Finished epoch # 2 +top1: +([\d.]+)", trained)[0]
+    tested = run_main(*common, "-nEpochs", "2", "-testOnly", "-resume", str(save))
+    assert "(its -ema weights)" in tested
+    assert re.search(r" \* Results top1: +([\d.]+)", tested).group(1) == last_test
+    record = torch.load(save / "model_2.pth", weights_only=True)
+    assert record["ema"]["updates"] == 10
+    sys.path.insert(0, os.path.join(ROOT, "scripts"))
+    import inference
+
+    model, _, _ = inference.load_model(str(save / "model_2.pth"), torch.device("cpu"))
+    for key, value in model.state_dict().items():
+        assert torch.equal(value, record["ema"]["model"][key])
