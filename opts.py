@@ -6,6 +6,7 @@ import os
 import sys
 from collections.abc import Sequence
 
+from datasets.policies import POLICIES
 from schedules import SCHEDULES
 
 DATASETS = ("imagenet", "cifar10", "cifar100", "fashionmnist")
@@ -233,6 +234,27 @@ FLAGS = [
         224,
         "Folder datasets: train / val crop side (val resized to it / 0.875) (new)",
     ),
+    ("trainCrop", bounded_int, 0, "Folder datasets: training crop side (0: -cropSize) (new)"),
+    (
+        "valResize",
+        bounded_int,
+        0,
+        "Folder datasets: short side val images are resized to (0: -valCrop / 0.875) (new)",
+    ),
+    ("valCrop", bounded_int, 0, "Folder datasets: val centre crop side (0: -cropSize) (new)"),
+    (
+        "autoAugment",
+        str,
+        "none",
+        "Augmentation policy: " + " | ".join(POLICIES) + " (torchvision's; replaces the Lua's"
+        " colour jitter on folder datasets) (new)",
+    ),
+    (
+        "randomErasing",
+        finite_float,
+        0.0,
+        "Erase a random box of each training image with this probability (new)",
+    ),
     (
         "decodeOnDevice",
         lua_bool,
@@ -373,6 +395,7 @@ def validate(opts: argparse.Namespace) -> None:
         "-cropSize is for folder datasets (-dataset imagenet)",
     )
     _check(opts.cropSize >= 32, f"-cropSize must be at least 32, got {opts.cropSize}")
+    validate_crops(opts)
     _check(opts.printFreq > 0, f"-printFreq must be positive, got {opts.printFreq}")
     for name in ("nClasses", "checkpointEvery", "keepCheckpoints", "preciseBN"):
         value = getattr(opts, name)
@@ -387,6 +410,20 @@ def validate(opts: argparse.Namespace) -> None:
         "-tenCrop is for ImageNet-style folder datasets, not " + opts.dataset,
     )
     validate_paths(opts)
+
+
+def validate_crops(opts: argparse.Namespace) -> None:
+    """-trainCrop, -valResize and -valCrop: folder datasets, at least 32, resize >= crop."""
+    for name in ("trainCrop", "valResize", "valCrop"):
+        value = getattr(opts, name)
+        _check(value == 0 or opts.dataset == "imagenet",
+               f"-{name} is for folder datasets (-dataset imagenet)")  # fmt: skip
+        _check(value == 0 or value >= 32, f"-{name} must be at least 32 (0: unset), got {value}")
+    val_crop = opts.valCrop or opts.cropSize
+    _check(
+        opts.valResize == 0 or opts.valResize >= val_crop,
+        f"-valResize {opts.valResize} is smaller than the val crop {val_crop}",
+    )
 
 
 def validate_recipe_options(opts: argparse.Namespace) -> None:
@@ -420,6 +457,14 @@ def validate_recipe_options(opts: argparse.Namespace) -> None:
     for name in ("mixup", "cutmix"):
         value = getattr(opts, name)
         _check(value >= 0, f"-{name} (alpha) must not be negative, got {value}")
+    _check(
+        opts.autoAugment in POLICIES,
+        f"unknown -autoAugment {opts.autoAugment} (options: {', '.join(POLICIES)})",
+    )
+    _check(
+        0 <= opts.randomErasing <= 1,
+        f"-randomErasing must be in [0, 1], got {opts.randomErasing}",
+    )
     _check(0 <= opts.ema < 1, f"-ema (the decay) must be in (0, 1), or 0 for none; got {opts.ema}")
     _check(opts.emaEvery > 0, f"-emaEvery must be positive, got {opts.emaEvery}")
     for name in ("normWeightDecay", "biasWeightDecay"):

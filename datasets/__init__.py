@@ -5,7 +5,7 @@ import os
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from datasets import cifar, fashionmnist, imagenet
+from datasets import cifar, fashionmnist, imagenet, policies
 from datasets.cifar import ArrayImageDataset, DataError
 from datasets.memory import InMemoryLoader
 from datasets.sampler import EpochSampler, ignore_interrupts
@@ -23,8 +23,10 @@ __all__ = [
 
 
 def load(name: str, split: str, *, data: str, gen: str, ten_crop: bool = False,
-         skip_corrupt=False, decode_on_device=False, crop_size: int = 224) -> Dataset:  # fmt: skip
-    """The train or val split of dataset `name`; the result has .classes."""
+         skip_corrupt=False, decode_on_device=False, crops=imagenet.LUA_CROPS,
+         augment: policies.ImageAugment | None = None) -> Dataset:  # fmt: skip
+    """The train or val split of dataset `name`; the result has .classes. crops and augment
+    are for folder datasets (the in-memory loaders augment whole batches)."""
     if name in cifar.FOLDERS:
         return cifar.load(name, split, data, gen)
     if name == "fashionmnist":
@@ -32,7 +34,7 @@ def load(name: str, split: str, *, data: str, gen: str, ten_crop: bool = False,
     if name == "imagenet":
         cache = os.path.join(gen, f"{name}.json")
         return imagenet.load(split, data, cache, ten_crop, skip_corrupt, decode_on_device,
-                             crop_size)  # fmt: skip
+                             crops, augment)  # fmt: skip
     raise DataError(f"unknown dataset: {name}")
 
 
@@ -77,11 +79,19 @@ def close(loader) -> None:
 
 def create(opts, split: str) -> Dataset:
     """Adapter from the parsed options to load()."""
+    crops = imagenet.crops_for(opts.cropSize, opts.trainCrop, opts.valResize, opts.valCrop)
     return load(
         opts.dataset, split, data=opts.data, gen=opts.gen, ten_crop=opts.tenCrop,
         skip_corrupt=opts.skipCorrupt, decode_on_device=opts.decodeOnDevice,
-        crop_size=opts.cropSize,
+        crops=crops, augment=image_augment(opts, imagenet.ERASE_FILL),
     )  # fmt: skip
+
+
+def image_augment(opts, fill) -> policies.ImageAugment | None:
+    """-autoAugment and -randomErasing (erasing to `fill`), or None when both are off."""
+    if opts.autoAugment == "none" and not opts.randomErasing:
+        return None
+    return policies.ImageAugment(opts.autoAugment, opts.randomErasing, fill)
 
 
 def set_epoch(loader, epoch: int, start: int = 0) -> None:
@@ -91,10 +101,11 @@ def set_epoch(loader, epoch: int, start: int = 0) -> None:
 
 
 def in_memory_loader(dataset, batch_size: int, seed: int, train: bool, device, rank: int,
-                     world: int) -> InMemoryLoader:  # fmt: skip
+                     world: int, augment=None) -> InMemoryLoader:  # fmt: skip
     """Whole-batch loader for an ArrayImageDataset, augmenting on `device`."""
     return InMemoryLoader(dataset, batch_size, seed=seed, train=train, mean=dataset.mean,
-                          std=dataset.std, device=device, rank=rank, world=world)  # fmt: skip
+                          std=dataset.std, device=device, rank=rank, world=world,
+                          augment=augment)  # fmt: skip
 
 
 def create_loaders(opts, device: torch.device, rank: int = 0, world: int = 1) -> tuple:
@@ -105,7 +116,15 @@ def create_loaders(opts, device: torch.device, rank: int = 0, world: int = 1) ->
     ranks = {"rank": rank, "world": world}
     if isinstance(train_set, ArrayImageDataset):
         return (
-            in_memory_loader(train_set, opts.batchSize, opts.manualSeed, True, device, **ranks),
+            in_memory_loader(
+                train_set,
+                opts.batchSize,
+                opts.manualSeed,
+                True,
+                device,
+                **ranks,
+                augment=image_augment(opts, 0.0),
+            ),  # erased after normalising
             in_memory_loader(val_set, opts.batchSize, opts.manualSeed + 1, False, device, **ranks),
         )
     n_crops = 10 if opts.tenCrop else 1

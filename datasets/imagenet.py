@@ -17,7 +17,7 @@ import torch
 from PIL import Image, UnidentifiedImageError
 from torch.utils.data import default_collate
 
-from datasets import photometric
+from datasets import photometric, policies
 from datasets import transforms as T
 from datasets.cifar import DataError
 from datasets.sampler import split_item
@@ -281,25 +281,36 @@ class FolderSample:
 class TrainSample(FolderSample):
     """The loader-worker half of the ImageNet train transform: RandomSizedCrop to uint8
     (decoding small when the crop is shrunk 2x or more), then the colour draws, then the
-    flip, in the Lua's draw order; datasets.photometric finishes the batch on the device."""
+    flip, in the Lua's draw order; datasets.photometric finishes the batch on the device.
+    With `augment`, its seed is drawn last and its policy and erasing follow the flip; a
+    policy replaces the Lua's colour steps, as in torchvision's reference recipes."""
 
-    def __init__(self, size: int = 224, draft: bool = True, on_device: bool = False):
+    def __init__(self, size: int = 224, draft: bool = True, on_device: bool = False,
+                 augment: policies.ImageAugment | None = None):  # fmt: skip
         super().__init__(draft, on_device)
         self.crop = T.RandomSizedCrop(size)
+        self.augment = augment if augment else None
 
     def __call__(self, image: Image.Image, generator: T.Generator = None):
         width, height = image.size
         box = self.crop.crop_box(width, height, generator)
-        draws = photometric.draw(generator)
+        policy = self.augment is not None and self.augment.policy is not None
+        draws = NO_DRAWS if policy else photometric.draw(generator)
         flip = T.uniform(0, 1, generator) < 0.5
+        seed = None
+        if self.augment is not None:
+            seed = int(torch.randint(0, policies.SEED_RANGE, (), generator=generator))
         covered = min(box[2:]) if box else min(width, height)
-        place = partial(self.place, box=box, flip=flip, width=width, height=height)
+        place = partial(self.place, box=box, flip=flip, seed=seed, width=width, height=height)
         return self.decoded(image, place, covered / self.crop.size), draws
 
-    def place(self, pixels: torch.Tensor, *, box, flip: bool, width: int, height: int):
-        """The planned crop of the width x height original, on pixels of any scale."""
+    def place(self, pixels: torch.Tensor, *, box, flip: bool, seed: int | None, width: int,
+              height: int):  # fmt: skip
+        """The planned crop of the width x height original, on pixels of any scale, flipped
+        and augmented as drawn."""
         pixels = self.crop.apply(pixels, rescale_box(box, width, height, pixels))
-        return pixels.flip(-1) if flip else pixels
+        pixels = pixels.flip(-1) if flip else pixels
+        return pixels if seed is None else self.augment(pixels, seed)
 
 
 class ValSample(FolderSample):
@@ -483,6 +494,25 @@ def train_transform(size: int = 224):
     )
 
 
+class Crops(NamedTuple):
+    """Side of the training crop, short side validation images are resized to, and side of
+    their centre crop (the Lua's 224 / 256 / 224)."""
+
+    train: int = 224
+    val_resize: int = 256
+    val: int = 224
+
+
+LUA_CROPS = Crops()
+
+
+def crops_for(crop_size: int = 224, train: int = 0, val_resize: int = 0, val: int = 0) -> Crops:
+    """-cropSize for train and val crops (val resized to it / 0.875 first), each overridden
+    by -trainCrop, -valResize or -valCrop when given (not 0)."""
+    val = val or crop_size
+    return Crops(train or crop_size, val_resize or val_scale(val), val)
+
+
 def load(
     split: str,
     data: str,
@@ -490,25 +520,29 @@ def load(
     ten_crop: bool = False,
     skip_corrupt: bool = False,
     decode_on_device: bool = False,
-    crop_size: int = 224,
+    crops: Crops = LUA_CROPS,
+    augment: policies.ImageAugment | None = None,
 ) -> ImageFolder:
     """The train or val split of a class-per-folder dataset, as uint8 samples (JPEGs left
-    encoded with decode_on_device), cropped to crop_size (val: from a resize of the short
-    side to crop_size / 0.875, the Lua's 256 for 224)."""
+    encoded with decode_on_device) cropped as `crops` say; training images also augmented
+    by `augment` (-autoAugment, -randomErasing) when given."""
     index = cached_index(data, cache_path)
     on_device = {"on_device": decode_on_device}
     if split == "train":
-        transform = TrainSample(crop_size, **on_device)
+        transform = TrainSample(crops.train, augment=augment, **on_device)
     else:
-        transform = ValSample(ten_crop, crop_size, val_scale(crop_size), **on_device)
+        transform = ValSample(ten_crop, crops.val, crops.val_resize, **on_device)
     samples = PackedSamples([tuple(sample) for sample in index[split]])
     folder = os.path.join(data, split)
     return ImageFolder(folder, samples, index["classes"], transform, skip_corrupt)
 
 
 def val_scale(crop_size: int) -> int:
-    """The short side validation images are resized to before the centre crop."""
+    """The short side validation images are resized to before a centre crop of crop_size."""
     return int(crop_size / 0.875)
+
+
+ERASE_FILL = tuple(round(255 * m) for m in MEANSTD[0])  # uint8 mean: 0 once normalised
 
 
 def finish_on(loader, device, skip_corrupt: bool = False) -> photometric.DeviceFinishing:

@@ -5,12 +5,15 @@ is gathered, converted and augmented as a whole: normalise, flip, zero-pad (the 
 colour, as the Lua pads after normalising) and crop, with the Lua's distribution: flips
 with p = 0.5 and crop offsets uniform over 0..2*padding, per image. The epoch's order,
 flips and offsets are drawn at once from the (seed, epoch) generator, so an epoch resumed
-at batch k yields exactly the batches k+1.. of the uninterrupted run.
+at batch k yields exactly the batches k+1.. of the uninterrupted run. An augmentation
+policy (-autoAugment) runs per image on the uint8 images before all this, and random
+erasing per image after, each image drawing from its own seed of the epoch's draws.
 """
 
 import torch
 from torch.nn import functional as F
 
+from datasets.policies import SEED_RANGE
 from datasets.sampler import epoch_generator, shard
 
 
@@ -38,7 +41,7 @@ class InMemoryLoader:
 
     def __init__(self, dataset, batch_size: int, *, seed: int, train: bool, mean, std,
                  padding: int = 4, device: torch.device | str = "cpu", rank: int = 0,
-                 world: int = 1):  # fmt: skip
+                 world: int = 1, augment=None):  # fmt: skip
         self.dataset = dataset  # keeps .classes reachable as for a DataLoader
         self.device = torch.device(device)
         self.images = dataset.images.to(self.device)
@@ -51,6 +54,7 @@ class InMemoryLoader:
         self.std = torch.tensor(std, device=self.device).view(1, -1, 1, 1)
         self.epoch, self.start = 1, 0
         self.rank, self.world = rank, world  # batch_size is global; this rank gets its share
+        self.augment = augment if augment and train else None  # a policies.ImageAugment
 
     def set_epoch(self, epoch: int, start: int = 0) -> None:
         """Use epoch's order and draws, beginning at sample `start`."""
@@ -64,21 +68,34 @@ class InMemoryLoader:
     def __len__(self) -> int:
         return sum(1 for _ in self.shares())
 
-    def draws(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """The epoch's (order, flips, offsets), one entry per position in the epoch."""
+    def draws(self) -> tuple[torch.Tensor, ...]:
+        """The epoch's (order, flips, offsets, augmentation seeds), one entry per position
+        in the epoch (no seeds when not augmenting: the draws before them are unchanged)."""
         generator = epoch_generator(self.seed, self.epoch)
         size = len(self.labels)
         order = torch.randperm(size, generator=generator)
         flips = torch.rand(size, generator=generator) < 0.5
         offsets = torch.randint(0, 2 * self.padding + 1, (size, 2), generator=generator)
-        return order, flips, offsets
+        seeds = torch.empty(0, dtype=torch.int64)
+        if self.augment is not None:
+            seeds = torch.randint(0, SEED_RANGE, (size,), generator=generator)
+        return order, flips, offsets, seeds
+
+    def each_image(self, method, images: torch.Tensor, seeds: list[int]) -> torch.Tensor:
+        """method(image, seed) of the augmentation for each image of the batch: the policies
+        draw per image, which torchvision does one image at a time."""
+        return torch.stack([method(image, seed) for image, seed in zip(images, seeds, strict=True)])
 
     def __iter__(self):
-        order, flips, offsets = (t.to(self.device) for t in self.draws())
+        order, flips, offsets, seeds = self.draws()
+        order, flips, offsets = (t.to(self.device) for t in (order, flips, offsets))
         for share in self.shares():
             part = slice(share.start, share.stop)
             index = order[part]
-            images = self.images[index].float()
+            images = self.images[index]
+            if self.augment is not None:
+                images = self.each_image(self.augment.augment, images, seeds[part].tolist())
+            images = images.float()
             if images.shape[1] == 1:
                 images = images.expand(-1, 3, -1, -1)  # greyscale feeds 3-channel networks
             if not self.train:
@@ -87,4 +104,6 @@ class InMemoryLoader:
             batch = augment_batch(
                 images, self.mean, self.std, flips[part], offsets[part], self.padding
             )
+            if self.augment is not None:  # erasing to 0 after normalising: the mean colour
+                batch = self.each_image(self.augment.erase, batch, seeds[part].tolist())
             yield batch, self.labels[index]

@@ -206,8 +206,9 @@ def test_only_jpegs_that_the_device_decodes_right_are_left_to_it(tmp_path, mode,
 
 def test_a_crop_size_other_than_224_crops_train_and_val_to_it(jpeg_root, tmp_path):
     """-cropSize 256 (ResNeSt-101's): 256 x 256 crops; val resized to 292 (256 / 0.875) first."""
-    train = imagenet.load("train", jpeg_root, str(tmp_path / "gen.json"), crop_size=256)
-    val = imagenet.load("val", jpeg_root, str(tmp_path / "gen.json"), crop_size=256)
+    crops = imagenet.crops_for(256)
+    train = imagenet.load("train", jpeg_root, str(tmp_path / "gen.json"), crops=crops)
+    val = imagenet.load("val", jpeg_root, str(tmp_path / "gen.json"), crops=crops)
     assert train[(0, 7)][0].shape == val[0][0].shape == (3, 256, 256)
     assert (val.transform.scale, imagenet.val_scale(224)) == (292, 256)
     import opts as options

@@ -1,0 +1,119 @@
+"""-autoAugment, -randomErasing and the crop flags: torchvision's own transforms on the same
+draws, per image, in the folder workers and in the in-memory loader."""
+
+import re
+
+import pytest
+import torch
+from PIL import Image
+from torchvision.transforms import v2
+
+import datasets
+import opts as options
+from datasets import imagenet, policies
+from datasets.cifar import ArrayImageDataset
+from datasets.memory import InMemoryLoader, augment_batch
+
+
+def first_jpeg(jpeg_root) -> str:
+    return imagenet.list_images(f"{jpeg_root}/train", ["Zebra", "apple", "banana"])[0][0]
+
+
+def torchvision_policy(name):
+    bilinear = v2.InterpolationMode.BILINEAR
+    return {"ta_wide": lambda: v2.TrivialAugmentWide(interpolation=bilinear),
+            "ra": lambda: v2.RandAugment(interpolation=bilinear, magnitude=9),
+            "augmix": lambda: v2.AugMix(interpolation=bilinear, severity=3),
+            "imagenet": lambda: v2.AutoAugment(v2.AutoAugmentPolicy.IMAGENET,
+                                               interpolation=bilinear)}[name]()  # fmt: skip
+
+
+@pytest.mark.parametrize("name", ["ta_wide", "ra", "imagenet", "augmix"])
+def test_each_policy_gives_torchvisions_image_on_the_same_draws(name, jpeg_root):
+    with Image.open(f"{jpeg_root}/train/{first_jpeg(jpeg_root)}") as image:
+        pixels = imagenet.decode_rgb(image)[:, :96, :96]
+    augment = policies.ImageAugment(name, erasing=0.5, fill=(124, 116, 104))
+    policy, erasing = torchvision_policy(name), v2.RandomErasing(p=0.5, value=(124, 116, 104))
+    changed = 0
+    for seed in range(6):
+        torch.manual_seed(seed)
+        expected = policy(pixels)
+        torch.manual_seed(seed + 1)
+        expected = erasing(expected)
+        ours = augment(pixels, seed)
+        assert ours.dtype == torch.uint8 and torch.equal(ours, expected)
+        changed += not torch.equal(ours, pixels)
+    assert changed >= 4  # they do augment
+
+
+def test_folder_training_samples_are_cropped_flipped_then_augmented(jpeg_root, tmp_path):
+    augment = policies.ImageAugment("ta_wide", erasing=1.0, fill=imagenet.ERASE_FILL)
+    sample = imagenet.TrainSample(64, draft=False, augment=augment)
+    plain = imagenet.TrainSample(64, draft=False)
+    with Image.open(f"{jpeg_root}/train/{first_jpeg(jpeg_root)}") as image:
+        pixels, draws = sample(image, torch.Generator().manual_seed(7))
+        _, lua_draws = plain(image, torch.Generator().manual_seed(7))
+        replay = torch.Generator().manual_seed(7)
+        box = plain.crop.crop_box(*image.size, replay)
+        flip = datasets.transforms.uniform(0, 1, replay) < 0.5
+        seed = int(torch.randint(0, policies.SEED_RANGE, (), generator=replay))
+        cropped = plain.crop.apply(imagenet.decode_rgb(image), box)
+    expected = augment(cropped.flip(-1) if flip else cropped, seed)
+    assert torch.equal(pixels, expected)
+    assert draws.numel() == 0 and lua_draws.numel() == 9  # the policy replaces the colour steps
+    erasing_only = imagenet.TrainSample(64, draft=False, augment=policies.ImageAugment(erasing=1))
+    with Image.open(f"{jpeg_root}/train/{first_jpeg(jpeg_root)}") as image:
+        assert erasing_only(image, torch.Generator().manual_seed(7))[1].numel() == 9
+
+
+def test_in_memory_batches_get_the_policy_before_and_erasing_after_normalising():
+    generator = torch.Generator().manual_seed(0)
+    images = torch.randint(0, 256, (10, 3, 16, 16), dtype=torch.uint8, generator=generator)
+    data = ArrayImageDataset(images, torch.arange(10) % 3, ["a", "b", "c"], None,
+                             ((0.5,) * 3, (0.25,) * 3))  # fmt: skip
+    augment = policies.ImageAugment("ta_wide", erasing=0.5, fill=0.0)
+    loader = InMemoryLoader(data, 4, seed=1, train=True, mean=data.mean, std=data.std,
+                            augment=augment)  # fmt: skip
+    loader.set_epoch(2)
+    batches = list(loader)
+    order, flips, offsets, seeds = loader.draws()
+    mean, std = loader.mean, loader.std
+    for number, (batch, labels) in enumerate(batches):
+        part = slice(4 * number, 4 * number + len(labels))
+        index, drawn = order[part], seeds[part].tolist()
+        policed = torch.stack(
+            [augment.augment(images[i], s) for i, s in zip(index, drawn, strict=True)]
+        )
+        expected = augment_batch(policed.float(), mean, std, flips[part], offsets[part], 4)
+        expected = torch.stack([augment.erase(x, s) for x, s in zip(expected, drawn, strict=True)])
+        assert torch.equal(batch, expected)
+    plain = InMemoryLoader(data, 4, seed=1, train=True, mean=data.mean, std=data.std)
+    plain.set_epoch(2)
+    assert [len(t) for t in plain.draws()] == [10, 10, 10, 0]  # the Lua's draws unchanged
+    assert torch.equal(plain.draws()[2], offsets)
+
+
+def test_the_crop_flags_reach_the_folder_dataset(jpeg_root, tmp_path):
+    base = ["-dataset", "imagenet", "-data", jpeg_root, "-gen", str(tmp_path / "gen")]
+    parsed = options.parse([*base, "-trainCrop", "176", "-valResize", "232", "-valCrop", "224"])
+    train, val = datasets.create(parsed, "train"), datasets.create(parsed, "val")
+    assert train[(0, 3)][0].shape == (3, 176, 176) and val[0][0].shape == (3, 224, 224)
+    assert val.transform.scale == 232
+    assert imagenet.crops_for(224) == imagenet.Crops(224, 256, 224)  # the Lua's
+    assert imagenet.crops_for(320, val=288) == imagenet.Crops(320, 329, 288)
+
+
+@pytest.mark.parametrize(
+    ("extra", "message"),
+    [
+        (["-autoAugment", "v1"], "unknown -autoAugment v1 (options: none, ta_wide, ra, imagenet,"),
+        (["-randomErasing", "1.5"], "-randomErasing must be in [0, 1], got 1.5"),
+        (["-valResize", "200"], "-valResize 200 is smaller than the val crop 224"),
+        (["-trainCrop", "16"], "-trainCrop must be at least 32"),
+    ],
+)
+def test_bad_augmentation_values_are_one_usage_error(extra, message, jpeg_root):
+    with pytest.raises(options.UsageError, match=re.escape(message)):
+        options.parse(["-dataset", "imagenet", "-data", jpeg_root, *extra])
+    with pytest.raises(options.UsageError, match="-trainCrop is for folder datasets"):
+        options.parse(["-dataset", "cifar10", "-trainCrop", "28"])
