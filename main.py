@@ -355,16 +355,18 @@ REFERENCE_BATCH = {"imagenet": 256}  # the recipes' batch for -LR 0.1; CIFAR's i
 
 def linear_scaling_note(opts) -> None:
     """Say once what -LR the linear scaling rule gives when the user changed -batchSize to
-    another than the recipe's and left -LR at its default."""
+    another than the recipe's (-recipe's, else the Lua's) and left -LR at the recipe's."""
     given = getattr(opts, "given", ())
     if opts.testOnly or "batchSize" not in given or "LR" in given:
         return
-    reference = REFERENCE_BATCH.get(opts.dataset, 128)
-    suggested = 0.1 * opts.batchSize / reference
+    recipe = options.recipe_values(opts.recipe, opts.dataset)
+    reference = recipe.get("batchSize", REFERENCE_BATCH.get(opts.dataset, 128))
+    base = recipe.get("LR", 0.1)
+    suggested = base * opts.batchSize / reference
     if opts.batchSize != reference and not math.isclose(opts.LR, suggested):
         print(
             f"=> Note: -batchSize {opts.batchSize} is not the recipe's {reference}; the linear"
-            f" scaling rule suggests -LR {suggested:g} (0.1 x {opts.batchSize}/{reference})"
+            f" scaling rule suggests -LR {suggested:g} ({base:g} x {opts.batchSize}/{reference})"
         )
 
 
@@ -426,6 +428,8 @@ def run_process(opts, processes: Processes, stop: launch.StopRequest) -> int:
     devices = parallel.devices_used(device, opts.nGPU, processes.world)
     checkpoint = load_checkpoint(opts, processes.rank, devices)
     retrained = checkpoints.load_model_file(opts.retrain) if opts.retrain != "none" else None
+    if (summary := options.recipe_summary(opts)) and processes.rank == 0:
+        print(summary)
     linear_scaling_note(opts)
     stop.doing = "loading the data"
     loaders = parallel.in_turns(

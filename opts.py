@@ -18,6 +18,32 @@ DEFAULT_EPOCHS = {"imagenet": 100, "cifar10": 300, "cifar100": 300, "fashionmnis
 # depth unset means: a depth valid for the netType and dataset (the Lua's 34 is not for resnext).
 DEFAULT_DEPTHS = {("resnext", False): 50, ("resnext", True): 29, ("resnest", False): 50,
                   ("senet", False): 154}  # fmt: skip
+# -recipe: published training recipes as flag values; flags given on the command line win.
+# "folder" values apply to -dataset imagenet (folder datasets), "small" to the others.
+RECIPES = {
+    "fb": {  # fb.resnet.torch: ResNet on ImageNet and CIFAR (the Lua's defaults otherwise)
+        "folder": {"batchSize": 256, "nEpochs": 90},
+        "small": {"batchSize": 128, "nEpochs": 164},
+    },
+    "resnext": {  # the ResNeXt paper's ImageNet and CIFAR runs
+        "folder": {"batchSize": 256, "nEpochs": 100},
+        "small": {"batchSize": 128, "nEpochs": 300, "weightDecay": 5e-4},
+    },
+    "torchvision": {  # torchvision's ResNet-50 IMAGENET1K_V2 (80.86% top-1)
+        "all": {"batchSize": 1024, "LR": 0.5, "nEpochs": 600, "lrSchedule": "cosine",
+                "warmupEpochs": 5.0, "warmupStart": 0.01, "autoAugment": "ta_wide",
+                "randomErasing": 0.1, "labelSmoothing": 0.1, "mixup": 0.2, "cutmix": 1.0,
+                "weightDecay": 2e-5, "normWeightDecay": 0.0, "ema": 0.999966, "emaEvery": 32,
+                "repeatedAug": 4},
+        "folder": {"trainCrop": 176, "valResize": 232, "valCrop": 224},
+    },
+    "resnest": {  # the ResNeSt paper's ImageNet recipe (without DropBlock)
+        "all": {"batchSize": 8192, "LR": 3.2, "nEpochs": 270, "lrSchedule": "cosine",
+                "warmupEpochs": 5.0, "labelSmoothing": 0.1, "mixup": 0.2,
+                "autoAugment": "imagenet", "normWeightDecay": 0.0, "biasWeightDecay": 0.0,
+                "zeroInitResidual": True},
+    },
+}  # fmt: skip
 INT_LIMIT = 2**31 - 1
 # More loader processes than this per core only wait on one another (and on memory).
 WORKERS_PER_CORE = 8
@@ -102,6 +128,13 @@ FLAGS = [
         "Fashion-MNIST files",
     ),
     ("dataset", str, "imagenet", "Options: " + " | ".join(DATASETS)),
+    (
+        "recipe",
+        str,
+        "none",
+        "Set the flags of a published recipe: none | " + " | ".join(RECIPES) + " (flags given"
+        " win; see README: Recipes) (new)",
+    ),
     ("manualSeed", seed_int, 0, "Manually set RNG seed (0 is a seed too)"),
     ("nGPU", bounded_int, 1, "Number of GPUs to use by default (0: CPU)"),
     ("backend", str, "cudnn", "Options: cudnn | cunn (accepted, unused, as in the Lua)"),
@@ -256,6 +289,13 @@ FLAGS = [
         "Erase a random box of each training image with this probability (new)",
     ),
     (
+        "repeatedAug",
+        bounded_int,
+        1,
+        "Repeated augmentation: each image of an epoch N times in a row, differently"
+        " augmented (epoch length kept) (new)",
+    ),
+    (
         "decodeOnDevice",
         lua_bool,
         False,
@@ -303,6 +343,7 @@ def parse(argv: Sequence[str] | None = None) -> argparse.Namespace:
     given = given_flags(argv)
     opts = build_parser().parse_args(argv)
     opts.given = given
+    apply_recipe(opts)
     resolve_defaults(opts)
     validate(opts)
     return opts
@@ -325,6 +366,40 @@ def given_flags(argv: Sequence[str]) -> list[str]:
             raise UsageError(f"-{name} is given twice; give it once")
         seen.append(name)
     return seen
+
+
+def recipe_values(name: str, dataset: str) -> dict:
+    """The flag values -recipe name sets for this dataset ({} for none)."""
+    if name == "none":
+        return {}
+    _check(name in RECIPES, f"unknown -recipe {name} (options: none, {', '.join(RECIPES)})")
+    kind = "small" if dataset in SMALL_IMAGE_DATASETS else "folder"
+    return {**RECIPES[name].get("all", {}), **RECIPES[name].get(kind, {})}
+
+
+def apply_recipe(opts: argparse.Namespace) -> None:
+    """Set -recipe's values on the flags that the command line did not give."""
+    for name, value in recipe_values(opts.recipe, opts.dataset).items():
+        if name not in opts.given:
+            setattr(opts, name, value)
+
+
+def flag_text(value) -> str:
+    """A flag's value as typed on the command line."""
+    if isinstance(value, bool):
+        return str(value).lower()
+    return f"{value:g}" if isinstance(value, float) else str(value)
+
+
+def recipe_summary(opts: argparse.Namespace) -> str | None:
+    """One line saying what -recipe set and which of its flags the command line overrode."""
+    values = recipe_values(opts.recipe, opts.dataset)
+    if not values:
+        return None
+    used = " ".join(f"-{k} {flag_text(getattr(opts, k))}" for k in values if k not in opts.given)
+    overridden = [f"-{k}" for k in values if k in opts.given]
+    line = f"=> -recipe {opts.recipe}: {used}"
+    return line + (f" (given on the command line: {' '.join(overridden)})" if overridden else "")
 
 
 def resolve_defaults(opts: argparse.Namespace) -> None:
@@ -443,10 +518,12 @@ def validate_recipe_options(opts: argparse.Namespace) -> None:
     _check(0 < opts.lrGamma <= 1, f"-lrGamma must be in (0, 1], got {opts.lrGamma}")
     _check(0 <= opts.lrMin < opts.LR, f"-lrMin must be in [0, -LR), got {opts.lrMin}")
     _check(opts.warmupEpochs >= 0, f"-warmupEpochs must not be negative, got {opts.warmupEpochs}")
+    from_recipe = opts.recipe != "none" and "warmupEpochs" not in getattr(opts, "given", ())
+    source = f" (-recipe {opts.recipe}'s)" if from_recipe else ""
     _check(
         opts.testOnly or opts.warmupEpochs < opts.nEpochs,
-        f"-warmupEpochs {opts.warmupEpochs:g} must be shorter than the run (-nEpochs"
-        f" {opts.nEpochs})",
+        f"-warmupEpochs {opts.warmupEpochs:g}{source} must be shorter than the run (-nEpochs"
+        f" {opts.nEpochs}); give a shorter -warmupEpochs",
     )
     _check(0 < opts.warmupStart <= 1, f"-warmupStart must be in (0, 1], got {opts.warmupStart}")
     _check(
@@ -466,6 +543,7 @@ def validate_recipe_options(opts: argparse.Namespace) -> None:
         f"-randomErasing must be in [0, 1], got {opts.randomErasing}",
     )
     _check(0 <= opts.ema < 1, f"-ema (the decay) must be in (0, 1), or 0 for none; got {opts.ema}")
+    _check(opts.repeatedAug >= 1, f"-repeatedAug must be at least 1, got {opts.repeatedAug}")
     _check(opts.emaEvery > 0, f"-emaEvery must be positive, got {opts.emaEvery}")
     for name in ("normWeightDecay", "biasWeightDecay"):
         value = getattr(opts, name)

@@ -48,13 +48,14 @@ def make_loader(
     rank: int = 0,
     world: int = 1,
     train: bool = False,
+    repeats: int = 1,
 ) -> DataLoader:
     """Batches in the EpochSampler's order (reshuffled each epoch), last partial batch kept.
     batch_size is global: with world > 1 processes, this rank loads its share of each."""
     collate = imagenet.collate_skipping if isinstance(dataset, imagenet.ImageFolder) else None
     # The Lua permutes the val set too; harmless, and kept.
     sampler = EpochSampler(len(dataset), seed, batch_size=batch_size, rank=rank, world=world,
-                           train=train)  # fmt: skip
+                           train=train, repeats=repeats)  # fmt: skip
     return DataLoader(
         dataset,
         batch_size=-(-batch_size // world),  # the largest share of a global batch
@@ -101,11 +102,11 @@ def set_epoch(loader, epoch: int, start: int = 0) -> None:
 
 
 def in_memory_loader(dataset, batch_size: int, seed: int, train: bool, device, rank: int,
-                     world: int, augment=None) -> InMemoryLoader:  # fmt: skip
+                     world: int, augment=None, repeats: int = 1) -> InMemoryLoader:  # fmt: skip
     """Whole-batch loader for an ArrayImageDataset, augmenting on `device`."""
     return InMemoryLoader(dataset, batch_size, seed=seed, train=train, mean=dataset.mean,
                           std=dataset.std, device=device, rank=rank, world=world,
-                          augment=augment)  # fmt: skip
+                          augment=augment, repeats=repeats)  # fmt: skip
 
 
 def create_loaders(opts, device: torch.device, rank: int = 0, world: int = 1) -> tuple:
@@ -129,7 +130,8 @@ def create_loaders(opts, device: torch.device, rank: int = 0, world: int = 1) ->
         )
     n_crops = 10 if opts.tenCrop else 1
     kwargs = {"workers": opts.nThreads, "pin_memory": device.type == "cuda", **ranks}
-    train = make_loader(train_set, opts.batchSize, seed=opts.manualSeed, train=True, **kwargs)
+    train = make_loader(train_set, opts.batchSize, seed=opts.manualSeed, train=True,
+                        repeats=opts.repeatedAug, **kwargs)  # fmt: skip
     val = make_loader(val_set, opts.batchSize // n_crops, seed=opts.manualSeed + 1, **kwargs)
     if opts.decodeOnDevice:
         imagenet.check_device_decoding(device)

@@ -14,7 +14,7 @@ import torch
 from torch.nn import functional as F
 
 from datasets.policies import SEED_RANGE
-from datasets.sampler import epoch_generator, shard
+from datasets.sampler import epoch_generator, repeated, shard
 
 
 def augment_batch(
@@ -41,7 +41,7 @@ class InMemoryLoader:
 
     def __init__(self, dataset, batch_size: int, *, seed: int, train: bool, mean, std,
                  padding: int = 4, device: torch.device | str = "cpu", rank: int = 0,
-                 world: int = 1, augment=None):  # fmt: skip
+                 world: int = 1, augment=None, repeats: int = 1):  # fmt: skip
         self.dataset = dataset  # keeps .classes reachable as for a DataLoader
         self.device = torch.device(device)
         self.images = dataset.images.to(self.device)
@@ -55,6 +55,7 @@ class InMemoryLoader:
         self.epoch, self.start = 1, 0
         self.rank, self.world = rank, world  # batch_size is global; this rank gets its share
         self.augment = augment if augment and train else None  # a policies.ImageAugment
+        self.repeats = repeats  # repeated augmentation (datasets.sampler.repeated)
 
     def set_epoch(self, epoch: int, start: int = 0) -> None:
         """Use epoch's order and draws, beginning at sample `start`."""
@@ -74,6 +75,7 @@ class InMemoryLoader:
         generator = epoch_generator(self.seed, self.epoch)
         size = len(self.labels)
         order = torch.randperm(size, generator=generator)
+        order = repeated(order, self.repeats, self.batch_size, self.world)
         flips = torch.rand(size, generator=generator) < 0.5
         offsets = torch.randint(0, 2 * self.padding + 1, (size, 2), generator=generator)
         seeds = torch.empty(0, dtype=torch.int64)

@@ -34,13 +34,46 @@ def shard(start: int, size: int, batch_size: int, rank: int = 0, world: int = 1,
         yield range(first + rank * n // world, first + (rank + 1) * n // world)
 
 
+def repeated(order: torch.Tensor, repeats: int, batch_size: int, world: int = 1) -> torch.Tensor:
+    """Repeated augmentation: the epoch's order with each of its first ceil(N / repeats)
+    samples `repeats` times in a row, N positions in all, each position with its own
+    augmentation draws. With world > 1 the copies are dealt round-robin over the processes'
+    shares of each global batch, so that a process's batch holds distinct images (as
+    torchvision's RASampler spreads copies over GPUs)."""
+    if repeats == 1:
+        return order
+    size = len(order)
+    copies = order[: -(-size // repeats)].repeat_interleave(repeats)[:size]
+    if world == 1:
+        return copies
+    batches = [deal(copies[first : first + batch_size].tolist(), world)
+               for first in range(0, size, batch_size)]  # fmt: skip
+    return torch.tensor([index for batch in batches for index in batch])
+
+
+def deal(batch: list[int], world: int) -> list[int]:
+    """batch's items dealt round-robin into the `world` contiguous shares shard() cuts it
+    in (sizes differing by at most one), shares concatenated."""
+    n = len(batch)
+    capacity = [(r + 1) * n // world - r * n // world for r in range(world)]
+    hands, rank = [[] for _ in range(world)], 0
+    for item in batch:
+        while len(hands[rank]) == capacity[rank]:
+            rank = (rank + 1) % world
+        hands[rank].append(item)
+        rank = (rank + 1) % world
+    return [item for hand in hands for item in hand]
+
+
 class EpochSampler(Sampler):
     """Yields (index, augmentation seed) pairs; call set_epoch before each epoch. With
     world > 1, only this rank's share of each global batch of batch_size (see shard)."""
 
     def __init__(self, size: int, seed: int, shuffle: bool = True, *, batch_size: int = 1,
-                 rank: int = 0, world: int = 1, train: bool = False):  # fmt: skip
+                 rank: int = 0, world: int = 1, train: bool = False,
+                 repeats: int = 1):  # fmt: skip
         self.size = size
+        self.repeats = repeats  # repeated augmentation (see repeated)
         self.seed = seed
         self.shuffle = shuffle
         self.shards = {"batch_size": batch_size, "rank": rank, "world": world,
@@ -67,6 +100,8 @@ class EpochSampler(Sampler):
             order = torch.randperm(self.size, generator=generator)
         else:
             order = torch.arange(self.size)
+        shards = self.shards
+        order = repeated(order, self.repeats, shards["batch_size"], shards["world"])
         seeds = torch.randint(0, SEED_RANGE, (self.size,), generator=generator)
         for position in self.positions():
             yield int(order[position]), int(seeds[position])

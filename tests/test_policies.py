@@ -117,3 +117,36 @@ def test_bad_augmentation_values_are_one_usage_error(extra, message, jpeg_root):
         options.parse(["-dataset", "imagenet", "-data", jpeg_root, *extra])
     with pytest.raises(options.UsageError, match="-trainCrop is for folder datasets"):
         options.parse(["-dataset", "cifar10", "-trainCrop", "28"])
+
+
+def test_repeated_augmentation_repeats_each_image_with_its_own_draws():
+    sampler = datasets.EpochSampler(10, seed=4, batch_size=4, train=True, repeats=3)
+    sampler.set_epoch(2)
+    items = list(sampler)
+    indices = [index for index, _ in items]
+    assert len(items) == 10 and len({seed for _, seed in items}) == 10
+    assert indices[0:3] == [indices[0]] * 3 and indices[3:6] == [indices[3]] * 3
+    assert len(set(indices)) == 4  # ceil(10 / 3) images
+    sampler.set_epoch(2, start=4)  # a resumed epoch yields the rest of the same order
+    assert list(sampler) == items[4:]
+
+
+def test_repeated_copies_go_to_different_processes_of_each_global_batch():
+    shares = []
+    for rank in range(2):
+        sampler = datasets.EpochSampler(16, seed=4, batch_size=8, rank=rank, world=2,
+                                        train=True, repeats=2)  # fmt: skip
+        sampler.set_epoch(1)
+        shares.append([index for index, _ in sampler])
+    for first in (0, 4):  # each process's share of the two global batches
+        mine, theirs = shares[0][first : first + 4], shares[1][first : first + 4]
+        assert len(set(mine)) == 4 and set(mine) == set(theirs)
+
+
+def test_the_in_memory_loader_repeats_as_the_sampler_does():
+    images = torch.zeros(10, 3, 8, 8, dtype=torch.uint8)
+    data = ArrayImageDataset(images, torch.arange(10), list("abcdefghij"), None,
+                             ((0.5,) * 3, (0.25,) * 3))  # fmt: skip
+    loader = InMemoryLoader(data, 4, seed=1, train=True, mean=data.mean, std=data.std, repeats=2)
+    labels = torch.cat([labels for _, labels in loader]).tolist()
+    assert len(labels) == 10 and labels[0::2] == labels[1::2] and len(set(labels)) == 5

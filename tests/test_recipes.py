@@ -4,6 +4,7 @@ clipping against clip_grad_norm_, weight-decay groups against torchvision's rule
 defaults against the Lua's plain loop, bitwise."""
 
 import copy
+import json
 import os
 import re
 import subprocess
@@ -260,3 +261,41 @@ def test_validation_test_only_and_the_scripts_use_the_ema_weights(cifar10_root, 
     model, _, _ = inference.load_model(str(save / "model_2.pth"), torch.device("cpu"))
     for key, value in model.state_dict().items():
         assert torch.equal(value, record["ema"]["model"][key])
+
+
+def test_a_recipe_sets_its_flags_and_given_flags_win(jpeg_root, tmp_path):
+    base = ["-dataset", "imagenet", "-data", jpeg_root, "-gen", str(tmp_path / "gen")]
+    opts = options.parse([*base, "-recipe", "torchvision", "-nEpochs", "20", "-LR", "0.2"])
+    expected = {"batchSize": 1024, "LR": 0.2, "nEpochs": 20, "lrSchedule": "cosine",
+                "warmupEpochs": 5.0, "autoAugment": "ta_wide", "randomErasing": 0.1,
+                "labelSmoothing": 0.1, "mixup": 0.2, "cutmix": 1.0, "weightDecay": 2e-5,
+                "normWeightDecay": 0.0, "trainCrop": 176, "valResize": 232, "valCrop": 224,
+                "repeatedAug": 4, "emaEvery": 32}  # fmt: skip
+    assert {k: getattr(opts, k) for k in expected} == expected
+    summary = options.recipe_summary(opts)
+    assert summary.startswith("=> -recipe torchvision: -batchSize 1024 -lrSchedule cosine")
+    assert summary.endswith("(given on the command line: -LR -nEpochs)")
+    small = options.parse([*CIFAR, "-recipe", "resnext"])
+    assert (small.nEpochs, small.batchSize, small.weightDecay) == (300, 128, 5e-4)
+    assert options.parse([*CIFAR, "-recipe", "fb"]).nEpochs == 164
+    assert options.recipe_summary(options.parse(CIFAR)) is None
+    with pytest.raises(options.UsageError, match=r"-warmupEpochs 5 \(-recipe torchvision's\)"):
+        options.parse([*CIFAR, "-recipe", "torchvision", "-nEpochs", "3"])
+    with pytest.raises(options.UsageError, match="unknown -recipe timm"):
+        options.parse([*CIFAR, "-recipe", "timm"])
+
+
+def test_the_linear_scaling_note_follows_the_recipes_batch(capsys):
+    main.linear_scaling_note(options.parse([*CIFAR, "-recipe", "torchvision", "-batchSize", "256"]))
+    assert "suggests -LR 0.125 (0.5 x 256/1024)" in capsys.readouterr().out
+
+
+def test_a_recipe_run_prints_its_values_and_saves_them(cifar10_root, tmp_path):
+    save = tmp_path / "run"
+    out = run_main(*CIFAR, "-data", cifar10_root, "-gen", str(tmp_path / "gen"), "-save",
+                   str(save), "-recipe", "torchvision", "-nEpochs", "6", "-batchSize", "4",
+                   "-LR", "0.01", "-warmupEpochs", "1", "-emaEvery", "2")  # fmt: skip
+    assert "=> -recipe torchvision: -lrSchedule cosine -warmupStart 0.01" in out
+    saved = json.loads((save / "opts.json").read_text())
+    assert (saved["mixup"], saved["repeatedAug"], saved["ema"]) == (0.2, 4, 0.999966)
+    assert torch.load(save / "model_6.pth", weights_only=True)["ema"]["updates"] > 0
