@@ -3,6 +3,8 @@ project's target for it (docs/performance.md gives the targets and measured resu
 
   python scripts/benchmark.py [--model resnet20|resnet18|resnext50] [--batch N] [--steps N]
                               [--rounds N]
+  python scripts/benchmark.py --recipes [--batch N]   (ResNet-18 on JPEGs: default flags
+                                                       against -recipe torchvision)
 
 Each measurement runs in a fresh process (clean peak RSS, no shared caches) with the tool's
 -hostAllocator (cache unless the row says system; the baseline keeps the C library's
@@ -189,6 +191,64 @@ def measure_jpeg(decode_only: bool, warmup: int, steps: int) -> float:
         torch.set_num_threads(threads)
 
 
+class JpegBatches:
+    """Training batches made on the fly, in this process, by the tool's folder pipeline
+    (worker half, then the finishing) from the benchmark's JPEGs, cycled."""
+
+    def __init__(self, worker, batch: int, count: int):
+        from datasets import imagenet
+
+        self.paths = jpeg_files(os.path.join(ROOT, ".cache", "benchmark-jpegs"))
+        self.worker, self.batch, self.count = worker, batch, count
+        self.finishing = imagenet.finish_on(None, torch.device("cpu"))
+        self.generator = torch.Generator().manual_seed(0)
+
+    def __len__(self) -> int:
+        return self.count
+
+    def __iter__(self):
+        from PIL import Image
+
+        for number in range(self.count):
+            samples = []
+            for i in range(self.batch):
+                path = self.paths[(number * self.batch + i) % len(self.paths)]
+                with Image.open(path) as image:
+                    samples.append(self.worker(image, self.generator))
+            crops, draws = (torch.stack(parts) for parts in zip(*samples, strict=True))
+            labels = torch.arange(self.batch) % 1000
+            yield self.finishing.finish(crops, draws), labels
+
+
+def measure_jpeg_training(recipe: bool, batch: int, warmup: int, steps: int) -> float:
+    """Seconds per iteration of ResNet-18 training on JPEGs, the pipeline included (one
+    process, no loader workers: their cost is counted, not hidden by overlap), with the
+    default flags or with -recipe torchvision's per-step work: 176 crops, TrivialAugmentWide,
+    random erasing, mixup / cutmix, label smoothing, and the EMA updated at every step (the
+    recipe: every 32, so this is an upper bound of its cost)."""
+    import averaging
+    from datasets import imagenet, mixing, policies
+
+    torch.manual_seed(0)
+    model = models.create("resnet", 18, "imagenet").to(memory_format=torch.channels_last)
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9, nesterov=True)
+    extra, worker = {}, imagenet.TrainSample(224)
+    if recipe:
+        augment = policies.ImageAugment("ta_wide", 0.1, imagenet.ERASE_FILL)
+        worker = imagenet.TrainSample(176, augment=augment)
+        extra = {"mix": mixing.BatchMixing(1000, mixup=0.2, cutmix=1.0),
+                 "average": averaging.ExponentialAverage(model, 0.999966, every=1)}  # fmt: skip
+    criterion = torch.nn.CrossEntropyLoss(label_smoothing=0.1 if recipe else 0.0)
+    trainer = train.Trainer(model, criterion, optimizer, lambda *_: 0.01,
+                            device=torch.device("cpu"), memory_format=torch.channels_last,
+                            log=lambda line: None, **extra)  # fmt: skip
+    stamps = []
+    loader = JpegBatches(worker, batch, warmup + steps + 1)
+    trainer.train(1, loader, on_step=lambda epoch, n: stamps.append(time.perf_counter()))
+    gaps = [b - a for a, b in zip(stamps[warmup:], stamps[warmup + 1 :], strict=False)]
+    return statistics.median(gaps)
+
+
 def convolution_backward_flops(grad_out_shape, x_shape, w_shape, _bias, _stride, _padding,
                                _dilation, _transposed, _output_padding, _groups, output_mask,
                                out_shape=None, **kwargs) -> int:  # fmt: skip
@@ -267,7 +327,10 @@ def run_one(spec: dict) -> dict:
             "img_s": 1 / seconds,
             "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
         }
-    if spec["kind"] == "pipeline":
+    if spec["kind"] in ("jpeg_train", "jpeg_train_recipe"):
+        recipe = spec["kind"] == "jpeg_train_recipe"
+        seconds = measure_jpeg_training(recipe, batch, warmup, steps)
+    elif spec["kind"] == "pipeline":
         seconds = measure_pipeline(
             spec.get("size") or MODELS[spec["model"]][1], batch, warmup, steps
         )
@@ -320,10 +383,18 @@ def main() -> None:
     parser.add_argument("--warmup", type=int, default=3)
     parser.add_argument("--steps", type=int, default=10)
     parser.add_argument("--rounds", type=int, default=3, help="measure every row this often")
+    parser.add_argument(
+        "--recipes",
+        action="store_true",
+        help="only ResNet-18 on JPEGs: default flags against -recipe torchvision",
+    )
     parser.add_argument("--one", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.one:
         print(json.dumps(run_one(json.loads(args.one))))
+        return
+    if args.recipes:
+        compare_recipes(args)
         return
     base = {"model": args.model, "batch": args.batch, "warmup": args.warmup, "steps": args.steps,
             "size": args.size, "allocator": "cache"}  # fmt: skip
@@ -381,6 +452,26 @@ def main() -> None:
     print(f"JPEG pipeline / decode alone: {jpeg:.2f}x (target >= 0.6)")
     pipeline = img_s["pipeline (1 thread)"]
     print(f"augmentation pipeline: {pipeline:.0f} img/s on one thread (target >= 20,000 at 32x32)")
+
+
+def compare_recipes(args) -> None:
+    """ResNet-18 training img/s on JPEGs, pipeline included: default flags against -recipe
+    torchvision (target: within 15%)."""
+    base = {"batch": args.batch, "warmup": args.warmup, "steps": args.steps, "allocator": "cache"}
+    rows = {
+        "ResNet-18 on JPEGs, default flags (224 crops)": {"kind": "jpeg_train"},
+        "ResNet-18 on JPEGs, -recipe torchvision (176 crops)": {"kind": "jpeg_train_recipe"},
+    }
+    results = measure_rounds({label: {**base, **spec} for label, spec in rows.items()},
+                             args.rounds)  # fmt: skip
+    print(f"batch {args.batch}, torch {torch.__version__}, {os.cpu_count()} CPUs,"
+          f" median of {args.rounds} rounds")  # fmt: skip
+    print("| configuration | img/s | lowest-highest |\n|---|---|---|")
+    for label, r in results.items():
+        low, high = r["img_s_range"]
+        print(f"| {label} | {r['img_s']:.1f} | {low:.1f}-{high:.1f} |")
+    default, recipe = (r["img_s"] for r in results.values())
+    print(f"-recipe torchvision / default flags: {recipe / default:.2f}x (target >= 0.85)")
 
 
 if __name__ == "__main__":

@@ -20,7 +20,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # ResNet-8 on the 20 real CIFAR-10 images (in-memory loader): 5 iterations an epoch.
 FLAGS = "-dataset cifar10 -netType resnet -depth 8 -batchSize 4 -nEpochs 3 -manualSeed 5 -checkpointEvery 2"
 # ResNet-18 on the 15 + 5 real ImageNet JPEGs (DataLoader with 2 workers): 4 iterations an epoch.
-FOLDER_FLAGS = "-dataset imagenet -netType resnet -depth 18 -batchSize 4 -nEpochs 2 -manualSeed 5 -checkpointEvery 2 -LR 0.01"
+FOLDER_FLAGS = "-dataset imagenet -netType resnet -depth 18 -batchSize 4 -nEpochs 2 -manualSeed 5 -checkpointEvery 2 -LR 0.01 -cropSize 64"
 # The modern recipe's options, all at once, on the CIFAR run.
 RECIPE_FLAGS = (
     FLAGS + " -lrSchedule cosine -warmupEpochs 1 -mixup 0.2 -cutmix 1.0"

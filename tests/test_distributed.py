@@ -226,3 +226,35 @@ def test_srun_tasks_train_together_and_report_the_error_of_the_saved_model(cifar
     assert errors_in(results_line(alone.stdout)) == errors_in(finished)
     state = torch.load(tmp_path / "latest.pth", weights_only=True)["state"]
     assert len(state["rng"]) == 2  # each process's generators
+
+
+RECIPE = ("-lrSchedule", "cosine", "-warmupEpochs", "0.5", "-labelSmoothing", "0.1", "-ema",
+          "0.9", "-normWeightDecay", "0", "-clipGradNorm", "1", "-autoAugment", "ta_wide",
+          "-randomErasing", "0.5", "-repeatedAug", "2", "-syncBN", "true", "-nEpochs", "2")  # fmt: skip
+
+
+def test_two_processes_train_the_recipes_weights_and_average_of_one(cifar10_root, tmp_path):
+    """The recipe's options act on the global batch: per-image draws by position, the
+    schedule, clipping of the all-reduced gradient, and the average, as one process."""
+    run([sys.executable, MAIN, *cifar_flags(cifar10_root, tmp_path / "one", *RECIPE)])
+    run([*torchrun("--standalone", "--nproc-per-node", "2"),
+         *cifar_flags(cifar10_root, tmp_path / "two", *RECIPE)])  # fmt: skip
+    records = [torch.load(tmp_path / run_name / "model_2.pth", weights_only=True)
+               for run_name in ("one", "two")]  # fmt: skip
+    for part in ("model", "ema"):
+        single = records[0][part] if part == "model" else records[0][part]["model"]
+        double = records[1][part] if part == "model" else records[1][part]["model"]
+        for name in single:
+            torch.testing.assert_close(double[name], single[name], atol=1e-5, rtol=1e-4,
+                                       msg=f"{part} {name}")  # fmt: skip
+
+
+def test_mixing_under_torchrun_trains_with_bf16_and_optnet(cifar10_root, tmp_path):
+    flags = cifar_flags(cifar10_root, tmp_path, *RECIPE, "-mixup", "0.2", "-cutmix", "1.0",
+                        "-precision", "bf16", "-optnet", "true",
+                        "-memoryFormat", "channels_last")  # fmt: skip
+    done = run([*torchrun("--standalone", "--nproc-per-node", "2"), *flags])
+    assert done.stdout.count("=> Mixing training batches") == 1
+    tested = run([sys.executable, MAIN, *with_flags(flags, ["-testOnly", "true", "-resume",
+                                                            str(tmp_path)])])  # fmt: skip
+    assert "(its -ema weights)" in tested.stdout

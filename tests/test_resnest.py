@@ -128,7 +128,7 @@ def test_invalid_resnest_settings_say_what_is_valid():
 def test_a_resnest_trains_on_a_jpeg_folder_and_resumes(jpeg_root, tmp_path):
     save = tmp_path / "run"
     flags = ["-dataset", "imagenet", "-data", jpeg_root, "-netType", "resnest", "-depth", "14",
-             "-batchSize", "7", "-nThreads", "0", "-save", str(save),
+             "-batchSize", "7", "-nThreads", "0", "-cropSize", "64", "-save", str(save),
              "-gen", str(tmp_path / "gen")]  # fmt: skip
     first = run_main(*flags, "-nEpochs", "1")  # 15 images: a last batch of one
     assert first.returncode == 0, first.stderr

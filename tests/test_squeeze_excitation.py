@@ -116,7 +116,7 @@ def test_an_se_resnext_trains_on_a_jpeg_folder_and_resumes(jpeg_root, tmp_path):
     save = tmp_path / "run"
     flags = ["-dataset", "imagenet", "-data", jpeg_root, "-netType", "resnext", "-depth", "50",
              "-cardinality", "2", "-baseWidth", "4", "-se", "16", "-batchSize", "8",
-             "-nThreads", "0", "-save", str(save), "-gen", str(tmp_path / "gen")]  # fmt: skip
+             "-nThreads", "0", "-cropSize", "64", "-save", str(save), "-gen", str(tmp_path / "gen")]  # fmt: skip
     first = run_main(*flags, "-nEpochs", "1")
     assert first.returncode == 0, first.stderr
     assert " | SE-ResNet-50 ImageNet" in first.stdout
