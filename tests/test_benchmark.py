@@ -29,6 +29,9 @@ def benchmark():
         {"kind": "jpeg_decode"},
         {"kind": "jpeg_pipeline"},
         {"kind": "reference"},
+        {"kind": "pipeline_policy"},
+        {"kind": "jpeg_train"},
+        {"kind": "jpeg_train_recipe"},
     ],
 )
 def test_each_measurement_reports_throughput_and_memory(benchmark, spec):
