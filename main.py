@@ -18,6 +18,7 @@ import checkpoints
 import datasets
 import launch
 import models
+import optimizers
 import opts as options
 import parallel
 import schedules
@@ -25,7 +26,6 @@ import train
 from datasets import mixing
 from launch import Processes, StartError
 
-NORM_LAYERS = (nn.modules.batchnorm._NormBase, nn.GroupNorm, nn.LayerNorm, nn.LocalResponseNorm)
 CHANNELS_LAST = {"channels_last": torch.channels_last, "contiguous": torch.contiguous_format}
 
 
@@ -169,39 +169,11 @@ def learning_rate_schedule(opts) -> schedules.Schedule:
                               warmup=opts.warmupEpochs, warmup_start=opts.warmupStart)  # fmt: skip
 
 
-def parameter_groups(model: nn.Module, opts) -> list[dict]:
-    """The trainable parameters (frozen ones are left out) in groups by weight decay:
-    one group unless -normWeightDecay or -biasWeightDecay is given (then the
-    normalisation layers' parameters and the biases get theirs, as torchvision's
-    reference sets them)."""
-    decays = {"norm": opts.normWeightDecay, "bias": opts.biasWeightDecay}
-    groups = {"other": [], "norm": [], "bias": []}
-    for module in model.modules():
-        is_norm = isinstance(module, NORM_LAYERS)
-        for name, parameter in module.named_parameters(recurse=False):
-            if not parameter.requires_grad:
-                continue
-            if name == "bias" and decays["bias"] is not None:
-                groups["bias"].append(parameter)
-            elif is_norm and decays["norm"] is not None:
-                groups["norm"].append(parameter)
-            else:
-                groups["other"].append(parameter)
-    decay = {"other": opts.weightDecay, **decays}
-    return [{"params": params, "weight_decay": decay[kind]}
-            for kind, params in groups.items() if params or kind == "other"]  # fmt: skip
-
-
 def make_optimizer(model: nn.Module, opts, checkpoint) -> torch.optim.Optimizer:
-    """Nesterov SGD over parameter_groups(); state from -resume or -optimState."""
-    optimizer = torch.optim.SGD(
-        parameter_groups(model, opts),
-        lr=opts.LR,
-        momentum=opts.momentum,
-        dampening=0.0,
-        weight_decay=opts.weightDecay,
-        nesterov=opts.momentum > 0,  # with -momentum 0, plain SGD
-    )
+    """The Lua's SGD with -normWeightDecay / -biasWeightDecay groups; state from -resume or
+    -optimState."""
+    optimizer = optimizers.sgd(model, opts.LR, opts.momentum, opts.weightDecay,
+                               opts.normWeightDecay, opts.biasWeightDecay)  # fmt: skip
     state = checkpoint["optimState"] if checkpoint else None
     if state is None and opts.optimState != "none":
         state = checkpoints.load_file(opts.optimState)

@@ -19,6 +19,7 @@ from torchvision.transforms import v2
 import averaging
 import main
 import models
+import optimizers
 import opts as options
 import schedules
 import train
@@ -167,16 +168,18 @@ def test_weight_decay_groups_put_norm_layers_and_biases_apart():
     model = models.create(netType="resnet", depth=8, dataset="cifar10", se=4)
     norms = [p for m in model.modules() if isinstance(m, nn.BatchNorm2d) for p in m.parameters()]
     biases = [p for n, p in model.named_parameters() if n.endswith("bias")]
-    assert len(main.parameter_groups(model, options.parse(CIFAR))) == 1
-    groups = main.parameter_groups(model, options.parse([*CIFAR, "-normWeightDecay", "0"]))
+    assert len(optimizers.parameter_groups(model, 1e-4)) == 1
+    groups = optimizers.parameter_groups(model, 1e-4, norm_decay=0.0)
     assert [g["weight_decay"] for g in groups] == [1e-4, 0.0]
     assert {id(p) for p in groups[1]["params"]} == {id(p) for p in norms}
-    opts = options.parse([*CIFAR, "-normWeightDecay", "0", "-biasWeightDecay", "1e-5"])
-    other, norm, bias = main.parameter_groups(model, opts)
+    other, norm, bias = optimizers.parameter_groups(model, 1e-4, 0.0, 1e-5)
     assert {id(p) for p in bias["params"]} == {id(p) for p in biases}  # SE and fc biases too
     assert bias["weight_decay"] == 1e-5 and norm["weight_decay"] == 0.0
     everything = other["params"] + norm["params"] + bias["params"]
     assert len(everything) == len(list(model.parameters()))
+    opts = options.parse([*CIFAR, "-normWeightDecay", "0", "-biasWeightDecay", "1e-5"])
+    wired = main.make_optimizer(model, opts, None).param_groups  # the flags reach it
+    assert [g["weight_decay"] for g in wired] == [1e-4, 0.0, 1e-5]
 
 
 def test_the_default_options_train_bitwise_as_the_lua_loop():
