@@ -150,3 +150,19 @@ def test_the_in_memory_loader_repeats_as_the_sampler_does():
     loader = InMemoryLoader(data, 4, seed=1, train=True, mean=data.mean, std=data.std, repeats=2)
     labels = torch.cat([labels for _, labels in loader]).tolist()
     assert len(labels) == 10 and labels[0::2] == labels[1::2] and len(set(labels)) == 5
+
+
+def test_a_jpeg_left_to_the_device_gets_the_same_policy_once_decoded(jpeg_root, tmp_path):
+    augment = policies.ImageAugment("ta_wide", erasing=0.5, fill=imagenet.ERASE_FILL)
+    path = tmp_path / "baseline.jpg"  # a real photo as a baseline JPEG, which nvJPEG takes
+    with Image.open(f"{jpeg_root}/train/{first_jpeg(jpeg_root)}") as image:
+        image.convert("RGB").save(path, "JPEG", quality=90)
+    results = []
+    for on_device in (False, True):
+        sample = imagenet.TrainSample(64, draft=False, on_device=on_device, augment=augment)
+        with Image.open(path) as image:
+            results.append(sample(image, torch.Generator().manual_seed(3))[0])
+    in_worker, encoded = results
+    assert isinstance(encoded, imagenet.Encoded)
+    batch, kept = imagenet.decode_batch([encoded], torch.device("cpu"))
+    assert kept == [0] and torch.equal(batch[0], in_worker)
