@@ -25,7 +25,7 @@ FOLDER_FLAGS = "-dataset imagenet -netType resnet -depth 18 -batchSize 4 -nEpoch
 RECIPE_FLAGS = (
     FLAGS + " -lrSchedule cosine -warmupEpochs 1 -mixup 0.2 -cutmix 1.0"
     " -labelSmoothing 0.1 -ema 0.99 -emaEvery 2 -normWeightDecay 0 -clipGradNorm 5"
-    " -autoAugment ta_wide -randomErasing 0.25"
+    " -autoAugment ta_wide -randomErasing 0.25 -repeatedAug 2"
 )
 # config -> (flags, loader workers, final epoch, files to die inside of, random kills)
 CONFIGS = {
@@ -106,7 +106,6 @@ def test_killed_runs_resume_to_bitwise_the_same_weights(reference, tmp_path):
     assert not any(n.startswith(".partial-") or "_iter" in n for n in os.listdir(save))
 
 
-@pytest.mark.parametrize("reference", ["cifar-in-memory", "folder-2-workers"], indirect=True)
 def test_sigterm_saves_within_seconds_and_resume_continues_at_that_iteration(reference, tmp_path):
     make, (_, _, last_epoch, _, _), expected = reference
     save = tmp_path / "save"
