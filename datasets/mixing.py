@@ -37,5 +37,5 @@ class BatchMixing:
         """Mix one batch with the draws of (epoch, iteration); the global generator is left
         as it was."""
         with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(self.seed_of(epoch, iteration))
+            torch.default_generator.manual_seed(self.seed_of(epoch, iteration))  # draws: CPU
             return self.mix(images, labels)
