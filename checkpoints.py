@@ -110,11 +110,14 @@ def cpu_state(model: nn.Module) -> dict[str, torch.Tensor]:
 
 
 def model_record(model: nn.Module, epoch: int, arch: dict, classes: list[str],
-                 average: dict | None = None) -> dict:  # fmt: skip
-    """What a model file holds: CPU weights, the network's arguments, the class names, and
-    the averaged weights of -ema ({"model": state_dict, "updates": n}) when given."""
+                 average: dict | None = None, evaluation: dict | None = None) -> dict:  # fmt: skip
+    """What a model file holds: CPU weights, the network's arguments, the class names, the
+    averaged weights of -ema ({"model": state_dict, "updates": n}) and how its images are
+    prepared for evaluation ({"resize": short side, "crop": side}) when given."""
     record = {"model": cpu_state(model), "arch": dict(arch), "classes": list(classes),
               "epoch": epoch}  # fmt: skip
+    if evaluation is not None:
+        record["evaluation"] = dict(evaluation)
     if average is not None:
         weights = {k: v.detach().cpu() for k, v in average["model"].items()}
         record["ema"] = {"model": weights, "updates": int(average["updates"])}
@@ -145,13 +148,15 @@ def save(
     state: dict | None = None,
     keep: int = 0,
     average: dict | None = None,
+    evaluation: dict | None = None,
 ) -> None:
     """Write the model and optimizer files (per epoch, or mid-epoch after `iteration`),
     model_best.pth if best, then latest.pth last, so that a crash at any instant leaves
     the previous consistent set; then drop files no longer needed (keep: last K epochs).
     samples: how many samples of the epoch's order the iterations used (mid-epoch);
-    average: the -ema state, saved in the model files."""
-    record = model_record(model, epoch, arch, classes, average)
+    average: the -ema state, and evaluation: the val images' preparation, both saved in
+    the model files."""
+    record = model_record(model, epoch, arch, classes, average, evaluation)
     model_name, optim_name = file_names(epoch, iteration)
     atomic_save(record, os.path.join(save_dir, model_name))
     atomic_save(optimizer_state, os.path.join(save_dir, optim_name))

@@ -259,6 +259,7 @@ class EpochLoop:
             arch=self.arch, classes=self.classes, is_best=is_best,
             best=self.best, iteration=iteration, samples=samples, state=state,
             keep=self.opts.keepCheckpoints, average=average,
+            evaluation=datasets.evaluation_sizes(self.opts),
         )  # fmt: skip
 
     def after_step(self, epoch: int, iteration: int) -> None:

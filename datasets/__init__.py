@@ -88,6 +88,15 @@ def create(opts, split: str) -> Dataset:
     )  # fmt: skip
 
 
+def evaluation_sizes(opts) -> dict | None:
+    """What model files record of how a folder dataset's val images were prepared: the short
+    side they were resized to and the centre crop (None for the in-memory datasets)."""
+    if opts.dataset != "imagenet":
+        return None
+    crops = imagenet.crops_for(opts.cropSize, opts.trainCrop, opts.valResize, opts.valCrop)
+    return {"resize": crops.val_resize, "crop": crops.val}
+
+
 def image_augment(opts, fill) -> policies.ImageAugment | None:
     """-autoAugment and -randomErasing (erasing to `fill`), or None when both are off."""
     if opts.autoAugment == "none" and not opts.randomErasing:

@@ -18,8 +18,8 @@ import torch
 def classify(checkpoint: str, files: list[str], batch_size: int = 32, top: int = 5) -> None:
     """Print the top classes of each image."""
     device = inference.device_for_inference()
-    model, arch, names = inference.load_model(checkpoint, device)
-    for paths, inputs in inference.batches(inference.image_files(files), arch, batch_size):
+    model, view, names = inference.load_model(checkpoint, device)
+    for paths, inputs in inference.batches(inference.image_files(files), view, batch_size):
         probabilities = model(inputs.to(device)).float().softmax(1)
         best = probabilities.topk(min(top, probabilities.shape[1]), dim=1)
         for path, values, indices in zip(paths, best.values, best.indices, strict=True):

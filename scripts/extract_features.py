@@ -39,12 +39,12 @@ def extract(checkpoint: str, files: list[str], batch_size: int, layer: str = "po
     """Features of every image, in order: the pooled vector the classifier reads, or the
     output of the stage named by layer."""
     device = inference.device_for_inference()
-    model, arch, _ = inference.load_model(checkpoint, device)
+    model, view, _ = inference.load_model(checkpoint, device)
     model.fc = nn.Identity()  # the Lua removed the last nn.Linear
     network = model if layer == "pool" else StageOutput(model, layer)
     files = inference.image_files(files)
     features = [network(inputs.to(device)).float().cpu()
-                for _, inputs in inference.batches(files, arch, batch_size)]  # fmt: skip
+                for _, inputs in inference.batches(files, view, batch_size)]  # fmt: skip
     return {"features": torch.cat(features), "image_list": files}
 
 

@@ -4,6 +4,7 @@ with its class names, and the Lua's test-time transform of an image file."""
 import os
 import re
 import sys
+from typing import NamedTuple
 
 import torch
 from PIL import Image
@@ -33,9 +34,20 @@ def imagenet_names(classes: list[str] | None, n_outputs: int) -> list[str]:
     return names + [f"output {i}" for i in range(len(names), n_outputs)]
 
 
-def load_model(path: str, device: torch.device) -> tuple[torch.nn.Module, dict, list[str]]:
+class View(NamedTuple):
+    """How a network sees an image: the data set it was trained on, and for ImageNet-shaped
+    networks the short side images are resized to and the centre crop (the Lua's 256 / 224
+    unless the model file records others: -cropSize, -valResize, -valCrop)."""
+
+    dataset: str
+    resize: int = 256
+    crop: int = 224
+
+
+def load_model(path: str, device: torch.device) -> tuple[torch.nn.Module, View, list[str]]:
     """The network of a model file (ours, or a torchvision state_dict) in eval mode on device,
-    with its averaged weights when it has them (-ema), its arch and its class names."""
+    with its averaged weights when it has them (-ema), how it sees images, and its class
+    names."""
     record = checkpoints.load_model_file(path)
     state_dict, _ = checkpoints.evaluated_weights(record)  # the -ema weights when saved
     if record.get("arch"):
@@ -45,18 +57,20 @@ def load_model(path: str, device: torch.device) -> tuple[torch.nn.Module, dict, 
     model = models.create(**arch)
     load_weights(model, state_dict, path)  # torchvision names accepted, one-line errors
     names = imagenet_names(record.get("classes"), model.fc.out_features)
-    return model.to(device).eval(), arch, names
+    view = View(arch["dataset"], **record.get("evaluation", {}))
+    return model.to(device).eval(), view, names
 
 
-def preprocess(path: str, arch: dict) -> torch.Tensor:
+def preprocess(path: str, view: View) -> torch.Tensor:
     """The Lua's test transform of one image as a float 3 x H x W tensor: ImageNet-shaped
-    networks Scale(256), CenterCrop(224), normalise (classify.lua); CIFAR-shaped ones the
-    image resized to 32 x 32 and normalised with the data set's mean and std."""
+    networks Scale(256), CenterCrop(224) (or the view's sizes), normalise (classify.lua);
+    CIFAR-shaped ones the image resized to 32 x 32 and normalised with the data set's mean
+    and std."""
     try:
         with Image.open(path) as image:
-            if models.is_cifar_shaped(arch["dataset"]):
-                return small_image(image, arch["dataset"])
-            pixels, _ = imagenet.ValSample(ten_crop=False)(image)
+            if models.is_cifar_shaped(view.dataset):
+                return small_image(image, view.dataset)
+            pixels, _ = imagenet.ValSample(False, size=view.crop, scale=view.resize)(image)
     except imagenet.DECODE_ERRORS as exc:
         raise imagenet.DataError(f"cannot read image {path}: {exc}") from None
     floats = TF.to_dtype(pixels, torch.float32, scale=True)  # as the training's val batches
@@ -99,11 +113,11 @@ def image_files(arguments: list[str]) -> list[str]:
     return files
 
 
-def batches(files: list[str], arch: dict, size: int):
+def batches(files: list[str], view: View, size: int):
     """(file names, stacked inputs) in batches of size."""
     for first in range(0, len(files), size):
         names = files[first : first + size]
-        yield names, torch.stack([preprocess(name, arch) for name in names])
+        yield names, torch.stack([preprocess(name, view) for name in names])
 
 
 def device_for_inference() -> torch.device:

@@ -2,9 +2,13 @@
 (resnest*d / resnest*e) build, to the parameter, the key, the multiply-add and the logit;
 both are the oracles (pretrained=False)."""
 
+import os
+import sys
+
 import pytest
 import timm
 import torch
+from conftest import ROOT
 from ranks import run_ranks
 from resnest.torch import resnest50, resnest101, resnest200, resnest269
 from test_cli import run_main
@@ -137,6 +141,14 @@ def test_a_resnest_trains_on_a_jpeg_folder_and_resumes(jpeg_root, tmp_path):
     assert resumed.returncode == 0, resumed.stderr
     saved = torch.load(save / "model_2.pth", weights_only=True)
     assert (saved["arch"]["netType"], saved["arch"]["radix"]) == ("resnest", 2)
+    # The model file says how its val images were prepared; the scripts prepare them so.
+    assert saved["evaluation"] == {"resize": 73, "crop": 64}
+    sys.path.insert(0, os.path.join(ROOT, "scripts"))
+    import inference
+
+    _, view, _ = inference.load_model(str(save / "model_2.pth"), torch.device("cpu"))
+    image = next(iter(inference.images_below(jpeg_root)))
+    assert inference.preprocess(image, view).shape == (3, 64, 64)
 
 
 NEW_NETWORKS = [("resnest", 14, {}), ("resnest", 14, {"radix": 1, "cardinality": 2}),
