@@ -35,8 +35,8 @@ def test_epoch_draws_have_the_lua_distribution(cifar10_root):
     data = datasets.load("cifar10", "train", data=cifar10_root, gen="unused")
     data.labels = torch.zeros(20000, dtype=torch.int64)  # only the draws' size matters here
     loader = InMemoryLoader(data, 128, seed=1, train=True, mean=data.mean, std=data.std)
-    order, flips, offsets = loader.draws()
-    assert sorted(order.tolist()) == list(range(20000))
+    order, flips, offsets, seeds = loader.draws()
+    assert sorted(order.tolist()) == list(range(20000)) and seeds.numel() == 0
     assert abs(flips.float().mean().item() - 0.5) < 0.02
     counts = torch.bincount(offsets.flatten(), minlength=9)
     assert offsets.min() == 0 and offsets.max() == 8
