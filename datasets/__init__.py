@@ -133,8 +133,9 @@ def create_loaders(opts, device: torch.device, rank: int = 0, world: int = 1) ->
                 True,
                 device,
                 **ranks,
-                augment=image_augment(opts, 0.0),
-            ),  # erased after normalising
+                augment=image_augment(opts, 0.0),  # erased after normalising
+                repeats=opts.repeatedAug,
+            ),
             in_memory_loader(val_set, opts.batchSize, opts.manualSeed + 1, False, device, **ranks),
         )
     n_crops = 10 if opts.tenCrop else 1

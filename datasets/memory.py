@@ -14,7 +14,7 @@ import torch
 from torch.nn import functional as F
 
 from datasets.policies import SEED_RANGE
-from datasets.sampler import epoch_generator, repeated, shard
+from datasets.sampler import dealt, epoch_generator, repeated, shard
 
 
 def augment_batch(
@@ -55,7 +55,7 @@ class InMemoryLoader:
         self.epoch, self.start = 1, 0
         self.rank, self.world = rank, world  # batch_size is global; this rank gets its share
         self.augment = augment if augment and train else None  # a policies.ImageAugment
-        self.repeats = repeats  # repeated augmentation (datasets.sampler.repeated)
+        self.repeats = repeats  # repeated augmentation (datasets.sampler.repeated, dealt)
 
     def set_epoch(self, epoch: int, start: int = 0) -> None:
         """Use epoch's order and draws, beginning at sample `start`."""
@@ -75,12 +75,14 @@ class InMemoryLoader:
         generator = epoch_generator(self.seed, self.epoch)
         size = len(self.labels)
         order = torch.randperm(size, generator=generator)
-        order = repeated(order, self.repeats, self.batch_size, self.world)
+        order = repeated(order, self.repeats)
         flips = torch.rand(size, generator=generator) < 0.5
         offsets = torch.randint(0, 2 * self.padding + 1, (size, 2), generator=generator)
         seeds = torch.empty(0, dtype=torch.int64)
         if self.augment is not None:
             seeds = torch.randint(0, SEED_RANGE, (size,), generator=generator)
+        if self.repeats > 1:
+            return tuple(dealt((order, flips, offsets, seeds), self.batch_size, self.world))
         return order, flips, offsets, seeds
 
     def each_image(self, method, images: torch.Tensor, seeds: list[int]) -> torch.Tensor:

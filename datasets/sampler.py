@@ -8,6 +8,7 @@ have got, with any number of loader workers.
 """
 
 import signal
+from collections.abc import Sequence
 
 import torch
 from torch.utils.data import Sampler
@@ -34,21 +35,27 @@ def shard(start: int, size: int, batch_size: int, rank: int = 0, world: int = 1,
         yield range(first + rank * n // world, first + (rank + 1) * n // world)
 
 
-def repeated(order: torch.Tensor, repeats: int, batch_size: int, world: int = 1) -> torch.Tensor:
+def repeated(order: torch.Tensor, repeats: int) -> torch.Tensor:
     """Repeated augmentation: the epoch's order with each of its first ceil(N / repeats)
-    samples `repeats` times in a row, N positions in all, each position with its own
-    augmentation draws. With world > 1 the copies are dealt round-robin over the processes'
-    shares of each global batch, so that a process's batch holds distinct images (as
-    torchvision's RASampler spreads copies over GPUs)."""
+    samples `repeats` times in a row, N positions in all; each position keeps its own
+    augmentation draws."""
     if repeats == 1:
         return order
-    size = len(order)
-    copies = order[: -(-size // repeats)].repeat_interleave(repeats)[:size]
+    return order[: -(-len(order) // repeats)].repeat_interleave(repeats)[: len(order)]
+
+
+def dealt(per_position: Sequence[torch.Tensor], batch_size: int, world: int) -> list[torch.Tensor]:
+    """Each tensor of per-position values (the first one full, an empty one stays empty)
+    with the positions of every global batch dealt round-robin over the `world` processes'
+    shares: the copies of a repeated image go to different processes (as torchvision's
+    RASampler spreads them over GPUs), and a global batch holds the same (sample, draws)
+    pairs as in one process."""
     if world == 1:
-        return copies
-    batches = [deal(copies[first : first + batch_size].tolist(), world)
-               for first in range(0, size, batch_size)]  # fmt: skip
-    return torch.tensor([index for batch in batches for index in batch])
+        return list(per_position)
+    size, positions = len(per_position[0]), []
+    for first in range(0, size, batch_size):
+        positions += deal(list(range(first, min(first + batch_size, size))), world)
+    return [values[positions] if values.numel() else values for values in per_position]
 
 
 def deal(batch: list[int], world: int) -> list[int]:
@@ -100,9 +107,10 @@ class EpochSampler(Sampler):
             order = torch.randperm(self.size, generator=generator)
         else:
             order = torch.arange(self.size)
-        shards = self.shards
-        order = repeated(order, self.repeats, shards["batch_size"], shards["world"])
+        order = repeated(order, self.repeats)
         seeds = torch.randint(0, SEED_RANGE, (self.size,), generator=generator)
+        if self.repeats > 1:
+            order, seeds = dealt((order, seeds), self.shards["batch_size"], self.shards["world"])
         for position in self.positions():
             yield int(order[position]), int(seeds[position])
 

@@ -166,3 +166,15 @@ def test_a_jpeg_left_to_the_device_gets_the_same_policy_once_decoded(jpeg_root, 
     assert isinstance(encoded, imagenet.Encoded)
     batch, kept = imagenet.decode_batch([encoded], torch.device("cpu"))
     assert kept == [0] and torch.equal(batch[0], in_worker)
+
+
+def test_the_repeated_augmentation_flag_reaches_both_kinds_of_loader(cifar10_root, jpeg_root,
+                                                                     tmp_path):  # fmt: skip
+    cifar = options.parse(["-dataset", "cifar10", "-data", cifar10_root, "-repeatedAug", "2",
+                           "-gen", str(tmp_path / "c")])  # fmt: skip
+    in_memory, val = datasets.create_loaders(cifar, torch.device("cpu"))
+    assert (in_memory.repeats, val.repeats) == (2, 1)
+    folder = options.parse(["-dataset", "imagenet", "-data", jpeg_root, "-repeatedAug", "3",
+                            "-nThreads", "0", "-gen", str(tmp_path / "f")])  # fmt: skip
+    train, val = datasets.create_loaders(folder, torch.device("cpu"))
+    assert (train.sampler.repeats, val.sampler.repeats) == (3, 1)
