@@ -80,12 +80,18 @@ def close(loader) -> None:
 
 def create(opts, split: str) -> Dataset:
     """Adapter from the parsed options to load()."""
-    crops = imagenet.crops_for(opts.cropSize, opts.trainCrop, opts.valResize, opts.valCrop)
+    folder_training = opts.dataset == "imagenet" and split == "train"  # (else no augment)
+    augment = image_augment(opts, imagenet.ERASE_FILL) if folder_training else None
     return load(
         opts.dataset, split, data=opts.data, gen=opts.gen, ten_crop=opts.tenCrop,
         skip_corrupt=opts.skipCorrupt, decode_on_device=opts.decodeOnDevice,
-        crops=crops, augment=image_augment(opts, imagenet.ERASE_FILL),
+        crops=crops_of(opts), augment=augment,
     )  # fmt: skip
+
+
+def crops_of(opts) -> imagenet.Crops:
+    """-cropSize, -trainCrop, -valResize and -valCrop as a folder dataset's crops."""
+    return imagenet.crops_for(opts.cropSize, opts.trainCrop, opts.valResize, opts.valCrop)
 
 
 def evaluation_sizes(opts) -> dict | None:
@@ -93,7 +99,7 @@ def evaluation_sizes(opts) -> dict | None:
     side they were resized to and the centre crop (None for the in-memory datasets)."""
     if opts.dataset != "imagenet":
         return None
-    crops = imagenet.crops_for(opts.cropSize, opts.trainCrop, opts.valResize, opts.valCrop)
+    crops = crops_of(opts)
     return {"resize": crops.val_resize, "crop": crops.val}
 
 

@@ -21,6 +21,12 @@ def epoch_generator(seed: int, epoch: int) -> torch.Generator:
     return torch.Generator().manual_seed((seed * 1_000_003 + epoch) % 2**63)
 
 
+def share(n: int, rank: int, world: int) -> range:
+    """The positions of a batch of n that process `rank` of `world` takes: the batch cut in
+    `world` contiguous shares that differ by at most one."""
+    return range(rank * n // world, (rank + 1) * n // world)
+
+
 def shard(start: int, size: int, batch_size: int, rank: int = 0, world: int = 1, *,
           whole_batches_only: bool = False):  # fmt: skip
     """This process's positions of each global batch of the epoch from position `start`:
@@ -32,7 +38,8 @@ def shard(start: int, size: int, batch_size: int, rank: int = 0, world: int = 1,
         n = min(batch_size, size - first)
         if whole_batches_only and world > 1 and n < world:
             return
-        yield range(first + rank * n // world, first + (rank + 1) * n // world)
+        part = share(n, rank, world)
+        yield range(first + part.start, first + part.stop)
 
 
 def repeated(order: torch.Tensor, repeats: int) -> torch.Tensor:
@@ -59,10 +66,9 @@ def dealt(per_position: Sequence[torch.Tensor], batch_size: int, world: int) -> 
 
 
 def deal(batch: list[int], world: int) -> list[int]:
-    """batch's items dealt round-robin into the `world` contiguous shares shard() cuts it
-    in (sizes differing by at most one), shares concatenated."""
-    n = len(batch)
-    capacity = [(r + 1) * n // world - r * n // world for r in range(world)]
+    """batch's items dealt round-robin into the `world` shares share() cuts it in, shares
+    concatenated."""
+    capacity = [len(share(len(batch), r, world)) for r in range(world)]
     hands, rank = [[] for _ in range(world)], 0
     for item in batch:
         while len(hands[rank]) == capacity[rank]:
