@@ -379,6 +379,18 @@ def measure_rounds(specs: dict[str, dict], rounds: int) -> dict[str, dict]:
     }
 
 
+def print_table(heading: str, results: dict[str, dict], rounds: int, memory=False) -> None:
+    """The machine, then a Markdown table of each row's median img/s and range (and its
+    peak RSS when memory)."""
+    print(f"{heading}, torch {torch.__version__}, {os.cpu_count()} CPUs, median of {rounds} rounds")
+    extra = (" peak RSS (MiB) |", "---|") if memory else ("", "")
+    print(f"| configuration | img/s | lowest-highest |{extra[0]}\n|---|---|---|{extra[1]}")
+    for label, r in results.items():
+        low, high = r["img_s_range"]
+        rss = f" {r['peak_rss_mib']:.0f} |" if memory else ""
+        print(f"| {label} | {r['img_s']:.1f} | {low:.1f}-{high:.1f} |{rss}")
+
+
 def main() -> None:
     """Measure every configuration of one model and print the table and the ratios."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
@@ -423,12 +435,7 @@ def main() -> None:
         "reference: every FLOP at fp32 conv peak": {"kind": "reference"},
     }  # fmt: skip
     results = measure_rounds({label: {**base, **spec} for label, spec in rows.items()}, args.rounds)
-    print(f"{args.model}, batch {args.batch}, torch {torch.__version__}, {os.cpu_count()} CPUs,"
-          f" median of {args.rounds} rounds")  # fmt: skip
-    print("| configuration | img/s | lowest-highest | peak RSS (MiB) |\n|---|---|---|---|")
-    for label, r in results.items():
-        low, high = r["img_s_range"]
-        print(f"| {label} | {r['img_s']:.1f} | {low:.1f}-{high:.1f} | {r['peak_rss_mib']:.0f} |")
+    print_table(f"{args.model}, batch {args.batch}", results, args.rounds, memory=True)
     img_s = {label: r["img_s"] for label, r in results.items()}
     default, bf16 = img_s["trainer default (fp32 channels_last)"], img_s["trainer -precision bf16"]
     baseline = img_s["baseline (pytorch/examples style)"]
@@ -475,12 +482,7 @@ def compare_recipes(args) -> None:
     }
     results = measure_rounds({label: {**base, **spec} for label, spec in rows.items()},
                              args.rounds)  # fmt: skip
-    print(f"batch {args.batch}, torch {torch.__version__}, {os.cpu_count()} CPUs,"
-          f" median of {args.rounds} rounds")  # fmt: skip
-    print("| configuration | img/s | lowest-highest |\n|---|---|---|")
-    for label, r in results.items():
-        low, high = r["img_s_range"]
-        print(f"| {label} | {r['img_s']:.1f} | {low:.1f}-{high:.1f} |")
+    print_table(f"batch {args.batch}", results, args.rounds)
     default, recipe, same_crop, plain, policy = (r["img_s"] for r in results.values())
     print(f"-recipe torchvision / default flags: {recipe / default:.2f}x (target >= 0.85);"
           f" at the default's 224 crops: {same_crop / default:.2f}x")  # fmt: skip
