@@ -120,9 +120,9 @@ def built_model(opts, classes, checkpoint, retrained) -> tuple[nn.Module, dict]:
                 f"{opts.resume} holds a checkpoint of another network: {listed}; resume with"
                 " its options or choose another -resume folder"
             )
-        weights, averaged = checkpoints.evaluated_weights(checkpoint["model"])
-        if not (opts.testOnly and averaged):  # -testOnly evaluates the -ema weights
-            weights, averaged = checkpoint["model"]["model"], False
+        weights, averaged = checkpoint["model"]["model"], False  # training continues these
+        if opts.testOnly:  # -testOnly evaluates the -ema weights when there are
+            weights, averaged = checkpoints.evaluated_weights(checkpoint["model"])
         print(
             f"=> Resuming model from {checkpoint['modelPath']}" + " (its -ema weights)" * averaged
         )
