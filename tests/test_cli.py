@@ -8,6 +8,7 @@ import sys
 
 import pytest
 import torch
+import warm
 from conftest import TIMEOUT
 
 import models
@@ -18,7 +19,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 def run_main(*argv, cwd=None):
     """python main.py argv; returns the finished process with its text output."""
     command = [sys.executable, os.path.join(ROOT, "main.py"), *argv]
-    return subprocess.run(command, capture_output=True, text=True, cwd=cwd, timeout=TIMEOUT)
+    return warm.run(command, capture_output=True, text=True, cwd=cwd, timeout=TIMEOUT)
 
 
 def small_cifar_args(data, save, flags="-nEpochs 1"):
@@ -248,7 +249,7 @@ def run_on_terminal(argv, columns: int, cwd) -> str:
     fcntl.ioctl(follower, termios.TIOCSWINSZ, struct.pack("HHHH", 40, columns, 0, 0))
     command = [sys.executable, os.path.join(ROOT, "main.py"), *argv]
     env = {k: v for k, v in os.environ.items() if k not in ("COLUMNS", "LINES")}
-    process = subprocess.Popen(command, stdout=follower, stderr=subprocess.PIPE, cwd=cwd, env=env)
+    process = warm.start(command, stdout=follower, stderr=subprocess.PIPE, cwd=cwd, env=env)
     os.close(follower)
     output = b""
     while True:

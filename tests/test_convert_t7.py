@@ -3,11 +3,11 @@
 read, networks of another layout refused with the mismatch named."""
 
 import os
-import subprocess
 import sys
 
 import pytest
 import torch
+import warm
 from conftest import TIMEOUT
 from torch import nn
 from torch7 import LuaObject, save
@@ -93,8 +93,8 @@ def trained_like(model: nn.Module) -> nn.Module:
 
 
 def convert(source, output, *flags):
-    return subprocess.run([sys.executable, CONVERT, str(source), str(output), *flags],
-                          capture_output=True, text=True, timeout=TIMEOUT)  # fmt: skip
+    return warm.run([sys.executable, CONVERT, str(source), str(output), *flags],
+                    capture_output=True, text=True, timeout=TIMEOUT)  # fmt: skip
 
 
 @pytest.mark.parametrize(

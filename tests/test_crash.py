@@ -11,6 +11,7 @@ import time
 
 import pytest
 import torch
+import warm
 from conftest import TIMEOUT, with_flags
 from PIL import Image
 
@@ -56,7 +57,7 @@ def assert_bitwise_equal(a, b):
 
 @pytest.fixture(scope="module", params=list(CONFIGS))
 def reference(request, cifar10_root, jpeg_root, tmp_path_factory):
-    """An uninterrupted run: (command maker, config, final weights)."""
+    """An uninterrupted run: (command maker, config, final weights, its seconds)."""
     flags, threads, last_epoch, _, _ = CONFIGS[request.param]
     data = jpeg_root if flags is FOLDER_FLAGS else cifar10_root
 
@@ -64,14 +65,16 @@ def reference(request, cifar10_root, jpeg_root, tmp_path_factory):
         return command(data, save, threads, extra, flags)
 
     save = tmp_path_factory.mktemp("reference")
-    done = subprocess.run(make(save), capture_output=True, timeout=TIMEOUT, text=True)
+    began = time.monotonic()
+    done = warm.run(make(save), capture_output=True, timeout=TIMEOUT, text=True)
     assert done.returncode == 0, done.stderr
-    return make, CONFIGS[request.param], final_weights(save, last_epoch)
+    seconds = time.monotonic() - began
+    return make, CONFIGS[request.param], final_weights(save, last_epoch), seconds
 
 
 def run_killed_inside_write(make, save, file_name):
     env = {**os.environ, checkpoints.KILL_BEFORE_RENAME: file_name}
-    done = subprocess.run(
+    done = warm.run(
         make(save, ["-resume", str(save)]), env=env, capture_output=True, timeout=TIMEOUT
     )
     assert done.returncode == -signal.SIGKILL
@@ -79,7 +82,7 @@ def run_killed_inside_write(make, save, file_name):
 
 
 def run_killed_after(make, save, seconds):
-    process = subprocess.Popen(make(save, ["-resume", str(save)]), stdout=subprocess.DEVNULL)
+    process = warm.start(make(save, ["-resume", str(save)]), stdout=subprocess.DEVNULL)
     try:
         process.wait(timeout=seconds)
     except subprocess.TimeoutExpired:
@@ -88,7 +91,7 @@ def run_killed_after(make, save, seconds):
 
 
 def test_killed_runs_resume_to_bitwise_the_same_weights(reference, tmp_path):
-    make, (_, threads, last_epoch, kill_files, random_kills), expected = reference
+    make, (_, threads, last_epoch, kill_files, random_kills), expected, seconds = reference
     save = tmp_path / "save"
     save.mkdir()
     run_killed_inside_write(make, save, kill_files[0])
@@ -97,8 +100,8 @@ def test_killed_runs_resume_to_bitwise_the_same_weights(reference, tmp_path):
         run_killed_inside_write(make, save, name)
     rng = random.Random(threads)
     for _ in range(random_kills):
-        run_killed_after(make, save, rng.uniform(3.0, 6.0))
-    done = subprocess.run(
+        run_killed_after(make, save, rng.uniform(0.2, 0.8) * seconds)  # inside the run
+    done = warm.run(
         make(save, ["-resume", str(save)]), capture_output=True, timeout=TIMEOUT, text=True
     )
     assert done.returncode == 0, done.stderr
@@ -107,9 +110,9 @@ def test_killed_runs_resume_to_bitwise_the_same_weights(reference, tmp_path):
 
 
 def test_sigterm_saves_within_seconds_and_resume_continues_at_that_iteration(reference, tmp_path):
-    make, (_, _, last_epoch, _, _), expected = reference
+    make, (_, _, last_epoch, _, _), expected, _ = reference
     save = tmp_path / "save"
-    process = subprocess.Popen(make(save), stdout=subprocess.PIPE, text=True)
+    process = warm.start(make(save), stdout=subprocess.PIPE, text=True)
     for line in process.stdout:
         if line.startswith(" | Epoch: [2][2/"):
             process.send_signal(signal.SIGTERM)
@@ -124,7 +127,7 @@ def test_sigterm_saves_within_seconds_and_resume_continues_at_that_iteration(ref
     iteration = int(stopped.group(2) or 0)
     found = checkpoints.latest(str(save))
     assert (found["epoch"], found["iteration"]) == (2, iteration)
-    resumed = subprocess.run(
+    resumed = warm.run(
         make(save, ["-resume", str(save)]), capture_output=True, timeout=TIMEOUT, text=True
     )
     assert resumed.returncode == 0, resumed.stderr
@@ -138,8 +141,8 @@ def test_sigterm_saves_within_seconds_and_resume_continues_at_that_iteration(ref
 
 def test_keep_checkpoints_keeps_the_last_k_epochs_and_the_best(cifar10_root, tmp_path):
     save = tmp_path / "save"
-    done = subprocess.run(command(cifar10_root, save, 0, ["-nEpochs", "4", "-keepCheckpoints", "2"]),
-                          capture_output=True, timeout=TIMEOUT, text=True)  # fmt: skip
+    done = warm.run(command(cifar10_root, save, 0, ["-nEpochs", "4", "-keepCheckpoints", "2"]),
+                    capture_output=True, timeout=TIMEOUT, text=True)  # fmt: skip
     assert done.returncode == 0, done.stderr
     names = sorted(n for n in os.listdir(save) if n.endswith(".pth"))
     assert names == ["latest.pth", "model_3.pth", "model_4.pth", "model_best.pth",
@@ -148,7 +151,7 @@ def test_keep_checkpoints_keeps_the_last_k_epochs_and_the_best(cifar10_root, tmp
 
 def test_nan_loss_stops_before_saving_and_keeps_the_last_good_checkpoint(cifar10_root, tmp_path):
     save = tmp_path / "save"
-    first = subprocess.run(
+    first = warm.run(
         command(cifar10_root, save, 0, ["-nEpochs", "1"]),
         capture_output=True,
         timeout=TIMEOUT,
@@ -156,9 +159,9 @@ def test_nan_loss_stops_before_saving_and_keeps_the_last_good_checkpoint(cifar10
     )
     assert first.returncode == 0, first.stderr
     before = torch.load(save / "latest.pth", weights_only=True)
-    exploded = subprocess.run(
-        command(cifar10_root, save, 0, ["-resume", str(save), "-LR", "1e30", "-checkpointEvery", "1"]),
-        capture_output=True, timeout=TIMEOUT, text=True,
+    exploded = warm.run(
+  command(cifar10_root, save, 0, ["-resume", str(save), "-LR", "1e30", "-checkpointEvery", "1"]),
+  capture_output=True, timeout=TIMEOUT, text=True,
     )  # fmt: skip
     assert exploded.returncode == 1
     assert exploded.stderr.startswith("error: loss is") and "try a lower -LR" in exploded.stderr
@@ -192,7 +195,7 @@ def folder_command(root, tmp_path, threads, extra=()):
 
 @pytest.mark.parametrize("threads", [0, 2])
 def test_a_corrupt_image_stops_with_one_line_naming_it(folder_with_bad_images, tmp_path, threads):
-    done = subprocess.run(
+    done = warm.run(
         folder_command(folder_with_bad_images, tmp_path, threads),
         capture_output=True,
         timeout=TIMEOUT,
@@ -205,8 +208,8 @@ def test_a_corrupt_image_stops_with_one_line_naming_it(folder_with_bad_images, t
 
 
 def test_skip_corrupt_counts_the_skipped_images(folder_with_bad_images, tmp_path):
-    done = subprocess.run(folder_command(folder_with_bad_images, tmp_path, 2, ["-skipCorrupt", "true"]),
-                          capture_output=True, timeout=TIMEOUT, text=True)  # fmt: skip
+    done = warm.run(folder_command(folder_with_bad_images, tmp_path, 2, ["-skipCorrupt", "true"]),
+                    capture_output=True, timeout=TIMEOUT, text=True)  # fmt: skip
     assert done.returncode == 0, done.stderr
     assert " | skipped 3 unreadable images" in done.stdout
 
@@ -249,7 +252,7 @@ def test_garbage_latest_file_is_named_and_nothing_changes(cifar10_root, tmp_path
     save = tmp_path / "save"
     save.mkdir()
     (save / "latest.pth").write_bytes(b"\x80\x02garbage")
-    done = subprocess.run(
+    done = warm.run(
         command(cifar10_root, save, 0, ["-resume", str(save)]),
         capture_output=True,
         timeout=TIMEOUT,

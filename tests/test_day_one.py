@@ -10,6 +10,7 @@ import sys
 
 import pytest
 import torch
+import warm
 from conftest import TIMEOUT
 from test_cli import run_main, small_cifar_args
 
@@ -35,7 +36,7 @@ def snapshot(folder) -> dict:
 def run_script(script: str, *argv: str) -> subprocess.CompletedProcess:
     """python -c script ROOT argv, with its text output."""
     command = [sys.executable, "-c", script, ROOT, *argv]
-    return subprocess.run(command, capture_output=True, text=True, timeout=TIMEOUT)
+    return warm.run(command, capture_output=True, text=True, timeout=TIMEOUT)
 
 
 def one_error_line(done, *fragments) -> str:
@@ -194,8 +195,8 @@ def test_a_read_only_save_and_a_full_stdout_are_told_in_words(cifar10_root, smal
     with open(small_filesystem / "out.txt", "wb") as stdout:
         command = [sys.executable, os.path.join(ROOT, "main.py"),
                    *small_cifar_args(cifar10_root, small_filesystem.parent / "run")]  # fmt: skip
-        done = subprocess.run(command, stdout=stdout, stderr=subprocess.PIPE, text=True,
-                              timeout=TIMEOUT)  # fmt: skip
+        done = warm.run(command, stdout=stdout, stderr=subprocess.PIPE, text=True,
+                        timeout=TIMEOUT)  # fmt: skip
     assert done.returncode == 1
     assert (
         done.stderr == "error: no space left on the device that the output (stdout) is written to\n"
@@ -218,7 +219,7 @@ def test_a_mid_epoch_resume_keeps_the_epoch_summary_and_takes_another_batch_size
     env = {**os.environ, checkpoints.KILL_BEFORE_RENAME: "model_1.pth"}
     command = [sys.executable, os.path.join(ROOT, "main.py"),
                *small_cifar_args(cifar10_root, killed, flags)]  # fmt: skip
-    assert subprocess.run(command, env=env, capture_output=True, timeout=TIMEOUT).returncode < 0
+    assert warm.run(command, env=env, capture_output=True, timeout=TIMEOUT).returncode < 0
     assert checkpoints.latest(str(killed))["samples"] == 16
     for batch, first_line in (("4", "[1][5/5]"), ("6", "[1][3/3]")):
         save = tmp_path / f"resumed{batch}"
@@ -269,9 +270,9 @@ def test_ctrl_c_while_the_image_index_is_built_is_one_line(jpeg_root, tmp_path):
 
 def test_ctrl_c_during_test_only_is_one_line(cifar10_root, tmp_path):
     argv = small_cifar_args(cifar10_root, tmp_path, "-depth 110 -batchSize 1 -testOnly true")
-    process = subprocess.Popen([sys.executable, os.path.join(ROOT, "main.py"), *argv],
-                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                               env={**os.environ, "PYTHONUNBUFFERED": "1"})  # fmt: skip
+    process = warm.start([sys.executable, os.path.join(ROOT, "main.py"), *argv],
+                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                         env={**os.environ, "PYTHONUNBUFFERED": "1"})  # fmt: skip
     for line in process.stdout:
         if line.startswith(" | Test: [0][1/20]"):
             process.send_signal(signal.SIGINT)
@@ -304,9 +305,9 @@ def test_retraining_a_1000_way_file_on_3_classes_warns_and_classify_still_names(
     torch.save(record, tmp_path / "model_1.pth")
     apples = os.path.join(jpeg_root, "val", "apple")
     image = os.path.join(apples, sorted(os.listdir(apples))[0])
-    classify = subprocess.run([sys.executable, os.path.join(ROOT, "scripts", "classify.py"),
-                               str(tmp_path / "model_1.pth"), image],
-                              capture_output=True, text=True, timeout=TIMEOUT)  # fmt: skip
+    classify = warm.run([sys.executable, os.path.join(ROOT, "scripts", "classify.py"),
+                         str(tmp_path / "model_1.pth"), image],
+                        capture_output=True, text=True, timeout=TIMEOUT)  # fmt: skip
     assert classify.returncode == 0, classify.stderr
     rows = [row.split("\t") for row in classify.stdout.splitlines()[1:6]]
     assert len(rows) == 5 and all(name.startswith("output ") or name in record["classes"]

@@ -11,6 +11,7 @@ import time
 
 import pytest
 import torch
+import warm
 from conftest import TIMEOUT, with_flags
 
 from datasets.sampler import shard
@@ -30,7 +31,7 @@ def cifar_flags(data, save, *extra):
 
 
 def run(command):
-    done = subprocess.run(command, capture_output=True, text=True, timeout=TIMEOUT)
+    done = warm.run(command, capture_output=True, text=True, timeout=TIMEOUT)
     assert done.returncode == 0, done.stderr[-3000:]
     return done
 
@@ -94,7 +95,7 @@ def test_two_nodes_rendezvous_train_and_write_one_checkpoint(cifar10_root, tmp_p
     launcher = ["--nnodes", "2", "--nproc-per-node", "1", "--rdzv-backend", "c10d",
                 "--rdzv-endpoint", f"127.0.0.1:{free_port()}", "--rdzv-id", "two-nodes"]  # fmt: skip
     command = [*torchrun(*launcher), *cifar_flags(cifar10_root, tmp_path, "-nEpochs", "1")]
-    nodes = [subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    nodes = [warm.start(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
              for _ in range(2)]  # fmt: skip
     outputs = [node.communicate(timeout=TIMEOUT) for node in nodes]
     assert [node.returncode for node in nodes] == [0, 0], outputs[0][1][-2000:]
@@ -123,9 +124,9 @@ def rank_pids() -> dict[int, int]:
 
 def test_a_dead_rank_ends_the_job_and_the_run_resumes(cifar10_root, tmp_path):
     flags = cifar_flags(cifar10_root, tmp_path, "-nEpochs", "40", "-batchSize", "2")
-    job = subprocess.Popen([*torchrun("--standalone", "--nproc-per-node", "2"), *flags],
-                           stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                           env={**os.environ, "PYTHONUNBUFFERED": "1"})  # fmt: skip
+    job = warm.start([*torchrun("--standalone", "--nproc-per-node", "2"), *flags],
+                     stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                     env={**os.environ, "PYTHONUNBUFFERED": "1"})  # fmt: skip
     for line in job.stdout:  # epoch 2 is saved once epoch 3 starts
         if line.startswith("=> Training epoch # 3"):
             break
@@ -160,8 +161,8 @@ def test_a_global_batch_that_does_not_divide_among_the_processes_is_an_error(
     cifar10_root, tmp_path
 ):
     command = [sys.executable, MAIN, *cifar_flags(cifar10_root, tmp_path, "-batchSize", "10")]
-    done = subprocess.run(command, capture_output=True, text=True, timeout=TIMEOUT,
-                          env={**os.environ, "WORLD_SIZE": "4"})  # fmt: skip
+    done = warm.run(command, capture_output=True, text=True, timeout=TIMEOUT,
+                    env={**os.environ, "WORLD_SIZE": "4"})  # fmt: skip
     assert done.returncode == 2
     assert done.stderr == (
         "error: -batchSize 10 (the global batch) does not divide among 4 processes;"
@@ -212,7 +213,7 @@ def test_srun_tasks_train_together_and_report_the_error_of_the_saved_model(cifar
     report after the epoch is that of the model rank 0 saved, tested alone."""
     flags = cifar_flags(cifar10_root, tmp_path, "-nEpochs", "1", "-batchSize", "2")
     port = free_port()
-    tasks = [subprocess.Popen([sys.executable, MAIN, *flags], stdout=subprocess.PIPE,
+    tasks = [warm.start([sys.executable, MAIN, *flags], stdout=subprocess.PIPE,
                               stderr=subprocess.PIPE, text=True, env=srun_task(rank, port))
              for rank in range(2)]  # fmt: skip
     outputs = [task.communicate(timeout=TIMEOUT) for task in tasks]

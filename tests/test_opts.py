@@ -1,11 +1,11 @@
 """opts.py against the Lua's opts.lua: names, types, defaults, validation."""
 
 import re
-import subprocess
 import sys
 
 import hypothesis
 import pytest
+import warm
 from hypothesis import strategies as st
 
 import opts
@@ -98,7 +98,7 @@ def test_double_dash_spelling_also_works():
 
 
 def test_help_lists_every_flag_with_default():
-    out = subprocess.run(
+    out = warm.run(
         [sys.executable, "main.py", "-h"],
         capture_output=True,
         text=True,

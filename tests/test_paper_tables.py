@@ -3,10 +3,10 @@ published size, and the runs use the Lua READMEs' batch and LR for the GPU count
 
 import os
 import re
-import subprocess
 import sys
 
 import pytest
+import warm
 from conftest import TIMEOUT
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -18,9 +18,9 @@ ROW = re.compile(r"\| (.+?) \| ([\d.]+) \| ([\d.]+|—) \| ([\d.]+|—) \| ([\d.
 
 
 def table_script(name, **env):
-    return subprocess.run(["bash", os.path.join(ROOT, "scripts", f"{name}.sh")],
-                          capture_output=True, text=True, timeout=TIMEOUT,
-                          env={**os.environ, "PYTHON": sys.executable, **env})  # fmt: skip
+    return warm.run(["bash", os.path.join(ROOT, "scripts", f"{name}.sh")],
+                    capture_output=True, text=True, timeout=TIMEOUT,
+                    env={**os.environ, "PYTHON": sys.executable, **env})  # fmt: skip
 
 
 @pytest.mark.parametrize("name", sorted(paper_tables.TABLES))

@@ -7,11 +7,11 @@ import copy
 import json
 import os
 import re
-import subprocess
 import sys
 
 import pytest
 import torch
+import warm
 from conftest import ROOT, TIMEOUT
 from torch import nn
 from torchvision.transforms import v2
@@ -242,8 +242,8 @@ def test_a_bad_recipe_value_exits_2_with_one_line(capsys):
 
 
 def run_main(*argv):
-    done = subprocess.run([sys.executable, os.path.join(ROOT, "main.py"), *argv],
-                          capture_output=True, text=True, timeout=TIMEOUT)  # fmt: skip
+    done = warm.run([sys.executable, os.path.join(ROOT, "main.py"), *argv],
+                    capture_output=True, text=True, timeout=TIMEOUT)  # fmt: skip
     assert done.returncode == 0, done.stderr
     return done.stdout
 

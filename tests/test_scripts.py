@@ -3,20 +3,20 @@ helpers), and fine-tuning end to end as the Lua documented it."""
 
 import json
 import os
-import subprocess
 import sys
 
 import pytest
 import torch
 import torchvision
+import warm
 from conftest import TIMEOUT
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def python(*argv, cwd=None):
-    done = subprocess.run([sys.executable, *argv], capture_output=True, text=True, cwd=cwd,
-                          timeout=TIMEOUT)  # fmt: skip
+    done = warm.run([sys.executable, *argv], capture_output=True, text=True, cwd=cwd,
+                    timeout=TIMEOUT)  # fmt: skip
     return done
 
 
