@@ -25,7 +25,11 @@ import schedules
 import train
 from datasets import mixing
 from launch import Processes, StartError
+from models import pretrained
 
+# The flags that choose the network (create()'s arguments of the same names).
+ARCH_FLAGS = ("netType", "depth", "shortcutType", "bottleneckType", "baseWidth", "cardinality",
+              "se", "radix")  # fmt: skip
 CHANNELS_LAST = {"channels_last": torch.channels_last, "contiguous": torch.contiguous_format}
 
 
@@ -36,6 +40,29 @@ def retrained_arch(opts, retrained: dict) -> dict:
     fc_weight = retrained["model"].get("fc.weight")
     n_classes = fc_weight.shape[0] if fc_weight is not None else opts.nClasses or None
     return {**models.arch_from_opts(opts), "nClasses": n_classes}
+
+
+def adopt_weights(opts) -> None:
+    """-weights: the network flags become the weights' network (a flag given otherwise is an
+    error), and -valResize / -valCrop the sizes they were evaluated at unless given (or
+    -cropSize)."""
+    if opts.weights == "none":
+        return
+    named = pretrained.resolve(opts.weights)
+    for flag, value in ((flag, named.arch[flag]) for flag in ARCH_FLAGS):
+        if flag in opts.given and getattr(opts, flag) != value:
+            raise options.UsageError(
+                f"-weights {named.name} are a network of {models.arch_flags(named.arch)}:"
+                f" drop -{flag} {getattr(opts, flag)}"
+            )
+        setattr(opts, flag, value)
+    if "cropSize" in opts.given:  # the user's crop: the val sizes follow it, as in the Lua
+        return
+    sizes = {"valResize": named.preprocessing.resize, "valCrop": named.preprocessing.crop}
+    for flag, size in sizes.items():
+        if flag not in opts.given:
+            setattr(opts, flag, size)
+    options.validate_crops(opts)
 
 
 def intended_arch(opts, classes: list[str], file_arch: dict | None) -> dict:
@@ -134,9 +161,11 @@ def built_model(opts, classes, checkpoint, retrained) -> tuple[nn.Module, dict]:
         print(line)
     if retrained:
         weights, averaged = checkpoints.evaluated_weights(retrained)
-        print(f"Loading model from file: {opts.retrain}" + (" (its -ema weights)" * averaged))
+        source = retrained.get("weights") or opts.retrain
+        if source == opts.retrain:
+            print(f"Loading model from file: {source}" + (" (its -ema weights)" * averaged))
         model = models.create(**file_arch)
-        load_weights(model, weights, opts.retrain)
+        load_weights(model, weights, source)
         if opts.resetClassifier:
             print(f" => Replacing classifier with {arch['nClasses']}-way classifier")
             models.replace_classifier(model, arch["nClasses"])
@@ -388,6 +417,33 @@ def load_checkpoint(opts, rank: int, devices: list[torch.device]) -> dict | None
     return checkpoint
 
 
+def start_weights(opts, checkpoint: dict | None, processes: Processes) -> dict | None:
+    """The model record training starts from: -retrain's file, or the -weights (downloaded
+    once: rank 0 first, the others then read the cache), unless resuming a checkpoint."""
+    if opts.retrain != "none":
+        return checkpoints.load_model_file(opts.retrain)
+    if opts.weights == "none" or checkpoint is not None:
+        return None
+    named = pretrained.resolve(opts.weights)
+    if processes.rank == 0:
+        print(weights_summary(named))
+    return parallel.in_turns(processes, lambda: pretrained.fetch(named, processes.rank == 0))
+
+
+def weights_summary(named: pretrained.Named) -> str:
+    """What -weights brings: the network, its classes, its evaluation sizes when they are
+    not the Lua's."""
+    line = f"=> Weights {named.name} ({named.library}): {models.arch_flags(named.arch)}"
+    outputs = named.arch["nClasses"]
+    line += f", {outputs} classes" + " (ImageNet-1k's)" * (outputs == 1000)
+    sizes = named.preprocessing
+    if (sizes.resize, sizes.crop) != (256, 224):  # the Lua's
+        line += (f"; evaluated at resize {sizes.resize}, crop {sizes.crop}"
+                 f" ({sizes.interpolation}; this tool resizes bicubic): -valResize and"
+                 " -valCrop default to those unless -cropSize is given")  # fmt: skip
+    return line
+
+
 def run_process(opts, processes: Processes, stop: launch.StopRequest) -> int:
     """Validate, build, then train or test."""
     device = launch.select_device(opts.nGPU, processes)
@@ -400,7 +456,7 @@ def run_process(opts, processes: Processes, stop: launch.StopRequest) -> int:
         models.create(**{**models.arch_from_opts(opts), "nClasses": opts.nClasses or 1})
     devices = parallel.devices_used(device, opts.nGPU, processes.world)
     checkpoint = load_checkpoint(opts, processes.rank, devices)
-    retrained = checkpoints.load_model_file(opts.retrain) if opts.retrain != "none" else None
+    retrained = start_weights(opts, checkpoint, processes)
     if (summary := options.recipe_summary(opts)) and processes.rank == 0:
         print(summary)
     linear_scaling_note(opts)
@@ -571,7 +627,9 @@ def main(argv=None) -> int:
     """Entry point: one 'error:' line and exit status 2 for every bad input."""
     sys.stdout.reconfigure(errors="backslashreplace")  # file names that are not UTF-8
     try:
-        return run(options.parse(argv))
+        opts = options.parse(argv)
+        adopt_weights(opts)
+        return run(opts)
     except launch.PeerFailed as exc:
         if exc.rank == 0:  # the failed process gave its reason; once is enough
             print(f"error: {exc}", file=sys.stderr)

@@ -7,6 +7,7 @@ import sys
 from collections.abc import Sequence
 
 from datasets.policies import POLICIES
+from models.pretrained import is_weights_name
 from schedules import SCHEDULES
 
 DATASETS = ("imagenet", "cifar10", "cifar100", "fashionmnist")
@@ -225,6 +226,14 @@ FLAGS = [
     ),
     ("shortcutType", str, "", "Options: A | B | C (unset: B; A for CIFAR resnet/preresnet)"),
     ("retrain", str, "none", "Path to model to retrain with (ours or a torchvision state_dict)"),
+    (
+        "weights",
+        str,
+        "none",
+        "Start from published weights by name, torchvision's (ResNet50_Weights.IMAGENET1K_V2,"
+        " ResNet50_Weights.DEFAULT) or timm's (timm/resnest50d.in1k); the network comes with"
+        " them (new)",
+    ),
     ("optimState", str, "none", "Path to an optimState to reload from"),
     (
         "shareGradInput",
@@ -484,7 +493,24 @@ def validate(opts: argparse.Namespace) -> None:
         not opts.tenCrop or opts.dataset not in SMALL_IMAGE_DATASETS,
         "-tenCrop is for ImageNet-style folder datasets, not " + opts.dataset,
     )
+    validate_weights(opts)
     validate_paths(opts)
+
+
+def validate_weights(opts: argparse.Namespace) -> None:
+    """-weights: a name (a file goes to -retrain), for folder datasets, not with -retrain."""
+    if opts.weights == "none":
+        return
+    _check(
+        is_weights_name(opts.weights),
+        f"-weights takes a name such as ResNet50_Weights.IMAGENET1K_V2 or timm/resnest50d.in1k,"
+        f" not {opts.weights}; for a file use -retrain",
+    )
+    _check(opts.retrain == "none", "give -weights or -retrain, not both")
+    _check(
+        opts.dataset == "imagenet",
+        "-weights are ImageNet networks: use -dataset imagenet with a class-per-folder -data",
+    )
 
 
 def validate_crops(opts: argparse.Namespace) -> None:

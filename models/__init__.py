@@ -1,5 +1,6 @@
 """Model zoo: create(netType, depth, dataset, ...) builds the Lua's networks by name."""
 
+import inspect
 import re
 from collections.abc import Mapping
 
@@ -113,6 +114,12 @@ LATER_ARGUMENTS = {"se": 0, "radix": 2}
 def complete_arch(arch: Mapping) -> dict:
     """A saved arch with the arguments added since it was saved, at their old meaning."""
     return {**LATER_ARGUMENTS, **arch}
+
+
+def full_arch(arch: Mapping) -> dict:
+    """arch with every create() argument it leaves out at create()'s default."""
+    parameters = inspect.signature(create).parameters
+    return {name: arch.get(name, parameter.default) for name, parameter in parameters.items()}
 
 
 def describe(

@@ -2,6 +2,7 @@
 
     python scripts/extract_features.py CHECKPOINT [BATCH_SIZE] DIR|IMAGE... [-o FILE]
         [-layer pool|stem|layer1|...]
+    python scripts/extract_features.py -weights NAME [BATCH_SIZE] DIR|IMAGE... [-o FILE]
 
 A DIR stands for every image in it and its subfolders (a class-per-folder tree). Writes
 FILE (default features.pt): {"features": N x D float tensor (the pooled activations fed to
@@ -38,11 +39,11 @@ class StageOutput(nn.Module):
 def extract(checkpoint: str, files: list[str], batch_size: int, layer: str = "pool") -> dict:
     """Features of every image, in order: the pooled vector the classifier reads, or the
     output of the stage named by layer."""
+    files = inference.image_files(files)  # before the model: a typo costs no download
     device = inference.device_for_inference()
     model, view, _ = inference.load_model(checkpoint, device)
     model.fc = nn.Identity()  # the Lua removed the last nn.Linear
     network = model if layer == "pool" else StageOutput(model, layer)
-    files = inference.image_files(files)
     features = [network(inputs.to(device)).float().cpu()
                 for _, inputs in inference.batches(files, view, batch_size)]  # fmt: skip
     return {"features": torch.cat(features), "image_list": files}
@@ -50,18 +51,20 @@ def extract(checkpoint: str, files: list[str], batch_size: int, layer: str = "po
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("checkpoint")
-    parser.add_argument("inputs", nargs="+", help="[BATCH_SIZE] then image files or directories")
+    parser.add_argument("checkpoint", help="a model file (with -weights: the first input)")
+    parser.add_argument("inputs", nargs="*", help="[BATCH_SIZE] then image files or directories")
     parser.add_argument("-o", "--output", default=OUTPUT, help="where to save the features")
     parser.add_argument("-layer", default="pool", help="pool (default), stem or layer1..layerN")
+    parser.add_argument("-weights", help="published weights by name, e.g. ResNet50_Weights.DEFAULT")
     args = parser.parse_args(argv)
-    inputs, batch_size = args.inputs, 32
+    source, inputs = inference.source_and_inputs(args.checkpoint, args.inputs, args.weights)
+    batch_size = 32
     if inputs[0].isdigit() and len(inputs) > 1:
         batch_size, inputs = int(inputs[0]), inputs[1:]
     try:
         if batch_size < 1:
             raise ValueError(f"BATCH_SIZE must be positive, got {batch_size}")
-        result = extract(args.checkpoint, inputs, batch_size, args.layer)
+        result = extract(source, inputs, batch_size, args.layer)
     except (ValueError, OSError) as exc:
         print(f"error: {' '.join(str(exc).split())}", file=sys.stderr)
         return 2

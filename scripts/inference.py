@@ -17,6 +17,7 @@ import checkpoints  # noqa: E402 - after the repository root is on the path
 import models  # noqa: E402
 from datasets import cifar, fashionmnist, imagenet, photometric  # noqa: E402
 from main import load_weights  # noqa: E402
+from models import pretrained  # noqa: E402
 
 WNID = re.compile(r"n\d{8}")
 
@@ -44,11 +45,27 @@ class View(NamedTuple):
     crop: int = 224
 
 
+def source_and_inputs(checkpoint: str, inputs: list[str], weights: str | None):
+    """(the model file or weights name, the other arguments): with -weights NAME the
+    CHECKPOINT argument is the first input instead."""
+    if weights:
+        return weights, [checkpoint, *inputs]
+    return checkpoint, inputs
+
+
+def model_record(source: str) -> dict:
+    """The model record of a model file, or of published weights by name (fetched through
+    their library's cache)."""
+    if not os.path.exists(source) and pretrained.is_weights_name(source):
+        return pretrained.fetch(pretrained.resolve(source))
+    return checkpoints.load_model_file(source)
+
+
 def load_model(path: str, device: torch.device) -> tuple[torch.nn.Module, View, list[str]]:
-    """The network of a model file (ours, or a torchvision state_dict) in eval mode on device,
-    with its averaged weights when it has them (-ema), how it sees images, and its class
-    names."""
-    record = checkpoints.load_model_file(path)
+    """The network of a model file (ours, or a torchvision state_dict) or of published
+    weights by name, in eval mode on device, with its averaged weights when it has them
+    (-ema), how it sees images, and its class names."""
+    record = model_record(path)
     state_dict, _ = checkpoints.evaluated_weights(record)  # the -ema weights when saved
     if record.get("arch"):
         arch = dict(record["arch"])

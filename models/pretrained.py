@@ -1,0 +1,210 @@
+"""Published weights by name, as torchvision's and timm's users name them.
+
+`resolve("ResNet50_Weights.IMAGENET1K_V2")` or `resolve("timm/resnest50d.in1k")` says, without
+the network, which of this tool's networks the weights fit, their classes and the preprocessing
+they were evaluated with; `fetch(named)` gives them as a model record of this tool (the
+`-retrain` file format), through the libraries' own caches: torch.hub's (TORCH_HOME) for
+torchvision, the Hugging Face cache (HF_HOME, HF_HUB_OFFLINE) for timm. A cached file is read
+without the network. timm is needed only for timm's names.
+"""
+
+import math
+import os
+from typing import NamedTuple
+
+import torch
+import torchvision.models
+
+from models import arch_of_torchvision, create, from_timm, full_arch
+
+# The torchvision builders whose networks this tool builds (the ResNet family).
+TORCHVISION_BUILDERS = (
+    "resnet18", "resnet34", "resnet50", "resnet101", "resnet152", "resnext50_32x4d",
+    "resnext101_32x8d", "resnext101_64x4d", "wide_resnet50_2", "wide_resnet101_2",
+)  # fmt: skip
+TIMM_PREFIX = "timm/"
+IMAGENET_MEAN_STD = ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225))
+
+
+class WeightsUnavailable(OSError):
+    """Named weights that cannot be read: not cached and not downloadable."""
+
+
+class Preprocessing(NamedTuple):
+    """How the weights' published accuracy was measured: the short side resized to `resize`,
+    a centre crop of `crop`, that interpolation, that mean and std."""
+
+    resize: int
+    crop: int
+    interpolation: str
+    mean: tuple = IMAGENET_MEAN_STD[0]
+    std: tuple = IMAGENET_MEAN_STD[1]
+
+
+class Named(NamedTuple):
+    """Weights resolved from their name, not yet read."""
+
+    name: str  # as the library spells it (DEFAULT resolved)
+    library: str  # "torchvision" or "timm"
+    arch: dict  # every create() argument of this tool's network
+    preprocessing: Preprocessing
+    url: str  # where the library downloads the file from
+    cache: str  # the folder the library keeps it in
+
+
+def is_weights_name(text: str) -> bool:
+    """Whether text is spelt as a weights name (not a file): X_Weights.Y or timm/..."""
+    return text.startswith(TIMM_PREFIX) or "_Weights." in text
+
+
+def resolve(name: str) -> Named:
+    """The weights called name; ValueError naming the valid names when there are none."""
+    if name.startswith(TIMM_PREFIX):
+        return resolve_timm(name)
+    return resolve_torchvision(name)
+
+
+def torchvision_weights(name: str):
+    """torchvision's WeightsEnum member called name, and its builder's name."""
+    enum_name, _, member = name.partition(".")
+    for builder in TORCHVISION_BUILDERS:
+        enum = torchvision.models.get_model_weights(builder)
+        if enum.__name__ == enum_name:
+            if member not in enum.__members__:
+                valid = ", ".join([*enum.__members__])
+                raise ValueError(f"-weights {name}: {enum_name} has {valid}")
+            return enum[member], builder
+    enums = [torchvision.models.get_model_weights(b).__name__ for b in TORCHVISION_BUILDERS]
+    valid = ", ".join(enums)
+    raise ValueError(
+        f"-weights {name}: not weights of a network this tool builds; torchvision's are"
+        f" {valid} (e.g. ResNet50_Weights.IMAGENET1K_V2), timm's timm/<model>.<tag>"
+    )
+
+
+def resolve_torchvision(name: str) -> Named:
+    """torchvision's weights called name (e.g. ResNet50_Weights.IMAGENET1K_V2 or .DEFAULT)."""
+    weights, builder = torchvision_weights(name)
+    with torch.device("meta"):  # only the shapes, to read the architecture from
+        shapes = torchvision.models.get_model(builder).state_dict()
+    given = weights.transforms()  # torchvision's evaluation transform of these weights
+    sizes = (given.resize_size[0], given.crop_size[0], given.interpolation.value)
+    preprocessing = Preprocessing(*sizes, tuple(given.mean), tuple(given.std))
+    cache = os.path.join(torch.hub.get_dir(), "checkpoints")
+    return Named(str(weights), "torchvision", full_arch(arch_of_torchvision(shapes)),
+                 preprocessing, weights.url, cache)  # fmt: skip
+
+
+def import_timm():
+    """timm, or the one-line error saying to install it."""
+    try:
+        import timm
+    except ImportError:
+        raise ValueError("timm's weights need the timm package: pip install timm") from None
+    return timm
+
+
+def resolve_timm(name: str) -> Named:
+    """timm's weights called timm/<model>.<tag> (its Hugging Face hub name)."""
+    timm = import_timm()
+    model_name = name.removeprefix(TIMM_PREFIX)
+    config = timm.models.get_pretrained_cfg(model_name)
+    if config is None or config.hf_hub_id != name:
+        raise ValueError(
+            f"-weights {name}: timm has no weights of that name (see timm.list_pretrained())"
+        )
+    with torch.device("meta"):
+        shapes = timm.create_model(model_name).state_dict()
+    arch = fitting_arch(name, shapes)
+    if (config.mean, config.std) != IMAGENET_MEAN_STD:
+        raise ValueError(f"-weights {name}: normalised with mean {config.mean} std {config.std};"
+                         " this tool normalises with ImageNet's")  # fmt: skip
+    crop = (config.test_input_size or config.input_size)[-1]
+    resize = math.floor(crop / (config.test_crop_pct or config.crop_pct))
+    preprocessing = Preprocessing(resize, crop, config.interpolation)
+    from huggingface_hub import constants
+
+    return Named(name, "timm", arch, preprocessing, f"https://huggingface.co/{name}",
+                 constants.HF_HUB_CACHE)  # fmt: skip
+
+
+def fitting_arch(name: str, shapes: dict) -> dict:
+    """The create() arguments of this tool's network with exactly the names and shapes of a
+    timm state_dict; ValueError when there is none."""
+    refusal = (
+        f"-weights {name}: not a network this tool builds (ResNet, ResNeXt, SE-, ResNeSt, SENet)"
+    )
+    try:
+        arch = arch_of_torchvision(shapes)
+    except (ValueError, KeyError):
+        raise ValueError(refusal) from None
+    with torch.device("meta"):
+        ours = create(**arch).state_dict()
+    converted = from_timm(shapes)
+    if ours.keys() != converted.keys() or any(ours[k].shape != converted[k].shape for k in ours):
+        raise ValueError(refusal)
+    return full_arch(arch)
+
+
+def fetch(named: Named, progress: bool = True) -> dict:
+    """The weights as a model record (model, arch, classes, evaluation), from the library's
+    cache, downloading them there first when they are not; WeightsUnavailable says what to
+    fetch and where to put it."""
+    if named.library == "torchvision":
+        state_dict, classes = torchvision_state_dict(named, progress)
+    else:
+        state_dict, classes = timm_state_dict(named)
+    evaluation = {"resize": named.preprocessing.resize, "crop": named.preprocessing.crop}
+    return {"model": from_timm(state_dict), "arch": dict(named.arch), "classes": classes,
+            "evaluation": evaluation, "weights": named.name}  # fmt: skip
+
+
+def torchvision_state_dict(named: Named, progress: bool) -> tuple[dict, list[str]]:
+    """torchvision's weights through torch.hub's cache, and their class names."""
+    weights, _ = torchvision_weights(named.name)
+    created = missing_folders(named.cache)
+    try:
+        state_dict = torch.hub.load_state_dict_from_url(
+            named.url, progress=progress, check_hash=True, map_location="cpu", weights_only=True
+        )
+    except OSError as exc:  # no network (URLError), refused, or a bad hash
+        for folder in created:  # leave no empty cache folders behind
+            if os.path.isdir(folder) and not os.listdir(folder):
+                os.rmdir(folder)
+        file = os.path.basename(named.url)
+        raise WeightsUnavailable(
+            f"cannot download {file} for {named.name} ({reason(exc)}): fetch {named.url} and"
+            f" put it in {named.cache}/ (torch.hub's cache; TORCH_HOME moves it)"
+        ) from None
+    return state_dict, list(weights.meta["categories"])
+
+
+def missing_folders(folder: str) -> list[str]:
+    """folder and those of its parents that do not exist yet, deepest first."""
+    missing = []
+    while folder and not os.path.exists(folder):
+        missing.append(folder)
+        folder = os.path.dirname(folder)
+    return missing
+
+
+def reason(exc: BaseException) -> str:
+    """What went wrong, in a few words."""
+    return " ".join(str(getattr(exc, "reason", None) or exc).split())[:200]
+
+
+def timm_state_dict(named: Named) -> tuple[dict, list[str]]:
+    """timm's weights through the Hugging Face cache, and their class names."""
+    timm = import_timm()
+    try:
+        model = timm.create_model(named.name.removeprefix(TIMM_PREFIX), pretrained=True)
+    except OSError as exc:  # not cached, and offline or no network
+        raise WeightsUnavailable(
+            f"cannot fetch {named.name}: not in the Hugging Face cache {named.cache} and not"
+            f" downloadable ({reason(exc)[:80]}); on a machine with network run `hf download"
+            f" {named.name}` and copy its models--{named.name.replace('/', '--')} folder into"
+            f" {named.cache}/ (HF_HOME moves it)"
+        ) from None
+    subset = timm.data.infer_imagenet_subset(model) or "imagenet-1k"
+    names = timm.data.ImageNetInfo(subset).label_descriptions()
+    return model.state_dict(), [description.split(",")[0] for description in names]

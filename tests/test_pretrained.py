@@ -1,0 +1,324 @@
+"""Published weights by name (-weights): torchvision's and timm's names, their caches, offline.
+
+No download works here, so the caches are filled as the libraries fill them: torchvision's file
+under TORCH_HOME/hub/checkpoints (torch.hub checks the hash only when it downloads), timm's as
+a Hugging Face hub snapshot under HF_HOME with HF_HUB_OFFLINE=1. The weights in them are those
+of the libraries' own networks built with pretrained=False.
+"""
+
+import json
+import math
+import os
+import shutil
+import sys
+
+import pytest
+import timm
+import torch
+import torchvision
+import warm
+from conftest import TIMEOUT
+
+import main
+import models
+import opts as options
+from models import pretrained
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+MAIN = os.path.join(ROOT, "main.py")
+CLASSIFY = os.path.join(ROOT, "scripts", "classify.py")
+
+
+def parameter_count(arch: dict) -> int:
+    with torch.device("meta"):
+        return sum(p.numel() for p in models.create(**arch).parameters())
+
+
+def test_every_torchvision_name_builds_its_network_to_the_published_parameter_count():
+    for builder in pretrained.TORCHVISION_BUILDERS:
+        for weights in torchvision.models.get_model_weights(builder):
+            named = pretrained.resolve(str(weights))
+            assert parameter_count(named.arch) == weights.meta["num_params"], weights
+            given = weights.transforms()
+            assert named.preprocessing[:2] == (given.resize_size[0], given.crop_size[0])
+
+
+def test_default_is_the_newest_and_the_sizes_are_the_weights_own():
+    named = pretrained.resolve("ResNet50_Weights.DEFAULT")
+    assert named.name == "ResNet50_Weights.IMAGENET1K_V2"
+    assert named.arch["netType"] == "resnet" and named.arch["depth"] == 50
+    assert named.preprocessing == (232, 224, "bilinear", *pretrained.IMAGENET_MEAN_STD)
+    wide = pretrained.resolve("Wide_ResNet50_2_Weights.IMAGENET1K_V1").arch
+    assert (wide["netType"], wide["cardinality"], wide["baseWidth"]) == ("resnext", 1, 128)
+
+
+@pytest.mark.parametrize(
+    "name, arch, sizes",
+    [
+        ("timm/resnest50d.in1k", {"netType": "resnest", "depth": 50, "radix": 2}, (256, 224, "bilinear")),
+        ("timm/seresnext50_32x4d.racm_in1k",
+         {"netType": "resnext", "depth": 50, "cardinality": 32, "baseWidth": 4, "se": 16},
+         (303, 288, "bicubic")),
+        ("timm/resnet50.a1_in1k", {"netType": "resnet", "depth": 50}, (288, 288, "bicubic")),
+    ],
+)  # fmt: skip
+def test_timm_names_resolve_to_this_tools_networks_with_timms_test_sizes(name, arch, sizes):
+    named = pretrained.resolve(name)
+    assert arch.items() <= named.arch.items()
+    assert named.preprocessing[:3] == sizes  # timm's test size and crop fraction
+    with torch.device("meta"):
+        reference = timm.create_model(name.removeprefix("timm/"))
+    assert parameter_count(named.arch) == sum(p.numel() for p in reference.parameters())
+
+
+@pytest.mark.parametrize(
+    "name, words",
+    [
+        ("ResNet50_Weights.IMAGENET1K_V9", "ResNet50_Weights has IMAGENET1K_V1, IMAGENET1K_V2, DEFAULT"),
+        ("VGG16_Weights.IMAGENET1K_V1", "not weights of a network this tool builds; torchvision's are ResNet18_Weights"),
+        ("timm/resnet50d.a1_in1k", "not a network this tool builds"),
+        ("timm/vit_base_patch16_224.augreg_in21k", "not a network this tool builds"),
+        ("timm/nosuchnet.x", "timm has no weights of that name"),
+    ],
+)  # fmt: skip
+def test_a_name_without_weights_of_ours_is_one_line_naming_the_valid_ones(name, words):
+    with pytest.raises(ValueError, match=words.replace(".", r"\.")):
+        pretrained.resolve(name)
+
+
+def test_without_timm_a_timm_name_says_to_install_it(monkeypatch):
+    monkeypatch.setitem(sys.modules, "timm", None)  # import timm raises ImportError
+    with pytest.raises(ValueError, match="pip install timm"):
+        pretrained.resolve("timm/resnet50.a1_in1k")
+
+
+@pytest.fixture
+def torch_home(tmp_path, monkeypatch):
+    """An empty TORCH_HOME (not created: nothing may be written there when offline)."""
+    home = tmp_path / "torch-home"
+    monkeypatch.setenv("TORCH_HOME", str(home))
+    return home
+
+
+def cache_torchvision(home, name: str, seed: int = 0) -> torch.nn.Module:
+    """torchvision's network of the weights name, randomly initialised, saved in its
+    torch.hub cache file as a download would have put it; the network is returned."""
+    weights = torchvision.models.get_weight(name)
+    builder = next(b for b in pretrained.TORCHVISION_BUILDERS
+                   if torchvision.models.get_model_weights(b) is type(weights))  # fmt: skip
+    torch.manual_seed(seed)
+    network = torchvision.models.get_model(builder).eval()
+    folder = home / "hub" / "checkpoints"
+    folder.mkdir(parents=True, exist_ok=True)
+    torch.save(network.state_dict(), folder / os.path.basename(weights.url))
+    return network
+
+
+def test_cached_torchvision_weights_load_offline_and_give_torchvisions_logits(torch_home):
+    reference = cache_torchvision(torch_home, "ResNet18_Weights.IMAGENET1K_V1")
+    record = pretrained.fetch(pretrained.resolve("ResNet18_Weights.IMAGENET1K_V1"), False)
+    model = models.create(**record["arch"]).eval()
+    model.load_state_dict(record["model"], strict=True)
+    images = torch.randn(2, 3, 64, 64)
+    with torch.no_grad():
+        assert (model(images) - reference(images)).abs().max() < 1e-5
+    assert record["classes"][:2] == ["tench", "goldfish"] and len(record["classes"]) == 1000
+    assert record["evaluation"] == {"resize": 256, "crop": 224}
+
+
+def test_uncached_torchvision_weights_offline_name_the_file_and_folder_and_write_nothing(
+    torch_home,
+):
+    named = pretrained.resolve("ResNet18_Weights.IMAGENET1K_V1")
+    with pytest.raises(pretrained.WeightsUnavailable) as raised:
+        pretrained.fetch(named, False)
+    message = str(raised.value)
+    assert "cannot download resnet18-f37072fd.pth for ResNet18_Weights.IMAGENET1K_V1" in message
+    assert named.url in message and f"put it in {torch_home}/hub/checkpoints/" in message
+    assert "\n" not in message and not torch_home.exists()
+
+
+def run_main(*argv, env=None):
+    return warm.run([sys.executable, MAIN, *argv], capture_output=True, text=True,
+                    timeout=TIMEOUT, env=env)  # fmt: skip
+
+
+def test_fine_tuning_from_a_name_keeps_the_weights_and_resumes_without_the_cache(
+    jpeg_root, torch_home, tmp_path
+):
+    reference = cache_torchvision(torch_home, "ResNet18_Weights.IMAGENET1K_V1")
+    save = tmp_path / "save"
+    flags = ["-dataset", "imagenet", "-data", jpeg_root, "-weights", "ResNet18_Weights.IMAGENET1K_V1",
+             "-resetClassifier", "true", "-frozenStages", "4", "-cropSize", "64",
+             "-batchSize", "5", "-save", str(save), "-gen", str(tmp_path / "gen")]  # fmt: skip
+    env = {**os.environ, "TORCH_HOME": str(torch_home)}
+    done = run_main(*flags, "-nEpochs", "1", env=env)
+    assert done.returncode == 0, done.stderr
+    assert ("=> Weights ResNet18_Weights.IMAGENET1K_V1 (torchvision): -netType resnet -depth 18,"
+            " 1000 classes (ImageNet-1k's)\n") in done.stdout  # fmt: skip
+    assert " => Replacing classifier with 3-way classifier" in done.stdout
+    record = torch.load(save / "model_1.pth", weights_only=True)
+    assert record["arch"]["depth"] == 18 and record["arch"]["nClasses"] == 3
+    ours = models.from_timm(reference.state_dict())
+    for key, value in record["model"].items():  # every frozen stage is the weights' bitwise
+        if not key.startswith("fc."):
+            assert torch.equal(value, ours[key]), key
+    shutil.rmtree(torch_home)  # a resumed run reads its checkpoint, not the weights
+    resumed = run_main(*flags, "-nEpochs", "2", "-resume", str(save), env=env)
+    assert resumed.returncode == 0, resumed.stderr
+    assert "=> Weights" not in resumed.stdout and (save / "model_2.pth").exists()
+    assert json.load(open(save / "opts.json"))["weights"] == "ResNet18_Weights.IMAGENET1K_V1"
+
+
+def test_weights_offline_and_uncached_stop_the_run_before_any_file(jpeg_root, torch_home, tmp_path):
+    save = tmp_path / "save"
+    done = run_main("-dataset", "imagenet", "-data", jpeg_root, "-weights", "ResNet18_Weights.DEFAULT",
+                    "-save", str(save), "-gen", str(tmp_path / "gen"),
+                    env={**os.environ, "TORCH_HOME": str(torch_home)})  # fmt: skip
+    assert done.returncode == 1
+    assert done.stderr.startswith("error: cannot download resnet18-f37072fd.pth")
+    assert done.stderr.count("\n") == 1 and "Traceback" not in done.stderr
+    assert not save.exists() and not torch_home.exists()
+
+
+@pytest.mark.parametrize(
+    "flags, message",
+    [
+        ("-weights ResNet18_Weights.IMAGENET1K_V1 -depth 50",
+         "-weights ResNet18_Weights.IMAGENET1K_V1 are a network of -netType resnet -depth 18: drop -depth 50"),
+        ("-weights ResNet18_Weights.IMAGENET1K_V1 -netType resnext",
+         "-weights ResNet18_Weights.IMAGENET1K_V1 are a network of -netType resnet -depth 18:"
+         " drop -netType resnext"),
+        ("-weights ResNet18_Weights.IMAGENET1K_V1 -retrain model.pth", "give -weights or -retrain, not both"),
+        ("-weights model.pth", "-weights takes a name such as ResNet50_Weights.IMAGENET1K_V2"),
+        ("-weights ResNet18_Weights.IMAGENET1K_V9",
+         "-weights ResNet18_Weights.IMAGENET1K_V9: ResNet18_Weights has IMAGENET1K_V1, DEFAULT"),
+    ],
+)  # fmt: skip
+def test_a_bad_weights_flag_is_one_error_line_and_exit_2(flags, message, jpeg_root, tmp_path):
+    (tmp_path / "model.pth").write_bytes(b"")
+    done = warm.run([sys.executable, MAIN, "-dataset", "imagenet", "-data", jpeg_root,
+                     "-save", str(tmp_path / "save"), *flags.split()],
+                    capture_output=True, text=True, timeout=TIMEOUT, cwd=tmp_path)  # fmt: skip
+    assert done.returncode == 2, done.stderr
+    assert done.stderr.startswith(f"error: {message}") and done.stderr.count("\n") == 1
+    assert not (tmp_path / "save").exists()
+
+
+def test_the_weights_network_and_sizes_become_the_options_unless_given(jpeg_root):
+    opts = options.parse(["-dataset", "imagenet", "-data", jpeg_root,
+                          "-weights", "ResNet50_Weights.IMAGENET1K_V2"])  # fmt: skip
+    main.adopt_weights(opts)
+    assert (opts.netType, opts.depth, opts.shortcutType) == ("resnet", 50, "B")
+    assert (opts.valResize, opts.valCrop) == (232, 224)
+    given = options.parse(["-dataset", "imagenet", "-data", jpeg_root, "-valResize", "256",
+                           "-weights", "ResNet50_Weights.IMAGENET1K_V2"])  # fmt: skip
+    main.adopt_weights(given)
+    assert (given.valResize, given.valCrop) == (256, 224)
+    summary = main.weights_summary(pretrained.resolve("ResNet50_Weights.IMAGENET1K_V2"))
+    assert summary.endswith("1000 classes (ImageNet-1k's); evaluated at resize 232, crop 224 (bilinear;"
+                            " this tool resizes bicubic): -valResize and -valCrop default to those unless -cropSize"
+                            " is given")  # fmt: skip
+
+
+def hub_snapshot(hf_home, name: str, state_dict: dict) -> None:
+    """timm's weights file in the Hugging Face cache as `hf download name` leaves it."""
+    from safetensors.torch import save_file
+
+    repo = hf_home / "hub" / f"models--{name.replace('/', '--')}"
+    revision = "0" * 40
+    (repo / "refs").mkdir(parents=True)
+    (repo / "refs" / "main").write_text(revision)
+    snapshot = repo / "snapshots" / revision
+    snapshot.mkdir(parents=True)
+    save_file({k: v.contiguous() for k, v in state_dict.items()}, snapshot / "model.safetensors")
+
+
+def test_timm_weights_from_the_hub_cache_classify_as_timms_own_model(jpeg_root, tmp_path):
+    torch.manual_seed(0)
+    reference = timm.create_model("resnet18.a1_in1k").eval()
+    hf_home = tmp_path / "hf"
+    hub_snapshot(hf_home, "timm/resnet18.a1_in1k", reference.state_dict())
+    env = {**os.environ, "HF_HOME": str(hf_home), "HF_HUB_OFFLINE": "1"}
+    apples = os.path.join(jpeg_root, "val", "apple")
+    image = os.path.join(apples, sorted(os.listdir(apples))[0])
+    done = warm.run([sys.executable, CLASSIFY, "-weights", "timm/resnet18.a1_in1k", image],
+                    capture_output=True, text=True, timeout=TIMEOUT, env=env)  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    sys.path.insert(0, os.path.join(ROOT, "scripts"))
+    import inference
+
+    inputs = inference.preprocess(image, inference.View("imagenet", 288, 288))  # timm's test size
+    with torch.no_grad():
+        probabilities = reference(inputs[None]).softmax(1)[0]
+    names = timm.data.ImageNetInfo().label_descriptions()
+    best = probabilities.topk(5)
+    expected = [
+        f"{p:.4f}\t{names[i].split(',')[0]}" for p, i in zip(best.values, best.indices, strict=True)
+    ]
+    assert done.stdout.splitlines()[1:6] == expected
+
+
+def test_timm_weights_offline_and_uncached_say_how_to_fetch_them(jpeg_root, tmp_path):
+    env = {**os.environ, "HF_HOME": str(tmp_path / "hf"), "HF_HUB_OFFLINE": "1"}
+    done = run_main("-dataset", "imagenet", "-data", jpeg_root, "-weights", "timm/resnet18.a1_in1k",
+                    "-save", str(tmp_path / "save"), env=env)  # fmt: skip
+    assert done.returncode == 1
+    assert done.stderr.startswith(
+        "error: cannot fetch timm/resnet18.a1_in1k: not in the Hugging Face cache"
+    )
+    assert "hf download timm/resnet18.a1_in1k" in done.stderr and done.stderr.count("\n") == 1
+    assert not (tmp_path / "save").exists()
+
+
+def test_test_only_evaluates_at_the_weights_sizes(jpeg_root, torch_home, tmp_path):
+    cache_torchvision(torch_home, "ResNet18_Weights.IMAGENET1K_V1")
+    done = run_main("-dataset", "imagenet", "-data", jpeg_root, "-testOnly", "true",
+                    "-weights", "ResNet18_Weights.IMAGENET1K_V1", "-gen", str(tmp_path / "gen"),
+                    env={**os.environ, "TORCH_HOME": str(torch_home)})  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    assert "=> warning: the network has 1000 outputs for 3 classes" in done.stdout
+    assert " * Results top1:" in done.stdout
+    assert math.isfinite(float(done.stdout.split(" * Results top1:")[1].split()[0]))
+
+
+def test_extract_features_takes_a_name_and_gives_the_weights_features(
+    jpeg_root, torch_home, tmp_path
+):
+    reference = cache_torchvision(torch_home, "ResNet18_Weights.IMAGENET1K_V1")
+    folder = os.path.join(jpeg_root, "val")
+    output = tmp_path / "features.pt"
+    done = warm.run([sys.executable, os.path.join(ROOT, "scripts", "extract_features.py"),
+                     "-weights", "ResNet18_Weights.IMAGENET1K_V1", folder, "-o", str(output)],
+                    capture_output=True, text=True, timeout=TIMEOUT,
+                    env={**os.environ, "TORCH_HOME": str(torch_home)})  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    saved = torch.load(output, weights_only=True)
+    sys.path.insert(0, os.path.join(ROOT, "scripts"))
+    import inference
+
+    first = inference.preprocess(saved["image_list"][0], inference.View("imagenet", 256, 224))
+    reference.fc = torch.nn.Identity()
+    with torch.no_grad():
+        expected = reference(first[None])[0]
+    assert saved["features"].shape == (5, 512)
+    assert (saved["features"][0] - expected).abs().max() < 1e-4
+
+
+def test_under_torchrun_rank_0_fetches_and_says_it_once_and_every_rank_loads_the_weights(
+    jpeg_root, torch_home, tmp_path
+):
+    cache_torchvision(torch_home, "ResNet18_Weights.IMAGENET1K_V1")
+    save = tmp_path / "save"
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node",
+               "2", MAIN, "-dataset", "imagenet", "-data", jpeg_root, "-nThreads", "0",
+               "-weights", "ResNet18_Weights.IMAGENET1K_V1", "-resetClassifier", "true",
+               "-frozenStages", "4", "-cropSize", "64", "-batchSize", "6", "-nEpochs", "1",
+               "-save", str(save), "-gen", str(tmp_path / "gen")]  # fmt: skip
+    done = warm.run(command, capture_output=True, text=True, timeout=TIMEOUT,
+                    env={**os.environ, "TORCH_HOME": str(torch_home)})  # fmt: skip
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert done.stdout.count("=> Weights ResNet18_Weights.IMAGENET1K_V1 (torchvision)") == 1
+    trained = torch.load(save / "model_1.pth", weights_only=True)["model"]
+    cached = torch.load(torch_home / "hub" / "checkpoints" / "resnet18-f37072fd.pth")
+    assert torch.equal(trained["layer4.1.conv2.weight"], cached["layer4.1.conv2.weight"])
