@@ -162,16 +162,24 @@ def fetch(named: Named, progress: bool = True) -> dict:
 def torchvision_state_dict(named: Named, progress: bool) -> tuple[dict, list[str]]:
     """torchvision's weights through torch.hub's cache, and their class names."""
     weights, _ = torchvision_weights(named.name)
-    created = missing_folders(named.cache)
+    file = os.path.basename(named.url)
+    path = os.path.join(named.cache, file)
+    cached, created = os.path.exists(path), missing_folders(named.cache)
     try:
         state_dict = torch.hub.load_state_dict_from_url(
             named.url, progress=progress, check_hash=True, map_location="cpu", weights_only=True
         )
-    except OSError as exc:  # no network (URLError), refused, or a bad hash
+    except Exception as exc:
         for folder in created:  # leave no empty cache folders behind
             if os.path.isdir(folder) and not os.listdir(folder):
                 os.rmdir(folder)
-        file = os.path.basename(named.url)
+        if cached:  # read, not downloaded: a damaged or foreign file
+            raise WeightsUnavailable(
+                f"cannot read {path} ({named.name}): delete it to download it again, or put"
+                f" the file from {named.url} there"
+            ) from None
+        if not isinstance(exc, OSError):  # not a download's failure
+            raise
         raise WeightsUnavailable(
             f"cannot download {file} for {named.name} ({reason(exc)}): fetch {named.url} and"
             f" put it in {named.cache}/ (torch.hub's cache; TORCH_HOME moves it)"
@@ -196,14 +204,19 @@ def reason(exc: BaseException) -> str:
 def timm_state_dict(named: Named) -> tuple[dict, list[str]]:
     """timm's weights through the Hugging Face cache, and their class names."""
     timm = import_timm()
+    folder = f"models--{named.name.replace('/', '--')}"
     try:
         model = timm.create_model(named.name.removeprefix(TIMM_PREFIX), pretrained=True)
     except OSError as exc:  # not cached, and offline or no network
         raise WeightsUnavailable(
             f"cannot fetch {named.name}: not in the Hugging Face cache {named.cache} and not"
             f" downloadable ({reason(exc)[:80]}); on a machine with network run `hf download"
-            f" {named.name}` and copy its models--{named.name.replace('/', '--')} folder into"
-            f" {named.cache}/ (HF_HOME moves it)"
+            f" {named.name}` and copy its {folder} folder into {named.cache}/ (HF_HOME moves it)"
+        ) from None
+    except Exception as exc:  # found in the cache but unreadable
+        raise WeightsUnavailable(
+            f"cannot read the cached {named.name} ({reason(exc)[:80]}): delete"
+            f" {os.path.join(named.cache, folder)} to download it again"
         ) from None
     subset = timm.data.infer_imagenet_subset(model) or "imagenet-1k"
     names = timm.data.ImageNetInfo(subset).label_descriptions()

@@ -322,3 +322,28 @@ def test_under_torchrun_rank_0_fetches_and_says_it_once_and_every_rank_loads_the
     trained = torch.load(save / "model_1.pth", weights_only=True)["model"]
     cached = torch.load(torch_home / "hub" / "checkpoints" / "resnet18-f37072fd.pth")
     assert torch.equal(trained["layer4.1.conv2.weight"], cached["layer4.1.conv2.weight"])
+
+
+def test_a_damaged_cached_file_is_named_with_what_to_do(torch_home):
+    named = pretrained.resolve("ResNet18_Weights.IMAGENET1K_V1")
+    folder = torch_home / "hub" / "checkpoints"
+    folder.mkdir(parents=True)
+    (folder / "resnet18-f37072fd.pth").write_bytes(b"half a download")
+    with pytest.raises(pretrained.WeightsUnavailable) as raised:
+        pretrained.fetch(named, False)
+    assert str(raised.value).startswith(
+        f"cannot read {folder}/resnet18-f37072fd.pth (ResNet18_Weights.IMAGENET1K_V1): delete it"
+    )
+
+
+def test_a_damaged_hub_snapshot_is_named_with_what_to_do(jpeg_root, tmp_path):
+    hf_home = tmp_path / "hf"
+    hub_snapshot(hf_home, "timm/resnet18.a1_in1k", {})
+    snapshot = next((hf_home / "hub").glob("models--timm--resnet18.a1_in1k/snapshots/*"))
+    (snapshot / "model.safetensors").write_bytes(b"not safetensors")
+    env = {**os.environ, "HF_HOME": str(hf_home), "HF_HUB_OFFLINE": "1"}
+    done = run_main("-dataset", "imagenet", "-data", jpeg_root, "-weights", "timm/resnet18.a1_in1k",
+                    "-save", str(tmp_path / "save"), env=env)  # fmt: skip
+    assert done.returncode == 1 and done.stderr.count("\n") == 1, done.stderr
+    assert done.stderr.startswith("error: cannot read the cached timm/resnet18.a1_in1k")
+    assert "delete" in done.stderr and "models--timm--resnet18.a1_in1k" in done.stderr
