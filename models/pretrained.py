@@ -110,8 +110,9 @@ def resolve_timm(name: str) -> Named:
     model_name = name.removeprefix(TIMM_PREFIX)
     config = timm.models.get_pretrained_cfg(model_name)
     if config is None or config.hf_hub_id != name:
+        meant = f"; its default tag is -weights {config.hf_hub_id}" if config else ""
         raise ValueError(
-            f"-weights {name}: timm has no weights of that name (see timm.list_pretrained())"
+            f"-weights {name}: timm has no weights of that name (see timm.list_pretrained()){meant}"
         )
     with torch.device("meta"):
         shapes = timm.create_model(model_name).state_dict()

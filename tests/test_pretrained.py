@@ -79,6 +79,7 @@ def test_timm_names_resolve_to_this_tools_networks_with_timms_test_sizes(name, a
         ("timm/resnet50d.a1_in1k", "not a network this tool builds"),
         ("timm/vit_base_patch16_224.augreg_in21k", "not a network this tool builds"),
         ("timm/nosuchnet.x", "timm has no weights of that name"),
+        ("timm/resnet50", "its default tag is -weights timm/resnet50.a1_in1k"),
     ],
 )  # fmt: skip
 def test_a_name_without_weights_of_ours_is_one_line_naming_the_valid_ones(name, words):
