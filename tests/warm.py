@@ -9,6 +9,8 @@ exit status (a signal's too), and signals it can be sent. Only the import time i
 
 `run` and `start` take what `subprocess.run` and `subprocess.Popen` take for the cases the tests
 use; a command that is not `[sys.executable, "some/script.py", ...]` goes to subprocess as it is.
+One thing does not work from such a fork: torch.compile's compile workers, started with an
+empty inductor cache, never answer; a test that compiles in main.py starts it with subprocess.
 """
 
 import atexit
