@@ -441,6 +441,9 @@ def weights_summary(named: pretrained.Named) -> str:
         line += (f"; evaluated at resize {sizes.resize}, crop {sizes.crop}"
                  f" ({sizes.interpolation}; this tool resizes bicubic): -valResize and"
                  " -valCrop default to those unless -cropSize is given")  # fmt: skip
+    if named.published:
+        top1, top5 = named.published
+        line += f"; published ImageNet-1k error top1 {top1:g}  top5 {top5:g}"
     return line
 
 

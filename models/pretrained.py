@@ -50,6 +50,7 @@ class Named(NamedTuple):
     preprocessing: Preprocessing
     url: str  # where the library downloads the file from
     cache: str  # the folder the library keeps it in
+    published: tuple[float, float] | None = None  # ImageNet-1k top-1, top-5 error (%)
 
 
 def is_weights_name(text: str) -> bool:
@@ -91,8 +92,10 @@ def resolve_torchvision(name: str) -> Named:
     sizes = (given.resize_size[0], given.crop_size[0], given.interpolation.value)
     preprocessing = Preprocessing(*sizes, tuple(given.mean), tuple(given.std))
     cache = os.path.join(torch.hub.get_dir(), "checkpoints")
+    accuracy = weights.meta["_metrics"]["ImageNet-1K"]
+    published = (round(100 - accuracy["acc@1"], 3), round(100 - accuracy["acc@5"], 3))
     return Named(str(weights), "torchvision", full_arch(arch_of_torchvision(shapes)),
-                 preprocessing, weights.url, cache)  # fmt: skip
+                 preprocessing, weights.url, cache, published)  # fmt: skip
 
 
 def import_timm():

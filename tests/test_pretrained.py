@@ -155,8 +155,10 @@ def test_fine_tuning_from_a_name_keeps_the_weights_and_resumes_without_the_cache
     env = {**os.environ, "TORCH_HOME": str(torch_home)}
     done = run_main(*flags, "-nEpochs", "1", env=env)
     assert done.returncode == 0, done.stderr
-    assert ("=> Weights ResNet18_Weights.IMAGENET1K_V1 (torchvision): -netType resnet -depth 18,"
-            " 1000 classes (ImageNet-1k's)\n") in done.stdout  # fmt: skip
+    assert (
+        "=> Weights ResNet18_Weights.IMAGENET1K_V1 (torchvision): -netType resnet -depth 18,"
+        " 1000 classes (ImageNet-1k's); published ImageNet-1k error top1 30.242  top5 10.922\n"
+    ) in done.stdout
     assert " => Replacing classifier with 3-way classifier" in done.stdout
     record = torch.load(save / "model_1.pth", weights_only=True)
     assert record["arch"]["depth"] == 18 and record["arch"]["nClasses"] == 3
@@ -219,7 +221,7 @@ def test_the_weights_network_and_sizes_become_the_options_unless_given(jpeg_root
     summary = main.weights_summary(pretrained.resolve("ResNet50_Weights.IMAGENET1K_V2"))
     assert summary.endswith("1000 classes (ImageNet-1k's); evaluated at resize 232, crop 224 (bilinear;"
                             " this tool resizes bicubic): -valResize and -valCrop default to those unless -cropSize"
-                            " is given")  # fmt: skip
+                            " is given; published ImageNet-1k error top1 19.142  top5 4.566")  # fmt: skip
 
 
 def hub_snapshot(hf_home, name: str, state_dict: dict) -> None:
