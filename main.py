@@ -44,8 +44,8 @@ def retrained_arch(opts, retrained: dict) -> dict:
 
 def adopt_weights(opts) -> None:
     """-weights: the network flags become the weights' network (a flag given otherwise is an
-    error), and -valResize / -valCrop the sizes they were evaluated at unless given (or
-    -cropSize)."""
+    error), and -valResize / -valCrop / -valInterpolation how they were evaluated unless
+    given (or -cropSize)."""
     if opts.weights == "none":
         return
     named = pretrained.resolve(opts.weights)
@@ -58,7 +58,8 @@ def adopt_weights(opts) -> None:
         setattr(opts, flag, value)
     if "cropSize" in opts.given:  # the user's crop: the val sizes follow it, as in the Lua
         return
-    sizes = {"valResize": named.preprocessing.resize, "valCrop": named.preprocessing.crop}
+    sizes = {"valResize": named.preprocessing.resize, "valCrop": named.preprocessing.crop,
+             "valInterpolation": named.preprocessing.interpolation}  # fmt: skip
     for flag, size in sizes.items():
         if flag not in opts.given:
             setattr(opts, flag, size)
@@ -437,10 +438,10 @@ def weights_summary(named: pretrained.Named) -> str:
     outputs = named.arch["nClasses"]
     line += f", {outputs} classes" + " (ImageNet-1k's)" * (outputs == 1000)
     sizes = named.preprocessing
-    if (sizes.resize, sizes.crop) != (256, 224):  # the Lua's
-        line += (f"; evaluated at resize {sizes.resize}, crop {sizes.crop}"
-                 f" ({sizes.interpolation}; this tool resizes bicubic): -valResize and"
-                 " -valCrop default to those unless -cropSize is given")  # fmt: skip
+    if sizes[:3] != (256, 224, "bicubic"):  # the Lua's sizes, this tool's resize
+        line += (f"; evaluated at resize {sizes.resize} ({sizes.interpolation}), crop"
+                 f" {sizes.crop}: -valResize, -valCrop and -valInterpolation default to those"
+                 " unless -cropSize is given")  # fmt: skip
     if named.published:
         top1, top5 = named.published
         line += f"; published ImageNet-1k error top1 {top1:g}  top5 {top5:g}"

@@ -14,6 +14,7 @@ DATASETS = ("imagenet", "cifar10", "cifar100", "fashionmnist")
 SMALL_IMAGE_DATASETS = ("cifar10", "cifar100", "fashionmnist")
 NET_TYPES = ("resnet", "preresnet", "resnext", "resnest", "senet")
 PRECISIONS = ("single", "double", "half", "bf16")
+INTERPOLATIONS = ("bicubic", "bilinear")
 # nEpochs 0 means: the ResNeXt fork's default for the dataset.
 DEFAULT_EPOCHS = {"imagenet": 100, "cifar10": 300, "cifar100": 300, "fashionmnist": 300}
 # depth unset means: a depth valid for the netType and dataset (the Lua's 34 is not for resnext).
@@ -285,6 +286,12 @@ FLAGS = [
     ),
     ("valCrop", bounded_int, 0, "Folder datasets: val centre crop side (0: -cropSize) (new)"),
     (
+        "valInterpolation",
+        str,
+        "bicubic",
+        "Folder datasets: bicubic | bilinear, the val resize (-weights: theirs) (new)",
+    ),
+    (
         "autoAugment",
         str,
         "none",
@@ -520,6 +527,14 @@ def validate_crops(opts: argparse.Namespace) -> None:
         _check(value == 0 or opts.dataset == "imagenet",
                f"-{name} is for folder datasets (-dataset imagenet)")  # fmt: skip
         _check(value == 0 or value >= 32, f"-{name} must be at least 32 (0: unset), got {value}")
+    _check(
+        opts.valInterpolation == "bicubic" or opts.dataset == "imagenet",
+        "-valInterpolation is for folder datasets (-dataset imagenet)",
+    )
+    _check(
+        opts.valInterpolation in INTERPOLATIONS,
+        f"unknown -valInterpolation {opts.valInterpolation} (options: {', '.join(INTERPOLATIONS)})",
+    )
     val_crop = opts.valCrop or opts.cropSize
     _check(
         opts.valResize == 0 or opts.valResize >= val_crop,

@@ -91,16 +91,17 @@ def create(opts, split: str) -> Dataset:
 
 def crops_of(opts) -> imagenet.Crops:
     """-cropSize, -trainCrop, -valResize and -valCrop as a folder dataset's crops."""
-    return imagenet.crops_for(opts.cropSize, opts.trainCrop, opts.valResize, opts.valCrop)
+    return imagenet.crops_for(opts.cropSize, opts.trainCrop, opts.valResize, opts.valCrop,
+                              opts.valInterpolation)  # fmt: skip
 
 
 def evaluation_sizes(opts) -> dict | None:
     """What model files record of how a folder dataset's val images were prepared: the short
-    side they were resized to and the centre crop (None for the in-memory datasets)."""
+    side they were resized to, how, and the centre crop (None for the in-memory datasets)."""
     if opts.dataset != "imagenet":
         return None
     crops = crops_of(opts)
-    return {"resize": crops.val_resize, "crop": crops.val}
+    return {"resize": crops.val_resize, "crop": crops.val, "interpolation": crops.val_interpolation}
 
 
 def image_augment(opts, fill) -> policies.ImageAugment | None:

@@ -318,10 +318,11 @@ class ValSample(FolderSample):
     (or TenCrop) as uint8; normalisation follows on the device."""
 
     def __init__(self, ten_crop: bool, size: int = 224, scale: int = 256, draft: bool = True,
-                 on_device: bool = False):  # fmt: skip
+                 on_device: bool = False, interpolation: str = "bicubic"):  # fmt: skip
         super().__init__(draft, on_device)
         self.crop = T.TenCrop(size) if ten_crop else T.CenterCrop(size)
         self.scale = scale
+        self.interpolation = interpolation
 
     def __call__(self, image: Image.Image, generator: T.Generator = None):
         width, height = image.size
@@ -333,7 +334,7 @@ class ValSample(FolderSample):
         if min(width, height) != self.scale:
             target = T.scaled_size(width, height, self.scale)
             if pixels.shape[-2:] != target[::-1]:
-                pixels = T.resize(pixels, *target)
+                pixels = T.resize(pixels, *target, self.interpolation)
         return self.crop(pixels)
 
 
@@ -495,22 +496,24 @@ def train_transform(size: int = 224):
 
 
 class Crops(NamedTuple):
-    """Side of the training crop, short side validation images are resized to, and side of
-    their centre crop (the Lua's 224 / 256 / 224)."""
+    """Side of the training crop, short side validation images are resized to, side of
+    their centre crop (the Lua's 224 / 256 / 224), and the resize's interpolation."""
 
     train: int = 224
     val_resize: int = 256
     val: int = 224
+    val_interpolation: str = "bicubic"
 
 
 LUA_CROPS = Crops()
 
 
-def crops_for(crop_size: int = 224, train: int = 0, val_resize: int = 0, val: int = 0) -> Crops:
+def crops_for(crop_size: int = 224, train: int = 0, val_resize: int = 0, val: int = 0,
+              val_interpolation: str = "bicubic") -> Crops:  # fmt: skip
     """-cropSize for train and val crops (val resized to it / 0.875 first), each overridden
     by -trainCrop, -valResize or -valCrop when given (not 0)."""
     val = val or crop_size
-    return Crops(train or crop_size, val_resize or val_scale(val), val)
+    return Crops(train or crop_size, val_resize or val_scale(val), val, val_interpolation)
 
 
 def load(
@@ -531,7 +534,8 @@ def load(
     if split == "train":
         transform = TrainSample(crops.train, augment=augment, **on_device)
     else:
-        transform = ValSample(ten_crop, crops.val, crops.val_resize, **on_device)
+        transform = ValSample(ten_crop, crops.val, crops.val_resize, **on_device,
+                              interpolation=crops.val_interpolation)  # fmt: skip
     samples = PackedSamples([tuple(sample) for sample in index[split]])
     folder = os.path.join(data, split)
     return ImageFolder(folder, samples, index["classes"], transform, skip_corrupt)

@@ -158,7 +158,8 @@ def fetch(named: Named, progress: bool = True) -> dict:
         state_dict, classes = torchvision_state_dict(named, progress)
     else:
         state_dict, classes = timm_state_dict(named)
-    evaluation = {"resize": named.preprocessing.resize, "crop": named.preprocessing.crop}
+    resize, crop, interpolation = named.preprocessing[:3]
+    evaluation = {"resize": resize, "crop": crop, "interpolation": interpolation}
     return {"model": from_timm(state_dict), "arch": dict(named.arch), "classes": classes,
             "evaluation": evaluation, "weights": named.name}  # fmt: skip
 

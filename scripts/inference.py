@@ -37,12 +37,14 @@ def imagenet_names(classes: list[str] | None, n_outputs: int) -> list[str]:
 
 class View(NamedTuple):
     """How a network sees an image: the data set it was trained on, and for ImageNet-shaped
-    networks the short side images are resized to and the centre crop (the Lua's 256 / 224
-    unless the model file records others: -cropSize, -valResize, -valCrop)."""
+    networks the short side images are resized to, the centre crop and the resize's
+    interpolation (the Lua's 256 / 224, bicubic here, unless the model file records others:
+    -cropSize, -valResize, -valCrop, -valInterpolation)."""
 
     dataset: str
     resize: int = 256
     crop: int = 224
+    interpolation: str = "bicubic"
 
 
 def source_and_inputs(checkpoint: str, inputs: list[str], weights: str | None):
@@ -87,7 +89,9 @@ def preprocess(path: str, view: View) -> torch.Tensor:
         with Image.open(path) as image:
             if models.is_cifar_shaped(view.dataset):
                 return small_image(image, view.dataset)
-            pixels, _ = imagenet.ValSample(False, size=view.crop, scale=view.resize)(image)
+            sample = imagenet.ValSample(False, size=view.crop, scale=view.resize,
+                                        interpolation=view.interpolation)  # fmt: skip
+            pixels, _ = sample(image)
     except imagenet.DECODE_ERRORS as exc:
         raise imagenet.DataError(f"cannot read image {path}: {exc}") from None
     floats = TF.to_dtype(pixels, torch.float32, scale=True)  # as the training's val batches

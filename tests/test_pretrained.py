@@ -124,7 +124,7 @@ def test_cached_torchvision_weights_load_offline_and_give_torchvisions_logits(to
     with torch.no_grad():
         assert (model(images) - reference(images)).abs().max() < 1e-5
     assert record["classes"][:2] == ["tench", "goldfish"] and len(record["classes"]) == 1000
-    assert record["evaluation"] == {"resize": 256, "crop": 224}
+    assert record["evaluation"] == {"resize": 256, "crop": 224, "interpolation": "bilinear"}
 
 
 def test_uncached_torchvision_weights_offline_name_the_file_and_folder_and_write_nothing(
@@ -157,7 +157,9 @@ def test_fine_tuning_from_a_name_keeps_the_weights_and_resumes_without_the_cache
     assert done.returncode == 0, done.stderr
     assert (
         "=> Weights ResNet18_Weights.IMAGENET1K_V1 (torchvision): -netType resnet -depth 18,"
-        " 1000 classes (ImageNet-1k's); published ImageNet-1k error top1 30.242  top5 10.922\n"
+        " 1000 classes (ImageNet-1k's); evaluated at resize 256 (bilinear), crop 224:"
+        " -valResize, -valCrop and -valInterpolation default to those unless -cropSize is given;"
+        " published ImageNet-1k error top1 30.242  top5 10.922\n"
     ) in done.stdout
     assert " => Replacing classifier with 3-way classifier" in done.stdout
     record = torch.load(save / "model_1.pth", weights_only=True)
@@ -213,15 +215,15 @@ def test_the_weights_network_and_sizes_become_the_options_unless_given(jpeg_root
                           "-weights", "ResNet50_Weights.IMAGENET1K_V2"])  # fmt: skip
     main.adopt_weights(opts)
     assert (opts.netType, opts.depth, opts.shortcutType) == ("resnet", 50, "B")
-    assert (opts.valResize, opts.valCrop) == (232, 224)
+    assert (opts.valResize, opts.valCrop, opts.valInterpolation) == (232, 224, "bilinear")
     given = options.parse(["-dataset", "imagenet", "-data", jpeg_root, "-valResize", "256",
                            "-weights", "ResNet50_Weights.IMAGENET1K_V2"])  # fmt: skip
     main.adopt_weights(given)
     assert (given.valResize, given.valCrop) == (256, 224)
     summary = main.weights_summary(pretrained.resolve("ResNet50_Weights.IMAGENET1K_V2"))
-    assert summary.endswith("1000 classes (ImageNet-1k's); evaluated at resize 232, crop 224 (bilinear;"
-                            " this tool resizes bicubic): -valResize and -valCrop default to those unless -cropSize"
-                            " is given; published ImageNet-1k error top1 19.142  top5 4.566")  # fmt: skip
+    assert summary.endswith("1000 classes (ImageNet-1k's); evaluated at resize 232 (bilinear), crop 224:"
+                            " -valResize, -valCrop and -valInterpolation default to those unless -cropSize is"
+                            " given; published ImageNet-1k error top1 19.142  top5 4.566")  # fmt: skip
 
 
 def hub_snapshot(hf_home, name: str, state_dict: dict) -> None:
@@ -300,7 +302,8 @@ def test_extract_features_takes_a_name_and_gives_the_weights_features(
     sys.path.insert(0, os.path.join(ROOT, "scripts"))
     import inference
 
-    first = inference.preprocess(saved["image_list"][0], inference.View("imagenet", 256, 224))
+    view = inference.View("imagenet", 256, 224, "bilinear")  # torchvision's evaluation
+    first = inference.preprocess(saved["image_list"][0], view)
     reference.fc = torch.nn.Identity()
     with torch.no_grad():
         expected = reference(first[None])[0]
@@ -350,3 +353,30 @@ def test_a_damaged_hub_snapshot_is_named_with_what_to_do(jpeg_root, tmp_path):
     assert done.returncode == 1 and done.stderr.count("\n") == 1, done.stderr
     assert done.stderr.startswith("error: cannot read the cached timm/resnet18.a1_in1k")
     assert "delete" in done.stderr and "models--timm--resnet18.a1_in1k" in done.stderr
+
+
+@pytest.mark.parametrize(
+    "name", ["ResNet50_Weights.IMAGENET1K_V2", "ResNet18_Weights.IMAGENET1K_V1"]
+)
+def test_the_val_images_are_prepared_as_torchvisions_transform_of_the_weights(name, jpeg_root):
+    from PIL import Image
+    from torchvision.transforms.v2 import functional as TF
+
+    from datasets import imagenet
+
+    sizes = pretrained.resolve(name).preprocessing
+    # Decoded whole (this tool's loaders decode large JPEGs at 1/2..1/8 scale when the resize
+    # shrinks them at least that much: PIL's draft mode, not bit-identical to a resize).
+    sample = imagenet.ValSample(False, size=sizes.crop, scale=sizes.resize, draft=False,
+                                interpolation=sizes.interpolation)  # fmt: skip
+    folder = os.path.join(jpeg_root, "val", "apple")
+    with Image.open(os.path.join(folder, sorted(os.listdir(folder))[0])) as image:
+        ours, _ = sample(image)
+        theirs = torchvision.models.get_weight(name).transforms()(
+            TF.pil_to_tensor(image.convert("RGB"))
+        )
+    mean, std = (torch.tensor(v).view(3, 1, 1) for v in (sizes.mean, sizes.std))
+    # torchvision's preset resizes in float and rounds; its v2 uint8 kernel, used here, can
+    # land one step of 255 away.
+    difference = ((ours.float() / 255 - mean) / std - theirs).abs() * std * 255
+    assert difference.max() < 1.001 and difference.mean() < 0.25

@@ -142,7 +142,7 @@ def test_a_resnest_trains_on_a_jpeg_folder_and_resumes(jpeg_root, tmp_path):
     saved = torch.load(save / "model_2.pth", weights_only=True)
     assert (saved["arch"]["netType"], saved["arch"]["radix"]) == ("resnest", 2)
     # The model file says how its val images were prepared; the scripts prepare them so.
-    assert saved["evaluation"] == {"resize": 73, "crop": 64}
+    assert saved["evaluation"] == {"resize": 73, "crop": 64, "interpolation": "bicubic"}
     sys.path.insert(0, os.path.join(ROOT, "scripts"))
     import inference
 
