@@ -42,12 +42,12 @@ def retrained_arch(opts, retrained: dict) -> dict:
     return {**models.arch_from_opts(opts), "nClasses": n_classes}
 
 
-def adopt_weights(opts) -> None:
-    """-weights: the network flags become the weights' network (a flag given otherwise is an
-    error), and -valResize / -valCrop / -valInterpolation how they were evaluated unless
-    given (or -cropSize)."""
+def adopt_weights(opts) -> pretrained.Named | None:
+    """-weights resolved (None without): the network flags become the weights' network (a
+    flag given otherwise is an error), and -valResize / -valCrop / -valInterpolation how they
+    were evaluated unless given (or -cropSize)."""
     if opts.weights == "none":
-        return
+        return None
     named = pretrained.resolve(opts.weights)
     for flag, value in ((flag, named.arch[flag]) for flag in ARCH_FLAGS):
         if flag in opts.given and getattr(opts, flag) != value:
@@ -57,13 +57,14 @@ def adopt_weights(opts) -> None:
             )
         setattr(opts, flag, value)
     if "cropSize" in opts.given:  # the user's crop: the val sizes follow it, as in the Lua
-        return
+        return named
     sizes = {"valResize": named.preprocessing.resize, "valCrop": named.preprocessing.crop,
              "valInterpolation": named.preprocessing.interpolation}  # fmt: skip
     for flag, size in sizes.items():
         if flag not in opts.given:
             setattr(opts, flag, size)
     options.validate_crops(opts)
+    return named
 
 
 def intended_arch(opts, classes: list[str], file_arch: dict | None) -> dict:
@@ -162,7 +163,7 @@ def built_model(opts, classes, checkpoint, retrained) -> tuple[nn.Module, dict]:
         print(line)
     if retrained:
         weights, averaged = checkpoints.evaluated_weights(retrained)
-        source = retrained.get("weights") or opts.retrain
+        source = retrained.get("weights") or opts.retrain  # -weights said so when fetched
         if source == opts.retrain:
             print(f"Loading model from file: {source}" + (" (its -ema weights)" * averaged))
         model = models.create(**file_arch)
@@ -373,19 +374,20 @@ def linear_scaling_note(opts) -> None:
         )
 
 
-def run(opts) -> int:
-    """Everything after parsing, in each process of a torchrun job (or the only one)."""
+def run(opts, named: pretrained.Named | None) -> int:
+    """Everything after parsing, in each process of a torchrun job (or the only one); named:
+    the resolved -weights."""
     stop = launch.StopRequest()
     stop.install()  # before any work: a stop request never ends in a traceback
     thread_hook = launch.quiet_thread_write_errors()
     try:
-        return run_started(opts, stop)
+        return run_started(opts, stop, named)
     finally:
         stop.restore()
         threading.excepthook = thread_hook
 
 
-def run_started(opts, stop: launch.StopRequest) -> int:
+def run_started(opts, stop: launch.StopRequest, named: pretrained.Named | None) -> int:
     """run(), once stop requests are handled."""
     job = launch.job_environment()
     world = job.world
@@ -399,7 +401,7 @@ def run_started(opts, stop: launch.StopRequest) -> int:
     processes = launch.start_processes(opts.nGPU, job)
     stop.processes = processes
     try:
-        return run_process(opts, processes, stop)
+        return run_process(opts, processes, stop, named)
     finally:
         if processes.world > 1:
             dist.destroy_process_group()
@@ -418,14 +420,15 @@ def load_checkpoint(opts, rank: int, devices: list[torch.device]) -> dict | None
     return checkpoint
 
 
-def start_weights(opts, checkpoint: dict | None, processes: Processes) -> dict | None:
-    """The model record training starts from: -retrain's file, or the -weights (downloaded
-    once: rank 0 first, the others then read the cache), unless resuming a checkpoint."""
+def start_weights(opts, named: pretrained.Named | None, checkpoint: dict | None,
+                  processes: Processes) -> dict | None:  # fmt: skip
+    """The model record training starts from: -retrain's file, or the named -weights
+    (downloaded once: rank 0 first, the others then read the cache), unless resuming a
+    checkpoint."""
     if opts.retrain != "none":
         return checkpoints.load_model_file(opts.retrain)
-    if opts.weights == "none" or checkpoint is not None:
+    if named is None or checkpoint is not None:
         return None
-    named = pretrained.resolve(opts.weights)
     if processes.rank == 0:
         print(weights_summary(named))
     return parallel.in_turns(processes, lambda: pretrained.fetch(named, processes.rank == 0))
@@ -438,7 +441,8 @@ def weights_summary(named: pretrained.Named) -> str:
     outputs = named.arch["nClasses"]
     line += f", {outputs} classes" + " (ImageNet-1k's)" * (outputs == 1000)
     sizes = named.preprocessing
-    if sizes[:3] != (256, 224, "bicubic"):  # the Lua's sizes, this tool's resize
+    lua = datasets.imagenet.LUA_CROPS
+    if sizes[:3] != (lua.val_resize, lua.val, lua.val_interpolation):
         line += (f"; evaluated at resize {sizes.resize} ({sizes.interpolation}), crop"
                  f" {sizes.crop}: -valResize, -valCrop and -valInterpolation default to those"
                  " unless -cropSize is given")  # fmt: skip
@@ -448,7 +452,8 @@ def weights_summary(named: pretrained.Named) -> str:
     return line
 
 
-def run_process(opts, processes: Processes, stop: launch.StopRequest) -> int:
+def run_process(opts, processes: Processes, stop: launch.StopRequest,
+                named: pretrained.Named | None) -> int:  # fmt: skip
     """Validate, build, then train or test."""
     device = launch.select_device(opts.nGPU, processes)
     launch.precision_settings(opts.precision, device)  # a bad combination fails before any work
@@ -460,7 +465,7 @@ def run_process(opts, processes: Processes, stop: launch.StopRequest) -> int:
         models.create(**{**models.arch_from_opts(opts), "nClasses": opts.nClasses or 1})
     devices = parallel.devices_used(device, opts.nGPU, processes.world)
     checkpoint = load_checkpoint(opts, processes.rank, devices)
-    retrained = start_weights(opts, checkpoint, processes)
+    retrained = start_weights(opts, named, checkpoint, processes)
     if (summary := options.recipe_summary(opts)) and processes.rank == 0:
         print(summary)
     linear_scaling_note(opts)
@@ -632,8 +637,7 @@ def main(argv=None) -> int:
     sys.stdout.reconfigure(errors="backslashreplace")  # file names that are not UTF-8
     try:
         opts = options.parse(argv)
-        adopt_weights(opts)
-        return run(opts)
+        return run(opts, adopt_weights(opts))
     except launch.PeerFailed as exc:
         if exc.rank == 0:  # the failed process gave its reason; once is enough
             print(f"error: {exc}", file=sys.stderr)

@@ -15,6 +15,7 @@ from typing import NamedTuple
 import torch
 import torchvision.models
 
+from datasets.imagenet import MEANSTD
 from models import arch_of_torchvision, create, from_timm, full_arch
 
 # The torchvision builders whose networks this tool builds (the ResNet family).
@@ -23,7 +24,6 @@ TORCHVISION_BUILDERS = (
     "resnext101_32x8d", "resnext101_64x4d", "wide_resnet50_2", "wide_resnet101_2",
 )  # fmt: skip
 TIMM_PREFIX = "timm/"
-IMAGENET_MEAN_STD = ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225))
 
 
 class WeightsUnavailable(OSError):
@@ -37,8 +37,8 @@ class Preprocessing(NamedTuple):
     resize: int
     crop: int
     interpolation: str
-    mean: tuple = IMAGENET_MEAN_STD[0]
-    std: tuple = IMAGENET_MEAN_STD[1]
+    mean: tuple = MEANSTD[0]  # the ImageNet ones this tool normalises with
+    std: tuple = MEANSTD[1]
 
 
 class Named(NamedTuple):
@@ -120,7 +120,7 @@ def resolve_timm(name: str) -> Named:
     with torch.device("meta"):
         shapes = timm.create_model(model_name).state_dict()
     arch = fitting_arch(name, shapes)
-    if (config.mean, config.std) != IMAGENET_MEAN_STD:
+    if (config.mean, config.std) != MEANSTD:
         raise ValueError(f"-weights {name}: normalised with mean {config.mean} std {config.std};"
                          " this tool normalises with ImageNet's")  # fmt: skip
     crop = (config.test_input_size or config.input_size)[-1]

@@ -22,6 +22,7 @@ from conftest import TIMEOUT
 import main
 import models
 import opts as options
+from datasets import imagenet
 from models import pretrained
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -47,7 +48,7 @@ def test_default_is_the_newest_and_the_sizes_are_the_weights_own():
     named = pretrained.resolve("ResNet50_Weights.DEFAULT")
     assert named.name == "ResNet50_Weights.IMAGENET1K_V2"
     assert named.arch["netType"] == "resnet" and named.arch["depth"] == 50
-    assert named.preprocessing == (232, 224, "bilinear", *pretrained.IMAGENET_MEAN_STD)
+    assert named.preprocessing == (232, 224, "bilinear", *imagenet.MEANSTD)
     wide = pretrained.resolve("Wide_ResNet50_2_Weights.IMAGENET1K_V1").arch
     assert (wide["netType"], wide["cardinality"], wide["baseWidth"]) == ("resnext", 1, 128)
 
@@ -361,8 +362,6 @@ def test_a_damaged_hub_snapshot_is_named_with_what_to_do(jpeg_root, tmp_path):
 def test_the_val_images_are_prepared_as_torchvisions_transform_of_the_weights(name, jpeg_root):
     from PIL import Image
     from torchvision.transforms.v2 import functional as TF
-
-    from datasets import imagenet
 
     sizes = pretrained.resolve(name).preprocessing
     # Decoded whole (this tool's loaders decode large JPEGs at 1/2..1/8 scale when the resize

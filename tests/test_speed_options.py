@@ -144,7 +144,7 @@ def test_the_host_allocator_is_set_before_any_data_is_loaded(monkeypatch):
     monkeypatch.setattr(main.datasets, "create_loaders", no_loaders)
     parsed = main.options.parse(["-dataset", "cifar10", "-nGPU", "0", "-netType", "resnet"])
     with pytest.raises(Stop):
-        main.run(parsed)
+        main.run(parsed, None)
     assert calls == ["cache", "loaders"]
 
 
