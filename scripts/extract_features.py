@@ -59,7 +59,7 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
     source, inputs = inference.source_and_inputs(args.checkpoint, args.inputs, args.weights)
     batch_size = 32
-    if inputs[0].isdigit() and len(inputs) > 1:
+    if len(inputs) > 1 and inputs[0].isdigit():
         batch_size, inputs = int(inputs[0]), inputs[1:]
     try:
         if batch_size < 1:

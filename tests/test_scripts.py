@@ -140,6 +140,10 @@ def test_the_scripts_say_what_is_wrong_in_one_line(fine_tuned, tmp_path):
     assert bad.returncode == 2 and bad.stderr.startswith("error: cannot read image ")
     no_model = python(script("classify.py"), str(tmp_path / "none.pth"), str(tmp_path / "bad.jpg"))
     assert no_model.returncode == 2 and no_model.stderr.startswith("error: ")
+    for name in ("classify.py", "extract_features.py"):  # a model and no image
+        no_image = python(script(name), str(fine_tuned / "model_best.pth"))
+        assert no_image.returncode == 2, no_image.stderr
+        assert no_image.stderr == "error: no images given (files or directories of images)\n"
 
 
 def test_plot_curves_draws_a_png_from_real_runs_records(fine_tuned, tmp_path):
