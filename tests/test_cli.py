@@ -16,10 +16,10 @@ import models
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
-def run_main(*argv, cwd=None):
+def run_main(*argv, cwd=None, env=None):
     """python main.py argv; returns the finished process with its text output."""
     command = [sys.executable, os.path.join(ROOT, "main.py"), *argv]
-    return warm.run(command, capture_output=True, text=True, cwd=cwd, timeout=TIMEOUT)
+    return warm.run(command, capture_output=True, text=True, cwd=cwd, env=env, timeout=TIMEOUT)
 
 
 def small_cifar_args(data, save, flags="-nEpochs 1"):

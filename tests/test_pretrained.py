@@ -18,6 +18,7 @@ import torch
 import torchvision
 import warm
 from conftest import TIMEOUT
+from test_cli import run_main
 
 import main
 import models
@@ -140,11 +141,6 @@ def test_uncached_torchvision_weights_offline_name_the_file_and_folder_and_write
     assert "\n" not in message and not torch_home.exists()
 
 
-def run_main(*argv, env=None):
-    return warm.run([sys.executable, MAIN, *argv], capture_output=True, text=True,
-                    timeout=TIMEOUT, env=env)  # fmt: skip
-
-
 def test_fine_tuning_from_a_name_keeps_the_weights_and_resumes_without_the_cache(
     jpeg_root, torch_home, tmp_path
 ):
@@ -203,9 +199,16 @@ def test_weights_offline_and_uncached_stop_the_run_before_any_file(jpeg_root, to
 )  # fmt: skip
 def test_a_bad_weights_flag_is_one_error_line_and_exit_2(flags, message, jpeg_root, tmp_path):
     (tmp_path / "model.pth").write_bytes(b"")
-    done = warm.run([sys.executable, MAIN, "-dataset", "imagenet", "-data", jpeg_root,
-                     "-save", str(tmp_path / "save"), *flags.split()],
-                    capture_output=True, text=True, timeout=TIMEOUT, cwd=tmp_path)  # fmt: skip
+    done = run_main(
+        "-dataset",
+        "imagenet",
+        "-data",
+        jpeg_root,
+        "-save",
+        str(tmp_path / "save"),
+        *flags.split(),
+        cwd=tmp_path,
+    )
     assert done.returncode == 2, done.stderr
     assert done.stderr.startswith(f"error: {message}") and done.stderr.count("\n") == 1
     assert not (tmp_path / "save").exists()
