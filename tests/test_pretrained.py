@@ -19,6 +19,7 @@ import torchvision
 import warm
 from conftest import TIMEOUT
 from test_cli import run_main
+from test_scripts import python
 
 import main
 import models
@@ -251,8 +252,7 @@ def test_timm_weights_from_the_hub_cache_classify_as_timms_own_model(jpeg_root, 
     env = {**os.environ, "HF_HOME": str(hf_home), "HF_HUB_OFFLINE": "1"}
     apples = os.path.join(jpeg_root, "val", "apple")
     image = os.path.join(apples, sorted(os.listdir(apples))[0])
-    done = warm.run([sys.executable, CLASSIFY, "-weights", "timm/resnet18.a1_in1k", image],
-                    capture_output=True, text=True, timeout=TIMEOUT, env=env)  # fmt: skip
+    done = python(CLASSIFY, "-weights", "timm/resnet18.a1_in1k", image, env=env)
     assert done.returncode == 0, done.stderr
     sys.path.insert(0, os.path.join(ROOT, "scripts"))
     import inference
@@ -297,10 +297,9 @@ def test_extract_features_takes_a_name_and_gives_the_weights_features(
     reference = cache_torchvision(torch_home, "ResNet18_Weights.IMAGENET1K_V1")
     folder = os.path.join(jpeg_root, "val")
     output = tmp_path / "features.pt"
-    done = warm.run([sys.executable, os.path.join(ROOT, "scripts", "extract_features.py"),
-                     "-weights", "ResNet18_Weights.IMAGENET1K_V1", folder, "-o", str(output)],
-                    capture_output=True, text=True, timeout=TIMEOUT,
-                    env={**os.environ, "TORCH_HOME": str(torch_home)})  # fmt: skip
+    done = python(os.path.join(ROOT, "scripts", "extract_features.py"),
+                  "-weights", "ResNet18_Weights.IMAGENET1K_V1", folder, "-o", str(output),
+                  env={**os.environ, "TORCH_HOME": str(torch_home)})  # fmt: skip
     assert done.returncode == 0, done.stderr
     saved = torch.load(output, weights_only=True)
     sys.path.insert(0, os.path.join(ROOT, "scripts"))

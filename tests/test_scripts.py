@@ -14,8 +14,8 @@ from conftest import TIMEOUT
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
-def python(*argv, cwd=None):
-    done = warm.run([sys.executable, *argv], capture_output=True, text=True, cwd=cwd,
+def python(*argv, cwd=None, env=None):
+    done = warm.run([sys.executable, *argv], capture_output=True, text=True, cwd=cwd, env=env,
                     timeout=TIMEOUT)  # fmt: skip
     return done
 
