@@ -14,7 +14,7 @@ class ExponentialAverage:
 
     def __init__(self, model: nn.Module, decay: float, every: int = 1, warmup: float = 0.0):
         self.source = model
-        self.every = every
+        self.decay, self.every = decay, every
         self.warmup = warmup
         average = get_ema_multi_avg_fn(decay**every)
         self.averaged = AveragedModel(model, multi_avg_fn=average, use_buffers=True)
@@ -35,8 +35,10 @@ class ExponentialAverage:
             self.averaged.n_averaged.fill_(0)  # the next update copies the weights
 
     def state_dict(self) -> dict:
-        """The averaged weights and buffers, and how many updates they average."""
-        return {"model": self.module.state_dict(), "updates": int(self.averaged.n_averaged)}
+        """The averaged weights and buffers, how many updates they average, and the decay
+        and update interval that made them."""
+        return {"model": self.module.state_dict(), "updates": int(self.averaged.n_averaged),
+                "decay": self.decay, "every": self.every}  # fmt: skip
 
     def load_state_dict(self, state: dict) -> None:
         """Continue from a saved average."""

@@ -112,8 +112,9 @@ def cpu_state(model: nn.Module) -> dict[str, torch.Tensor]:
 def model_record(model: nn.Module, epoch: int, arch: dict, classes: list[str],
                  average: dict | None = None, evaluation: dict | None = None) -> dict:  # fmt: skip
     """What a model file holds: CPU weights, the network's arguments, the class names, the
-    averaged weights of -ema ({"model": state_dict, "updates": n}) and how its images are
-    prepared for evaluation ({"resize": short side, "crop": side}) when given."""
+    averaged weights of -ema ({"model": state_dict, "updates": n, "decay": d, "every": k})
+    and how its images are prepared for evaluation ({"resize": short side, "crop": side})
+    when given."""
     record = {"model": cpu_state(model), "arch": dict(arch), "classes": list(classes),
               "epoch": epoch}  # fmt: skip
     if evaluation is not None:
@@ -121,6 +122,7 @@ def model_record(model: nn.Module, epoch: int, arch: dict, classes: list[str],
     if average is not None:
         weights = {k: v.detach().cpu() for k, v in average["model"].items()}
         record["ema"] = {"model": weights, "updates": int(average["updates"])}
+        record["ema"].update({k: average[k] for k in ("decay", "every") if k in average})
     return record
 
 
@@ -300,6 +302,8 @@ class RunFolder:
 
 def load_file(path: str):
     """torch.load with weights_only=True onto the CPU, or CheckpointError naming the file."""
+    if os.path.isdir(path):
+        raise CheckpointError(f"{path} is a directory, not a checkpoint file: give a file in it")
     if not os.path.isfile(path):
         raise CheckpointError(f"checkpoint file not found: {path}")
     try:

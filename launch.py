@@ -11,6 +11,7 @@ import shutil
 import signal
 import sys
 import threading
+import time
 from collections.abc import Callable
 from datetime import timedelta
 from typing import NamedTuple
@@ -19,7 +20,10 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
+import rendezvous
+
 M_TRIM_THRESHOLD, M_MMAP_MAX = -1, -4  # mallopt parameters, from glibc's malloc.h
+RENDEZVOUS_TIMEOUT = 300  # seconds the processes of a job wait for one another at start
 
 
 class StartError(ValueError):
@@ -80,28 +84,74 @@ def first_host(nodelist: str) -> str:
     return re.sub(r"\[([^]]*)\]", lambda group: re.split("[,-]", group[1])[0], nodelist[:end])
 
 
+def env_int(environ, name: str, default: int | None = None, minimum: int = 0) -> int:
+    """An integer environment variable set by a launcher, or StartError naming it."""
+    text = environ.get(name)
+    if text is None:
+        if default is None:
+            raise StartError(f"{name} is not set: start every process with srun or torchrun")
+        return default
+    try:
+        value = int(text)
+    except ValueError:
+        raise StartError(f"{name}={text!r} is not a number: set it to an integer") from None
+    if value < minimum:
+        raise StartError(f"{name}={text} must be at least {minimum}")
+    return value
+
+
+def checked_rank(rank: int, world: int, names: tuple[str, str], environ) -> int:
+    """rank, when it lies in [0, world); else StartError naming both variables."""
+    if not 0 <= rank < world:
+        rank_name, world_name = names
+        raise StartError(
+            f"{rank_name}={environ.get(rank_name)} is not a rank of {world_name}="
+            f"{environ.get(world_name)} processes (0 to {world - 1}): start it with the"
+            " launcher, not by hand"
+        )
+    return rank
+
+
 def job_environment(environ=os.environ) -> Job:
     """This process's job: torchrun's RANK / WORLD_SIZE / LOCAL_RANK, else the tasks of an
     srun step (SLURM_PROCID / SLURM_STEP_NUM_TASKS / SLURM_LOCALID; rank 0 on the step's
     first node, port from the job id unless MASTER_ADDR / MASTER_PORT say otherwise). A
-    batch script's own process (SLURM_NTASKS but no step) is one process."""
+    batch script's own process (SLURM_NTASKS but no step) is one process. A variable that
+    is not a number, or a rank outside the job, is a StartError naming it."""
     if "WORLD_SIZE" in environ:
-        return Job(int(environ.get("RANK", "0")), int(environ["WORLD_SIZE"]),
-                   int(environ.get("LOCAL_RANK", "0")), launcher="torchrun")  # fmt: skip
-    tasks = environ.get("SLURM_STEP_NUM_TASKS")
-    if tasks is None and "SLURM_STEP_ID" in environ:
-        tasks = environ.get("SLURM_NTASKS")
-    if tasks is None or int(tasks) <= 1:
+        world = env_int(environ, "WORLD_SIZE", minimum=1)
+        rank = checked_rank(env_int(environ, "RANK", 0), world, ("RANK", "WORLD_SIZE"), environ)
+        job = Job(rank, world, env_int(environ, "LOCAL_RANK", 0), launcher="torchrun")
+        if world == 1 or environ.get("TORCHELASTIC_USE_AGENT_STORE") == "True":
+            return job  # torchrun's workers: the agent's store is up and everyone started
+        if "MASTER_ADDR" not in environ:
+            raise StartError("WORLD_SIZE is set but MASTER_ADDR is not: start with torchrun, or"
+                             " set MASTER_ADDR and MASTER_PORT in every process")  # fmt: skip
+        return job._replace(address=environ["MASTER_ADDR"], port=master_port(environ, None))
+    tasks_name = "SLURM_STEP_NUM_TASKS"
+    if tasks_name not in environ and "SLURM_STEP_ID" in environ:
+        tasks_name = "SLURM_NTASKS"
+    tasks = env_int(environ, tasks_name, 1, minimum=1)
+    if tasks <= 1:
         return Job()
+    rank = checked_rank(env_int(environ, "SLURM_PROCID"), tasks, ("SLURM_PROCID", tasks_name),
+                        environ)  # fmt: skip
     nodes = next((environ[k] for k in ("SLURM_STEP_NODELIST", "SLURM_JOB_NODELIST",
                                       "SLURM_NODELIST") if environ.get(k)), None)  # fmt: skip
     address = environ.get("MASTER_ADDR") or (first_host(nodes) if nodes else None)
     if address is None:
         raise StartError("srun started this job without a node list: set MASTER_ADDR to the"
                          " host of task 0")  # fmt: skip
-    port = environ.get("MASTER_PORT") or 12000 + int(environ.get("SLURM_JOB_ID", "0")) % 20000
-    return Job(int(environ["SLURM_PROCID"]), int(tasks), int(environ.get("SLURM_LOCALID", "0")),
-               address, int(port), "srun")  # fmt: skip
+    port = master_port(environ, 12000 + env_int(environ, "SLURM_JOB_ID", 0) % 20000)
+    return Job(rank, tasks, env_int(environ, "SLURM_LOCALID", 0), address, port, "srun")
+
+
+def master_port(environ, default: int | None) -> int:
+    """MASTER_PORT, else default (None: it must be set), checked to be a port."""
+    port = env_int(environ, "MASTER_PORT", default, minimum=1)
+    if port > 65535:
+        raise StartError(f"MASTER_PORT={port} is not a port (1 to 65535)")
+    return port
 
 
 def world_size() -> int:
@@ -114,9 +164,12 @@ def uses_gpus(n_gpu: int) -> bool:
     return n_gpu > 0 and torch.cuda.is_available()
 
 
-def start_processes(n_gpu: int, job: Job | None = None) -> Processes:
+def start_processes(n_gpu: int, job: Job | None = None,
+                    rendezvous_timeout: float = RENDEZVOUS_TIMEOUT) -> Processes:  # fmt: skip
     """Join the process group of this job (torchrun's or srun's): nccl with one GPU per
-    process, gloo on CPUs. Alone (or in a job of one process): nothing to join."""
+    process, gloo on CPUs. Alone (or in a job of one process): nothing to join. The
+    processes meet within rendezvous_timeout seconds (torchrun's workers in its agent's
+    store, which its own rendezvous set up)."""
     job = job or job_environment()
     if job.world <= 1:
         return Processes()
@@ -124,9 +177,9 @@ def start_processes(n_gpu: int, job: Job | None = None) -> Processes:
     if on_gpus:
         torch.cuda.set_device(job.local_rank)
     where = {"init_method": "env://"}
-    if job.launcher == "srun":
-        where = {"init_method": f"tcp://{job.address}:{job.port}", "rank": job.rank,
-                 "world_size": job.world}  # fmt: skip
+    if job.address is not None:
+        store = rendezvous.meet(job.address, job.port, job.rank, job.world, rendezvous_timeout)
+        where = {"store": store, "rank": job.rank, "world_size": job.world}
     # A peer that died makes collectives fail after this long instead of waiting forever.
     dist.init_process_group("nccl" if on_gpus else "gloo", timeout=timedelta(minutes=5), **where)
     control = dist.new_group(backend="gloo") if on_gpus else None
@@ -139,18 +192,23 @@ def start_processes(n_gpu: int, job: Job | None = None) -> Processes:
     return Processes(dist.get_rank(), job.world, job.local_rank, control)
 
 
-def any_process(flag: bool, processes: Processes) -> bool:
-    """Whether flag is true in any process of the run (a small CPU all-reduce)."""
+def any_process(flag: bool, processes: Processes, waiting: bool = False) -> bool:
+    """Whether flag is true in any process of the run (a small CPU all-reduce). waiting:
+    the others may be long in coming (one process prepares the data while they wait), so
+    the wait is in short Python steps, in which a stop signal is handled."""
     if processes.world == 1:
         return flag
     value = torch.tensor([int(flag)])
-    dist.all_reduce(value, op=dist.ReduceOp.MAX, group=processes.control)
+    work = dist.all_reduce(value, op=dist.ReduceOp.MAX, group=processes.control, async_op=True)
+    while waiting and not work.is_completed():
+        time.sleep(rendezvous.POLL_SECONDS)
+    work.wait()
     return bool(value.item())
 
 
-def every_process(flag: bool, processes: Processes) -> bool:
+def every_process(flag: bool, processes: Processes, waiting: bool = False) -> bool:
     """Whether flag is true in every process of the run (a small CPU all-reduce)."""
-    return not any_process(not flag, processes)
+    return not any_process(not flag, processes, waiting)
 
 
 def all_gathered(value, processes: Processes) -> list:
@@ -176,6 +234,13 @@ def select_device(n_gpu: int, processes: Processes | None = None) -> torch.devic
     if n_gpu > 0:
         print("=> No CUDA device found: running on the CPU")
     return torch.device("cpu")
+
+
+def device_memory(device: torch.device) -> int:
+    """Bytes of memory the device computes in: a GPU's own, else the machine's."""
+    if device.type == "cuda":
+        return torch.cuda.get_device_properties(device).total_memory
+    return os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
 
 
 def configure_backends(cudnn_mode: str, environ=os.environ) -> None:

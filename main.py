@@ -1,11 +1,31 @@
 """Train or evaluate ResNet / PreResNet / ResNeXt / ResNeSt / SENet: python main.py -dataset
 ... (see -h)."""
 
-import errno
-import math
 import os
 import signal
 import sys
+
+
+def stop_while_starting() -> None:
+    """From the first line on, SIGINT (Ctrl-C) and SIGTERM while the modules load (torch
+    takes seconds) end the process with one line and the signal's exit status: nothing
+    has been read or written yet. run() handles them from its start on."""
+
+    def stopped(number, _frame) -> None:
+        name = signal.Signals(number).name
+        os.write(2, f"\n=> Stopped by {name} while starting; nothing was saved\n".encode())
+        os._exit(128 + number)
+
+    for number in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(number, stopped)
+
+
+if __name__ == "__main__":
+    stop_while_starting()
+
+# The imports below take seconds (torch): a stop while they load is handled (above).
+import errno
+import math
 import threading
 from functools import partial
 
@@ -119,6 +139,12 @@ def build_model(opts, classes, checkpoint, retrained) -> tuple[nn.Module, dict]:
     with -frozenStages and -normEval applied."""
     if checkpoint:
         check_frozen_settings(opts, checkpoint["state"].get("frozen", [-1, False]))
+    elif opts.normEval and not retrained:
+        raise StartError(
+            "-normEval true keeps every BatchNorm at its starting statistics (mean 0, variance"
+            " 1) when no weights trained them: it is for fine-tuning; add -retrain FILE or"
+            " -weights NAME, or leave -normEval out"
+        )
     model, arch = built_model(opts, classes, checkpoint, retrained)
     if opts.zeroInitResidual and not (checkpoint or retrained):
         models.zero_init_residual(model)
@@ -168,11 +194,26 @@ def built_model(opts, classes, checkpoint, retrained) -> tuple[nn.Module, dict]:
             print(f"Loading model from file: {source}" + (" (its -ema weights)" * averaged))
         model = models.create(**file_arch)
         load_weights(model, weights, source)
+        if note := input_note(opts, file_arch["dataset"], retrained.get("evaluation")):
+            print(note)
         if opts.resetClassifier:
             print(f" => Replacing classifier with {arch['nClasses']}-way classifier")
             models.replace_classifier(model, arch["nClasses"])
         return model, arch
     return models.create(**arch), arch
+
+
+def input_note(opts, trained_on: str, evaluation: dict | None) -> str | None:
+    """A warning when the weights were trained on other images than this run feeds them
+    (another size, or grey for colour); None when they are alike."""
+    crop = evaluation.get("crop", 224) if evaluation else 224
+    before = datasets.input_kind(trained_on, crop)
+    now = datasets.input_kind(opts.dataset, datasets.crops_of(opts).val)
+    if before == now:
+        return None
+    return (f"=> warning: these weights were trained on {before} images ({trained_on}); this"
+            f" run feeds them {now} images ({opts.dataset}): expect their first layers to"
+            " adapt slowly")  # fmt: skip
 
 
 def check_classes(model: nn.Module, classes: list[str]) -> None:
@@ -221,8 +262,11 @@ def make_optimizer(model: nn.Module, opts, checkpoint) -> torch.optim.Optimizer:
 
 def options_record(opts, arch: dict) -> dict:
     """The resolved options and the network, as opts.json and TensorBoard keep them (the
-    parser's list of the flags given is not an option)."""
-    return {**{k: v for k, v in vars(opts).items() if k != "given"}, "arch": arch}
+    parser's list of the flags given is not an option); the network flags are those of
+    the network trained (a -retrain file's or a resumed run's, not the flags' defaults)."""
+    record = {k: v for k, v in vars(opts).items() if k != "given"}
+    record.update({flag: arch[flag] for flag in ARCH_FLAGS if flag in arch})
+    return {**record, "arch": arch}
 
 
 def check_save_folder(opts) -> None:
@@ -331,17 +375,22 @@ class EpochLoop:
             datasets.set_epoch(self.val_loader, epoch)
             try:
                 top1, top5 = self.trainer.test(epoch, self.val_loader, stop=self.stop)
-            except train.Interrupted:
-                self.save(epoch, last)  # trained, not yet tested
+            except Exception as exc:
+                # Trained, not yet tested: keep the epoch (a resumed run tests it). After
+                # a failure in one process only, the others could not join the save.
+                if isinstance(exc, train.Interrupted) or self.processes.world == 1:
+                    self.save(epoch, last)
                 raise
             is_best = top1 < self.best[0]
             if is_best:
                 self.best = (top1, top5)
-                print(" * Best model ", f"{top1:.14g}", f"{top5:.14g}", sep="\t")
+                top5_text = f"{top5:.14g}" if self.trainer.progress.top5 else "-"
+                print(" * Best model ", f"{top1:.14g}", top5_text, sep="\t")
             self.save(epoch, is_best=is_best)
             if self.stop():
                 raise train.Interrupted(f"after epoch {epoch}")
-        print(f" * Finished top1: {self.best[0]:6.3f}  top5: {self.best[1]:6.3f}")
+        top5_text = self.trainer.progress.top5_text(self.best[1], 6)
+        print(f" * Finished top1: {self.best[0]:6.3f}  top5: {top5_text}")
 
 
 def precise_bn(opts, trainer: train.Trainer, train_loader, epoch: int) -> None:
@@ -398,12 +447,14 @@ def run_started(opts, stop: launch.StopRequest, named: pretrained.Named | None) 
         )
     check_save_folder(opts)
     launch.configure_backends(opts.cudnn)  # before CUDA starts: cuBLAS reads its setting then
-    processes = launch.start_processes(opts.nGPU, job)
+    stop.doing = "waiting for the other processes of the job"
+    processes = launch.start_processes(opts.nGPU, job, opts.rendezvousTimeout)
     stop.processes = processes
     try:
         return run_process(opts, processes, stop, named)
     finally:
-        if processes.world > 1:
+        # Stopped while a collective waits for a peer: destroying the group would wait too.
+        if processes.world > 1 and sys.exc_info()[0] is not launch.Stopped:
             dist.destroy_process_group()
 
 
@@ -452,12 +503,40 @@ def weights_summary(named: pretrained.Named) -> str:
     return line
 
 
+# An evaluating ResNet holds at least this many float32 copies of its input batch at once
+# (the stem's output alone is 5 1/3): a lower bound, so that no size that fits is refused.
+ACTIVATION_COPIES = 8
+
+
+def check_image_sizes(opts, device: torch.device, world: int) -> None:
+    """Crop and resize flags whose batches cannot fit in the device's memory are refused
+    before any work (not after an epoch): a crop's batch with its activations, a resized
+    val image in each loader worker."""
+    if opts.dataset != "imagenet":
+        return
+    crops, memory = datasets.crops_of(opts), launch.device_memory(device)
+    images = max(1, opts.batchSize // world)
+    sizes = (("-trainCrop" if opts.trainCrop else "-cropSize", crops.train, images * 12),
+             ("-valCrop" if opts.valCrop else "-cropSize", crops.val, images * 12),
+             ("-valResize", crops.val_resize, max(1, opts.nThreads) * 4))  # fmt: skip
+    for flag, side, bytes_per_pixel in sizes:
+        copies = ACTIVATION_COPIES if flag != "-valResize" else 1
+        needed = side * side * bytes_per_pixel * copies  # a resized image: 3 uint8 x 4/3
+        if needed > memory:
+            raise StartError(
+                f"{flag} {side} needs over {needed / 2**30:,.0f} GiB for its images alone,"
+                f" more than the {memory / 2**30:,.0f} GiB of the {device.type.upper()}"
+                f" memory: give a smaller {flag} (or -batchSize, -nThreads)"
+            )
+
+
 def run_process(opts, processes: Processes, stop: launch.StopRequest,
                 named: pretrained.Named | None) -> int:  # fmt: skip
     """Validate, build, then train or test."""
     device = launch.select_device(opts.nGPU, processes)
     launch.precision_settings(opts.precision, device)  # a bad combination fails before any work
     launch.precision_note(opts.precision, device)
+    check_image_sizes(opts, device, processes.world)
     parallel.check_compile(opts.compile, device, opts.nGPU, processes.world)
     launch.configure_host_allocator(opts.hostAllocator)  # before workers fork: they inherit it
     torch.manual_seed(opts.manualSeed)
@@ -545,19 +624,65 @@ def batch_mixing(opts, n_outputs: int):
                               seed=opts.manualSeed + 2)  # fmt: skip
 
 
+# What -testOnly leaves aside: each acts on training alone.
+TRAINING_ONLY = ("mixup", "cutmix", "labelSmoothing", "repeatedAug", "randomErasing",
+                 "autoAugment", "clipGradNorm", "trainCrop", "warmupEpochs",
+                 "emaEvery")  # fmt: skip
+
+
+def test_only_note(opts, record: dict | None) -> str | None:
+    """The warning a -testOnly run gives for the training options it was given (by a
+    recipe too), and for -ema when the model record tested keeps no average; None when
+    there are none."""
+    defaults = {name: default for name, _, default, _ in options.FLAGS}
+    ignored = [f"-{name} {options.flag_text(getattr(opts, name))}" for name in TRAINING_ONLY
+               if getattr(opts, name) != defaults[name]]  # fmt: skip
+    averaged = record is not None and checkpoints.evaluated_weights(record)[1]
+    if opts.ema and not averaged:
+        ignored.append(f"-ema {opts.ema:g} (the model keeps no average: its weights are tested)")
+    if not ignored:
+        return None
+    return f"=> warning: -testOnly ignores what acts on training alone: {', '.join(ignored)}"
+
+
+def check_average(opts, checkpoint, steps_per_epoch: int) -> None:
+    """-ema's start: an average the -resume checkpoint keeps is never dropped (resuming it
+    needs -ema), and one that -emaEvery would never update is refused."""
+    saved = checkpoint["model"].get("ema") if checkpoint else None
+    if opts.testOnly:
+        return
+    if saved is not None and not opts.ema:
+        decay = f" {saved['decay']:g} -emaEvery {saved['every']}" if "decay" in saved else ""
+        raise StartError(
+            f"{opts.resume} keeps an average of the weights (-ema): resume with -ema{decay},"
+            " or start from its weights with -retrain (which leaves the average behind)"
+        )
+    if opts.ema and opts.emaEvery > steps_per_epoch:
+        raise StartError(
+            f"-emaEvery {opts.emaEvery} is more than the {steps_per_epoch} steps of an epoch:"
+            f" the average would never be updated; use -emaEvery {steps_per_epoch} or less"
+        )
+
+
 def weight_average(opts, trained: nn.Module, checkpoint):
     """-ema: the average of the trained weights (the -resume checkpoint's when it has one),
     or None."""
     if opts.testOnly or not opts.ema:
         return None
+    saved = checkpoint["model"].get("ema") if checkpoint else None
     average = averaging.ExponentialAverage(checkpoints.unwrap(trained), opts.ema,
                                            opts.emaEvery, opts.warmupEpochs)  # fmt: skip
-    saved = checkpoint["model"].get("ema") if checkpoint else None
     if saved is not None:
         average.load_state_dict(saved)
     elif checkpoint:
         print("=> The resumed checkpoint has no -ema average: it starts from the weights")
     return average
+
+
+def validation_shape(opts, world: int) -> tuple[int, int, int, int]:
+    """The shape of this process's validation batches (ten crops of an image counted)."""
+    side = datasets.input_side(opts.dataset, datasets.crops_of(opts).val)
+    return (max(1, opts.batchSize // world), 3, side, side)  # -tenCrop: 10 x batchSize // 10
 
 
 def train_or_test(opts, devices, loaders, sources, processes: Processes, stop) -> int:
@@ -566,17 +691,20 @@ def train_or_test(opts, devices, loaders, sources, processes: Processes, stop) -
     train or test."""
     (device, used), (checkpoint, retrained) = devices, sources
     classes = list(loaders[0].dataset.classes)
+    check_average(opts, checkpoint, len(loaders[0]))
     model, arch = build_model(opts, classes, checkpoint, retrained)
     check_classes(model, classes)
     bar = sys.stdout.isatty()  # on a terminal: progress bars; else the Lua's lines
     shown = {"bar": bar, "top5": len(classes) > 5}  # top-5 of 5 classes or fewer says nothing
     if opts.testOnly:
+        if (note := test_only_note(opts, checkpoint or retrained)) and processes.rank == 0:
+            print(note)
         trainer = make_trainer(opts, model, device, checkpoint, processes,
                                train.Progress(**shown))  # fmt: skip
         stop.doing = "testing"
         precise_bn(opts, trainer, loaders[0], max(opts.epochNumber, 1))
-        top1, top5 = trainer.test(0, loaders[1])
-        print(f" * Results top1: {top1:6.3f}  top5: {top5:6.3f}")
+        top1, top5 = trainer.test(0, loaders[1], summary=False)
+        print(f" * Results top1: {top1:6.3f}  top5: {trainer.progress.top5_text(top5, 6)}")
         return 0
     run_folder = checkpoints.RunFolder(opts.save, opts.overwrite, options_record(opts, arch))
     records = None
@@ -587,6 +715,7 @@ def train_or_test(opts, devices, loaders, sources, processes: Processes, stop) -
                                    before_first_write=run_folder)  # fmt: skip
     trainer = make_trainer(opts, model, device, checkpoint, processes,
                            train.Progress(record=records, **shown))  # fmt: skip
+    trainer.try_evaluation(validation_shape(opts, processes.world))
     loop = EpochLoop(opts, trainer, loaders, run_folder, (arch, classes), checkpoint, stop,
                      processes, used)  # fmt: skip
     try:
@@ -648,7 +777,7 @@ def main(argv=None) -> int:
         print(f"\n=> Stopped by {signal.Signals(number).name}{doing}; nothing was saved",
               file=sys.stderr)  # fmt: skip
         return 128 + number
-    except (options.UsageError, ValueError) as exc:
+    except (options.UsageError, ValueError, pretrained.WeightsUnavailable) as exc:
         print(f"error: {one_line(exc)}", file=sys.stderr)
         return 2
     except (FloatingPointError, OSError) as exc:

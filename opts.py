@@ -1,6 +1,7 @@
 """Command-line options: every flag of fb.resnet.torch and ResNeXt, with the Lua's names."""
 
 import argparse
+import difflib
 import math
 import os
 import sys
@@ -325,6 +326,12 @@ FLAGS = [
     ),
     ("tensorboard", lua_bool, True, "Also write TensorBoard scalars under <save>/tb (new)"),
     ("syncBN", lua_bool, False, "Under torchrun: batch norm over the global batch (new)"),
+    (
+        "rendezvousTimeout",
+        bounded_int,
+        300,
+        "srun / several processes: seconds to wait at start for every process of the job (new)",
+    ),
     ("printFreq", bounded_int, 1, "Print a training / test line every N iterations (new)"),
     ("skipCorrupt", lua_bool, False, "Skip unreadable images instead of stopping (new)"),
     (
@@ -377,11 +384,20 @@ def given_flags(argv: Sequence[str]) -> list[str]:
         if name in ("h", "help"):
             continue
         if name not in known:
-            raise UsageError(f"unknown flag {token.split('=', 1)[0]} (see -h)")
+            raise UsageError(
+                f"unknown flag {token.split('=', 1)[0]}{suggestion(name, known)} (see -h)"
+            )
         if name in seen:
             raise UsageError(f"-{name} is given twice; give it once")
         seen.append(name)
     return seen
+
+
+def suggestion(name: str, known: set[str]) -> str:
+    """', did you mean -X?' for the known flag closest to a mistyped name (case aside), or ''."""
+    spelled = {flag.lower(): flag for flag in known}
+    close = difflib.get_close_matches(name.lower(), spelled, n=1, cutoff=0.6)
+    return f"; did you mean -{spelled[close[0]]}?" if close else ""
 
 
 def recipe_values(name: str, dataset: str) -> dict:
@@ -434,6 +450,12 @@ def _check(condition: bool, message: str) -> None:
 
 def validate(opts: argparse.Namespace) -> None:
     """Reject bad values and combinations before any work starts."""
+    for name, kind, default, _ in FLAGS:  # '' would name the current folder, or nothing
+        checked = default != "" or (name == "data" and name in getattr(opts, "given", ()))
+        _check(
+            kind is not str or not checked or getattr(opts, name).strip() != "",
+            f"-{name} is empty: give a value (or leave the flag out for its default)",
+        )
     _check(
         opts.dataset in DATASETS,
         f"unknown dataset: {opts.dataset} (options: {', '.join(DATASETS)})",
@@ -488,6 +510,10 @@ def validate(opts: argparse.Namespace) -> None:
     _check(opts.cropSize >= 32, f"-cropSize must be at least 32, got {opts.cropSize}")
     validate_crops(opts)
     _check(opts.printFreq > 0, f"-printFreq must be positive, got {opts.printFreq}")
+    _check(
+        opts.rendezvousTimeout > 0,
+        f"-rendezvousTimeout must be positive, got {opts.rendezvousTimeout}",
+    )
     for name in ("nClasses", "checkpointEvery", "keepCheckpoints", "preciseBN"):
         value = getattr(opts, name)
         _check(value >= 0, f"-{name} must not be negative, got {value}")
@@ -592,7 +618,8 @@ def validate_recipe_options(opts: argparse.Namespace) -> None:
 
 
 def validate_paths(opts: argparse.Namespace) -> None:
-    """The data folder and the files named by -resume / -retrain / -optimState must exist."""
+    """The data folder and the files named by -resume / -retrain / -optimState must exist
+    (a folder is not a file)."""
     if opts.dataset == "imagenet":
         _check(
             opts.data != "", "missing ImageNet data directory: give -data DIR with train/ and val/"
@@ -610,4 +637,5 @@ def validate_paths(opts: argparse.Namespace) -> None:
         _check(os.path.isdir(opts.resume), f"-resume directory not found: {opts.resume}")
     for flag in ("retrain", "optimState"):
         path = getattr(opts, flag)
+        _check(not os.path.isdir(path), f"-{flag} {path} is a directory: give the file in it")
         _check(path == "none" or os.path.isfile(path), f"-{flag} file not found: {path}")

@@ -115,7 +115,7 @@ def in_turns(processes: Processes, work: Callable, every_process=launch.every_pr
                 result = work()
             except Exception as exc:  # every process must learn of it before any stops
                 failure = exc
-        if not every_process(failure is None, processes):
+        if not every_process(failure is None, processes, waiting=True):
             if failure is not None:
                 raise failure
             raise launch.PeerFailed(

@@ -293,6 +293,19 @@ class Trainer:
             stat.copy_(average)
         return int(total[-1])
 
+    @torch.no_grad()
+    def try_evaluation(self, shape: tuple[int, ...]) -> None:
+        """One forward pass of the evaluated model on zeros of the validation batch's
+        shape: a size or memory failure of validation shows before the first epoch is
+        trained, not after it. Changes no weight or statistic (eval mode)."""
+        model = self.evaluated_model()
+        model.eval()
+        try:
+            images = torch.zeros(shape, dtype=self.dtype, device=self.device)
+            self.forward(images.contiguous(memory_format=self.memory_format), model)
+        finally:
+            model.train()
+
     def evaluated_model(self) -> nn.Module:
         """The model to evaluate (and to recompute BatchNorm statistics with): the averaged
         weights when averaging, else the trained model, or the one given for it (in a
@@ -311,7 +324,7 @@ class Trainer:
         elapsed, data_time = clock.read(iterations)
         line = (
             f" | Epoch: [{epoch}][{n}/{size}]    Time {elapsed:.3f}  Data {data_time:.3f}"
-            f"  Err {loss:1.4f}  top1 {top1:7.3f}  top5 {top5:7.3f}"
+            f"  Err {loss:1.4f}  top1 {top1:7.3f}  top5 {self.progress.top5_text(top5, 7)}"
         )
         speed = window_speed(images, iterations, elapsed, data_time)
         record = {"epoch": epoch, "iter": n, "split": "train", "loss": loss, "top1": top1,
@@ -348,12 +361,12 @@ class Trainer:
                               " another process had none")  # fmt: skip
 
     @torch.no_grad()
-    def test(
-        self, epoch: int, loader: Iterable[Batch], *, stop: Callable[[], bool] | None = None
-    ) -> tuple[float, float]:
+    def test(self, epoch: int, loader: Iterable[Batch], *, stop: Callable[[], bool] | None = None,
+             summary: bool = True) -> tuple[float, float]:  # fmt: skip
         """Evaluate; per-image errors over the whole split, partial batches included.
         Raises Interrupted between batches once stop() is true (a StopRequest: in a
-        distributed run, true in every process at the same batch)."""
+        distributed run, true in every process at the same batch). summary: end with the
+        Lua's ' * Finished epoch' line (a -testOnly run says ' * Results' instead)."""
         model = self.evaluated_model()
         model.eval()
         sums = RunningSums(self.device)
@@ -378,7 +391,11 @@ class Trainer:
         totals = sums.read()[1] if sums.iterations else sums.total
         top1, top5, *_ = as_means(self.all_processes(totals))
         self.progress.end({"epoch": epoch, "split": "val", "top1": top1, "top5": top5})
-        self.progress.say(f" * Finished epoch # {epoch}     top1: {top1:7.3f}  top5: {top5:7.3f}\n")
+        if summary:
+            top5_text = self.progress.top5_text(top5, 7)
+            self.progress.say(
+                f" * Finished epoch # {epoch}     top1: {top1:7.3f}  top5: {top5_text}\n"
+            )
         return top1, top5
 
     def print_test_line(self, epoch, n: int, size: int, clock: "WindowClock", sums) -> None:
@@ -388,7 +405,8 @@ class Trainer:
         elapsed, data_time = clock.read(iterations)
         line = (
             f" | Test: [{epoch}][{n}/{size}]    Time {elapsed:.3f}  Data {data_time:.3f}"
-            f"  top1 {top1:7.3f} ({run1:7.3f})  top5 {top5:7.3f} ({run5:7.3f})"
+            f"  top1 {top1:7.3f} ({run1:7.3f})  top5 {self.progress.top5_text(top5, 7)}"
+            f" ({self.progress.top5_text(run5, 7)})"
         )
         record = {"epoch": epoch, "iter": n, "split": "val", "top1": top1, "top5": top5,
                   **window_speed(images, iterations, elapsed, data_time)}  # fmt: skip
@@ -451,6 +469,10 @@ class Progress:
         self.bar = None
         self.wide = False
 
+    def top5_text(self, error: float, width: int) -> str:
+        """A top-5 error as the Lua prints it (%width.3f), or '-' where it means nothing."""
+        return f"{error:{width}.3f}" if self.top5 else "-".rjust(width)
+
     def say(self, text: str) -> None:
         """A line outside the bars (epoch starts, results)."""
         if self.bar is not None:
@@ -462,13 +484,14 @@ class Progress:
         """A pass of total iterations starts, done of them already (a resumed epoch)."""
         if not self.use_bar:
             return
-        # shutil falls back to 80 columns where a terminal reports 0 (some containers).
-        columns = shutil.get_terminal_size().columns
+        # shutil falls back to 80 x 24 where a terminal reports 0 x 0 (containers, script);
+        # tqdm's own query would take 0 rows as -1 and draw nothing.
+        columns, rows = shutil.get_terminal_size()
         self.wide = columns >= self.WIDE
         bar = "|{bar}|" if self.wide else ""  # the bar takes the columns left over
         layout = "{desc} {percentage:3.0f}%" + bar + " {n_fmt}/{total_fmt} [{elapsed}<{remaining}"
         self.bar = tqdm(total=total, initial=done, desc=f"{split} {epoch}", leave=True,
-                        ncols=columns, bar_format=layout + "{postfix}]",
+                        ncols=columns, nrows=rows, bar_format=layout + "{postfix}]",
                         file=sys.stdout)  # fmt: skip
 
     def step(self, line: str, record: dict, iterations: int, running: dict | None = None) -> None:

@@ -89,6 +89,19 @@ def create(opts, split: str) -> Dataset:
     )  # fmt: skip
 
 
+def input_side(dataset: str, folder_crop: int) -> int:
+    """The side of the square images a network of `dataset` is fed (a folder dataset's:
+    folder_crop)."""
+    return {"fashionmnist": 28, "cifar10": 32, "cifar100": 32}.get(dataset, folder_crop)
+
+
+def input_kind(dataset: str, folder_crop: int) -> str:
+    """The images a network of `dataset` is fed, in words: '28 x 28 grey', '32 x 32 colour',
+    or a folder dataset's square crop of folder_crop."""
+    side = input_side(dataset, folder_crop)
+    return f"{side} x {side} {'grey' if dataset == 'fashionmnist' else 'colour'}"
+
+
 def crops_of(opts) -> imagenet.Crops:
     """-cropSize, -trainCrop, -valResize and -valCrop as a folder dataset's crops."""
     return imagenet.crops_for(opts.cropSize, opts.trainCrop, opts.valResize, opts.valCrop,

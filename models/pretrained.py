@@ -189,7 +189,24 @@ def torchvision_state_dict(named: Named, progress: bool) -> tuple[dict, list[str
             f"cannot download {file} for {named.name} ({reason(exc)}): fetch {named.url} and"
             f" put it in {named.cache}/ (torch.hub's cache; TORCH_HOME moves it)"
         ) from None
+    check_tensors(named, state_dict, path)
     return state_dict, list(weights.meta["categories"])
+
+
+def check_tensors(named: Named, state_dict: dict, path: str) -> None:
+    """The file read for named weights holds their network's tensors (torch.hub checks a
+    file's hash only when it downloads it), else WeightsUnavailable saying what to do."""
+    with torch.device("meta"):
+        expected = create(**named.arch).state_dict()
+    given = from_timm(state_dict)
+    wrong = [k for k in expected if k not in given or given[k].shape != expected[k].shape]
+    wrong += [k for k in given if k not in expected]
+    if wrong:
+        raise WeightsUnavailable(
+            f"the cached file {path} does not hold the tensors of {named.name} ({len(wrong)}"
+            f" differ, e.g. {wrong[0]}): delete it to download it again, or put the file from"
+            f" {named.url} there"
+        )
 
 
 def missing_folders(folder: str) -> list[str]:

@@ -162,7 +162,8 @@ def test_a_global_batch_that_does_not_divide_among_the_processes_is_an_error(
 ):
     command = [sys.executable, MAIN, *cifar_flags(cifar10_root, tmp_path, "-batchSize", "10")]
     done = warm.run(command, capture_output=True, text=True, timeout=TIMEOUT,
-                    env={**os.environ, "WORLD_SIZE": "4"})  # fmt: skip
+                    env={**os.environ, "WORLD_SIZE": "4", "MASTER_ADDR": "127.0.0.1",
+                         "MASTER_PORT": "29500"})  # fmt: skip
     assert done.returncode == 2
     assert done.stderr == (
         "error: -batchSize 10 (the global batch) does not divide among 4 processes;"

@@ -301,7 +301,7 @@ class Turns:
         self.calls.append("work")
         return "loaders"
 
-    def every_process(self, flag, _processes):
+    def every_process(self, flag, _processes, waiting=False):
         self.calls.append("agree")
         return self.answers.pop(0) if self.answers else flag
 
@@ -352,7 +352,8 @@ def test_srun_tasks_are_a_job_of_processes():
     assert job == launch.Job(1, 4, 1, "gpu07", 12000 + 123456 % 20000, "srun")
     given = launch.job_environment({**SRUN_TASK_1, "MASTER_ADDR": "head", "MASTER_PORT": "2950"})
     assert (given.address, given.port) == ("head", 2950)
-    torchrun = launch.job_environment({**SRUN_TASK_1, "WORLD_SIZE": "2", "RANK": "1"})
+    torchrun = launch.job_environment({**SRUN_TASK_1, "WORLD_SIZE": "2", "RANK": "1",
+                                       "TORCHELASTIC_USE_AGENT_STORE": "True"})  # fmt: skip
     assert torchrun == launch.Job(1, 2, 0, launcher="torchrun")  # srun ... torchrun: torchrun's
 
 

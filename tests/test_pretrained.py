@@ -6,6 +6,7 @@ a Hugging Face hub snapshot under HF_HOME with HF_HUB_OFFLINE=1. The weights in 
 of the libraries' own networks built with pretrained=False.
 """
 
+import glob
 import json
 import math
 import os
@@ -178,7 +179,7 @@ def test_weights_offline_and_uncached_stop_the_run_before_any_file(jpeg_root, to
     done = run_main("-dataset", "imagenet", "-data", jpeg_root, "-weights", "ResNet18_Weights.DEFAULT",
                     "-save", str(save), "-gen", str(tmp_path / "gen"),
                     env={**os.environ, "TORCH_HOME": str(torch_home)})  # fmt: skip
-    assert done.returncode == 1
+    assert done.returncode == 2
     assert done.stderr.startswith("error: cannot download resnet18-f37072fd.pth")
     assert done.stderr.count("\n") == 1 and "Traceback" not in done.stderr
     assert not save.exists() and not torch_home.exists()
@@ -272,7 +273,7 @@ def test_timm_weights_offline_and_uncached_say_how_to_fetch_them(jpeg_root, tmp_
     env = {**os.environ, "HF_HOME": str(tmp_path / "hf"), "HF_HUB_OFFLINE": "1"}
     done = run_main("-dataset", "imagenet", "-data", jpeg_root, "-weights", "timm/resnet18.a1_in1k",
                     "-save", str(tmp_path / "save"), env=env)  # fmt: skip
-    assert done.returncode == 1
+    assert done.returncode == 2
     assert done.stderr.startswith(
         "error: cannot fetch timm/resnet18.a1_in1k: not in the Hugging Face cache"
     )
@@ -345,6 +346,30 @@ def test_a_damaged_cached_file_is_named_with_what_to_do(torch_home):
     )
 
 
+def test_a_cached_file_of_other_tensors_is_named_as_the_fault(jpeg_root, torch_home, tmp_path):
+    """A file of ResNet-34's weights where ResNet-18's belong: the cached file is wrong, not
+    the user's flags (the same exit status as classify.py's)."""
+    folder = torch_home / "hub" / "checkpoints"
+    folder.mkdir(parents=True)
+    other = torchvision.models.resnet34().state_dict()
+    torch.save(other, folder / "resnet18-f37072fd.pth")
+    done = run_main("-dataset", "imagenet", "-data", jpeg_root, "-weights",
+                    "ResNet18_Weights.IMAGENET1K_V1", "-save", str(tmp_path / "save"),
+                    "-gen", str(tmp_path / "gen"))  # fmt: skip
+    assert done.returncode == 2 and done.stderr.count("\n") == 1, done.stderr
+    assert done.stderr.startswith(
+        f"error: the cached file {folder}/resnet18-f37072fd.pth does not hold the tensors of"
+        " ResNet18_Weights.IMAGENET1K_V1"
+    )
+    assert "delete it to download it again" in done.stderr
+    assert not (tmp_path / "save").exists()
+    script = os.path.join(ROOT, "scripts", "classify.py")
+    image = next(iter(sorted(glob.glob(os.path.join(jpeg_root, "val", "*", "*")))))
+    classified = python(script, "-weights", "ResNet18_Weights.IMAGENET1K_V1", image,
+                        env=dict(os.environ))  # fmt: skip
+    assert classified.returncode == 2 and "does not hold the tensors" in classified.stderr
+
+
 def test_a_damaged_hub_snapshot_is_named_with_what_to_do(jpeg_root, tmp_path):
     hf_home = tmp_path / "hf"
     hub_snapshot(hf_home, "timm/resnet18.a1_in1k", {})
@@ -353,7 +378,7 @@ def test_a_damaged_hub_snapshot_is_named_with_what_to_do(jpeg_root, tmp_path):
     env = {**os.environ, "HF_HOME": str(hf_home), "HF_HUB_OFFLINE": "1"}
     done = run_main("-dataset", "imagenet", "-data", jpeg_root, "-weights", "timm/resnet18.a1_in1k",
                     "-save", str(tmp_path / "save"), env=env)  # fmt: skip
-    assert done.returncode == 1 and done.stderr.count("\n") == 1, done.stderr
+    assert done.returncode == 2 and done.stderr.count("\n") == 1, done.stderr
     assert done.stderr.startswith("error: cannot read the cached timm/resnet18.a1_in1k")
     assert "delete" in done.stderr and "models--timm--resnet18.a1_in1k" in done.stderr
 
