@@ -509,24 +509,25 @@ ACTIVATION_COPIES = 8
 
 
 def check_image_sizes(opts, device: torch.device, world: int) -> None:
-    """Crop and resize flags whose batches cannot fit in the device's memory are refused
+    """Crop and resize flags whose images cannot fit in the device's memory are refused
     before any work (not after an epoch): a crop's batch with its activations, a resized
     val image in each loader worker."""
     if opts.dataset != "imagenet":
         return
     crops, memory = datasets.crops_of(opts), launch.device_memory(device)
-    images = max(1, opts.batchSize // world)
-    sizes = (("-trainCrop" if opts.trainCrop else "-cropSize", crops.train, images * 12),
-             ("-valCrop" if opts.valCrop else "-cropSize", crops.val, images * 12),
-             ("-valResize", crops.val_resize, max(1, opts.nThreads) * 4))  # fmt: skip
-    for flag, side, bytes_per_pixel in sizes:
-        copies = ACTIVATION_COPIES if flag != "-valResize" else 1
-        needed = side * side * bytes_per_pixel * copies  # a resized image: 3 uint8 x 4/3
+    batch_bytes = max(1, opts.batchSize // world) * 3 * 4 * ACTIVATION_COPIES  # per pixel
+    resized_bytes = max(1, opts.nThreads) * 3 * 4 / 3  # uint8 RGB, 4:3, one per worker
+    train_flag = "-trainCrop" if opts.trainCrop else "-cropSize"
+    held = ((train_flag, crops.train, batch_bytes, "-batchSize"),
+            ("-valCrop" if opts.valCrop else "-cropSize", crops.val, batch_bytes, "-batchSize"),
+            ("-valResize", crops.val_resize, resized_bytes, "-nThreads"))  # fmt: skip
+    for flag, side, bytes_per_pixel, other in held:
+        needed = side * side * bytes_per_pixel
         if needed > memory:
             raise StartError(
                 f"{flag} {side} needs over {needed / 2**30:,.0f} GiB for its images alone,"
                 f" more than the {memory / 2**30:,.0f} GiB of the {device.type.upper()}"
-                f" memory: give a smaller {flag} (or -batchSize, -nThreads)"
+                f" memory: give a smaller {flag} (or {other})"
             )
 
 
@@ -669,9 +670,9 @@ def weight_average(opts, trained: nn.Module, checkpoint):
     or None."""
     if opts.testOnly or not opts.ema:
         return None
-    saved = checkpoint["model"].get("ema") if checkpoint else None
     average = averaging.ExponentialAverage(checkpoints.unwrap(trained), opts.ema,
                                            opts.emaEvery, opts.warmupEpochs)  # fmt: skip
+    saved = checkpoint["model"].get("ema") if checkpoint else None
     if saved is not None:
         average.load_state_dict(saved)
     elif checkpoint:
@@ -680,9 +681,10 @@ def weight_average(opts, trained: nn.Module, checkpoint):
 
 
 def validation_shape(opts, world: int) -> tuple[int, int, int, int]:
-    """The shape of this process's validation batches (ten crops of an image counted)."""
+    """The largest shape of this process's validation batches (with -tenCrop, 10 crops of
+    each of batchSize // 10 images)."""
     side = datasets.input_side(opts.dataset, datasets.crops_of(opts).val)
-    return (max(1, opts.batchSize // world), 3, side, side)  # -tenCrop: 10 x batchSize // 10
+    return (max(1, opts.batchSize // world), 3, side, side)
 
 
 def train_or_test(opts, devices, loaders, sources, processes: Processes, stop) -> int:

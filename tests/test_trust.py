@@ -11,6 +11,7 @@ import subprocess
 import sys
 
 import pytest
+import torch
 import warm
 from conftest import TIMEOUT
 from test_cli import run_main, small_cifar_args
@@ -358,3 +359,69 @@ def test_a_stop_while_torch_is_imported_is_one_line(number, cifar10_root, tmp_pa
     assert done.returncode == 128 + number, done.stderr[-2000:]
     assert done.stderr.strip() == f"=> Stopped by {name} while starting; nothing was saved"
     assert not (tmp_path / "save").exists()
+
+
+# 10: sizes checked before the first epoch; an epoch is never lost to its test
+
+
+def test_a_crop_beyond_memory_is_refused_at_start(jpeg_root, tmp_path):
+    flags = ["-dataset", "imagenet", "-netType", "resnet", "-depth", "18", "-nThreads", "0",
+             "-data", jpeg_root, "-gen", str(tmp_path / "gen"), "-save", str(tmp_path / "save")]  # fmt: skip
+    done = warm.run([sys.executable, MAIN, *flags, "-valCrop", "100000"], capture_output=True,
+                    text=True, timeout=PROMPT)  # fmt: skip
+    assert_one_error_line(done, "-valCrop 100000 needs over", "GiB", "give a smaller -valCrop")
+    assert "Training epoch" not in done.stdout and not (tmp_path / "save").exists()
+
+
+FAILING_AT = (
+    "import sys, torch; sys.path.insert(0, sys.argv[1]); import main, models\n"
+    "create = models.create\n"
+    "def create_failing(**arch):\n"
+    "    model = create(**arch)\n"
+    "    forward = model.forward\n"
+    "    def guarded(images):\n"
+    "        if images.shape[-1] > {side}:\n"
+    "            raise torch.OutOfMemoryError('CUDA out of memory. Tried to allocate 9.00 GiB')\n"
+    "        return forward(images)\n"
+    "    model.forward = guarded\n"
+    "    return model\n"
+    "models.create = create_failing\n"
+    "sys.exit(main.main(sys.argv[2:]))\n"
+)
+
+
+def run_failing_above(side: int, argv: list[str]):
+    """main.py with a network that runs out of memory on images wider than side."""
+    command = [sys.executable, "-c", FAILING_AT.replace("{side}", str(side)), ROOT, *argv]
+    return warm.run(command, capture_output=True, text=True, timeout=TIMEOUT)
+
+
+def test_a_validation_batch_that_does_not_fit_fails_before_the_first_epoch(jpeg_root, tmp_path):
+    flags = ["-dataset", "imagenet", "-netType", "resnet", "-depth", "18", "-nThreads", "0",
+             "-batchSize", "5", "-nEpochs", "1", "-trainCrop", "32", "-valCrop", "64",
+             "-data", jpeg_root, "-gen", str(tmp_path / "gen"), "-save", str(tmp_path / "save")]  # fmt: skip
+    done = run_failing_above(32, flags)
+    assert_one_error_line(done, "out of memory", status=1)
+    assert "=> Training epoch # 1" not in done.stdout
+    assert not (tmp_path / "save").exists()
+
+
+def test_an_epoch_whose_test_fails_is_kept_and_tested_on_resume(cifar10_root, tmp_path):
+    """The test pass fails only after the epoch trained (its batch is no larger than the
+    probe's, so the failure comes from the data): the trained epoch is saved."""
+    argv = small_cifar_args(cifar10_root, tmp_path, "-nEpochs 1 -batchSize 4")
+    script = (
+        "import sys; sys.path.insert(0, sys.argv[1]); import main, train\n"
+        "def failing(*args, **kwargs):\n"
+        "    raise OSError('cannot read image val/3.png: image file is truncated')\n"
+        "train.Trainer.test = failing\n"
+        "sys.exit(main.main(sys.argv[2:]))\n"
+    )
+    failed = warm.run([sys.executable, "-c", script, ROOT, *argv], capture_output=True,
+                      text=True, timeout=TIMEOUT)  # fmt: skip
+    assert_one_error_line(failed, "image file is truncated", status=1)
+    record = torch.load(tmp_path / "latest.pth", weights_only=True)
+    assert (record["epoch"], record["iteration"], record["samples"]) == (1, 5, 20)
+    resumed = run_main(*argv, "-resume", str(tmp_path))
+    assert resumed.returncode == 0, resumed.stderr
+    assert "Training epoch" not in resumed.stdout and " * Finished epoch # 1 " in resumed.stdout
