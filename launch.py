@@ -127,7 +127,8 @@ def job_environment(environ=os.environ) -> Job:
         if "MASTER_ADDR" not in environ:
             raise StartError("WORLD_SIZE is set but MASTER_ADDR is not: start with torchrun, or"
                              " set MASTER_ADDR and MASTER_PORT in every process")  # fmt: skip
-        return job._replace(address=environ["MASTER_ADDR"], port=master_port(environ, None))
+        return job._replace(address=environ["MASTER_ADDR"], port=master_port(environ, None),
+                            launcher="WORLD_SIZE / RANK / MASTER_ADDR")  # fmt: skip
     tasks_name = "SLURM_STEP_NUM_TASKS"
     if tasks_name not in environ and "SLURM_STEP_ID" in environ:
         tasks_name = "SLURM_NTASKS"

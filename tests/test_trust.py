@@ -31,10 +31,15 @@ def free_port() -> int:
         return probe.getsockname()[1]
 
 
+def without_launchers() -> dict:
+    """This environment less any launcher's variables (srun's, torchrun's)."""
+    launchers = ("SLURM_", "MASTER_", "WORLD_SIZE", "RANK", "LOCAL_RANK", "TORCHELASTIC")
+    return {k: v for k, v in os.environ.items() if not k.startswith(launchers)}
+
+
 def srun_task(rank, tasks=2, port=None, **changes) -> dict:
     """The environment srun gives task `rank` of a step on this host; None drops a variable."""
-    outside = {k: v for k, v in os.environ.items()
-               if not k.startswith(("SLURM_", "MASTER_", "WORLD_SIZE", "RANK", "TORCHELASTIC"))}  # fmt: skip
+    outside = without_launchers()
     task = {"SLURM_PROCID": str(rank), "SLURM_LOCALID": "0", "SLURM_NTASKS": str(tasks),
             "SLURM_STEP_NUM_TASKS": str(tasks), "SLURM_STEP_ID": "0", "SLURM_JOB_ID": "4242",
             "SLURM_STEP_NODELIST": "localhost", "MASTER_PORT": str(port or free_port())}  # fmt: skip
@@ -167,6 +172,23 @@ def test_a_stop_signal_while_waiting_for_rank_0s_data_ends_the_process(cifar10_r
         tasks[0].communicate(timeout=PROMPT)
     assert tasks[1].returncode == 128 + signal.SIGTERM, err
     assert err.strip() == "=> Stopped by SIGTERM while loading the data; nothing was saved"
+
+
+def test_processes_started_by_hand_meet_and_train(cifar10_root, tmp_path):
+    """WORLD_SIZE / RANK / MASTER_ADDR / MASTER_PORT set by hand (no torchrun agent): the
+    same rendezvous as srun's."""
+    port, outside = str(free_port()), without_launchers()
+    argv = small_cifar_args(cifar10_root, tmp_path)
+    tasks = [warm.start([sys.executable, MAIN, *argv], stdout=subprocess.PIPE,
+                        stderr=subprocess.PIPE, text=True,
+                        env={**outside, "WORLD_SIZE": "2", "RANK": str(rank), "LOCAL_RANK": "0",
+                             "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": port})
+             for rank in range(2)]  # fmt: skip
+    outputs = [task.communicate(timeout=TIMEOUT) for task in tasks]
+    assert [task.returncode for task in tasks] == [0, 0], outputs[0][1] + outputs[1][1]
+    assert "=> Distributed: 2 processes, one CPU each (gloo, started by WORLD_SIZE / RANK /" \
+        " MASTER_ADDR)" in outputs[0][0]  # fmt: skip
+    assert (tmp_path / "model_1.pth").exists()
 
 
 # 11: empty paths, directories for files
