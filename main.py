@@ -362,6 +362,14 @@ class EpochLoop:
                            on_step=self.after_step, totals=sums)  # fmt: skip
         return self.position[0] + len(self.train_loader)
 
+    def evaluate(self, epoch: int) -> tuple[float, float]:
+        """The test pass after an epoch (with -preciseBN's statistics first, and rank 0's
+        BatchNorm buffers in every process): (top1, top5)."""
+        precise_bn(self.opts, self.trainer, self.train_loader, epoch)
+        parallel.share_buffers(self.trainer.evaluated_model(), self.processes)
+        datasets.set_epoch(self.val_loader, epoch)
+        return self.trainer.test(epoch, self.val_loader, stop=self.stop)
+
     def run(self) -> None:
         """Epochs from the start (or resume) point to -nEpochs."""
         if self.epoch > self.opts.nEpochs:
@@ -370,11 +378,8 @@ class EpochLoop:
         self.stop.deferred = True  # from now on a stop request saves first
         for epoch in range(self.epoch, self.opts.nEpochs + 1):
             last = self.train_epoch(epoch)
-            precise_bn(self.opts, self.trainer, self.train_loader, epoch)
-            parallel.share_buffers(self.trainer.evaluated_model(), self.processes)
-            datasets.set_epoch(self.val_loader, epoch)
             try:
-                top1, top5 = self.trainer.test(epoch, self.val_loader, stop=self.stop)
+                top1, top5 = self.evaluate(epoch)
             except Exception as exc:
                 # Trained, not yet tested: keep the epoch (a resumed run tests it). After
                 # a failure in one process only, the others could not join the save.
