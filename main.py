@@ -46,6 +46,7 @@ import train
 from datasets import mixing
 from launch import Processes, StartError
 from models import pretrained
+from models.loading import load_weights
 
 # The flags that choose the network (create()'s arguments of the same names).
 ARCH_FLAGS = ("netType", "depth", "shortcutType", "bottleneckType", "baseWidth", "cardinality",
@@ -95,43 +96,6 @@ def intended_arch(opts, classes: list[str], file_arch: dict | None) -> dict:
     elif not file_arch and opts.dataset == "imagenet" and not opts.nClasses:
         arch["nClasses"] = len(classes)  # any class-per-folder data set, not only ImageNet-1k
     return arch
-
-
-def load_weights(model: nn.Module, state_dict: dict, source: str) -> None:
-    """load_state_dict(strict=True), with torchvision names accepted, or a one-line error
-    that says how the weights differ and, for a torchvision-style file, which flags fit."""
-    state_dict = checkpoints.clean_state_dict(state_dict)
-    torchvision_names = models.is_foreign(state_dict)  # torchvision's or timm's
-    converted = models.from_timm(state_dict) if torchvision_names else state_dict
-    difference = weights_difference(model.state_dict(), converted)
-    if difference is None:
-        model.load_state_dict(converted, strict=True)
-        return
-    hint = "pass the options it was trained with"
-    if torchvision_names:
-        try:
-            hint = f"it fits {models.arch_flags(models.arch_of_torchvision(state_dict))}"
-        except ValueError:
-            hint = "it is not a ResNet / ResNeXt / ResNeSt of this tool, torchvision or timm"
-    raise checkpoints.CheckpointError(
-        f"the weights in {source} do not fit this network ({difference}); {hint}"
-    )
-
-
-def weights_difference(expected: dict, given: dict) -> str | None:
-    """How a state_dict differs from the model's, in a few words (None: it fits)."""
-    missing = [k for k in expected if k not in given]
-    unexpected = [k for k in given if k not in expected]
-    reshaped = [k for k in expected if k in given and given[k].shape != expected[k].shape]
-    parts = []
-    for words, keys in (("missing", missing), ("unexpected", unexpected)):
-        if keys:
-            parts.append(f"{len(keys)} {words}, e.g. {keys[0]}")
-    if reshaped:
-        key = reshaped[0]
-        shapes = f"{tuple(given[key].shape)} for {tuple(expected[key].shape)}"
-        parts.append(f"{len(reshaped)} of another shape, e.g. {key} {shapes}")
-    return "; ".join(parts) or None
 
 
 def build_model(opts, classes, checkpoint, retrained) -> tuple[nn.Module, dict]:

@@ -16,8 +16,8 @@ sys.path.insert(0, ROOT)
 import checkpoints  # noqa: E402 - after the repository root is on the path
 import models  # noqa: E402
 from datasets import cifar, fashionmnist, imagenet, photometric  # noqa: E402
-from main import load_weights  # noqa: E402
 from models import pretrained  # noqa: E402
+from models.loading import load_weights  # noqa: E402
 
 WNID = re.compile(r"n\d{8}")
 

@@ -317,15 +317,15 @@ def test_retraining_a_1000_way_file_on_3_classes_warns_and_classify_still_names(
 def test_a_torchvision_file_of_another_depth_names_the_flags_that_fit(tmp_path):
     import torchvision
 
-    import main
     import models
+    from models import loading
 
     model = models.create("resnet", 18, "imagenet")
     for built, flags in ((torchvision.models.resnet50, "-netType resnet -depth 50"),
                          (torchvision.models.resnext50_32x4d,
                           "-netType resnext -depth 50 -cardinality 32 -baseWidth 4")):  # fmt: skip
         with pytest.raises(checkpoints.CheckpointError) as caught:
-            main.load_weights(model, built().state_dict(), "file.pth")
+            loading.load_weights(model, built().state_dict(), "file.pth")
         message = str(caught.value)
         assert "\n" not in message and len(message) < 400, message
         assert message.startswith("the weights in file.pth do not fit this network (")

@@ -17,10 +17,9 @@ from timm.models.resnest import ResNestBottleneck
 from timm.models.resnet import ResNet as TimmResNet
 from torch import nn
 
-import main
 import models
 from checkpoints import CheckpointError
-from models import sync_batchnorm
+from models import loading, sync_batchnorm
 
 TWINS = [  # (timm name, depth, published parameter count)
     ("resnest14d", 14, 10_611_688),
@@ -90,8 +89,8 @@ def test_timm_weights_give_timms_logits_and_go_back_unchanged(radix, cardinality
 def test_a_timm_file_is_recognised_and_its_flags_named():
     reference = timm.create_model("resnest26d", pretrained=False)
     with pytest.raises(CheckpointError, match=r"it fits -netType resnest -depth 26$"):
-        main.load_weights(models.create("resnest", 50, "imagenet"), reference.state_dict(), "f")
-    main.load_weights(models.create("resnest", 26, "imagenet"), reference.state_dict(), "f")
+        loading.load_weights(models.create("resnest", 50, "imagenet"), reference.state_dict(), "f")
+    loading.load_weights(models.create("resnest", 26, "imagenet"), reference.state_dict(), "f")
 
 
 def test_one_image_trains_without_error_and_leaves_the_attention_statistics():

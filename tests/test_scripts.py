@@ -1,6 +1,7 @@
 """scripts/classify.py and scripts/extract_features.py (ports of the Lua's pretrained/
 helpers), and fine-tuning end to end as the Lua documented it."""
 
+import glob
 import json
 import os
 import sys
@@ -193,3 +194,16 @@ def test_small_images_are_prepared_as_their_data_sets_were():
     assert torch.allclose(
         colour[:, 5, 5], (torch.tensor([10.0, 200, 30]) - torch.tensor(mean)) / torch.tensor(std)
     )
+
+
+def test_no_script_imports_main():
+    """main.py is the command line's table of contents, not a library: what the scripts
+    share with it lives in the modules that own it."""
+    import ast
+
+    for path in sorted(glob.glob(os.path.join(ROOT, "scripts", "*.py"))):
+        tree = ast.parse(open(path).read())
+        imported = {alias.name for node in ast.walk(tree) if isinstance(node, ast.Import)
+                    for alias in node.names}  # fmt: skip
+        imported |= {node.module for node in ast.walk(tree) if isinstance(node, ast.ImportFrom)}
+        assert "main" not in imported, path

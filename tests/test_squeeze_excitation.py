@@ -11,6 +11,7 @@ import main
 import models
 import opts as options
 from checkpoints import CheckpointError
+from models import loading
 
 SE_TWINS = [  # (timm name, our create() arguments, published parameter count)
     ("seresnet18", {"netType": "resnet", "depth": 18}, 11_779_624),
@@ -86,9 +87,9 @@ def test_a_timm_file_is_recognised_and_its_flags_named():
     assert models.arch_flags(arch) == "-netType resnet -depth 18 -se 16"
     plain = models.create("resnet", 18, "imagenet")
     with pytest.raises(CheckpointError, match=r"it fits -netType resnet -depth 18 -se 16$"):
-        main.load_weights(plain, reference.state_dict(), "seresnet18.pth")
+        loading.load_weights(plain, reference.state_dict(), "seresnet18.pth")
     with_se = models.create("resnet", 18, "imagenet", se=16)
-    main.load_weights(with_se, reference.state_dict(), "seresnet18.pth")
+    loading.load_weights(with_se, reference.state_dict(), "seresnet18.pth")
 
 
 def test_a_checkpoint_saved_before_se_existed_resumes(tmp_path):
