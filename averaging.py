@@ -6,6 +6,28 @@ from torch import nn
 from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 
 
+class AverageError(ValueError):
+    """An average that a run would drop, or never update."""
+
+
+def check_start(saved: dict | None, decay: float, every: int, steps_per_epoch: int,
+                resumed: str) -> None:  # fmt: skip
+    """Before training: an average the resumed checkpoint (folder `resumed`) keeps is never
+    dropped (its -ema must be given again: decay 0 is none), and one that `every` would
+    never update within an epoch is refused."""
+    if saved is not None and not decay:
+        was = f" {saved['decay']:g} -emaEvery {saved['every']}" if "decay" in saved else ""
+        raise AverageError(
+            f"{resumed} keeps an average of the weights (-ema): resume with -ema{was}, or"
+            " start from its weights with -retrain (which leaves the average behind)"
+        )
+    if decay and every > steps_per_epoch:
+        raise AverageError(
+            f"-emaEvery {every} is more than the {steps_per_epoch} steps of an epoch: the"
+            f" average would never be updated; use -emaEvery {steps_per_epoch} or less"
+        )
+
+
 class ExponentialAverage:
     """Averages `model` every `every` training steps of an epoch, with decay ** every per
     update (decay is per step, so the average spans the same steps whatever `every`);

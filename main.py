@@ -158,26 +158,15 @@ def built_model(opts, classes, checkpoint, retrained) -> tuple[nn.Module, dict]:
             print(f"Loading model from file: {source}" + (" (its -ema weights)" * averaged))
         model = models.create(**file_arch)
         load_weights(model, weights, source)
-        if note := input_note(opts, file_arch["dataset"], retrained.get("evaluation")):
+        crop = (retrained.get("evaluation") or {}).get("crop", datasets.imagenet.LUA_CROPS.val)
+        before = (file_arch["dataset"], crop)
+        if note := datasets.input_note(before, (opts.dataset, datasets.crops_of(opts).val)):
             print(note)
         if opts.resetClassifier:
             print(f" => Replacing classifier with {arch['nClasses']}-way classifier")
             models.replace_classifier(model, arch["nClasses"])
         return model, arch
     return models.create(**arch), arch
-
-
-def input_note(opts, trained_on: str, evaluation: dict | None) -> str | None:
-    """A warning when the weights were trained on other images than this run feeds them
-    (another size, or grey for colour); None when they are alike."""
-    crop = evaluation.get("crop", 224) if evaluation else 224
-    before = datasets.input_kind(trained_on, crop)
-    now = datasets.input_kind(opts.dataset, datasets.crops_of(opts).val)
-    if before == now:
-        return None
-    return (f"=> warning: these weights were trained on {before} images ({trained_on}); this"
-            f" run feeds them {now} images ({opts.dataset}): expect their first layers to"
-            " adapt slowly")  # fmt: skip
 
 
 def check_classes(model: nn.Module, classes: list[str]) -> None:
@@ -472,41 +461,16 @@ def weights_summary(named: pretrained.Named) -> str:
     return line
 
 
-# An evaluating ResNet holds at least this many float32 copies of its input batch at once
-# (the stem's output alone is 5 1/3): a lower bound, so that no size that fits is refused.
-ACTIVATION_COPIES = 8
-
-
-def check_image_sizes(opts, device: torch.device, world: int) -> None:
-    """Crop and resize flags whose images cannot fit in the device's memory are refused
-    before any work (not after an epoch): a crop's batch with its activations, a resized
-    val image in each loader worker."""
-    if opts.dataset != "imagenet":
-        return
-    crops, memory = datasets.crops_of(opts), launch.device_memory(device)
-    batch_bytes = max(1, opts.batchSize // world) * 3 * 4 * ACTIVATION_COPIES  # per pixel
-    resized_bytes = max(1, opts.nThreads) * 3 * 4 / 3  # uint8 RGB, 4:3, one per worker
-    train_flag = "-trainCrop" if opts.trainCrop else "-cropSize"
-    held = ((train_flag, crops.train, batch_bytes, "-batchSize"),
-            ("-valCrop" if opts.valCrop else "-cropSize", crops.val, batch_bytes, "-batchSize"),
-            ("-valResize", crops.val_resize, resized_bytes, "-nThreads"))  # fmt: skip
-    for flag, side, bytes_per_pixel, other in held:
-        needed = side * side * bytes_per_pixel
-        if needed > memory:
-            raise StartError(
-                f"{flag} {side} needs over {needed / 2**30:,.0f} GiB for its images alone,"
-                f" more than the {memory / 2**30:,.0f} GiB of the {device.type.upper()}"
-                f" memory: give a smaller {flag} (or {other})"
-            )
-
-
 def run_process(opts, processes: Processes, stop: launch.StopRequest,
                 named: pretrained.Named | None) -> int:  # fmt: skip
     """Validate, build, then train or test."""
     device = launch.select_device(opts.nGPU, processes)
     launch.precision_settings(opts.precision, device)  # a bad combination fails before any work
     launch.precision_note(opts.precision, device)
-    check_image_sizes(opts, device, processes.world)
+    datasets.check_image_sizes(opts.dataset, datasets.crops_of(opts),
+                               batch=max(1, opts.batchSize // processes.world),
+                               workers=opts.nThreads, memory=partial(launch.device_memory, device),
+                               device=device.type)  # fmt: skip
     parallel.check_compile(opts.compile, device, opts.nGPU, processes.world)
     launch.configure_host_allocator(opts.hostAllocator)  # before workers fork: they inherit it
     torch.manual_seed(opts.manualSeed)
@@ -594,46 +558,6 @@ def batch_mixing(opts, n_outputs: int):
                               seed=opts.manualSeed + 2)  # fmt: skip
 
 
-# What -testOnly leaves aside: each acts on training alone.
-TRAINING_ONLY = ("mixup", "cutmix", "labelSmoothing", "repeatedAug", "randomErasing",
-                 "autoAugment", "clipGradNorm", "trainCrop", "warmupEpochs",
-                 "emaEvery")  # fmt: skip
-
-
-def test_only_note(opts, record: dict | None) -> str | None:
-    """The warning a -testOnly run gives for the training options it was given (by a
-    recipe too), and for -ema when the model record tested keeps no average; None when
-    there are none."""
-    defaults = {name: default for name, _, default, _ in options.FLAGS}
-    ignored = [f"-{name} {options.flag_text(getattr(opts, name))}" for name in TRAINING_ONLY
-               if getattr(opts, name) != defaults[name]]  # fmt: skip
-    averaged = record is not None and checkpoints.evaluated_weights(record)[1]
-    if opts.ema and not averaged:
-        ignored.append(f"-ema {opts.ema:g} (the model keeps no average: its weights are tested)")
-    if not ignored:
-        return None
-    return f"=> warning: -testOnly ignores what acts on training alone: {', '.join(ignored)}"
-
-
-def check_average(opts, checkpoint, steps_per_epoch: int) -> None:
-    """-ema's start: an average the -resume checkpoint keeps is never dropped (resuming it
-    needs -ema), and one that -emaEvery would never update is refused."""
-    saved = checkpoint["model"].get("ema") if checkpoint else None
-    if opts.testOnly:
-        return
-    if saved is not None and not opts.ema:
-        decay = f" {saved['decay']:g} -emaEvery {saved['every']}" if "decay" in saved else ""
-        raise StartError(
-            f"{opts.resume} keeps an average of the weights (-ema): resume with -ema{decay},"
-            " or start from its weights with -retrain (which leaves the average behind)"
-        )
-    if opts.ema and opts.emaEvery > steps_per_epoch:
-        raise StartError(
-            f"-emaEvery {opts.emaEvery} is more than the {steps_per_epoch} steps of an epoch:"
-            f" the average would never be updated; use -emaEvery {steps_per_epoch} or less"
-        )
-
-
 def weight_average(opts, trained: nn.Module, checkpoint):
     """-ema: the average of the trained weights (the -resume checkpoint's when it has one),
     or None."""
@@ -649,26 +573,23 @@ def weight_average(opts, trained: nn.Module, checkpoint):
     return average
 
 
-def validation_shape(opts, world: int) -> tuple[int, int, int, int]:
-    """The largest shape of this process's validation batches (with -tenCrop, 10 crops of
-    each of batchSize // 10 images)."""
-    side = datasets.input_side(opts.dataset, datasets.crops_of(opts).val)
-    return (max(1, opts.batchSize // world), 3, side, side)
-
-
 def train_or_test(opts, devices, loaders, sources, processes: Processes, stop) -> int:
     """Build the model and trainer on the loaders' classes (devices: the process's device
     and all it uses; sources: the -resume checkpoint and the -retrain file, or None), then
     train or test."""
     (device, used), (checkpoint, retrained) = devices, sources
     classes = list(loaders[0].dataset.classes)
-    check_average(opts, checkpoint, len(loaders[0]))
+    if not opts.testOnly:
+        saved = checkpoint["model"].get("ema") if checkpoint else None
+        averaging.check_start(saved, opts.ema, opts.emaEvery, len(loaders[0]), opts.resume)
     model, arch = build_model(opts, classes, checkpoint, retrained)
     check_classes(model, classes)
     bar = sys.stdout.isatty()  # on a terminal: progress bars; else the Lua's lines
     shown = {"bar": bar, "top5": len(classes) > 5}  # top-5 of 5 classes or fewer says nothing
     if opts.testOnly:
-        if (note := test_only_note(opts, checkpoint or retrained)) and processes.rank == 0:
+        tested = checkpoint["model"] if checkpoint else retrained
+        averaged = tested is not None and checkpoints.evaluated_weights(tested)[1]
+        if (note := options.test_only_note(opts, averaged)) and processes.rank == 0:
             print(note)
         trainer = make_trainer(opts, model, device, checkpoint, processes,
                                train.Progress(**shown))  # fmt: skip
@@ -686,7 +607,8 @@ def train_or_test(opts, devices, loaders, sources, processes: Processes, stop) -
                                    before_first_write=run_folder)  # fmt: skip
     trainer = make_trainer(opts, model, device, checkpoint, processes,
                            train.Progress(record=records, **shown))  # fmt: skip
-    trainer.try_evaluation(validation_shape(opts, processes.world))
+    side = datasets.input_side(opts.dataset, datasets.crops_of(opts).val)
+    trainer.try_evaluation((max(1, opts.batchSize // processes.world), 3, side, side))
     loop = EpochLoop(opts, trainer, loaders, run_folder, (arch, classes), checkpoint, stop,
                      processes, used)  # fmt: skip
     try:

@@ -434,6 +434,35 @@ def recipe_summary(opts: argparse.Namespace) -> str | None:
     return line + (f" (given on the command line: {' '.join(overridden)})" if overridden else "")
 
 
+# What -testOnly leaves aside: each acts on training alone.
+TRAINING_ONLY = (
+    "mixup",
+    "cutmix",
+    "labelSmoothing",
+    "repeatedAug",
+    "randomErasing",
+    "autoAugment",
+    "clipGradNorm",
+    "trainCrop",
+    "warmupEpochs",
+    "emaEvery",
+)
+
+
+def test_only_note(opts: argparse.Namespace, averaged: bool) -> str | None:
+    """The warning a -testOnly run gives for the training options it was given (by a
+    recipe too), and for -ema when the model tested keeps no average (averaged: it does);
+    None when there are none."""
+    defaults = {name: default for name, _, default, _ in FLAGS}
+    ignored = [f"-{name} {flag_text(getattr(opts, name))}" for name in TRAINING_ONLY
+               if getattr(opts, name) != defaults[name]]  # fmt: skip
+    if opts.ema and not averaged:
+        ignored.append(f"-ema {opts.ema:g} (the model keeps no average: its weights are tested)")
+    if not ignored:
+        return None
+    return f"=> warning: -testOnly ignores what acts on training alone: {', '.join(ignored)}"
+
+
 def resolve_defaults(opts: argparse.Namespace) -> None:
     """Fill the per-dataset defaults as opts.lua does, and an unset depth."""
     small = opts.dataset in SMALL_IMAGE_DATASETS

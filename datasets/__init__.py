@@ -1,6 +1,7 @@
 """Datasets by name, and the DataLoaders that feed the trainer."""
 
 import os
+from collections.abc import Callable
 
 import torch
 from torch.utils.data import DataLoader, Dataset
@@ -89,10 +90,14 @@ def create(opts, split: str) -> Dataset:
     )  # fmt: skip
 
 
+# The side of the images of the in-memory datasets (the others are folders, cropped).
+SMALL_SIDES = {"fashionmnist": 28, "cifar10": 32, "cifar100": 32}
+
+
 def input_side(dataset: str, folder_crop: int) -> int:
     """The side of the square images a network of `dataset` is fed (a folder dataset's:
     folder_crop)."""
-    return {"fashionmnist": 28, "cifar10": 32, "cifar100": 32}.get(dataset, folder_crop)
+    return SMALL_SIDES.get(dataset, folder_crop)
 
 
 def input_kind(dataset: str, folder_crop: int) -> str:
@@ -100,6 +105,47 @@ def input_kind(dataset: str, folder_crop: int) -> str:
     or a folder dataset's square crop of folder_crop."""
     side = input_side(dataset, folder_crop)
     return f"{side} x {side} {'grey' if dataset == 'fashionmnist' else 'colour'}"
+
+
+def input_note(before: tuple[str, int], now: tuple[str, int]) -> str | None:
+    """A warning when weights trained on the images of (dataset, folder crop) `before` are
+    fed those of `now` (another size, or grey for colour); None when they are alike."""
+    kinds = [input_kind(*images) for images in (before, now)]
+    if kinds[0] == kinds[1]:
+        return None
+    return (f"=> warning: these weights were trained on {kinds[0]} images ({before[0]}); this"
+            f" run feeds them {kinds[1]} images ({now[0]}): expect their first layers to adapt"
+            " slowly")  # fmt: skip
+
+
+# An evaluating ResNet holds at least this many float32 copies of its input batch at once
+# (the stem's output alone is 5 1/3): a lower bound, so that no size that fits is refused.
+ACTIVATION_COPIES = 8
+
+
+def check_image_sizes(dataset: str, crops: imagenet.Crops, *, batch: int, workers: int,
+                      memory: Callable[[], int], device: str) -> None:  # fmt: skip
+    """A folder dataset's crops and resize whose images cannot fit in memory() bytes (the
+    device's, asked only here) are a DataError before any work (not after an epoch): a
+    crop's batch of `batch` images with its activations, a resized val image in each of
+    `workers` loader processes."""
+    if dataset in SMALL_SIDES:
+        return
+    available = memory()
+    batch_bytes = batch * 3 * 4 * ACTIVATION_COPIES  # per pixel
+    resized_bytes = max(1, workers) * 3 * 4 / 3  # uint8 RGB, 4:3, one per worker
+    train_flag = "-trainCrop" if crops.train != crops.val else "-cropSize"
+    held = ((train_flag, crops.train, batch_bytes, "-batchSize"),
+            ("-valCrop", crops.val, batch_bytes, "-batchSize"),
+            ("-valResize", crops.val_resize, resized_bytes, "-nThreads"))  # fmt: skip
+    for flag, side, bytes_per_pixel, other in held:
+        needed = side * side * bytes_per_pixel
+        if needed > available:
+            raise DataError(
+                f"{flag} {side} needs over {needed / 2**30:,.0f} GiB for its images alone,"
+                f" more than the {available / 2**30:,.0f} GiB of the {device.upper()} memory:"
+                f" give a smaller {flag} (or {other})"
+            )
 
 
 def crops_of(opts) -> imagenet.Crops:

@@ -329,6 +329,14 @@ def test_test_only_names_the_training_options_it_ignores(cifar10_root, tmp_path)
     assert "warning" not in plain.stdout
 
 
+def test_test_only_of_an_averaged_model_takes_ema_without_a_warning(cifar10_root, tmp_path):
+    argv = small_cifar_args(cifar10_root, tmp_path, "-nEpochs 1 -batchSize 4 -ema 0.8")
+    assert run_main(*argv).returncode == 0
+    tested = run_main(*argv, "-testOnly", "true", "-resume", str(tmp_path))
+    assert tested.returncode == 0, tested.stderr
+    assert "(its -ema weights)" in tested.stdout and "warning" not in tested.stdout
+
+
 def test_norm_eval_without_trained_statistics_is_refused(cifar10_root, tmp_path):
     argv = small_cifar_args(cifar10_root, tmp_path / "save", "-nEpochs 1 -normEval true")
     assert_one_error_line(run_main(*argv), "-normEval true", "-retrain FILE or -weights NAME")
