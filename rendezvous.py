@@ -18,21 +18,19 @@ class RendezvousError(ValueError):
     """The processes did not all meet in time, or rank 0's port cannot be used."""
 
 
-def meet(address: str, port: int, rank: int, world: int, timeout: float,
-         clock=time.monotonic) -> dist.Store:  # fmt: skip
+def meet(address: str, port: int, rank: int, world: int, timeout: float) -> dist.Store:
     """The store every process of the job shares once all `world` ranks have arrived at
     rank 0's address:port, or RendezvousError after `timeout` seconds naming the ranks
     missing (rank 0) or the address that never answered (the others)."""
-    deadline = clock() + timeout
-    store = (
-        host_store(address, port, timeout)
-        if rank == 0
-        else join_store(address, port, timeout, deadline, clock)
-    )
+    deadline = time.monotonic() + timeout
+    if rank == 0:
+        store = host_store(address, port, timeout)
+    else:
+        store = join_store(address, port, timeout, deadline)
     store.set(f"{PREFIX}joined/{rank}", "1")
     keys = [f"{PREFIX}joined/{other}" for other in range(world)]
     while not store.check(keys):
-        if clock() > deadline:
+        if time.monotonic() > deadline:
             missing = [other for other, key in enumerate(keys) if not store.check([key])]
             raise RendezvousError(
                 f"rank {rank} waited {timeout:g} s (-rendezvousTimeout) at {address}:{port} for"
@@ -56,12 +54,11 @@ def host_store(address: str, port: int, timeout: float) -> dist.TCPStore:
         ) from None
 
 
-def join_store(address: str, port: int, timeout: float, deadline: float,
-               clock=time.monotonic) -> dist.TCPStore:  # fmt: skip
+def join_store(address: str, port: int, timeout: float, deadline: float) -> dist.TCPStore:
     """A client of rank 0's store, once its port answers. Python's socket asks first: a
     failed TCPStore connection prints a C++ stack, and cannot be interrupted."""
     while not answers(address, port):
-        if clock() > deadline:
+        if time.monotonic() > deadline:
             raise RendezvousError(
                 f"nothing answered at {address}:{port} within {timeout:g} s"
                 " (-rendezvousTimeout): is rank 0 running, and are MASTER_ADDR / MASTER_PORT"

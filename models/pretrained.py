@@ -17,6 +17,7 @@ import torchvision.models
 
 from datasets.imagenet import MEANSTD
 from models import arch_of_torchvision, create, from_timm, full_arch
+from models.loading import weights_difference
 
 # The torchvision builders whose networks this tool builds (the ResNet family).
 TORCHVISION_BUILDERS = (
@@ -198,14 +199,11 @@ def check_tensors(named: Named, state_dict: dict, path: str) -> None:
     file's hash only when it downloads it), else WeightsUnavailable saying what to do."""
     with torch.device("meta"):
         expected = create(**named.arch).state_dict()
-    given = from_timm(state_dict)
-    wrong = [k for k in expected if k not in given or given[k].shape != expected[k].shape]
-    wrong += [k for k in given if k not in expected]
-    if wrong:
+    difference = weights_difference(expected, from_timm(state_dict))
+    if difference is not None:
         raise WeightsUnavailable(
-            f"the cached file {path} does not hold the tensors of {named.name} ({len(wrong)}"
-            f" differ, e.g. {wrong[0]}): delete it to download it again, or put the file from"
-            f" {named.url} there"
+            f"the cached file {path} does not hold the tensors of {named.name} ({difference}):"
+            f" delete it to download it again, or put the file from {named.url} there"
         )
 
 
