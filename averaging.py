@@ -5,8 +5,10 @@ import torch
 from torch import nn
 from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 
+from errors import UsageError
 
-class AverageError(ValueError):
+
+class AverageError(UsageError):
     """An average that a run would drop, or never update."""
 
 

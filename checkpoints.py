@@ -21,6 +21,8 @@ from typing import BinaryIO
 import torch
 from torch import nn
 
+from errors import UsageError
+
 LATEST = "latest.pth"
 BEST = "model_best.pth"
 WRAPPER_PREFIXES = ("module.", "_orig_mod.")
@@ -33,7 +35,7 @@ RECORDS_FOLDER = "tb"
 KILL_BEFORE_RENAME = "CHECKPOINT_KILL_BEFORE_RENAME"
 
 
-class CheckpointError(ValueError):
+class CheckpointError(UsageError):
     """A checkpoint that is missing, broken or not ours; main prints one 'error:' line."""
 
 

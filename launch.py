@@ -21,12 +21,13 @@ import torch.distributed as dist
 from torch import nn
 
 import rendezvous
+from errors import Stopped, UsageError
 
 M_TRIM_THRESHOLD, M_MMAP_MAX = -1, -4  # mallopt parameters, from glibc's malloc.h
 RENDEZVOUS_TIMEOUT = 300  # seconds the processes of a job wait for one another at start
 
 
-class StartError(ValueError):
+class StartError(UsageError):
     """A start that cannot go on (bad combination found after parsing)."""
 
 
@@ -51,15 +52,6 @@ def quiet_thread_write_errors() -> Callable:
 
     threading.excepthook = hook
     return default
-
-
-class PeerFailed(Exception):
-    """Another process of the job failed (it reports why); rank 0 says so, the others
-    end quietly."""
-
-    def __init__(self, message: str, rank: int = 0):
-        super().__init__(message)
-        self.rank = rank
 
 
 class Job(NamedTuple):
@@ -158,6 +150,15 @@ def master_port(environ, default: int | None) -> int:
 def world_size() -> int:
     """The number of processes of this job (torchrun's or srun's; 1 without them)."""
     return job_environment().world
+
+
+def in_a_job() -> bool:
+    """Whether this process is one of several of a job (False when the launcher's
+    variables are broken: that is reported as such)."""
+    try:
+        return world_size() > 1
+    except StartError:
+        return False
 
 
 def uses_gpus(n_gpu: int) -> bool:
@@ -337,14 +338,6 @@ def restore_rng_state(saved, rank: int, devices: list[torch.device]) -> None:
     if cuda and len(saved_cuda) != len(cuda):
         print(f"=> The checkpoint holds the random generators of {len(saved_cuda)} GPUs for"
               f" the {len(cuda)} used now: the others start from -manualSeed")  # fmt: skip
-
-
-class Stopped(Exception):
-    """SIGTERM / SIGINT before training started, or while only testing: nothing to save."""
-
-    def __init__(self, signal_number: int, doing: str):
-        super().__init__(f"while {doing}")
-        self.signal_number = signal_number
 
 
 class StopRequest:

@@ -24,7 +24,6 @@ if __name__ == "__main__":
     stop_while_starting()
 
 # The imports below take seconds (torch): a stop while they load is handled (above).
-import errno
 import math
 import threading
 from functools import partial
@@ -36,6 +35,7 @@ from torch import nn
 import averaging
 import checkpoints
 import datasets
+import errors
 import launch
 import models
 import optimizers
@@ -72,7 +72,7 @@ def adopt_weights(opts) -> pretrained.Named | None:
     named = pretrained.resolve(opts.weights)
     for flag, value in ((flag, named.arch[flag]) for flag in ARCH_FLAGS):
         if flag in opts.given and getattr(opts, flag) != value:
-            raise options.UsageError(
+            raise errors.UsageError(
                 f"-weights {named.name} are a network of {models.arch_flags(named.arch)}:"
                 f" drop -{flag} {getattr(opts, flag)}"
             )
@@ -474,8 +474,7 @@ def run_process(opts, processes: Processes, stop: launch.StopRequest,
     parallel.check_compile(opts.compile, device, opts.nGPU, processes.world)
     launch.configure_host_allocator(opts.hostAllocator)  # before workers fork: they inherit it
     torch.manual_seed(opts.manualSeed)
-    with torch.device("meta"):
-        models.create(**{**models.arch_from_opts(opts), "nClasses": opts.nClasses or 1})
+    models.check_arch({**models.arch_from_opts(opts), "nClasses": opts.nClasses or 1})
     devices = parallel.devices_used(device, opts.nGPU, processes.world)
     checkpoint = load_checkpoint(opts, processes.rank, devices)
     retrained = start_weights(opts, named, checkpoint, processes)
@@ -624,71 +623,16 @@ def train_or_test(opts, devices, loaders, sources, processes: Processes, stop) -
     return 0
 
 
-def one_line(exc: BaseException) -> str:
-    """The message of exc on one line; for an error raised in a loader worker, its own."""
-    text = str(exc).strip()
-    if "Original Traceback" in text:  # DataLoader re-raises with the worker's traceback
-        last = text.splitlines()[-1]
-        text = last.split(": ", 1)[1] if ": " in last else last
-    if isinstance(exc, OSError) and exc.errno == errno.ENOSPC:
-        if exc.filename is None:  # a print: the output is redirected to a full device
-            return "no space left on the device that the output (stdout) is written to"
-        return (
-            f"no space left on device writing {exc.filename}; the checkpoints before it are intact"
-        )
-    return " ".join(text.split())
-
-
-def resource_error(exc: RuntimeError) -> str | None:
-    """What to do when memory runs out or a loader worker dies (None for other errors)."""
-    text = one_line(exc)
-    if isinstance(exc, torch.OutOfMemoryError) or "can't allocate memory" in text:
-        _, allocator, detail = text.partition("DefaultCPUAllocator")  # past "[enforce fail ..."
-        text = allocator + detail if allocator else text
-        return (f"out of memory ({text[:200]}): lower -batchSize, or use -optnet true or"
-                " -precision bf16; the checkpoints are intact")  # fmt: skip
-    if text.startswith("DataLoader worker"):
-        return (f"a data loader worker died ({text[:200]}): it ran out of memory or shared"
-                " memory (in Docker: --shm-size or --ipc=host); lower -nThreads or -batchSize;"
-                " the checkpoints are intact: rerun with -resume")  # fmt: skip
-    return None
-
-
 def main(argv=None) -> int:
     """Entry point: one 'error:' line and exit status 2 for every bad input."""
     sys.stdout.reconfigure(errors="backslashreplace")  # file names that are not UTF-8
     try:
         opts = options.parse(argv)
         return run(opts, adopt_weights(opts))
-    except launch.PeerFailed as exc:
-        if exc.rank == 0:  # the failed process gave its reason; once is enough
-            print(f"error: {exc}", file=sys.stderr)
-        return 1
-    except (launch.Stopped, KeyboardInterrupt) as exc:
-        number = getattr(exc, "signal_number", signal.SIGINT)
-        doing = f" {exc}" if isinstance(exc, launch.Stopped) else ""
-        print(f"\n=> Stopped by {signal.Signals(number).name}{doing}; nothing was saved",
-              file=sys.stderr)  # fmt: skip
-        return 128 + number
-    except (options.UsageError, ValueError, pretrained.WeightsUnavailable) as exc:
-        print(f"error: {one_line(exc)}", file=sys.stderr)
-        return 2
-    except (FloatingPointError, OSError) as exc:
-        print(f"error: {one_line(exc)}", file=sys.stderr)
-        return 1
-    except RuntimeError as exc:
-        if (message := resource_error(exc)) is not None:
-            print(f"error: {message}", file=sys.stderr)
-            return 1
-        if type(exc).__module__.startswith(("torch._dynamo", "torch._inductor")):
-            print(f"error: torch.compile failed ({one_line(exc)[:300]}); run without -compile",
-                  file=sys.stderr)  # fmt: skip
-            return 1
-        if not (isinstance(exc, dist.DistError) or launch.world_size() > 1):
-            raise
-        print(f"error: another process of this distributed job failed ({one_line(exc)[:300]});"
-              " the checkpoints are intact: rerun with -resume", file=sys.stderr)  # fmt: skip
-        return 1
+    except Exception as exc:  # what ended the run, said once: exit_status tells bugs apart
+        return errors.exit_status(exc, distributed=launch.in_a_job())
+    except KeyboardInterrupt as exc:
+        return errors.exit_status(exc, distributed=False)
 
 
 def flush_output(status: int) -> int:
@@ -700,7 +644,7 @@ def flush_output(status: int) -> int:
         return status
     except OSError as exc:
         if status == 0:
-            print(f"error: {one_line(exc)}", file=sys.stderr)
+            print(f"error: {errors.one_line(exc)}", file=sys.stderr)
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return status or 1
 

@@ -1,13 +1,13 @@
 """Command-line options: every flag of fb.resnet.torch and ResNeXt, with the Lua's names."""
 
 import argparse
-import difflib
 import math
 import os
 import sys
 from collections.abc import Sequence
 
 from datasets.policies import POLICIES
+from errors import UsageError, check_choice, closest
 from models.pretrained import is_weights_name
 from schedules import SCHEDULES
 
@@ -51,14 +51,6 @@ INT_LIMIT = 2**31 - 1
 # More loader processes than this per core only wait on one another (and on memory).
 WORKERS_PER_CORE = 8
 TRUE_WORDS, FALSE_WORDS = ("true", "1", "yes"), ("false", "0", "no")
-
-
-class UsageError(Exception):
-    """A bad command line; main prints it as one 'error:' line and exits 2."""
-
-    def __init__(self, message: str):
-        # A value the user typed may hold a line break; the message stays one line.
-        super().__init__(message.replace("\r", "\\r").replace("\n", "\\n"))
 
 
 class Parser(argparse.ArgumentParser):
@@ -363,12 +355,15 @@ def parse(argv: Sequence[str] | None = None) -> argparse.Namespace:
     """Parse and validate argv; raise UsageError naming what to fix. opts.given lists the
     flags the command line set (the rest are defaults)."""
     argv = sys.argv[1:] if argv is None else list(argv)
-    given = given_flags(argv)
-    opts = build_parser().parse_args(argv)
-    opts.given = given
-    apply_recipe(opts)
-    resolve_defaults(opts)
-    validate(opts)
+    try:
+        given = given_flags(argv)
+        opts = build_parser().parse_args(argv)
+        opts.given = given
+        apply_recipe(opts)
+        resolve_defaults(opts)
+        validate(opts)
+    except UsageError as exc:  # a value typed may hold a line break: the message stays one line
+        raise UsageError(str(exc).replace("\r", "\\r").replace("\n", "\\n")) from None
     return opts
 
 
@@ -385,7 +380,7 @@ def given_flags(argv: Sequence[str]) -> list[str]:
             continue
         if name not in known:
             raise UsageError(
-                f"unknown flag {token.split('=', 1)[0]}{suggestion(name, known)} (see -h)"
+                f"unknown flag {token.split('=', 1)[0]}{closest(name, known, '-')} (see -h)"
             )
         if name in seen:
             raise UsageError(f"-{name} is given twice; give it once")
@@ -393,18 +388,11 @@ def given_flags(argv: Sequence[str]) -> list[str]:
     return seen
 
 
-def suggestion(name: str, known: set[str]) -> str:
-    """', did you mean -X?' for the known flag closest to a mistyped name (case aside), or ''."""
-    spelled = {flag.lower(): flag for flag in known}
-    close = difflib.get_close_matches(name.lower(), spelled, n=1, cutoff=0.6)
-    return f"; did you mean -{spelled[close[0]]}?" if close else ""
-
-
 def recipe_values(name: str, dataset: str) -> dict:
     """The flag values -recipe name sets for this dataset ({} for none)."""
     if name == "none":
         return {}
-    _check(name in RECIPES, f"unknown -recipe {name} (options: none, {', '.join(RECIPES)})")
+    check_choice("-recipe", name, ("none", *RECIPES))
     kind = "small" if dataset in SMALL_IMAGE_DATASETS else "folder"
     return {**RECIPES[name].get("all", {}), **RECIPES[name].get(kind, {})}
 
@@ -485,30 +473,12 @@ def validate(opts: argparse.Namespace) -> None:
             kind is not str or not checked or getattr(opts, name).strip() != "",
             f"-{name} is empty: give a value (or leave the flag out for its default)",
         )
-    _check(
-        opts.dataset in DATASETS,
-        f"unknown dataset: {opts.dataset} (options: {', '.join(DATASETS)})",
-    )
-    _check(
-        opts.netType in NET_TYPES,
-        f"unknown netType: {opts.netType} (options: {', '.join(NET_TYPES)})",
-    )
-    _check(
-        opts.precision in PRECISIONS,
-        f"unknown precision: {opts.precision} (options: {', '.join(PRECISIONS)})",
-    )
-    _check(
-        opts.memoryFormat in ("channels_last", "contiguous"),
-        f"unknown -memoryFormat {opts.memoryFormat} (options: channels_last, contiguous)",
-    )
-    _check(
-        opts.cudnn in ("fastest", "default", "deterministic"),
-        f"unknown -cudnn {opts.cudnn} (options: fastest, default, deterministic)",
-    )
-    _check(
-        opts.hostAllocator in ("cache", "system"),
-        f"unknown -hostAllocator {opts.hostAllocator} (options: cache, system)",
-    )
+    check_choice("-dataset", opts.dataset, DATASETS)
+    check_choice("-netType", opts.netType, NET_TYPES)
+    check_choice("-precision", opts.precision, PRECISIONS)
+    check_choice("-memoryFormat", opts.memoryFormat, ("channels_last", "contiguous"))
+    check_choice("-cudnn", opts.cudnn, ("fastest", "default", "deterministic"))
+    check_choice("-hostAllocator", opts.hostAllocator, ("cache", "system"))
     _check(opts.batchSize > 0, f"-batchSize must be positive, got {opts.batchSize}")
     _check(opts.nEpochs > 0, f"-nEpochs must be positive, got {opts.nEpochs}")
     _check(opts.epochNumber > 0, f"-epochNumber must be positive, got {opts.epochNumber}")
@@ -586,10 +556,7 @@ def validate_crops(opts: argparse.Namespace) -> None:
         opts.valInterpolation == "bicubic" or opts.dataset == "imagenet",
         "-valInterpolation is for folder datasets (-dataset imagenet)",
     )
-    _check(
-        opts.valInterpolation in INTERPOLATIONS,
-        f"unknown -valInterpolation {opts.valInterpolation} (options: {', '.join(INTERPOLATIONS)})",
-    )
+    check_choice("-valInterpolation", opts.valInterpolation, INTERPOLATIONS)
     val_crop = opts.valCrop or opts.cropSize
     _check(
         opts.valResize == 0 or opts.valResize >= val_crop,
@@ -599,10 +566,7 @@ def validate_crops(opts: argparse.Namespace) -> None:
 
 def validate_recipe_options(opts: argparse.Namespace) -> None:
     """The schedule, loss and optimizer options beyond the Lua's."""
-    _check(
-        opts.lrSchedule in SCHEDULES,
-        f"unknown -lrSchedule {opts.lrSchedule} (options: {', '.join(SCHEDULES)})",
-    )
+    check_choice("-lrSchedule", opts.lrSchedule, SCHEDULES)
     _check(
         opts.lrSchedule != "step" or opts.lrSteps,
         "-lrSchedule step needs -lrSteps, the epochs the LR drops at (e.g. -lrSteps 30,60,90)",
@@ -630,10 +594,7 @@ def validate_recipe_options(opts: argparse.Namespace) -> None:
     for name in ("mixup", "cutmix"):
         value = getattr(opts, name)
         _check(value >= 0, f"-{name} (alpha) must not be negative, got {value}")
-    _check(
-        opts.autoAugment in POLICIES,
-        f"unknown -autoAugment {opts.autoAugment} (options: {', '.join(POLICIES)})",
-    )
+    check_choice("-autoAugment", opts.autoAugment, POLICIES)
     _check(
         0 <= opts.randomErasing <= 1,
         f"-randomErasing must be in [0, 1], got {opts.randomErasing}",

@@ -9,12 +9,14 @@ from datetime import timedelta
 
 import torch.distributed as dist
 
+from errors import UsageError
+
 POLL_SECONDS = 0.05  # between two looks at who has arrived: a stop request waits no longer
 CONNECT_SECONDS = 1.0  # one attempt to reach rank 0's port
 PREFIX = "resnet-rendezvous/"
 
 
-class RendezvousError(ValueError):
+class RendezvousError(UsageError):
     """The processes did not all meet in time, or rank 0's port cannot be used."""
 
 

@@ -12,6 +12,7 @@ import torch
 
 from datasets import transforms as T
 from datasets.sampler import split_item
+from errors import UsageError
 
 MEANSTD = {
     "cifar10": ((125.3, 123.0, 113.9), (63.0, 62.1, 66.7)),
@@ -40,7 +41,7 @@ SAFE_GLOBALS = {
 }  # fmt: skip
 
 
-class DataError(ValueError):
+class DataError(UsageError):
     """Missing or malformed data files; main prints it as one 'error:' line."""
 
 

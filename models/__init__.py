@@ -8,6 +8,7 @@ import torch
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
+from errors import UsageError
 from models import backbone as backbones
 from models import preresnet, resnest, resnet, resnext, senet
 
@@ -94,6 +95,16 @@ def create(
     if netType == "resnet":
         return resnet.build(depth, cifar, n_classes, shortcut, se)
     return preresnet.build(depth, cifar, n_classes, shortcut)
+
+
+def check_arch(arch: Mapping, frozen_stages: int = -1) -> None:
+    """UsageError naming what is wrong when the user's network options build no network
+    (create() and set_frozen() say it as a library does, with ValueError)."""
+    try:
+        with torch.device("meta"):  # shapes only: no memory, no time
+            set_frozen(create(**arch), frozen_stages)
+    except ValueError as exc:
+        raise UsageError(str(exc)) from None
 
 
 def check_senet_arguments(cardinality: int, base_width: int, se: int) -> None:

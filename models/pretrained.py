@@ -16,6 +16,7 @@ import torch
 import torchvision.models
 
 from datasets.imagenet import MEANSTD
+from errors import UsageError
 from models import arch_of_torchvision, create, from_timm, full_arch
 from models.loading import weights_difference
 
@@ -27,7 +28,7 @@ TORCHVISION_BUILDERS = (
 TIMM_PREFIX = "timm/"
 
 
-class WeightsUnavailable(OSError):
+class WeightsUnavailable(UsageError):
     """Named weights that cannot be read: not cached and not downloadable."""
 
 
@@ -74,11 +75,11 @@ def torchvision_weights(name: str):
         if enum.__name__ == enum_name:
             if member not in enum.__members__:
                 valid = ", ".join([*enum.__members__])
-                raise ValueError(f"-weights {name}: {enum_name} has {valid}")
+                raise UsageError(f"-weights {name}: {enum_name} has {valid}")
             return enum[member], builder
     enums = [torchvision.models.get_model_weights(b).__name__ for b in TORCHVISION_BUILDERS]
     valid = ", ".join(enums)
-    raise ValueError(
+    raise UsageError(
         f"-weights {name}: not weights of a network this tool builds; torchvision's are"
         f" {valid} (e.g. ResNet50_Weights.IMAGENET1K_V2), timm's timm/<model>.<tag>"
     )
@@ -104,7 +105,7 @@ def import_timm():
     try:
         import timm
     except ImportError:
-        raise ValueError("timm's weights need the timm package: pip install timm") from None
+        raise UsageError("timm's weights need the timm package: pip install timm") from None
     return timm
 
 
@@ -115,14 +116,14 @@ def resolve_timm(name: str) -> Named:
     config = timm.models.get_pretrained_cfg(model_name)
     if config is None or config.hf_hub_id != name:
         meant = f"; its default tag is -weights {config.hf_hub_id}" if config else ""
-        raise ValueError(
+        raise UsageError(
             f"-weights {name}: timm has no weights of that name (see timm.list_pretrained()){meant}"
         )
     with torch.device("meta"):
         shapes = timm.create_model(model_name).state_dict()
     arch = fitting_arch(name, shapes)
     if (config.mean, config.std) != MEANSTD:
-        raise ValueError(f"-weights {name}: normalised with mean {config.mean} std {config.std};"
+        raise UsageError(f"-weights {name}: normalised with mean {config.mean} std {config.std};"
                          " this tool normalises with ImageNet's")  # fmt: skip
     crop = (config.test_input_size or config.input_size)[-1]
     resize = math.floor(crop / (config.test_crop_pct or config.crop_pct))
@@ -142,12 +143,12 @@ def fitting_arch(name: str, shapes: dict) -> dict:
     try:
         arch = arch_of_torchvision(shapes)
     except (ValueError, KeyError):
-        raise ValueError(refusal) from None
+        raise UsageError(refusal) from None
     with torch.device("meta"):
         ours = create(**arch).state_dict()
     converted = from_timm(shapes)
     if ours.keys() != converted.keys() or any(ours[k].shape != converted[k].shape for k in ours):
-        raise ValueError(refusal)
+        raise UsageError(refusal)
     return full_arch(arch)
 
 

@@ -16,6 +16,8 @@ import sys
 import inference
 import torch
 
+from errors import UsageError  # noqa: E402 - inference puts the repository root on the path
+
 
 @torch.no_grad()
 def classify(checkpoint: str, files: list[str], batch_size: int = 32, top: int = 5) -> None:
@@ -42,7 +44,7 @@ def main(argv=None) -> int:
     source, images = inference.source_and_inputs(args.checkpoint, args.images, args.weights)
     try:
         classify(source, images)
-    except (ValueError, OSError) as exc:  # DataError, CheckpointError, unreadable files
+    except (UsageError, OSError) as exc:  # DataError, CheckpointError, unreadable files
         print(f"error: {' '.join(str(exc).split())}", file=sys.stderr)
         return 2
     return 0

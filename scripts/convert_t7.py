@@ -29,13 +29,14 @@ sys.path.insert(0, ROOT)
 
 import checkpoints  # noqa: E402 - after the repository root is on the path
 import models  # noqa: E402
+from errors import UsageError  # noqa: E402
 
 CONVOLUTIONS = ("nn.SpatialConvolution", "cudnn.SpatialConvolution", "nn.SpatialConvolutionMM")
 BATCH_NORMS = ("nn.SpatialBatchNormalization", "cudnn.SpatialBatchNormalization")
 LINEARS = ("nn.Linear",)
 
 
-class ConversionError(ValueError):
+class ConversionError(UsageError):
     """A .t7 that cannot become this network; main prints one 'error:' line."""
 
 
@@ -187,7 +188,7 @@ def main(argv=None) -> int:
             with open(args.classes) as handle:
                 classes = [line.strip() for line in handle if line.strip()]
         state = convert(lua_model, arch)
-    except (ValueError, OSError, EOFError) as exc:  # ConversionError, unreadable files
+    except (UsageError, OSError, EOFError) as exc:  # ConversionError, unreadable files
         print(f"error: {' '.join(str(exc).split())}", file=sys.stderr)
         return 2
     record = {"model": state, "arch": arch, "classes": classes}

@@ -16,6 +16,8 @@ import inference
 import torch
 from torch import nn
 
+from errors import UsageError  # noqa: E402 - inference puts the repository root on the path
+
 OUTPUT = "features.pt"
 
 
@@ -26,7 +28,7 @@ class StageOutput(nn.Module):
         super().__init__()
         names = ["stem", *model.stage_names]
         if layer not in names:
-            raise ValueError(f"unknown -layer {layer}; valid: pool, {', '.join(names)}")
+            raise UsageError(f"unknown -layer {layer}; valid: pool, {', '.join(names)}")
         self.parts = [getattr(model, name) for name in names[: names.index(layer) + 1]]
 
     def forward(self, x):
@@ -63,9 +65,9 @@ def main(argv=None) -> int:
         batch_size, inputs = int(inputs[0]), inputs[1:]
     try:
         if batch_size < 1:
-            raise ValueError(f"BATCH_SIZE must be positive, got {batch_size}")
+            raise UsageError(f"BATCH_SIZE must be positive, got {batch_size}")
         result = extract(source, inputs, batch_size, args.layer)
-    except (ValueError, OSError) as exc:
+    except (UsageError, OSError) as exc:
         print(f"error: {' '.join(str(exc).split())}", file=sys.stderr)
         return 2
     try:

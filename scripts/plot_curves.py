@@ -12,19 +12,23 @@ import json
 import os
 import sys
 
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from errors import UsageError  # noqa: E402 - after the repository root is on the path
+
 
 def read_curves(folder: str) -> dict[str, list[tuple[int, float]]]:
     """{"train": [(epoch, top1)...], "val": [...]} from folder/metrics.jsonl."""
     path = os.path.join(folder, "metrics.jsonl")
     if not os.path.isfile(path):
-        raise ValueError(f"no metrics.jsonl in {folder} (is it a -save folder of this tool?)")
+        raise UsageError(f"no metrics.jsonl in {folder} (is it a -save folder of this tool?)")
     points: dict[str, dict[int, float]] = {"train": {}, "val": {}}
     with open(path) as handle:
         for number, line in enumerate(handle, 1):
             try:
                 record = json.loads(line)
             except ValueError:
-                raise ValueError(f"{path} line {number} is not JSON") from None
+                raise UsageError(f"{path} line {number} is not JSON") from None
             if record.get("iter") is None and record.get("split") in points:
                 points[record["split"]][record["epoch"]] = record["top1"]
     return {split: sorted(values.items()) for split, values in points.items()}
@@ -66,7 +70,7 @@ def main(argv=None) -> int:
         return 2
     try:
         plot(args.folders, args.output)
-    except (ValueError, OSError) as exc:
+    except (UsageError, OSError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     print(f"wrote {args.output}")

@@ -183,7 +183,7 @@ def test_precise_bn_recomputes_the_statistics_before_each_test(cifar10_root, tmp
 @pytest.mark.parametrize(
     ("flags", "message"),
     [
-        ("-dataset nope", "unknown dataset: nope"),
+        ("-dataset nope", "unknown -dataset nope"),
         ("-dataset imagenet -data /missing", "missing ImageNet data directory"),
         ("-batchSize 0", "-batchSize must be positive"),
         ("-nEpochs -3", "-nEpochs must be positive"),

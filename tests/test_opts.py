@@ -114,7 +114,10 @@ def test_help_lists_every_flag_with_default():
 @pytest.mark.parametrize(
     ("argv", "message"),
     [
-        (["-dataset", "mnist"], "unknown dataset: mnist"),
+        (
+            ["-dataset", "mnist"],
+            "unknown -dataset mnist (options: imagenet, cifar10, cifar100, fashionmnist)",
+        ),
         (["-dataset", "imagenet"], "missing ImageNet data directory"),
         (
             ["-dataset", "imagenet", "-data", "/does/not/exist"],
@@ -148,8 +151,8 @@ def test_help_lists_every_flag_with_default():
         (["-batchSize", "99999999999999999999"], "argument -batchSize/--batchSize: invalid int"),
         (["-depth", "3000000000"], "argument -depth/--depth: invalid int"),
         (["-manualSeed", "-1"], "argument -manualSeed/--manualSeed: invalid seed"),
-        (["-netType", "vgg"], "unknown netType: vgg"),
-        (["-precision", "quad"], "unknown precision: quad"),
+        (["-netType", "vgg"], "unknown -netType vgg"),
+        (["-precision", "quad"], "unknown -precision quad"),
         (["-cudnn", "slow"], "unknown -cudnn slow"),
         (["-memoryFormat", "nhwc"], "unknown -memoryFormat nhwc"),
         (["-hostAllocator", "jemalloc"], "unknown -hostAllocator jemalloc"),

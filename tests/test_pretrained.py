@@ -26,6 +26,7 @@ import main
 import models
 import opts as options
 from datasets import imagenet
+from errors import UsageError
 from models import pretrained
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -87,13 +88,13 @@ def test_timm_names_resolve_to_this_tools_networks_with_timms_test_sizes(name, a
     ],
 )  # fmt: skip
 def test_a_name_without_weights_of_ours_is_one_line_naming_the_valid_ones(name, words):
-    with pytest.raises(ValueError, match=words.replace(".", r"\.")):
+    with pytest.raises(UsageError, match=words.replace(".", r"\.")):
         pretrained.resolve(name)
 
 
 def test_without_timm_a_timm_name_says_to_install_it(monkeypatch):
     monkeypatch.setitem(sys.modules, "timm", None)  # import timm raises ImportError
-    with pytest.raises(ValueError, match="pip install timm"):
+    with pytest.raises(UsageError, match="pip install timm"):
         pretrained.resolve("timm/resnet50.a1_in1k")
 
 
