@@ -7,20 +7,14 @@ import sys
 from collections.abc import Sequence
 
 from datasets.policies import POLICIES
+from datasets.table import DATASETS, SMALL_IMAGES
 from errors import UsageError, check_choice, closest
+from models import NET_TYPES, default_depth
 from models.pretrained import is_weights_name
 from schedules import SCHEDULES
 
-DATASETS = ("imagenet", "cifar10", "cifar100", "fashionmnist")
-SMALL_IMAGE_DATASETS = ("cifar10", "cifar100", "fashionmnist")
-NET_TYPES = ("resnet", "preresnet", "resnext", "resnest", "senet")
 PRECISIONS = ("single", "double", "half", "bf16")
 INTERPOLATIONS = ("bicubic", "bilinear")
-# nEpochs 0 means: the ResNeXt fork's default for the dataset.
-DEFAULT_EPOCHS = {"imagenet": 100, "cifar10": 300, "cifar100": 300, "fashionmnist": 300}
-# depth unset means: a depth valid for the netType and dataset (the Lua's 34 is not for resnext).
-DEFAULT_DEPTHS = {("resnext", False): 50, ("resnext", True): 29, ("resnest", False): 50,
-                  ("senet", False): 154}  # fmt: skip
 # -recipe: published training recipes as flag values; flags given on the command line win.
 # "folder" values apply to -dataset imagenet (folder datasets), "small" to the others.
 RECIPES = {
@@ -393,7 +387,7 @@ def recipe_values(name: str, dataset: str) -> dict:
     if name == "none":
         return {}
     check_choice("-recipe", name, ("none", *RECIPES))
-    kind = "small" if dataset in SMALL_IMAGE_DATASETS else "folder"
+    kind = "small" if dataset in SMALL_IMAGES else "folder"
     return {**RECIPES[name].get("all", {}), **RECIPES[name].get(kind, {})}
 
 
@@ -453,11 +447,10 @@ def test_only_note(opts: argparse.Namespace, averaged: bool) -> str | None:
 
 def resolve_defaults(opts: argparse.Namespace) -> None:
     """Fill the per-dataset defaults as opts.lua does, and an unset depth."""
-    small = opts.dataset in SMALL_IMAGE_DATASETS
-    if opts.nEpochs == 0 and opts.dataset in DEFAULT_EPOCHS:
-        opts.nEpochs = DEFAULT_EPOCHS[opts.dataset]
-    if opts.depth is None:
-        opts.depth = DEFAULT_DEPTHS.get((opts.netType, small), 20 if small else 34)
+    if opts.nEpochs == 0 and opts.dataset in DATASETS:
+        opts.nEpochs = DATASETS[opts.dataset].epochs
+    if opts.depth is None and opts.netType in NET_TYPES:
+        opts.depth = default_depth(opts.netType, opts.dataset)
 
 
 def _check(condition: bool, message: str) -> None:
@@ -522,7 +515,7 @@ def validate(opts: argparse.Namespace) -> None:
         f"-tenCrop true needs -batchSize of at least 10 (10 crops per image), got {opts.batchSize}",
     )
     _check(
-        not opts.tenCrop or opts.dataset not in SMALL_IMAGE_DATASETS,
+        not opts.tenCrop or opts.dataset not in SMALL_IMAGES,
         "-tenCrop is for ImageNet-style folder datasets, not " + opts.dataset,
     )
     validate_weights(opts)

@@ -10,6 +10,7 @@ from datasets import cifar, fashionmnist, imagenet, policies
 from datasets.cifar import ArrayImageDataset, DataError
 from datasets.memory import InMemoryLoader
 from datasets.sampler import EpochSampler, ignore_interrupts
+from datasets.table import DATASETS, is_small
 
 __all__ = [
     "DataError",
@@ -90,21 +91,19 @@ def create(opts, split: str) -> Dataset:
     )  # fmt: skip
 
 
-# The side of the images of the in-memory datasets (the others are folders, cropped).
-SMALL_SIDES = {"fashionmnist": 28, "cifar10": 32, "cifar100": 32}
-
-
 def input_side(dataset: str, folder_crop: int) -> int:
     """The side of the square images a network of `dataset` is fed (a folder dataset's:
     folder_crop)."""
-    return SMALL_SIDES.get(dataset, folder_crop)
+    kind = DATASETS.get(dataset)
+    return kind.side if kind and kind.side else folder_crop
 
 
 def input_kind(dataset: str, folder_crop: int) -> str:
     """The images a network of `dataset` is fed, in words: '28 x 28 grey', '32 x 32 colour',
     or a folder dataset's square crop of folder_crop."""
     side = input_side(dataset, folder_crop)
-    return f"{side} x {side} {'grey' if dataset == 'fashionmnist' else 'colour'}"
+    grey = dataset in DATASETS and DATASETS[dataset].channels == 1
+    return f"{side} x {side} {'grey' if grey else 'colour'}"
 
 
 def input_note(before: tuple[str, int], now: tuple[str, int]) -> str | None:
@@ -129,7 +128,7 @@ def check_image_sizes(dataset: str, crops: imagenet.Crops, *, batch: int, worker
     device's, asked only here) are a DataError before any work (not after an epoch): a
     crop's batch of `batch` images with its activations, a resized val image in each of
     `workers` loader processes."""
-    if dataset in SMALL_SIDES:
+    if is_small(dataset):
         return
     available = memory()
     batch_bytes = batch * 3 * 4 * ACTIVATION_COPIES  # per pixel

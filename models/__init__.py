@@ -2,21 +2,68 @@
 
 import inspect
 import re
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
+from typing import NamedTuple
 
 import torch
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
+from datasets.table import DATASETS, is_small
 from errors import UsageError
 from models import backbone as backbones
 from models import preresnet, resnest, resnet, resnext, senet
 
-NET_TYPES = ("resnet", "preresnet", "resnext", "resnest", "senet")
-# Datasets with a fixed class count; every other name is a folder dataset.
-DATASET_CLASSES = {"imagenet": 1000, "cifar10": 10, "cifar100": 100, "fashionmnist": 10}
-CIFAR_SHAPED = ("cifar10", "cifar100", "fashionmnist")
-DATASET_TITLES = {"cifar10": "CIFAR-10", "cifar100": "CIFAR-100", "fashionmnist": "Fashion-MNIST"}
+
+class Shape(NamedTuple):
+    """create()'s arguments as every builder takes them."""
+
+    depth: int
+    small: bool  # the CIFAR-shaped network of 32 x 32 (or 28 x 28) images
+    n_classes: int
+    shortcut: str
+    bottleneck: str
+    base_width: int
+    cardinality: int
+    se: int
+    radix: int
+
+
+class NetworkKind(NamedTuple):
+    """A -netType: how it is built, what it is called, what it takes."""
+
+    build: Callable[[Shape], nn.Module]
+    title: str  # as the Lua's startup lines print it
+    small_images: bool  # it has a CIFAR-shaped network
+    se: bool  # it takes -se (squeeze-and-excitation in every block)
+    depth: int  # the depth when -depth is unset, on folder datasets
+    small_depth: int  # the same on the small-image datasets
+
+
+NETWORKS = {
+    "resnet": NetworkKind(
+        lambda s: resnet.build(s.depth, s.small, s.n_classes, s.shortcut, s.se),
+        "ResNet", small_images=True, se=True, depth=34, small_depth=20,
+    ),
+    "preresnet": NetworkKind(
+        lambda s: preresnet.build(s.depth, s.small, s.n_classes, s.shortcut),
+        "PreResNet", small_images=True, se=False, depth=34, small_depth=20,
+    ),
+    "resnext": NetworkKind(  # the ResNeXt fork prints ResNet
+        lambda s: resnext.build(s.depth, s.small, s.n_classes, s.shortcut, s.bottleneck,
+                                s.base_width, s.cardinality, s.se),
+        "ResNet", small_images=True, se=True, depth=50, small_depth=29,
+    ),
+    "resnest": NetworkKind(
+        lambda s: resnest.build(s.depth, s.n_classes, s.radix, s.cardinality, s.base_width),
+        "ResNeSt", small_images=False, se=False, depth=50, small_depth=20,
+    ),
+    "senet": NetworkKind(
+        lambda s: senet.build(s.depth, s.n_classes),
+        "SENet", small_images=False, se=True, depth=154, small_depth=20,
+    ),
+}  # fmt: skip
+NET_TYPES = tuple(NETWORKS)
 # torchvision's names -> ours, applied to the start or the middle of state_dict keys.
 TORCHVISION_RENAMES = (
     (r"^conv1\.", "stem.conv."),
@@ -33,7 +80,13 @@ DEEP_STEM_RENAMES = (
 
 def is_cifar_shaped(dataset: str) -> bool:
     """True for the small-image datasets that use the CIFAR networks."""
-    return dataset in CIFAR_SHAPED
+    return is_small(dataset)
+
+
+def default_depth(net_type: str, dataset: str) -> int:
+    """The depth of -netType when -depth is unset (the Lua's 34 is not a ResNeXt depth)."""
+    kind = NETWORKS[net_type]
+    return kind.small_depth if is_small(dataset) else kind.depth
 
 
 def default_shortcut(net_type: str, dataset: str) -> str:
@@ -46,12 +99,12 @@ def default_shortcut(net_type: str, dataset: str) -> str:
 def n_outputs(dataset: str, n_classes: int | None) -> int:
     """Classifier width: nClasses when given, else the dataset's own class count."""
     if n_classes is None:
-        if dataset not in DATASET_CLASSES:
+        if dataset not in DATASETS:
             raise ValueError(
                 f"dataset {dataset!r} has no fixed class count; give nClasses"
-                f" (fixed: {', '.join(DATASET_CLASSES)})"
+                f" (fixed: {', '.join(DATASETS)})"
             )
-        return DATASET_CLASSES[dataset]
+        return DATASETS[dataset].classes
     if n_classes < 1:
         raise ValueError(f"nClasses must be at least 1; got {n_classes}")
     return n_classes
@@ -76,25 +129,19 @@ def create(
     if netType not in NET_TYPES:
         raise ValueError(f"unknown netType {netType!r}; valid: {', '.join(NET_TYPES)}")
     n_classes = n_outputs(dataset, nClasses)
-    shortcut = shortcutType or default_shortcut(netType, dataset)
-    cifar = is_cifar_shaped(dataset)
-    if se and netType not in ("resnet", "resnext", "senet"):
+    kind = NETWORKS[netType]
+    small = is_small(dataset)
+    if se and not kind.se:
         raise ValueError("se (squeeze-and-excitation) is for netType resnet and resnext")
-    if netType in ("resnest", "senet") and cifar:
+    if small and not kind.small_images:
         raise ValueError(f"netType {netType} is for ImageNet-shaped images (imagenet or a"
                          " class-per-folder dataset), not the 32 x 32 datasets")  # fmt: skip
-    if netType == "resnest":
-        return resnest.build(depth, n_classes, radix, cardinality, baseWidth)
     if netType == "senet":
         check_senet_arguments(cardinality, baseWidth, se)
-        return senet.build(depth, n_classes)
-    if netType == "resnext":
-        return resnext.build(
-            depth, cifar, n_classes, shortcut, bottleneckType, baseWidth, cardinality, se
-        )
-    if netType == "resnet":
-        return resnet.build(depth, cifar, n_classes, shortcut, se)
-    return preresnet.build(depth, cifar, n_classes, shortcut)
+    shortcut = shortcutType or default_shortcut(netType, dataset)
+    shape = Shape(depth, small, n_classes, shortcut, bottleneckType, baseWidth, cardinality,
+                  se, radix)  # fmt: skip
+    return kind.build(shape)
 
 
 def check_arch(arch: Mapping, frozen_stages: int = -1) -> None:
@@ -139,14 +186,13 @@ def describe(
     """The startup lines the Lua printed while building this network (SE- before the name
     of a squeeze-and-excitation network)."""
     lines = [resnext.DEPLOY_LINES[bottleneckType]] if netType == "resnext" else []
-    family = {"preresnet": "PreResNet", "resnest": "ResNeSt", "senet": "SENet"}
-    name = ("SE-" if se and netType != "senet" else "") + family.get(netType, "ResNet")
+    name = ("SE-" if se and netType != "senet" else "") + NETWORKS[netType].title
     if not is_cifar_shaped(dataset):
         where = "ImageNet"
     elif netType == "resnext":
         where = dataset  # resnext.lua prints opt.dataset as it is
     else:
-        where = DATASET_TITLES[dataset]
+        where = DATASETS[dataset].title
     return lines + [f" | {name}-{depth} {where}"]
 
 

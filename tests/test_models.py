@@ -117,7 +117,7 @@ def test_forward_backward_on_small_inputs(net, depth, dataset, kwargs):
     torch.manual_seed(0)
     model = models.create(net, depth, dataset, **kwargs)
     size = 32 if models.is_cifar_shaped(dataset) else 64
-    expected_classes = kwargs.get("nClasses") or models.DATASET_CLASSES[dataset]
+    expected_classes = kwargs.get("nClasses") or models.DATASETS[dataset].classes
     logits = model(torch.randn(2, 3, size, size))
     assert logits.shape == (2, expected_classes)
     F.cross_entropy(logits, torch.tensor([0, 1])).backward()
@@ -312,7 +312,7 @@ def test_torchvision_weights_give_the_same_logits(tv_builder, args, kwargs):
 def test_global_pooling_adapts_to_the_input_size(args, size):
     model = models.create(*args).eval()
     with torch.no_grad():
-        assert model(torch.randn(1, 3, size, size)).shape == (1, models.DATASET_CLASSES[args[2]])
+        assert model(torch.randn(1, 3, size, size)).shape == (1, models.DATASETS[args[2]].classes)
 
 
 @pytest.mark.parametrize(
@@ -378,3 +378,15 @@ def test_replace_classifier_gives_a_fresh_zero_bias_linear():
     models.replace_classifier(model, 80)
     assert model.fc.out_features == 80 and model.fc.in_features == 512
     assert torch.all(model.fc.bias == 0) and model.fc.weight.abs().sum() > 0
+
+
+def test_every_registered_network_builds_at_its_default_depth_where_it_is_defined():
+    for name, kind in models.NETWORKS.items():
+        datasets = ("imagenet", "cifar10") if kind.small_images else ("imagenet",)
+        for dataset in datasets:
+            with torch.device("meta"):
+                network = models.create(name, models.default_depth(name, dataset), dataset)
+            assert network.fc.out_features == models.DATASETS[dataset].classes
+        if not kind.small_images:
+            with pytest.raises(ValueError, match="not the 32 x 32 datasets"):
+                models.create(name, models.default_depth(name, "cifar10"), "cifar10")
