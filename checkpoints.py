@@ -318,6 +318,19 @@ def load_file(path: str):
         raise CheckpointError(f"{path} is truncated or not a checkpoint ({reason})") from None
 
 
+def latest_of_run(resume_dir: str) -> dict | None:
+    """-resume's checkpoint, said on one line; None (said too when there is a folder) to
+    start afresh."""
+    if resume_dir == "none":
+        return None
+    checkpoint = latest(resume_dir)
+    if checkpoint is None:
+        print(f"=> No checkpoint in {resume_dir}: training starts from scratch")
+        return None
+    print(f"=> Loading checkpoint {os.path.join(resume_dir, LATEST)}")
+    return checkpoint
+
+
 def latest(resume_dir: str) -> dict | None:
     """The checkpoint latest.pth points to, or None when the folder has no checkpoint; a
     folder with model files but no (readable) latest.pth is a CheckpointError."""

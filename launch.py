@@ -2,6 +2,7 @@
 and allocator settings, the parameter and autocast dtypes, torch.compile, RNG states and
 stop signals. Each takes explicit arguments; main.py reads the options."""
 
+import contextlib
 import ctypes
 import os
 import platform
@@ -24,6 +25,8 @@ import rendezvous
 from errors import Stopped, UsageError
 
 M_TRIM_THRESHOLD, M_MMAP_MAX = -1, -4  # mallopt parameters, from glibc's malloc.h
+# -memoryFormat: the layout of the model's weights and of the batches it is fed.
+MEMORY_FORMATS = {"channels_last": torch.channels_last, "contiguous": torch.contiguous_format}
 RENDEZVOUS_TIMEOUT = 300  # seconds the processes of a job wait for one another at start
 
 
@@ -150,6 +153,34 @@ def master_port(environ, default: int | None) -> int:
 def world_size() -> int:
     """The number of processes of this job (torchrun's or srun's; 1 without them)."""
     return job_environment().world
+
+
+def check_global_batch(batch_size: int, world: int) -> None:
+    """-batchSize is the global batch: each of the job's processes takes an equal share."""
+    if batch_size % world:
+        raise StartError(
+            f"-batchSize {batch_size} (the global batch) does not divide among {world}"
+            f" processes; use a multiple of {world}"
+        )
+
+
+@contextlib.contextmanager
+def process_group(n_gpu: int, job: "Job", rendezvous_timeout: float, stop: "StopRequest"):
+    """This process in its job's process group for the block (start_processes), which is
+    left at the end, unless a stop request ended the block while a collective may wait
+    for a peer (leaving would wait too)."""
+    stop.doing = "waiting for the other processes of the job"
+    processes = start_processes(n_gpu, job, rendezvous_timeout)
+    stop.processes = processes
+    stopped = False
+    try:
+        yield processes
+    except Stopped:
+        stopped = True
+        raise
+    finally:
+        if processes.world > 1 and not stopped:
+            dist.destroy_process_group()
 
 
 def in_a_job() -> bool:
@@ -338,6 +369,20 @@ def restore_rng_state(saved, rank: int, devices: list[torch.device]) -> None:
     if cuda and len(saved_cuda) != len(cuda):
         print(f"=> The checkpoint holds the random generators of {len(saved_cuda)} GPUs for"
               f" the {len(cuda)} used now: the others start from -manualSeed")  # fmt: skip
+
+
+@contextlib.contextmanager
+def stop_requests():
+    """A StopRequest handling SIGTERM / SIGINT for the block, and helper threads' write
+    errors left to the main thread; the handlers they replaced are back after it."""
+    stop = StopRequest()
+    stop.install()  # before any work: a stop request never ends in a traceback
+    thread_hook = quiet_thread_write_errors()
+    try:
+        yield stop
+    finally:
+        stop.restore()
+        threading.excepthook = thread_hook
 
 
 class StopRequest:

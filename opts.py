@@ -6,10 +6,11 @@ import os
 import sys
 from collections.abc import Sequence
 
+import models
 from datasets.policies import POLICIES
 from datasets.table import DATASETS, SMALL_IMAGES
 from errors import UsageError, check_choice, closest
-from models import NET_TYPES, default_depth
+from models import NET_TYPES, default_depth, pretrained
 from models.pretrained import is_weights_name
 from schedules import SCHEDULES
 
@@ -622,3 +623,37 @@ def validate_paths(opts: argparse.Namespace) -> None:
         path = getattr(opts, flag)
         _check(not os.path.isdir(path), f"-{flag} {path} is a directory: give the file in it")
         _check(path == "none" or os.path.isfile(path), f"-{flag} file not found: {path}")
+
+
+def adopt_weights(opts) -> "pretrained.Named | None":
+    """-weights resolved (None without): the network flags become the weights' network (a
+    flag given otherwise is an error), and -valResize / -valCrop / -valInterpolation how they
+    were evaluated unless given (or -cropSize)."""
+    if opts.weights == "none":
+        return None
+    named = pretrained.resolve(opts.weights)
+    for flag, value in ((flag, named.arch[flag]) for flag in models.ARCH_FLAGS):
+        if flag in opts.given and getattr(opts, flag) != value:
+            raise UsageError(
+                f"-weights {named.name} are a network of {models.arch_flags(named.arch)}:"
+                f" drop -{flag} {getattr(opts, flag)}"
+            )
+        setattr(opts, flag, value)
+    if "cropSize" in opts.given:  # the user's crop: the val sizes follow it, as in the Lua
+        return named
+    sizes = {"valResize": named.preprocessing.resize, "valCrop": named.preprocessing.crop,
+             "valInterpolation": named.preprocessing.interpolation}  # fmt: skip
+    for flag, size in sizes.items():
+        if flag not in opts.given:
+            setattr(opts, flag, size)
+    validate_crops(opts)
+    return named
+
+
+def record(opts, arch: dict) -> dict:
+    """The resolved options and the network, as opts.json and TensorBoard keep them (the
+    parser's list of the flags given is not an option); the network flags are those of
+    the network trained (a -retrain file's or a resumed run's, not the flags' defaults)."""
+    record = {k: v for k, v in vars(opts).items() if k != "given"}
+    record.update({flag: arch[flag] for flag in models.ARCH_FLAGS if flag in arch})
+    return {**record, "arch": arch}

@@ -11,6 +11,7 @@ import torch.distributed as dist
 from torch import nn
 
 import launch
+from errors import PeerFailed
 from launch import Processes, StartError
 from models import sync_batchnorm
 
@@ -118,7 +119,5 @@ def in_turns(processes: Processes, work: Callable, every_process=launch.every_pr
         if not every_process(failure is None, processes, waiting=True):
             if failure is not None:
                 raise failure
-            raise launch.PeerFailed(
-                "another process of this job could not load the data", processes.rank
-            )
+            raise PeerFailed("another process of this job could not load the data", processes.rank)
     return result

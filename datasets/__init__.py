@@ -1,5 +1,6 @@
 """Datasets by name, and the DataLoaders that feed the trainer."""
 
+import contextlib
 import os
 from collections.abc import Callable
 
@@ -69,6 +70,16 @@ def make_loader(
         collate_fn=collate,
         worker_init_fn=ignore_interrupts if workers > 0 else None,
     )
+
+
+@contextlib.contextmanager
+def closed_after(loaders: tuple):
+    """The loaders for the block, their worker processes stopped after it."""
+    try:
+        yield loaders
+    finally:
+        for loader in loaders:
+            close(loader)
 
 
 def close(loader) -> None:

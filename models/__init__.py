@@ -64,6 +64,9 @@ NETWORKS = {
     ),
 }  # fmt: skip
 NET_TYPES = tuple(NETWORKS)
+# The flags that choose the network (create()'s arguments of the same names).
+ARCH_FLAGS = ("netType", "depth", "shortcutType", "bottleneckType", "baseWidth", "cardinality",
+              "se", "radix")  # fmt: skip
 # torchvision's names -> ours, applied to the start or the middle of state_dict keys.
 TORCHVISION_RENAMES = (
     (r"^conv1\.", "stem.conv."),

@@ -15,9 +15,9 @@ from typing import NamedTuple
 import torch
 import torchvision.models
 
-from datasets.imagenet import MEANSTD
+from datasets.imagenet import LUA_CROPS, MEANSTD
 from errors import UsageError
-from models import arch_of_torchvision, create, from_timm, full_arch
+from models import arch_flags, arch_of_torchvision, create, from_timm, full_arch
 from models.loading import weights_difference
 
 # The torchvision builders whose networks this tool builds (the ResNet family).
@@ -242,3 +242,21 @@ def timm_state_dict(named: Named) -> tuple[dict, list[str]]:
     subset = timm.data.infer_imagenet_subset(model) or "imagenet-1k"
     names = timm.data.ImageNetInfo(subset).label_descriptions()
     return model.state_dict(), [description.split(",")[0] for description in names]
+
+
+def summary(named: Named) -> str:
+    """What -weights brings: the network, its classes, its evaluation sizes when they are
+    not the Lua's."""
+    line = f"=> Weights {named.name} ({named.library}): {arch_flags(named.arch)}"
+    outputs = named.arch["nClasses"]
+    line += f", {outputs} classes" + " (ImageNet-1k's)" * (outputs == 1000)
+    sizes = named.preprocessing
+    lua = LUA_CROPS
+    if sizes[:3] != (lua.val_resize, lua.val, lua.val_interpolation):
+        line += (f"; evaluated at resize {sizes.resize} ({sizes.interpolation}), crop"
+                 f" {sizes.crop}: -valResize, -valCrop and -valInterpolation default to those"
+                 " unless -cropSize is given")  # fmt: skip
+    if named.published:
+        top1, top5 = named.published
+        line += f"; published ImageNet-1k error top1 {top1:g}  top5 {top5:g}"
+    return line

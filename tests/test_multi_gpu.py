@@ -13,6 +13,7 @@ from ranks import run_ranks
 from torch import nn
 
 import checkpoints
+import errors
 import launch
 import main
 import parallel
@@ -328,7 +329,7 @@ def test_a_process_that_cannot_load_the_data_ends_every_process():
     with pytest.raises(DataError, match="file missing"):
         parallel.in_turns(Processes(0, 2, 0), failing, Turns().every_process)
     waiting = Turns(answers=[False])  # rank 0 failed in the first turn
-    with pytest.raises(launch.PeerFailed) as failed:
+    with pytest.raises(errors.PeerFailed) as failed:
         parallel.in_turns(Processes(1, 2, 1), waiting.work, waiting.every_process)
     assert waiting.calls == ["agree"] and failed.value.rank == 1
 

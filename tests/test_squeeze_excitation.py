@@ -7,11 +7,10 @@ import torch
 from test_cli import run_main
 from torch import nn
 
-import main
 import models
 import opts as options
 from checkpoints import CheckpointError
-from models import loading
+from models import loading, setup
 
 SE_TWINS = [  # (timm name, our create() arguments, published parameter count)
     ("seresnet18", {"netType": "resnet", "depth": 18}, 11_779_624),
@@ -101,7 +100,7 @@ def test_a_checkpoint_saved_before_se_existed_resumes(tmp_path):
     state = models.create(**arch).state_dict()
     checkpoint = {"model": {"arch": old_arch, "model": state}, "modelPath": "model_1.pth",
                   "state": {}}  # fmt: skip
-    model, saved = main.build_model(opts, [str(i) for i in range(10)], checkpoint, None)
+    model, saved = setup.build_model(opts, [str(i) for i in range(10)], checkpoint, None)
     assert saved["se"] == 0 and model.layer1[0].se is None
 
 

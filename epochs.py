@@ -1,0 +1,205 @@
+"""The epoch loop of main.lua (train, test, keep the best top-1, save), made resumable at
+any iteration: checkpoints every -checkpointEvery iterations and on SIGTERM / SIGINT."""
+
+import math
+import os
+import signal
+import sys
+
+import checkpoints
+import datasets
+import launch
+import opts as options
+import parallel
+import recipe
+import train
+from launch import Processes
+
+
+class EpochLoop:
+    """The Lua's epoch loop (train, test, remember the best top-1, save) made resumable:
+    checkpoints every -checkpointEvery iterations and on SIGTERM / SIGINT."""
+
+    def __init__(self, opts, trainer, loaders, run_folder, network, checkpoint, stop,
+                 processes, devices):  # fmt: skip
+        self.opts, self.trainer, self.run_folder = opts, trainer, run_folder
+        self.arch, self.classes = network  # what the model files describe
+        self.train_loader, self.val_loader = loaders
+        self.processes, self.stop, self.devices = processes, stop, devices
+        self.best = (math.inf, math.inf)
+        self.epoch, self.resume_sample, self.resume_sums = opts.epochNumber, 0, None
+        self.position = (0, 0)  # (iteration, sample) the epoch being trained started at
+        if checkpoint:
+            self.best = (checkpoint["bestTop1"], checkpoint["bestTop5"])
+            self.resume_at(checkpoint)
+
+    def resume_at(self, checkpoint: dict) -> None:
+        """Continue after the checkpoint's epoch, or inside it at the sample it reached
+        (whatever -batchSize was then), with the epoch's training sums so far."""
+        if checkpoint["iteration"] == 0:
+            self.epoch = checkpoint["epoch"] + 1
+            return
+        self.epoch = checkpoint["epoch"]
+        samples = checkpoint["samples"]
+        if samples is None:  # written before samples were recorded: same -batchSize
+            samples = checkpoint["iteration"] * self.opts.batchSize
+        self.resume_sample = samples
+        if self.processes.rank == 0:  # the sums of every process, added up once
+            self.resume_sums = checkpoint["state"].get("epochSums")
+
+    def epoch_size(self) -> int:
+        """Samples in an epoch's order."""
+        return len(self.train_loader.dataset)
+
+    def save(self, epoch: int, iteration: int = 0, is_best: bool = False, sums=False) -> None:
+        """Checkpoint after `epoch` (iteration 0) or after an iteration inside it, with the
+        epoch's training sums so far when `sums` (a collective: every process calls it at
+        the same iteration, as every process calls it); only rank 0 writes (every rank
+        holds the same weights), with the random generators of every rank."""
+        rng = launch.all_gathered(launch.rng_state(self.devices), self.processes)
+        state = {"rng": rng, "scaler": self.trainer.scaler.state_dict(),
+                 "frozen": [self.opts.frozenStages, self.opts.normEval]}  # fmt: skip
+        samples = 0
+        if iteration:  # where in the epoch's order
+            first_iteration, first_sample = self.position
+            samples = first_sample + (iteration - first_iteration) * self.opts.batchSize
+            samples = min(samples, self.epoch_size())
+        if sums:
+            state["epochSums"] = self.trainer.all_processes(self.trainer.sums.snapshot())
+        if self.processes.rank != 0:
+            return
+        self.run_folder()
+        average = self.trainer.average.state_dict() if self.trainer.average else None
+        checkpoints.save(
+            self.opts.save, epoch, self.trainer.model, self.trainer.optimizer.state_dict(),
+            arch=self.arch, classes=self.classes, is_best=is_best,
+            best=self.best, iteration=iteration, samples=samples, state=state,
+            keep=self.opts.keepCheckpoints, average=average,
+            evaluation=datasets.evaluation_sizes(self.opts),
+        )  # fmt: skip
+
+    def after_step(self, epoch: int, iteration: int) -> None:
+        """Periodic and requested mid-epoch checkpoints."""
+        every, stopping = self.opts.checkpointEvery, self.stop()
+        if stopping or (every and iteration % every == 0):
+            self.trainer.check_finite()  # never checkpoint weights a NaN has reached
+            self.save(epoch, iteration, sums=True)
+        if stopping:
+            raise train.Interrupted(f"at epoch {epoch}, iteration {iteration}")
+
+    def train_epoch(self, epoch: int) -> int:
+        """Train one epoch, from where a resumed run stopped inside it; returns the
+        epoch's last iteration."""
+        first, self.resume_sample = self.resume_sample, 0
+        sums, self.resume_sums = self.resume_sums, None
+        self.position = (first // self.opts.batchSize, first)
+        if first >= self.epoch_size():  # trained before a stop during its test: test it
+            return max(1, -(-first // self.opts.batchSize))
+        if first % self.opts.batchSize:
+            print(f"=> Resuming epoch {epoch} at image {first} (a checkpoint written with"
+                  f" another -batchSize)")  # fmt: skip
+        datasets.set_epoch(self.train_loader, epoch, first)
+        self.trainer.train(epoch, self.train_loader, start=self.position[0],
+                           on_step=self.after_step, totals=sums)  # fmt: skip
+        return self.position[0] + len(self.train_loader)
+
+    def evaluate(self, epoch: int) -> tuple[float, float]:
+        """The test pass after an epoch (with -preciseBN's statistics first, and rank 0's
+        BatchNorm buffers in every process): (top1, top5)."""
+        precise_bn(self.opts, self.trainer, self.train_loader, epoch)
+        parallel.share_buffers(self.trainer.evaluated_model(), self.processes)
+        datasets.set_epoch(self.val_loader, epoch)
+        return self.trainer.test(epoch, self.val_loader, stop=self.stop)
+
+    def run(self) -> None:
+        """Epochs from the start (or resume) point to -nEpochs."""
+        if self.epoch > self.opts.nEpochs:
+            print(f"=> {self.opts.resume} finished epoch {self.epoch - 1} of -nEpochs"
+                  f" {self.opts.nEpochs}: nothing to train (raise -nEpochs to go on)")  # fmt: skip
+        self.stop.deferred = True  # from now on a stop request saves first
+        for epoch in range(self.epoch, self.opts.nEpochs + 1):
+            last = self.train_epoch(epoch)
+            try:
+                top1, top5 = self.evaluate(epoch)
+            except Exception as exc:
+                # Trained, not yet tested: keep the epoch (a resumed run tests it). After
+                # a failure in one process only, the others could not join the save.
+                if isinstance(exc, train.Interrupted) or self.processes.world == 1:
+                    self.save(epoch, last)
+                raise
+            is_best = top1 < self.best[0]
+            if is_best:
+                self.best = (top1, top5)
+                top5_text = f"{top5:.14g}" if self.trainer.progress.top5 else "-"
+                print(" * Best model ", f"{top1:.14g}", top5_text, sep="\t")
+            self.save(epoch, is_best=is_best)
+            if self.stop():
+                raise train.Interrupted(f"after epoch {epoch}")
+        top5_text = self.trainer.progress.top5_text(self.best[1], 6)
+        print(f" * Finished top1: {self.best[0]:6.3f}  top5: {top5_text}")
+
+
+def precise_bn(opts, trainer: train.Trainer, train_loader, epoch: int) -> None:
+    """-preciseBN N: BatchNorm statistics from N training images of epoch's order."""
+    if opts.preciseBN == 0:
+        return
+    datasets.set_epoch(train_loader, epoch)
+    batches = math.ceil(opts.preciseBN / opts.batchSize)  # -batchSize is the global batch
+    images = trainer.recompute_bn_statistics(train_loader, batches)
+    trainer.progress.say(f"=> Recomputed BatchNorm statistics on {images} training images")
+
+
+def test_only(opts, model, device, loaders, sources, processes: Processes, stop) -> int:
+    """-testOnly: the model tested once on the val set (sources: the -resume checkpoint and
+    the -retrain file, or None), with the Lua's ' * Results' line."""
+    checkpoint, retrained = sources
+    tested = checkpoint["model"] if checkpoint else retrained
+    averaged = tested is not None and checkpoints.evaluated_weights(tested)[1]
+    if (note := options.test_only_note(opts, averaged)) and processes.rank == 0:
+        print(note)
+    trainer = recipe.make_trainer(opts, model, device, checkpoint, processes,
+                                  train.Progress(**shown(loaders)))  # fmt: skip
+    stop.doing = "testing"
+    precise_bn(opts, trainer, loaders[0], max(opts.epochNumber, 1))
+    top1, top5 = trainer.test(0, loaders[1], summary=False)
+    print(f" * Results top1: {top1:6.3f}  top5: {trainer.progress.top5_text(top5, 6)}")
+    return 0
+
+
+def shown(loaders) -> dict:
+    """What the progress shows: bars on a terminal (else the Lua's lines), top-5 only for
+    more than 5 classes (with 5 or fewer it says nothing)."""
+    return {"bar": sys.stdout.isatty(), "top5": len(loaders[0].dataset.classes) > 5}
+
+
+def train_and_test(opts, model, network, devices, loaders, checkpoint, processes: Processes,
+                   stop) -> int:  # fmt: skip
+    """Train from the start (or -resume) point to -nEpochs, testing after each epoch, with
+    the run's records in -save (network: the arch and classes the model files describe;
+    devices: the process's device and all it uses). Returns the exit status: 128 + the
+    signal after a stop request, once the checkpoint is saved."""
+    (arch, classes), (device, used) = network, devices
+    run_folder = checkpoints.RunFolder(opts.save, opts.overwrite, options.record(opts, arch))
+    records = None
+    if processes.rank == 0:
+        print(f"=> Saving checkpoints and records in {os.path.abspath(opts.save)}")
+        records = train.RunRecords(opts.save, len(loaders[0]), tensorboard=opts.tensorboard,
+                                   options=options.record(opts, arch),
+                                   before_first_write=run_folder)  # fmt: skip
+    trainer = recipe.make_trainer(opts, model, device, checkpoint, processes,
+                                  train.Progress(record=records, **shown(loaders)))  # fmt: skip
+    side = datasets.input_side(opts.dataset, datasets.crops_of(opts).val)
+    trainer.try_evaluation((max(1, opts.batchSize // processes.world), 3, side, side))
+    loop = EpochLoop(opts, trainer, loaders, run_folder, (arch, classes), checkpoint, stop,
+                     processes, used)  # fmt: skip
+    try:
+        loop.run()
+    except train.Interrupted as exc:
+        name = signal.Signals(stop.signal_number).name
+        print(f"=> Stopped by {name} {exc}; checkpoint saved. Continue with the same command"
+              f" and -resume {opts.save}")  # fmt: skip
+        return 128 + stop.signal_number
+    finally:
+        if records is not None:
+            records.close()
+    return 0
