@@ -123,7 +123,7 @@ FLAGS = [
         str,
         "none",
         "Set the flags of a published recipe: none | " + " | ".join(RECIPES) + " (flags given"
-        " win; see README: Recipes) (new)",
+        " win; see docs/recipes.md) (new)",
     ),
     ("manualSeed", seed_int, 0, "Manually set RNG seed (0 is a seed too)"),
     ("nGPU", bounded_int, 1, "Number of GPUs to use by default (0: CPU)"),
@@ -613,7 +613,7 @@ def validate_paths(opts: argparse.Namespace) -> None:
             folder = os.path.join(opts.data, split)
             _check(
                 os.path.isdir(folder),
-                f"ImageNet missing `{split}` directory: {folder} (see README: Preparing ImageNet)",
+                f"ImageNet missing `{split}` directory: {folder} (see docs/data.md)",
             )
     elif opts.data:
         _check(os.path.isdir(opts.data), f"data directory not found: {opts.data}")

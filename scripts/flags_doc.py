@@ -1,0 +1,304 @@
+"""Write docs/flags.md from the option parser: each flag's name and default come from
+opts.FLAGS, what it does from WHAT_IT_DOES below, so the page cannot fall behind the flags
+(tests/test_docs.py fails when the file differs from what this writes).
+
+    python scripts/flags_doc.py           # rewrite docs/flags.md
+    python scripts/flags_doc.py --check   # exit 1 when docs/flags.md is stale
+"""
+
+import os
+import sys
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)
+
+import opts  # noqa: E402 - after the repository root is on the path
+
+PAGE = os.path.join(ROOT, "docs", "flags.md")
+INTRO = """# Flags
+
+Every flag of both Lua repositories, with the same name, type and default (the ResNeXt fork's
+defaults where they differ). `-name value` and `--name value` both work; booleans take
+`true`/`false` (also `1`/`0`) or stand alone (`-testOnly`). `python main.py -h` lists them.
+"""
+RECIPE_TITLE = (
+    "## Recipe flags (new; off by default, so every command above trains exactly as before)"
+)
+OUTRO = """Flags are spelled out in full (`-sav` is an unknown flag, not `-save`) and given once; a
+flag given twice is an error rather than the last one silently winning. Every bad input
+(unknown flag or value, missing folder, a checkpoint of another network, a broken data or
+checkpoint file, a `-save` that cannot be written) ends with one line `error: ...` saying
+what to do, exit status 2, and nothing written under `-save`.
+"""
+# The flags of the second table: the training recipes' options beyond the Lua's.
+RECIPE_FLAGS = (
+    "recipe",
+    "lrSchedule",
+    "lrSteps",
+    "lrGamma",
+    "lrMin",
+    "warmupEpochs",
+    "warmupStart",
+    "labelSmoothing",
+    "mixup",
+    "cutmix",
+    "autoAugment",
+    "randomErasing",
+    "trainCrop",
+    "valResize",
+    "valCrop",
+    "valInterpolation",
+    "repeatedAug",
+    "ema",
+    "emaEvery",
+    "normWeightDecay",
+    "biasWeightDecay",
+    "clipGradNorm",
+)
+WHAT_IT_DOES = {
+    "data": (
+        "dataset root: `train/` and `val/` class folders (imagenet); the CIFAR / Fashion-MNIST "
+        "files (optional)"
+    ),
+    "dataset": (
+        "`imagenet` (any class-per-folder tree), `cifar10`, `cifar100`, `fashionmnist` (new)"
+    ),
+    "recipe": (
+        "set the flags of a published recipe, `fb`, `resnext`, `torchvision` or `resnest` "
+        "([recipes.md](recipes.md)); flags given on the command line win; the values set are "
+        "printed at start and saved in `opts.json`"
+    ),
+    "manualSeed": "seeds torch and the data loaders; 0 is a seed too, as in the Lua",
+    "nGPU": "GPUs; >1 wraps the model in DataParallel; without CUDA the CPU is used (said once)",
+    "backend": "accepted and unused, as in the Lua",
+    "cudnn": (
+        "`fastest`: cudnn.benchmark; `deterministic`: deterministic algorithms, cuDNN's and "
+        "cuBLAS's (it sets `CUBLAS_WORKSPACE_CONFIG=:4096:8` before CUDA starts, unless you set "
+        "it); `default`"
+    ),
+    "gen": "folder for the image index cache and downloads",
+    "precision": (
+        "`single`, `double`, `bf16` (autocast), `half` (fp16 autocast with a GradScaler, CUDA only)"
+    ),
+    "memoryFormat": "new: `channels_last` or `contiguous` (same numbers, different speed)",
+    "hostAllocator": (
+        "new: `cache` keeps freed host memory for reuse (glibc; each step's activations are not "
+        "unmapped and faulted back in), `system` leaves the C library's default"
+    ),
+    "compile": (
+        "new: `torch.compile` the model (on the CPU it needs a C++ compiler; the first iterations"
+        " compile)"
+    ),
+    "nThreads": (
+        "DataLoader workers for folder datasets (0: load in the main process; at most 8 per "
+        "core); CIFAR and Fashion-MNIST are augmented as whole batches in memory and do not use "
+        "them"
+    ),
+    "nEpochs": "0: ImageNet 100, CIFAR and Fashion-MNIST 300",
+    "epochNumber": "first epoch when not resuming (at most `-nEpochs`)",
+    "batchSize": (
+        "total mini-batch size (under torchrun: the global batch, split among the processes)"
+    ),
+    "testOnly": (
+        "evaluate once (model from -resume, -retrain, or fresh) and print ` * Results` (alone: no"
+        " ` * Finished epoch # 0`); training-only options given with it (`-mixup`, "
+        "`-autoAugment`, a recipe's, `-ema` on a model without an average, ...) are named in one "
+        "warning line"
+    ),
+    "tenCrop": "ten-crop testing (folder datasets); val batches of floor(batchSize/10) images",
+    "save": "where checkpoints and `opts.json` go",
+    "resume": "folder to resume from (its `latest.pth`); a folder without one starts from scratch",
+    "LR": "base learning rate of the step schedule",
+    "momentum": "Nesterov momentum, in [0, 1) (0: plain SGD)",
+    "weightDecay": "L2 on every parameter (BN and biases included, as the Lua)",
+    "normWeightDecay": (
+        "weight decay of normalisation layers' weights and biases (unset: `-weightDecay`)"
+    ),
+    "biasWeightDecay": "weight decay of every bias (unset: as the other weights of its layer)",
+    "lrSchedule": (
+        "`lua`: the Lua's per-dataset steps; `step`: x`-lrGamma` from each epoch of `-lrSteps` "
+        "on; `cosine`: half a cosine from `-LR` to `-lrMin` over the epochs after the warm-up, "
+        "set at every iteration"
+    ),
+    "lrSteps": (
+        "`-lrSchedule step`: epochs from which the LR is multiplied by `-lrGamma`, e.g. `30,60,90`"
+    ),
+    "lrGamma": "`-lrSchedule step`: the factor at each step",
+    "lrMin": "`-lrSchedule cosine`: the last LR",
+    "warmupEpochs": (
+        "linear warm-up over the first N epochs (fractions allowed), per iteration: the "
+        "schedule's LR times a factor rising from `-warmupStart` to 1"
+    ),
+    "warmupStart": "the warm-up's first factor",
+    "labelSmoothing": "label smoothing of the cross-entropy, in [0, 1)",
+    "clipGradNorm": "clip the gradients' global L2 norm to N (0: off)",
+    "mixup": "MixUp with lambda ~ Beta(a, a) on whole batches (torchvision's `v2.MixUp`)",
+    "cutmix": (
+        "CutMix with lambda ~ Beta(a, a) (`v2.CutMix`); with `-mixup` too, one of the two per "
+        "batch; the training top-1 / top-5 are then errors against each mixed image's dominant "
+        "class"
+    ),
+    "ema": (
+        "keep an exponential moving average of the weights (and BatchNorm statistics), decay per "
+        "step; it is what validation, `model_best.pth`, `-testOnly` and the scripts use; saved in"
+        " the model files as `ema` (with its decay and `-emaEvery`); `-resume` of a run that kept"
+        " one needs `-ema` again (refused otherwise, naming the values)"
+    ),
+    "emaEvery": (
+        "update the average every N steps, with decay^N; more than the steps of an epoch is "
+        "refused at start"
+    ),
+    "netType": "`resnet`, `preresnet`, `resnext`; new: `resnest` (ResNeSt), `senet` (SENet-154)",
+    "bottleneckType": "`resnet`, `resnext_B`, `resnext_C`",
+    "depth": "unset: resnext 50 (ImageNet) / 29 (CIFAR); resnet and preresnet 34 / 20",
+    "baseWidth": "ResNeXt base width",
+    "cardinality": "ResNeXt groups",
+    "radix": (
+        "new, `-netType resnest`: splits of each split-attention convolution (1: a sigmoid gate "
+        "instead of the softmax)"
+    ),
+    "se": (
+        "new: squeeze-and-excitation ratio in every block of `resnet` / `resnext` (0: none; "
+        "SENet's is 16): SE-ResNet, SE-ResNeXt as timm builds them"
+    ),
+    "shortcutType": "`A`, `B`, `C`; unset: B, or A for CIFAR resnet/preresnet",
+    "retrain": "start from a model file: ours, or a torchvision state_dict",
+    "weights": (
+        "new: start from published weights by name, torchvision's "
+        "(`ResNet50_Weights.IMAGENET1K_V2`, `...DEFAULT`) or timm's (`timm/resnest50d.in1k`); the"
+        " network, and the val sizes unless given, come from them; through torch.hub's and the "
+        "Hugging Face cache"
+    ),
+    "optimState": "load an optimizer state (dead in the Lua; works here)",
+    "shareGradInput": (
+        "the Lua's memory saver, here activation checkpointing: each residual block is recomputed"
+        " in the backward pass (same results)"
+    ),
+    "optnet": "the same; still exclusive with -shareGradInput, as in the Lua",
+    "resetClassifier": "replace the last Linear with an `-nClasses`-way one (fine-tuning)",
+    "frozenStages": (
+        "new, fine-tuning: freeze the stem (0) and stages 1..K (no gradient, BN in eval mode, not"
+        " in the optimizer); -1: none"
+    ),
+    "normEval": (
+        "new, fine-tuning: every BatchNorm stays in eval mode (running statistics kept); refused "
+        "without `-retrain` / `-weights` / `-resume` (the statistics would stay at mean 0, "
+        "variance 1)"
+    ),
+    "zeroInitResidual": "new: each residual branch's last BN gamma starts at 0 (a fresh network)",
+    "nClasses": (
+        "classes of the network (and of `-resetClassifier`'s new classifier); 0: the dataset's own"
+    ),
+    "checkpointEvery": "new: also checkpoint every N iterations (mid-epoch, resumable)",
+    "keepCheckpoints": "new: keep the per-epoch files of the last K epochs (0: all, as the Lua)",
+    "cropSize": (
+        "new, folder datasets: the side of the train crops and of the val centre crop (val images"
+        " resized to it / 0.875 first: 256 for 224, as the Lua); ResNeSt's papers use 256 / 320 /"
+        " 416 for depths 101 / 200 / 269"
+    ),
+    "trainCrop": "folder datasets: training crop side (0: `-cropSize`)",
+    "valResize": (
+        "folder datasets: short side of val images before the centre crop (0: the val crop / 0.875)"
+    ),
+    "valCrop": (
+        "folder datasets: val centre crop side (0: `-cropSize`). A crop or resize whose batch "
+        "cannot fit in the device's memory is refused at start, and one forward pass at the val "
+        "batch's size runs before the first epoch"
+    ),
+    "valInterpolation": (
+        "new, folder datasets: `bicubic` or `bilinear`, the val images' resize (antialiased); "
+        "with `-weights`, the weights' own"
+    ),
+    "autoAugment": (
+        "`ta_wide` (TrivialAugmentWide), `ra` (RandAugment, magnitude 9), `imagenet` "
+        "(AutoAugment's ImageNet policy), `augmix` (severity 3): torchvision's, per image; on "
+        "folder datasets it replaces the Lua's colour jitter and lighting"
+    ),
+    "randomErasing": (
+        "probability of erasing a random box of each training image to the mean colour "
+        "(`v2.RandomErasing`)"
+    ),
+    "repeatedAug": (
+        "repeated augmentation: each image N times in a row in an epoch, each copy augmented with"
+        " its own draws, the epoch's length kept; under torchrun the copies go to different "
+        "processes"
+    ),
+    "decodeOnDevice": (
+        "new, folder datasets: baseline colour and grey JPEGs are decoded on the training device "
+        "(TorchCodec, nvJPEG on CUDA) instead of in the loader workers; CMYK, progressive and "
+        "12-bit JPEGs and other formats, which nvJPEG does not decode right, still are"
+    ),
+    "overwrite": (
+        "new: start afresh in a `-save` folder that holds another run, deleting that run's files "
+        "(checkpoints, `opts.json`, `metrics.jsonl`, `tb/`) at the first write"
+    ),
+    "tensorboard": "new: also write TensorBoard scalars under `<save>/tb`",
+    "syncBN": (
+        "new, under torchrun: batch normalisation statistics over the global batch (any device, "
+        "gloo or nccl)"
+    ),
+    "rendezvousTimeout": (
+        "new, several processes (srun, or `WORLD_SIZE` / `MASTER_ADDR` / `MASTER_PORT` set by "
+        "hand): seconds each process waits at start for all the others; then one `error:` line "
+        "naming the ranks missing (rank 0) or the address that never answered (the others). "
+        "SIGTERM / Ctrl-C while waiting stops at once. torchrun has its own (`--rdzv-timeout`)"
+    ),
+    "printFreq": (
+        "new: print a training / test line every N iterations (the Lua printed every one); the "
+        "device is only waited for when a line is printed"
+    ),
+    "skipCorrupt": "new: skip unreadable images (counted per epoch) instead of stopping",
+    "preciseBN": (
+        "new: before each test pass (and with `-testOnly`), set every BatchNorm's running "
+        "statistics to their average over N training images, in the epoch's order, averaged over "
+        "processes (0: off, the Lua's moving averages)"
+    ),
+}
+
+
+def default_text(value) -> str:
+    """A default as the table shows it: as typed on the command line, '' for an empty
+    string, unset for none."""
+    if value is None:
+        return "unset"
+    if value in ("", ()):
+        return "`''`"
+    return f"`{opts.flag_text(value)}`"
+
+
+def table(names: list[str], heading: str) -> str:
+    """A markdown table of the flags named, in the parser's order."""
+    rows = [f"| flag | default | {heading} |", "|---|---|---|"]
+    defaults = {name: default for name, _, default, _ in opts.FLAGS}
+    rows += [f"| `-{n}` | {default_text(defaults[n])} | {WHAT_IT_DOES[n]} |" for n in names]
+    return "\n".join(rows) + "\n"
+
+
+def page() -> str:
+    """docs/flags.md as the parser's flags make it."""
+    names = [name for name, *_ in opts.FLAGS]
+    missing = [name for name in names if name not in WHAT_IT_DOES]
+    if missing:
+        raise SystemExit(f"error: say what {', '.join(missing)} do(es) in WHAT_IT_DOES")
+    lua = [name for name in names if name not in RECIPE_FLAGS]
+    recipe = [name for name in names if name in RECIPE_FLAGS]
+    return "\n".join([INTRO, table(lua, "what it does here"), RECIPE_TITLE + "\n",
+                      table(recipe, "what it does"), OUTRO])  # fmt: skip
+
+
+def main(argv: list[str]) -> int:
+    """Rewrite the page, or with --check say whether it is current."""
+    text = page()
+    if "--check" in argv:
+        with open(PAGE, encoding="utf-8") as handle:
+            current = handle.read() == text
+        if not current:
+            print("error: docs/flags.md is stale: run python scripts/flags_doc.py", file=sys.stderr)
+        return 0 if current else 1
+    with open(PAGE, "w", encoding="utf-8") as handle:
+        handle.write(text)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

@@ -1,0 +1,60 @@
+"""The shape docs/architecture.md describes: main.py a table of contents, short functions,
+and imports that go one way."""
+
+import ast
+import glob
+import os
+
+import pytest
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+PACKAGE = sorted(
+    os.path.relpath(path, ROOT)
+    for pattern in ("*.py", "datasets/*.py", "models/*.py")
+    for path in glob.glob(os.path.join(ROOT, pattern))
+)
+PROJECT = {os.path.splitext(path)[0].split("/")[0] for path in PACKAGE}
+
+
+def tree_of(path: str) -> ast.Module:
+    with open(os.path.join(ROOT, path), encoding="utf-8") as handle:
+        return ast.parse(handle.read())
+
+
+def project_imports(path: str) -> set[str]:
+    """The modules of this project that path imports (top-level names)."""
+    names = set()
+    for node in ast.walk(tree_of(path)):
+        if isinstance(node, ast.Import):
+            names |= {alias.name.split(".")[0] for alias in node.names}
+        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+            names.add(node.module.split(".")[0])
+    return names & PROJECT
+
+
+def test_main_is_a_table_of_contents():
+    with open(os.path.join(ROOT, "main.py"), encoding="utf-8") as handle:
+        assert len(handle.readlines()) < 200
+
+
+def test_no_function_of_the_package_is_longer_than_a_screen():
+    long = [
+        f"{path}:{node.name} ({node.end_lineno - node.lineno + 1} lines)"
+        for path in PACKAGE
+        for node in ast.walk(tree_of(path))
+        if isinstance(node, ast.FunctionDef) and node.end_lineno - node.lineno + 1 > 65
+    ]
+    assert long == []
+
+
+@pytest.mark.parametrize("leaf", ["train.py", "optimizers.py", "schedules.py", "errors.py"])
+def test_the_leaf_modules_import_nothing_of_the_project(leaf):
+    assert project_imports(leaf) == set()
+
+
+def test_checkpoints_know_nothing_of_datasets_or_networks():
+    assert project_imports("checkpoints.py") <= {"errors"}
+
+
+def test_the_dataset_table_imports_nothing_so_the_parser_stays_light():
+    assert project_imports("datasets/table.py") == set()

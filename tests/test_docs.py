@@ -1,0 +1,66 @@
+"""The documentation that is derived from the code is current."""
+
+import importlib.util
+import os
+
+import pytest
+
+import opts
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def flags_doc():
+    """scripts/flags_doc.py as a module."""
+    spec = importlib.util.spec_from_file_location(
+        "flags_doc", os.path.join(ROOT, "scripts", "flags_doc.py")
+    )
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_docs_flags_md_is_what_the_parser_makes():
+    with open(os.path.join(ROOT, "docs", "flags.md"), encoding="utf-8") as handle:
+        assert handle.read() == flags_doc().page(), "run python scripts/flags_doc.py"
+
+
+def test_every_flag_has_a_row_with_its_default_and_a_new_flag_without_text_is_refused(monkeypatch):
+    script = flags_doc()
+    page = script.page()
+    for name, _, default, _ in opts.FLAGS:
+        assert f"| `-{name}` | {script.default_text(default)} |" in page
+    assert "| `-weightDecay` | `0.0001` |" in page and "| `-depth` | unset |" in page
+    monkeypatch.setattr(opts, "FLAGS", [*opts.FLAGS, ("newFlag", int, 3, "a flag")])
+    with pytest.raises(SystemExit, match="say what newFlag do"):
+        script.page()
+
+
+def documented_commands() -> list[tuple[str, list[str]]]:
+    """(page, main.py's arguments) of every main.py command in the README's and docs' code
+    blocks, continuation lines joined, comments and `...` left out."""
+    pages = [os.path.join(ROOT, "README.md")] + sorted(
+        os.path.join(ROOT, "docs", name) for name in os.listdir(os.path.join(ROOT, "docs"))
+    )
+    commands = []
+    for page in pages:
+        with open(page, encoding="utf-8") as handle:
+            blocks = handle.read().split("```")[1::2]  # the insides of the code blocks
+        for block in blocks:
+            for line in block.replace("\\\n", " ").splitlines():
+                words = line.split("#")[0].split()
+                if "main.py" in words:
+                    arguments = words[words.index("main.py") + 1 :]
+                    commands.append((os.path.basename(page), [w for w in arguments if w != "..."]))
+    return commands
+
+
+def test_every_documented_command_has_known_flags_of_the_right_type():
+    commands = documented_commands()
+    assert len(commands) >= 15  # the README's and docs' examples were found
+    for page, argv in commands:
+        try:
+            opts.given_flags(argv)
+            opts.build_parser().parse_args(argv)
+        except opts.UsageError as exc:
+            raise AssertionError(f"{page}: main.py {' '.join(argv)}: {exc}") from None
