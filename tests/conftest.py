@@ -2,6 +2,7 @@
 
 import glob
 import gzip
+import importlib.util
 import os
 import pickle
 import re
@@ -19,6 +20,14 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CACHE = os.path.join(ROOT, ".cache")
 WHEEL = "foolbox==3.3.4"
 TIMEOUT = 600  # seconds for one main.py run: a hung run fails its test, not the suite
+
+
+def load_script(name: str):
+    """scripts/<name>.py as a module (the scripts are run, not imported, by users)."""
+    spec = importlib.util.spec_from_file_location(name, os.path.join(ROOT, "scripts", f"{name}.py"))
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
 
 
 def with_flags(base: list[str], extra: list[str]) -> list[str]:

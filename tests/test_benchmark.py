@@ -1,22 +1,17 @@
 """scripts/benchmark.py runs each kind of measurement (speed itself is not asserted)."""
 
-import importlib.util
 import os
 
 import pytest
 import torch
+from conftest import load_script
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 @pytest.fixture(scope="module")
 def benchmark():
-    spec = importlib.util.spec_from_file_location(
-        "benchmark", os.path.join(ROOT, "scripts", "benchmark.py")
-    )
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_script("benchmark")
 
 
 @pytest.mark.parametrize(

@@ -1,9 +1,9 @@
 """The documentation that is derived from the code is current."""
 
-import importlib.util
 import os
 
 import pytest
+from conftest import load_script
 
 import opts
 
@@ -12,12 +12,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 def flags_doc():
     """scripts/flags_doc.py as a module."""
-    spec = importlib.util.spec_from_file_location(
-        "flags_doc", os.path.join(ROOT, "scripts", "flags_doc.py")
-    )
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_script("flags_doc")
 
 
 def test_docs_flags_md_is_what_the_parser_makes():
@@ -49,7 +44,7 @@ def documented_commands() -> list[tuple[str, list[str]]]:
         for block in blocks:
             for line in block.replace("\\\n", " ").splitlines():
                 words = line.split("#")[0].split()
-                if "main.py" in words:
+                if "main.py" in words and words[0] in ("python", "torchrun", "srun"):
                     arguments = words[words.index("main.py") + 1 :]
                     commands.append((os.path.basename(page), [w for w in arguments if w != "..."]))
     return commands
