@@ -5,6 +5,7 @@ import math
 import os
 import signal
 import sys
+from dataclasses import dataclass
 
 import checkpoints
 import datasets
@@ -14,20 +15,39 @@ import parallel
 import recipe
 import train
 from launch import Processes
+from models import setup
+
+
+@dataclass(frozen=True)
+class Loop:
+    """The epochs a run trains, where it keeps them, and what its checkpoints record."""
+
+    save: str = "checkpoints"
+    resume: str = "none"
+    overwrite: bool = False
+    tensorboard: bool = True
+    batch_size: int = 32  # global
+    n_epochs: int = 1
+    epoch_number: int = 1  # the first, when not resuming
+    checkpoint_every: int = 0
+    keep_checkpoints: int = 0
+    precise_bn: int = 0
+    frozen: tuple[int, bool] = (-1, False)  # -frozenStages, -normEval: resumed with the same
+    evaluation: dict | None = None  # how a folder dataset's val images are prepared
 
 
 class EpochLoop:
     """The Lua's epoch loop (train, test, remember the best top-1, save) made resumable:
     checkpoints every -checkpointEvery iterations and on SIGTERM / SIGINT."""
 
-    def __init__(self, opts, trainer, loaders, run_folder, network, checkpoint, stop,
+    def __init__(self, loop: Loop, trainer, loaders, run_folder, network, checkpoint, stop,
                  processes, devices):  # fmt: skip
-        self.opts, self.trainer, self.run_folder = opts, trainer, run_folder
+        self.loop, self.trainer, self.run_folder = loop, trainer, run_folder
         self.arch, self.classes = network  # what the model files describe
         self.train_loader, self.val_loader = loaders
         self.processes, self.stop, self.devices = processes, stop, devices
         self.best = (math.inf, math.inf)
-        self.epoch, self.resume_sample, self.resume_sums = opts.epochNumber, 0, None
+        self.epoch, self.resume_sample, self.resume_sums = loop.epoch_number, 0, None
         self.position = (0, 0)  # (iteration, sample) the epoch being trained started at
         if checkpoint:
             self.best = (checkpoint["bestTop1"], checkpoint["bestTop5"])
@@ -42,7 +62,7 @@ class EpochLoop:
         self.epoch = checkpoint["epoch"]
         samples = checkpoint["samples"]
         if samples is None:  # written before samples were recorded: same -batchSize
-            samples = checkpoint["iteration"] * self.opts.batchSize
+            samples = checkpoint["iteration"] * self.loop.batch_size
         self.resume_sample = samples
         if self.processes.rank == 0:  # the sums of every process, added up once
             self.resume_sums = checkpoint["state"].get("epochSums")
@@ -58,11 +78,11 @@ class EpochLoop:
         holds the same weights), with the random generators of every rank."""
         rng = launch.all_gathered(launch.rng_state(self.devices), self.processes)
         state = {"rng": rng, "scaler": self.trainer.scaler.state_dict(),
-                 "frozen": [self.opts.frozenStages, self.opts.normEval]}  # fmt: skip
+                 "frozen": list(self.loop.frozen)}  # fmt: skip
         samples = 0
         if iteration:  # where in the epoch's order
             first_iteration, first_sample = self.position
-            samples = first_sample + (iteration - first_iteration) * self.opts.batchSize
+            samples = first_sample + (iteration - first_iteration) * self.loop.batch_size
             samples = min(samples, self.epoch_size())
         if sums:
             state["epochSums"] = self.trainer.all_processes(self.trainer.sums.snapshot())
@@ -71,16 +91,16 @@ class EpochLoop:
         self.run_folder()
         average = self.trainer.average.state_dict() if self.trainer.average else None
         checkpoints.save(
-            self.opts.save, epoch, self.trainer.model, self.trainer.optimizer.state_dict(),
+            self.loop.save, epoch, self.trainer.model, self.trainer.optimizer.state_dict(),
             arch=self.arch, classes=self.classes, is_best=is_best,
             best=self.best, iteration=iteration, samples=samples, state=state,
-            keep=self.opts.keepCheckpoints, average=average,
-            evaluation=datasets.evaluation_sizes(self.opts),
+            keep=self.loop.keep_checkpoints, average=average,
+            evaluation=self.loop.evaluation,
         )  # fmt: skip
 
     def after_step(self, epoch: int, iteration: int) -> None:
         """Periodic and requested mid-epoch checkpoints."""
-        every, stopping = self.opts.checkpointEvery, self.stop()
+        every, stopping = self.loop.checkpoint_every, self.stop()
         if stopping or (every and iteration % every == 0):
             self.trainer.check_finite()  # never checkpoint weights a NaN has reached
             self.save(epoch, iteration, sums=True)
@@ -92,10 +112,10 @@ class EpochLoop:
         epoch's last iteration."""
         first, self.resume_sample = self.resume_sample, 0
         sums, self.resume_sums = self.resume_sums, None
-        self.position = (first // self.opts.batchSize, first)
+        self.position = (first // self.loop.batch_size, first)
         if first >= self.epoch_size():  # trained before a stop during its test: test it
-            return max(1, -(-first // self.opts.batchSize))
-        if first % self.opts.batchSize:
+            return max(1, -(-first // self.loop.batch_size))
+        if first % self.loop.batch_size:
             print(f"=> Resuming epoch {epoch} at image {first} (a checkpoint written with"
                   f" another -batchSize)")  # fmt: skip
         datasets.set_epoch(self.train_loader, epoch, first)
@@ -106,18 +126,18 @@ class EpochLoop:
     def evaluate(self, epoch: int) -> tuple[float, float]:
         """The test pass after an epoch (with -preciseBN's statistics first, and rank 0's
         BatchNorm buffers in every process): (top1, top5)."""
-        precise_bn(self.opts, self.trainer, self.train_loader, epoch)
+        precise_bn(self.loop, self.trainer, self.train_loader, epoch)
         parallel.share_buffers(self.trainer.evaluated_model(), self.processes)
         datasets.set_epoch(self.val_loader, epoch)
         return self.trainer.test(epoch, self.val_loader, stop=self.stop)
 
     def run(self) -> None:
         """Epochs from the start (or resume) point to -nEpochs."""
-        if self.epoch > self.opts.nEpochs:
-            print(f"=> {self.opts.resume} finished epoch {self.epoch - 1} of -nEpochs"
-                  f" {self.opts.nEpochs}: nothing to train (raise -nEpochs to go on)")  # fmt: skip
+        if self.epoch > self.loop.n_epochs:
+            print(f"=> {self.loop.resume} finished epoch {self.epoch - 1} of -nEpochs"
+                  f" {self.loop.n_epochs}: nothing to train (raise -nEpochs to go on)")  # fmt: skip
         self.stop.deferred = True  # from now on a stop request saves first
-        for epoch in range(self.epoch, self.opts.nEpochs + 1):
+        for epoch in range(self.epoch, self.loop.n_epochs + 1):
             last = self.train_epoch(epoch)
             try:
                 top1, top5 = self.evaluate(epoch)
@@ -139,28 +159,29 @@ class EpochLoop:
         print(f" * Finished top1: {self.best[0]:6.3f}  top5: {top5_text}")
 
 
-def precise_bn(opts, trainer: train.Trainer, train_loader, epoch: int) -> None:
+def precise_bn(loop: Loop, trainer: train.Trainer, train_loader, epoch: int) -> None:
     """-preciseBN N: BatchNorm statistics from N training images of epoch's order."""
-    if opts.preciseBN == 0:
+    if loop.precise_bn == 0:
         return
     datasets.set_epoch(train_loader, epoch)
-    batches = math.ceil(opts.preciseBN / opts.batchSize)  # -batchSize is the global batch
+    batches = math.ceil(loop.precise_bn / loop.batch_size)  # -batchSize is the global batch
     images = trainer.recompute_bn_statistics(train_loader, batches)
     trainer.progress.say(f"=> Recomputed BatchNorm statistics on {images} training images")
 
 
-def test_only(opts, model, device, loaders, sources, processes: Processes, stop) -> int:
+def test_only(plan, model, device, loaders, sources, processes: Processes, stop) -> int:
     """-testOnly: the model tested once on the val set (sources: the -resume checkpoint and
     the -retrain file, or None), with the Lua's ' * Results' line."""
     checkpoint, retrained = sources
     tested = checkpoint["model"] if checkpoint else retrained
     averaged = tested is not None and checkpoints.evaluated_weights(tested)[1]
-    if (note := options.test_only_note(opts, averaged)) and processes.rank == 0:
+    if (note := options.test_only_note(plan.options, averaged)) and processes.rank == 0:
         print(note)
-    trainer = recipe.make_trainer(opts, model, device, checkpoint, processes,
-                                  train.Progress(**shown(loaders)))  # fmt: skip
+    progress = train.Progress(**shown(loaders))
+    trainer = recipe.make_trainer(plan.recipe, plan.model, model, device, checkpoint, processes,
+                                  progress)  # fmt: skip
     stop.doing = "testing"
-    precise_bn(opts, trainer, loaders[0], max(opts.epochNumber, 1))
+    precise_bn(plan.loop, trainer, loaders[0], max(plan.loop.epoch_number, 1))
     top1, top5 = trainer.test(0, loaders[1], summary=False)
     print(f" * Results top1: {top1:6.3f}  top5: {trainer.progress.top5_text(top5, 6)}")
     return 0
@@ -172,32 +193,33 @@ def shown(loaders) -> dict:
     return {"bar": sys.stdout.isatty(), "top5": len(loaders[0].dataset.classes) > 5}
 
 
-def train_and_test(opts, model, network, devices, loaders, checkpoint, processes: Processes,
+def train_and_test(plan, model, network, devices, loaders, checkpoint, processes: Processes,
                    stop) -> int:  # fmt: skip
     """Train from the start (or -resume) point to -nEpochs, testing after each epoch, with
     the run's records in -save (network: the arch and classes the model files describe;
     devices: the process's device and all it uses). Returns the exit status: 128 + the
     signal after a stop request, once the checkpoint is saved."""
-    (arch, classes), (device, used) = network, devices
-    run_folder = checkpoints.RunFolder(opts.save, opts.overwrite, options.record(opts, arch))
+    (arch, classes), (device, used), loop = network, devices, plan.loop
+    record = setup.options_record(plan.options, arch)
+    run_folder = checkpoints.RunFolder(loop.save, loop.overwrite, record)
     records = None
     if processes.rank == 0:
-        print(f"=> Saving checkpoints and records in {os.path.abspath(opts.save)}")
-        records = train.RunRecords(opts.save, len(loaders[0]), tensorboard=opts.tensorboard,
-                                   options=options.record(opts, arch),
-                                   before_first_write=run_folder)  # fmt: skip
-    trainer = recipe.make_trainer(opts, model, device, checkpoint, processes,
-                                  train.Progress(record=records, **shown(loaders)))  # fmt: skip
-    side = datasets.input_side(opts.dataset, datasets.crops_of(opts).val)
-    trainer.try_evaluation((max(1, opts.batchSize // processes.world), 3, side, side))
-    loop = EpochLoop(opts, trainer, loaders, run_folder, (arch, classes), checkpoint, stop,
-                     processes, used)  # fmt: skip
+        print(f"=> Saving checkpoints and records in {os.path.abspath(loop.save)}")
+        records = train.RunRecords(loop.save, len(loaders[0]), tensorboard=loop.tensorboard,
+                                   options=record, before_first_write=run_folder)  # fmt: skip
+    progress = train.Progress(record=records, **shown(loaders))
+    trainer = recipe.make_trainer(plan.recipe, plan.model, model, device, checkpoint, processes,
+                                  progress)  # fmt: skip
+    side = plan.data.input_side()
+    trainer.try_evaluation((max(1, loop.batch_size // processes.world), 3, side, side))
+    epochs = EpochLoop(loop, trainer, loaders, run_folder, (arch, classes), checkpoint, stop,
+                       processes, used)  # fmt: skip
     try:
-        loop.run()
+        epochs.run()
     except train.Interrupted as exc:
         name = signal.Signals(stop.signal_number).name
         print(f"=> Stopped by {name} {exc}; checkpoint saved. Continue with the same command"
-              f" and -resume {opts.save}")  # fmt: skip
+              f" and -resume {loop.save}")  # fmt: skip
         return 128 + stop.signal_number
     finally:
         if records is not None:

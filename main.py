@@ -37,68 +37,72 @@ import launch
 import models
 import opts as options
 import parallel
-import recipe
 from launch import Processes
 from models import pretrained, setup
+from plan import Plan, make_plan
 
 
-def run(opts, named: pretrained.Named | None) -> int:
+def run(plan: Plan, named: pretrained.Named | None) -> int:
     """What main.lua does, in each process of the job (named: the resolved -weights)."""
     with launch.stop_requests() as stop:
         job = launch.job_environment()
-        launch.check_global_batch(opts.batchSize, job.world)
-        if not opts.testOnly:  # testing writes nothing in -save
-            checkpoints.check_run_folder(opts.save, opts.resume, opts.overwrite)
-        launch.configure_backends(opts.cudnn)  # before CUDA starts: cuBLAS reads its setting then
-        with launch.process_group(opts.nGPU, job, opts.rendezvousTimeout, stop) as processes:
-            return run_process(opts, processes, stop, named)
+        launch.check_global_batch(plan.loop.batch_size, job.world)
+        if not plan.test_only:  # testing writes nothing in -save
+            checkpoints.check_run_folder(plan.loop.save, plan.loop.resume, plan.loop.overwrite)
+        launch.configure_backends(plan.launch.cudnn)  # before CUDA starts: cuBLAS reads it then
+        timeout = plan.launch.rendezvous_timeout
+        with launch.process_group(plan.launch.n_gpu, job, timeout, stop) as processes:
+            return run_process(plan, processes, stop, named)
 
 
-def run_process(opts, processes: Processes, stop: launch.StopRequest,
+def run_process(plan: Plan, processes: Processes, stop: launch.StopRequest,
                 named: pretrained.Named | None) -> int:  # fmt: skip
     """Check, load the data, build the model, then train or test."""
-    device, devices = set_up_process(opts, processes)
-    checkpoint = checkpoints.latest_of_run(opts.resume)  # None: start afresh
+    device, devices = set_up_process(plan, processes)
+    checkpoint = checkpoints.latest_of_run(plan.loop.resume)  # None: start afresh
     if checkpoint:
         launch.restore_rng_state(checkpoint["state"].get("rng", {}), processes.rank, devices)
-    retrained = setup.start_weights(opts, named, checkpoint, processes)
-    if (summary := options.recipe_summary(opts)) and processes.rank == 0:
-        print(summary)
-    recipe.linear_scaling_note(opts)
+    retrained = setup.start_weights(plan.model, named, checkpoint, processes)
+    for note in plan.notes:
+        print(note)
     stop.doing = "loading the data"
     loaders = parallel.in_turns(
-        processes, lambda: datasets.create_loaders(opts, device, processes.rank, processes.world)
+        processes,
+        lambda: datasets.create_loaders(plan.data, device, processes.rank, processes.world),
     )
     with datasets.closed_after(loaders):
         classes = list(loaders[0].dataset.classes)
-        if not opts.testOnly:
+        if not plan.test_only:
             saved = checkpoint["model"].get("ema") if checkpoint else None
-            averaging.check_start(saved, opts.ema, opts.emaEvery, len(loaders[0]), opts.resume)
-        model, arch = setup.build_model(opts, classes, checkpoint, retrained)
+            averaging.check_start(saved, plan.recipe.ema, plan.recipe.ema_every, len(loaders[0]),
+                                  plan.loop.resume)  # fmt: skip
+        model, arch = setup.build_model(plan.model, classes, checkpoint, retrained)
         setup.check_classes(model, classes)
-        if opts.testOnly:
-            return epochs.test_only(opts, model, device, loaders, (checkpoint, retrained),
+        if plan.test_only:
+            return epochs.test_only(plan, model, device, loaders, (checkpoint, retrained),
                                     processes, stop)  # fmt: skip
-        return epochs.train_and_test(opts, model, (arch, classes), (device, devices), loaders,
+        return epochs.train_and_test(plan, model, (arch, classes), (device, devices), loaders,
                                      checkpoint, processes, stop)  # fmt: skip
 
 
-def set_up_process(opts, processes: Processes) -> tuple[torch.device, list[torch.device]]:
+def set_up_process(plan: Plan, processes: Processes) -> tuple[torch.device, list[torch.device]]:
     """This process's device (and all it uses), its precision and allocator, the seed; and
     what can be checked before any work: the images fit in memory, -compile works, the
     network flags build a network."""
-    device = launch.select_device(opts.nGPU, processes)
-    launch.precision_settings(opts.precision, device)  # a bad combination fails before any work
-    launch.precision_note(opts.precision, device)
-    datasets.check_image_sizes(opts.dataset, datasets.crops_of(opts),
-                               batch=max(1, opts.batchSize // processes.world),
-                               workers=opts.nThreads, memory=partial(launch.device_memory, device),
+    setting = plan.launch
+    device = launch.select_device(setting.n_gpu, processes)
+    launch.precision_settings(setting.precision, device)  # a bad combination fails first
+    launch.precision_note(setting.precision, device)
+    datasets.check_image_sizes(plan.data.dataset, plan.data.crops,
+                               batch=max(1, plan.data.batch_size // processes.world),
+                               workers=plan.data.workers,
+                               memory=partial(launch.device_memory, device),
                                device=device.type)  # fmt: skip
-    parallel.check_compile(opts.compile, device, opts.nGPU, processes.world)
-    launch.configure_host_allocator(opts.hostAllocator)  # before workers fork: they inherit it
-    torch.manual_seed(opts.manualSeed)
-    models.check_arch({**models.arch_from_opts(opts), "nClasses": opts.nClasses or 1})
-    return device, parallel.devices_used(device, opts.nGPU, processes.world)
+    parallel.check_compile(setting.compile, device, setting.n_gpu, processes.world)
+    launch.configure_host_allocator(setting.host_allocator)  # before workers fork: inherited
+    torch.manual_seed(setting.seed)
+    models.check_arch({**plan.model.arch, "nClasses": plan.model.n_classes or 1})
+    return device, parallel.devices_used(device, setting.n_gpu, processes.world)
 
 
 def main(argv=None) -> int:
@@ -106,7 +110,8 @@ def main(argv=None) -> int:
     sys.stdout.reconfigure(errors="backslashreplace")  # file names that are not UTF-8
     try:
         opts = options.parse(argv)
-        return run(opts, options.adopt_weights(opts))
+        named = options.adopt_weights(opts)
+        return run(make_plan(opts, options.start_notes(opts)), named)
     except Exception as exc:  # what ended the run, said once: exit_status tells bugs apart
         return errors.exit_status(exc, distributed=launch.in_a_job())
     except KeyboardInterrupt as exc:

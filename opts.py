@@ -4,7 +4,7 @@ import argparse
 import math
 import os
 import sys
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
 import models
 from datasets.policies import POLICIES
@@ -432,15 +432,16 @@ TRAINING_ONLY = (
 )
 
 
-def test_only_note(opts: argparse.Namespace, averaged: bool) -> str | None:
+def test_only_note(options: Mapping, averaged: bool) -> str | None:
     """The warning a -testOnly run gives for the training options it was given (by a
     recipe too), and for -ema when the model tested keeps no average (averaged: it does);
-    None when there are none."""
+    None when there are none. options: the flags' values by name."""
     defaults = {name: default for name, _, default, _ in FLAGS}
-    ignored = [f"-{name} {flag_text(getattr(opts, name))}" for name in TRAINING_ONLY
-               if getattr(opts, name) != defaults[name]]  # fmt: skip
-    if opts.ema and not averaged:
-        ignored.append(f"-ema {opts.ema:g} (the model keeps no average: its weights are tested)")
+    ignored = [f"-{name} {flag_text(options[name])}" for name in TRAINING_ONLY
+               if options[name] != defaults[name]]  # fmt: skip
+    if options["ema"] and not averaged:
+        ema = options["ema"]
+        ignored.append(f"-ema {ema:g} (the model keeps no average: its weights are tested)")
     if not ignored:
         return None
     return f"=> warning: -testOnly ignores what acts on training alone: {', '.join(ignored)}"
@@ -625,6 +626,12 @@ def validate_paths(opts: argparse.Namespace) -> None:
         _check(path == "none" or os.path.isfile(path), f"-{flag} file not found: {path}")
 
 
+def start_notes(opts: argparse.Namespace) -> tuple[str, ...]:
+    """The lines a run starts with about its command line: what -recipe set, and the linear
+    scaling rule's -LR for a changed -batchSize."""
+    return tuple(note for note in (recipe_summary(opts), linear_scaling_note(opts)) if note)
+
+
 def adopt_weights(opts) -> "pretrained.Named | None":
     """-weights resolved (None without): the network flags become the weights' network (a
     flag given otherwise is an error), and -valResize / -valCrop / -valInterpolation how they
@@ -650,10 +657,22 @@ def adopt_weights(opts) -> "pretrained.Named | None":
     return named
 
 
-def record(opts, arch: dict) -> dict:
-    """The resolved options and the network, as opts.json and TensorBoard keep them (the
-    parser's list of the flags given is not an option); the network flags are those of
-    the network trained (a -retrain file's or a resumed run's, not the flags' defaults)."""
-    record = {k: v for k, v in vars(opts).items() if k != "given"}
-    record.update({flag: arch[flag] for flag in models.ARCH_FLAGS if flag in arch})
-    return {**record, "arch": arch}
+REFERENCE_BATCH = {"imagenet": 256}  # the recipes' batch for -LR 0.1; CIFAR's is 128
+
+
+def linear_scaling_note(opts) -> str | None:
+    """What -LR the linear scaling rule gives when the user changed -batchSize to another
+    than the recipe's (-recipe's, else the Lua's) and left -LR at the recipe's; else None."""
+    given = getattr(opts, "given", ())
+    if opts.testOnly or "batchSize" not in given or "LR" in given:
+        return None
+    recipe = recipe_values(opts.recipe, opts.dataset)
+    reference = recipe.get("batchSize", REFERENCE_BATCH.get(opts.dataset, 128))
+    base = recipe.get("LR", 0.1)
+    suggested = base * opts.batchSize / reference
+    if opts.batchSize == reference or math.isclose(opts.LR, suggested):
+        return None
+    return (
+        f"=> Note: -batchSize {opts.batchSize} is not the recipe's {reference}; the linear"
+        f" scaling rule suggests -LR {suggested:g} ({base:g} x {opts.batchSize}/{reference})"
+    )

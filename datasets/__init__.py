@@ -3,6 +3,7 @@
 import contextlib
 import os
 from collections.abc import Callable
+from dataclasses import dataclass
 
 import torch
 from torch.utils.data import DataLoader, Dataset
@@ -23,6 +24,39 @@ __all__ = [
     "make_loader",
     "set_epoch",
 ]
+
+
+@dataclass(frozen=True)
+class DataSpec:
+    """What a run reads and how: the data set and its folder, the global batch, the loader
+    processes, the crops and the augmentation of training images."""
+
+    dataset: str
+    data: str = ""  # the files' folder ('': the default place)
+    gen: str = "gen"  # the image index cache and downloads
+    batch_size: int = 32  # global: each of the job's processes loads its share
+    workers: int = 2
+    seed: int = 0
+    ten_crop: bool = False
+    skip_corrupt: bool = False
+    decode_on_device: bool = False
+    crops: imagenet.Crops = imagenet.LUA_CROPS  # folder datasets only
+    auto_augment: str = "none"
+    random_erasing: float = 0.0
+    repeats: int = 1  # repeated augmentation
+
+    def evaluation_sizes(self) -> dict | None:
+        """What model files record of how a folder dataset's val images were prepared: the
+        short side they were resized to, how, and the centre crop (None in memory)."""
+        if self.dataset != "imagenet":
+            return None
+        crops = self.crops
+        return {"resize": crops.val_resize, "crop": crops.val,
+                "interpolation": crops.val_interpolation}  # fmt: skip
+
+    def input_side(self) -> int:
+        """The side of the square images the network is fed at evaluation."""
+        return input_side(self.dataset, self.crops.val)
 
 
 def load(name: str, split: str, *, data: str, gen: str, ten_crop: bool = False,
@@ -91,14 +125,14 @@ def close(loader) -> None:
         iterator._shutdown_workers()
 
 
-def create(opts, split: str) -> Dataset:
-    """Adapter from the parsed options to load()."""
-    folder_training = opts.dataset == "imagenet" and split == "train"  # (else no augment)
-    augment = image_augment(opts, imagenet.ERASE_FILL) if folder_training else None
+def create(spec: DataSpec, split: str) -> Dataset:
+    """The train or val split that spec describes (load() with its fields)."""
+    folder_training = spec.dataset == "imagenet" and split == "train"  # (else no augment)
+    augment = image_augment(spec, imagenet.ERASE_FILL) if folder_training else None
     return load(
-        opts.dataset, split, data=opts.data, gen=opts.gen, ten_crop=opts.tenCrop,
-        skip_corrupt=opts.skipCorrupt, decode_on_device=opts.decodeOnDevice,
-        crops=crops_of(opts), augment=augment,
+        spec.dataset, split, data=spec.data, gen=spec.gen, ten_crop=spec.ten_crop,
+        skip_corrupt=spec.skip_corrupt, decode_on_device=spec.decode_on_device,
+        crops=spec.crops, augment=augment,
     )  # fmt: skip
 
 
@@ -158,26 +192,11 @@ def check_image_sizes(dataset: str, crops: imagenet.Crops, *, batch: int, worker
             )
 
 
-def crops_of(opts) -> imagenet.Crops:
-    """-cropSize, -trainCrop, -valResize and -valCrop as a folder dataset's crops."""
-    return imagenet.crops_for(opts.cropSize, opts.trainCrop, opts.valResize, opts.valCrop,
-                              opts.valInterpolation)  # fmt: skip
-
-
-def evaluation_sizes(opts) -> dict | None:
-    """What model files record of how a folder dataset's val images were prepared: the short
-    side they were resized to, how, and the centre crop (None for the in-memory datasets)."""
-    if opts.dataset != "imagenet":
-        return None
-    crops = crops_of(opts)
-    return {"resize": crops.val_resize, "crop": crops.val, "interpolation": crops.val_interpolation}
-
-
-def image_augment(opts, fill) -> policies.ImageAugment | None:
+def image_augment(spec: DataSpec, fill) -> policies.ImageAugment | None:
     """-autoAugment and -randomErasing (erasing to `fill`), or None when both are off."""
-    if opts.autoAugment == "none" and not opts.randomErasing:
+    if spec.auto_augment == "none" and not spec.random_erasing:
         return None
-    return policies.ImageAugment(opts.autoAugment, opts.randomErasing, fill)
+    return policies.ImageAugment(spec.auto_augment, spec.random_erasing, fill)
 
 
 def set_epoch(loader, epoch: int, start: int = 0) -> None:
@@ -194,32 +213,32 @@ def in_memory_loader(dataset, batch_size: int, seed: int, train: bool, device, r
                           augment=augment, repeats=repeats)  # fmt: skip
 
 
-def create_loaders(opts, device: torch.device, rank: int = 0, world: int = 1) -> tuple:
+def create_loaders(spec: DataSpec, device: torch.device, rank: int = 0, world: int = 1) -> tuple:
     """Train and val loaders: in memory for CIFAR / Fashion-MNIST, DataLoader workers for
     folders; with -tenCrop the val batch is floor(batchSize / 10) images. -batchSize is
     global: each of `world` processes loads its share of every batch."""
-    train_set, val_set = create(opts, "train"), create(opts, "val")
+    train_set, val_set = create(spec, "train"), create(spec, "val")
     ranks = {"rank": rank, "world": world}
     if isinstance(train_set, ArrayImageDataset):
         return (
             in_memory_loader(
                 train_set,
-                opts.batchSize,
-                opts.manualSeed,
+                spec.batch_size,
+                spec.seed,
                 True,
                 device,
                 **ranks,
-                augment=image_augment(opts, 0.0),  # erased after normalising
-                repeats=opts.repeatedAug,
+                augment=image_augment(spec, 0.0),  # erased after normalising
+                repeats=spec.repeats,
             ),
-            in_memory_loader(val_set, opts.batchSize, opts.manualSeed + 1, False, device, **ranks),
+            in_memory_loader(val_set, spec.batch_size, spec.seed + 1, False, device, **ranks),
         )
-    n_crops = 10 if opts.tenCrop else 1
-    kwargs = {"workers": opts.nThreads, "pin_memory": device.type == "cuda", **ranks}
-    train = make_loader(train_set, opts.batchSize, seed=opts.manualSeed, train=True,
-                        repeats=opts.repeatedAug, **kwargs)  # fmt: skip
-    val = make_loader(val_set, opts.batchSize // n_crops, seed=opts.manualSeed + 1, **kwargs)
-    if opts.decodeOnDevice:
+    n_crops = 10 if spec.ten_crop else 1
+    kwargs = {"workers": spec.workers, "pin_memory": device.type == "cuda", **ranks}
+    train = make_loader(train_set, spec.batch_size, seed=spec.seed, train=True,
+                        repeats=spec.repeats, **kwargs)  # fmt: skip
+    val = make_loader(val_set, spec.batch_size // n_crops, seed=spec.seed + 1, **kwargs)
+    if spec.decode_on_device:
         imagenet.check_device_decoding(device)
-    skip = opts.skipCorrupt
+    skip = spec.skip_corrupt
     return imagenet.finish_on(train, device, skip), imagenet.finish_on(val, device, skip)

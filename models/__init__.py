@@ -318,20 +318,6 @@ def replace_classifier(model: nn.Module, n_classes: int) -> None:
     nn.init.zeros_(model.fc.bias)
 
 
-def arch_from_opts(opts) -> dict:
-    """The create() arguments that the parsed options define (the only reader of opts here)."""
-    return {
-        "netType": opts.netType,
-        "depth": opts.depth,
-        "dataset": opts.dataset,
-        "shortcutType": opts.shortcutType,
-        "bottleneckType": opts.bottleneckType,
-        "baseWidth": opts.baseWidth,
-        "cardinality": opts.cardinality,
-        "nClasses": opts.nClasses or None,
-        "se": opts.se,
-        "radix": opts.radix,
-    }
 
 
 def arch_flags(arch: dict) -> str:

@@ -2,6 +2,9 @@
 options, or loaded from a -resume checkpoint or a -retrain file, with a new classifier for
 -resetClassifier, frozen stages, -optnet, then on its device(s) in its layout."""
 
+from collections.abc import Mapping
+from dataclasses import dataclass
+
 import torch
 from torch import nn
 
@@ -15,68 +18,89 @@ from models import pretrained
 from models.loading import load_weights
 
 
-def retrained_arch(opts, retrained: dict) -> dict:
+@dataclass(frozen=True)
+class ModelSpec:
+    """The network a run asks for, where its weights come from, and what is done to it."""
+
+    arch: Mapping  # models.create()'s arguments from the flags (nClasses None: the data's)
+    n_classes: int = 0  # -nClasses: the classifier's width (0: the data's classes)
+    reset_classifier: bool = False
+    frozen_stages: int = -1
+    norm_eval: bool = False
+    zero_init_residual: bool = False
+    recompute: bool = False  # -optnet / -shareGradInput: activation checkpointing
+    memory_format: str = "channels_last"
+    n_gpu: int = 1
+    sync_bn: bool = False
+    compile: bool = False
+    resume: str = "none"  # the -resume folder
+    retrain: str = "none"  # the -retrain file
+    test_only: bool = False
+    val_crop: int = 224  # the side of a folder dataset's val images
+
+
+def retrained_arch(spec: ModelSpec, retrained: dict) -> dict:
     """The network of a -retrain file: as saved, else the flags' with the file's fc width."""
     if retrained.get("arch"):
         return models.complete_arch(retrained["arch"])
     fc_weight = retrained["model"].get("fc.weight")
-    n_classes = fc_weight.shape[0] if fc_weight is not None else opts.nClasses or None
-    return {**models.arch_from_opts(opts), "nClasses": n_classes}
+    n_classes = fc_weight.shape[0] if fc_weight is not None else spec.n_classes or None
+    return {**dict(spec.arch), "nClasses": n_classes}
 
 
-def intended_arch(opts, classes: list[str], file_arch: dict | None) -> dict:
+def intended_arch(spec: ModelSpec, classes: list[str], file_arch: dict | None) -> dict:
     """The network this run trains: from -retrain's file (file_arch) if given, else the flags."""
-    arch = dict(file_arch) if file_arch else models.arch_from_opts(opts)
-    if opts.resetClassifier:
-        arch["nClasses"] = opts.nClasses or len(classes)
-    elif not file_arch and opts.dataset == "imagenet" and not opts.nClasses:
+    arch = dict(file_arch) if file_arch else dict(spec.arch)
+    if spec.reset_classifier:
+        arch["nClasses"] = spec.n_classes or len(classes)
+    elif not file_arch and spec.arch["dataset"] == "imagenet" and not spec.n_classes:
         arch["nClasses"] = len(classes)  # any class-per-folder data set, not only ImageNet-1k
     return arch
 
 
-def build_model(opts, classes, checkpoint, retrained) -> tuple[nn.Module, dict]:
+def build_model(spec: ModelSpec, classes, checkpoint, retrained) -> tuple[nn.Module, dict]:
     """The model to train (fresh, retrained or resumed) and the arch it is saved under,
     with -frozenStages and -normEval applied."""
     if checkpoint:
-        check_frozen_settings(opts, checkpoint["state"].get("frozen", [-1, False]))
-    elif opts.normEval and not retrained:
+        check_frozen_settings(spec, checkpoint["state"].get("frozen", [-1, False]))
+    elif spec.norm_eval and not retrained:
         raise StartError(
             "-normEval true keeps every BatchNorm at its starting statistics (mean 0, variance"
             " 1) when no weights trained them: it is for fine-tuning; add -retrain FILE or"
             " -weights NAME, or leave -normEval out"
         )
-    model, arch = built_model(opts, classes, checkpoint, retrained)
-    if opts.zeroInitResidual and not (checkpoint or retrained):
+    model, arch = built_model(spec, classes, checkpoint, retrained)
+    if spec.zero_init_residual and not (checkpoint or retrained):
         models.zero_init_residual(model)
-    models.set_frozen(model, opts.frozenStages, opts.normEval)
+    models.set_frozen(model, spec.frozen_stages, spec.norm_eval)
     return model, arch
 
 
-def check_frozen_settings(opts, saved: list) -> None:
+def check_frozen_settings(spec: ModelSpec, saved: list) -> None:
     """A resumed run freezes what the run it continues froze (its optimizer holds exactly
     the trainable parameters)."""
-    if list(saved) != [opts.frozenStages, opts.normEval]:
+    if list(saved) != [spec.frozen_stages, spec.norm_eval]:
         flags = f"-frozenStages {saved[0]} -normEval {str(saved[1]).lower()}"
         raise checkpoints.CheckpointError(
-            f"{opts.resume} was trained with {flags}; resume with the same flags"
+            f"{spec.resume} was trained with {flags}; resume with the same flags"
         )
 
 
-def built_model(opts, classes, checkpoint, retrained) -> tuple[nn.Module, dict]:
+def built_model(spec: ModelSpec, classes, checkpoint, retrained) -> tuple[nn.Module, dict]:
     """build_model() before the fine-tuning options."""
-    file_arch = retrained_arch(opts, retrained) if retrained else None
-    arch = intended_arch(opts, classes, file_arch)
+    file_arch = retrained_arch(spec, retrained) if retrained else None
+    arch = intended_arch(spec, classes, file_arch)
     if checkpoint:
         saved = models.complete_arch(checkpoint["model"]["arch"])
         differing = {k: (saved.get(k), v) for k, v in arch.items() if saved.get(k) != v}
         if differing:
             listed = ", ".join(f"{k} {old} (asked: {new})" for k, (old, new) in differing.items())
             raise checkpoints.CheckpointError(
-                f"{opts.resume} holds a checkpoint of another network: {listed}; resume with"
+                f"{spec.resume} holds a checkpoint of another network: {listed}; resume with"
                 " its options or choose another -resume folder"
             )
         weights, averaged = checkpoint["model"]["model"], False  # training continues these
-        if opts.testOnly:  # -testOnly evaluates the -ema weights when there are
+        if spec.test_only:  # -testOnly evaluates the -ema weights when there are
             weights, averaged = checkpoints.evaluated_weights(checkpoint["model"])
         print(
             f"=> Resuming model from {checkpoint['modelPath']}" + " (its -ema weights)" * averaged
@@ -89,20 +113,28 @@ def built_model(opts, classes, checkpoint, retrained) -> tuple[nn.Module, dict]:
         print(line)
     if retrained:
         weights, averaged = checkpoints.evaluated_weights(retrained)
-        source = retrained.get("weights") or opts.retrain  # -weights said so when fetched
-        if source == opts.retrain:
+        source = retrained.get("weights") or spec.retrain  # -weights said so when fetched
+        if source == spec.retrain:
             print(f"Loading model from file: {source}" + (" (its -ema weights)" * averaged))
         model = models.create(**file_arch)
         load_weights(model, weights, source)
         crop = (retrained.get("evaluation") or {}).get("crop", datasets.imagenet.LUA_CROPS.val)
         before = (file_arch["dataset"], crop)
-        if note := datasets.input_note(before, (opts.dataset, datasets.crops_of(opts).val)):
+        if note := datasets.input_note(before, (spec.arch["dataset"], spec.val_crop)):
             print(note)
-        if opts.resetClassifier:
+        if spec.reset_classifier:
             print(f" => Replacing classifier with {arch['nClasses']}-way classifier")
             models.replace_classifier(model, arch["nClasses"])
         return model, arch
     return models.create(**arch), arch
+
+
+def options_record(options: Mapping, arch: Mapping) -> dict:
+    """The resolved options and the network, as opts.json and TensorBoard keep them; the
+    network flags are those of the network trained (a -retrain file's or a resumed run's,
+    not the flags' defaults)."""
+    return {**options, **{flag: arch[flag] for flag in models.ARCH_FLAGS if flag in arch},
+            "arch": dict(arch)}  # fmt: skip
 
 
 def check_classes(model: nn.Module, classes: list[str]) -> None:
@@ -122,26 +154,28 @@ def check_classes(model: nn.Module, classes: list[str]) -> None:
         )
 
 
-def prepare_model(opts, model: nn.Module, device: torch.device, dtypes: tuple, world: int):
+def prepare_model(
+    spec: ModelSpec, model: nn.Module, device: torch.device, dtypes: tuple, world: int
+):
     """-optnet, then device, dtype and layout (dtypes: the parameters' and autocast's), then
     the spread over devices and processes (and -compile): (model to train, to evaluate)."""
-    if opts.shareGradInput or opts.optnet:
+    if spec.recompute:
         print("=> Recomputing residual blocks in the backward pass to save memory (-optnet)")
         models.set_activation_checkpointing(model)
     dtype, autocast_dtype = dtypes
-    model = model.to(device, dtype).to(memory_format=launch.MEMORY_FORMATS[opts.memoryFormat])
-    return parallel.spread_model(model, device, n_gpu=opts.nGPU, world=world,
-                                 autocast_dtype=autocast_dtype, sync_bn=opts.syncBN,
-                                 compile_model=opts.compile)  # fmt: skip
+    model = model.to(device, dtype).to(memory_format=launch.MEMORY_FORMATS[spec.memory_format])
+    return parallel.spread_model(model, device, n_gpu=spec.n_gpu, world=world,
+                                 autocast_dtype=autocast_dtype, sync_bn=spec.sync_bn,
+                                 compile_model=spec.compile)  # fmt: skip
 
 
-def start_weights(opts, named: pretrained.Named | None, checkpoint: dict | None,
+def start_weights(spec: ModelSpec, named: pretrained.Named | None, checkpoint: dict | None,
                   processes: Processes) -> dict | None:  # fmt: skip
     """The model record training starts from: -retrain's file, or the named -weights
     (downloaded once: rank 0 first, the others then read the cache), unless resuming a
     checkpoint."""
-    if opts.retrain != "none":
-        return checkpoints.load_model_file(opts.retrain)
+    if spec.retrain != "none":
+        return checkpoints.load_model_file(spec.retrain)
     if named is None or checkpoint is not None:
         return None
     if processes.rank == 0:

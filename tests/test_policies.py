@@ -10,6 +10,7 @@ from torchvision.transforms import v2
 
 import datasets
 import opts as options
+import plan
 from datasets import imagenet, policies
 from datasets.cifar import ArrayImageDataset
 from datasets.memory import InMemoryLoader, augment_batch
@@ -96,7 +97,10 @@ def test_in_memory_batches_get_the_policy_before_and_erasing_after_normalising()
 def test_the_crop_flags_reach_the_folder_dataset(jpeg_root, tmp_path):
     base = ["-dataset", "imagenet", "-data", jpeg_root, "-gen", str(tmp_path / "gen")]
     parsed = options.parse([*base, "-trainCrop", "176", "-valResize", "232", "-valCrop", "224"])
-    train, val = datasets.create(parsed, "train"), datasets.create(parsed, "val")
+    train, val = (
+        datasets.create(plan.data_spec(parsed), "train"),
+        datasets.create(plan.data_spec(parsed), "val"),
+    )
     assert train[(0, 3)][0].shape == (3, 176, 176) and val[0][0].shape == (3, 224, 224)
     assert val.transform.scale == 232
     assert imagenet.crops_for(224) == imagenet.Crops(224, 256, 224)  # the Lua's
@@ -172,9 +176,9 @@ def test_the_repeated_augmentation_flag_reaches_both_kinds_of_loader(cifar10_roo
                                                                      tmp_path):  # fmt: skip
     cifar = options.parse(["-dataset", "cifar10", "-data", cifar10_root, "-repeatedAug", "2",
                            "-gen", str(tmp_path / "c")])  # fmt: skip
-    in_memory, val = datasets.create_loaders(cifar, torch.device("cpu"))
+    in_memory, val = datasets.create_loaders(plan.data_spec(cifar), torch.device("cpu"))
     assert (in_memory.repeats, val.repeats) == (2, 1)
     folder = options.parse(["-dataset", "imagenet", "-data", jpeg_root, "-repeatedAug", "3",
                             "-nThreads", "0", "-gen", str(tmp_path / "f")])  # fmt: skip
-    train, val = datasets.create_loaders(folder, torch.device("cpu"))
+    train, val = datasets.create_loaders(plan.data_spec(folder), torch.device("cpu"))
     assert (train.sampler.repeats, val.sampler.repeats) == (3, 1)

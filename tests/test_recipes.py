@@ -21,6 +21,7 @@ import main
 import models
 import optimizers
 import opts as options
+import plan
 import recipe
 import schedules
 import train
@@ -179,7 +180,9 @@ def test_weight_decay_groups_put_norm_layers_and_biases_apart():
     everything = other["params"] + norm["params"] + bias["params"]
     assert len(everything) == len(list(model.parameters()))
     opts = options.parse([*CIFAR, "-normWeightDecay", "0", "-biasWeightDecay", "1e-5"])
-    wired = recipe.make_optimizer(model, opts, None).param_groups  # the flags reach it
+    wired = recipe.make_optimizer(
+        model, plan.training_recipe(opts), None
+    ).param_groups  # the flags reach it
     assert [g["weight_decay"] for g in wired] == [1e-4, 0.0, 1e-5]
 
 
@@ -190,10 +193,10 @@ def test_the_default_options_train_bitwise_as_the_lua_loop():
     torch.manual_seed(0)
     model = nn.Sequential(nn.Flatten(), nn.Linear(3 * 8 * 8, 10))
     reference = copy.deepcopy(model)
-    lr_at = recipe.learning_rate_schedule(opts)
+    lr_at = plan.learning_rate_schedule(opts)
     rule = schedules.lua_rule("cifar10", "resnet", 0.3, 4)
     trainer = train.Trainer(model, nn.CrossEntropyLoss(label_smoothing=opts.labelSmoothing),
-                            recipe.make_optimizer(model, opts, None), lr_at,
+                            recipe.make_optimizer(model, plan.training_recipe(opts), None), lr_at,
                             device=torch.device("cpu"), log=lambda _: None,
                             clip_grad_norm=opts.clipGradNorm)  # fmt: skip
     optimizer = torch.optim.SGD(reference.parameters(), lr=0.3, momentum=0.9, dampening=0.0,
@@ -290,10 +293,10 @@ def test_a_recipe_sets_its_flags_and_given_flags_win(jpeg_root, tmp_path):
 
 
 def test_the_linear_scaling_note_follows_the_recipes_batch(capsys):
-    recipe.linear_scaling_note(
+    note = options.linear_scaling_note(
         options.parse([*CIFAR, "-recipe", "torchvision", "-batchSize", "256"])
     )
-    assert "suggests -LR 0.125 (0.5 x 256/1024)" in capsys.readouterr().out
+    assert "suggests -LR 0.125 (0.5 x 256/1024)" in note
 
 
 def test_a_recipe_run_prints_its_values_and_saves_them(cifar10_root, tmp_path):

@@ -9,6 +9,7 @@ from torch import nn
 
 import models
 import opts as options
+import plan
 from checkpoints import CheckpointError
 from models import loading, setup
 
@@ -95,12 +96,14 @@ def test_a_checkpoint_saved_before_se_existed_resumes(tmp_path):
     (tmp_path / "train").mkdir(), (tmp_path / "val").mkdir()
     opts = options.parse(["-dataset", "cifar10", "-netType", "resnet", "-depth", "8",
                           "-data", str(tmp_path)])  # fmt: skip
-    arch = models.arch_from_opts(opts)
+    arch = plan.network(opts)
     old_arch = {k: v for k, v in arch.items() if k != "se"}
     state = models.create(**arch).state_dict()
     checkpoint = {"model": {"arch": old_arch, "model": state}, "modelPath": "model_1.pth",
                   "state": {}}  # fmt: skip
-    model, saved = setup.build_model(opts, [str(i) for i in range(10)], checkpoint, None)
+    model, saved = setup.build_model(
+        plan.model_spec(opts, 224), [str(i) for i in range(10)], checkpoint, None
+    )
     assert saved["se"] == 0 and model.layer1[0].se is None
 
 

@@ -1,0 +1,131 @@
+"""The parsed options resolved once into the records each step of a run takes: after make_plan()
+nothing reads the parsed options (main.py reads the plan, each step its own record)."""
+
+import argparse
+from collections.abc import Mapping
+from dataclasses import dataclass
+from types import MappingProxyType
+
+import datasets
+import epochs
+import recipe
+import schedules
+from datasets import imagenet
+from models import setup
+
+
+@dataclass(frozen=True)
+class Launch:
+    """How this process runs: devices, precision, backends, its job."""
+
+    n_gpu: int = 1
+    precision: str = "single"
+    cudnn: str = "fastest"
+    host_allocator: str = "cache"
+    compile: bool = False
+    rendezvous_timeout: int = 300
+    seed: int = 0
+
+
+@dataclass(frozen=True)
+class Plan:
+    """A run, resolved: what it reads, the network, how it trains, its epochs, its process."""
+
+    data: datasets.DataSpec
+    model: setup.ModelSpec
+    recipe: recipe.Recipe
+    loop: epochs.Loop
+    launch: Launch
+    test_only: bool
+    options: Mapping  # every flag's value by name, as opts.json records them
+    notes: tuple[str, ...]  # what the command line sets that is worth a line at start
+
+
+def make_plan(opts: argparse.Namespace, notes: tuple[str, ...] = ()) -> Plan:
+    """The plan of the parsed (and -weights-resolved) options."""
+    data = data_spec(opts)
+    return Plan(
+        data=data,
+        model=model_spec(opts, data.crops.val),
+        recipe=training_recipe(opts),
+        loop=loop_spec(opts, data),
+        launch=Launch(
+            opts.nGPU,
+            opts.precision,
+            opts.cudnn,
+            opts.hostAllocator,
+            opts.compile,
+            opts.rendezvousTimeout,
+            opts.manualSeed,
+        ),  # fmt: skip
+        test_only=opts.testOnly,
+        options=MappingProxyType({k: v for k, v in vars(opts).items() if k != "given"}),
+        notes=notes,
+    )
+
+
+def data_spec(opts: argparse.Namespace) -> datasets.DataSpec:
+    """What the run reads, and how."""
+    crops = imagenet.crops_for(opts.cropSize, opts.trainCrop, opts.valResize, opts.valCrop,
+                               opts.valInterpolation)  # fmt: skip
+    return datasets.DataSpec(
+        opts.dataset, opts.data, opts.gen, opts.batchSize, opts.nThreads, opts.manualSeed,
+        ten_crop=opts.tenCrop, skip_corrupt=opts.skipCorrupt,
+        decode_on_device=opts.decodeOnDevice, crops=crops, auto_augment=opts.autoAugment,
+        random_erasing=opts.randomErasing, repeats=opts.repeatedAug,
+    )  # fmt: skip
+
+
+def network(opts: argparse.Namespace) -> dict:
+    """models.create()'s arguments that the flags give (nClasses None: the data's)."""
+    return {
+        "netType": opts.netType,
+        "depth": opts.depth,
+        "dataset": opts.dataset,
+        "shortcutType": opts.shortcutType,
+        "bottleneckType": opts.bottleneckType,
+        "baseWidth": opts.baseWidth,
+        "cardinality": opts.cardinality,
+        "nClasses": opts.nClasses or None,
+        "se": opts.se,
+        "radix": opts.radix,
+    }
+
+
+def model_spec(opts: argparse.Namespace, val_crop: int) -> setup.ModelSpec:
+    """The network, where its weights come from, and what is done to it."""
+    return setup.ModelSpec(
+        MappingProxyType(network(opts)), opts.nClasses, opts.resetClassifier, opts.frozenStages,
+        opts.normEval, opts.zeroInitResidual, opts.shareGradInput or opts.optnet,
+        opts.memoryFormat, opts.nGPU, opts.syncBN, opts.compile, opts.resume, opts.retrain,
+        opts.testOnly, val_crop,
+    )  # fmt: skip
+
+
+def training_recipe(opts: argparse.Namespace) -> recipe.Recipe:
+    """How the network is trained."""
+    return recipe.Recipe(
+        learning_rate_schedule(opts), opts.LR, opts.momentum, opts.weightDecay,
+        opts.normWeightDecay, opts.biasWeightDecay, opts.optimState, opts.labelSmoothing,
+        opts.clipGradNorm, opts.mixup, opts.cutmix, opts.manualSeed, opts.ema, opts.emaEvery,
+        opts.warmupEpochs, opts.tenCrop, opts.printFreq, opts.skipCorrupt, opts.precision,
+        opts.testOnly,
+    )  # fmt: skip
+
+
+def learning_rate_schedule(opts: argparse.Namespace) -> schedules.Schedule:
+    """-lrSchedule with its options: the Lua's per-dataset rule by default."""
+    lua = schedules.lua_rule(opts.dataset, opts.netType, opts.LR, opts.nEpochs)
+    return schedules.schedule(opts.lrSchedule, opts.LR, opts.nEpochs, lua=lua,
+                              steps=opts.lrSteps, gamma=opts.lrGamma, min_lr=opts.lrMin,
+                              warmup=opts.warmupEpochs, warmup_start=opts.warmupStart)  # fmt: skip
+
+
+def loop_spec(opts: argparse.Namespace, data: datasets.DataSpec) -> epochs.Loop:
+    """The epochs and their files."""
+    return epochs.Loop(
+        opts.save, opts.resume, opts.overwrite, opts.tensorboard, opts.batchSize, opts.nEpochs,
+        opts.epochNumber, opts.checkpointEvery, opts.keepCheckpoints, opts.preciseBN,
+        (opts.frozenStages, opts.normEval),
+        data.evaluation_sizes(),
+    )  # fmt: skip
