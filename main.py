@@ -35,11 +35,11 @@ import epochs
 import errors
 import launch
 import models
-import opts as options
 import parallel
+import plan as plans
 from launch import Processes
 from models import pretrained, setup
-from plan import Plan, make_plan
+from plan import Plan
 
 
 def run(plan: Plan, named: pretrained.Named | None) -> int:
@@ -109,9 +109,9 @@ def main(argv=None) -> int:
     """Entry point: one 'error:' line and exit status 2 for every bad input."""
     sys.stdout.reconfigure(errors="backslashreplace")  # file names that are not UTF-8
     try:
-        opts = options.parse(argv)
-        named = options.adopt_weights(opts)
-        return run(make_plan(opts, options.start_notes(opts)), named)
+        opts = plans.parse(argv)
+        named = plans.adopt_weights(opts)  # -weights: their network and evaluation sizes
+        return run(plans.make_plan(opts), named)
     except Exception as exc:  # what ended the run, said once: exit_status tells bugs apart
         return errors.exit_status(exc, distributed=launch.in_a_job())
     except KeyboardInterrupt as exc:

@@ -4,15 +4,10 @@ import argparse
 import math
 import os
 import sys
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
+from typing import NamedTuple
 
-import models
-from datasets.policies import POLICIES
-from datasets.table import DATASETS, SMALL_IMAGES
 from errors import UsageError, check_choice, closest
-from models import NET_TYPES, default_depth, pretrained
-from models.pretrained import is_weights_name
-from schedules import SCHEDULES
 
 PRECISIONS = ("single", "double", "half", "bf16")
 INTERPOLATIONS = ("bicubic", "bilinear")
@@ -46,6 +41,18 @@ INT_LIMIT = 2**31 - 1
 # More loader processes than this per core only wait on one another (and on memory).
 WORKERS_PER_CORE = 8
 TRUE_WORDS, FALSE_WORDS = ("true", "1", "yes"), ("false", "0", "no")
+
+
+class Names(NamedTuple):
+    """What the modules own that some flags name (plan.NAMES): the parser checks the flags
+    against these, lists them in -h, and fills unset defaults from them."""
+
+    datasets: Mapping[str, int]  # -dataset names -> the -nEpochs that 0 means
+    net_types: Sequence[str]
+    default_depth: Callable[[str, str], int]  # (netType, dataset) -> the depth unset means
+    policies: Sequence[str]  # -autoAugment
+    schedules: Sequence[str]  # -lrSchedule
+    is_weights_name: Callable[[str], bool]  # -weights
 
 
 class Parser(argparse.ArgumentParser):
@@ -117,7 +124,7 @@ FLAGS = [
         "Path to dataset: a folder with train/ and val/ (imagenet), or the CIFAR / "
         "Fashion-MNIST files",
     ),
-    ("dataset", str, "imagenet", "Options: " + " | ".join(DATASETS)),
+    ("dataset", str, "imagenet", "Options: {datasets}"),
     (
         "recipe",
         str,
@@ -166,7 +173,7 @@ FLAGS = [
         "lrSchedule",
         str,
         "lua",
-        "Options: " + " | ".join(SCHEDULES) + " (lua: the Lua's per-dataset steps; cosine: per"
+        "Options: {schedules} (lua: the Lua's per-dataset steps; cosine: per"
         " iteration to -lrMin) (new)",
     ),
     ("lrSteps", epoch_list, (), "-lrSchedule step: epochs from which the LR is x -lrGamma (new)"),
@@ -196,7 +203,7 @@ FLAGS = [
         " (0: off) (new)",
     ),
     ("emaEvery", bounded_int, 1, "-ema: update the average every N steps (new)"),
-    ("netType", str, "resnext", "Options: " + " | ".join(NET_TYPES)),
+    ("netType", str, "resnext", "Options: {net_types}"),
     ("bottleneckType", str, "resnext_C", "Options: resnet | resnext_B | resnext_C"),
     (
         "depth",
@@ -283,7 +290,7 @@ FLAGS = [
         "autoAugment",
         str,
         "none",
-        "Augmentation policy: " + " | ".join(POLICIES) + " (torchvision's; replaces the Lua's"
+        "Augmentation policy: {policies} (torchvision's; replaces the Lua's"
         " colour jitter on folder datasets) (new)",
     ),
     (
@@ -330,8 +337,11 @@ FLAGS = [
 ]
 
 
-def build_parser() -> Parser:
-    """The parser: each flag as -name and --name, booleans also as a bare flag."""
+def build_parser(names: Names) -> Parser:
+    """The parser: each flag as -name and --name, booleans also as a bare flag; the help of
+    the flags that take names lists them."""
+    listed = {f"{{{field}}}": " | ".join(getattr(names, field))
+              for field in ("datasets", "net_types", "policies", "schedules")}  # fmt: skip
     parser = Parser(
         prog="main.py",
         description="Train ResNet / PreResNet / ResNeXt on ImageNet, CIFAR or an image folder.",
@@ -339,6 +349,8 @@ def build_parser() -> Parser:
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     for name, kind, default, text in FLAGS:
+        for placeholder, words in listed.items():
+            text = text.replace(placeholder, words)
         extra = {"nargs": "?", "const": True, "metavar": "true|false"} if kind is lua_bool else {}
         parser.add_argument(
             f"-{name}", f"--{name}", dest=name, type=kind, default=default, help=text, **extra
@@ -346,17 +358,17 @@ def build_parser() -> Parser:
     return parser
 
 
-def parse(argv: Sequence[str] | None = None) -> argparse.Namespace:
-    """Parse and validate argv; raise UsageError naming what to fix. opts.given lists the
-    flags the command line set (the rest are defaults)."""
+def parse(argv: Sequence[str] | None, names: Names) -> argparse.Namespace:
+    """Parse and validate argv against the modules' names; raise UsageError naming what to
+    fix. opts.given lists the flags the command line set (the rest are defaults)."""
     argv = sys.argv[1:] if argv is None else list(argv)
     try:
         given = given_flags(argv)
-        opts = build_parser().parse_args(argv)
+        opts = build_parser(names).parse_args(argv)
         opts.given = given
         apply_recipe(opts)
-        resolve_defaults(opts)
-        validate(opts)
+        resolve_defaults(opts, names)
+        validate(opts, names)
     except UsageError as exc:  # a value typed may hold a line break: the message stays one line
         raise UsageError(str(exc).replace("\r", "\\r").replace("\n", "\\n")) from None
     return opts
@@ -388,7 +400,7 @@ def recipe_values(name: str, dataset: str) -> dict:
     if name == "none":
         return {}
     check_choice("-recipe", name, ("none", *RECIPES))
-    kind = "small" if dataset in SMALL_IMAGES else "folder"
+    kind = "folder" if dataset == "imagenet" else "small"  # -dataset imagenet: any folder
     return {**RECIPES[name].get("all", {}), **RECIPES[name].get(kind, {})}
 
 
@@ -447,12 +459,12 @@ def test_only_note(options: Mapping, averaged: bool) -> str | None:
     return f"=> warning: -testOnly ignores what acts on training alone: {', '.join(ignored)}"
 
 
-def resolve_defaults(opts: argparse.Namespace) -> None:
+def resolve_defaults(opts: argparse.Namespace, names: Names) -> None:
     """Fill the per-dataset defaults as opts.lua does, and an unset depth."""
-    if opts.nEpochs == 0 and opts.dataset in DATASETS:
-        opts.nEpochs = DATASETS[opts.dataset].epochs
-    if opts.depth is None and opts.netType in NET_TYPES:
-        opts.depth = default_depth(opts.netType, opts.dataset)
+    if opts.nEpochs == 0 and opts.dataset in names.datasets:
+        opts.nEpochs = names.datasets[opts.dataset]
+    if opts.depth is None and opts.netType in names.net_types:
+        opts.depth = names.default_depth(opts.netType, opts.dataset)
 
 
 def _check(condition: bool, message: str) -> None:
@@ -460,7 +472,7 @@ def _check(condition: bool, message: str) -> None:
         raise UsageError(message)
 
 
-def validate(opts: argparse.Namespace) -> None:
+def validate(opts: argparse.Namespace, names: Names) -> None:
     """Reject bad values and combinations before any work starts."""
     for name, kind, default, _ in FLAGS:  # '' would name the current folder, or nothing
         checked = default != "" or (name == "data" and name in getattr(opts, "given", ()))
@@ -468,8 +480,8 @@ def validate(opts: argparse.Namespace) -> None:
             kind is not str or not checked or getattr(opts, name).strip() != "",
             f"-{name} is empty: give a value (or leave the flag out for its default)",
         )
-    check_choice("-dataset", opts.dataset, DATASETS)
-    check_choice("-netType", opts.netType, NET_TYPES)
+    check_choice("-dataset", opts.dataset, names.datasets)
+    check_choice("-netType", opts.netType, names.net_types)
     check_choice("-precision", opts.precision, PRECISIONS)
     check_choice("-memoryFormat", opts.memoryFormat, ("channels_last", "contiguous"))
     check_choice("-cudnn", opts.cudnn, ("fastest", "default", "deterministic"))
@@ -480,7 +492,7 @@ def validate(opts: argparse.Namespace) -> None:
     _check(opts.LR > 0, f"-LR must be positive, got {opts.LR}")
     _check(0 <= opts.momentum < 1, f"-momentum must be in [0, 1), got {opts.momentum}")
     _check(opts.weightDecay >= 0, f"-weightDecay must not be negative, got {opts.weightDecay}")
-    validate_recipe_options(opts)
+    validate_recipe_options(opts, names)
     _check(opts.nThreads >= 0, f"-nThreads must not be negative, got {opts.nThreads}")
     workers = WORKERS_PER_CORE * (os.cpu_count() or 1)
     _check(
@@ -517,14 +529,14 @@ def validate(opts: argparse.Namespace) -> None:
         f"-tenCrop true needs -batchSize of at least 10 (10 crops per image), got {opts.batchSize}",
     )
     _check(
-        not opts.tenCrop or opts.dataset not in SMALL_IMAGES,
+        not opts.tenCrop or opts.dataset == "imagenet",
         "-tenCrop is for ImageNet-style folder datasets, not " + opts.dataset,
     )
-    validate_weights(opts)
+    validate_weights(opts, names.is_weights_name)
     validate_paths(opts)
 
 
-def validate_weights(opts: argparse.Namespace) -> None:
+def validate_weights(opts: argparse.Namespace, is_weights_name: Callable[[str], bool]) -> None:
     """-weights: a name (a file goes to -retrain), for folder datasets, not with -retrain."""
     if opts.weights == "none":
         return
@@ -559,9 +571,9 @@ def validate_crops(opts: argparse.Namespace) -> None:
     )
 
 
-def validate_recipe_options(opts: argparse.Namespace) -> None:
+def validate_recipe_options(opts: argparse.Namespace, names: Names) -> None:
     """The schedule, loss and optimizer options beyond the Lua's."""
-    check_choice("-lrSchedule", opts.lrSchedule, SCHEDULES)
+    check_choice("-lrSchedule", opts.lrSchedule, names.schedules)
     _check(
         opts.lrSchedule != "step" or opts.lrSteps,
         "-lrSchedule step needs -lrSteps, the epochs the LR drops at (e.g. -lrSteps 30,60,90)",
@@ -589,7 +601,7 @@ def validate_recipe_options(opts: argparse.Namespace) -> None:
     for name in ("mixup", "cutmix"):
         value = getattr(opts, name)
         _check(value >= 0, f"-{name} (alpha) must not be negative, got {value}")
-    check_choice("-autoAugment", opts.autoAugment, POLICIES)
+    check_choice("-autoAugment", opts.autoAugment, names.policies)
     _check(
         0 <= opts.randomErasing <= 1,
         f"-randomErasing must be in [0, 1], got {opts.randomErasing}",
@@ -630,31 +642,6 @@ def start_notes(opts: argparse.Namespace) -> tuple[str, ...]:
     """The lines a run starts with about its command line: what -recipe set, and the linear
     scaling rule's -LR for a changed -batchSize."""
     return tuple(note for note in (recipe_summary(opts), linear_scaling_note(opts)) if note)
-
-
-def adopt_weights(opts) -> "pretrained.Named | None":
-    """-weights resolved (None without): the network flags become the weights' network (a
-    flag given otherwise is an error), and -valResize / -valCrop / -valInterpolation how they
-    were evaluated unless given (or -cropSize)."""
-    if opts.weights == "none":
-        return None
-    named = pretrained.resolve(opts.weights)
-    for flag, value in ((flag, named.arch[flag]) for flag in models.ARCH_FLAGS):
-        if flag in opts.given and getattr(opts, flag) != value:
-            raise UsageError(
-                f"-weights {named.name} are a network of {models.arch_flags(named.arch)}:"
-                f" drop -{flag} {getattr(opts, flag)}"
-            )
-        setattr(opts, flag, value)
-    if "cropSize" in opts.given:  # the user's crop: the val sizes follow it, as in the Lua
-        return named
-    sizes = {"valResize": named.preprocessing.resize, "valCrop": named.preprocessing.crop,
-             "valInterpolation": named.preprocessing.interpolation}  # fmt: skip
-    for flag, size in sizes.items():
-        if flag not in opts.given:
-            setattr(opts, flag, size)
-    validate_crops(opts)
-    return named
 
 
 REFERENCE_BATCH = {"imagenet": 256}  # the recipes' batch for -LR 0.1; CIFAR's is 128

@@ -8,10 +8,23 @@ from types import MappingProxyType
 
 import datasets
 import epochs
+import errors
+import models
+import opts as opts_module
 import recipe
 import schedules
-from datasets import imagenet
-from models import setup
+from datasets import imagenet, policies, table
+from models import pretrained, setup
+
+# The names the flags take, as the modules own them.
+NAMES = opts_module.Names(
+    datasets={name: kind.epochs for name, kind in table.DATASETS.items()},
+    net_types=models.NET_TYPES,
+    default_depth=models.default_depth,
+    policies=policies.POLICIES,
+    schedules=schedules.SCHEDULES,
+    is_weights_name=pretrained.is_weights_name,
+)
 
 
 @dataclass(frozen=True)
@@ -41,7 +54,38 @@ class Plan:
     notes: tuple[str, ...]  # what the command line sets that is worth a line at start
 
 
-def make_plan(opts: argparse.Namespace, notes: tuple[str, ...] = ()) -> Plan:
+def parse(argv=None) -> argparse.Namespace:
+    """The command line (sys.argv's without argv) parsed and checked against the modules'
+    names; UsageError naming what to fix."""
+    return opts_module.parse(argv, NAMES)
+
+
+def adopt_weights(opts: argparse.Namespace) -> pretrained.Named | None:
+    """-weights resolved (None without): the network flags become the weights' network (a
+    flag given otherwise is an error), and -valResize / -valCrop / -valInterpolation how they
+    were evaluated unless given (or -cropSize)."""
+    if opts.weights == "none":
+        return None
+    named = pretrained.resolve(opts.weights)
+    for flag, value in ((flag, named.arch[flag]) for flag in models.ARCH_FLAGS):
+        if flag in opts.given and getattr(opts, flag) != value:
+            raise errors.UsageError(
+                f"-weights {named.name} are a network of {models.arch_flags(named.arch)}:"
+                f" drop -{flag} {getattr(opts, flag)}"
+            )
+        setattr(opts, flag, value)
+    if "cropSize" in opts.given:  # the user's crop: the val sizes follow it, as in the Lua
+        return named
+    sizes = {"valResize": named.preprocessing.resize, "valCrop": named.preprocessing.crop,
+             "valInterpolation": named.preprocessing.interpolation}  # fmt: skip
+    for flag, size in sizes.items():
+        if flag not in opts.given:
+            setattr(opts, flag, size)
+    opts_module.validate_crops(opts)
+    return named
+
+
+def make_plan(opts: argparse.Namespace) -> Plan:
     """The plan of the parsed (and -weights-resolved) options."""
     data = data_spec(opts)
     return Plan(
@@ -60,7 +104,7 @@ def make_plan(opts: argparse.Namespace, notes: tuple[str, ...] = ()) -> Plan:
         ),  # fmt: skip
         test_only=opts.testOnly,
         options=MappingProxyType({k: v for k, v in vars(opts).items() if k != "given"}),
-        notes=notes,
+        notes=opts_module.start_notes(opts),
     )
 
 

@@ -318,8 +318,6 @@ def replace_classifier(model: nn.Module, n_classes: int) -> None:
     nn.init.zeros_(model.fc.bias)
 
 
-
-
 def arch_flags(arch: dict) -> str:
     """The command-line flags that build the network of arch."""
     flags = f"-netType {arch['netType']} -depth {arch['depth']}"

@@ -58,3 +58,19 @@ def test_checkpoints_know_nothing_of_datasets_or_networks():
 
 def test_the_dataset_table_imports_nothing_so_the_parser_stays_light():
     assert project_imports("datasets/table.py") == set()
+
+
+def test_the_option_parser_imports_no_model_or_dataset_module():
+    assert project_imports("opts.py") <= {"errors"}
+
+
+def test_only_the_plan_step_reads_the_parsed_options():
+    readers = [
+        f"{path}:{node.name}"
+        for path in PACKAGE
+        if path not in ("opts.py", "plan.py", "main.py")
+        for node in ast.walk(tree_of(path))
+        if isinstance(node, ast.FunctionDef) and "opts" in {a.arg for a in node.args.args}
+    ]
+    assert readers == []
+    assert "opts" not in project_imports("main.py") and "opts" in project_imports("plan.py")

@@ -136,12 +136,11 @@ def test_a_fixed_seed_repeats_the_run_with_two_workers(cifar10_root, tmp_path):
 
 
 def test_optim_state_flag_loads_the_momentum_buffers(cifar_run):
-    import opts
     import plan
     import recipe
 
     save, common, _, _ = cifar_run
-    parsed = opts.parse([*common, "-optimState", os.path.join(save, "optimState_2.pth")])
+    parsed = plan.parse([*common, "-optimState", os.path.join(save, "optimState_2.pth")])
     model = models.create("resnext", 29, "cifar10", cardinality=2, baseWidth=16)
     optimizer = recipe.make_optimizer(model, plan.training_recipe(parsed), checkpoint=None)
     saved = torch.load(os.path.join(save, "optimState_2.pth"), weights_only=True)

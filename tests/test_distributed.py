@@ -14,6 +14,7 @@ import torch
 import warm
 from conftest import TIMEOUT, with_flags
 
+import plan
 from datasets.sampler import shard
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -188,7 +189,7 @@ def test_the_linear_scaling_rule_is_suggested_only_for_a_changed_batch(capsys, t
     import opts
 
     (tmp_path / "train").mkdir(), (tmp_path / "val").mkdir()
-    said = opts.linear_scaling_note(opts.parse([*flags.split(), "-data", str(tmp_path)]))
+    said = opts.linear_scaling_note(plan.parse([*flags.split(), "-data", str(tmp_path)]))
     assert (note in said and "\n" not in said) if note else said is None
 
 

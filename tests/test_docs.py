@@ -6,6 +6,7 @@ import pytest
 from conftest import load_script
 
 import opts
+import plan
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -56,6 +57,6 @@ def test_every_documented_command_has_known_flags_of_the_right_type():
     for page, argv in commands:
         try:
             opts.given_flags(argv)
-            opts.build_parser().parse_args(argv)
+            opts.build_parser(plan.NAMES).parse_args(argv)
         except opts.UsageError as exc:
             raise AssertionError(f"{page}: main.py {' '.join(argv)}: {exc}") from None

@@ -8,17 +8,18 @@ import pytest
 import errors
 import main
 import opts as options
+import plan
 
 
 def test_an_unknown_value_names_the_options_and_the_closest_one():
     with pytest.raises(errors.UsageError) as refused:
-        options.parse(["-dataset", "cifar", "-nEpochs", "1"])
+        plan.parse(["-dataset", "cifar", "-nEpochs", "1"])
     assert str(refused.value) == (
         "unknown -dataset cifar (options: imagenet, cifar10, cifar100, fashionmnist);"
         " did you mean cifar10?"
     )
     with pytest.raises(errors.UsageError) as refused:
-        options.parse(["-dataset", "cifar10", "-precision", "int8"])
+        plan.parse(["-dataset", "cifar10", "-precision", "int8"])
     assert str(refused.value) == "unknown -precision int8 (options: single, double, half, bf16)"
 
 
@@ -44,7 +45,7 @@ def test_a_peer_that_is_not_rank_0_ends_quietly(capsys):
 
 
 def test_a_bug_shows_its_traceback_and_asks_to_report_it(monkeypatch, capsys):
-    def broken(argv):
+    def broken(argv, names):
         raise ValueError("an index is off by one")
 
     monkeypatch.setattr(options, "parse", broken)

@@ -211,10 +211,9 @@ def test_a_crop_size_other_than_224_crops_train_and_val_to_it(jpeg_root, tmp_pat
     val = imagenet.load("val", jpeg_root, str(tmp_path / "gen.json"), crops=crops)
     assert train[(0, 7)][0].shape == val[0][0].shape == (3, 256, 256)
     assert (val.transform.scale, imagenet.val_scale(224)) == (292, 256)
-    import opts as options
     import plan
 
-    parsed = options.parse(["-dataset", "imagenet", "-data", jpeg_root, "-cropSize", "320",
+    parsed = plan.parse(["-dataset", "imagenet", "-data", jpeg_root, "-cropSize", "320",
                             "-gen", str(tmp_path / "gen")])  # fmt: skip
     assert datasets.create(plan.data_spec(parsed), "val")[0][0].shape == (
         3,

@@ -9,6 +9,7 @@ import warm
 from hypothesis import strategies as st
 
 import opts
+import plan
 
 # Section 1: every Lua flag with its default (ResNeXt fork's where they differ).
 LUA_FLAGS = {
@@ -45,7 +46,7 @@ LUA_FLAGS = {
 
 
 def parse_ok(*argv):
-    return opts.parse(["-dataset", "cifar10", *argv])
+    return plan.parse(["-dataset", "cifar10", *argv])
 
 
 def test_every_lua_flag_exists_with_its_default():
@@ -66,15 +67,15 @@ def test_every_lua_flag_exists_with_its_default():
     ],
 )
 def test_per_dataset_defaults_are_resolved(argv, epochs, depth):
-    parsed = opts.parse(argv)
+    parsed = plan.parse(argv)
     assert (parsed.nEpochs, parsed.depth) == (epochs, depth)
 
 
 def test_imagenet_defaults(tmp_path):
     (tmp_path / "train").mkdir(), (tmp_path / "val").mkdir()
-    parsed = opts.parse(["-data", str(tmp_path)])
+    parsed = plan.parse(["-data", str(tmp_path)])
     assert (parsed.nEpochs, parsed.depth, parsed.netType) == (100, 50, "resnext")
-    assert opts.parse(["-data", str(tmp_path), "-netType", "resnet"]).depth == 34
+    assert plan.parse(["-data", str(tmp_path), "-netType", "resnet"]).depth == 34
 
 
 @pytest.mark.parametrize(
@@ -167,26 +168,26 @@ def test_help_lists_every_flag_with_default():
 def test_bad_input_raises_a_usage_error_saying_what_to_fix(argv, message):
     argv = argv if "-dataset" in argv else ["-dataset", "cifar10", *argv]
     with pytest.raises(opts.UsageError, match=re.escape(message)):
-        opts.parse(argv)
+        plan.parse(argv)
 
 
 def test_given_flags_are_listed_and_reset_classifier_defaults_to_the_dataset(tmp_path):
     parsed = parse_ok("-resetClassifier", "true", "--LR=0.01", "-momentum", "0")
     assert parsed.given == ["dataset", "resetClassifier", "LR", "momentum"]
     assert parsed.nClasses == 0 and parsed.momentum == 0.0  # 0: the data's class count
-    assert opts.parse(["-dataset", "cifar10", "-testOnly", "-epochNumber", "9", "-nEpochs", "1"])
+    assert plan.parse(["-dataset", "cifar10", "-testOnly", "-epochNumber", "9", "-nEpochs", "1"])
 
 
 def test_imagenet_needs_train_and_val_folders(tmp_path):
     (tmp_path / "train").mkdir()
     with pytest.raises(opts.UsageError, match="ImageNet missing `val` directory"):
-        opts.parse(["-data", str(tmp_path)])
+        plan.parse(["-data", str(tmp_path)])
 
 
 def test_ten_crop_needs_ten_images_per_batch(tmp_path):
     (tmp_path / "train").mkdir(), (tmp_path / "val").mkdir()
     with pytest.raises(opts.UsageError, match="at least 10"):
-        opts.parse(["-data", str(tmp_path), "-tenCrop", "true", "-batchSize", "8"])
+        plan.parse(["-data", str(tmp_path), "-tenCrop", "true", "-batchSize", "8"])
 
 
 FLAG_NAMES = [f"-{name}" for name, *_ in opts.FLAGS] + ["--depth", "-h2", "--", "-", "-LR"]
@@ -203,11 +204,11 @@ TOKENS = st.one_of(
 @hypothesis.given(st.lists(TOKENS, max_size=8))
 def test_any_argument_list_gives_options_or_a_usage_error(argv):
     try:
-        parsed = opts.parse(argv)
+        parsed = plan.parse(argv)
     except opts.UsageError as exc:
         assert str(exc) and "\n" not in str(exc)
         return
-    assert parsed.batchSize > 0 and parsed.nEpochs > 0 and parsed.dataset in opts.DATASETS
+    assert parsed.batchSize > 0 and parsed.nEpochs > 0 and parsed.dataset in plan.NAMES.datasets
 
 
 def test_main_turns_a_usage_error_into_exit_2_and_one_line(capsys):

@@ -96,7 +96,7 @@ def test_in_memory_batches_get_the_policy_before_and_erasing_after_normalising()
 
 def test_the_crop_flags_reach_the_folder_dataset(jpeg_root, tmp_path):
     base = ["-dataset", "imagenet", "-data", jpeg_root, "-gen", str(tmp_path / "gen")]
-    parsed = options.parse([*base, "-trainCrop", "176", "-valResize", "232", "-valCrop", "224"])
+    parsed = plan.parse([*base, "-trainCrop", "176", "-valResize", "232", "-valCrop", "224"])
     train, val = (
         datasets.create(plan.data_spec(parsed), "train"),
         datasets.create(plan.data_spec(parsed), "val"),
@@ -118,9 +118,9 @@ def test_the_crop_flags_reach_the_folder_dataset(jpeg_root, tmp_path):
 )
 def test_bad_augmentation_values_are_one_usage_error(extra, message, jpeg_root):
     with pytest.raises(options.UsageError, match=re.escape(message)):
-        options.parse(["-dataset", "imagenet", "-data", jpeg_root, *extra])
+        plan.parse(["-dataset", "imagenet", "-data", jpeg_root, *extra])
     with pytest.raises(options.UsageError, match="-trainCrop is for folder datasets"):
-        options.parse(["-dataset", "cifar10", "-trainCrop", "28"])
+        plan.parse(["-dataset", "cifar10", "-trainCrop", "28"])
 
 
 def test_repeated_augmentation_repeats_each_image_with_its_own_draws():
@@ -174,11 +174,11 @@ def test_a_jpeg_left_to_the_device_gets_the_same_policy_once_decoded(jpeg_root, 
 
 def test_the_repeated_augmentation_flag_reaches_both_kinds_of_loader(cifar10_root, jpeg_root,
                                                                      tmp_path):  # fmt: skip
-    cifar = options.parse(["-dataset", "cifar10", "-data", cifar10_root, "-repeatedAug", "2",
+    cifar = plan.parse(["-dataset", "cifar10", "-data", cifar10_root, "-repeatedAug", "2",
                            "-gen", str(tmp_path / "c")])  # fmt: skip
     in_memory, val = datasets.create_loaders(plan.data_spec(cifar), torch.device("cpu"))
     assert (in_memory.repeats, val.repeats) == (2, 1)
-    folder = options.parse(["-dataset", "imagenet", "-data", jpeg_root, "-repeatedAug", "3",
+    folder = plan.parse(["-dataset", "imagenet", "-data", jpeg_root, "-repeatedAug", "3",
                             "-nThreads", "0", "-gen", str(tmp_path / "f")])  # fmt: skip
     train, val = datasets.create_loaders(plan.data_spec(folder), torch.device("cpu"))
     assert (train.sampler.repeats, val.sampler.repeats) == (3, 1)

@@ -23,7 +23,7 @@ from test_cli import run_main
 from test_scripts import python
 
 import models
-import opts as options
+import plan
 from datasets import imagenet
 from errors import UsageError
 from models import pretrained
@@ -217,14 +217,14 @@ def test_a_bad_weights_flag_is_one_error_line_and_exit_2(flags, message, jpeg_ro
 
 
 def test_the_weights_network_and_sizes_become_the_options_unless_given(jpeg_root):
-    opts = options.parse(["-dataset", "imagenet", "-data", jpeg_root,
+    opts = plan.parse(["-dataset", "imagenet", "-data", jpeg_root,
                           "-weights", "ResNet50_Weights.IMAGENET1K_V2"])  # fmt: skip
-    options.adopt_weights(opts)
+    plan.adopt_weights(opts)
     assert (opts.netType, opts.depth, opts.shortcutType) == ("resnet", 50, "B")
     assert (opts.valResize, opts.valCrop, opts.valInterpolation) == (232, 224, "bilinear")
-    given = options.parse(["-dataset", "imagenet", "-data", jpeg_root, "-valResize", "256",
+    given = plan.parse(["-dataset", "imagenet", "-data", jpeg_root, "-valResize", "256",
                            "-weights", "ResNet50_Weights.IMAGENET1K_V2"])  # fmt: skip
-    options.adopt_weights(given)
+    plan.adopt_weights(given)
     assert (given.valResize, given.valCrop) == (256, 224)
     summary = pretrained.summary(pretrained.resolve("ResNet50_Weights.IMAGENET1K_V2"))
     assert summary.endswith("1000 classes (ImageNet-1k's); evaluated at resize 232 (bilinear), crop 224:"

@@ -179,7 +179,7 @@ def test_weight_decay_groups_put_norm_layers_and_biases_apart():
     assert bias["weight_decay"] == 1e-5 and norm["weight_decay"] == 0.0
     everything = other["params"] + norm["params"] + bias["params"]
     assert len(everything) == len(list(model.parameters()))
-    opts = options.parse([*CIFAR, "-normWeightDecay", "0", "-biasWeightDecay", "1e-5"])
+    opts = plan.parse([*CIFAR, "-normWeightDecay", "0", "-biasWeightDecay", "1e-5"])
     wired = recipe.make_optimizer(
         model, plan.training_recipe(opts), None
     ).param_groups  # the flags reach it
@@ -189,7 +189,7 @@ def test_weight_decay_groups_put_norm_layers_and_biases_apart():
 def test_the_default_options_train_bitwise_as_the_lua_loop():
     """Default flags: one SGD group, the Lua's LR per epoch, plain cross-entropy, no mixing,
     no average; the Trainer's weights equal a hand-written loop of the Lua's steps."""
-    opts = options.parse([*CIFAR, "-nEpochs", "4", "-LR", "0.3"])
+    opts = plan.parse([*CIFAR, "-nEpochs", "4", "-LR", "0.3"])
     torch.manual_seed(0)
     model = nn.Sequential(nn.Flatten(), nn.Linear(3 * 8 * 8, 10))
     reference = copy.deepcopy(model)
@@ -236,7 +236,7 @@ def test_the_default_options_train_bitwise_as_the_lua_loop():
 )
 def test_bad_recipe_values_are_one_usage_error(extra, message):
     with pytest.raises(options.UsageError, match=re.escape(message)):
-        options.parse([*CIFAR, *extra])
+        plan.parse([*CIFAR, *extra])
 
 
 def test_a_bad_recipe_value_exits_2_with_one_line(capsys):
@@ -272,7 +272,7 @@ def test_validation_test_only_and_the_scripts_use_the_ema_weights(cifar10_root, 
 
 def test_a_recipe_sets_its_flags_and_given_flags_win(jpeg_root, tmp_path):
     base = ["-dataset", "imagenet", "-data", jpeg_root, "-gen", str(tmp_path / "gen")]
-    opts = options.parse([*base, "-recipe", "torchvision", "-nEpochs", "20", "-LR", "0.2"])
+    opts = plan.parse([*base, "-recipe", "torchvision", "-nEpochs", "20", "-LR", "0.2"])
     expected = {"batchSize": 1024, "LR": 0.2, "nEpochs": 20, "lrSchedule": "cosine",
                 "warmupEpochs": 5.0, "autoAugment": "ta_wide", "randomErasing": 0.1,
                 "labelSmoothing": 0.1, "mixup": 0.2, "cutmix": 1.0, "weightDecay": 2e-5,
@@ -282,19 +282,19 @@ def test_a_recipe_sets_its_flags_and_given_flags_win(jpeg_root, tmp_path):
     summary = options.recipe_summary(opts)
     assert summary.startswith("=> -recipe torchvision: -batchSize 1024 -lrSchedule cosine")
     assert summary.endswith("(given on the command line: -LR -nEpochs)")
-    small = options.parse([*CIFAR, "-recipe", "resnext"])
+    small = plan.parse([*CIFAR, "-recipe", "resnext"])
     assert (small.nEpochs, small.batchSize, small.weightDecay) == (300, 128, 5e-4)
-    assert options.parse([*CIFAR, "-recipe", "fb"]).nEpochs == 164
-    assert options.recipe_summary(options.parse(CIFAR)) is None
+    assert plan.parse([*CIFAR, "-recipe", "fb"]).nEpochs == 164
+    assert options.recipe_summary(plan.parse(CIFAR)) is None
     with pytest.raises(options.UsageError, match=r"-warmupEpochs 5 \(-recipe torchvision's\)"):
-        options.parse([*CIFAR, "-recipe", "torchvision", "-nEpochs", "3"])
+        plan.parse([*CIFAR, "-recipe", "torchvision", "-nEpochs", "3"])
     with pytest.raises(options.UsageError, match="unknown -recipe timm"):
-        options.parse([*CIFAR, "-recipe", "timm"])
+        plan.parse([*CIFAR, "-recipe", "timm"])
 
 
 def test_the_linear_scaling_note_follows_the_recipes_batch(capsys):
     note = options.linear_scaling_note(
-        options.parse([*CIFAR, "-recipe", "torchvision", "-batchSize", "256"])
+        plan.parse([*CIFAR, "-recipe", "torchvision", "-batchSize", "256"])
     )
     assert "suggests -LR 0.125 (0.5 x 256/1024)" in note
 

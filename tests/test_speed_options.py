@@ -13,6 +13,7 @@ from conftest import TIMEOUT
 import launch
 import main
 import models
+import plan
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -142,9 +143,9 @@ def test_the_host_allocator_is_set_before_any_data_is_loaded(monkeypatch):
 
     monkeypatch.setattr(launch, "configure_host_allocator", lambda mode: calls.append(mode))
     monkeypatch.setattr(main.datasets, "create_loaders", no_loaders)
-    parsed = main.options.parse(["-dataset", "cifar10", "-nGPU", "0", "-netType", "resnet"])
+    parsed = plan.parse(["-dataset", "cifar10", "-nGPU", "0", "-netType", "resnet"])
     with pytest.raises(Stop):
-        main.run(parsed, None)
+        main.run(plan.make_plan(parsed), None)
     assert calls == ["cache", "loaders"]
 
 

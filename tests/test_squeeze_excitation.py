@@ -8,7 +8,6 @@ from test_cli import run_main
 from torch import nn
 
 import models
-import opts as options
 import plan
 from checkpoints import CheckpointError
 from models import loading, setup
@@ -94,7 +93,7 @@ def test_a_timm_file_is_recognised_and_its_flags_named():
 
 def test_a_checkpoint_saved_before_se_existed_resumes(tmp_path):
     (tmp_path / "train").mkdir(), (tmp_path / "val").mkdir()
-    opts = options.parse(["-dataset", "cifar10", "-netType", "resnet", "-depth", "8",
+    opts = plan.parse(["-dataset", "cifar10", "-netType", "resnet", "-depth", "8",
                           "-data", str(tmp_path)])  # fmt: skip
     arch = plan.network(opts)
     old_arch = {k: v for k, v in arch.items() if k != "se"}

@@ -19,6 +19,7 @@ from test_day_one import snapshot
 
 import launch
 import opts as options
+import plan
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 MAIN = os.path.join(ROOT, "main.py")
@@ -198,14 +199,14 @@ def test_processes_started_by_hand_meet_and_train(cifar10_root, tmp_path):
 def test_an_empty_path_is_refused(flag, cifar10_root, tmp_path):
     given = {"-dataset": "cifar10", "-data": cifar10_root, "-save": str(tmp_path), flag: ""}
     with pytest.raises(options.UsageError, match=f"^{flag} is empty"):
-        options.parse([word for pair in given.items() for word in pair])
+        plan.parse([word for pair in given.items() for word in pair])
 
 
 def test_a_directory_given_for_a_file_says_it_is_a_directory(cifar10_root, jpeg_root, tmp_path):
     argv = small_cifar_args(cifar10_root, tmp_path / "save")
     for flag in ("-retrain", "-optimState"):
         with pytest.raises(options.UsageError, match=f"{flag} {tmp_path} is a directory"):
-            options.parse([*argv, flag, str(tmp_path)])
+            plan.parse([*argv, flag, str(tmp_path)])
     script = os.path.join(ROOT, "scripts", "classify.py")
     done = warm.run([sys.executable, script, str(tmp_path), jpeg_root], capture_output=True,
                     text=True, timeout=TIMEOUT)  # fmt: skip
@@ -277,12 +278,12 @@ def test_top5_is_a_dash_with_three_classes(jpeg_root, tmp_path):
 )  # fmt: skip
 def test_an_unknown_flag_suggests_the_closest_known_one(typed, meant):
     with pytest.raises(options.UsageError, match=f"did you mean {meant}\\?"):
-        options.parse([typed, "3"])
+        plan.parse([typed, "3"])
 
 
 def test_a_flag_like_no_other_suggests_nothing():
     with pytest.raises(options.UsageError) as refused:
-        options.parse(["-xyzzy", "3"])
+        plan.parse(["-xyzzy", "3"])
     assert "did you mean" not in str(refused.value)
 
 
