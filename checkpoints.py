@@ -16,6 +16,7 @@ import shutil
 import signal
 import tempfile
 from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 from typing import BinaryIO
 
 import torch
@@ -128,13 +129,73 @@ def model_record(model: nn.Module, epoch: int, arch: dict, classes: list[str],
     return record
 
 
-def evaluated_weights(record: dict) -> tuple[dict, bool]:
-    """The weights a model file is evaluated with: its averaged (-ema) weights when it has
-    them, else its trained ones; and whether they are the averaged ones."""
-    average = record.get("ema")
-    if isinstance(average, dict) and isinstance(average.get("model"), dict):
-        return average["model"], True
-    return record["model"], False
+@dataclass(frozen=True)
+class ModelFile:
+    """A model file read back (or published weights fetched): the trained weights and what
+    they are. A bare state_dict has no arch and no classes."""
+
+    weights: dict  # the trained state_dict
+    path: str  # where it was read from (or the -weights name it was fetched as)
+    arch: dict | None = None  # models.create()'s arguments
+    classes: list | None = None
+    average: dict | None = None  # -ema's {"model": state_dict, "updates", "decay", "every"}
+    evaluation: dict | None = None  # how its val images were prepared (resize, crop, ...)
+    fetched: bool = False  # published weights by name, not a file the user named
+
+    @classmethod
+    def of(cls, record: Mapping, path: str, fetched: bool = False) -> "ModelFile":
+        """The model file of a record as model_record() writes it."""
+        average = record.get("ema")
+        if not (isinstance(average, dict) and isinstance(average.get("model"), dict)):
+            average = None
+        return cls(record["model"], path, record.get("arch"), record.get("classes"), average,
+                   record.get("evaluation"), fetched)  # fmt: skip
+
+    def evaluated(self) -> tuple[dict, bool]:
+        """The weights it is evaluated with: its averaged (-ema) weights when it has them,
+        else its trained ones; and whether they are the averaged ones."""
+        if self.average is not None:
+            return self.average["model"], True
+        return self.weights, False
+
+    def outputs(self) -> int | None:
+        """The width of its classifier (None when it has no fc layer)."""
+        fc_weight = self.weights.get("fc.weight")
+        return None if fc_weight is None else fc_weight.shape[0]
+
+
+@dataclass(frozen=True)
+class Checkpoint:
+    """The point a -resume run continues from: latest.pth and the files it names."""
+
+    epoch: int
+    iteration: int  # 0: the epoch is finished
+    samples: int | None  # images of the epoch's order trained (None: written before that)
+    model: ModelFile
+    optimizer: dict  # the optimizer's state_dict
+    best: tuple[float, float]  # the best top-1 and its top-5 so far
+    rng: dict  # every rank's random generators
+    scaler: dict | None  # fp16's loss scale
+    frozen: tuple[int, bool]  # -frozenStages, -normEval it was trained with
+    epoch_sums: object | None  # the epoch's training sums so far, mid-epoch
+
+
+@dataclass(frozen=True)
+class RunState:
+    """What latest.pth keeps of the run beside the files: every rank's random generators,
+    fp16's loss scale, the frozen settings, and mid-epoch the epoch's training sums."""
+
+    rng: dict | None = None
+    scaler: dict | None = None
+    frozen: tuple[int, bool] = (-1, False)
+    epoch_sums: object | None = None
+
+    def record(self) -> dict:
+        """As latest.pth stores it."""
+        state = {"rng": self.rng or {}, "scaler": self.scaler, "frozen": list(self.frozen)}
+        if self.epoch_sums is not None:
+            state["epochSums"] = self.epoch_sums
+        return state
 
 
 def save(
@@ -149,7 +210,7 @@ def save(
     best: tuple[float, float],
     iteration: int = 0,
     samples: int = 0,
-    state: dict | None = None,
+    state: "RunState | None" = None,
     keep: int = 0,
     average: dict | None = None,
     evaluation: dict | None = None,
@@ -174,7 +235,7 @@ def save(
         "optimFile": optim_name,
         "bestTop1": best[0],
         "bestTop5": best[1],
-        "state": state or {},
+        "state": (state or RunState()).record(),
     }
     atomic_save(latest_record, os.path.join(save_dir, LATEST))
     prune(save_dir, {model_name, optim_name}, keep)
@@ -318,7 +379,7 @@ def load_file(path: str):
         raise CheckpointError(f"{path} is truncated or not a checkpoint ({reason})") from None
 
 
-def latest_of_run(resume_dir: str) -> dict | None:
+def latest_of_run(resume_dir: str) -> Checkpoint | None:
     """-resume's checkpoint, said on one line; None (said too when there is a folder) to
     start afresh."""
     if resume_dir == "none":
@@ -331,7 +392,7 @@ def latest_of_run(resume_dir: str) -> dict | None:
     return checkpoint
 
 
-def latest(resume_dir: str) -> dict | None:
+def latest(resume_dir: str) -> Checkpoint | None:
     """The checkpoint latest.pth points to, or None when the folder has no checkpoint; a
     folder with model files but no (readable) latest.pth is a CheckpointError."""
     pointer = os.path.join(resume_dir, LATEST)
@@ -358,24 +419,26 @@ def latest(resume_dir: str) -> dict | None:
     model = load_file(model_path)
     if not isinstance(model, dict) or "arch" not in model or "model" not in model:
         raise CheckpointError(f"{model_path} is not a model file written by this tool")
-    return {
-        "epoch": record["epoch"],
-        "iteration": record.get("iteration", 0),
-        "samples": record.get("samples"),
-        "model": model,
-        "optimState": load_file(os.path.join(resume_dir, record["optimFile"])),
-        "bestTop1": record.get("bestTop1", float("inf")),
-        "bestTop5": record.get("bestTop5", float("inf")),
-        "state": record.get("state", {}),
-        "modelPath": model_path,
-    }
+    state = record.get("state", {})
+    return Checkpoint(
+        epoch=record["epoch"],
+        iteration=record.get("iteration", 0),
+        samples=record.get("samples"),
+        model=ModelFile.of(model, model_path),
+        optimizer=load_file(os.path.join(resume_dir, record["optimFile"])),
+        best=(record.get("bestTop1", float("inf")), record.get("bestTop5", float("inf"))),
+        rng=state.get("rng", {}),
+        scaler=state.get("scaler"),
+        frozen=tuple(state.get("frozen", (-1, False))),
+        epoch_sums=state.get("epochSums"),
+    )
 
 
-def load_model_file(path: str) -> dict:
-    """A model file as a record: ours as saved; a bare state_dict gets arch None."""
+def load_model_file(path: str) -> ModelFile:
+    """A model file: ours as saved; a bare state_dict gets no arch."""
     content = load_file(path)
     if isinstance(content, dict) and isinstance(content.get("model"), dict):
-        return content
+        return ModelFile.of(content, path)
     if isinstance(content, dict) and content and all(torch.is_tensor(v) for v in content.values()):
-        return {"model": clean_state_dict(content), "arch": None, "classes": None}
+        return ModelFile(clean_state_dict(content), path)
     raise CheckpointError(f"{path} holds neither a model record nor a state_dict")

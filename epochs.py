@@ -50,22 +50,22 @@ class EpochLoop:
         self.epoch, self.resume_sample, self.resume_sums = loop.epoch_number, 0, None
         self.position = (0, 0)  # (iteration, sample) the epoch being trained started at
         if checkpoint:
-            self.best = (checkpoint["bestTop1"], checkpoint["bestTop5"])
+            self.best = checkpoint.best
             self.resume_at(checkpoint)
 
     def resume_at(self, checkpoint: dict) -> None:
         """Continue after the checkpoint's epoch, or inside it at the sample it reached
         (whatever -batchSize was then), with the epoch's training sums so far."""
-        if checkpoint["iteration"] == 0:
-            self.epoch = checkpoint["epoch"] + 1
+        if checkpoint.iteration == 0:
+            self.epoch = checkpoint.epoch + 1
             return
-        self.epoch = checkpoint["epoch"]
-        samples = checkpoint["samples"]
+        self.epoch = checkpoint.epoch
+        samples = checkpoint.samples
         if samples is None:  # written before samples were recorded: same -batchSize
-            samples = checkpoint["iteration"] * self.loop.batch_size
+            samples = checkpoint.iteration * self.loop.batch_size
         self.resume_sample = samples
         if self.processes.rank == 0:  # the sums of every process, added up once
-            self.resume_sums = checkpoint["state"].get("epochSums")
+            self.resume_sums = checkpoint.epoch_sums
 
     def epoch_size(self) -> int:
         """Samples in an epoch's order."""
@@ -77,15 +77,13 @@ class EpochLoop:
         the same iteration, as every process calls it); only rank 0 writes (every rank
         holds the same weights), with the random generators of every rank."""
         rng = launch.all_gathered(launch.rng_state(self.devices), self.processes)
-        state = {"rng": rng, "scaler": self.trainer.scaler.state_dict(),
-                 "frozen": list(self.loop.frozen)}  # fmt: skip
+        sums = self.trainer.all_processes(self.trainer.sums.snapshot()) if sums else None
+        state = checkpoints.RunState(rng, self.trainer.scaler.state_dict(), self.loop.frozen, sums)
         samples = 0
         if iteration:  # where in the epoch's order
             first_iteration, first_sample = self.position
             samples = first_sample + (iteration - first_iteration) * self.loop.batch_size
             samples = min(samples, self.epoch_size())
-        if sums:
-            state["epochSums"] = self.trainer.all_processes(self.trainer.sums.snapshot())
         if self.processes.rank != 0:
             return
         self.run_folder()
@@ -173,8 +171,8 @@ def test_only(plan, model, device, loaders, sources, processes: Processes, stop)
     """-testOnly: the model tested once on the val set (sources: the -resume checkpoint and
     the -retrain file, or None), with the Lua's ' * Results' line."""
     checkpoint, retrained = sources
-    tested = checkpoint["model"] if checkpoint else retrained
-    averaged = tested is not None and checkpoints.evaluated_weights(tested)[1]
+    tested = checkpoint.model if checkpoint else retrained
+    averaged = tested is not None and tested.evaluated()[1]
     if (note := options.test_only_note(plan.options, averaged)) and processes.rank == 0:
         print(note)
     progress = train.Progress(**shown(loaders))

@@ -61,7 +61,7 @@ def run_process(plan: Plan, processes: Processes, stop: launch.StopRequest,
     device, devices = set_up_process(plan, processes)
     checkpoint = checkpoints.latest_of_run(plan.loop.resume)  # None: start afresh
     if checkpoint:
-        launch.restore_rng_state(checkpoint["state"].get("rng", {}), processes.rank, devices)
+        launch.restore_rng_state(checkpoint.rng, processes.rank, devices)
     retrained = setup.start_weights(plan.model, named, checkpoint, processes)
     for note in plan.notes:
         print(note)
@@ -73,7 +73,7 @@ def run_process(plan: Plan, processes: Processes, stop: launch.StopRequest,
     with datasets.closed_after(loaders):
         classes = list(loaders[0].dataset.classes)
         if not plan.test_only:
-            saved = checkpoint["model"].get("ema") if checkpoint else None
+            saved = checkpoint.model.average if checkpoint else None
             averaging.check_start(saved, plan.recipe.ema, plan.recipe.ema_every, len(loaders[0]),
                                   plan.loop.resume)  # fmt: skip
         model, arch = setup.build_model(plan.model, classes, checkpoint, retrained)

@@ -51,7 +51,7 @@ def make_optimizer(model: nn.Module, spec: Recipe, checkpoint) -> torch.optim.Op
     -optimState."""
     optimizer = optimizers.sgd(model, spec.lr, spec.momentum, spec.weight_decay,
                                spec.norm_weight_decay, spec.bias_weight_decay)  # fmt: skip
-    state = checkpoint["optimState"] if checkpoint else None
+    state = checkpoint.optimizer if checkpoint else None
     if state is None and spec.optim_state != "none":
         state = checkpoints.load_file(spec.optim_state)
     if state is not None:
@@ -102,8 +102,8 @@ def make_trainer(spec: Recipe, placement: setup.ModelSpec, model, device, checkp
         mix=batch_mixing(spec, checkpoints.unwrap(trained).fc.out_features),
         average=weight_average(spec, trained, checkpoint),
     )
-    if checkpoint and checkpoint["state"].get("scaler"):
-        trainer.scaler.load_state_dict(checkpoint["state"]["scaler"])  # fp16 loss scale
+    if checkpoint and checkpoint.scaler:
+        trainer.scaler.load_state_dict(checkpoint.scaler)  # fp16 loss scale
     return trainer
 
 
@@ -124,7 +124,7 @@ def weight_average(spec: Recipe, trained: nn.Module, checkpoint):
         return None
     average = averaging.ExponentialAverage(checkpoints.unwrap(trained), spec.ema,
                                            spec.ema_every, spec.warmup_epochs)  # fmt: skip
-    saved = checkpoint["model"].get("ema") if checkpoint else None
+    saved = checkpoint.model.average if checkpoint else None
     if saved is not None:
         average.load_state_dict(saved)
     elif checkpoint:

@@ -15,6 +15,7 @@ from typing import NamedTuple
 import torch
 import torchvision.models
 
+from checkpoints import ModelFile
 from datasets.imagenet import LUA_CROPS, MEANSTD
 from errors import UsageError
 from models import arch_flags, arch_of_torchvision, create, from_timm, full_arch
@@ -152,8 +153,8 @@ def fitting_arch(name: str, shapes: dict) -> dict:
     return full_arch(arch)
 
 
-def fetch(named: Named, progress: bool = True) -> dict:
-    """The weights as a model record (model, arch, classes, evaluation), from the library's
+def fetch(named: Named, progress: bool = True) -> ModelFile:
+    """The weights as a model file (weights, arch, classes, evaluation), from the library's
     cache, downloading them there first when they are not; WeightsUnavailable says what to
     fetch and where to put it."""
     if named.library == "torchvision":
@@ -162,8 +163,8 @@ def fetch(named: Named, progress: bool = True) -> dict:
         state_dict, classes = timm_state_dict(named)
     resize, crop, interpolation = named.preprocessing[:3]
     evaluation = {"resize": resize, "crop": crop, "interpolation": interpolation}
-    return {"model": from_timm(state_dict), "arch": dict(named.arch), "classes": classes,
-            "evaluation": evaluation, "weights": named.name}  # fmt: skip
+    return ModelFile(from_timm(state_dict), named.name, dict(named.arch), classes,
+                     evaluation=evaluation, fetched=True)  # fmt: skip
 
 
 def torchvision_state_dict(named: Named, progress: bool) -> tuple[dict, list[str]]:

@@ -41,11 +41,9 @@ class ModelSpec:
 
 def retrained_arch(spec: ModelSpec, retrained: dict) -> dict:
     """The network of a -retrain file: as saved, else the flags' with the file's fc width."""
-    if retrained.get("arch"):
-        return models.complete_arch(retrained["arch"])
-    fc_weight = retrained["model"].get("fc.weight")
-    n_classes = fc_weight.shape[0] if fc_weight is not None else spec.n_classes or None
-    return {**dict(spec.arch), "nClasses": n_classes}
+    if retrained.arch:
+        return models.complete_arch(retrained.arch)
+    return {**dict(spec.arch), "nClasses": retrained.outputs() or spec.n_classes or None}
 
 
 def intended_arch(spec: ModelSpec, classes: list[str], file_arch: dict | None) -> dict:
@@ -62,7 +60,7 @@ def build_model(spec: ModelSpec, classes, checkpoint, retrained) -> tuple[nn.Mod
     """The model to train (fresh, retrained or resumed) and the arch it is saved under,
     with -frozenStages and -normEval applied."""
     if checkpoint:
-        check_frozen_settings(spec, checkpoint["state"].get("frozen", [-1, False]))
+        check_frozen_settings(spec, checkpoint.frozen)
     elif spec.norm_eval and not retrained:
         raise StartError(
             "-normEval true keeps every BatchNorm at its starting statistics (mean 0, variance"
@@ -76,10 +74,10 @@ def build_model(spec: ModelSpec, classes, checkpoint, retrained) -> tuple[nn.Mod
     return model, arch
 
 
-def check_frozen_settings(spec: ModelSpec, saved: list) -> None:
+def check_frozen_settings(spec: ModelSpec, saved: tuple) -> None:
     """A resumed run freezes what the run it continues froze (its optimizer holds exactly
     the trainable parameters)."""
-    if list(saved) != [spec.frozen_stages, spec.norm_eval]:
+    if tuple(saved) != (spec.frozen_stages, spec.norm_eval):
         flags = f"-frozenStages {saved[0]} -normEval {str(saved[1]).lower()}"
         raise checkpoints.CheckpointError(
             f"{spec.resume} was trained with {flags}; resume with the same flags"
@@ -91,7 +89,7 @@ def built_model(spec: ModelSpec, classes, checkpoint, retrained) -> tuple[nn.Mod
     file_arch = retrained_arch(spec, retrained) if retrained else None
     arch = intended_arch(spec, classes, file_arch)
     if checkpoint:
-        saved = models.complete_arch(checkpoint["model"]["arch"])
+        saved = models.complete_arch(checkpoint.model.arch)
         differing = {k: (saved.get(k), v) for k, v in arch.items() if saved.get(k) != v}
         if differing:
             listed = ", ".join(f"{k} {old} (asked: {new})" for k, (old, new) in differing.items())
@@ -99,26 +97,23 @@ def built_model(spec: ModelSpec, classes, checkpoint, retrained) -> tuple[nn.Mod
                 f"{spec.resume} holds a checkpoint of another network: {listed}; resume with"
                 " its options or choose another -resume folder"
             )
-        weights, averaged = checkpoint["model"]["model"], False  # training continues these
+        weights, averaged = checkpoint.model.weights, False  # training continues these
         if spec.test_only:  # -testOnly evaluates the -ema weights when there are
-            weights, averaged = checkpoints.evaluated_weights(checkpoint["model"])
-        print(
-            f"=> Resuming model from {checkpoint['modelPath']}" + " (its -ema weights)" * averaged
-        )
+            weights, averaged = checkpoint.model.evaluated()
+        print(f"=> Resuming model from {checkpoint.model.path}" + " (its -ema weights)" * averaged)
         model = models.create(**saved)
-        load_weights(model, weights, checkpoint["modelPath"])
+        load_weights(model, weights, checkpoint.model.path)
         return model, saved
     print(f"=> Creating model from file: models/{arch['netType']}.py")
     for line in models.describe(**arch):
         print(line)
     if retrained:
-        weights, averaged = checkpoints.evaluated_weights(retrained)
-        source = retrained.get("weights") or spec.retrain  # -weights said so when fetched
-        if source == spec.retrain:
-            print(f"Loading model from file: {source}" + (" (its -ema weights)" * averaged))
+        weights, averaged = retrained.evaluated()
+        if not retrained.fetched:  # (-weights said what they are when fetched)
+            print(f"Loading model from file: {retrained.path}" + (" (its -ema weights)" * averaged))
         model = models.create(**file_arch)
-        load_weights(model, weights, source)
-        crop = (retrained.get("evaluation") or {}).get("crop", datasets.imagenet.LUA_CROPS.val)
+        load_weights(model, weights, retrained.path)
+        crop = (retrained.evaluation or {}).get("crop", datasets.imagenet.LUA_CROPS.val)
         before = (file_arch["dataset"], crop)
         if note := datasets.input_note(before, (spec.arch["dataset"], spec.val_crop)):
             print(note)

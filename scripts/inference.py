@@ -55,7 +55,7 @@ def source_and_inputs(checkpoint: str, inputs: list[str], weights: str | None):
     return checkpoint, inputs
 
 
-def model_record(source: str) -> dict:
+def model_record(source: str) -> checkpoints.ModelFile:
     """The model record of a model file, or of published weights by name (fetched through
     their library's cache)."""
     if not os.path.exists(source) and pretrained.is_weights_name(source):
@@ -68,15 +68,12 @@ def load_model(path: str, device: torch.device) -> tuple[torch.nn.Module, View, 
     weights by name, in eval mode on device, with its averaged weights when it has them
     (-ema), how it sees images, and its class names."""
     record = model_record(path)
-    state_dict, _ = checkpoints.evaluated_weights(record)  # the -ema weights when saved
-    if record.get("arch"):
-        arch = dict(record["arch"])
-    else:
-        arch = models.arch_of_torchvision(state_dict)
+    state_dict, _ = record.evaluated()  # the -ema weights when saved
+    arch = dict(record.arch) if record.arch else models.arch_of_torchvision(state_dict)
     model = models.create(**arch)
     load_weights(model, state_dict, path)  # torchvision names accepted, one-line errors
-    names = imagenet_names(record.get("classes"), model.fc.out_features)
-    view = View(arch["dataset"], **record.get("evaluation", {}))
+    names = imagenet_names(record.classes, model.fc.out_features)
+    view = View(arch["dataset"], **(record.evaluation or {}))
     return model.to(device).eval(), view, names
 
 

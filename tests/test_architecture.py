@@ -74,3 +74,25 @@ def test_only_the_plan_step_reads_the_parsed_options():
     ]
     assert readers == []
     assert "opts" not in project_imports("main.py") and "opts" in project_imports("plan.py")
+
+
+CHECKPOINT_KEYS = {"modelPath", "optimState", "bestTop1", "bestTop5", "state", "ema",
+                   "iteration", "samples", "modelFile", "optimFile", "epochSums"}  # fmt: skip
+
+
+def test_only_checkpoints_reads_the_checkpoint_files_by_key():
+    readers = []
+    for path in PACKAGE:
+        if path in ("checkpoints.py", "opts.py"):  # opts reads options by name, "ema" too
+            continue
+        for node in ast.walk(tree_of(path)):
+            key = None
+            if isinstance(node, ast.Subscript) and isinstance(node.slice, ast.Constant):
+                key = node.slice.value
+            elif (isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute)
+                  and node.func.attr == "get" and node.args
+                  and isinstance(node.args[0], ast.Constant)):  # fmt: skip
+                key = node.args[0].value
+            if key in CHECKPOINT_KEYS:
+                readers.append(f"{path}:{node.lineno} {key}")
+    assert readers == []

@@ -58,10 +58,10 @@ def test_latest_points_to_the_newest_epoch_and_keeps_the_best(tmp_path):
     save_epoch(tmp_path, model, 1, is_best=True, best=(40.0, 9.0))
     optimizer = save_epoch(tmp_path, model, 2, is_best=False, best=(40.0, 9.0))
     found = checkpoints.latest(str(tmp_path))
-    assert found["epoch"] == 2 and (found["bestTop1"], found["bestTop5"]) == (40.0, 9.0)
-    assert found["modelPath"].endswith("model_2.pth")
+    assert found.epoch == 2 and found.best == (40.0, 9.0)
+    assert found.model.path.endswith("model_2.pth")
     restored = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
-    restored.load_state_dict(found["optimState"])
+    restored.load_state_dict(found.optimizer)
     buffers = [s["momentum_buffer"] for s in restored.state_dict()["state"].values()]
     expected = [s["momentum_buffer"] for s in optimizer.state_dict()["state"].values()]
     assert all(torch.equal(a, b) for a, b in zip(buffers, expected, strict=True))
@@ -110,7 +110,7 @@ def test_a_bare_state_dict_is_accepted_as_a_model_file(tmp_path):
     model = tiny_model()
     torch.save(nn.DataParallel(model).state_dict(), tmp_path / "plain.pth")
     record = checkpoints.load_model_file(str(tmp_path / "plain.pth"))
-    assert record["arch"] is None and "fc.weight" in record["model"]
+    assert record.arch is None and "fc.weight" in record.weights
 
 
 def test_failed_write_leaves_no_partial_file(tmp_path):
@@ -141,7 +141,7 @@ def test_a_full_disk_keeps_the_previous_checkpoint_set(tmp_path, monkeypatch):
         save_epoch(tmp_path, model, 2, is_best=True)
     assert failure.value.errno == errno.ENOSPC
     monkeypatch.undo()
-    assert checkpoints.latest(str(tmp_path))["epoch"] == 1
+    assert checkpoints.latest(str(tmp_path)).epoch == 1
     for name, content in before.items():
         assert (tmp_path / name).read_bytes() == content  # model_best.pth too
     assert not any(n.startswith(".partial-") for n in os.listdir(tmp_path))

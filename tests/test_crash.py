@@ -95,7 +95,7 @@ def test_killed_runs_resume_to_bitwise_the_same_weights(reference, tmp_path):
     save = tmp_path / "save"
     save.mkdir()
     run_killed_inside_write(make, save, kill_files[0])
-    assert checkpoints.latest(str(save))["iteration"] == 2  # the previous set is the one loaded
+    assert checkpoints.latest(str(save)).iteration == 2  # the previous set is the one loaded
     for name in kill_files[1:]:
         run_killed_inside_write(make, save, name)
     rng = random.Random(threads)
@@ -126,7 +126,7 @@ def test_sigterm_saves_within_seconds_and_resume_continues_at_that_iteration(ref
     stopped = re.search(r"=> Stopped by SIGTERM (at epoch 2, iteration (\d)|after epoch 2)", rest)
     iteration = int(stopped.group(2) or 0)
     found = checkpoints.latest(str(save))
-    assert (found["epoch"], found["iteration"]) == (2, iteration)
+    assert (found.epoch, found.iteration) == (2, iteration)
     resumed = warm.run(
         make(save, ["-resume", str(save)]), capture_output=True, timeout=TIMEOUT, text=True
     )
@@ -169,9 +169,9 @@ def test_nan_loss_stops_before_saving_and_keeps_the_last_good_checkpoint(cifar10
     after = checkpoints.latest(str(save))
     # The last checkpoint is the step before the bad one: nothing of the bad step was saved.
     expected = (2, bad - 1) if bad > 1 else (before["epoch"], before["iteration"])
-    assert (after["epoch"], after["iteration"]) == expected
+    assert (after.epoch, after.iteration) == expected
     assert all(
-        torch.isfinite(v).all() for v in after["model"]["model"].values() if v.is_floating_point()
+        torch.isfinite(v).all() for v in after.model.weights.values() if v.is_floating_point()
     )
 
 

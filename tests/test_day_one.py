@@ -175,7 +175,7 @@ def test_a_full_disk_mid_run_is_one_line_and_the_checkpoints_load(cifar10_root, 
     assert lines[0].startswith(f"error: no space left on device writing {save}/"), lines[0]
     assert "the checkpoints before it are intact" in lines[0]
     found = checkpoints.latest(str(save))
-    assert found["epoch"] >= 1 and not any(n.startswith(".partial-") for n in os.listdir(save))
+    assert found.epoch >= 1 and not any(n.startswith(".partial-") for n in os.listdir(save))
 
 
 def test_a_read_only_save_and_a_full_stdout_are_told_in_words(cifar10_root, small_filesystem):
@@ -220,7 +220,7 @@ def test_a_mid_epoch_resume_keeps_the_epoch_summary_and_takes_another_batch_size
     command = [sys.executable, os.path.join(ROOT, "main.py"),
                *small_cifar_args(cifar10_root, killed, flags)]  # fmt: skip
     assert warm.run(command, env=env, capture_output=True, timeout=TIMEOUT).returncode < 0
-    assert checkpoints.latest(str(killed))["samples"] == 16
+    assert checkpoints.latest(str(killed)).samples == 16
     for batch, first_line in (("4", "[1][5/5]"), ("6", "[1][3/3]")):
         save = tmp_path / f"resumed{batch}"
         shutil.copytree(killed, save)

@@ -122,13 +122,13 @@ def cache_torchvision(home, name: str, seed: int = 0) -> torch.nn.Module:
 def test_cached_torchvision_weights_load_offline_and_give_torchvisions_logits(torch_home):
     reference = cache_torchvision(torch_home, "ResNet18_Weights.IMAGENET1K_V1")
     record = pretrained.fetch(pretrained.resolve("ResNet18_Weights.IMAGENET1K_V1"), False)
-    model = models.create(**record["arch"]).eval()
-    model.load_state_dict(record["model"], strict=True)
+    model = models.create(**record.arch).eval()
+    model.load_state_dict(record.weights, strict=True)
     images = torch.randn(2, 3, 64, 64)
     with torch.no_grad():
         assert (model(images) - reference(images)).abs().max() < 1e-5
-    assert record["classes"][:2] == ["tench", "goldfish"] and len(record["classes"]) == 1000
-    assert record["evaluation"] == {"resize": 256, "crop": 224, "interpolation": "bilinear"}
+    assert record.classes[:2] == ["tench", "goldfish"] and len(record.classes) == 1000
+    assert record.evaluation == {"resize": 256, "crop": 224, "interpolation": "bilinear"}
 
 
 def test_uncached_torchvision_weights_offline_name_the_file_and_folder_and_write_nothing(

@@ -7,6 +7,7 @@ import torch
 from test_cli import run_main
 from torch import nn
 
+import checkpoints
 import models
 import plan
 from checkpoints import CheckpointError
@@ -98,8 +99,9 @@ def test_a_checkpoint_saved_before_se_existed_resumes(tmp_path):
     arch = plan.network(opts)
     old_arch = {k: v for k, v in arch.items() if k != "se"}
     state = models.create(**arch).state_dict()
-    checkpoint = {"model": {"arch": old_arch, "model": state}, "modelPath": "model_1.pth",
-                  "state": {}}  # fmt: skip
+    saved_model = checkpoints.ModelFile(state, "model_1.pth", old_arch)
+    checkpoint = checkpoints.Checkpoint(1, 0, 0, saved_model, {}, (50.0, 10.0), {}, None,
+                                        (-1, False), None)  # fmt: skip
     model, saved = setup.build_model(
         plan.model_spec(opts, 224), [str(i) for i in range(10)], checkpoint, None
     )
