@@ -106,8 +106,9 @@ def as_means(sums: list[float]) -> list[float]:
     return [sums[0] * 100 / n, sums[1] * 100 / n, sums[2] / n, sums[3]]
 
 
-class Trainer:
-    """Trains and evaluates one model; knows nothing of the network or the data set."""
+class Step:
+    """One SGD step of a model in its precision and memory layout: forward, loss, backward,
+    gradient clipping, the optimizer (through fp16's loss scaler); and the LR it is at."""
 
     def __init__(
         self,
@@ -117,39 +118,14 @@ class Trainer:
         lr_at: Callable[[int, float], float],
         *,
         device: torch.device,
-        n_crops: int = 1,
         memory_format: torch.memory_format = torch.contiguous_format,
         dtype: torch.dtype = torch.float32,
         autocast_dtype: torch.dtype | None = None,
-        print_every: int = 1,
         clip_grad_norm: float = 0.0,
-        reduce: Callable[[torch.Tensor], torch.Tensor] | None = None,
-        log: Callable[[str], None] = print,
-        progress: "Progress | None" = None,
-        evaluated: nn.Module | None = None,
-        every_process: Callable[[bool], bool] | None = None,
-        mix: BatchTransform | None = None,
-        average: "WeightAverage | None" = None,
     ):
-        self.model = model
-        self.evaluated = model if evaluated is None else evaluated
-        self.criterion = criterion
-        self.optimizer = optimizer
-        self.lr_at = lr_at
-        self.device = device
-        self.n_crops = n_crops
-        self.memory_format = memory_format
-        self.dtype = dtype
-        self.autocast_dtype = autocast_dtype
-        self.print_every = print_every
-        self.clip_grad_norm = clip_grad_norm
-        self.reduce = reduce  # sums a tensor over the processes of a distributed run
-        self.every_process = every_process  # whether a flag holds in every process
-        self.mix = mix  # training batches -> mixed images and soft targets (MixUp, CutMix)
-        self.average = average  # weights averaged over steps, evaluated instead (EMA)
-        self.progress = progress or Progress(log)
-        self.sums = RunningSums(device)
-        self.warned_input_bound = False
+        self.model, self.criterion, self.optimizer, self.lr_at = model, criterion, optimizer, lr_at
+        self.device, self.memory_format, self.dtype = device, memory_format, dtype
+        self.autocast_dtype, self.clip_grad_norm = autocast_dtype, clip_grad_norm
         use_scaler = autocast_dtype == torch.float16 and device.type == "cuda"
         self.scaler = torch.amp.GradScaler(device.type, enabled=use_scaler)
 
@@ -179,7 +155,9 @@ class Trainer:
         with torch.autocast(self.device.type, dtype=self.autocast_dtype):
             return model(images)
 
-    def step(self, images: torch.Tensor, target: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def __call__(
+        self, images: torch.Tensor, target: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         """One SGD step; returns (output, loss) without synchronising."""
         output = self.forward(images)
         loss = self.criterion(output.float(), target)
@@ -193,68 +171,65 @@ class Trainer:
         self.scaler.update()
         return output.detach(), loss.detach()
 
-    def train(
-        self,
-        epoch: int,
-        loader: Iterable[Batch],
-        *,
-        start: int = 0,
-        on_step: StepHook | None = None,
-        totals: list[float] | None = None,
-    ) -> tuple[float, float, float]:
-        """One epoch from iteration start + 1 (a resumed epoch's loader yields the rest,
-        and totals are the sums of its first part); prints the Lua's line every print_every
-        iterations; returns mean top1, top5, loss."""
-        lr = self.set_learning_rate(epoch, start / max(start + len(loader), 1))
-        self.progress.say(f"=> Training epoch # {epoch}")
-        self.model.train()
-        self.sums = sums = RunningSums(self.device, totals)
-        clock, skipped, size = WindowClock(), [0, 0], start + len(loader)
-        self.progress.begin("train", epoch, size, start)
-        with self.progress.closing_on_error():
-            for n, batch in enumerate(loader, start + 1):
-                clock.batch_arrived()
-                skipped[0] += skipped_in(batch)
-                lr = self.set_learning_rate(epoch, (n - 1) / size)
-                if self.takes_step(batch, skipped):
-                    images, target = self.to_device(batch)
-                    if self.mix is not None:
-                        images, target = self.mix(images, target, epoch, n)
-                    output, loss = self.step(images, target)
-                    # Mixed targets are scored against each image's dominant class.
-                    hard = target.argmax(1) if target.dim() == 2 else target
-                    sums.add(count_wrong(output, hard), loss, target.shape[0])
-                    if self.average is not None:
-                        self.average.after_step(epoch, n)
-                if sums.iterations and (n % self.print_every == 0 or n == size):
-                    self.print_train_line(epoch, n, size, clock, lr)
-                if on_step is not None:
-                    on_step(epoch, n)
-                clock.step_done()
-            if sums.iterations:
-                self.print_train_line(epoch, size, size, clock, lr)
-        self.report_skipped(skipped)
-        self.warn_if_input_bound(epoch, clock, size - start)
-        top1, top5, loss, _ = as_means(self.all_processes(sums.total))
-        self.progress.end({"epoch": epoch, "split": "train", "loss": loss, "top1": top1,
-                           "top5": top5, "lr": lr})  # fmt: skip
-        return top1, top5, loss
 
-    def takes_step(self, batch: Batch, skipped: list[int]) -> bool:
-        """Whether this batch trains: when some of its images were readable, and when
-        every_process is given, in every process; else its readable images are counted in
-        skipped[1]."""
-        readable = len(batch[1]) > 0  # else every image of this batch was unreadable
-        if self.every_process is None or self.every_process(readable):
-            return readable
-        skipped[1] += len(batch[1])
-        return False
+class Reporting:
+    """What a pass says and how its totals are counted: the progress output, a line every
+    print_every iterations, and sums over the processes of a distributed run (reduce)."""
+
+    def __init__(self, progress: "Progress", print_every: int, device: torch.device,
+                 reduce: Callable[[torch.Tensor], torch.Tensor] | None = None):  # fmt: skip
+        self.progress, self.print_every, self.device, self.reduce = (
+            progress,
+            print_every,
+            device,
+            reduce,
+        )
 
     def all_processes(self, totals: list[float]) -> list[float]:
         """Totals summed over the processes of a distributed run (as is, in one process)."""
         if self.reduce is None:
             return totals
         return self.reduce(torch.tensor(totals, dtype=torch.float64, device=self.device)).tolist()
+
+    def report_skipped(self, skipped: list[int]) -> None:
+        """Say how many unreadable samples the loaders of all processes dropped this pass,
+        and how many readable ones were left out with them (see Trainer.takes_step)."""
+        unreadable, left_out = (int(n) for n in self.all_processes([float(n) for n in skipped]))
+        if unreadable:
+            self.progress.say(f" | skipped {unreadable} unreadable images")
+        if left_out:
+            self.progress.say(f" | left out {left_out} readable images of batches in which"
+                              " another process had none")  # fmt: skip
+
+
+class Evaluation:
+    """The test pass of a model, and what goes with it: -preciseBN's statistics and a trial
+    forward pass at the validation batch's size."""
+
+    def __init__(self, step: Step, reporting: Reporting, evaluated: nn.Module, *,
+                 n_crops: int = 1, average: "WeightAverage | None" = None):  # fmt: skip
+        self.step, self.reporting, self.evaluated = step, reporting, evaluated
+        self.n_crops, self.average = n_crops, average
+
+    def evaluated_model(self) -> nn.Module:
+        """The model to evaluate (and to recompute BatchNorm statistics with): the averaged
+        weights when averaging, else the trained model, or the one given for it (in a
+        distributed run, one whose forward does not communicate, as processes evaluate
+        different numbers of images)."""
+        return self.average.module if self.average is not None else self.evaluated
+
+    @torch.no_grad()
+    def try_evaluation(self, shape: tuple[int, ...]) -> None:
+        """One forward pass of the evaluated model on zeros of the validation batch's
+        shape: a size or memory failure of validation shows before the first epoch is
+        trained, not after it. Changes no weight or statistic (eval mode)."""
+        model = self.evaluated_model()
+        model.eval()
+        try:
+            images = torch.zeros(shape, dtype=self.step.dtype, device=self.step.device)
+            self.step.forward(images.contiguous(memory_format=self.step.memory_format), model)
+        finally:
+            model.train()
 
     def recompute_bn_statistics(self, loader: Iterable[Batch], batches: int) -> int:
         """Precise BN (as pycls; what fb.resnet.torch's maintainers advised for reproducing
@@ -272,8 +247,8 @@ class Trainer:
         with torch.no_grad():
             for batch in itertools.islice(loader, batches):
                 if len(batch[1]) > 0:  # else every image of this batch was unreadable
-                    inputs, _ = self.to_device(batch)
-                    self.forward(inputs, model)
+                    inputs, _ = self.step.to_device(batch)
+                    self.step.forward(inputs, model)
                     images += inputs.shape[0]
         for norm, momentum in zip(norms, momenta, strict=True):
             norm.momentum = momentum
@@ -282,36 +257,215 @@ class Trainer:
     def average_over_processes(self, norms: list[nn.Module], images: int) -> int:
         """Running statistics averaged over the processes, each weighted by its images;
         returns the images of all processes."""
-        if self.reduce is None or not norms:
+        reduce = self.reporting.reduce
+        if reduce is None or not norms:
             return images
         stats = [stat for norm in norms for stat in (norm.running_mean, norm.running_var)]
-        weighted = torch.cat([stat.double() * images for stat in stats] + [
-            torch.tensor([float(images)], dtype=torch.float64, device=self.device)])  # fmt: skip
-        total = self.reduce(weighted)
+        count = torch.tensor([float(images)], dtype=torch.float64, device=self.step.device)
+        total = reduce(torch.cat([stat.double() * images for stat in stats] + [count]))
         averages = (total[:-1] / total[-1]).split([stat.numel() for stat in stats])
         for stat, average in zip(stats, averages, strict=True):
             stat.copy_(average)
         return int(total[-1])
 
     @torch.no_grad()
-    def try_evaluation(self, shape: tuple[int, ...]) -> None:
-        """One forward pass of the evaluated model on zeros of the validation batch's
-        shape: a size or memory failure of validation shows before the first epoch is
-        trained, not after it. Changes no weight or statistic (eval mode)."""
-        model = self.evaluated_model()
+    def test(self, epoch: int, loader: Iterable[Batch], *, stop: Callable[[], bool] | None = None,
+             summary: bool = True) -> tuple[float, float]:  # fmt: skip
+        """Evaluate; per-image errors over the whole split, partial batches included.
+        Raises Interrupted between batches once stop() is true (a StopRequest: in a
+        distributed run, true in every process at the same batch). summary: end with the
+        Lua's ' * Finished epoch' line (a -testOnly run says ' * Results' instead)."""
+        model, progress = self.evaluated_model(), self.reporting.progress
         model.eval()
-        try:
-            images = torch.zeros(shape, dtype=self.dtype, device=self.device)
-            self.forward(images.contiguous(memory_format=self.memory_format), model)
-        finally:
-            model.train()
+        sums = RunningSums(self.step.device)
+        clock, skipped, size = WindowClock(), [0, 0], len(loader)
+        progress.begin("val", epoch, size, 0)
+        with progress.closing_on_error():
+            for n, batch in enumerate(loader, 1):
+                if stop is not None and stop():
+                    model.train()
+                    raise Interrupted(f"while testing epoch {epoch}")
+                clock.batch_arrived()
+                skipped[0] += skipped_in(batch)
+                if len(batch[1]) > 0:  # else every image of this batch was unreadable
+                    images, target = self.step.to_device(batch)
+                    output = self.step.forward(images, model).float()
+                    sums.add(count_wrong(output, target, self.n_crops), None, target.shape[0])
+                if sums.iterations and (n % self.reporting.print_every == 0 or n == size):
+                    self.print_test_line(epoch, n, size, clock, sums)
+                clock.step_done()
+        model.train()
+        return self.finish_test(epoch, sums, skipped, summary)
+
+    def finish_test(self, epoch: int, sums: "RunningSums", skipped: list[int],
+                    summary: bool) -> tuple[float, float]:  # fmt: skip
+        """The test pass's errors over every process, recorded and (with summary) said."""
+        self.reporting.report_skipped(skipped)
+        totals = sums.read()[1] if sums.iterations else sums.total
+        top1, top5, *_ = as_means(self.reporting.all_processes(totals))
+        progress = self.reporting.progress
+        progress.end({"epoch": epoch, "split": "val", "top1": top1, "top5": top5})
+        if summary:
+            top5_text = progress.top5_text(top5, 7)
+            progress.say(f" * Finished epoch # {epoch}     top1: {top1:7.3f}  top5: {top5_text}\n")
+        return top1, top5
+
+    def print_test_line(self, epoch, n: int, size: int, clock: "WindowClock", sums) -> None:
+        """The Lua's test line for the window ending at iteration n, with running errors."""
+        iterations, progress = sums.iterations, self.reporting.progress
+        (top1, top5, _, images), (run1, run5, *_) = sums.read()
+        elapsed, data_time = clock.read(iterations)
+        line = (
+            f" | Test: [{epoch}][{n}/{size}]    Time {elapsed:.3f}  Data {data_time:.3f}"
+            f"  top1 {top1:7.3f} ({run1:7.3f})  top5 {progress.top5_text(top5, 7)}"
+            f" ({progress.top5_text(run5, 7)})"
+        )
+        record = {"epoch": epoch, "iter": n, "split": "val", "top1": top1, "top5": top5,
+                  **window_speed(images, iterations, elapsed, data_time)}  # fmt: skip
+        progress.step(line, record, iterations, {"top1": run1, "top5": run5})
+
+
+def part_attribute(part: str, name: str) -> property:
+    """An attribute of an object that is its part's: self.<part>.<name>, read and set."""
+
+    def get(self):
+        return getattr(getattr(self, part), name)
+
+    def set_(self, value) -> None:
+        setattr(getattr(self, part), name, value)
+
+    return property(get, set_, doc=f"self.{part}.{name}")
+
+
+class Trainer:
+    """Trains and evaluates one model; knows nothing of the network or the data set. The
+    training pass is here; the SGD step (Step) and the test pass (Evaluation) are parts."""
+
+    def __init__(
+        self,
+        model: nn.Module,
+        criterion: nn.Module,
+        optimizer: torch.optim.Optimizer,
+        lr_at: Callable[[int, float], float],
+        *,
+        device: torch.device,
+        n_crops: int = 1,
+        memory_format: torch.memory_format = torch.contiguous_format,
+        dtype: torch.dtype = torch.float32,
+        autocast_dtype: torch.dtype | None = None,
+        print_every: int = 1,
+        clip_grad_norm: float = 0.0,
+        reduce: Callable[[torch.Tensor], torch.Tensor] | None = None,
+        log: Callable[[str], None] = print,
+        progress: "Progress | None" = None,
+        evaluated: nn.Module | None = None,
+        every_process: Callable[[bool], bool] | None = None,
+        mix: BatchTransform | None = None,
+        average: "WeightAverage | None" = None,
+    ):
+        self.step = Step(model, criterion, optimizer, lr_at, device=device,
+                         memory_format=memory_format, dtype=dtype,
+                         autocast_dtype=autocast_dtype, clip_grad_norm=clip_grad_norm)  # fmt: skip
+        # reduce sums a tensor over the processes of a distributed run
+        self.reporting = Reporting(progress or Progress(log), print_every, device, reduce)
+        self.evaluation = Evaluation(self.step, self.reporting,
+                                     model if evaluated is None else evaluated,
+                                     n_crops=n_crops, average=average)  # fmt: skip
+        self.every_process = every_process  # whether a flag holds in every process
+        self.mix = mix  # training batches -> mixed images and soft targets (MixUp, CutMix)
+        self.average = average  # weights averaged over steps, evaluated instead (EMA)
+        self.sums = RunningSums(device)
+        self.warned_input_bound = False
+
+    # The parts' state, read (and set) through the trainer.
+    model = part_attribute("step", "model")
+    optimizer = part_attribute("step", "optimizer")
+    scaler = part_attribute("step", "scaler")
+    progress = part_attribute("reporting", "progress")
+    print_every = part_attribute("reporting", "print_every")
+    reduce = part_attribute("reporting", "reduce")
+
+    def test(self, epoch: int, loader: Iterable[Batch], **options) -> tuple[float, float]:
+        """Evaluation.test: the test pass."""
+        return self.evaluation.test(epoch, loader, **options)
+
+    def recompute_bn_statistics(self, loader: Iterable[Batch], batches: int) -> int:
+        """Evaluation.recompute_bn_statistics: -preciseBN."""
+        return self.evaluation.recompute_bn_statistics(loader, batches)
+
+    def try_evaluation(self, shape: tuple[int, ...]) -> None:
+        """Evaluation.try_evaluation: a forward pass at the val batch's size."""
+        self.evaluation.try_evaluation(shape)
 
     def evaluated_model(self) -> nn.Module:
-        """The model to evaluate (and to recompute BatchNorm statistics with): the averaged
-        weights when averaging, else the trained model, or the one given for it (in a
-        distributed run, one whose forward does not communicate, as processes evaluate
-        different numbers of images)."""
-        return self.average.module if self.average is not None else self.evaluated
+        """Evaluation.evaluated_model: the model the test pass evaluates."""
+        return self.evaluation.evaluated_model()
+
+    def all_processes(self, totals: list[float]) -> list[float]:
+        """Reporting.all_processes: totals summed over the processes."""
+        return self.reporting.all_processes(totals)
+
+    def train(
+        self,
+        epoch: int,
+        loader: Iterable[Batch],
+        *,
+        start: int = 0,
+        on_step: StepHook | None = None,
+        totals: list[float] | None = None,
+    ) -> tuple[float, float, float]:
+        """One epoch from iteration start + 1 (a resumed epoch's loader yields the rest,
+        and totals are the sums of its first part); prints the Lua's line every print_every
+        iterations; returns mean top1, top5, loss."""
+        lr = self.step.set_learning_rate(epoch, start / max(start + len(loader), 1))
+        self.progress.say(f"=> Training epoch # {epoch}")
+        self.model.train()
+        self.sums = sums = RunningSums(self.step.device, totals)
+        clock, skipped, size = WindowClock(), [0, 0], start + len(loader)
+        self.progress.begin("train", epoch, size, start)
+        with self.progress.closing_on_error():
+            for n, batch in enumerate(loader, start + 1):
+                clock.batch_arrived()
+                skipped[0] += skipped_in(batch)
+                lr = self.step.set_learning_rate(epoch, (n - 1) / size)
+                if self.takes_step(batch, skipped):
+                    self.train_step(batch, epoch, n)
+                if sums.iterations and (n % self.print_every == 0 or n == size):
+                    self.print_train_line(epoch, n, size, clock, lr)
+                if on_step is not None:
+                    on_step(epoch, n)
+                clock.step_done()
+            if sums.iterations:
+                self.print_train_line(epoch, size, size, clock, lr)
+        self.reporting.report_skipped(skipped)
+        self.warn_if_input_bound(epoch, clock, size - start)
+        top1, top5, loss, _ = as_means(self.all_processes(sums.total))
+        self.progress.end({"epoch": epoch, "split": "train", "loss": loss, "top1": top1,
+                           "top5": top5, "lr": lr})  # fmt: skip
+        return top1, top5, loss
+
+    def train_step(self, batch: Batch, epoch: int, n: int) -> None:
+        """Iteration n's step on batch (mixed when mixing), counted in the pass's sums,
+        then the weight average's update."""
+        images, target = self.step.to_device(batch)
+        if self.mix is not None:
+            images, target = self.mix(images, target, epoch, n)
+        output, loss = self.step(images, target)
+        # Mixed targets are scored against each image's dominant class.
+        hard = target.argmax(1) if target.dim() == 2 else target
+        self.sums.add(count_wrong(output, hard), loss, target.shape[0])
+        if self.average is not None:
+            self.average.after_step(epoch, n)
+
+    def takes_step(self, batch: Batch, skipped: list[int]) -> bool:
+        """Whether this batch trains: when some of its images were readable, and when
+        every_process is given, in every process; else its readable images are counted in
+        skipped[1]."""
+        readable = len(batch[1]) > 0  # else every image of this batch was unreadable
+        if self.every_process is None or self.every_process(readable):
+            return readable
+        skipped[1] += len(batch[1])
+        return False
 
     def print_train_line(self, epoch, n: int, size: int, clock: "WindowClock", lr) -> None:
         """The Lua's training line for the window ending at iteration n (a sync point)."""
@@ -349,68 +503,6 @@ class Trainer:
             f" | warning: input-bound: {share:.0%} of epoch {epoch} went to waiting for data;"
             " more loader workers (-nThreads), faster storage or -decodeOnDevice would help"
         )
-
-    def report_skipped(self, skipped: list[int]) -> None:
-        """Say how many unreadable samples the loaders of all processes dropped this pass,
-        and how many readable ones were left out with them (see takes_step)."""
-        unreadable, left_out = (int(n) for n in self.all_processes([float(n) for n in skipped]))
-        if unreadable:
-            self.progress.say(f" | skipped {unreadable} unreadable images")
-        if left_out:
-            self.progress.say(f" | left out {left_out} readable images of batches in which"
-                              " another process had none")  # fmt: skip
-
-    @torch.no_grad()
-    def test(self, epoch: int, loader: Iterable[Batch], *, stop: Callable[[], bool] | None = None,
-             summary: bool = True) -> tuple[float, float]:  # fmt: skip
-        """Evaluate; per-image errors over the whole split, partial batches included.
-        Raises Interrupted between batches once stop() is true (a StopRequest: in a
-        distributed run, true in every process at the same batch). summary: end with the
-        Lua's ' * Finished epoch' line (a -testOnly run says ' * Results' instead)."""
-        model = self.evaluated_model()
-        model.eval()
-        sums = RunningSums(self.device)
-        clock, skipped, size = WindowClock(), [0, 0], len(loader)
-        self.progress.begin("val", epoch, size, 0)
-        with self.progress.closing_on_error():
-            for n, batch in enumerate(loader, 1):
-                if stop is not None and stop():
-                    model.train()
-                    raise Interrupted(f"while testing epoch {epoch}")
-                clock.batch_arrived()
-                skipped[0] += skipped_in(batch)
-                if len(batch[1]) > 0:  # else every image of this batch was unreadable
-                    images, target = self.to_device(batch)
-                    output = self.forward(images, model).float()
-                    sums.add(count_wrong(output, target, self.n_crops), None, target.shape[0])
-                if sums.iterations and (n % self.print_every == 0 or n == size):
-                    self.print_test_line(epoch, n, size, clock, sums)
-                clock.step_done()
-        model.train()
-        self.report_skipped(skipped)
-        totals = sums.read()[1] if sums.iterations else sums.total
-        top1, top5, *_ = as_means(self.all_processes(totals))
-        self.progress.end({"epoch": epoch, "split": "val", "top1": top1, "top5": top5})
-        if summary:
-            top5_text = self.progress.top5_text(top5, 7)
-            self.progress.say(
-                f" * Finished epoch # {epoch}     top1: {top1:7.3f}  top5: {top5_text}\n"
-            )
-        return top1, top5
-
-    def print_test_line(self, epoch, n: int, size: int, clock: "WindowClock", sums) -> None:
-        """The Lua's test line for the window ending at iteration n, with running errors."""
-        iterations = sums.iterations
-        (top1, top5, _, images), (run1, run5, *_) = sums.read()
-        elapsed, data_time = clock.read(iterations)
-        line = (
-            f" | Test: [{epoch}][{n}/{size}]    Time {elapsed:.3f}  Data {data_time:.3f}"
-            f"  top1 {top1:7.3f} ({run1:7.3f})  top5 {self.progress.top5_text(top5, 7)}"
-            f" ({self.progress.top5_text(run5, 7)})"
-        )
-        record = {"epoch": epoch, "iter": n, "split": "val", "top1": top1, "top5": top5,
-                  **window_speed(images, iterations, elapsed, data_time)}  # fmt: skip
-        self.progress.step(line, record, iterations, {"top1": run1, "top5": run5})
 
 
 class WindowClock:

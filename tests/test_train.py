@@ -393,3 +393,38 @@ def test_records_create_nothing_before_the_first_record(tmp_path):
     records({"epoch": 2, "iter": None, "split": "val", "top1": 1.0, "top5": 0.0})
     records.close()
     assert opened == [1] and sorted(os.listdir(folder)) == ["metrics.jsonl", "tb"]
+
+
+def test_the_step_alone_is_one_sgd_step_in_its_precision_and_layout():
+    torch.manual_seed(0)
+    model, twin = Memorizer(), Memorizer()
+    twin.load_state_dict(model.state_dict())
+    step = train.Step(model, nn.CrossEntropyLoss(), torch.optim.SGD(model.parameters(), lr=1.0),
+                      lambda epoch, progress: 0.25 / epoch, device=torch.device("cpu"),
+                      dtype=torch.float64, memory_format=torch.channels_last)  # fmt: skip
+    model.double()
+    assert step.set_learning_rate(2) == 0.125
+    images, target = step.to_device((torch.randn(4, 3, 4, 4), torch.tensor([0, 1, 2, 0])))
+    assert images.dtype == torch.float64 and images.is_contiguous(memory_format=torch.channels_last)
+    output, loss = step(images, target)
+    expected = nn.functional.cross_entropy(twin.double()(images), target)
+    expected.backward()
+    assert loss.item() == pytest.approx(expected.item())
+    for trained, by_hand in zip(model.parameters(), twin.parameters(), strict=True):
+        assert torch.allclose(trained, by_hand - 0.125 * by_hand.grad)
+
+
+def test_the_evaluation_alone_counts_the_errors_of_the_model_it_is_given():
+    model = Memorizer()
+    step = train.Step(model, nn.CrossEntropyLoss(), torch.optim.SGD(model.parameters(), lr=0.1),
+                      lambda *_: 0.1, device=torch.device("cpu"))  # fmt: skip
+    lines = []
+    reporting = train.Reporting(train.Progress(lines.append), 1, torch.device("cpu"))
+    other = Memorizer()
+    evaluation = train.Evaluation(step, reporting, other)
+    images = torch.randn(6, 3, 4, 4)
+    labels = other(images).argmax(1)
+    labels[:2] = (labels[:2] + 1) % 3  # two of six wrong for the evaluated model
+    top1, _ = evaluation.test(1, batches(images, labels, 4))
+    assert top1 == pytest.approx(100 * 2 / 6) and evaluation.evaluated_model() is other
+    assert lines[-1].startswith(" * Finished epoch # 1     top1:  33.333")
