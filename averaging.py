@@ -12,8 +12,9 @@ class AverageError(UsageError):
     """An average that a run would drop, or never update."""
 
 
-def check_start(saved: dict | None, decay: float, every: int, steps_per_epoch: int,
-                resumed: str) -> None:  # fmt: skip
+def check_start(
+    saved: dict | None, decay: float, every: int, steps_per_epoch: int, resumed: str
+) -> None:
     """Before training: an average the resumed checkpoint (folder `resumed`) keeps is never
     dropped (its -ema must be given again: decay 0 is none), and one that `every` would
     never update within an epoch is refused."""
@@ -61,8 +62,12 @@ class ExponentialAverage:
     def state_dict(self) -> dict:
         """The averaged weights and buffers, how many updates they average, and the decay
         and update interval that made them."""
-        return {"model": self.module.state_dict(), "updates": int(self.averaged.n_averaged),
-                "decay": self.decay, "every": self.every}  # fmt: skip
+        return {
+            "model": self.module.state_dict(),
+            "updates": int(self.averaged.n_averaged),
+            "decay": self.decay,
+            "every": self.every,
+        }
 
     def load_state_dict(self, state: dict) -> None:
         """Continue from a saved average."""

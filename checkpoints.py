@@ -112,14 +112,24 @@ def cpu_state(model: nn.Module) -> dict[str, torch.Tensor]:
     return {k: v.detach().cpu() for k, v in clean_state_dict(unwrap(model).state_dict()).items()}
 
 
-def model_record(model: nn.Module, epoch: int, arch: dict, classes: list[str],
-                 average: dict | None = None, evaluation: dict | None = None) -> dict:  # fmt: skip
+def model_record(
+    model: nn.Module,
+    epoch: int,
+    arch: dict,
+    classes: list[str],
+    average: dict | None = None,
+    evaluation: dict | None = None,
+) -> dict:
     """What a model file holds: CPU weights, the network's arguments, the class names, the
     averaged weights of -ema ({"model": state_dict, "updates": n, "decay": d, "every": k})
     and how its images are prepared for evaluation ({"resize": short side, "crop": side})
     when given."""
-    record = {"model": cpu_state(model), "arch": dict(arch), "classes": list(classes),
-              "epoch": epoch}  # fmt: skip
+    record = {
+        "model": cpu_state(model),
+        "arch": dict(arch),
+        "classes": list(classes),
+        "epoch": epoch,
+    }
     if evaluation is not None:
         record["evaluation"] = dict(evaluation)
     if average is not None:
@@ -148,8 +158,15 @@ class ModelFile:
         average = record.get("ema")
         if not (isinstance(average, dict) and isinstance(average.get("model"), dict)):
             average = None
-        return cls(record["model"], path, record.get("arch"), record.get("classes"), average,
-                   record.get("evaluation"), fetched)  # fmt: skip
+        return cls(
+            record["model"],
+            path,
+            record.get("arch"),
+            record.get("classes"),
+            average,
+            record.get("evaluation"),
+            fetched,
+        )
 
     def evaluated(self) -> tuple[dict, bool]:
         """The weights it is evaluated with: its averaged (-ema) weights when it has them,

@@ -40,8 +40,18 @@ class EpochLoop:
     """The Lua's epoch loop (train, test, remember the best top-1, save) made resumable:
     checkpoints every -checkpointEvery iterations and on SIGTERM / SIGINT."""
 
-    def __init__(self, loop: Loop, trainer, loaders, run_folder, network, checkpoint, stop,
-                 processes, devices):  # fmt: skip
+    def __init__(
+        self,
+        loop: Loop,
+        trainer,
+        loaders,
+        run_folder,
+        network,
+        checkpoint,
+        stop,
+        processes,
+        devices,
+    ):
         self.loop, self.trainer, self.run_folder = loop, trainer, run_folder
         self.arch, self.classes = network  # what the model files describe
         self.train_loader, self.val_loader = loaders
@@ -89,12 +99,21 @@ class EpochLoop:
         self.run_folder()
         average = self.trainer.average.state_dict() if self.trainer.average else None
         checkpoints.save(
-            self.loop.save, epoch, self.trainer.model, self.trainer.optimizer.state_dict(),
-            arch=self.arch, classes=self.classes, is_best=is_best,
-            best=self.best, iteration=iteration, samples=samples, state=state,
-            keep=self.loop.keep_checkpoints, average=average,
+            self.loop.save,
+            epoch,
+            self.trainer.model,
+            self.trainer.optimizer.state_dict(),
+            arch=self.arch,
+            classes=self.classes,
+            is_best=is_best,
+            best=self.best,
+            iteration=iteration,
+            samples=samples,
+            state=state,
+            keep=self.loop.keep_checkpoints,
+            average=average,
             evaluation=self.loop.evaluation,
-        )  # fmt: skip
+        )
 
     def after_step(self, epoch: int, iteration: int) -> None:
         """Periodic and requested mid-epoch checkpoints."""
@@ -114,11 +133,14 @@ class EpochLoop:
         if first >= self.epoch_size():  # trained before a stop during its test: test it
             return max(1, -(-first // self.loop.batch_size))
         if first % self.loop.batch_size:
-            print(f"=> Resuming epoch {epoch} at image {first} (a checkpoint written with"
-                  f" another -batchSize)")  # fmt: skip
+            print(
+                f"=> Resuming epoch {epoch} at image {first} (a checkpoint written with"
+                f" another -batchSize)"
+            )
         datasets.set_epoch(self.train_loader, epoch, first)
-        self.trainer.train(epoch, self.train_loader, start=self.position[0],
-                           on_step=self.after_step, totals=sums)  # fmt: skip
+        self.trainer.train(
+            epoch, self.train_loader, start=self.position[0], on_step=self.after_step, totals=sums
+        )
         return self.position[0] + len(self.train_loader)
 
     def evaluate(self, epoch: int) -> tuple[float, float]:
@@ -132,8 +154,10 @@ class EpochLoop:
     def run(self) -> None:
         """Epochs from the start (or resume) point to -nEpochs."""
         if self.epoch > self.loop.n_epochs:
-            print(f"=> {self.loop.resume} finished epoch {self.epoch - 1} of -nEpochs"
-                  f" {self.loop.n_epochs}: nothing to train (raise -nEpochs to go on)")  # fmt: skip
+            print(
+                f"=> {self.loop.resume} finished epoch {self.epoch - 1} of -nEpochs"
+                f" {self.loop.n_epochs}: nothing to train (raise -nEpochs to go on)"
+            )
         self.stop.deferred = True  # from now on a stop request saves first
         for epoch in range(self.epoch, self.loop.n_epochs + 1):
             last = self.train_epoch(epoch)
@@ -176,8 +200,9 @@ def test_only(plan, model, device, loaders, sources, processes: Processes, stop)
     if (note := options.test_only_note(plan.options, averaged)) and processes.rank == 0:
         print(note)
     progress = train.Progress(**shown(loaders))
-    trainer = recipe.make_trainer(plan.recipe, plan.model, model, device, checkpoint, processes,
-                                  progress)  # fmt: skip
+    trainer = recipe.make_trainer(
+        plan.recipe, plan.model, model, device, checkpoint, processes, progress
+    )
     stop.doing = "testing"
     precise_bn(plan.loop, trainer, loaders[0], max(plan.loop.epoch_number, 1))
     top1, top5 = trainer.test(0, loaders[1], summary=False)
@@ -191,8 +216,9 @@ def shown(loaders) -> dict:
     return {"bar": sys.stdout.isatty(), "top5": len(loaders[0].dataset.classes) > 5}
 
 
-def train_and_test(plan, model, network, devices, loaders, checkpoint, processes: Processes,
-                   stop) -> int:  # fmt: skip
+def train_and_test(
+    plan, model, network, devices, loaders, checkpoint, processes: Processes, stop
+) -> int:
     """Train from the start (or -resume) point to -nEpochs, testing after each epoch, with
     the run's records in -save (network: the arch and classes the model files describe;
     devices: the process's device and all it uses). Returns the exit status: 128 + the
@@ -203,21 +229,30 @@ def train_and_test(plan, model, network, devices, loaders, checkpoint, processes
     records = None
     if processes.rank == 0:
         print(f"=> Saving checkpoints and records in {os.path.abspath(loop.save)}")
-        records = train.RunRecords(loop.save, len(loaders[0]), tensorboard=loop.tensorboard,
-                                   options=record, before_first_write=run_folder)  # fmt: skip
+        records = train.RunRecords(
+            loop.save,
+            len(loaders[0]),
+            tensorboard=loop.tensorboard,
+            options=record,
+            before_first_write=run_folder,
+        )
     progress = train.Progress(record=records, **shown(loaders))
-    trainer = recipe.make_trainer(plan.recipe, plan.model, model, device, checkpoint, processes,
-                                  progress)  # fmt: skip
+    trainer = recipe.make_trainer(
+        plan.recipe, plan.model, model, device, checkpoint, processes, progress
+    )
     side = plan.data.input_side()
     trainer.try_evaluation((max(1, loop.batch_size // processes.world), 3, side, side))
-    epochs = EpochLoop(loop, trainer, loaders, run_folder, (arch, classes), checkpoint, stop,
-                       processes, used)  # fmt: skip
+    epochs = EpochLoop(
+        loop, trainer, loaders, run_folder, (arch, classes), checkpoint, stop, processes, used
+    )
     try:
         epochs.run()
     except train.Interrupted as exc:
         name = signal.Signals(stop.signal_number).name
-        print(f"=> Stopped by {name} {exc}; checkpoint saved. Continue with the same command"
-              f" and -resume {loop.save}")  # fmt: skip
+        print(
+            f"=> Stopped by {name} {exc}; checkpoint saved. Continue with the same command"
+            f" and -resume {loop.save}"
+        )
         return 128 + stop.signal_number
     finally:
         if records is not None:

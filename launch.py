@@ -120,24 +120,37 @@ def job_environment(environ=os.environ) -> Job:
         if world == 1 or environ.get("TORCHELASTIC_USE_AGENT_STORE") == "True":
             return job  # torchrun's workers: the agent's store is up and everyone started
         if "MASTER_ADDR" not in environ:
-            raise StartError("WORLD_SIZE is set but MASTER_ADDR is not: start with torchrun, or"
-                             " set MASTER_ADDR and MASTER_PORT in every process")  # fmt: skip
-        return job._replace(address=environ["MASTER_ADDR"], port=master_port(environ, None),
-                            launcher="WORLD_SIZE / RANK / MASTER_ADDR")  # fmt: skip
+            raise StartError(
+                "WORLD_SIZE is set but MASTER_ADDR is not: start with torchrun, or"
+                " set MASTER_ADDR and MASTER_PORT in every process"
+            )
+        return job._replace(
+            address=environ["MASTER_ADDR"],
+            port=master_port(environ, None),
+            launcher="WORLD_SIZE / RANK / MASTER_ADDR",
+        )
     tasks_name = "SLURM_STEP_NUM_TASKS"
     if tasks_name not in environ and "SLURM_STEP_ID" in environ:
         tasks_name = "SLURM_NTASKS"
     tasks = env_int(environ, tasks_name, 1, minimum=1)
     if tasks <= 1:
         return Job()
-    rank = checked_rank(env_int(environ, "SLURM_PROCID"), tasks, ("SLURM_PROCID", tasks_name),
-                        environ)  # fmt: skip
-    nodes = next((environ[k] for k in ("SLURM_STEP_NODELIST", "SLURM_JOB_NODELIST",
-                                      "SLURM_NODELIST") if environ.get(k)), None)  # fmt: skip
+    rank = checked_rank(
+        env_int(environ, "SLURM_PROCID"), tasks, ("SLURM_PROCID", tasks_name), environ
+    )
+    nodes = next(
+        (
+            environ[k]
+            for k in ("SLURM_STEP_NODELIST", "SLURM_JOB_NODELIST", "SLURM_NODELIST")
+            if environ.get(k)
+        ),
+        None,
+    )
     address = environ.get("MASTER_ADDR") or (first_host(nodes) if nodes else None)
     if address is None:
-        raise StartError("srun started this job without a node list: set MASTER_ADDR to the"
-                         " host of task 0")  # fmt: skip
+        raise StartError(
+            "srun started this job without a node list: set MASTER_ADDR to the host of task 0"
+        )
     port = master_port(environ, 12000 + env_int(environ, "SLURM_JOB_ID", 0) % 20000)
     return Job(rank, tasks, env_int(environ, "SLURM_LOCALID", 0), address, port, "srun")
 
@@ -197,8 +210,9 @@ def uses_gpus(n_gpu: int) -> bool:
     return n_gpu > 0 and torch.cuda.is_available()
 
 
-def start_processes(n_gpu: int, job: Job | None = None,
-                    rendezvous_timeout: float = RENDEZVOUS_TIMEOUT) -> Processes:  # fmt: skip
+def start_processes(
+    n_gpu: int, job: Job | None = None, rendezvous_timeout: float = RENDEZVOUS_TIMEOUT
+) -> Processes:
     """Join the process group of this job (torchrun's or srun's): nccl with one GPU per
     process, gloo on CPUs. Alone (or in a job of one process): nothing to join. The
     processes meet within rendezvous_timeout seconds (torchrun's workers in its agent's
@@ -220,8 +234,10 @@ def start_processes(n_gpu: int, job: Job | None = None,
         sys.stdout = open(os.devnull, "w")  # noqa: SIM115 - only rank 0 prints
     else:
         device = "GPU" if on_gpus else "CPU"
-        print(f"=> Distributed: {job.world} processes, one {device} each ({dist.get_backend()},"
-              f" started by {job.launcher})")  # fmt: skip
+        print(
+            f"=> Distributed: {job.world} processes, one {device} each ({dist.get_backend()},"
+            f" started by {job.launcher})"
+        )
     return Processes(dist.get_rank(), job.world, job.local_rank, control)
 
 
@@ -322,8 +338,10 @@ def precision_note(precision: str, device: torch.device, has_bf16=cpu_has_bf16) 
     """Say once when -precision bf16 runs on a CPU that only emulates bf16 (slower than
     single there)."""
     if precision == "bf16" and device.type == "cpu" and not has_bf16():
-        print("=> warning: this CPU has no native bf16 (AVX512-BF16 or AMX): -precision bf16"
-              " is emulated here and slower than -precision single")  # fmt: skip
+        print(
+            "=> warning: this CPU has no native bf16 (AVX512-BF16 or AMX): -precision bf16"
+            " is emulated here and slower than -precision single"
+        )
 
 
 def compile_model(model: nn.Module, device: torch.device) -> nn.Module:
@@ -354,8 +372,10 @@ def restore_rng_state(saved, rank: int, devices: list[torch.device]) -> None:
     keeps its -manualSeed start, and is said once; never an error."""
     states = saved if isinstance(saved, list) else [saved]
     if rank >= len(states):
-        print(f"=> The checkpoint holds the random generators of {len(states)} processes:"
-              " the others start from -manualSeed")  # fmt: skip
+        print(
+            f"=> The checkpoint holds the random generators of {len(states)} processes:"
+            " the others start from -manualSeed"
+        )
         return
     state = states[rank]
     if "torch" in state:
@@ -367,8 +387,10 @@ def restore_rng_state(saved, rank: int, devices: list[torch.device]) -> None:
     for device, device_state in zip(cuda, saved_cuda, strict=False):
         torch.cuda.set_rng_state(device_state, device)
     if cuda and len(saved_cuda) != len(cuda):
-        print(f"=> The checkpoint holds the random generators of {len(saved_cuda)} GPUs for"
-              f" the {len(cuda)} used now: the others start from -manualSeed")  # fmt: skip
+        print(
+            f"=> The checkpoint holds the random generators of {len(saved_cuda)} GPUs for"
+            f" the {len(cuda)} used now: the others start from -manualSeed"
+        )
 
 
 @contextlib.contextmanager

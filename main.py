@@ -55,8 +55,9 @@ def run(plan: Plan, named: pretrained.Named | None) -> int:
             return run_process(plan, processes, stop, named)
 
 
-def run_process(plan: Plan, processes: Processes, stop: launch.StopRequest,
-                named: pretrained.Named | None) -> int:  # fmt: skip
+def run_process(
+    plan: Plan, processes: Processes, stop: launch.StopRequest, named: pretrained.Named | None
+) -> int:
     """Check, load the data, build the model, then train or test."""
     device, devices = set_up_process(plan, processes)
     checkpoint = checkpoints.latest_of_run(plan.loop.resume)  # None: start afresh
@@ -74,15 +75,18 @@ def run_process(plan: Plan, processes: Processes, stop: launch.StopRequest,
         classes = list(loaders[0].dataset.classes)
         if not plan.test_only:
             saved = checkpoint.model.average if checkpoint else None
-            averaging.check_start(saved, plan.recipe.ema, plan.recipe.ema_every, len(loaders[0]),
-                                  plan.loop.resume)  # fmt: skip
+            averaging.check_start(
+                saved, plan.recipe.ema, plan.recipe.ema_every, len(loaders[0]), plan.loop.resume
+            )
         model, arch = setup.build_model(plan.model, classes, checkpoint, retrained)
         setup.check_classes(model, classes)
         if plan.test_only:
-            return epochs.test_only(plan, model, device, loaders, (checkpoint, retrained),
-                                    processes, stop)  # fmt: skip
-        return epochs.train_and_test(plan, model, (arch, classes), (device, devices), loaders,
-                                     checkpoint, processes, stop)  # fmt: skip
+            return epochs.test_only(
+                plan, model, device, loaders, (checkpoint, retrained), processes, stop
+            )
+        return epochs.train_and_test(
+            plan, model, (arch, classes), (device, devices), loaders, checkpoint, processes, stop
+        )
 
 
 def set_up_process(plan: Plan, processes: Processes) -> tuple[torch.device, list[torch.device]]:
@@ -93,11 +97,14 @@ def set_up_process(plan: Plan, processes: Processes) -> tuple[torch.device, list
     device = launch.select_device(setting.n_gpu, processes)
     launch.precision_settings(setting.precision, device)  # a bad combination fails first
     launch.precision_note(setting.precision, device)
-    datasets.check_image_sizes(plan.data.dataset, plan.data.crops,
-                               batch=max(1, plan.data.batch_size // processes.world),
-                               workers=plan.data.workers,
-                               memory=partial(launch.device_memory, device),
-                               device=device.type)  # fmt: skip
+    datasets.check_image_sizes(
+        plan.data.dataset,
+        plan.data.crops,
+        batch=max(1, plan.data.batch_size // processes.world),
+        workers=plan.data.workers,
+        memory=partial(launch.device_memory, device),
+        device=device.type,
+    )
     parallel.check_compile(setting.compile, device, setting.n_gpu, processes.world)
     launch.configure_host_allocator(setting.host_allocator)  # before workers fork: inherited
     torch.manual_seed(setting.seed)

@@ -7,8 +7,12 @@ from torch import nn
 NORM_LAYERS = (nn.modules.batchnorm._NormBase, nn.GroupNorm, nn.LayerNorm, nn.LocalResponseNorm)
 
 
-def parameter_groups(model: nn.Module, weight_decay: float, norm_decay: float | None = None,
-                     bias_decay: float | None = None) -> list[dict]:  # fmt: skip
+def parameter_groups(
+    model: nn.Module,
+    weight_decay: float,
+    norm_decay: float | None = None,
+    bias_decay: float | None = None,
+) -> list[dict]:
     """The trainable parameters (frozen ones are left out) as optimizer groups: every bias
     gets bias_decay and the other parameters of normalisation layers norm_decay, when
     given (torchvision's reference sets them so); the rest weight_decay."""
@@ -25,14 +29,28 @@ def parameter_groups(model: nn.Module, weight_decay: float, norm_decay: float | 
                 groups["norm"].append(parameter)
             else:
                 groups["other"].append(parameter)
-    return [{"params": params, "weight_decay": decays[kind]}
-            for kind, params in groups.items() if params or kind == "other"]  # fmt: skip
+    return [
+        {"params": params, "weight_decay": decays[kind]}
+        for kind, params in groups.items()
+        if params or kind == "other"
+    ]
 
 
-def sgd(model: nn.Module, lr: float, momentum: float, weight_decay: float,
-        norm_decay: float | None = None,
-        bias_decay: float | None = None) -> torch.optim.SGD:  # fmt: skip
+def sgd(
+    model: nn.Module,
+    lr: float,
+    momentum: float,
+    weight_decay: float,
+    norm_decay: float | None = None,
+    bias_decay: float | None = None,
+) -> torch.optim.SGD:
     """Nesterov SGD (plain SGD with momentum 0), dampening 0, as the Lua's optim.sgd."""
     groups = parameter_groups(model, weight_decay, norm_decay, bias_decay)
-    return torch.optim.SGD(groups, lr=lr, momentum=momentum, dampening=0.0,
-                           weight_decay=weight_decay, nesterov=momentum > 0)  # fmt: skip
+    return torch.optim.SGD(
+        groups,
+        lr=lr,
+        momentum=momentum,
+        dampening=0.0,
+        weight_decay=weight_decay,
+        nesterov=momentum > 0,
+    )

@@ -340,8 +340,10 @@ FLAGS = [
 def build_parser(names: Names) -> Parser:
     """The parser: each flag as -name and --name, booleans also as a bare flag; the help of
     the flags that take names lists them."""
-    listed = {f"{{{field}}}": " | ".join(getattr(names, field))
-              for field in ("datasets", "net_types", "policies", "schedules")}  # fmt: skip
+    listed = {
+        f"{{{field}}}": " | ".join(getattr(names, field))
+        for field in ("datasets", "net_types", "policies", "schedules")
+    }
     parser = Parser(
         prog="main.py",
         description="Train ResNet / PreResNet / ResNeXt on ImageNet, CIFAR or an image folder.",
@@ -449,8 +451,11 @@ def test_only_note(options: Mapping, averaged: bool) -> str | None:
     recipe too), and for -ema when the model tested keeps no average (averaged: it does);
     None when there are none. options: the flags' values by name."""
     defaults = {name: default for name, _, default, _ in FLAGS}
-    ignored = [f"-{name} {flag_text(options[name])}" for name in TRAINING_ONLY
-               if options[name] != defaults[name]]  # fmt: skip
+    ignored = [
+        f"-{name} {flag_text(options[name])}"
+        for name in TRAINING_ONLY
+        if options[name] != defaults[name]
+    ]
     if options["ema"] and not averaged:
         ema = options["ema"]
         ignored.append(f"-ema {ema:g} (the model keeps no average: its weights are tested)")
@@ -556,8 +561,10 @@ def validate_crops(opts: argparse.Namespace) -> None:
     """-trainCrop, -valResize and -valCrop: folder datasets, at least 32, resize >= crop."""
     for name in ("trainCrop", "valResize", "valCrop"):
         value = getattr(opts, name)
-        _check(value == 0 or opts.dataset == "imagenet",
-               f"-{name} is for folder datasets (-dataset imagenet)")  # fmt: skip
+        _check(
+            value == 0 or opts.dataset == "imagenet",
+            f"-{name} is for folder datasets (-dataset imagenet)",
+        )
         _check(value == 0 or value >= 32, f"-{name} must be at least 32 (0: unset), got {value}")
     _check(
         opts.valInterpolation == "bicubic" or opts.dataset == "imagenet",

@@ -76,8 +76,11 @@ def adopt_weights(opts: argparse.Namespace) -> pretrained.Named | None:
         setattr(opts, flag, value)
     if "cropSize" in opts.given:  # the user's crop: the val sizes follow it, as in the Lua
         return named
-    sizes = {"valResize": named.preprocessing.resize, "valCrop": named.preprocessing.crop,
-             "valInterpolation": named.preprocessing.interpolation}  # fmt: skip
+    sizes = {
+        "valResize": named.preprocessing.resize,
+        "valCrop": named.preprocessing.crop,
+        "valInterpolation": named.preprocessing.interpolation,
+    }
     for flag, size in sizes.items():
         if flag not in opts.given:
             setattr(opts, flag, size)
@@ -101,7 +104,7 @@ def make_plan(opts: argparse.Namespace) -> Plan:
             opts.compile,
             opts.rendezvousTimeout,
             opts.manualSeed,
-        ),  # fmt: skip
+        ),
         test_only=opts.testOnly,
         options=MappingProxyType({k: v for k, v in vars(opts).items() if k != "given"}),
         notes=opts_module.start_notes(opts),
@@ -110,14 +113,24 @@ def make_plan(opts: argparse.Namespace) -> Plan:
 
 def data_spec(opts: argparse.Namespace) -> datasets.DataSpec:
     """What the run reads, and how."""
-    crops = imagenet.crops_for(opts.cropSize, opts.trainCrop, opts.valResize, opts.valCrop,
-                               opts.valInterpolation)  # fmt: skip
+    crops = imagenet.crops_for(
+        opts.cropSize, opts.trainCrop, opts.valResize, opts.valCrop, opts.valInterpolation
+    )
     return datasets.DataSpec(
-        opts.dataset, opts.data, opts.gen, opts.batchSize, opts.nThreads, opts.manualSeed,
-        ten_crop=opts.tenCrop, skip_corrupt=opts.skipCorrupt,
-        decode_on_device=opts.decodeOnDevice, crops=crops, auto_augment=opts.autoAugment,
-        random_erasing=opts.randomErasing, repeats=opts.repeatedAug,
-    )  # fmt: skip
+        opts.dataset,
+        opts.data,
+        opts.gen,
+        opts.batchSize,
+        opts.nThreads,
+        opts.manualSeed,
+        ten_crop=opts.tenCrop,
+        skip_corrupt=opts.skipCorrupt,
+        decode_on_device=opts.decodeOnDevice,
+        crops=crops,
+        auto_augment=opts.autoAugment,
+        random_erasing=opts.randomErasing,
+        repeats=opts.repeatedAug,
+    )
 
 
 def network(opts: argparse.Namespace) -> dict:
@@ -139,37 +152,79 @@ def network(opts: argparse.Namespace) -> dict:
 def model_spec(opts: argparse.Namespace, val_crop: int) -> setup.ModelSpec:
     """The network, where its weights come from, and what is done to it."""
     return setup.ModelSpec(
-        MappingProxyType(network(opts)), opts.nClasses, opts.resetClassifier, opts.frozenStages,
-        opts.normEval, opts.zeroInitResidual, opts.shareGradInput or opts.optnet,
-        opts.memoryFormat, opts.nGPU, opts.syncBN, opts.compile, opts.resume, opts.retrain,
-        opts.testOnly, val_crop,
-    )  # fmt: skip
+        MappingProxyType(network(opts)),
+        opts.nClasses,
+        opts.resetClassifier,
+        opts.frozenStages,
+        opts.normEval,
+        opts.zeroInitResidual,
+        opts.shareGradInput or opts.optnet,
+        opts.memoryFormat,
+        opts.nGPU,
+        opts.syncBN,
+        opts.compile,
+        opts.resume,
+        opts.retrain,
+        opts.testOnly,
+        val_crop,
+    )
 
 
 def training_recipe(opts: argparse.Namespace) -> recipe.Recipe:
     """How the network is trained."""
     return recipe.Recipe(
-        learning_rate_schedule(opts), opts.LR, opts.momentum, opts.weightDecay,
-        opts.normWeightDecay, opts.biasWeightDecay, opts.optimState, opts.labelSmoothing,
-        opts.clipGradNorm, opts.mixup, opts.cutmix, opts.manualSeed, opts.ema, opts.emaEvery,
-        opts.warmupEpochs, opts.tenCrop, opts.printFreq, opts.skipCorrupt, opts.precision,
+        learning_rate_schedule(opts),
+        opts.LR,
+        opts.momentum,
+        opts.weightDecay,
+        opts.normWeightDecay,
+        opts.biasWeightDecay,
+        opts.optimState,
+        opts.labelSmoothing,
+        opts.clipGradNorm,
+        opts.mixup,
+        opts.cutmix,
+        opts.manualSeed,
+        opts.ema,
+        opts.emaEvery,
+        opts.warmupEpochs,
+        opts.tenCrop,
+        opts.printFreq,
+        opts.skipCorrupt,
+        opts.precision,
         opts.testOnly,
-    )  # fmt: skip
+    )
 
 
 def learning_rate_schedule(opts: argparse.Namespace) -> schedules.Schedule:
     """-lrSchedule with its options: the Lua's per-dataset rule by default."""
     lua = schedules.lua_rule(opts.dataset, opts.netType, opts.LR, opts.nEpochs)
-    return schedules.schedule(opts.lrSchedule, opts.LR, opts.nEpochs, lua=lua,
-                              steps=opts.lrSteps, gamma=opts.lrGamma, min_lr=opts.lrMin,
-                              warmup=opts.warmupEpochs, warmup_start=opts.warmupStart)  # fmt: skip
+    return schedules.schedule(
+        opts.lrSchedule,
+        opts.LR,
+        opts.nEpochs,
+        lua=lua,
+        steps=opts.lrSteps,
+        gamma=opts.lrGamma,
+        min_lr=opts.lrMin,
+        warmup=opts.warmupEpochs,
+        warmup_start=opts.warmupStart,
+    )
 
 
 def loop_spec(opts: argparse.Namespace, data: datasets.DataSpec) -> epochs.Loop:
     """The epochs and their files."""
     return epochs.Loop(
-        opts.save, opts.resume, opts.overwrite, opts.tensorboard, opts.batchSize, opts.nEpochs,
-        opts.epochNumber, opts.checkpointEvery, opts.keepCheckpoints, opts.preciseBN,
+        opts.save,
+        opts.resume,
+        opts.overwrite,
+        opts.tensorboard,
+        opts.batchSize,
+        opts.nEpochs,
+        opts.epochNumber,
+        opts.checkpointEvery,
+        opts.keepCheckpoints,
+        opts.preciseBN,
         (opts.frozenStages, opts.normEval),
         data.evaluation_sizes(),
-    )  # fmt: skip
+    )

@@ -49,8 +49,14 @@ class Recipe:
 def make_optimizer(model: nn.Module, spec: Recipe, checkpoint) -> torch.optim.Optimizer:
     """The Lua's SGD with -normWeightDecay / -biasWeightDecay groups; state from -resume or
     -optimState."""
-    optimizer = optimizers.sgd(model, spec.lr, spec.momentum, spec.weight_decay,
-                               spec.norm_weight_decay, spec.bias_weight_decay)  # fmt: skip
+    optimizer = optimizers.sgd(
+        model,
+        spec.lr,
+        spec.momentum,
+        spec.weight_decay,
+        spec.norm_weight_decay,
+        spec.bias_weight_decay,
+    )
     state = checkpoint.optimizer if checkpoint else None
     if state is None and spec.optim_state != "none":
         state = checkpoints.load_file(spec.optim_state)
@@ -71,13 +77,21 @@ def sum_over_processes(values: torch.Tensor) -> torch.Tensor:
     return values
 
 
-def make_trainer(spec: Recipe, placement: setup.ModelSpec, model, device, checkpoint,
-                 processes: Processes, progress=None) -> train.Trainer:  # fmt: skip
+def make_trainer(
+    spec: Recipe,
+    placement: setup.ModelSpec,
+    model,
+    device,
+    checkpoint,
+    processes: Processes,
+    progress=None,
+) -> train.Trainer:
     """The Trainer of the recipe for the model placed as placement says, with the optimizer
     and loss scale of -resume."""
     dtype, autocast_dtype = launch.precision_settings(spec.precision, device)
-    trained, evaluated = setup.prepare_model(placement, model, device, (dtype, autocast_dtype),
-                                       processes.world)  # fmt: skip
+    trained, evaluated = setup.prepare_model(
+        placement, model, device, (dtype, autocast_dtype), processes.world
+    )
     distributed = processes.world > 1
     trainer = train.Trainer(
         trained,
@@ -111,10 +125,11 @@ def batch_mixing(spec: Recipe, n_outputs: int):
     """-mixup / -cutmix on the training batches, or None."""
     if spec.test_only or not (spec.mixup or spec.cutmix):
         return None
-    print(f"=> Mixing training batches (-mixup {spec.mixup:g} -cutmix {spec.cutmix:g}): the"
-          " training errors are against each mixed image's dominant class")  # fmt: skip
-    return mixing.BatchMixing(n_outputs, mixup=spec.mixup, cutmix=spec.cutmix,
-                              seed=spec.seed + 2)  # fmt: skip
+    print(
+        f"=> Mixing training batches (-mixup {spec.mixup:g} -cutmix {spec.cutmix:g}): the"
+        " training errors are against each mixed image's dominant class"
+    )
+    return mixing.BatchMixing(n_outputs, mixup=spec.mixup, cutmix=spec.cutmix, seed=spec.seed + 2)
 
 
 def weight_average(spec: Recipe, trained: nn.Module, checkpoint):
@@ -122,8 +137,9 @@ def weight_average(spec: Recipe, trained: nn.Module, checkpoint):
     or None."""
     if spec.test_only or not spec.ema:
         return None
-    average = averaging.ExponentialAverage(checkpoints.unwrap(trained), spec.ema,
-                                           spec.ema_every, spec.warmup_epochs)  # fmt: skip
+    average = averaging.ExponentialAverage(
+        checkpoints.unwrap(trained), spec.ema, spec.ema_every, spec.warmup_epochs
+    )
     saved = checkpoint.model.average if checkpoint else None
     if saved is not None:
         average.load_state_dict(saved)

@@ -47,8 +47,13 @@ def meet(address: str, port: int, rank: int, world: int, timeout: float) -> dist
 def host_store(address: str, port: int, timeout: float) -> dist.TCPStore:
     """Rank 0's store, listening on port."""
     try:
-        return dist.TCPStore(address, port, is_master=True, wait_for_workers=False,
-                             timeout=timedelta(seconds=timeout))  # fmt: skip
+        return dist.TCPStore(
+            address,
+            port,
+            is_master=True,
+            wait_for_workers=False,
+            timeout=timedelta(seconds=timeout),
+        )
     except dist.DistNetworkError as exc:
         raise RendezvousError(
             f"rank 0 cannot listen on port {port} ({short_reason(exc)}): another job may hold"

@@ -55,9 +55,18 @@ def warmup_factor(elapsed: float, warmup: float, start_factor: float) -> float:
     return start_factor + (1 - start_factor) * elapsed / warmup
 
 
-def schedule(kind: str, base_lr: float, n_epochs: int, *, lua: Callable[[int], float],
-             steps: Sequence[int] = (), gamma: float = 0.1, min_lr: float = 0.0,
-             warmup: float = 0.0, warmup_start: float = 0.01) -> Schedule:  # fmt: skip
+def schedule(
+    kind: str,
+    base_lr: float,
+    n_epochs: int,
+    *,
+    lua: Callable[[int], float],
+    steps: Sequence[int] = (),
+    gamma: float = 0.1,
+    min_lr: float = 0.0,
+    warmup: float = 0.0,
+    warmup_start: float = 0.01,
+) -> Schedule:
     """lr_at(epoch, progress) for -lrSchedule kind: 'lua' (the rule `lua`), 'step' (x gamma
     from each epoch of steps on) or 'cosine' (to min_lr at the end, after the warm-up),
     multiplied by the warm-up factor during the first `warmup` epochs."""

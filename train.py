@@ -176,8 +176,13 @@ class Reporting:
     """What a pass says and how its totals are counted: the progress output, a line every
     print_every iterations, and sums over the processes of a distributed run (reduce)."""
 
-    def __init__(self, progress: "Progress", print_every: int, device: torch.device,
-                 reduce: Callable[[torch.Tensor], torch.Tensor] | None = None):  # fmt: skip
+    def __init__(
+        self,
+        progress: "Progress",
+        print_every: int,
+        device: torch.device,
+        reduce: Callable[[torch.Tensor], torch.Tensor] | None = None,
+    ):
         self.progress, self.print_every, self.device, self.reduce = (
             progress,
             print_every,
@@ -198,16 +203,25 @@ class Reporting:
         if unreadable:
             self.progress.say(f" | skipped {unreadable} unreadable images")
         if left_out:
-            self.progress.say(f" | left out {left_out} readable images of batches in which"
-                              " another process had none")  # fmt: skip
+            self.progress.say(
+                f" | left out {left_out} readable images of batches in which"
+                " another process had none"
+            )
 
 
 class Evaluation:
     """The test pass of a model, and what goes with it: -preciseBN's statistics and a trial
     forward pass at the validation batch's size."""
 
-    def __init__(self, step: Step, reporting: Reporting, evaluated: nn.Module, *,
-                 n_crops: int = 1, average: "WeightAverage | None" = None):  # fmt: skip
+    def __init__(
+        self,
+        step: Step,
+        reporting: Reporting,
+        evaluated: nn.Module,
+        *,
+        n_crops: int = 1,
+        average: "WeightAverage | None" = None,
+    ):
         self.step, self.reporting, self.evaluated = step, reporting, evaluated
         self.n_crops, self.average = n_crops, average
 
@@ -269,8 +283,14 @@ class Evaluation:
         return int(total[-1])
 
     @torch.no_grad()
-    def test(self, epoch: int, loader: Iterable[Batch], *, stop: Callable[[], bool] | None = None,
-             summary: bool = True) -> tuple[float, float]:  # fmt: skip
+    def test(
+        self,
+        epoch: int,
+        loader: Iterable[Batch],
+        *,
+        stop: Callable[[], bool] | None = None,
+        summary: bool = True,
+    ) -> tuple[float, float]:
         """Evaluate; per-image errors over the whole split, partial batches included.
         Raises Interrupted between batches once stop() is true (a StopRequest: in a
         distributed run, true in every process at the same batch). summary: end with the
@@ -297,8 +317,9 @@ class Evaluation:
         model.train()
         return self.finish_test(epoch, sums, skipped, summary)
 
-    def finish_test(self, epoch: int, sums: "RunningSums", skipped: list[int],
-                    summary: bool) -> tuple[float, float]:  # fmt: skip
+    def finish_test(
+        self, epoch: int, sums: "RunningSums", skipped: list[int], summary: bool
+    ) -> tuple[float, float]:
         """The test pass's errors over every process, recorded and (with summary) said."""
         self.reporting.report_skipped(skipped)
         totals = sums.read()[1] if sums.iterations else sums.total
@@ -320,8 +341,14 @@ class Evaluation:
             f"  top1 {top1:7.3f} ({run1:7.3f})  top5 {progress.top5_text(top5, 7)}"
             f" ({progress.top5_text(run5, 7)})"
         )
-        record = {"epoch": epoch, "iter": n, "split": "val", "top1": top1, "top5": top5,
-                  **window_speed(images, iterations, elapsed, data_time)}  # fmt: skip
+        record = {
+            "epoch": epoch,
+            "iter": n,
+            "split": "val",
+            "top1": top1,
+            "top5": top5,
+            **window_speed(images, iterations, elapsed, data_time),
+        }
         progress.step(line, record, iterations, {"top1": run1, "top5": run5})
 
 
@@ -363,14 +390,26 @@ class Trainer:
         mix: BatchTransform | None = None,
         average: "WeightAverage | None" = None,
     ):
-        self.step = Step(model, criterion, optimizer, lr_at, device=device,
-                         memory_format=memory_format, dtype=dtype,
-                         autocast_dtype=autocast_dtype, clip_grad_norm=clip_grad_norm)  # fmt: skip
+        self.step = Step(
+            model,
+            criterion,
+            optimizer,
+            lr_at,
+            device=device,
+            memory_format=memory_format,
+            dtype=dtype,
+            autocast_dtype=autocast_dtype,
+            clip_grad_norm=clip_grad_norm,
+        )
         # reduce sums a tensor over the processes of a distributed run
         self.reporting = Reporting(progress or Progress(log), print_every, device, reduce)
-        self.evaluation = Evaluation(self.step, self.reporting,
-                                     model if evaluated is None else evaluated,
-                                     n_crops=n_crops, average=average)  # fmt: skip
+        self.evaluation = Evaluation(
+            self.step,
+            self.reporting,
+            model if evaluated is None else evaluated,
+            n_crops=n_crops,
+            average=average,
+        )
         self.every_process = every_process  # whether a flag holds in every process
         self.mix = mix  # training batches -> mixed images and soft targets (MixUp, CutMix)
         self.average = average  # weights averaged over steps, evaluated instead (EMA)
@@ -440,8 +479,9 @@ class Trainer:
         self.reporting.report_skipped(skipped)
         self.warn_if_input_bound(epoch, clock, size - start)
         top1, top5, loss, _ = as_means(self.all_processes(sums.total))
-        self.progress.end({"epoch": epoch, "split": "train", "loss": loss, "top1": top1,
-                           "top5": top5, "lr": lr})  # fmt: skip
+        self.progress.end(
+            {"epoch": epoch, "split": "train", "loss": loss, "top1": top1, "top5": top5, "lr": lr}
+        )
         return top1, top5, loss
 
     def train_step(self, batch: Batch, epoch: int, n: int) -> None:
@@ -481,8 +521,16 @@ class Trainer:
             f"  Err {loss:1.4f}  top1 {top1:7.3f}  top5 {self.progress.top5_text(top5, 7)}"
         )
         speed = window_speed(images, iterations, elapsed, data_time)
-        record = {"epoch": epoch, "iter": n, "split": "train", "loss": loss, "top1": top1,
-                  "top5": top5, "lr": lr, **speed}  # fmt: skip
+        record = {
+            "epoch": epoch,
+            "iter": n,
+            "split": "train",
+            "loss": loss,
+            "top1": top1,
+            "top5": top5,
+            "lr": lr,
+            **speed,
+        }
         running = {"loss": run_loss, "top1": run1, "top5": run5}
         self.progress.step(line, record, iterations, running)
 
@@ -540,8 +588,10 @@ class WindowClock:
 def window_speed(images: float, iterations: int, per_iteration: float, data: float) -> dict:
     """img/s and the share of time spent waiting for data over a printed window."""
     seconds = per_iteration * iterations
-    return {"img_s": images / seconds if seconds > 0 else 0.0,
-            "data_share": data / per_iteration if per_iteration > 0 else 0.0}  # fmt: skip
+    return {
+        "img_s": images / seconds if seconds > 0 else 0.0,
+        "data_share": data / per_iteration if per_iteration > 0 else 0.0,
+    }
 
 
 class Progress:
@@ -552,8 +602,14 @@ class Progress:
 
     WIDE = 110  # columns from which the bar shows the top-5 error, the LR and a bar
 
-    def __init__(self, log: Callable[[str], None] = print, *, bar: bool = False,
-                 record: Callable[[dict], None] | None = None, top5: bool = True):  # fmt: skip
+    def __init__(
+        self,
+        log: Callable[[str], None] = print,
+        *,
+        bar: bool = False,
+        record: Callable[[dict], None] | None = None,
+        top5: bool = True,
+    ):
         self.log = log
         self.use_bar = bar
         self.record = record
@@ -582,9 +638,16 @@ class Progress:
         self.wide = columns >= self.WIDE
         bar = "|{bar}|" if self.wide else ""  # the bar takes the columns left over
         layout = "{desc} {percentage:3.0f}%" + bar + " {n_fmt}/{total_fmt} [{elapsed}<{remaining}"
-        self.bar = tqdm(total=total, initial=done, desc=f"{split} {epoch}", leave=True,
-                        ncols=columns, nrows=rows, bar_format=layout + "{postfix}]",
-                        file=sys.stdout)  # fmt: skip
+        self.bar = tqdm(
+            total=total,
+            initial=done,
+            desc=f"{split} {epoch}",
+            leave=True,
+            ncols=columns,
+            nrows=rows,
+            bar_format=layout + "{postfix}]",
+            file=sys.stdout,
+        )
 
     def step(self, line: str, record: dict, iterations: int, running: dict | None = None) -> None:
         """A printed window of `iterations` iterations: its Lua line and its record; the bar
@@ -637,9 +700,15 @@ class RunRecords:
 
     SCALARS = ("loss", "top1", "top5", "lr", "img_s", "data_share")
 
-    def __init__(self, folder: str, iterations_per_epoch: int, *, tensorboard: bool = True,
-                 options: dict | None = None,
-                 before_first_write: Callable[[], None] | None = None):  # fmt: skip
+    def __init__(
+        self,
+        folder: str,
+        iterations_per_epoch: int,
+        *,
+        tensorboard: bool = True,
+        options: dict | None = None,
+        before_first_write: Callable[[], None] | None = None,
+    ):
         self.path = os.path.join(folder, "metrics.jsonl")
         self.tb_folder = os.path.join(folder, "tb")
         self.per_epoch = iterations_per_epoch

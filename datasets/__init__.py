@@ -51,17 +51,29 @@ class DataSpec:
         if self.dataset != "imagenet":
             return None
         crops = self.crops
-        return {"resize": crops.val_resize, "crop": crops.val,
-                "interpolation": crops.val_interpolation}  # fmt: skip
+        return {
+            "resize": crops.val_resize,
+            "crop": crops.val,
+            "interpolation": crops.val_interpolation,
+        }
 
     def input_side(self) -> int:
         """The side of the square images the network is fed at evaluation."""
         return input_side(self.dataset, self.crops.val)
 
 
-def load(name: str, split: str, *, data: str, gen: str, ten_crop: bool = False,
-         skip_corrupt=False, decode_on_device=False, crops=imagenet.LUA_CROPS,
-         augment: policies.ImageAugment | None = None) -> Dataset:  # fmt: skip
+def load(
+    name: str,
+    split: str,
+    *,
+    data: str,
+    gen: str,
+    ten_crop: bool = False,
+    skip_corrupt=False,
+    decode_on_device=False,
+    crops=imagenet.LUA_CROPS,
+    augment: policies.ImageAugment | None = None,
+) -> Dataset:
     """The train or val split of dataset `name`; the result has .classes. crops and augment
     are for folder datasets (the in-memory loaders augment whole batches)."""
     if name in cifar.FOLDERS:
@@ -70,8 +82,9 @@ def load(name: str, split: str, *, data: str, gen: str, ten_crop: bool = False,
         return fashionmnist.load(split, data, gen)
     if name == "imagenet":
         cache = os.path.join(gen, f"{name}.json")
-        return imagenet.load(split, data, cache, ten_crop, skip_corrupt, decode_on_device,
-                             crops, augment)  # fmt: skip
+        return imagenet.load(
+            split, data, cache, ten_crop, skip_corrupt, decode_on_device, crops, augment
+        )
     raise DataError(f"unknown dataset: {name}")
 
 
@@ -91,8 +104,15 @@ def make_loader(
     batch_size is global: with world > 1 processes, this rank loads its share of each."""
     collate = imagenet.collate_skipping if isinstance(dataset, imagenet.ImageFolder) else None
     # The Lua permutes the val set too; harmless, and kept.
-    sampler = EpochSampler(len(dataset), seed, batch_size=batch_size, rank=rank, world=world,
-                           train=train, repeats=repeats)  # fmt: skip
+    sampler = EpochSampler(
+        len(dataset),
+        seed,
+        batch_size=batch_size,
+        rank=rank,
+        world=world,
+        train=train,
+        repeats=repeats,
+    )
     return DataLoader(
         dataset,
         batch_size=-(-batch_size // world),  # the largest share of a global batch
@@ -130,10 +150,16 @@ def create(spec: DataSpec, split: str) -> Dataset:
     folder_training = spec.dataset == "imagenet" and split == "train"  # (else no augment)
     augment = image_augment(spec, imagenet.ERASE_FILL) if folder_training else None
     return load(
-        spec.dataset, split, data=spec.data, gen=spec.gen, ten_crop=spec.ten_crop,
-        skip_corrupt=spec.skip_corrupt, decode_on_device=spec.decode_on_device,
-        crops=spec.crops, augment=augment,
-    )  # fmt: skip
+        spec.dataset,
+        split,
+        data=spec.data,
+        gen=spec.gen,
+        ten_crop=spec.ten_crop,
+        skip_corrupt=spec.skip_corrupt,
+        decode_on_device=spec.decode_on_device,
+        crops=spec.crops,
+        augment=augment,
+    )
 
 
 def input_side(dataset: str, folder_crop: int) -> int:
@@ -157,9 +183,11 @@ def input_note(before: tuple[str, int], now: tuple[str, int]) -> str | None:
     kinds = [input_kind(*images) for images in (before, now)]
     if kinds[0] == kinds[1]:
         return None
-    return (f"=> warning: these weights were trained on {kinds[0]} images ({before[0]}); this"
-            f" run feeds them {kinds[1]} images ({now[0]}): expect their first layers to adapt"
-            " slowly")  # fmt: skip
+    return (
+        f"=> warning: these weights were trained on {kinds[0]} images ({before[0]}); this"
+        f" run feeds them {kinds[1]} images ({now[0]}): expect their first layers to adapt"
+        " slowly"
+    )
 
 
 # An evaluating ResNet holds at least this many float32 copies of its input batch at once
@@ -167,8 +195,15 @@ def input_note(before: tuple[str, int], now: tuple[str, int]) -> str | None:
 ACTIVATION_COPIES = 8
 
 
-def check_image_sizes(dataset: str, crops: imagenet.Crops, *, batch: int, workers: int,
-                      memory: Callable[[], int], device: str) -> None:  # fmt: skip
+def check_image_sizes(
+    dataset: str,
+    crops: imagenet.Crops,
+    *,
+    batch: int,
+    workers: int,
+    memory: Callable[[], int],
+    device: str,
+) -> None:
     """A folder dataset's crops and resize whose images cannot fit in memory() bytes (the
     device's, asked only here) are a DataError before any work (not after an epoch): a
     crop's batch of `batch` images with its activations, a resized val image in each of
@@ -179,9 +214,11 @@ def check_image_sizes(dataset: str, crops: imagenet.Crops, *, batch: int, worker
     batch_bytes = batch * 3 * 4 * ACTIVATION_COPIES  # per pixel
     resized_bytes = max(1, workers) * 3 * 4 / 3  # uint8 RGB, 4:3, one per worker
     train_flag = "-trainCrop" if crops.train != crops.val else "-cropSize"
-    held = ((train_flag, crops.train, batch_bytes, "-batchSize"),
-            ("-valCrop", crops.val, batch_bytes, "-batchSize"),
-            ("-valResize", crops.val_resize, resized_bytes, "-nThreads"))  # fmt: skip
+    held = (
+        (train_flag, crops.train, batch_bytes, "-batchSize"),
+        ("-valCrop", crops.val, batch_bytes, "-batchSize"),
+        ("-valResize", crops.val_resize, resized_bytes, "-nThreads"),
+    )
     for flag, side, bytes_per_pixel, other in held:
         needed = side * side * bytes_per_pixel
         if needed > available:
@@ -205,12 +242,31 @@ def set_epoch(loader, epoch: int, start: int = 0) -> None:
     target.set_epoch(epoch, start)
 
 
-def in_memory_loader(dataset, batch_size: int, seed: int, train: bool, device, rank: int,
-                     world: int, augment=None, repeats: int = 1) -> InMemoryLoader:  # fmt: skip
+def in_memory_loader(
+    dataset,
+    batch_size: int,
+    seed: int,
+    train: bool,
+    device,
+    rank: int,
+    world: int,
+    augment=None,
+    repeats: int = 1,
+) -> InMemoryLoader:
     """Whole-batch loader for an ArrayImageDataset, augmenting on `device`."""
-    return InMemoryLoader(dataset, batch_size, seed=seed, train=train, mean=dataset.mean,
-                          std=dataset.std, device=device, rank=rank, world=world,
-                          augment=augment, repeats=repeats)  # fmt: skip
+    return InMemoryLoader(
+        dataset,
+        batch_size,
+        seed=seed,
+        train=train,
+        mean=dataset.mean,
+        std=dataset.std,
+        device=device,
+        rank=rank,
+        world=world,
+        augment=augment,
+        repeats=repeats,
+    )
 
 
 def create_loaders(spec: DataSpec, device: torch.device, rank: int = 0, world: int = 1) -> tuple:
@@ -235,8 +291,9 @@ def create_loaders(spec: DataSpec, device: torch.device, rank: int = 0, world: i
         )
     n_crops = 10 if spec.ten_crop else 1
     kwargs = {"workers": spec.workers, "pin_memory": device.type == "cuda", **ranks}
-    train = make_loader(train_set, spec.batch_size, seed=spec.seed, train=True,
-                        repeats=spec.repeats, **kwargs)  # fmt: skip
+    train = make_loader(
+        train_set, spec.batch_size, seed=spec.seed, train=True, repeats=spec.repeats, **kwargs
+    )
     val = make_loader(val_set, spec.batch_size // n_crops, seed=spec.seed + 1, **kwargs)
     if spec.decode_on_device:
         imagenet.check_device_decoding(device)

@@ -167,10 +167,13 @@ def is_index(index) -> bool:
 def is_sample_list(samples, n_classes: int) -> bool:
     """Whether samples is a list of [relative path, label in 0..n_classes-1]."""
     return isinstance(samples, list) and all(
-        isinstance(s, list) and len(s) == 2 and isinstance(s[0], str) and type(s[1]) is int
+        isinstance(s, list)
+        and len(s) == 2
+        and isinstance(s[0], str)
+        and type(s[1]) is int
         and 0 <= s[1] < n_classes
         for s in samples
-    )  # fmt: skip
+    )
 
 
 def cached_index(data: str, cache_path: str) -> dict:
@@ -285,8 +288,13 @@ class TrainSample(FolderSample):
     With `augment`, its seed is drawn last and its policy and erasing follow the flip; a
     policy replaces the Lua's colour steps, as in torchvision's reference recipes."""
 
-    def __init__(self, size: int = 224, draft: bool = True, on_device: bool = False,
-                 augment: policies.ImageAugment | None = None):  # fmt: skip
+    def __init__(
+        self,
+        size: int = 224,
+        draft: bool = True,
+        on_device: bool = False,
+        augment: policies.ImageAugment | None = None,
+    ):
         super().__init__(draft, on_device)
         self.crop = T.RandomSizedCrop(size)
         self.augment = augment if augment else None
@@ -304,8 +312,9 @@ class TrainSample(FolderSample):
         place = partial(self.place, box=box, flip=flip, seed=seed, width=width, height=height)
         return self.decoded(image, place, covered / self.crop.size), draws
 
-    def place(self, pixels: torch.Tensor, *, box, flip: bool, seed: int | None, width: int,
-              height: int):  # fmt: skip
+    def place(
+        self, pixels: torch.Tensor, *, box, flip: bool, seed: int | None, width: int, height: int
+    ):
         """The planned crop of the width x height original, on pixels of any scale, flipped
         and augmented as drawn."""
         pixels = self.crop.apply(pixels, rescale_box(box, width, height, pixels))
@@ -317,8 +326,15 @@ class ValSample(FolderSample):
     """The loader-worker half of the ImageNet val transform: Scale 256 and CenterCrop 224
     (or TenCrop) as uint8; normalisation follows on the device."""
 
-    def __init__(self, ten_crop: bool, size: int = 224, scale: int = 256, draft: bool = True,
-                 on_device: bool = False, interpolation: str = "bicubic"):  # fmt: skip
+    def __init__(
+        self,
+        ten_crop: bool,
+        size: int = 224,
+        scale: int = 256,
+        draft: bool = True,
+        on_device: bool = False,
+        interpolation: str = "bicubic",
+    ):
         super().__init__(draft, on_device)
         self.crop = T.TenCrop(size) if ten_crop else T.CenterCrop(size)
         self.scale = scale
@@ -508,8 +524,13 @@ class Crops(NamedTuple):
 LUA_CROPS = Crops()
 
 
-def crops_for(crop_size: int = 224, train: int = 0, val_resize: int = 0, val: int = 0,
-              val_interpolation: str = "bicubic") -> Crops:  # fmt: skip
+def crops_for(
+    crop_size: int = 224,
+    train: int = 0,
+    val_resize: int = 0,
+    val: int = 0,
+    val_interpolation: str = "bicubic",
+) -> Crops:
     """-cropSize for train and val crops (val resized to it / 0.875 first), each overridden
     by -trainCrop, -valResize or -valCrop when given (not 0)."""
     val = val or crop_size
@@ -534,8 +555,13 @@ def load(
     if split == "train":
         transform = TrainSample(crops.train, augment=augment, **on_device)
     else:
-        transform = ValSample(ten_crop, crops.val, crops.val_resize, **on_device,
-                              interpolation=crops.val_interpolation)  # fmt: skip
+        transform = ValSample(
+            ten_crop,
+            crops.val,
+            crops.val_resize,
+            **on_device,
+            interpolation=crops.val_interpolation,
+        )
     samples = PackedSamples([tuple(sample) for sample in index[split]])
     folder = os.path.join(data, split)
     return ImageFolder(folder, samples, index["classes"], transform, skip_corrupt)

@@ -39,9 +39,22 @@ def augment_batch(
 class InMemoryLoader:
     """Iterates (images, labels) batches of an ArrayImageDataset, augmented on `device`."""
 
-    def __init__(self, dataset, batch_size: int, *, seed: int, train: bool, mean, std,
-                 padding: int = 4, device: torch.device | str = "cpu", rank: int = 0,
-                 world: int = 1, augment=None, repeats: int = 1):  # fmt: skip
+    def __init__(
+        self,
+        dataset,
+        batch_size: int,
+        *,
+        seed: int,
+        train: bool,
+        mean,
+        std,
+        padding: int = 4,
+        device: torch.device | str = "cpu",
+        rank: int = 0,
+        world: int = 1,
+        augment=None,
+        repeats: int = 1,
+    ):
         self.dataset = dataset  # keeps .classes reachable as for a DataLoader
         self.device = torch.device(device)
         self.images = dataset.images.to(self.device)
@@ -63,8 +76,14 @@ class InMemoryLoader:
 
     def shares(self):
         """This rank's positions of each global batch (datasets.sampler.shard)."""
-        return shard(self.start, len(self.labels), self.batch_size, self.rank, self.world,
-                     whole_batches_only=self.train)  # fmt: skip
+        return shard(
+            self.start,
+            len(self.labels),
+            self.batch_size,
+            self.rank,
+            self.world,
+            whole_batches_only=self.train,
+        )
 
     def __len__(self) -> int:
         return sum(1 for _ in self.shares())

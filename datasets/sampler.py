@@ -27,8 +27,15 @@ def share(n: int, rank: int, world: int) -> range:
     return range(rank * n // world, (rank + 1) * n // world)
 
 
-def shard(start: int, size: int, batch_size: int, rank: int = 0, world: int = 1, *,
-          whole_batches_only: bool = False):  # fmt: skip
+def shard(
+    start: int,
+    size: int,
+    batch_size: int,
+    rank: int = 0,
+    world: int = 1,
+    *,
+    whole_batches_only: bool = False,
+):
     """This process's positions of each global batch of the epoch from position `start`:
     a batch of n is cut in `world` contiguous shares that differ by at most one, so every
     sample is used exactly once. whole_batches_only (distributed training, where every
@@ -82,15 +89,28 @@ class EpochSampler(Sampler):
     """Yields (index, augmentation seed) pairs; call set_epoch before each epoch. With
     world > 1, only this rank's share of each global batch of batch_size (see shard)."""
 
-    def __init__(self, size: int, seed: int, shuffle: bool = True, *, batch_size: int = 1,
-                 rank: int = 0, world: int = 1, train: bool = False,
-                 repeats: int = 1):  # fmt: skip
+    def __init__(
+        self,
+        size: int,
+        seed: int,
+        shuffle: bool = True,
+        *,
+        batch_size: int = 1,
+        rank: int = 0,
+        world: int = 1,
+        train: bool = False,
+        repeats: int = 1,
+    ):
         self.size = size
         self.repeats = repeats  # repeated augmentation (see repeated)
         self.seed = seed
         self.shuffle = shuffle
-        self.shards = {"batch_size": batch_size, "rank": rank, "world": world,
-                       "whole_batches_only": train}  # fmt: skip
+        self.shards = {
+            "batch_size": batch_size,
+            "rank": rank,
+            "world": world,
+            "whole_batches_only": train,
+        }
         self.epoch = 1
         self.start = 0
 

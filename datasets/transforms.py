@@ -72,8 +72,9 @@ def scaled_size(width: int, height: int, size: int) -> tuple[int, int]:
 def resize(image: torch.Tensor, width: int, height: int, interpolation: str = "bicubic"):
     """Antialiased resize of a C x H x W tensor (uint8 stays uint8), bicubic unless told."""
     TF = vision()
-    return TF.resize(image, [height, width], interpolation=TF.InterpolationMode(interpolation),
-                     antialias=True)  # fmt: skip
+    return TF.resize(
+        image, [height, width], interpolation=TF.InterpolationMode(interpolation), antialias=True
+    )
 
 
 class Scale:

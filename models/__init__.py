@@ -137,13 +137,16 @@ def create(
     if se and not kind.se:
         raise ValueError("se (squeeze-and-excitation) is for netType resnet and resnext")
     if small and not kind.small_images:
-        raise ValueError(f"netType {netType} is for ImageNet-shaped images (imagenet or a"
-                         " class-per-folder dataset), not the 32 x 32 datasets")  # fmt: skip
+        raise ValueError(
+            f"netType {netType} is for ImageNet-shaped images (imagenet or a"
+            " class-per-folder dataset), not the 32 x 32 datasets"
+        )
     if netType == "senet":
         check_senet_arguments(cardinality, baseWidth, se)
     shortcut = shortcutType or default_shortcut(netType, dataset)
-    shape = Shape(depth, small, n_classes, shortcut, bottleneckType, baseWidth, cardinality,
-                  se, radix)  # fmt: skip
+    shape = Shape(
+        depth, small, n_classes, shortcut, bottleneckType, baseWidth, cardinality, se, radix
+    )
     return kind.build(shape)
 
 
@@ -252,8 +255,11 @@ def to_timm(state_dict: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     """Rename one of our ResNet / ResNeXt (shortcut B, SE or not), ResNeSt or SENet-154
     state_dicts to timm's names."""
     if "stem.0.weight" in state_dict:
-        reverse = ((r"^stem\.7\.", "bn1."), (r"^stem\.(\d+)\.", r"conv1.\1."),
-                   (r"\.shortcut\.", ".downsample."))  # fmt: skip
+        reverse = (
+            (r"^stem\.7\.", "bn1."),
+            (r"^stem\.(\d+)\.", r"conv1.\1."),
+            (r"\.shortcut\.", ".downsample."),
+        )
         return _rename(state_dict, reverse)
     return to_torchvision(state_dict)
 
@@ -288,11 +294,27 @@ def backbone(
         raise ValueError(
             f"the backbone is built for netType resnet, resnext, senet and resnest; got {netType!r}"
         )
-    network = create(netType, depth, "imagenet", cardinality=cardinality, baseWidth=baseWidth,
-                     bottleneckType=bottleneckType, se=se, radix=radix, nClasses=1)  # fmt: skip
-    return backbones.backbone(network, style=style, strides=strides, dilations=dilations,
-                              out_indices=outIndices, frozen_stages=frozenStages,
-                              norm_eval=normEval, zero_init=zeroInitResidual)  # fmt: skip
+    network = create(
+        netType,
+        depth,
+        "imagenet",
+        cardinality=cardinality,
+        baseWidth=baseWidth,
+        bottleneckType=bottleneckType,
+        se=se,
+        radix=radix,
+        nClasses=1,
+    )
+    return backbones.backbone(
+        network,
+        style=style,
+        strides=strides,
+        dilations=dilations,
+        out_indices=outIndices,
+        frozen_stages=frozenStages,
+        norm_eval=normEval,
+        zero_init=zeroInitResidual,
+    )
 
 
 def set_frozen(model: nn.Module, frozen_stages: int = -1, norm_eval: bool = False) -> None:
@@ -345,10 +367,15 @@ def arch_of_resnest(state_dict: Mapping[str, torch.Tensor], blocks: tuple) -> di
         raise ValueError(f"not a ResNeSt state_dict (blocks per stage {blocks})")
     width = state_dict["layer1.0.conv1.weight"].shape[0]
     cardinality = width // state_dict["layer1.0.conv2.fc1.weight"].shape[1]
-    return {"netType": "resnest", "depth": depths[blocks], "dataset": "imagenet",
-            "nClasses": state_dict["fc.weight"].shape[0], "cardinality": cardinality,
-            "baseWidth": width // cardinality,
-            "radix": state_dict["layer1.0.conv2.conv.weight"].shape[0] // width}  # fmt: skip
+    return {
+        "netType": "resnest",
+        "depth": depths[blocks],
+        "dataset": "imagenet",
+        "nClasses": state_dict["fc.weight"].shape[0],
+        "cardinality": cardinality,
+        "baseWidth": width // cardinality,
+        "radix": state_dict["layer1.0.conv2.conv.weight"].shape[0] // width,
+    }
 
 
 def arch_of_torchvision(state_dict: Mapping[str, torch.Tensor]) -> dict:
@@ -356,23 +383,35 @@ def arch_of_torchvision(state_dict: Mapping[str, torch.Tensor]) -> dict:
     state_dict, read from its shapes: blocks per stage give the depth, the first grouped
     conv the cardinality and width, the SE modules their ratio."""
     blocks = tuple(
-        1 + max((int(m.group(1)) for k in state_dict if (m := re.match(rf"layer{s}\.(\d+)\.", k))),
-                default=-1)
+        1
+        + max(
+            (int(m.group(1)) for k in state_dict if (m := re.match(rf"layer{s}\.(\d+)\.", k))),
+            default=-1,
+        )
         for s in range(1, 5)
-    )  # fmt: skip
+    )
     if "layer1.0.conv2.fc1.weight" in state_dict:
         return arch_of_resnest(state_dict, blocks)
     if "conv1.0.weight" in state_dict:  # a deep stem without split attention
         if blocks != senet.IMAGENET_COUNTS[154]:
             raise ValueError(f"not a SENet-154 state_dict (blocks per stage {blocks})")
-        return {"netType": "senet", "depth": 154, "dataset": "imagenet",
-                "nClasses": state_dict["fc.weight"].shape[0]}  # fmt: skip
+        return {
+            "netType": "senet",
+            "depth": 154,
+            "dataset": "imagenet",
+            "nClasses": state_dict["fc.weight"].shape[0],
+        }
     bottleneck = "layer1.0.conv3.weight" in state_dict
     depth = TORCHVISION_DEPTHS.get((bottleneck, blocks))
     if depth is None:
         raise ValueError(f"not a torchvision ResNet state_dict (blocks per stage {blocks})")
-    arch = {"netType": "resnet", "depth": depth, "dataset": "imagenet", "shortcutType": "B",
-            "nClasses": state_dict["fc.weight"].shape[0]}  # fmt: skip
+    arch = {
+        "netType": "resnet",
+        "depth": depth,
+        "dataset": "imagenet",
+        "shortcutType": "B",
+        "nClasses": state_dict["fc.weight"].shape[0],
+    }
     if bottleneck:
         width, per_group = state_dict["layer1.0.conv2.weight"].shape[:2]
         cardinality = width // per_group

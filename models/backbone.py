@@ -17,8 +17,9 @@ STYLES = ("pytorch", "caffe")  # the stride on the 3x3 (the Lua's) or on the fir
 N_STAGES = 4
 
 
-def check_options(style: str, strides: Sequence[int], dilations: Sequence[int],
-                  out_indices: Sequence[int]) -> None:  # fmt: skip
+def check_options(
+    style: str, strides: Sequence[int], dilations: Sequence[int], out_indices: Sequence[int]
+) -> None:
     """ValueError naming what is valid for mmdetection's options (set_frozen checks
     frozenStages)."""
     if style not in STYLES:
@@ -42,8 +43,9 @@ def stride_and_dilate(block: nn.Module, stride: int, dilation: int, style: str) 
         strided = block.conv1 if style == "caffe" else block.conv2
         dilated = block.conv2
     else:
-        raise ValueError("the backbone takes resnet and resnext blocks (bottleneckType"
-                         " resnext_C or resnet)")  # fmt: skip
+        raise ValueError(
+            "the backbone takes resnet and resnext blocks (bottleneckType resnext_C or resnet)"
+        )
     block.conv1.stride = block.conv2.stride = (1, 1)
     strided.stride = (stride, stride)
     dilated.dilation = dilated.padding = (dilation, dilation)
@@ -53,8 +55,9 @@ def stride_and_dilate(block: nn.Module, stride: int, dilation: int, style: str) 
         raise ValueError("a stride on a block without a projection shortcut; use shortcutType B")
 
 
-def stride_and_dilate_split_attention(block: SplitAttentionBottleneck, stride: int,
-                                      dilation: int, style: str) -> None:  # fmt: skip
+def stride_and_dilate_split_attention(
+    block: SplitAttentionBottleneck, stride: int, dilation: int, style: str
+) -> None:
     """ResNeSt's block as mmdetection's ResNeSt strides it: the 3x3 average pool after the
     split-attention convolution (style pytorch) or the first 1x1 (caffe); the shortcut's
     average pool at the stride."""
@@ -114,9 +117,17 @@ class Backbone(FreezableStages):
         return tuple(outputs)
 
 
-def backbone(network: ResNet, *, style: str = "pytorch", strides=(1, 2, 2, 2),
-             dilations=(1, 1, 1, 1), out_indices=(0, 1, 2, 3), frozen_stages: int = -1,
-             norm_eval: bool = False, zero_init: bool = False) -> Backbone:  # fmt: skip
+def backbone(
+    network: ResNet,
+    *,
+    style: str = "pytorch",
+    strides=(1, 2, 2, 2),
+    dilations=(1, 1, 1, 1),
+    out_indices=(0, 1, 2, 3),
+    frozen_stages: int = -1,
+    norm_eval: bool = False,
+    zero_init: bool = False,
+) -> Backbone:
     """The detection backbone of an ImageNet ResNet / ResNeXt (see models.backbone)."""
     check_options(style, strides, dilations, out_indices)
     for stage_index, name in enumerate(network.stage_names):

@@ -97,8 +97,15 @@ def resolve_torchvision(name: str) -> Named:
     cache = os.path.join(torch.hub.get_dir(), "checkpoints")
     accuracy = weights.meta["_metrics"]["ImageNet-1K"]
     published = (round(100 - accuracy["acc@1"], 3), round(100 - accuracy["acc@5"], 3))
-    return Named(str(weights), "torchvision", full_arch(arch_of_torchvision(shapes)),
-                 preprocessing, weights.url, cache, published)  # fmt: skip
+    return Named(
+        str(weights),
+        "torchvision",
+        full_arch(arch_of_torchvision(shapes)),
+        preprocessing,
+        weights.url,
+        cache,
+        published,
+    )
 
 
 def import_timm():
@@ -124,15 +131,18 @@ def resolve_timm(name: str) -> Named:
         shapes = timm.create_model(model_name).state_dict()
     arch = fitting_arch(name, shapes)
     if (config.mean, config.std) != MEANSTD:
-        raise UsageError(f"-weights {name}: normalised with mean {config.mean} std {config.std};"
-                         " this tool normalises with ImageNet's")  # fmt: skip
+        raise UsageError(
+            f"-weights {name}: normalised with mean {config.mean} std {config.std};"
+            " this tool normalises with ImageNet's"
+        )
     crop = (config.test_input_size or config.input_size)[-1]
     resize = math.floor(crop / (config.test_crop_pct or config.crop_pct))
     preprocessing = Preprocessing(resize, crop, config.interpolation)
     from huggingface_hub import constants
 
-    return Named(name, "timm", arch, preprocessing, f"https://huggingface.co/{name}",
-                 constants.HF_HUB_CACHE)  # fmt: skip
+    return Named(
+        name, "timm", arch, preprocessing, f"https://huggingface.co/{name}", constants.HF_HUB_CACHE
+    )
 
 
 def fitting_arch(name: str, shapes: dict) -> dict:
@@ -163,8 +173,14 @@ def fetch(named: Named, progress: bool = True) -> ModelFile:
         state_dict, classes = timm_state_dict(named)
     resize, crop, interpolation = named.preprocessing[:3]
     evaluation = {"resize": resize, "crop": crop, "interpolation": interpolation}
-    return ModelFile(from_timm(state_dict), named.name, dict(named.arch), classes,
-                     evaluation=evaluation, fetched=True)  # fmt: skip
+    return ModelFile(
+        from_timm(state_dict),
+        named.name,
+        dict(named.arch),
+        classes,
+        evaluation=evaluation,
+        fetched=True,
+    )
 
 
 def torchvision_state_dict(named: Named, progress: bool) -> tuple[dict, list[str]]:
@@ -254,9 +270,11 @@ def summary(named: Named) -> str:
     sizes = named.preprocessing
     lua = LUA_CROPS
     if sizes[:3] != (lua.val_resize, lua.val, lua.val_interpolation):
-        line += (f"; evaluated at resize {sizes.resize} ({sizes.interpolation}), crop"
-                 f" {sizes.crop}: -valResize, -valCrop and -valInterpolation default to those"
-                 " unless -cropSize is given")  # fmt: skip
+        line += (
+            f"; evaluated at resize {sizes.resize} ({sizes.interpolation}), crop"
+            f" {sizes.crop}: -valResize, -valCrop and -valInterpolation default to those"
+            " unless -cropSize is given"
+        )
     if named.published:
         top1, top5 = named.published
         line += f"; published ImageNet-1k error top1 {top1:g}  top5 {top5:g}"

@@ -80,8 +80,15 @@ class SplitAttentionConv(nn.Module):
         if not alone:
             return self.bn1(pooled)
         norm = self.bn1
-        return F.batch_norm(pooled, norm.running_mean, norm.running_var, norm.weight, norm.bias,
-                            training=False, eps=norm.eps)  # fmt: skip
+        return F.batch_norm(
+            pooled,
+            norm.running_mean,
+            norm.running_var,
+            norm.weight,
+            norm.bias,
+            training=False,
+            eps=norm.eps,
+        )
 
 
 def average_down_shortcut(n_in: int, n_out: int, stride: int) -> nn.Module:
@@ -89,16 +96,18 @@ def average_down_shortcut(n_in: int, n_out: int, stride: int) -> nn.Module:
     if n_in == n_out and stride == 1:
         return nn.Identity()
     pool = nn.AvgPool2d(stride, stride, ceil_mode=True, count_include_pad=False)
-    return nn.Sequential(pool if stride > 1 else nn.Identity(), conv1x1(n_in, n_out),
-                         nn.BatchNorm2d(n_out))  # fmt: skip
+    return nn.Sequential(
+        pool if stride > 1 else nn.Identity(), conv1x1(n_in, n_out), nn.BatchNorm2d(n_out)
+    )
 
 
 class SplitAttentionBottleneck(nn.Module):
     """1x1-BN-ReLU, split-attention 3x3 (at stride 1, then a 3x3 average pool at the
     block's stride), 1x1-BN, added to the average-down shortcut, then ReLU; 4x expansion."""
 
-    def __init__(self, n_in: int, planes: int, stride: int, cardinality: int, base_width: int,
-                 radix: int):  # fmt: skip
+    def __init__(
+        self, n_in: int, planes: int, stride: int, cardinality: int, base_width: int, radix: int
+    ):
         super().__init__()
         width = group_width(planes, base_width) * cardinality
         n_out = planes * 4
@@ -125,16 +134,18 @@ def check_arguments(radix: int, cardinality: int, base_width: int) -> None:
             raise ValueError(f"{name} must be at least 1; got {value}")
 
 
-def build(depth: int, n_classes: int, radix: int = 2, cardinality: int = 1,
-          base_width: int = 64) -> ResNet:  # fmt: skip
+def build(
+    depth: int, n_classes: int, radix: int = 2, cardinality: int = 1, base_width: int = 64
+) -> ResNet:
     """ResNeSt for ImageNet-shaped images: depths 14, 26, 50, 101, 200, 269."""
     check_arguments(radix, cardinality, base_width)
     check_imagenet_depth(depth, tuple(IMAGENET_COUNTS), "resnest")
     stem_width = 32 if depth <= 50 else 64
 
     def block(stage, n_in, stride, _):
-        return SplitAttentionBottleneck(n_in, IMAGENET_PLANES[stage], stride, cardinality,
-                                        base_width, radix)  # fmt: skip
+        return SplitAttentionBottleneck(
+            n_in, IMAGENET_PLANES[stage], stride, cardinality, base_width, radix
+        )
 
     stages, n_features = make_stages(block, 2 * stem_width, IMAGENET_COUNTS[depth])
     return ResNet(deep_stem(stem_width), stages, n_features, n_classes)

@@ -190,10 +190,18 @@ def deep_stem(width: int) -> nn.Sequential:
     """ResNeSt's and SENet-154's: conv 3x3/2 (3 -> w), BN, ReLU, conv 3x3 (w -> w), BN,
     ReLU, conv 3x3 (w -> 2w), BN, ReLU, max-pool 3x3/2; numbered as timm numbers its stem
     (conv1.0 ... conv1.6, and bn1 = 7)."""
-    layers = [conv3x3(3, width, 2), nn.BatchNorm2d(width), nn.ReLU(inplace=True),
-              conv3x3(width, width), nn.BatchNorm2d(width), nn.ReLU(inplace=True),
-              conv3x3(width, 2 * width), nn.BatchNorm2d(2 * width), nn.ReLU(inplace=True),
-              nn.MaxPool2d(3, 2, 1)]  # fmt: skip
+    layers = [
+        conv3x3(3, width, 2),
+        nn.BatchNorm2d(width),
+        nn.ReLU(inplace=True),
+        conv3x3(width, width),
+        nn.BatchNorm2d(width),
+        nn.ReLU(inplace=True),
+        conv3x3(width, 2 * width),
+        nn.BatchNorm2d(2 * width),
+        nn.ReLU(inplace=True),
+        nn.MaxPool2d(3, 2, 1),
+    ]
     return nn.Sequential(OrderedDict((str(i), layer) for i, layer in enumerate(layers)))
 
 

@@ -46,8 +46,16 @@ class ResNeXtBranchesBlock(nn.Module):
     """Form B: C branches of conv1x1-BN-ReLU-conv3x3(stride)-BN-ReLU, concatenated,
     then conv1x1-BN(-SE), added to the shortcut, then ReLU."""
 
-    def __init__(self, n_in: int, planes: int, stride: int, shortcut_type: str,
-                 cardinality: int, d: int, se: int = 0):  # fmt: skip
+    def __init__(
+        self,
+        n_in: int,
+        planes: int,
+        stride: int,
+        shortcut_type: str,
+        cardinality: int,
+        d: int,
+        se: int = 0,
+    ):
         super().__init__()
         n_out = planes * 4
         self.branches = nn.ModuleList(

@@ -22,8 +22,9 @@ def projection_shortcut(n_in: int, n_out: int, stride: int) -> nn.Module:
     if n_in == n_out and stride == 1:
         return nn.Identity()
     kernel = 3 if stride > 1 else 1
-    return nn.Sequential(nn.Conv2d(n_in, n_out, kernel, stride, kernel // 2, bias=False),
-                         nn.BatchNorm2d(n_out))  # fmt: skip
+    return nn.Sequential(
+        nn.Conv2d(n_in, n_out, kernel, stride, kernel // 2, bias=False), nn.BatchNorm2d(n_out)
+    )
 
 
 def build(depth: int, n_classes: int) -> ResNet:
@@ -34,8 +35,17 @@ def build(depth: int, n_classes: int) -> ResNet:
         planes = IMAGENET_PLANES[stage]
         width = group_width(planes, BASE_WIDTH) * CARDINALITY
         shortcut = projection_shortcut(n_in, planes * Bottleneck.expansion, stride)
-        return Bottleneck(n_in, planes, stride, "B", CARDINALITY, width, SE_RATIO,
-                          first_width=width // 2, shortcut=shortcut)  # fmt: skip
+        return Bottleneck(
+            n_in,
+            planes,
+            stride,
+            "B",
+            CARDINALITY,
+            width,
+            SE_RATIO,
+            first_width=width // 2,
+            shortcut=shortcut,
+        )
 
     stages, n_features = make_stages(block, 128, IMAGENET_COUNTS[depth])
     return ResNet(deep_stem(64), stages, n_features, n_classes, dropout=DROPOUT)

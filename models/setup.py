@@ -128,8 +128,11 @@ def options_record(options: Mapping, arch: Mapping) -> dict:
     """The resolved options and the network, as opts.json and TensorBoard keep them; the
     network flags are those of the network trained (a -retrain file's or a resumed run's,
     not the flags' defaults)."""
-    return {**options, **{flag: arch[flag] for flag in models.ARCH_FLAGS if flag in arch},
-            "arch": dict(arch)}  # fmt: skip
+    return {
+        **options,
+        **{flag: arch[flag] for flag in models.ARCH_FLAGS if flag in arch},
+        "arch": dict(arch),
+    }
 
 
 def check_classes(model: nn.Module, classes: list[str]) -> None:
@@ -159,13 +162,20 @@ def prepare_model(
         models.set_activation_checkpointing(model)
     dtype, autocast_dtype = dtypes
     model = model.to(device, dtype).to(memory_format=launch.MEMORY_FORMATS[spec.memory_format])
-    return parallel.spread_model(model, device, n_gpu=spec.n_gpu, world=world,
-                                 autocast_dtype=autocast_dtype, sync_bn=spec.sync_bn,
-                                 compile_model=spec.compile)  # fmt: skip
+    return parallel.spread_model(
+        model,
+        device,
+        n_gpu=spec.n_gpu,
+        world=world,
+        autocast_dtype=autocast_dtype,
+        sync_bn=spec.sync_bn,
+        compile_model=spec.compile,
+    )
 
 
-def start_weights(spec: ModelSpec, named: pretrained.Named | None, checkpoint: dict | None,
-                  processes: Processes) -> dict | None:  # fmt: skip
+def start_weights(
+    spec: ModelSpec, named: pretrained.Named | None, checkpoint: dict | None, processes: Processes
+) -> dict | None:
     """The model record training starts from: -retrain's file, or the named -weights
     (downloaded once: rank 0 first, the others then read the cache), unless resuming a
     checkpoint."""

@@ -41,8 +41,13 @@ def convert(module: nn.Module) -> nn.Module:
     """Replace every BatchNorm2d of module (in place) by a GlobalBatchNorm2d with its state."""
     for name, child in module.named_children():
         if type(child) is nn.BatchNorm2d:
-            replacement = GlobalBatchNorm2d(child.num_features, child.eps, child.momentum,
-                                            child.affine, child.track_running_stats)  # fmt: skip
+            replacement = GlobalBatchNorm2d(
+                child.num_features,
+                child.eps,
+                child.momentum,
+                child.affine,
+                child.track_running_stats,
+            )
             replacement.load_state_dict(child.state_dict())
             replacement.to(child.weight.device, child.weight.dtype)
             setattr(module, name, replacement)

@@ -89,8 +89,9 @@ def measure_bare(model, size, batch, layout, precision, warmup, steps) -> float:
     target = torch.randint(0, model.fc.out_features, (batch,))
 
     def step():
-        with torch.autocast("cpu", dtype=PRECISIONS[precision] or torch.float32,
-                            enabled=precision != "fp32"):  # fmt: skip
+        with torch.autocast(
+            "cpu", dtype=PRECISIONS[precision] or torch.float32, enabled=precision != "fp32"
+        ):
             loss = torch.nn.functional.cross_entropy(model(images).float(), target)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
@@ -103,10 +104,16 @@ def measure_trainer(model, size, batch, layout, precision, warmup, steps) -> flo
     """Seconds per iteration of Trainer.train over the in-memory loader (lines not printed)."""
     model = model.to(memory_format=LAYOUTS[layout])
     optimizer = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9, nesterov=True)
-    trainer = train.Trainer(model, torch.nn.CrossEntropyLoss(), optimizer, lambda *_: 0.01,
-                            device=torch.device("cpu"), memory_format=LAYOUTS[layout],
-                            autocast_dtype=PRECISIONS[precision],
-                            log=lambda line: None)  # fmt: skip
+    trainer = train.Trainer(
+        model,
+        torch.nn.CrossEntropyLoss(),
+        optimizer,
+        lambda *_: 0.01,
+        device=torch.device("cpu"),
+        memory_format=LAYOUTS[layout],
+        autocast_dtype=PRECISIONS[precision],
+        log=lambda line: None,
+    )
     data = synthetic_dataset(batch * (warmup + steps), size, model.fc.out_features)
     loader = InMemoryLoader(data, batch, seed=0, train=True, mean=MEAN, std=STD)
     stamps = []
@@ -224,8 +231,9 @@ class JpegBatches:
             yield self.finishing.finish(crops, draws), labels
 
 
-def measure_jpeg_training(recipe: bool, batch: int, warmup: int, steps: int,
-                          crop: int = 176) -> float:  # fmt: skip
+def measure_jpeg_training(
+    recipe: bool, batch: int, warmup: int, steps: int, crop: int = 176
+) -> float:
     """Seconds per iteration of ResNet-18 training on JPEGs, the pipeline included (one
     process, no loader workers: their cost is counted, not hidden by overlap), with the
     default flags or with -recipe torchvision's per-step work: 176 crops, TrivialAugmentWide,
@@ -242,12 +250,21 @@ def measure_jpeg_training(recipe: bool, batch: int, warmup: int, steps: int,
     if recipe:
         augment = policies.ImageAugment("ta_wide", 0.1, imagenet.ERASE_FILL)
         worker = imagenet.TrainSample(crop, augment=augment)
-        extra = {"mix": mixing.BatchMixing(1000, mixup=0.2, cutmix=1.0),
-                 "average": averaging.ExponentialAverage(model, 0.999966, every=1)}  # fmt: skip
+        extra = {
+            "mix": mixing.BatchMixing(1000, mixup=0.2, cutmix=1.0),
+            "average": averaging.ExponentialAverage(model, 0.999966, every=1),
+        }
     criterion = torch.nn.CrossEntropyLoss(label_smoothing=0.1 if recipe else 0.0)
-    trainer = train.Trainer(model, criterion, optimizer, lambda *_: 0.01,
-                            device=torch.device("cpu"), memory_format=torch.channels_last,
-                            log=lambda line: None, **extra)  # fmt: skip
+    trainer = train.Trainer(
+        model,
+        criterion,
+        optimizer,
+        lambda *_: 0.01,
+        device=torch.device("cpu"),
+        memory_format=torch.channels_last,
+        log=lambda line: None,
+        **extra,
+    )
     stamps = []
     loader = JpegBatches(worker, batch, warmup + steps + 1)
     trainer.train(1, loader, on_step=lambda epoch, n: stamps.append(time.perf_counter()))
@@ -255,9 +272,21 @@ def measure_jpeg_training(recipe: bool, batch: int, warmup: int, steps: int,
     return statistics.median(gaps)
 
 
-def convolution_backward_flops(grad_out_shape, x_shape, w_shape, _bias, _stride, _padding,
-                               _dilation, _transposed, _output_padding, _groups, output_mask,
-                               out_shape=None, **kwargs) -> int:  # fmt: skip
+def convolution_backward_flops(
+    grad_out_shape,
+    x_shape,
+    w_shape,
+    _bias,
+    _stride,
+    _padding,
+    _dilation,
+    _transposed,
+    _output_padding,
+    _groups,
+    output_mask,
+    out_shape=None,
+    **kwargs,
+) -> int:
     """FLOPs of aten.convolution_backward (not transposed): each gradient it computes costs
     what the forward convolution did. torch 2.14's own formula counts a grouped
     convolution's weight gradient as if it were ungrouped (fixed by pytorch/pytorch#183405)."""
@@ -297,10 +326,14 @@ def measure_baseline(model, size, batch, warmup, steps) -> float:
     from torchvision import transforms as tv
 
     data = synthetic_dataset(batch * (warmup + steps + 2), size, model.fc.out_features)
-    transform = tv.Compose([tv.RandomCrop(size, padding=4), tv.RandomHorizontalFlip(),
-                            tv.ConvertImageDtype(torch.float32),
-                            tv.Normalize([m / 255 for m in MEAN],
-                                         [s / 255 for s in STD])])  # fmt: skip
+    transform = tv.Compose(
+        [
+            tv.RandomCrop(size, padding=4),
+            tv.RandomHorizontalFlip(),
+            tv.ConvertImageDtype(torch.float32),
+            tv.Normalize([m / 255 for m in MEAN], [s / 255 for s in STD]),
+        ]
+    )
     per_image = [(data.images[i], int(data.labels[i])) for i in range(len(data.labels))]
 
     class PerImage(torch.utils.data.Dataset):
@@ -413,27 +446,46 @@ def main() -> None:
     if args.recipes:
         compare_recipes(args)
         return
-    base = {"model": args.model, "batch": args.batch, "warmup": args.warmup, "steps": args.steps,
-            "size": args.size, "allocator": "cache"}  # fmt: skip
+    base = {
+        "model": args.model,
+        "batch": args.batch,
+        "warmup": args.warmup,
+        "steps": args.steps,
+        "size": args.size,
+        "allocator": "cache",
+    }
     rows = {
         "bare fp32 contiguous": {"kind": "bare", "layout": "contiguous", "precision": "fp32"},
         "bare fp32 channels_last": {"kind": "bare", "layout": "channels_last", "precision": "fp32"},
-        "bare fp32 channels_last -hostAllocator system": {"kind": "bare", "layout": "channels_last",
-                                                          "precision": "fp32",
-                                                          "allocator": "system"},
+        "bare fp32 channels_last -hostAllocator system": {
+            "kind": "bare",
+            "layout": "channels_last",
+            "precision": "fp32",
+            "allocator": "system",
+        },
         "bare bf16 channels_last": {"kind": "bare", "layout": "channels_last", "precision": "bf16"},
-        "trainer default (fp32 channels_last)": {"kind": "trainer", "layout": "channels_last",
-                                                 "precision": "fp32"},
-        "trainer -precision bf16": {"kind": "trainer", "layout": "channels_last",
-                                    "precision": "bf16"},
-        "bare fp32 channels_last -optnet": {"kind": "bare", "layout": "channels_last",
-                                            "precision": "fp32", "optnet": True},
+        "trainer default (fp32 channels_last)": {
+            "kind": "trainer",
+            "layout": "channels_last",
+            "precision": "fp32",
+        },
+        "trainer -precision bf16": {
+            "kind": "trainer",
+            "layout": "channels_last",
+            "precision": "bf16",
+        },
+        "bare fp32 channels_last -optnet": {
+            "kind": "bare",
+            "layout": "channels_last",
+            "precision": "fp32",
+            "optnet": True,
+        },
         "pipeline (1 thread)": {"kind": "pipeline"},
         "JPEG decode alone (1 thread)": {"kind": "jpeg_decode"},
         "JPEG ImageNet train pipeline (1 thread)": {"kind": "jpeg_pipeline"},
         "baseline (pytorch/examples style)": {"kind": "baseline"},
         "reference: every FLOP at fp32 conv peak": {"kind": "reference"},
-    }  # fmt: skip
+    }
     results = measure_rounds({label: {**base, **spec} for label, spec in rows.items()}, args.rounds)
     print_table(f"{args.model}, batch {args.batch}", results, args.rounds, memory=True)
     img_s = {label: r["img_s"] for label, r in results.items()}
@@ -454,8 +506,10 @@ def main() -> None:
     for label, ratio, target in ratios:
         print(f"{label}: {ratio:.2f}x (target >= {target})")
     reference = img_s["reference: every FLOP at fp32 conv peak"]
-    print(f"default flags / fp32 conv-peak reference: {default / reference:.2f}x;"
-          f" reference / baseline: {reference / baseline:.2f}x")  # fmt: skip
+    print(
+        f"default flags / fp32 conv-peak reference: {default / reference:.2f}x;"
+        f" reference / baseline: {reference / baseline:.2f}x"
+    )
     allocator = (
         img_s["bare fp32 channels_last"] / img_s["bare fp32 channels_last -hostAllocator system"]
     )
@@ -480,14 +534,17 @@ def compare_recipes(args) -> None:
             "model": "resnet20",
         },
     }
-    results = measure_rounds({label: {**base, **spec} for label, spec in rows.items()},
-                             args.rounds)  # fmt: skip
+    results = measure_rounds({label: {**base, **spec} for label, spec in rows.items()}, args.rounds)
     print_table(f"batch {args.batch}", results, args.rounds)
     default, recipe, same_crop, plain, policy = (r["img_s"] for r in results.values())
-    print(f"-recipe torchvision / default flags: {recipe / default:.2f}x (target >= 0.85);"
-          f" at the default's 224 crops: {same_crop / default:.2f}x")  # fmt: skip
-    print(f"in-memory augmentation with a policy: {policy:.0f} img/s on one thread,"
-          f" {plain / policy:.0f}x the time of the default's {plain:.0f} img/s")  # fmt: skip
+    print(
+        f"-recipe torchvision / default flags: {recipe / default:.2f}x (target >= 0.85);"
+        f" at the default's 224 crops: {same_crop / default:.2f}x"
+    )
+    print(
+        f"in-memory augmentation with a policy: {policy:.0f} img/s on one thread,"
+        f" {plain / policy:.0f}x the time of the default's {plain:.0f} img/s"
+    )
 
 
 if __name__ == "__main__":

@@ -57,9 +57,26 @@ def main() -> None:
     speeds = {}
     for label, (launcher, threads) in runs.items():
         with tempfile.TemporaryDirectory() as save:
-            flags = ["-dataset", "fashionmnist", "-netType", "resnet", "-depth", "20",
-                     "-batchSize", str(args.batch), "-nThreads", "0", "-printFreq", "10",
-                     "-data", args.data, "-save", save, "-gen", save]  # fmt: skip
+            flags = [
+                "-dataset",
+                "fashionmnist",
+                "-netType",
+                "resnet",
+                "-depth",
+                "20",
+                "-batchSize",
+                str(args.batch),
+                "-nThreads",
+                "0",
+                "-printFreq",
+                "10",
+                "-data",
+                args.data,
+                "-save",
+                save,
+                "-gen",
+                save,
+            ]
             seconds = seconds_per_iteration(launcher, flags, args.windows, {**env, **threads})
         speeds[label] = args.batch / seconds
         print(f"| {label} | {seconds:.3f} | {speeds[label]:.1f} |")

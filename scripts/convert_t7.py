@@ -91,9 +91,12 @@ def our_layers(model: nn.Module) -> list[tuple[str, str, nn.Module]]:
 def identity_bn(module: nn.BatchNorm2d) -> dict:
     """BN values that pass their input through unchanged."""
     channels = module.num_features
-    return {"weight": torch.ones(channels), "bias": torch.zeros(channels),
-            "running_mean": torch.zeros(channels),
-            "running_var": torch.full((channels,), 1 - module.eps)}  # fmt: skip
+    return {
+        "weight": torch.ones(channels),
+        "bias": torch.zeros(channels),
+        "running_mean": torch.zeros(channels),
+        "running_var": torch.full((channels,), 1 - module.eps),
+    }
 
 
 def aligned(ours: list, theirs: list) -> list[dict]:
@@ -169,8 +172,10 @@ def main(argv=None) -> int:
     try:
         import torchfile
     except ImportError:
-        print("error: convert_t7.py reads .t7 files with torchfile: pip install torchfile",
-              file=sys.stderr)  # fmt: skip
+        print(
+            "error: convert_t7.py reads .t7 files with torchfile: pip install torchfile",
+            file=sys.stderr,
+        )
         return 2
     try:
         lua_model = read_t7(torchfile, args.input)
@@ -179,10 +184,16 @@ def main(argv=None) -> int:
                 f"{args.input} holds no Torch object (a {type(lua_model).__name__})"
             )
         linear = [tensors for kind, tensors in lua_layers(lua_model) if kind == "fc"]
-        arch = {"netType": args.netType, "depth": args.depth, "dataset": args.dataset,
-                "shortcutType": args.shortcutType, "bottleneckType": args.bottleneckType,
-                "baseWidth": args.baseWidth, "cardinality": args.cardinality,
-                "nClasses": linear[-1]["weight"].shape[0] if linear else None}  # fmt: skip
+        arch = {
+            "netType": args.netType,
+            "depth": args.depth,
+            "dataset": args.dataset,
+            "shortcutType": args.shortcutType,
+            "bottleneckType": args.bottleneckType,
+            "baseWidth": args.baseWidth,
+            "cardinality": args.cardinality,
+            "nClasses": linear[-1]["weight"].shape[0] if linear else None,
+        }
         classes = None
         if args.classes:
             with open(args.classes) as handle:

@@ -46,8 +46,10 @@ def extract(checkpoint: str, files: list[str], batch_size: int, layer: str = "po
     model, view, _ = inference.load_model(checkpoint, device)
     model.fc = nn.Identity()  # the Lua removed the last nn.Linear
     network = model if layer == "pool" else StageOutput(model, layer)
-    features = [network(inputs.to(device)).float().cpu()
-                for _, inputs in inference.batches(files, view, batch_size)]  # fmt: skip
+    features = [
+        network(inputs.to(device)).float().cpu()
+        for _, inputs in inference.batches(files, view, batch_size)
+    ]
     return {"features": torch.cat(features), "image_list": files}
 
 

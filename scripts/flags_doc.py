@@ -282,8 +282,15 @@ def page() -> str:
         raise SystemExit(f"error: say what {', '.join(missing)} do(es) in WHAT_IT_DOES")
     lua = [name for name in names if name not in RECIPE_FLAGS]
     recipe = [name for name in names if name in RECIPE_FLAGS]
-    return "\n".join([INTRO, table(lua, "what it does here"), RECIPE_TITLE + "\n",
-                      table(recipe, "what it does"), OUTRO])  # fmt: skip
+    return "\n".join(
+        [
+            INTRO,
+            table(lua, "what it does here"),
+            RECIPE_TITLE + "\n",
+            table(recipe, "what it does"),
+            OUTRO,
+        ]
+    )
 
 
 def main(argv: list[str]) -> int:

@@ -86,8 +86,9 @@ def preprocess(path: str, view: View) -> torch.Tensor:
         with Image.open(path) as image:
             if models.is_cifar_shaped(view.dataset):
                 return small_image(image, view.dataset)
-            sample = imagenet.ValSample(False, size=view.crop, scale=view.resize,
-                                        interpolation=view.interpolation)  # fmt: skip
+            sample = imagenet.ValSample(
+                False, size=view.crop, scale=view.resize, interpolation=view.interpolation
+            )
             pixels, _ = sample(image)
     except imagenet.DECODE_ERRORS as exc:
         raise imagenet.DataError(f"cannot read image {path}: {exc}") from None

@@ -31,8 +31,13 @@ FB_CIFAR = {"dataset": "cifar10", "per_gpu": 64, "reference": 128,
 
 def resnext(depth, cardinality, width, dataset="imagenet"):
     """create() arguments of a ResNeXt (cardinality 1: its ResNet baseline, same code)."""
-    return {"netType": "resnext", "depth": depth, "dataset": dataset,
-            "cardinality": cardinality, "baseWidth": width}  # fmt: skip
+    return {
+        "netType": "resnext",
+        "depth": depth,
+        "dataset": dataset,
+        "cardinality": cardinality,
+        "baseWidth": width,
+    }
 
 
 def resnet(depth, dataset="imagenet", net_type="resnet"):
@@ -146,12 +151,16 @@ def shown(value, digits: int | None = None) -> str:
 def dry_run(table: str) -> None:
     """Build every network of the table; print its size beside the paper's."""
     title, _, rows = TABLES[table]
-    print(f"{title}\n| network | params (M) | published params (M) | GFLOPs | published GFLOPs |"
-          " paper top-1 error (%) |\n|---|---|---|---|---|---|")  # fmt: skip
+    print(
+        f"{title}\n| network | params (M) | published params (M) | GFLOPs | published GFLOPs |"
+        " paper top-1 error (%) |\n|---|---|---|---|---|---|"
+    )
     for label, arch, paper_params, paper_flops, paper_error in rows:
         params, flops = size_of(arch)
-        print(f"| {label} | {params:.2f} | {shown(paper_params)} | {shown(flops, 2)} |"
-              f" {shown(paper_flops)} | {paper_error} |")  # fmt: skip
+        print(
+            f"| {label} | {params:.2f} | {shown(paper_params)} | {shown(flops, 2)} |"
+            f" {shown(paper_flops)} | {paper_error} |"
+        )
 
 
 def train(table: str, n_gpu: int, data: str) -> int:

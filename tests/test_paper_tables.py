@@ -18,9 +18,13 @@ ROW = re.compile(r"\| (.+?) \| ([\d.]+) \| ([\d.]+|—) \| ([\d.]+|—) \| ([\d.
 
 
 def table_script(name, **env):
-    return warm.run(["bash", os.path.join(ROOT, "scripts", f"{name}.sh")],
-                    capture_output=True, text=True, timeout=TIMEOUT,
-                    env={**os.environ, "PYTHON": sys.executable, **env})  # fmt: skip
+    return warm.run(
+        ["bash", os.path.join(ROOT, "scripts", f"{name}.sh")],
+        capture_output=True,
+        text=True,
+        timeout=TIMEOUT,
+        env={**os.environ, "PYTHON": sys.executable, **env},
+    )
 
 
 @pytest.mark.parametrize("name", sorted(paper_tables.TABLES))
