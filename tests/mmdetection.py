@@ -26,9 +26,8 @@ def backbones():
     import mmdet
 
     root = os.path.dirname(mmdet.__file__)
-    packages_without_init(
-        root, ("mmdet.models", "mmdet.models.layers", "mmdet.models.backbones", "mmdet.utils")
-    )
+    packages_without_init(root, ("mmdet.models", "mmdet.models.layers",
+                                 "mmdet.models.backbones", "mmdet.utils"))  # fmt: skip
     typing_utils = importlib.import_module("mmdet.utils.typing_utils")
     vars(sys.modules["mmdet.utils"]).update(vars(typing_utils))
     res_layer = importlib.import_module("mmdet.models.layers.res_layer")

@@ -27,13 +27,8 @@ def rank_main(function, rank: int, world: int, store: str, args: tuple, results)
     """One rank: join the group, run function(processes, *args), report its result."""
     torch.set_num_threads(1)
     try:
-        dist.init_process_group(
-            "gloo",
-            init_method=f"file://{store}",
-            rank=rank,
-            world_size=world,
-            timeout=timedelta(seconds=GROUP_TIMEOUT),
-        )
+        dist.init_process_group("gloo", init_method=f"file://{store}", rank=rank,
+                                world_size=world, timeout=timedelta(seconds=GROUP_TIMEOUT))  # fmt: skip
         processes = Processes(rank, world, rank, None)
         results.put((rank, "ok", as_bytes(function(processes, *args))))
     except BaseException:  # the parent reports it
@@ -49,10 +44,8 @@ def run_ranks(function, world: int, folder, *args) -> list:
     context = warm.fork_server()  # torch imported once, not in every rank
     results = context.Queue()
     store = os.path.join(folder, f"store-{function.__name__}")
-    workers = [
-        context.Process(target=rank_main, args=(function, rank, world, store, args, results))
-        for rank in range(world)
-    ]
+    workers = [context.Process(target=rank_main, args=(function, rank, world, store, args, results))
+               for rank in range(world)]  # fmt: skip
     for worker in workers:
         worker.start()
     reports = [results.get(timeout=GROUP_TIMEOUT * 3) for _ in workers]

@@ -89,13 +89,9 @@ def test_only_checkpoints_reads_the_checkpoint_files_by_key():
             key = None
             if isinstance(node, ast.Subscript) and isinstance(node.slice, ast.Constant):
                 key = node.slice.value
-            elif (
-                isinstance(node, ast.Call)
-                and isinstance(node.func, ast.Attribute)
-                and node.func.attr == "get"
-                and node.args
-                and isinstance(node.args[0], ast.Constant)
-            ):
+            elif (isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute)
+                  and node.func.attr == "get" and node.args
+                  and isinstance(node.args[0], ast.Constant)):  # fmt: skip
                 key = node.args[0].value
             if key in CHECKPOINT_KEYS:
                 readers.append(f"{path}:{node.lineno} {key}")

@@ -16,12 +16,8 @@ def test_resnext_50_backbone_gives_c2_to_c5_without_the_classifier():
     assert sum(p.numel() for p in backbone.parameters()) == 22_979_904
     with torch.no_grad():
         outputs = backbone.eval()(torch.randn(1, 3, 224, 224))
-    assert [tuple(o.shape[1:]) for o in outputs] == [
-        (256, 56, 56),
-        (512, 28, 28),
-        (1024, 14, 14),
-        (2048, 7, 7),
-    ]
+    assert [tuple(o.shape[1:]) for o in outputs] == [(256, 56, 56), (512, 28, 28),
+                                                     (1024, 14, 14), (2048, 7, 7)]  # fmt: skip
 
 
 def test_the_backbone_computes_torchvisions_network_without_its_head():
@@ -33,19 +29,11 @@ def test_the_backbone_computes_torchvisions_network_without_its_head():
     images = torch.randn(1, 3, 64, 64)
     with torch.no_grad():
         (c5,) = backbone.eval()(images)
-        expected = reference.layer4(
-            reference.layer3(
-                reference.layer2(
-                    reference.layer1(
-                        reference.maxpool(reference.relu(reference.bn1(reference.conv1(images))))
-                    )
-                )
-            )
-        )
+        expected = reference.layer4(reference.layer3(reference.layer2(reference.layer1(
+            reference.maxpool(reference.relu(reference.bn1(reference.conv1(images))))))))  # fmt: skip
     torch.testing.assert_close(c5, expected, rtol=0, atol=1e-5)
-    full = models.complexity(
-        models.create("resnext", 50, "imagenet", cardinality=32, baseWidth=4), 224
-    )[1]
+    full = models.complexity(models.create("resnext", 50, "imagenet", cardinality=32,
+                                           baseWidth=4), 224)[1]  # fmt: skip
     assert models.complexity(WithHead(backbone), 224)[1] == full - 2048 * 1000
 
 
@@ -61,9 +49,8 @@ class WithHead(nn.Module):
 
 
 def test_style_strides_and_dilations_go_where_mmdetection_puts_them():
-    caffe = models.backbone(
-        "resnet", 50, style="caffe", strides=(1, 2, 2, 1), dilations=(1, 1, 1, 2)
-    )
+    caffe = models.backbone("resnet", 50, style="caffe", strides=(1, 2, 2, 1),
+                            dilations=(1, 1, 1, 2))  # fmt: skip
     first = caffe.layer2[0]
     assert (first.conv1.stride, first.conv2.stride) == ((2, 2), (1, 1))
     assert caffe.layer4[1].conv2.dilation == caffe.layer4[1].conv2.padding == (2, 2)
@@ -78,9 +65,8 @@ def test_style_strides_and_dilations_go_where_mmdetection_puts_them():
 def test_frozen_stages_and_norm_eval_hold_through_train():
     backbone = models.backbone("resnet", 50, frozenStages=1, normEval=True)
     trainable = sum(p.numel() for p in backbone.parameters() if p.requires_grad)
-    stem_and_layer1 = sum(
-        p.numel() for m in (backbone.stem, backbone.layer1) for p in m.parameters()
-    )
+    stem_and_layer1 = sum(p.numel() for m in (backbone.stem, backbone.layer1)
+                          for p in m.parameters())  # fmt: skip
     assert trainable == 25_557_032 - 2_049_000 - stem_and_layer1
     backbone.train()
     assert not backbone.stem.training and not backbone.layer1.training
@@ -91,11 +77,8 @@ def test_frozen_stages_and_norm_eval_hold_through_train():
 
 def test_zero_init_residual_starts_each_block_as_its_shortcut():
     backbone = models.backbone("resnet", 18, zeroInitResidual=True)
-    assert all(
-        not block.bn2.weight.any()
-        for stage in (backbone.layer1, backbone.layer4)
-        for block in stage
-    )
+    assert all(not block.bn2.weight.any() for stage in (backbone.layer1, backbone.layer4)
+               for block in stage)  # fmt: skip
 
 
 @pytest.mark.parametrize(
@@ -113,14 +96,12 @@ def test_invalid_backbone_options_say_what_is_valid(kwargs, message):
         models.backbone("resnext", 50, **kwargs)
 
 
-def test_a_frozen_fine_tuning_run_leaves_the_frozen_weights_bitwise_unchanged(
-    cifar10_root, tmp_path
-):
+def test_a_frozen_fine_tuning_run_leaves_the_frozen_weights_bitwise_unchanged(cifar10_root,
+                                                                               tmp_path):  # fmt: skip
     torch.manual_seed(3)
     source = models.create("resnet", 8, "cifar10")
-    record = checkpoints.model_record(
-        source, 0, models.complete_arch({"netType": "resnet", "depth": 8, "dataset": "cifar10"}), []
-    )
+    record = checkpoints.model_record(source, 0, models.complete_arch(
+        {"netType": "resnet", "depth": 8, "dataset": "cifar10"}), [])  # fmt: skip
     torch.save(record, tmp_path / "source.pth")
     save = tmp_path / "run"
     flags = f"-retrain {tmp_path / 'source.pth'} -frozenStages 2 -normEval true"
@@ -151,9 +132,8 @@ def test_the_default_backbone_computes_the_networks_own_stages(net, depth):
     backbone.load_state_dict(weights, strict=True)
     images = torch.randn(2, 3, 64, 64)
     with torch.no_grad():
-        expected = network.layer4(
-            network.layer3(network.layer2(network.layer1(network.stem(images))))
-        )
+        expected = network.layer4(network.layer3(network.layer2(network.layer1(
+            network.stem(images)))))  # fmt: skip
         assert torch.equal(backbone(images)[-1], expected)
     n_params = sum(p.numel() for p in backbone.parameters())
     assert (
@@ -162,9 +142,8 @@ def test_the_default_backbone_computes_the_networks_own_stages(net, depth):
 
 
 def test_resnest_and_senet_backbones_take_mmdetections_options():
-    resnest = models.backbone(
-        "resnest", 50, style="caffe", strides=(1, 2, 2, 1), dilations=(1, 1, 1, 2), frozenStages=2
-    )
+    resnest = models.backbone("resnest", 50, style="caffe", strides=(1, 2, 2, 1),
+                              dilations=(1, 1, 1, 2), frozenStages=2)  # fmt: skip
     first = resnest.layer2[0]
     assert first.conv1.stride == (2, 2) and isinstance(first.avd, nn.Identity)  # caffe
     assert resnest.layer4[0].conv2.conv.dilation == (2, 2)

@@ -77,9 +77,8 @@ def test_a_meta_file_without_names_is_named(cifar_copy):
 
 
 @pytest.mark.parametrize("protocol", [3, 4, 5])
-def test_python3_pickles_with_str_keys_and_numpy2_arrays_are_read(
-    cifar_copy, foolbox_data, protocol
-):
+def test_python3_pickles_with_str_keys_and_numpy2_arrays_are_read(cifar_copy, foolbox_data,
+                                                                   protocol):  # fmt: skip
     root, folder = cifar_copy
     samples = labelled_images(foolbox_data, "cifar10")
     rows = planar_rows([p for p, _ in samples])
@@ -87,21 +86,10 @@ def test_python3_pickles_with_str_keys_and_numpy2_arrays_are_read(
     for i in range(5):
         part = slice(4 * i, 4 * i + 4)
         with open(folder / f"data_batch_{i + 1}", "wb") as handle:
-            pickle.dump(
-                {"data": rows[part], "labels": list(labels[part])}, handle, protocol=protocol
-            )
-    names = [
-        "airplane",
-        "automobile",
-        "bird",
-        "cat",
-        "deer",
-        "dog",
-        "frog",
-        "horse",
-        "ship",
-        "truck",
-    ]
+            pickle.dump({"data": rows[part], "labels": list(labels[part])}, handle,
+                        protocol=protocol)  # fmt: skip
+    names = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship",
+             "truck"]  # fmt: skip
     with open(folder / "batches.meta", "wb") as handle:
         pickle.dump({"label_names": names}, handle, protocol=protocol)
     train = load_cifar(root)
@@ -129,10 +117,8 @@ def test_a_bad_label_stops_main_before_any_file_is_written(cifar_copy, tmp_path)
     write_pickle(folder / "test_batch", content)
     done = run_main(*small_cifar_args(str(root), tmp_path / "save", "-nEpochs 1"))
     assert done.returncode == 2
-    assert done.stderr == (
-        f"error: {folder / 'test_batch'} has 1 labels outside 0..9 (the first:"
-        " 10); is it the right dataset?\n"
-    )
+    assert done.stderr == (f"error: {folder / 'test_batch'} has 1 labels outside 0..9 (the first:"
+                           " 10); is it the right dataset?\n")  # fmt: skip
     assert not (tmp_path / "save").exists()
 
 
@@ -189,9 +175,8 @@ def test_a_second_data_folder_is_read_as_itself_not_as_the_first(fashion_copy, t
     assert not os.path.exists(gen)  # nothing unpacked that could go stale
 
 
-def test_a_damaged_image_index_is_rebuilt_and_a_folder_in_its_place_is_named(
-    jpeg_root, tmp_path, capsys
-):
+def test_a_damaged_image_index_is_rebuilt_and_a_folder_in_its_place_is_named(jpeg_root, tmp_path,
+                                                                            capsys):  # fmt: skip
     cache = tmp_path / "imagenet.json"
     for content in (
         "[]",

@@ -148,27 +148,11 @@ def test_a_full_disk_keeps_the_previous_checkpoint_set(tmp_path, monkeypatch):
 
 
 def test_prune_keeps_current_best_and_the_newest_epochs(tmp_path):
-    names = [
-        "model_1.pth",
-        "optimState_1.pth",
-        "model_2.pth",
-        "optimState_2.pth",
-        "model_3_iter5.pth",
-        "optimState_3_iter5.pth",
-        "model_3_iter9.pth",
-        "optimState_3_iter9.pth",
-        "model_best.pth",
-        "opts.json",
-        ".partial-x",
-    ]
+    names = ["model_1.pth", "optimState_1.pth", "model_2.pth", "optimState_2.pth",
+             "model_3_iter5.pth", "optimState_3_iter5.pth", "model_3_iter9.pth",
+             "optimState_3_iter9.pth", "model_best.pth", "opts.json", ".partial-x"]  # fmt: skip
     for name in names:
         (tmp_path / name).write_bytes(b"x")
     checkpoints.prune(str(tmp_path), {"model_3_iter9.pth", "optimState_3_iter9.pth"}, keep=1)
-    assert sorted(os.listdir(tmp_path)) == [
-        "model_2.pth",
-        "model_3_iter9.pth",
-        "model_best.pth",
-        "optimState_2.pth",
-        "optimState_3_iter9.pth",
-        "opts.json",
-    ]
+    assert sorted(os.listdir(tmp_path)) == ["model_2.pth", "model_3_iter9.pth", "model_best.pth",
+                                            "optimState_2.pth", "optimState_3_iter9.pth", "opts.json"]  # fmt: skip

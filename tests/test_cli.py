@@ -156,17 +156,10 @@ def test_fine_tune_a_folder_dataset_from_a_torchvision_state_dict(jpeg_root, tmp
     torch.save(torchvision.models.resnet18().state_dict(), tmp_path / "resnet18.pth")
     flags = "-dataset imagenet -netType resnet -depth 18 -resetClassifier true -nClasses 3"
     out = run_main(
-        *flags.split(),
-        *"-batchSize 8 -nEpochs 1 -nThreads 0".split(),
-        "-data",
-        jpeg_root,
-        "-retrain",
-        str(tmp_path / "resnet18.pth"),
-        "-save",
-        str(tmp_path / "save"),
-        "-gen",
-        str(tmp_path / "gen"),
-    )
+        *flags.split(), *"-batchSize 8 -nEpochs 1 -nThreads 0".split(),
+        "-data", jpeg_root, "-retrain", str(tmp_path / "resnet18.pth"),
+        "-save", str(tmp_path / "save"), "-gen", str(tmp_path / "gen"),
+    )  # fmt: skip
     assert out.returncode == 0, out.stderr
     assert " => Replacing classifier with 3-way classifier" in out.stdout
     record = torch.load(tmp_path / "save" / "model_1.pth", weights_only=True)

@@ -20,36 +20,18 @@ CONVERT = os.path.join(ROOT, "scripts", "convert_t7.py")
 
 def lua_conv(conv: nn.Conv2d, old_nn: bool) -> LuaObject:
     weight = conv.weight.reshape(conv.out_channels, -1) if old_nn else conv.weight
-    return LuaObject(
-        "cudnn.SpatialConvolution",
-        weight=weight,
-        bias=torch.zeros(conv.out_channels),
-        nInputPlane=conv.in_channels,
-        nOutputPlane=conv.out_channels,
-        kW=conv.kernel_size[1],
-        kH=conv.kernel_size[0],
-        dW=conv.stride[1],
-        dH=conv.stride[0],
-        groups=conv.groups,
-    )
+    return LuaObject("cudnn.SpatialConvolution", weight=weight, bias=torch.zeros(conv.out_channels),
+                     nInputPlane=conv.in_channels, nOutputPlane=conv.out_channels,
+                     kW=conv.kernel_size[1], kH=conv.kernel_size[0], dW=conv.stride[1],
+                     dH=conv.stride[0], groups=conv.groups)  # fmt: skip
 
 
 def lua_bn(bn: nn.BatchNorm2d, old_nn: bool) -> LuaObject:
-    statistics = (
-        {"running_std": 1 / torch.sqrt(bn.running_var + bn.eps)}
-        if old_nn
-        else {"running_var": bn.running_var}
-    )
-    return LuaObject(
-        "cudnn.SpatialBatchNormalization",
-        weight=bn.weight,
-        bias=bn.bias,
-        running_mean=bn.running_mean,
-        eps=bn.eps,
-        momentum=0.1,
-        affine=True,
-        **statistics,
-    )
+    statistics = ({"running_std": 1 / torch.sqrt(bn.running_var + bn.eps)} if old_nn
+                  else {"running_var": bn.running_var})  # fmt: skip
+    return LuaObject("cudnn.SpatialBatchNormalization", weight=bn.weight, bias=bn.bias,
+                     running_mean=bn.running_mean, eps=bn.eps, momentum=0.1, affine=True,
+                     **statistics)  # fmt: skip
 
 
 def sequential(modules) -> LuaObject:
@@ -75,20 +57,12 @@ def lua_block(block: nn.Module, old_nn: bool, drop_shortcut_bn: bool) -> LuaObje
     shortcut_layers = lua_layers(shortcut, old_nn) if isinstance(shortcut, nn.Module) else []
     if drop_shortcut_bn:  # the released ResNet-18/34/50: no BN after the projection
         shortcut_layers = [m for m in shortcut_layers if "BatchNorm" not in m.name]
-    residual = lua_layers(
-        block, old_nn, skip={n for n, _ in block.named_modules() if n.startswith("shortcut")}
-    )
-    branches = [
-        sequential(residual),
-        sequential(shortcut_layers) if shortcut_layers else LuaObject("nn.Identity"),
-    ]
-    return sequential(
-        [
-            LuaObject("nn.ConcatTable", modules=branches),
-            LuaObject("nn.CAddTable"),
-            LuaObject("cudnn.ReLU", inplace=True),
-        ]
-    )
+    residual = lua_layers(block, old_nn, skip={n for n, _ in block.named_modules()
+                                               if n.startswith("shortcut")})  # fmt: skip
+    branches = [sequential(residual), sequential(shortcut_layers) if shortcut_layers
+                else LuaObject("nn.Identity")]  # fmt: skip
+    return sequential([LuaObject("nn.ConcatTable", modules=branches), LuaObject("nn.CAddTable"),
+                       LuaObject("cudnn.ReLU", inplace=True)])  # fmt: skip
 
 
 def lua_network(model: nn.Module, old_nn=False, drop_shortcut_bn=False) -> LuaObject:
@@ -98,10 +72,8 @@ def lua_network(model: nn.Module, old_nn=False, drop_shortcut_bn=False) -> LuaOb
         if name.startswith("layer"):
             modules.append(sequential(lua_block(b, old_nn, drop_shortcut_bn) for b in child))
         elif name == "fc":
-            modules += [
-                LuaObject("nn.View", size=child.in_features),
-                LuaObject("nn.Linear", weight=child.weight, bias=child.bias),
-            ]
+            modules += [LuaObject("nn.View", size=child.in_features),
+                        LuaObject("nn.Linear", weight=child.weight, bias=child.bias)]  # fmt: skip
         else:
             modules += lua_layers(child, old_nn)
     return sequential(modules)
@@ -121,12 +93,8 @@ def trained_like(model: nn.Module) -> nn.Module:
 
 
 def convert(source, output, *flags):
-    return warm.run(
-        [sys.executable, CONVERT, str(source), str(output), *flags],
-        capture_output=True,
-        text=True,
-        timeout=TIMEOUT,
-    )
+    return warm.run([sys.executable, CONVERT, str(source), str(output), *flags],
+                    capture_output=True, text=True, timeout=TIMEOUT)  # fmt: skip
 
 
 @pytest.mark.parametrize(

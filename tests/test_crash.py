@@ -38,17 +38,8 @@ CONFIGS = {
 
 def command(data, save, threads, extra=(), flags=FLAGS):
     options = with_flags([*flags.split(), "-nThreads", str(threads)], list(extra))
-    return [
-        sys.executable,
-        os.path.join(ROOT, "main.py"),
-        *options,
-        "-data",
-        data,
-        "-save",
-        str(save),
-        "-gen",
-        f"{save}-gen",
-    ]
+    return [sys.executable, os.path.join(ROOT, "main.py"), *options, "-data", data, "-save", str(save),
+            "-gen", f"{save}-gen"]  # fmt: skip
 
 
 def final_weights(save, epoch=3):
@@ -150,22 +141,12 @@ def test_sigterm_saves_within_seconds_and_resume_continues_at_that_iteration(ref
 
 def test_keep_checkpoints_keeps_the_last_k_epochs_and_the_best(cifar10_root, tmp_path):
     save = tmp_path / "save"
-    done = warm.run(
-        command(cifar10_root, save, 0, ["-nEpochs", "4", "-keepCheckpoints", "2"]),
-        capture_output=True,
-        timeout=TIMEOUT,
-        text=True,
-    )
+    done = warm.run(command(cifar10_root, save, 0, ["-nEpochs", "4", "-keepCheckpoints", "2"]),
+                    capture_output=True, timeout=TIMEOUT, text=True)  # fmt: skip
     assert done.returncode == 0, done.stderr
     names = sorted(n for n in os.listdir(save) if n.endswith(".pth"))
-    assert names == [
-        "latest.pth",
-        "model_3.pth",
-        "model_4.pth",
-        "model_best.pth",
-        "optimState_3.pth",
-        "optimState_4.pth",
-    ]
+    assert names == ["latest.pth", "model_3.pth", "model_4.pth", "model_best.pth",
+                     "optimState_3.pth", "optimState_4.pth"]  # fmt: skip
 
 
 def test_nan_loss_stops_before_saving_and_keeps_the_last_good_checkpoint(cifar10_root, tmp_path):
@@ -179,13 +160,9 @@ def test_nan_loss_stops_before_saving_and_keeps_the_last_good_checkpoint(cifar10
     assert first.returncode == 0, first.stderr
     before = torch.load(save / "latest.pth", weights_only=True)
     exploded = warm.run(
-        command(
-            cifar10_root, save, 0, ["-resume", str(save), "-LR", "1e30", "-checkpointEvery", "1"]
-        ),
-        capture_output=True,
-        timeout=TIMEOUT,
-        text=True,
-    )
+  command(cifar10_root, save, 0, ["-resume", str(save), "-LR", "1e30", "-checkpointEvery", "1"]),
+  capture_output=True, timeout=TIMEOUT, text=True,
+    )  # fmt: skip
     assert exploded.returncode == 1
     assert exploded.stderr.startswith("error: loss is") and "try a lower -LR" in exploded.stderr
     bad = int(re.search(r"at epoch 2, iteration (\d+)", exploded.stderr).group(1))
@@ -212,20 +189,8 @@ def folder_with_bad_images(jpeg_root, tmp_path):
 
 def folder_command(root, tmp_path, threads, extra=()):
     flags = "-dataset imagenet -netType resnet -depth 18 -batchSize 6 -nEpochs 1 -LR 0.01"
-    return [
-        sys.executable,
-        os.path.join(ROOT, "main.py"),
-        *flags.split(),
-        "-nThreads",
-        str(threads),
-        "-data",
-        str(root),
-        "-save",
-        str(tmp_path / "save"),
-        "-gen",
-        str(tmp_path / "gen"),
-        *extra,
-    ]
+    return [sys.executable, os.path.join(ROOT, "main.py"), *flags.split(), "-nThreads", str(threads),
+            "-data", str(root), "-save", str(tmp_path / "save"), "-gen", str(tmp_path / "gen"), *extra]  # fmt: skip
 
 
 @pytest.mark.parametrize("threads", [0, 2])
@@ -243,12 +208,8 @@ def test_a_corrupt_image_stops_with_one_line_naming_it(folder_with_bad_images, t
 
 
 def test_skip_corrupt_counts_the_skipped_images(folder_with_bad_images, tmp_path):
-    done = warm.run(
-        folder_command(folder_with_bad_images, tmp_path, 2, ["-skipCorrupt", "true"]),
-        capture_output=True,
-        timeout=TIMEOUT,
-        text=True,
-    )
+    done = warm.run(folder_command(folder_with_bad_images, tmp_path, 2, ["-skipCorrupt", "true"]),
+                    capture_output=True, timeout=TIMEOUT, text=True)  # fmt: skip
     assert done.returncode == 0, done.stderr
     assert " | skipped 3 unreadable images" in done.stdout
 

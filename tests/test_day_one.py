@@ -67,9 +67,8 @@ def test_a_fresh_run_never_writes_into_a_folder_holding_a_run(finished_run, tmp_
     before = snapshot(save)
     for other in (argv(save), argv(save, "-netType preresnet")):  # the same network, another
         done = run_main(*other)
-        one_error_line(
-            done, f"-save {save} already holds a run", f"-resume {save}", "-overwrite true"
-        )
+        one_error_line(done, f"-save {save} already holds a run", f"-resume {save}",
+                       "-overwrite true")  # fmt: skip
     assert snapshot(save) == before
 
 
@@ -106,7 +105,8 @@ def test_resume_without_latest_but_with_model_files_is_refused(finished_run, tmp
     assert snapshot(copy) == before
 
 
-def test_an_epoch_trained_but_not_tested_is_tested_on_resume_not_retrained(finished_run, tmp_path):
+def test_an_epoch_trained_but_not_tested_is_tested_on_resume_not_retrained(finished_run,
+                                                                          tmp_path):  # fmt: skip
     """A stop during validation saves epoch e at its last iteration, all samples used."""
     save, argv = finished_run
     copy = tmp_path / "copy"
@@ -151,15 +151,8 @@ def test_a_corrupt_first_image_stops_the_start_without_a_file(jpeg_root, tmp_pat
     for path in (data / "train").rglob("*.JPEG"):
         path.write_bytes(b"not a jpeg")
     flags = "-dataset imagenet -netType resnet -depth 18 -batchSize 4 -nEpochs 1 -nThreads 0"
-    done = run_main(
-        *flags.split(),
-        "-data",
-        str(data),
-        "-save",
-        str(tmp_path / "save"),
-        "-gen",
-        str(tmp_path / "gen"),
-    )
+    done = run_main(*flags.split(), "-data", str(data), "-save", str(tmp_path / "save"),
+                    "-gen", str(tmp_path / "gen"))  # fmt: skip
     assert done.returncode == 2 and done.stderr.startswith("error: cannot read image ")
     assert not (tmp_path / "save").exists()
 
@@ -200,12 +193,10 @@ def test_a_read_only_save_and_a_full_stdout_are_told_in_words(cifar10_root, smal
         except OSError:
             pass
     with open(small_filesystem / "out.txt", "wb") as stdout:
-        command = [
-            sys.executable,
-            os.path.join(ROOT, "main.py"),
-            *small_cifar_args(cifar10_root, small_filesystem.parent / "run"),
-        ]
-        done = warm.run(command, stdout=stdout, stderr=subprocess.PIPE, text=True, timeout=TIMEOUT)
+        command = [sys.executable, os.path.join(ROOT, "main.py"),
+                   *small_cifar_args(cifar10_root, small_filesystem.parent / "run")]  # fmt: skip
+        done = warm.run(command, stdout=stdout, stderr=subprocess.PIPE, text=True,
+                        timeout=TIMEOUT)  # fmt: skip
     assert done.returncode == 1
     assert (
         done.stderr == "error: no space left on the device that the output (stdout) is written to\n"
@@ -226,11 +217,8 @@ def test_a_mid_epoch_resume_keeps_the_epoch_summary_and_takes_another_batch_size
     assert reference.returncode == 0, reference.stderr
     killed = tmp_path / "killed"
     env = {**os.environ, checkpoints.KILL_BEFORE_RENAME: "model_1.pth"}
-    command = [
-        sys.executable,
-        os.path.join(ROOT, "main.py"),
-        *small_cifar_args(cifar10_root, killed, flags),
-    ]
+    command = [sys.executable, os.path.join(ROOT, "main.py"),
+               *small_cifar_args(cifar10_root, killed, flags)]  # fmt: skip
     assert warm.run(command, env=env, capture_output=True, timeout=TIMEOUT).returncode < 0
     assert checkpoints.latest(str(killed)).samples == 16
     for batch, first_line in (("4", "[1][5/5]"), ("6", "[1][3/3]")):
@@ -273,16 +261,8 @@ def test_ctrl_c_while_the_image_index_is_built_is_one_line(jpeg_root, tmp_path):
         "sys.exit(main.main(sys.argv[2:]))\n"
     )
     flags = "-dataset imagenet -netType resnet -depth 18 -nEpochs 1 -nThreads 0"
-    done = run_script(
-        script,
-        *flags.split(),
-        "-data",
-        jpeg_root,
-        "-save",
-        str(tmp_path / "save"),
-        "-gen",
-        str(tmp_path / "gen"),
-    )
+    done = run_script(script, *flags.split(), "-data", jpeg_root, "-save", str(tmp_path / "save"),
+                      "-gen", str(tmp_path / "gen"))  # fmt: skip
     assert done.returncode == 128 + signal.SIGINT
     assert done.stderr.strip() == "=> Stopped by SIGINT while loading the data; nothing was saved"
     assert not (tmp_path / "save").exists()
@@ -290,13 +270,9 @@ def test_ctrl_c_while_the_image_index_is_built_is_one_line(jpeg_root, tmp_path):
 
 def test_ctrl_c_during_test_only_is_one_line(cifar10_root, tmp_path):
     argv = small_cifar_args(cifar10_root, tmp_path, "-depth 110 -batchSize 1 -testOnly true")
-    process = warm.start(
-        [sys.executable, os.path.join(ROOT, "main.py"), *argv],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        env={**os.environ, "PYTHONUNBUFFERED": "1"},
-    )
+    process = warm.start([sys.executable, os.path.join(ROOT, "main.py"), *argv],
+                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                         env={**os.environ, "PYTHONUNBUFFERED": "1"})  # fmt: skip
     for line in process.stdout:
         if line.startswith(" | Test: [0][1/20]"):
             process.send_signal(signal.SIGINT)
@@ -317,15 +293,8 @@ def test_retraining_a_1000_way_file_on_3_classes_warns_and_classify_still_names(
     torch.manual_seed(0)
     torch.save(torchvision.models.resnet18().state_dict(), tmp_path / "resnet18.pth")
     flags = "-dataset imagenet -netType resnet -depth 18 -batchSize 8 -testOnly -nThreads 0"
-    done = run_main(
-        *flags.split(),
-        "-data",
-        jpeg_root,
-        "-retrain",
-        str(tmp_path / "resnet18.pth"),
-        "-gen",
-        str(tmp_path / "gen"),
-    )
+    done = run_main(*flags.split(), "-data", jpeg_root, "-retrain", str(tmp_path / "resnet18.pth"),
+                    "-gen", str(tmp_path / "gen"))  # fmt: skip
     assert done.returncode == 0, done.stderr
     assert "=> warning: the network has 1000 outputs for 3 classes" in done.stdout
     assert "add -resetClassifier true" in done.stdout
@@ -336,22 +305,13 @@ def test_retraining_a_1000_way_file_on_3_classes_warns_and_classify_still_names(
     torch.save(record, tmp_path / "model_1.pth")
     apples = os.path.join(jpeg_root, "val", "apple")
     image = os.path.join(apples, sorted(os.listdir(apples))[0])
-    classify = warm.run(
-        [
-            sys.executable,
-            os.path.join(ROOT, "scripts", "classify.py"),
-            str(tmp_path / "model_1.pth"),
-            image,
-        ],
-        capture_output=True,
-        text=True,
-        timeout=TIMEOUT,
-    )
+    classify = warm.run([sys.executable, os.path.join(ROOT, "scripts", "classify.py"),
+                         str(tmp_path / "model_1.pth"), image],
+                        capture_output=True, text=True, timeout=TIMEOUT)  # fmt: skip
     assert classify.returncode == 0, classify.stderr
     rows = [row.split("\t") for row in classify.stdout.splitlines()[1:6]]
-    assert len(rows) == 5 and all(
-        name.startswith("output ") or name in record["classes"] for _, name in rows
-    )
+    assert len(rows) == 5 and all(name.startswith("output ") or name in record["classes"]
+                                  for _, name in rows)  # fmt: skip
 
 
 def test_a_torchvision_file_of_another_depth_names_the_flags_that_fit(tmp_path):
@@ -361,13 +321,9 @@ def test_a_torchvision_file_of_another_depth_names_the_flags_that_fit(tmp_path):
     from models import loading
 
     model = models.create("resnet", 18, "imagenet")
-    for built, flags in (
-        (torchvision.models.resnet50, "-netType resnet -depth 50"),
-        (
-            torchvision.models.resnext50_32x4d,
-            "-netType resnext -depth 50 -cardinality 32 -baseWidth 4",
-        ),
-    ):
+    for built, flags in ((torchvision.models.resnet50, "-netType resnet -depth 50"),
+                         (torchvision.models.resnext50_32x4d,
+                          "-netType resnext -depth 50 -cardinality 32 -baseWidth 4")):  # fmt: skip
         with pytest.raises(checkpoints.CheckpointError) as caught:
             loading.load_weights(model, built().state_dict(), "file.pth")
         message = str(caught.value)

@@ -26,29 +26,9 @@ def torchrun(*launcher):
 
 
 def cifar_flags(data, save, *extra):
-    return with_flags(
-        [
-            "-dataset",
-            "cifar10",
-            "-netType",
-            "resnet",
-            "-depth",
-            "8",
-            "-batchSize",
-            "4",
-            "-LR",
-            "0.05",
-            "-nThreads",
-            "0",
-            "-memoryFormat",
-            "contiguous",
-            "-data",
-            data,
-            "-save",
-            str(save),
-        ],
-        list(extra),
-    )
+    return with_flags(["-dataset", "cifar10", "-netType", "resnet", "-depth", "8", "-batchSize",
+                       "4", "-LR", "0.05", "-nThreads", "0", "-memoryFormat", "contiguous",
+                       "-data", data, "-save", str(save)], list(extra))  # fmt: skip
 
 
 def run(command):
@@ -69,12 +49,8 @@ def one_process(cifar10_root, tmp_path_factory):
 
 
 def test_two_processes_with_sync_bn_train_the_weights_of_one(cifar10_root, one_process, tmp_path):
-    done = run(
-        [
-            *torchrun("--standalone", "--nproc-per-node", "2"),
-            *cifar_flags(cifar10_root, tmp_path, "-nEpochs", "1", "-syncBN", "true"),
-        ]
-    )
+    done = run([*torchrun("--standalone", "--nproc-per-node", "2"),
+                *cifar_flags(cifar10_root, tmp_path, "-nEpochs", "1", "-syncBN", "true")])  # fmt: skip
     single, double = weights(one_process), weights(tmp_path)
     assert single.keys() == double.keys()
     for name in single:
@@ -87,12 +63,8 @@ def test_two_processes_with_sync_bn_train_the_weights_of_one(cifar10_root, one_p
 def test_precise_bn_over_two_processes_matches_one(cifar10_root, tmp_path):
     extra = ("-nEpochs", "1", "-syncBN", "true", "-preciseBN", "8")
     run([sys.executable, MAIN, *cifar_flags(cifar10_root, tmp_path / "one", *extra)])
-    two = run(
-        [
-            *torchrun("--standalone", "--nproc-per-node", "2"),
-            *cifar_flags(cifar10_root, tmp_path / "two", *extra),
-        ]
-    )
+    two = run([*torchrun("--standalone", "--nproc-per-node", "2"),
+               *cifar_flags(cifar10_root, tmp_path / "two", *extra)])  # fmt: skip
     assert two.stdout.count("=> Recomputed BatchNorm statistics on 8 training images") == 1
     single, double = weights(tmp_path / "one"), weights(tmp_path / "two")
     for name in single:  # float rounding of the gradient all-reduce grows through the network
@@ -106,16 +78,8 @@ def results_line(stdout: str) -> str:
 
 def test_distributed_validation_counts_every_image_once(cifar10_root, one_process):
     """20 test images over 3 processes, batches of 6: shares 2/2/2 three times, then 0/1/1."""
-    flags = cifar_flags(
-        cifar10_root,
-        one_process,
-        "-testOnly",
-        "true",
-        "-batchSize",
-        "6",
-        "-resume",
-        str(one_process),
-    )
+    flags = cifar_flags(cifar10_root, one_process, "-testOnly", "true", "-batchSize", "6",
+                        "-resume", str(one_process))  # fmt: skip
     alone = run([sys.executable, MAIN, *flags])
     three = run([*torchrun("--standalone", "--nproc-per-node", "3"), *flags])
     assert results_line(three.stdout) == results_line(alone.stdout)
@@ -129,35 +93,17 @@ def free_port() -> int:
 
 
 def test_two_nodes_rendezvous_train_and_write_one_checkpoint(cifar10_root, tmp_path):
-    launcher = [
-        "--nnodes",
-        "2",
-        "--nproc-per-node",
-        "1",
-        "--rdzv-backend",
-        "c10d",
-        "--rdzv-endpoint",
-        f"127.0.0.1:{free_port()}",
-        "--rdzv-id",
-        "two-nodes",
-    ]
+    launcher = ["--nnodes", "2", "--nproc-per-node", "1", "--rdzv-backend", "c10d",
+                "--rdzv-endpoint", f"127.0.0.1:{free_port()}", "--rdzv-id", "two-nodes"]  # fmt: skip
     command = [*torchrun(*launcher), *cifar_flags(cifar10_root, tmp_path, "-nEpochs", "1")]
-    nodes = [
-        warm.start(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-        for _ in range(2)
-    ]
+    nodes = [warm.start(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+             for _ in range(2)]  # fmt: skip
     outputs = [node.communicate(timeout=TIMEOUT) for node in nodes]
     assert [node.returncode for node in nodes] == [0, 0], outputs[0][1][-2000:]
     assert sum(out.count("=> Training epoch # 1") for out, _ in outputs) == 1
-    assert sorted(os.listdir(tmp_path)) == [
-        "latest.pth",
-        "metrics.jsonl",
-        "model_1.pth",
-        "model_best.pth",
-        "optimState_1.pth",
-        "opts.json",
-        "tb",
-    ]
+    assert sorted(os.listdir(tmp_path)) == ["latest.pth", "metrics.jsonl", "model_1.pth",
+                                            "model_best.pth", "optimState_1.pth", "opts.json",
+                                            "tb"]  # fmt: skip
     assert len(os.listdir(tmp_path / "tb")) == 1  # rank 0 alone records
 
 
@@ -179,13 +125,9 @@ def rank_pids() -> dict[int, int]:
 
 def test_a_dead_rank_ends_the_job_and_the_run_resumes(cifar10_root, tmp_path):
     flags = cifar_flags(cifar10_root, tmp_path, "-nEpochs", "40", "-batchSize", "2")
-    job = warm.start(
-        [*torchrun("--standalone", "--nproc-per-node", "2"), *flags],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        env={**os.environ, "PYTHONUNBUFFERED": "1"},
-    )
+    job = warm.start([*torchrun("--standalone", "--nproc-per-node", "2"), *flags],
+                     stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                     env={**os.environ, "PYTHONUNBUFFERED": "1"})  # fmt: skip
     for line in job.stdout:  # epoch 2 is saved once epoch 3 starts
         if line.startswith("=> Training epoch # 3"):
             break
@@ -194,15 +136,8 @@ def test_a_dead_rank_ends_the_job_and_the_run_resumes(cifar10_root, tmp_path):
     _, stderr = job.communicate(timeout=TIMEOUT)
     assert job.returncode != 0
     assert time.monotonic() - started < 120, "the job outlived its dead rank too long"
-    resumed = run(
-        [
-            sys.executable,
-            MAIN,
-            *cifar_flags(
-                cifar10_root, tmp_path, "-nEpochs", "3", "-batchSize", "2", "-resume", str(tmp_path)
-            ),
-        ]
-    )
+    resumed = run([sys.executable, MAIN, *cifar_flags(cifar10_root, tmp_path, "-nEpochs", "3",
+                                                      "-batchSize", "2", "-resume", str(tmp_path))])  # fmt: skip
     assert "=> Loading checkpoint" in resumed.stdout
     assert os.path.exists(tmp_path / "model_3.pth")
 
@@ -227,13 +162,9 @@ def test_a_global_batch_that_does_not_divide_among_the_processes_is_an_error(
     cifar10_root, tmp_path
 ):
     command = [sys.executable, MAIN, *cifar_flags(cifar10_root, tmp_path, "-batchSize", "10")]
-    done = warm.run(
-        command,
-        capture_output=True,
-        text=True,
-        timeout=TIMEOUT,
-        env={**os.environ, "WORLD_SIZE": "4", "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": "29500"},
-    )
+    done = warm.run(command, capture_output=True, text=True, timeout=TIMEOUT,
+                    env={**os.environ, "WORLD_SIZE": "4", "MASTER_ADDR": "127.0.0.1",
+                         "MASTER_PORT": "29500"})  # fmt: skip
     assert done.returncode == 2
     assert done.stderr == (
         "error: -batchSize 10 (the global batch) does not divide among 4 processes;"
@@ -253,9 +184,8 @@ def test_a_global_batch_that_does_not_divide_among_the_processes_is_an_error(
         ("-dataset imagenet -batchSize 512", "suggests -LR 0.2 (0.1 x 512/256)"),
     ],
 )
-def test_the_linear_scaling_rule_is_suggested_only_for_a_changed_batch(
-    capsys, tmp_path, flags, note
-):
+def test_the_linear_scaling_rule_is_suggested_only_for_a_changed_batch(capsys, tmp_path, flags,
+                                                                       note):  # fmt: skip
     import opts
 
     (tmp_path / "train").mkdir(), (tmp_path / "val").mkdir()
@@ -272,17 +202,10 @@ def errors_in(line: str) -> tuple[float, float]:
 def srun_task(rank: int, port: int) -> dict:
     """The environment srun gives task `rank` of a two-task step on this host."""
     outside = {k: v for k, v in os.environ.items() if not k.startswith(("SLURM_", "MASTER_"))}
-    return {
-        **outside,
-        "SLURM_PROCID": str(rank),
-        "SLURM_LOCALID": str(rank),
-        "SLURM_NTASKS": "2",
-        "SLURM_STEP_NUM_TASKS": "2",
-        "SLURM_STEP_ID": "0",
-        "SLURM_JOB_ID": "4242",
-        "SLURM_STEP_NODELIST": "localhost",
-        "MASTER_PORT": str(port),
-    }
+    return {**outside, "SLURM_PROCID": str(rank), "SLURM_LOCALID": str(rank),
+            "SLURM_NTASKS": "2", "SLURM_STEP_NUM_TASKS": "2", "SLURM_STEP_ID": "0",
+            "SLURM_JOB_ID": "4242", "SLURM_STEP_NODELIST": "localhost",
+            "MASTER_PORT": str(port)}  # fmt: skip
 
 
 def test_srun_tasks_train_together_and_report_the_error_of_the_saved_model(cifar10_root, tmp_path):
@@ -290,25 +213,17 @@ def test_srun_tasks_train_together_and_report_the_error_of_the_saved_model(cifar
     report after the epoch is that of the model rank 0 saved, tested alone."""
     flags = cifar_flags(cifar10_root, tmp_path, "-nEpochs", "1", "-batchSize", "2")
     port = free_port()
-    tasks = [
-        warm.start(
-            [sys.executable, MAIN, *flags],
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            text=True,
-            env=srun_task(rank, port),
-        )
-        for rank in range(2)
-    ]
+    tasks = [warm.start([sys.executable, MAIN, *flags], stdout=subprocess.PIPE,
+                              stderr=subprocess.PIPE, text=True, env=srun_task(rank, port))
+             for rank in range(2)]  # fmt: skip
     outputs = [task.communicate(timeout=TIMEOUT) for task in tasks]
     assert [task.returncode for task in tasks] == [0, 0], outputs[0][1][-2000:] + outputs[1][1]
     stdout = outputs[0][0]
     assert "=> Distributed: 2 processes, one CPU each (gloo, started by srun)" in stdout
     assert outputs[1][0] == ""  # rank 0 alone prints
     finished = next(line for line in stdout.splitlines() if line.startswith(" * Finished epoch"))
-    alone = run(
-        [sys.executable, MAIN, *with_flags(flags, ["-testOnly", "true", "-resume", str(tmp_path)])]
-    )
+    alone = run([sys.executable, MAIN, *with_flags(flags, ["-testOnly", "true", "-resume",
+                                                           str(tmp_path)])])  # fmt: skip
     assert errors_in(results_line(alone.stdout)) == errors_in(finished)
     state = torch.load(tmp_path / "latest.pth", weights_only=True)["state"]
     assert len(state["rng"]) == 2  # each process's generators
@@ -323,44 +238,24 @@ def test_two_processes_train_the_recipes_weights_and_average_of_one(cifar10_root
     """The recipe's options act on the global batch: per-image draws by position, the
     schedule, clipping of the all-reduced gradient, and the average, as one process."""
     run([sys.executable, MAIN, *cifar_flags(cifar10_root, tmp_path / "one", *RECIPE)])
-    run(
-        [
-            *torchrun("--standalone", "--nproc-per-node", "2"),
-            *cifar_flags(cifar10_root, tmp_path / "two", *RECIPE),
-        ]
-    )
-    records = [
-        torch.load(tmp_path / run_name / "model_2.pth", weights_only=True)
-        for run_name in ("one", "two")
-    ]
+    run([*torchrun("--standalone", "--nproc-per-node", "2"),
+         *cifar_flags(cifar10_root, tmp_path / "two", *RECIPE)])  # fmt: skip
+    records = [torch.load(tmp_path / run_name / "model_2.pth", weights_only=True)
+               for run_name in ("one", "two")]  # fmt: skip
     for part in ("model", "ema"):
         single = records[0][part] if part == "model" else records[0][part]["model"]
         double = records[1][part] if part == "model" else records[1][part]["model"]
         for name in single:
-            torch.testing.assert_close(
-                double[name], single[name], atol=1e-5, rtol=1e-4, msg=f"{part} {name}"
-            )
+            torch.testing.assert_close(double[name], single[name], atol=1e-5, rtol=1e-4,
+                                       msg=f"{part} {name}")  # fmt: skip
 
 
 def test_mixing_under_torchrun_trains_with_bf16_and_optnet(cifar10_root, tmp_path):
-    flags = cifar_flags(
-        cifar10_root,
-        tmp_path,
-        *RECIPE,
-        "-mixup",
-        "0.2",
-        "-cutmix",
-        "1.0",
-        "-precision",
-        "bf16",
-        "-optnet",
-        "true",
-        "-memoryFormat",
-        "channels_last",
-    )
+    flags = cifar_flags(cifar10_root, tmp_path, *RECIPE, "-mixup", "0.2", "-cutmix", "1.0",
+                        "-precision", "bf16", "-optnet", "true",
+                        "-memoryFormat", "channels_last")  # fmt: skip
     done = run([*torchrun("--standalone", "--nproc-per-node", "2"), *flags])
     assert done.stdout.count("=> Mixing training batches") == 1
-    tested = run(
-        [sys.executable, MAIN, *with_flags(flags, ["-testOnly", "true", "-resume", str(tmp_path)])]
-    )
+    tested = run([sys.executable, MAIN, *with_flags(flags, ["-testOnly", "true", "-resume",
+                                                            str(tmp_path)])])  # fmt: skip
     assert "(its -ema weights)" in tested.stdout

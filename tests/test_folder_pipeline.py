@@ -22,10 +22,8 @@ def generator(seed: int) -> torch.Generator:
 def real_jpegs(jpeg_root: str) -> list[str]:
     folder = os.path.join(jpeg_root, "train")
     return sorted(
-        os.path.join(folder, c, name)
-        for c in os.listdir(folder)
-        for name in os.listdir(os.path.join(folder, c))
-    )
+        os.path.join(folder, c, name) for c in os.listdir(folder) for name in os.listdir(os.path.join(folder, c))
+    )  # fmt: skip
 
 
 def finisher(device="cpu") -> photometric.DeviceFinishing:
@@ -141,14 +139,8 @@ def test_the_loader_yields_finished_float_batches_and_counts_skips(jpeg_root, tm
 
 
 def epoch_of(jpeg_root, tmp_path, split, decode_on_device, skip_corrupt=False):
-    dataset = imagenet.load(
-        split,
-        jpeg_root,
-        str(tmp_path / "gen.json"),
-        ten_crop=False,
-        skip_corrupt=skip_corrupt,
-        decode_on_device=decode_on_device,
-    )
+    dataset = imagenet.load(split, jpeg_root, str(tmp_path / "gen.json"), ten_crop=False,
+                            skip_corrupt=skip_corrupt, decode_on_device=decode_on_device)  # fmt: skip
     dataset.transform.draft = False  # the device decodes at full size; workers the same here
     loader = datasets.make_loader(dataset, 4, workers=0, seed=5, train=split == "train")
     finished = imagenet.finish_on(loader, "cpu", skip_corrupt)
@@ -195,9 +187,8 @@ def test_device_decoding_is_checked_before_training():
     [("RGB", {}, True), ("L", {}, True), ("CMYK", {}, False),
      ("RGB", {"progressive": True}, False)],
 )  # fmt: skip
-def test_only_jpegs_that_the_device_decodes_right_are_left_to_it(
-    tmp_path, mode, options, left_encoded
-):
+def test_only_jpegs_that_the_device_decodes_right_are_left_to_it(tmp_path, mode, options,
+                                                                 left_encoded):  # fmt: skip
     """nvJPEG does not convert CMYK (ImageNet's train set has about 22 such JPEGs): those,
     and progressive JPEGs, are decoded by the workers, the same as without the flag."""
     path = tmp_path / "image.jpg"
@@ -222,18 +213,8 @@ def test_a_crop_size_other_than_224_crops_train_and_val_to_it(jpeg_root, tmp_pat
     assert (val.transform.scale, imagenet.val_scale(224)) == (292, 256)
     import plan
 
-    parsed = plan.parse(
-        [
-            "-dataset",
-            "imagenet",
-            "-data",
-            jpeg_root,
-            "-cropSize",
-            "320",
-            "-gen",
-            str(tmp_path / "gen"),
-        ]
-    )
+    parsed = plan.parse(["-dataset", "imagenet", "-data", jpeg_root, "-cropSize", "320",
+                            "-gen", str(tmp_path / "gen")])  # fmt: skip
     assert datasets.create(plan.data_spec(parsed), "val")[0][0].shape == (
         3,
         320,

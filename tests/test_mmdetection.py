@@ -43,13 +43,8 @@ def both(network, options):
     else:
         theirs = resnet(depth=depth, **options)
     theirs.init_weights()  # where mmdet applies zero_init_residual
-    ours = models.backbone(
-        net_type,
-        depth,
-        cardinality=cardinality,
-        baseWidth=base_width,
-        **{OURS[k]: v for k, v in options.items()},
-    )
+    ours = models.backbone(net_type, depth, cardinality=cardinality, baseWidth=base_width,
+                           **{OURS[k]: v for k, v in options.items()})  # fmt: skip
     return theirs, ours
 
 
@@ -71,17 +66,13 @@ def test_the_backbone_is_mmdetections_with_the_same_options(network, options):
     theirs.load_state_dict(converted, strict=True)  # ours loads into mmdet by these names
     theirs.train(), ours.train()  # frozen stages and norm_eval act in train()
     trainable = {k for k, p in theirs.named_parameters() if p.requires_grad}
-    assert trainable == set(
-        models.to_torchvision({k: p for k, p in ours.named_parameters() if p.requires_grad})
-    )
-    their_modes = {
-        k: m.training for k, m in theirs.named_modules() if isinstance(m, nn.BatchNorm2d)
-    }
+    assert trainable == set(models.to_torchvision(
+        {k: p for k, p in ours.named_parameters() if p.requires_grad}))  # fmt: skip
+    their_modes = {k: m.training for k, m in theirs.named_modules()
+                   if isinstance(m, nn.BatchNorm2d)}  # fmt: skip
     our_modes = {k: m.training for k, m in ours.named_modules() if isinstance(m, nn.BatchNorm2d)}
-    assert their_modes == {
-        k.removesuffix("."): v
-        for k, v in models.to_torchvision({k + ".": v for k, v in our_modes.items()}).items()
-    }
+    assert their_modes == {k.removesuffix("."): v for k, v in models.to_torchvision(
+        {k + ".": v for k, v in our_modes.items()}).items()}  # fmt: skip
     theirs.eval(), ours.eval()
     images = torch.randn(2, 3, 64, 64)
     with torch.no_grad():

@@ -40,9 +40,8 @@ def test_data_parallel_replicas_compute_in_the_dtype_asked_for(replica_threads):
     # On CPUs a new thread's autocast dtype is bf16, so float16 stands for -precision bf16
     # on GPUs, where a new thread's is float16.
     model = nn.Linear(4, 3)
-    trained, evaluated = parallel.spread_model(
-        model, torch.device("cpu"), n_gpu=2, autocast_dtype=torch.float16
-    )
+    trained, evaluated = parallel.spread_model(model, torch.device("cpu"), n_gpu=2,
+                                               autocast_dtype=torch.float16)  # fmt: skip
     assert isinstance(trained, nn.DataParallel) and evaluated is trained
     replicas = [trained.module, trained.module]
     with torch.autocast("cpu", dtype=torch.float16):
@@ -52,25 +51,12 @@ def test_data_parallel_replicas_compute_in_the_dtype_asked_for(replica_threads):
     assert list(checkpoints.model_record(trained, 1, {}, [])["model"]) == ["weight", "bias"]
 
 
-def test_compile_with_data_parallel_is_refused_before_any_work(
-    monkeypatch, cifar10_root, tmp_path, capsys
-):
+def test_compile_with_data_parallel_is_refused_before_any_work(monkeypatch, cifar10_root, tmp_path,
+                                                               capsys):  # fmt: skip
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     monkeypatch.setattr(torch.cuda, "device_count", lambda: 8)
-    status = main.main(
-        [
-            "-dataset",
-            "cifar10",
-            "-data",
-            cifar10_root,
-            "-nGPU",
-            "2",
-            "-compile",
-            "true",
-            "-save",
-            str(tmp_path / "run"),
-        ]
-    )
+    status = main.main(["-dataset", "cifar10", "-data", cifar10_root, "-nGPU", "2", "-compile",
+                        "true", "-save", str(tmp_path / "run")])  # fmt: skip
     assert status == 2
     assert capsys.readouterr().err == (
         "error: -compile true does not work with -nGPU 2 in one process (DataParallel); run one"
@@ -83,9 +69,8 @@ def test_a_compiled_distributed_model_is_evaluated_without_its_wrapper(tmp_path)
     dist.init_process_group("gloo", init_method=f"file://{tmp_path}/store", rank=0, world_size=1)
     try:
         model = nn.Sequential(nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4))
-        trained, evaluated = parallel.spread_model(
-            model, torch.device("cpu"), world=2, compile_model=True
-        )
+        trained, evaluated = parallel.spread_model(model, torch.device("cpu"), world=2,
+                                                   compile_model=True)  # fmt: skip
     finally:
         dist.destroy_process_group()
     ddp = nn.parallel.DistributedDataParallel
@@ -143,9 +128,8 @@ def test_each_process_resumes_its_own_generators(monkeypatch, capsys):
     assert "holds the random generators of 2 processes" in capsys.readouterr().out
 
 
-def test_deterministic_cudnn_makes_cublas_deterministic_before_cuda_starts(
-    monkeypatch, tmp_path, cifar10_root
-):
+def test_deterministic_cudnn_makes_cublas_deterministic_before_cuda_starts(monkeypatch, tmp_path,
+                                                                          cifar10_root):  # fmt: skip
     monkeypatch.setenv("CUBLAS_WORKSPACE_CONFIG", "unset")
     monkeypatch.delenv("CUBLAS_WORKSPACE_CONFIG")
     seen = {}
@@ -156,18 +140,8 @@ def test_deterministic_cudnn_makes_cublas_deterministic_before_cuda_starts(
 
     monkeypatch.setattr(launch, "start_processes", start_processes)
     try:
-        main.main(
-            [
-                "-dataset",
-                "cifar10",
-                "-data",
-                cifar10_root,
-                "-cudnn",
-                "deterministic",
-                "-save",
-                str(tmp_path),
-            ]
-        )
+        main.main(["-dataset", "cifar10", "-data", cifar10_root, "-cudnn", "deterministic",
+                   "-save", str(tmp_path)])  # fmt: skip
     finally:
         torch.use_deterministic_algorithms(False)
         torch.backends.cudnn.deterministic = False
@@ -208,16 +182,9 @@ class Batches:
 
 def tiny_trainer(model, lines, **kwargs):
     optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
-    return train.Trainer(
-        model,
-        nn.CrossEntropyLoss(),
-        optimizer,
-        lambda *_: 0.1,
-        device=torch.device("cpu"),
-        reduce=sum_over,
-        progress=train.Progress(lines.append),
-        **kwargs,
-    )
+    return train.Trainer(model, nn.CrossEntropyLoss(), optimizer, lambda *_: 0.1,
+                         device=torch.device("cpu"), reduce=sum_over,
+                         progress=train.Progress(lines.append), **kwargs)  # fmt: skip
 
 
 def validate_with_a_stop_on_rank_1(processes: Processes):
@@ -285,9 +252,8 @@ def train_with_an_unreadable_share_on_rank_1(processes: Processes):
     unreadable = (torch.empty(0, 4), torch.empty(0, dtype=torch.int64), 2)
     middle = unreadable if processes.rank == 1 else good
     lines = []
-    trainer = tiny_trainer(
-        ddp, lines, every_process=partial(launch.every_process, processes=processes)
-    )
+    trainer = tiny_trainer(ddp, lines, every_process=partial(launch.every_process,
+                                                             processes=processes))  # fmt: skip
     trainer.train(1, Batches([good, middle, good]))
     return (
         model.steps,
@@ -302,10 +268,8 @@ def test_with_skip_corrupt_every_process_takes_the_same_steps(tmp_path):
     )
     assert (steps0, steps1) == (2, 2)
     assert torch.equal(weight0, weight1)
-    assert lines0 == [
-        " | skipped 2 unreadable images",
-        " | left out 2 readable images of batches in which another process had none",
-    ]
+    assert lines0 == [" | skipped 2 unreadable images",
+                      " | left out 2 readable images of batches in which another process had none"]  # fmt: skip
 
 
 def train_a_step_then_share_buffers(processes: Processes):
@@ -389,19 +353,13 @@ def test_srun_tasks_are_a_job_of_processes():
     assert job == launch.Job(1, 4, 1, "gpu07", 12000 + 123456 % 20000, "srun")
     given = launch.job_environment({**SRUN_TASK_1, "MASTER_ADDR": "head", "MASTER_PORT": "2950"})
     assert (given.address, given.port) == ("head", 2950)
-    torchrun = launch.job_environment(
-        {**SRUN_TASK_1, "WORLD_SIZE": "2", "RANK": "1", "TORCHELASTIC_USE_AGENT_STORE": "True"}
-    )
+    torchrun = launch.job_environment({**SRUN_TASK_1, "WORLD_SIZE": "2", "RANK": "1",
+                                       "TORCHELASTIC_USE_AGENT_STORE": "True"})  # fmt: skip
     assert torchrun == launch.Job(1, 2, 0, launcher="torchrun")  # srun ... torchrun: torchrun's
 
 
 def test_a_batch_scripts_own_process_is_alone():
-    batch_script = {
-        "SLURM_PROCID": "0",
-        "SLURM_LOCALID": "0",
-        "SLURM_NTASKS": "4",
-        "SLURM_JOB_NODELIST": "gpu[07-08]",
-        "SLURM_JOB_ID": "9",
-    }
+    batch_script = {"SLURM_PROCID": "0", "SLURM_LOCALID": "0", "SLURM_NTASKS": "4",
+                    "SLURM_JOB_NODELIST": "gpu[07-08]", "SLURM_JOB_ID": "9"}  # fmt: skip
     assert launch.job_environment(batch_script) == launch.Job()
     assert launch.job_environment({**SRUN_TASK_1, "SLURM_STEP_NUM_TASKS": "1"}) == launch.Job()

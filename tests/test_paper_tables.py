@@ -18,13 +18,9 @@ ROW = re.compile(r"\| (.+?) \| ([\d.]+) \| ([\d.]+|—) \| ([\d.]+|—) \| ([\d.
 
 
 def table_script(name, **env):
-    return warm.run(
-        ["bash", os.path.join(ROOT, "scripts", f"{name}.sh")],
-        capture_output=True,
-        text=True,
-        timeout=TIMEOUT,
-        env={**os.environ, "PYTHON": sys.executable, **env},
-    )
+    return warm.run(["bash", os.path.join(ROOT, "scripts", f"{name}.sh")],
+                    capture_output=True, text=True, timeout=TIMEOUT,
+                    env={**os.environ, "PYTHON": sys.executable, **env})  # fmt: skip
 
 
 @pytest.mark.parametrize("name", sorted(paper_tables.TABLES))

@@ -22,12 +22,11 @@ def first_jpeg(jpeg_root) -> str:
 
 def torchvision_policy(name):
     bilinear = v2.InterpolationMode.BILINEAR
-    return {
-        "ta_wide": lambda: v2.TrivialAugmentWide(interpolation=bilinear),
-        "ra": lambda: v2.RandAugment(interpolation=bilinear, magnitude=9),
-        "augmix": lambda: v2.AugMix(interpolation=bilinear, severity=3),
-        "imagenet": lambda: v2.AutoAugment(v2.AutoAugmentPolicy.IMAGENET, interpolation=bilinear),
-    }[name]()
+    return {"ta_wide": lambda: v2.TrivialAugmentWide(interpolation=bilinear),
+            "ra": lambda: v2.RandAugment(interpolation=bilinear, magnitude=9),
+            "augmix": lambda: v2.AugMix(interpolation=bilinear, severity=3),
+            "imagenet": lambda: v2.AutoAugment(v2.AutoAugmentPolicy.IMAGENET,
+                                               interpolation=bilinear)}[name]()  # fmt: skip
 
 
 @pytest.mark.parametrize("name", ["ta_wide", "ra", "imagenet", "augmix"])
@@ -71,13 +70,11 @@ def test_folder_training_samples_are_cropped_flipped_then_augmented(jpeg_root, t
 def test_in_memory_batches_get_the_policy_before_and_erasing_after_normalising():
     generator = torch.Generator().manual_seed(0)
     images = torch.randint(0, 256, (10, 3, 16, 16), dtype=torch.uint8, generator=generator)
-    data = ArrayImageDataset(
-        images, torch.arange(10) % 3, ["a", "b", "c"], None, ((0.5,) * 3, (0.25,) * 3)
-    )
+    data = ArrayImageDataset(images, torch.arange(10) % 3, ["a", "b", "c"], None,
+                             ((0.5,) * 3, (0.25,) * 3))  # fmt: skip
     augment = policies.ImageAugment("ta_wide", erasing=0.5, fill=0.0)
-    loader = InMemoryLoader(
-        data, 4, seed=1, train=True, mean=data.mean, std=data.std, augment=augment
-    )
+    loader = InMemoryLoader(data, 4, seed=1, train=True, mean=data.mean, std=data.std,
+                            augment=augment)  # fmt: skip
     loader.set_epoch(2)
     batches = list(loader)
     order, flips, offsets, seeds = loader.draws()
@@ -141,9 +138,8 @@ def test_repeated_augmentation_repeats_each_image_with_its_own_draws():
 def test_repeated_copies_go_to_different_processes_of_each_global_batch():
     shares = []
     for rank in range(2):
-        sampler = datasets.EpochSampler(
-            16, seed=4, batch_size=8, rank=rank, world=2, train=True, repeats=2
-        )
+        sampler = datasets.EpochSampler(16, seed=4, batch_size=8, rank=rank, world=2,
+                                        train=True, repeats=2)  # fmt: skip
         sampler.set_epoch(1)
         shares.append([index for index, _ in sampler])
     for first in (0, 4):  # each process's share of the two global batches
@@ -153,9 +149,8 @@ def test_repeated_copies_go_to_different_processes_of_each_global_batch():
 
 def test_the_in_memory_loader_repeats_as_the_sampler_does():
     images = torch.zeros(10, 3, 8, 8, dtype=torch.uint8)
-    data = ArrayImageDataset(
-        images, torch.arange(10), list("abcdefghij"), None, ((0.5,) * 3, (0.25,) * 3)
-    )
+    data = ArrayImageDataset(images, torch.arange(10), list("abcdefghij"), None,
+                             ((0.5,) * 3, (0.25,) * 3))  # fmt: skip
     loader = InMemoryLoader(data, 4, seed=1, train=True, mean=data.mean, std=data.std, repeats=2)
     labels = torch.cat([labels for _, labels in loader]).tolist()
     assert len(labels) == 10 and labels[0::2] == labels[1::2] and len(set(labels)) == 5
@@ -177,36 +172,13 @@ def test_a_jpeg_left_to_the_device_gets_the_same_policy_once_decoded(jpeg_root, 
     assert kept == [0] and torch.equal(batch[0], in_worker)
 
 
-def test_the_repeated_augmentation_flag_reaches_both_kinds_of_loader(
-    cifar10_root, jpeg_root, tmp_path
-):
-    cifar = plan.parse(
-        [
-            "-dataset",
-            "cifar10",
-            "-data",
-            cifar10_root,
-            "-repeatedAug",
-            "2",
-            "-gen",
-            str(tmp_path / "c"),
-        ]
-    )
+def test_the_repeated_augmentation_flag_reaches_both_kinds_of_loader(cifar10_root, jpeg_root,
+                                                                     tmp_path):  # fmt: skip
+    cifar = plan.parse(["-dataset", "cifar10", "-data", cifar10_root, "-repeatedAug", "2",
+                           "-gen", str(tmp_path / "c")])  # fmt: skip
     in_memory, val = datasets.create_loaders(plan.data_spec(cifar), torch.device("cpu"))
     assert (in_memory.repeats, val.repeats) == (2, 1)
-    folder = plan.parse(
-        [
-            "-dataset",
-            "imagenet",
-            "-data",
-            jpeg_root,
-            "-repeatedAug",
-            "3",
-            "-nThreads",
-            "0",
-            "-gen",
-            str(tmp_path / "f"),
-        ]
-    )
+    folder = plan.parse(["-dataset", "imagenet", "-data", jpeg_root, "-repeatedAug", "3",
+                            "-nThreads", "0", "-gen", str(tmp_path / "f")])  # fmt: skip
     train, val = datasets.create_loaders(plan.data_spec(folder), torch.device("cpu"))
     assert (train.sampler.repeats, val.sampler.repeats) == (3, 1)

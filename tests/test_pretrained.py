@@ -109,11 +109,8 @@ def cache_torchvision(home, name: str, seed: int = 0) -> torch.nn.Module:
     """torchvision's network of the weights name, randomly initialised, saved in its
     torch.hub cache file as a download would have put it; the network is returned."""
     weights = torchvision.models.get_weight(name)
-    builder = next(
-        b
-        for b in pretrained.TORCHVISION_BUILDERS
-        if torchvision.models.get_model_weights(b) is type(weights)
-    )
+    builder = next(b for b in pretrained.TORCHVISION_BUILDERS
+                   if torchvision.models.get_model_weights(b) is type(weights))  # fmt: skip
     torch.manual_seed(seed)
     network = torchvision.models.get_model(builder).eval()
     folder = home / "hub" / "checkpoints"
@@ -151,26 +148,9 @@ def test_fine_tuning_from_a_name_keeps_the_weights_and_resumes_without_the_cache
 ):
     reference = cache_torchvision(torch_home, "ResNet18_Weights.IMAGENET1K_V1")
     save = tmp_path / "save"
-    flags = [
-        "-dataset",
-        "imagenet",
-        "-data",
-        jpeg_root,
-        "-weights",
-        "ResNet18_Weights.IMAGENET1K_V1",
-        "-resetClassifier",
-        "true",
-        "-frozenStages",
-        "4",
-        "-cropSize",
-        "64",
-        "-batchSize",
-        "5",
-        "-save",
-        str(save),
-        "-gen",
-        str(tmp_path / "gen"),
-    ]
+    flags = ["-dataset", "imagenet", "-data", jpeg_root, "-weights", "ResNet18_Weights.IMAGENET1K_V1",
+             "-resetClassifier", "true", "-frozenStages", "4", "-cropSize", "64",
+             "-batchSize", "5", "-save", str(save), "-gen", str(tmp_path / "gen")]  # fmt: skip
     env = {**os.environ, "TORCH_HOME": str(torch_home)}
     done = run_main(*flags, "-nEpochs", "1", env=env)
     assert done.returncode == 0, done.stderr
@@ -196,19 +176,9 @@ def test_fine_tuning_from_a_name_keeps_the_weights_and_resumes_without_the_cache
 
 def test_weights_offline_and_uncached_stop_the_run_before_any_file(jpeg_root, torch_home, tmp_path):
     save = tmp_path / "save"
-    done = run_main(
-        "-dataset",
-        "imagenet",
-        "-data",
-        jpeg_root,
-        "-weights",
-        "ResNet18_Weights.DEFAULT",
-        "-save",
-        str(save),
-        "-gen",
-        str(tmp_path / "gen"),
-        env={**os.environ, "TORCH_HOME": str(torch_home)},
-    )
+    done = run_main("-dataset", "imagenet", "-data", jpeg_root, "-weights", "ResNet18_Weights.DEFAULT",
+                    "-save", str(save), "-gen", str(tmp_path / "gen"),
+                    env={**os.environ, "TORCH_HOME": str(torch_home)})  # fmt: skip
     assert done.returncode == 2
     assert done.stderr.startswith("error: cannot download resnet18-f37072fd.pth")
     assert done.stderr.count("\n") == 1 and "Traceback" not in done.stderr
@@ -247,32 +217,19 @@ def test_a_bad_weights_flag_is_one_error_line_and_exit_2(flags, message, jpeg_ro
 
 
 def test_the_weights_network_and_sizes_become_the_options_unless_given(jpeg_root):
-    opts = plan.parse(
-        ["-dataset", "imagenet", "-data", jpeg_root, "-weights", "ResNet50_Weights.IMAGENET1K_V2"]
-    )
+    opts = plan.parse(["-dataset", "imagenet", "-data", jpeg_root,
+                          "-weights", "ResNet50_Weights.IMAGENET1K_V2"])  # fmt: skip
     plan.adopt_weights(opts)
     assert (opts.netType, opts.depth, opts.shortcutType) == ("resnet", 50, "B")
     assert (opts.valResize, opts.valCrop, opts.valInterpolation) == (232, 224, "bilinear")
-    given = plan.parse(
-        [
-            "-dataset",
-            "imagenet",
-            "-data",
-            jpeg_root,
-            "-valResize",
-            "256",
-            "-weights",
-            "ResNet50_Weights.IMAGENET1K_V2",
-        ]
-    )
+    given = plan.parse(["-dataset", "imagenet", "-data", jpeg_root, "-valResize", "256",
+                           "-weights", "ResNet50_Weights.IMAGENET1K_V2"])  # fmt: skip
     plan.adopt_weights(given)
     assert (given.valResize, given.valCrop) == (256, 224)
     summary = pretrained.summary(pretrained.resolve("ResNet50_Weights.IMAGENET1K_V2"))
-    assert summary.endswith(
-        "1000 classes (ImageNet-1k's); evaluated at resize 232 (bilinear), crop 224:"
-        " -valResize, -valCrop and -valInterpolation default to those unless -cropSize is"
-        " given; published ImageNet-1k error top1 19.142  top5 4.566"
-    )
+    assert summary.endswith("1000 classes (ImageNet-1k's); evaluated at resize 232 (bilinear), crop 224:"
+                            " -valResize, -valCrop and -valInterpolation default to those unless -cropSize is"
+                            " given; published ImageNet-1k error top1 19.142  top5 4.566")  # fmt: skip
 
 
 def hub_snapshot(hf_home, name: str, state_dict: dict) -> None:
@@ -314,17 +271,8 @@ def test_timm_weights_from_the_hub_cache_classify_as_timms_own_model(jpeg_root, 
 
 def test_timm_weights_offline_and_uncached_say_how_to_fetch_them(jpeg_root, tmp_path):
     env = {**os.environ, "HF_HOME": str(tmp_path / "hf"), "HF_HUB_OFFLINE": "1"}
-    done = run_main(
-        "-dataset",
-        "imagenet",
-        "-data",
-        jpeg_root,
-        "-weights",
-        "timm/resnet18.a1_in1k",
-        "-save",
-        str(tmp_path / "save"),
-        env=env,
-    )
+    done = run_main("-dataset", "imagenet", "-data", jpeg_root, "-weights", "timm/resnet18.a1_in1k",
+                    "-save", str(tmp_path / "save"), env=env)  # fmt: skip
     assert done.returncode == 2
     assert done.stderr.startswith(
         "error: cannot fetch timm/resnet18.a1_in1k: not in the Hugging Face cache"
@@ -335,19 +283,9 @@ def test_timm_weights_offline_and_uncached_say_how_to_fetch_them(jpeg_root, tmp_
 
 def test_test_only_evaluates_at_the_weights_sizes(jpeg_root, torch_home, tmp_path):
     cache_torchvision(torch_home, "ResNet18_Weights.IMAGENET1K_V1")
-    done = run_main(
-        "-dataset",
-        "imagenet",
-        "-data",
-        jpeg_root,
-        "-testOnly",
-        "true",
-        "-weights",
-        "ResNet18_Weights.IMAGENET1K_V1",
-        "-gen",
-        str(tmp_path / "gen"),
-        env={**os.environ, "TORCH_HOME": str(torch_home)},
-    )
+    done = run_main("-dataset", "imagenet", "-data", jpeg_root, "-testOnly", "true",
+                    "-weights", "ResNet18_Weights.IMAGENET1K_V1", "-gen", str(tmp_path / "gen"),
+                    env={**os.environ, "TORCH_HOME": str(torch_home)})  # fmt: skip
     assert done.returncode == 0, done.stderr
     assert "=> warning: the network has 1000 outputs for 3 classes" in done.stdout
     assert " * Results top1:" in done.stdout
@@ -360,15 +298,9 @@ def test_extract_features_takes_a_name_and_gives_the_weights_features(
     reference = cache_torchvision(torch_home, "ResNet18_Weights.IMAGENET1K_V1")
     folder = os.path.join(jpeg_root, "val")
     output = tmp_path / "features.pt"
-    done = python(
-        os.path.join(ROOT, "scripts", "extract_features.py"),
-        "-weights",
-        "ResNet18_Weights.IMAGENET1K_V1",
-        folder,
-        "-o",
-        str(output),
-        env={**os.environ, "TORCH_HOME": str(torch_home)},
-    )
+    done = python(os.path.join(ROOT, "scripts", "extract_features.py"),
+                  "-weights", "ResNet18_Weights.IMAGENET1K_V1", folder, "-o", str(output),
+                  env={**os.environ, "TORCH_HOME": str(torch_home)})  # fmt: skip
     assert done.returncode == 0, done.stderr
     saved = torch.load(output, weights_only=True)
     sys.path.insert(0, os.path.join(ROOT, "scripts"))
@@ -388,44 +320,13 @@ def test_under_torchrun_rank_0_fetches_and_says_it_once_and_every_rank_loads_the
 ):
     cache_torchvision(torch_home, "ResNet18_Weights.IMAGENET1K_V1")
     save = tmp_path / "save"
-    command = [
-        sys.executable,
-        "-m",
-        "torch.distributed.run",
-        "--standalone",
-        "--nproc-per-node",
-        "2",
-        MAIN,
-        "-dataset",
-        "imagenet",
-        "-data",
-        jpeg_root,
-        "-nThreads",
-        "0",
-        "-weights",
-        "ResNet18_Weights.IMAGENET1K_V1",
-        "-resetClassifier",
-        "true",
-        "-frozenStages",
-        "4",
-        "-cropSize",
-        "64",
-        "-batchSize",
-        "6",
-        "-nEpochs",
-        "1",
-        "-save",
-        str(save),
-        "-gen",
-        str(tmp_path / "gen"),
-    ]
-    done = warm.run(
-        command,
-        capture_output=True,
-        text=True,
-        timeout=TIMEOUT,
-        env={**os.environ, "TORCH_HOME": str(torch_home)},
-    )
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node",
+               "2", MAIN, "-dataset", "imagenet", "-data", jpeg_root, "-nThreads", "0",
+               "-weights", "ResNet18_Weights.IMAGENET1K_V1", "-resetClassifier", "true",
+               "-frozenStages", "4", "-cropSize", "64", "-batchSize", "6", "-nEpochs", "1",
+               "-save", str(save), "-gen", str(tmp_path / "gen")]  # fmt: skip
+    done = warm.run(command, capture_output=True, text=True, timeout=TIMEOUT,
+                    env={**os.environ, "TORCH_HOME": str(torch_home)})  # fmt: skip
     assert done.returncode == 0, done.stderr[-3000:]
     assert done.stdout.count("=> Weights ResNet18_Weights.IMAGENET1K_V1 (torchvision)") == 1
     trained = torch.load(save / "model_1.pth", weights_only=True)["model"]
@@ -452,18 +353,9 @@ def test_a_cached_file_of_other_tensors_is_named_as_the_fault(jpeg_root, torch_h
     folder.mkdir(parents=True)
     other = torchvision.models.resnet34().state_dict()
     torch.save(other, folder / "resnet18-f37072fd.pth")
-    done = run_main(
-        "-dataset",
-        "imagenet",
-        "-data",
-        jpeg_root,
-        "-weights",
-        "ResNet18_Weights.IMAGENET1K_V1",
-        "-save",
-        str(tmp_path / "save"),
-        "-gen",
-        str(tmp_path / "gen"),
-    )
+    done = run_main("-dataset", "imagenet", "-data", jpeg_root, "-weights",
+                    "ResNet18_Weights.IMAGENET1K_V1", "-save", str(tmp_path / "save"),
+                    "-gen", str(tmp_path / "gen"))  # fmt: skip
     assert done.returncode == 2 and done.stderr.count("\n") == 1, done.stderr
     assert done.stderr.startswith(
         f"error: the cached file {folder}/resnet18-f37072fd.pth does not hold the tensors of"
@@ -473,9 +365,8 @@ def test_a_cached_file_of_other_tensors_is_named_as_the_fault(jpeg_root, torch_h
     assert not (tmp_path / "save").exists()
     script = os.path.join(ROOT, "scripts", "classify.py")
     image = next(iter(sorted(glob.glob(os.path.join(jpeg_root, "val", "*", "*")))))
-    classified = python(
-        script, "-weights", "ResNet18_Weights.IMAGENET1K_V1", image, env=dict(os.environ)
-    )
+    classified = python(script, "-weights", "ResNet18_Weights.IMAGENET1K_V1", image,
+                        env=dict(os.environ))  # fmt: skip
     assert classified.returncode == 2 and "does not hold the tensors" in classified.stderr
 
 
@@ -485,17 +376,8 @@ def test_a_damaged_hub_snapshot_is_named_with_what_to_do(jpeg_root, tmp_path):
     snapshot = next((hf_home / "hub").glob("models--timm--resnet18.a1_in1k/snapshots/*"))
     (snapshot / "model.safetensors").write_bytes(b"not safetensors")
     env = {**os.environ, "HF_HOME": str(hf_home), "HF_HUB_OFFLINE": "1"}
-    done = run_main(
-        "-dataset",
-        "imagenet",
-        "-data",
-        jpeg_root,
-        "-weights",
-        "timm/resnet18.a1_in1k",
-        "-save",
-        str(tmp_path / "save"),
-        env=env,
-    )
+    done = run_main("-dataset", "imagenet", "-data", jpeg_root, "-weights", "timm/resnet18.a1_in1k",
+                    "-save", str(tmp_path / "save"), env=env)  # fmt: skip
     assert done.returncode == 2 and done.stderr.count("\n") == 1, done.stderr
     assert done.stderr.startswith("error: cannot read the cached timm/resnet18.a1_in1k")
     assert "delete" in done.stderr and "models--timm--resnet18.a1_in1k" in done.stderr
@@ -511,9 +393,8 @@ def test_the_val_images_are_prepared_as_torchvisions_transform_of_the_weights(na
     sizes = pretrained.resolve(name).preprocessing
     # Decoded whole (this tool's loaders decode large JPEGs at 1/2..1/8 scale when the resize
     # shrinks them at least that much: PIL's draft mode, not bit-identical to a resize).
-    sample = imagenet.ValSample(
-        False, size=sizes.crop, scale=sizes.resize, draft=False, interpolation=sizes.interpolation
-    )
+    sample = imagenet.ValSample(False, size=sizes.crop, scale=sizes.resize, draft=False,
+                                interpolation=sizes.interpolation)  # fmt: skip
     folder = os.path.join(jpeg_root, "val", "apple")
     with Image.open(os.path.join(folder, sorted(os.listdir(folder))[0])) as image:
         ours, _ = sample(image)

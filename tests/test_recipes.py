@@ -60,10 +60,8 @@ def test_mixing_repeats_on_resume_leaves_the_global_generator_and_agrees_across_
     assert torch.equal(torch.get_rng_state(), state)
     assert torch.equal(first[0], again[0]) and torch.equal(first[1], again[1])
     # Two processes mix their halves of a global batch with the same lambda.
-    halves = [
-        BatchMixing(10, mixup=0.4, seed=1)(images[s], labels[s], 3, 5)
-        for s in (slice(0, 4), slice(4, 8))
-    ]
+    halves = [BatchMixing(10, mixup=0.4, seed=1)(images[s], labels[s], 3, 5)
+              for s in (slice(0, 4), slice(4, 8))]  # fmt: skip
     lambdas = set()
     for part, (_, targets) in zip((labels[:4], labels[4:]), halves, strict=True):
         differs = part != part.roll(1)  # the image mixed in is of another class
@@ -84,15 +82,8 @@ def test_mixed_batches_train_on_soft_targets_and_score_the_dominant_class():
 
     mixer = BatchMixing(10, mixup=1.0, seed=0)
     optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
-    trainer = train.Trainer(
-        model,
-        criterion,
-        optimizer,
-        lambda *_: 0.1,
-        device=torch.device("cpu"),
-        log=lambda _: None,
-        mix=mixer,
-    )
+    trainer = train.Trainer(model, criterion, optimizer, lambda *_: 0.1,
+                            device=torch.device("cpu"), log=lambda _: None, mix=mixer)  # fmt: skip
     images, labels = batch(size=6)
     trainer.train(1, [(images, labels)])
     mixed, targets = mixer(images, labels, 1, 1)
@@ -119,9 +110,8 @@ def test_the_ema_equals_a_hand_loop_over_ten_steps():
             if expected is None:
                 expected = current
             else:
-                expected = {
-                    k: decay**every * expected[k] + (1 - decay**every) * current[k] for k in current
-                }
+                expected = {k: decay**every * expected[k] + (1 - decay**every) * current[k]
+                            for k in current}  # fmt: skip
     averaged = average.module.state_dict()
     for key in ("0.weight", "0.bias", "1.weight", "1.running_mean", "1.running_var"):
         torch.testing.assert_close(averaged[key], expected[key], rtol=1e-6, atol=1e-7)
@@ -146,15 +136,9 @@ def test_the_trainer_evaluates_the_average_and_restores_it_exactly():
     torch.manual_seed(0)
     model = nn.Sequential(nn.Flatten(), nn.Linear(3 * 8 * 8, 10))
     average = averaging.ExponentialAverage(model, 0.9)
-    trainer = train.Trainer(
-        model,
-        nn.CrossEntropyLoss(),
-        torch.optim.SGD(model.parameters(), 0.1),
-        lambda *_: 0.1,
-        device=torch.device("cpu"),
-        log=lambda _: None,
-        average=average,
-    )
+    trainer = train.Trainer(model, nn.CrossEntropyLoss(), torch.optim.SGD(model.parameters(), 0.1),
+                            lambda *_: 0.1, device=torch.device("cpu"), log=lambda _: None,
+                            average=average)  # fmt: skip
     trainer.train(1, [batch(i) for i in range(3)])
     assert trainer.evaluated_model() is average.module
     restored = averaging.ExponentialAverage(copy.deepcopy(model), 0.9)
@@ -169,15 +153,9 @@ def test_gradient_clipping_equals_clip_grad_norm():
     model = nn.Sequential(nn.Flatten(), nn.Linear(3 * 8 * 8, 10))
     reference = copy.deepcopy(model)
     images, labels = batch()
-    trainer = train.Trainer(
-        model,
-        nn.CrossEntropyLoss(),
-        torch.optim.SGD(model.parameters(), 1.0),
-        lambda *_: 1.0,
-        device=torch.device("cpu"),
-        log=lambda _: None,
-        clip_grad_norm=0.01,
-    )
+    trainer = train.Trainer(model, nn.CrossEntropyLoss(), torch.optim.SGD(model.parameters(), 1.0),
+                            lambda *_: 1.0, device=torch.device("cpu"), log=lambda _: None,
+                            clip_grad_norm=0.01)  # fmt: skip
     trainer.train(1, [(images, labels)])
     optimizer = torch.optim.SGD(reference.parameters(), 1.0)
     nn.functional.cross_entropy(reference(images), labels).backward()
@@ -217,23 +195,12 @@ def test_the_default_options_train_bitwise_as_the_lua_loop():
     reference = copy.deepcopy(model)
     lr_at = plan.learning_rate_schedule(opts)
     rule = schedules.lua_rule("cifar10", "resnet", 0.3, 4)
-    trainer = train.Trainer(
-        model,
-        nn.CrossEntropyLoss(label_smoothing=opts.labelSmoothing),
-        recipe.make_optimizer(model, plan.training_recipe(opts), None),
-        lr_at,
-        device=torch.device("cpu"),
-        log=lambda _: None,
-        clip_grad_norm=opts.clipGradNorm,
-    )
-    optimizer = torch.optim.SGD(
-        reference.parameters(),
-        lr=0.3,
-        momentum=0.9,
-        dampening=0.0,
-        weight_decay=1e-4,
-        nesterov=True,
-    )
+    trainer = train.Trainer(model, nn.CrossEntropyLoss(label_smoothing=opts.labelSmoothing),
+                            recipe.make_optimizer(model, plan.training_recipe(opts), None), lr_at,
+                            device=torch.device("cpu"), log=lambda _: None,
+                            clip_grad_norm=opts.clipGradNorm)  # fmt: skip
+    optimizer = torch.optim.SGD(reference.parameters(), lr=0.3, momentum=0.9, dampening=0.0,
+                                weight_decay=1e-4, nesterov=True)  # fmt: skip
     data = [batch(i) for i in range(3)]
     for epoch in range(1, 5):
         trainer.train(epoch, data)
@@ -279,12 +246,8 @@ def test_a_bad_recipe_value_exits_2_with_one_line(capsys):
 
 
 def run_main(*argv):
-    done = warm.run(
-        [sys.executable, os.path.join(ROOT, "main.py"), *argv],
-        capture_output=True,
-        text=True,
-        timeout=TIMEOUT,
-    )
+    done = warm.run([sys.executable, os.path.join(ROOT, "main.py"), *argv],
+                    capture_output=True, text=True, timeout=TIMEOUT)  # fmt: skip
     assert done.returncode == 0, done.stderr
     return done.stdout
 
@@ -310,25 +273,11 @@ def test_validation_test_only_and_the_scripts_use_the_ema_weights(cifar10_root, 
 def test_a_recipe_sets_its_flags_and_given_flags_win(jpeg_root, tmp_path):
     base = ["-dataset", "imagenet", "-data", jpeg_root, "-gen", str(tmp_path / "gen")]
     opts = plan.parse([*base, "-recipe", "torchvision", "-nEpochs", "20", "-LR", "0.2"])
-    expected = {
-        "batchSize": 1024,
-        "LR": 0.2,
-        "nEpochs": 20,
-        "lrSchedule": "cosine",
-        "warmupEpochs": 5.0,
-        "autoAugment": "ta_wide",
-        "randomErasing": 0.1,
-        "labelSmoothing": 0.1,
-        "mixup": 0.2,
-        "cutmix": 1.0,
-        "weightDecay": 2e-5,
-        "normWeightDecay": 0.0,
-        "trainCrop": 176,
-        "valResize": 232,
-        "valCrop": 224,
-        "repeatedAug": 4,
-        "emaEvery": 32,
-    }
+    expected = {"batchSize": 1024, "LR": 0.2, "nEpochs": 20, "lrSchedule": "cosine",
+                "warmupEpochs": 5.0, "autoAugment": "ta_wide", "randomErasing": 0.1,
+                "labelSmoothing": 0.1, "mixup": 0.2, "cutmix": 1.0, "weightDecay": 2e-5,
+                "normWeightDecay": 0.0, "trainCrop": 176, "valResize": 232, "valCrop": 224,
+                "repeatedAug": 4, "emaEvery": 32}  # fmt: skip
     assert {k: getattr(opts, k) for k in expected} == expected
     summary = options.recipe_summary(opts)
     assert summary.startswith("=> -recipe torchvision: -batchSize 1024 -lrSchedule cosine")
@@ -352,27 +301,9 @@ def test_the_linear_scaling_note_follows_the_recipes_batch(capsys):
 
 def test_a_recipe_run_prints_its_values_and_saves_them(cifar10_root, tmp_path):
     save = tmp_path / "run"
-    out = run_main(
-        *CIFAR,
-        "-data",
-        cifar10_root,
-        "-gen",
-        str(tmp_path / "gen"),
-        "-save",
-        str(save),
-        "-recipe",
-        "torchvision",
-        "-nEpochs",
-        "6",
-        "-batchSize",
-        "4",
-        "-LR",
-        "0.01",
-        "-warmupEpochs",
-        "1",
-        "-emaEvery",
-        "2",
-    )
+    out = run_main(*CIFAR, "-data", cifar10_root, "-gen", str(tmp_path / "gen"), "-save",
+                   str(save), "-recipe", "torchvision", "-nEpochs", "6", "-batchSize", "4",
+                   "-LR", "0.01", "-warmupEpochs", "1", "-emaEvery", "2")  # fmt: skip
     assert "=> -recipe torchvision: -lrSchedule cosine -warmupStart 0.01" in out
     saved = json.loads((save / "opts.json").read_text())
     assert (saved["mixup"], saved["repeatedAug"], saved["ema"]) == (0.2, 4, 0.999966)

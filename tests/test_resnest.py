@@ -66,16 +66,10 @@ def test_resnest_50_multiply_adds():
 
 def timm_resnest(radix: int, cardinality: int, base_width: int) -> TimmResNet:
     """timm's ResNeSt-14 with another radix, cardinality and width (its resnest14d's)."""
-    return TimmResNet(
-        block=ResNestBottleneck,
-        layers=[1, 1, 1, 1],
-        stem_type="deep",
-        stem_width=32,
-        avg_down=True,
-        base_width=base_width,
-        cardinality=cardinality,
-        block_args={"radix": radix, "avd": True, "avd_first": False},
-    )
+    return TimmResNet(block=ResNestBottleneck, layers=[1, 1, 1, 1], stem_type="deep",
+                      stem_width=32, avg_down=True, base_width=base_width,
+                      cardinality=cardinality,
+                      block_args={"radix": radix, "avd": True, "avd_first": False})  # fmt: skip
 
 
 @pytest.mark.parametrize(("radix", "cardinality", "base_width"), [(2, 1, 64), (1, 1, 64),
@@ -84,16 +78,12 @@ def test_timm_weights_give_timms_logits_and_go_back_unchanged(radix, cardinality
     torch.manual_seed(0)
     reference = timm_resnest(radix, cardinality, base_width).eval()
     randomise_batch_norm(reference)
-    ours = models.create(
-        "resnest", 14, "imagenet", radix=radix, cardinality=cardinality, baseWidth=base_width
-    ).eval()
+    ours = models.create("resnest", 14, "imagenet", radix=radix, cardinality=cardinality,
+                         baseWidth=base_width).eval()  # fmt: skip
     assert_timm_twins(ours, reference)
     arch = models.arch_of_torchvision(reference.state_dict())
-    assert (arch["radix"], arch["cardinality"], arch["baseWidth"]) == (
-        radix,
-        cardinality,
-        base_width,
-    )
+    assert (arch["radix"], arch["cardinality"], arch["baseWidth"]) == (radix, cardinality,
+                                                                      base_width)  # fmt: skip
 
 
 def test_a_timm_file_is_recognised_and_its_flags_named():
@@ -140,26 +130,9 @@ def test_invalid_resnest_settings_say_what_is_valid():
 
 def test_a_resnest_trains_on_a_jpeg_folder_and_resumes(jpeg_root, tmp_path):
     save = tmp_path / "run"
-    flags = [
-        "-dataset",
-        "imagenet",
-        "-data",
-        jpeg_root,
-        "-netType",
-        "resnest",
-        "-depth",
-        "14",
-        "-batchSize",
-        "7",
-        "-nThreads",
-        "0",
-        "-cropSize",
-        "64",
-        "-save",
-        str(save),
-        "-gen",
-        str(tmp_path / "gen"),
-    ]
+    flags = ["-dataset", "imagenet", "-data", jpeg_root, "-netType", "resnest", "-depth", "14",
+             "-batchSize", "7", "-nThreads", "0", "-cropSize", "64", "-save", str(save),
+             "-gen", str(tmp_path / "gen")]  # fmt: skip
     first = run_main(*flags, "-nEpochs", "1")  # 15 images: a last batch of one
     assert first.returncode == 0, first.stderr
     assert " | ResNeSt-14 ImageNet" in first.stdout

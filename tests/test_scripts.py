@@ -16,9 +16,8 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def python(*argv, cwd=None, env=None):
-    done = warm.run(
-        [sys.executable, *argv], capture_output=True, text=True, cwd=cwd, env=env, timeout=TIMEOUT
-    )
+    done = warm.run([sys.executable, *argv], capture_output=True, text=True, cwd=cwd, env=env,
+                    timeout=TIMEOUT)  # fmt: skip
     return done
 
 
@@ -39,77 +38,27 @@ def torchvision_file(tmp_path_factory):
 def fine_tuned(jpeg_root, torchvision_file, tmp_path_factory):
     """-retrain a torchvision ResNet-18 with a new 3-way classifier on the JPEG folders."""
     save = tmp_path_factory.mktemp("finetune")
-    done = python(
-        os.path.join(ROOT, "main.py"),
-        "-dataset",
-        "imagenet",
-        "-netType",
-        "resnet",
-        "-depth",
-        "18",
-        "-retrain",
-        str(torchvision_file),
-        "-resetClassifier",
-        "true",
-        "-nClasses",
-        "3",
-        "-data",
-        jpeg_root,
-        "-nEpochs",
-        "1",
-        "-batchSize",
-        "5",
-        "-LR",
-        "0.01",
-        "-nThreads",
-        "0",
-        "-save",
-        str(save),
-        "-gen",
-        str(save),
-    )
+    done = python(os.path.join(ROOT, "main.py"), "-dataset", "imagenet", "-netType", "resnet",
+                  "-depth", "18", "-retrain", str(torchvision_file), "-resetClassifier", "true",
+                  "-nClasses", "3", "-data", jpeg_root, "-nEpochs", "1", "-batchSize", "5",
+                  "-LR", "0.01", "-nThreads", "0", "-save", str(save), "-gen", str(save))  # fmt: skip
     assert done.returncode == 0, done.stderr
     assert " => Replacing classifier with 3-way classifier" in done.stdout
     return save
 
 
 def test_the_fine_tuned_model_tests_alone(fine_tuned, jpeg_root):
-    done = python(
-        os.path.join(ROOT, "main.py"),
-        "-dataset",
-        "imagenet",
-        "-netType",
-        "resnet",
-        "-depth",
-        "18",
-        "-testOnly",
-        "true",
-        "-resume",
-        str(fine_tuned),
-        "-data",
-        jpeg_root,
-        "-nThreads",
-        "0",
-        "-batchSize",
-        "5",
-        "-save",
-        str(fine_tuned),
-        "-gen",
-        str(fine_tuned),
-        "-resetClassifier",
-        "true",
-        "-nClasses",
-        "3",
-    )
+    done = python(os.path.join(ROOT, "main.py"), "-dataset", "imagenet", "-netType", "resnet",
+                  "-depth", "18", "-testOnly", "true", "-resume", str(fine_tuned), "-data",
+                  jpeg_root, "-nThreads", "0", "-batchSize", "5", "-save", str(fine_tuned),
+                  "-gen", str(fine_tuned), "-resetClassifier", "true", "-nClasses", "3")  # fmt: skip
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip().splitlines()[-1].startswith(" * Results top1: ")
 
 
 def test_classify_prints_the_fine_tuned_class_names(fine_tuned, jpeg_root):
-    images = [
-        os.path.join(jpeg_root, "val", c, sorted(os.listdir(os.path.join(jpeg_root, "val", c)))[0])
-        for c in ("Zebra", "apple")
-    ]
+    images = [os.path.join(jpeg_root, "val", c, sorted(os.listdir(os.path.join(jpeg_root, "val", c)))[0])
+              for c in ("Zebra", "apple")]  # fmt: skip
     done = python(script("classify.py"), str(fine_tuned / "model_best.pth"), *images)
     assert done.returncode == 0, done.stderr
     blocks = done.stdout.split("\n\n")
@@ -136,9 +85,8 @@ def test_extract_features_writes_the_penultimate_layer_and_the_file_list(
     fine_tuned, jpeg_root, tmp_path
 ):
     folder = os.path.join(jpeg_root, "train", "apple")
-    done = python(
-        script("extract_features.py"), str(fine_tuned / "model_best.pth"), "2", folder, cwd=tmp_path
-    )
+    done = python(script("extract_features.py"), str(fine_tuned / "model_best.pth"), "2", folder,
+                  cwd=tmp_path)  # fmt: skip
     assert done.returncode == 0, done.stderr
     assert done.stdout == f"saved features of {len(os.listdir(folder))} images to features.pt\n"
     saved = torch.load(tmp_path / "features.pt", weights_only=True)
@@ -155,20 +103,11 @@ def test_extract_features_reads_a_class_per_folder_tree_into_the_named_file(
     os.mkfifo(tmp_path / "pipe.jpg")  # not a file: never opened
     output = tmp_path / "out" / "val.pt"
     output.parent.mkdir()
-    done = python(
-        script("extract_features.py"),
-        str(fine_tuned / "model_best.pth"),
-        tree,
-        str(tmp_path),
-        "-o",
-        str(output),
-    )
+    done = python(script("extract_features.py"), str(fine_tuned / "model_best.pth"), tree,
+                  str(tmp_path), "-o", str(output))  # fmt: skip
     assert done.returncode == 0, done.stderr
-    expected = [
-        os.path.join(tree, c, n)
-        for c in sorted(os.listdir(tree))
-        for n in sorted(os.listdir(os.path.join(tree, c)))
-    ]
+    expected = [os.path.join(tree, c, n) for c in sorted(os.listdir(tree))
+                for n in sorted(os.listdir(os.path.join(tree, c)))]  # fmt: skip
     assert done.stdout == f"saved features of {len(expected)} images to {output}\n"
     saved = torch.load(output, weights_only=True)
     assert saved["image_list"] == expected and saved["features"].shape == (len(expected), 512)
@@ -223,13 +162,11 @@ def test_plot_curves_reads_one_point_per_epoch_and_split(tmp_path):
     sys.path.insert(0, os.path.join(ROOT, "scripts"))
     import plot_curves
 
-    records = [
-        {"epoch": 1, "iter": 3, "split": "train", "top1": 90.0},
-        {"epoch": 1, "iter": None, "split": "train", "top1": 80.0},
-        {"epoch": 1, "iter": None, "split": "val", "top1": 70.0},
-        {"epoch": 2, "iter": None, "split": "val", "top1": 60.0},
-        {"epoch": 2, "iter": None, "split": "val", "top1": 50.0},
-    ]
+    records = [{"epoch": 1, "iter": 3, "split": "train", "top1": 90.0},
+               {"epoch": 1, "iter": None, "split": "train", "top1": 80.0},
+               {"epoch": 1, "iter": None, "split": "val", "top1": 70.0},
+               {"epoch": 2, "iter": None, "split": "val", "top1": 60.0},
+               {"epoch": 2, "iter": None, "split": "val", "top1": 50.0}]  # fmt: skip
     (tmp_path / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
     assert plot_curves.read_curves(str(tmp_path)) == {
         "train": [(1, 80.0)],
@@ -266,11 +203,7 @@ def test_no_script_imports_main():
 
     for path in sorted(glob.glob(os.path.join(ROOT, "scripts", "*.py"))):
         tree = ast.parse(open(path).read())
-        imported = {
-            alias.name
-            for node in ast.walk(tree)
-            if isinstance(node, ast.Import)
-            for alias in node.names
-        }
+        imported = {alias.name for node in ast.walk(tree) if isinstance(node, ast.Import)
+                    for alias in node.names}  # fmt: skip
         imported |= {node.module for node in ast.walk(tree) if isinstance(node, ast.ImportFrom)}
         assert "main" not in imported, path

@@ -55,16 +55,8 @@ def test_compile_without_a_cpu_compiler_is_a_clear_error(monkeypatch):
 def test_compiled_training_matches_eager_and_saves_clean_keys(cifar10_root, tmp_path):
     def run(name, *extra):
         flags = "-dataset cifar10 -netType resnet -depth 8 -batchSize 10 -nEpochs 1 -manualSeed 3"
-        command = [
-            sys.executable,
-            os.path.join(ROOT, "main.py"),
-            *flags.split(),
-            *extra,
-            "-data",
-            cifar10_root,
-            "-save",
-            str(tmp_path / name),
-        ]
+        command = [sys.executable, os.path.join(ROOT, "main.py"), *flags.split(), *extra,
+                   "-data", cifar10_root, "-save", str(tmp_path / name)]  # fmt: skip
         # A fresh interpreter: torch.compile's compile workers, started from a fork of the warm
         # server with an empty inductor cache, never answer (a hang seen in CI).
         done = subprocess.run(command, capture_output=True, text=True, timeout=2 * TIMEOUT)
@@ -96,15 +88,8 @@ def test_activation_checkpointing_gives_the_same_gradients_and_statistics():
 
 def test_optnet_flag_turns_checkpointing_on(cifar10_root, tmp_path):
     flags = "-dataset cifar10 -netType resnet -depth 8 -batchSize 10 -nEpochs 1 -optnet true"
-    command = [
-        sys.executable,
-        os.path.join(ROOT, "main.py"),
-        *flags.split(),
-        "-data",
-        cifar10_root,
-        "-save",
-        str(tmp_path / "save"),
-    ]
+    command = [sys.executable, os.path.join(ROOT, "main.py"), *flags.split(),
+               "-data", cifar10_root, "-save", str(tmp_path / "save")]  # fmt: skip
     done = warm.run(command, capture_output=True, timeout=TIMEOUT, text=True)
     assert done.returncode == 0, done.stderr
     assert "=> Recomputing residual blocks in the backward pass" in done.stdout

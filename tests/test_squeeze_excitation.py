@@ -75,9 +75,8 @@ def test_the_se_module_scales_channels_after_the_last_batch_norm():
     block.eval()
     x = torch.randn(1, 256, 8, 8)
     with torch.no_grad():
-        branch = block.bn3(
-            block.conv3(block.relu(block.bn2(block.conv2(block.relu(block.bn1(block.conv1(x)))))))
-        )
+        branch = block.bn3(block.conv3(block.relu(block.bn2(block.conv2(
+            block.relu(block.bn1(block.conv1(x))))))))  # fmt: skip
         gate = torch.sigmoid(block.se.fc2(torch.relu(block.se.fc1(branch.mean((2, 3), True)))))
         assert torch.allclose(block(x), torch.relu(branch * gate + x), atol=1e-6)
 
@@ -95,16 +94,14 @@ def test_a_timm_file_is_recognised_and_its_flags_named():
 
 def test_a_checkpoint_saved_before_se_existed_resumes(tmp_path):
     (tmp_path / "train").mkdir(), (tmp_path / "val").mkdir()
-    opts = plan.parse(
-        ["-dataset", "cifar10", "-netType", "resnet", "-depth", "8", "-data", str(tmp_path)]
-    )
+    opts = plan.parse(["-dataset", "cifar10", "-netType", "resnet", "-depth", "8",
+                          "-data", str(tmp_path)])  # fmt: skip
     arch = plan.network(opts)
     old_arch = {k: v for k, v in arch.items() if k != "se"}
     state = models.create(**arch).state_dict()
     saved_model = checkpoints.ModelFile(state, "model_1.pth", old_arch)
-    checkpoint = checkpoints.Checkpoint(
-        1, 0, 0, saved_model, {}, (50.0, 10.0), {}, None, (-1, False), None
-    )
+    checkpoint = checkpoints.Checkpoint(1, 0, 0, saved_model, {}, (50.0, 10.0), {}, None,
+                                        (-1, False), None)  # fmt: skip
     model, saved = setup.build_model(
         plan.model_spec(opts, 224), [str(i) for i in range(10)], checkpoint, None
     )
@@ -121,32 +118,9 @@ def test_se_is_refused_where_it_is_not_defined():
 
 def test_an_se_resnext_trains_on_a_jpeg_folder_and_resumes(jpeg_root, tmp_path):
     save = tmp_path / "run"
-    flags = [
-        "-dataset",
-        "imagenet",
-        "-data",
-        jpeg_root,
-        "-netType",
-        "resnext",
-        "-depth",
-        "50",
-        "-cardinality",
-        "2",
-        "-baseWidth",
-        "4",
-        "-se",
-        "16",
-        "-batchSize",
-        "8",
-        "-nThreads",
-        "0",
-        "-cropSize",
-        "64",
-        "-save",
-        str(save),
-        "-gen",
-        str(tmp_path / "gen"),
-    ]
+    flags = ["-dataset", "imagenet", "-data", jpeg_root, "-netType", "resnext", "-depth", "50",
+             "-cardinality", "2", "-baseWidth", "4", "-se", "16", "-batchSize", "8",
+             "-nThreads", "0", "-cropSize", "64", "-save", str(save), "-gen", str(tmp_path / "gen")]  # fmt: skip
     first = run_main(*flags, "-nEpochs", "1")
     assert first.returncode == 0, first.stderr
     assert " | SE-ResNet-50 ImageNet" in first.stdout

@@ -234,19 +234,8 @@ def test_run_records_append_json_lines_and_tensorboard_scalars(tmp_path):
 
     for run in range(2):  # a resumed run appends
         records = train.RunRecords(str(tmp_path), 10, options={"LR": 0.1})
-        records(
-            {
-                "epoch": 1 + run,
-                "iter": 5,
-                "split": "train",
-                "loss": 2.5,
-                "top1": 80.0,
-                "top5": 40.0,
-                "lr": 0.1,
-                "img_s": 100.0,
-                "data_share": 0.25,
-            }
-        )
+        records({"epoch": 1 + run, "iter": 5, "split": "train", "loss": 2.5, "top1": 80.0,
+                 "top5": 40.0, "lr": 0.1, "img_s": 100.0, "data_share": 0.25})  # fmt: skip
         records({"epoch": 1 + run, "iter": None, "split": "val", "top1": 70.0, "top5": 30.0})
         records.close()
     lines = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
@@ -278,13 +267,8 @@ def bn_network():
 def shifted_batches(seed, count=5, size=4):
     """Batches whose pixel statistics differ from batch to batch."""
     generator = torch.Generator().manual_seed(seed)
-    return [
-        (
-            torch.randn(size, 3, 4, 4, generator=generator) * (k + 1) + k,
-            torch.randint(0, 3, (size,), generator=generator),
-        )
-        for k in range(count)
-    ]
+    return [(torch.randn(size, 3, 4, 4, generator=generator) * (k + 1) + k,
+             torch.randint(0, 3, (size,), generator=generator)) for k in range(count)]  # fmt: skip
 
 
 def batch_statistics(model, data):
@@ -336,14 +320,8 @@ def test_precise_bn_weighs_each_process_by_its_images():
     for trainer in trainers:
         trainer.reduce = reduce
     used = [None, None]
-    threads = [
-        threading.Thread(
-            target=lambda r=r: used.__setitem__(
-                r, trainers[r].recompute_bn_statistics(shares[r], batches=3)
-            )
-        )
-        for r in (0, 1)
-    ]
+    threads = [threading.Thread(target=lambda r=r: used.__setitem__(
+        r, trainers[r].recompute_bn_statistics(shares[r], batches=3))) for r in (0, 1)]  # fmt: skip
     for thread in threads:
         thread.start()
     for thread in threads:
@@ -408,9 +386,8 @@ def test_a_stop_while_testing_says_so_in_words():
 def test_records_create_nothing_before_the_first_record(tmp_path):
     opened = []
     folder = tmp_path / "save"
-    records = train.RunRecords(
-        str(folder), 10, before_first_write=lambda: opened.append(1) or folder.mkdir()
-    )
+    records = train.RunRecords(str(folder), 10, before_first_write=lambda: opened.append(1) or
+                               folder.mkdir())  # fmt: skip
     assert not folder.exists() and opened == []
     records({"epoch": 1, "iter": None, "split": "val", "top1": 1.0, "top5": 0.0})
     records({"epoch": 2, "iter": None, "split": "val", "top1": 1.0, "top5": 0.0})
@@ -422,15 +399,9 @@ def test_the_step_alone_is_one_sgd_step_in_its_precision_and_layout():
     torch.manual_seed(0)
     model, twin = Memorizer(), Memorizer()
     twin.load_state_dict(model.state_dict())
-    step = train.Step(
-        model,
-        nn.CrossEntropyLoss(),
-        torch.optim.SGD(model.parameters(), lr=1.0),
-        lambda epoch, progress: 0.25 / epoch,
-        device=torch.device("cpu"),
-        dtype=torch.float64,
-        memory_format=torch.channels_last,
-    )
+    step = train.Step(model, nn.CrossEntropyLoss(), torch.optim.SGD(model.parameters(), lr=1.0),
+                      lambda epoch, progress: 0.25 / epoch, device=torch.device("cpu"),
+                      dtype=torch.float64, memory_format=torch.channels_last)  # fmt: skip
     model.double()
     assert step.set_learning_rate(2) == 0.125
     images, target = step.to_device((torch.randn(4, 3, 4, 4), torch.tensor([0, 1, 2, 0])))
@@ -445,13 +416,8 @@ def test_the_step_alone_is_one_sgd_step_in_its_precision_and_layout():
 
 def test_the_evaluation_alone_counts_the_errors_of_the_model_it_is_given():
     model = Memorizer()
-    step = train.Step(
-        model,
-        nn.CrossEntropyLoss(),
-        torch.optim.SGD(model.parameters(), lr=0.1),
-        lambda *_: 0.1,
-        device=torch.device("cpu"),
-    )
+    step = train.Step(model, nn.CrossEntropyLoss(), torch.optim.SGD(model.parameters(), lr=0.1),
+                      lambda *_: 0.1, device=torch.device("cpu"))  # fmt: skip
     lines = []
     reporting = train.Reporting(train.Progress(lines.append), 1, torch.device("cpu"))
     other = Memorizer()

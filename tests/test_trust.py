@@ -41,16 +41,9 @@ def without_launchers() -> dict:
 def srun_task(rank, tasks=2, port=None, **changes) -> dict:
     """The environment srun gives task `rank` of a step on this host; None drops a variable."""
     outside = without_launchers()
-    task = {
-        "SLURM_PROCID": str(rank),
-        "SLURM_LOCALID": "0",
-        "SLURM_NTASKS": str(tasks),
-        "SLURM_STEP_NUM_TASKS": str(tasks),
-        "SLURM_STEP_ID": "0",
-        "SLURM_JOB_ID": "4242",
-        "SLURM_STEP_NODELIST": "localhost",
-        "MASTER_PORT": str(port or free_port()),
-    }
+    task = {"SLURM_PROCID": str(rank), "SLURM_LOCALID": "0", "SLURM_NTASKS": str(tasks),
+            "SLURM_STEP_NUM_TASKS": str(tasks), "SLURM_STEP_ID": "0", "SLURM_JOB_ID": "4242",
+            "SLURM_STEP_NODELIST": "localhost", "MASTER_PORT": str(port or free_port())}  # fmt: skip
     task.update(changes)
     return {**outside, **{k: v for k, v in task.items() if v is not None}}
 
@@ -98,13 +91,8 @@ def test_torchrun_variables_set_by_hand_are_checked_too(environ):
 
 def test_a_rank_beyond_the_tasks_ends_at_once_without_waiting_or_writing(cifar10_root, tmp_path):
     argv = small_cifar_args(cifar10_root, tmp_path / "save")
-    done = warm.run(
-        [sys.executable, MAIN, *argv],
-        capture_output=True,
-        text=True,
-        env=srun_task(3),
-        timeout=PROMPT,
-    )
+    done = warm.run([sys.executable, MAIN, *argv], capture_output=True, text=True,
+                    env=srun_task(3), timeout=PROMPT)  # fmt: skip
     assert_one_error_line(done, "SLURM_PROCID=3", "SLURM_STEP_NUM_TASKS=2")
     assert not (tmp_path / "save").exists()
 
@@ -115,13 +103,8 @@ def test_a_rank_beyond_the_tasks_ends_at_once_without_waiting_or_writing(cifar10
 def alone(rank, cifar10_root, save, port, *flags):
     """Task `rank` of a two-task srun step whose other task never starts."""
     argv = [*small_cifar_args(cifar10_root, save), *flags]
-    return warm.start(
-        [sys.executable, MAIN, *argv],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        env=srun_task(rank, port=port),
-    )
+    return warm.start([sys.executable, MAIN, *argv], stdout=subprocess.PIPE,
+                      stderr=subprocess.PIPE, text=True, env=srun_task(rank, port=port))  # fmt: skip
 
 
 def listening(port: int, process) -> bool:
@@ -149,9 +132,8 @@ def test_a_rendezvous_that_does_not_complete_names_who_was_missing(rank, cifar10
 
 
 @pytest.mark.parametrize("number", [signal.SIGTERM, signal.SIGINT])
-def test_a_stop_signal_while_waiting_for_the_others_ends_the_process(
-    number, cifar10_root, tmp_path
-):
+def test_a_stop_signal_while_waiting_for_the_others_ends_the_process(number, cifar10_root,
+                                                                     tmp_path):  # fmt: skip
     port = free_port()
     task = alone(0, cifar10_root, tmp_path / "save", port)
     assert listening(port, task), task.communicate()[1]
@@ -159,10 +141,8 @@ def test_a_stop_signal_while_waiting_for_the_others_ends_the_process(
     out, err = task.communicate(timeout=5)  # the rendezvous itself would wait 300 s
     assert task.returncode == 128 + number
     name = signal.Signals(number).name
-    assert (
-        err.strip() == f"=> Stopped by {name} while waiting for the other processes of the job;"
-        " nothing was saved"
-    )
+    assert err.strip() == f"=> Stopped by {name} while waiting for the other processes of the job;" \
+        " nothing was saved"  # fmt: skip
     assert not (tmp_path / "save").exists()
 
 
@@ -170,33 +150,22 @@ def test_a_stop_signal_while_waiting_for_rank_0s_data_ends_the_process(cifar10_r
     """Rank 0 prepares the data and never finishes; rank 1, waiting for it in a
     collective, is stopped (here by itself, right after the collective started)."""
     port = free_port()
-    blocked = (
-        "import sys, threading; sys.path.insert(0, sys.argv[1]); import datasets, main\n"
-        "datasets.create_loaders = lambda *a: threading.Event().wait()\n"
-        "sys.exit(main.main(sys.argv[2:]))\n"
-    )
-    stopped = (
-        "import os, signal, sys; sys.path.insert(0, sys.argv[1]); import main\n"
-        "import torch.distributed as dist\n"
-        "reduce = dist.all_reduce\n"
-        "def reduce_then_stop(*args, **kwargs):\n"
-        "    work = reduce(*args, **kwargs)\n"
-        "    os.kill(os.getpid(), signal.SIGTERM)\n"
-        "    return work\n"
-        "dist.all_reduce = reduce_then_stop\n"
-        "sys.exit(main.main(sys.argv[2:]))\n"
-    )
+    blocked = ("import sys, threading; sys.path.insert(0, sys.argv[1]); import datasets, main\n"
+               "datasets.create_loaders = lambda *a: threading.Event().wait()\n"
+               "sys.exit(main.main(sys.argv[2:]))\n")  # fmt: skip
+    stopped = ("import os, signal, sys; sys.path.insert(0, sys.argv[1]); import main\n"
+               "import torch.distributed as dist\n"
+               "reduce = dist.all_reduce\n"
+               "def reduce_then_stop(*args, **kwargs):\n"
+               "    work = reduce(*args, **kwargs)\n"
+               "    os.kill(os.getpid(), signal.SIGTERM)\n"
+               "    return work\n"
+               "dist.all_reduce = reduce_then_stop\n"
+               "sys.exit(main.main(sys.argv[2:]))\n")  # fmt: skip
     argv = small_cifar_args(cifar10_root, tmp_path / "save")
-    tasks = [
-        warm.start(
-            [sys.executable, "-c", script, ROOT, *argv],
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            text=True,
-            env=srun_task(rank, port=port),
-        )
-        for rank, script in enumerate((blocked, stopped))
-    ]
+    tasks = [warm.start([sys.executable, "-c", script, ROOT, *argv], stdout=subprocess.PIPE,
+                        stderr=subprocess.PIPE, text=True, env=srun_task(rank, port=port))
+             for rank, script in enumerate((blocked, stopped))]  # fmt: skip
     try:
         _, err = tasks[1].communicate(timeout=PROMPT)
     finally:
@@ -211,29 +180,15 @@ def test_processes_started_by_hand_meet_and_train(cifar10_root, tmp_path):
     same rendezvous as srun's."""
     port, outside = str(free_port()), without_launchers()
     argv = small_cifar_args(cifar10_root, tmp_path)
-    tasks = [
-        warm.start(
-            [sys.executable, MAIN, *argv],
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            text=True,
-            env={
-                **outside,
-                "WORLD_SIZE": "2",
-                "RANK": str(rank),
-                "LOCAL_RANK": "0",
-                "MASTER_ADDR": "127.0.0.1",
-                "MASTER_PORT": port,
-            },
-        )
-        for rank in range(2)
-    ]
+    tasks = [warm.start([sys.executable, MAIN, *argv], stdout=subprocess.PIPE,
+                        stderr=subprocess.PIPE, text=True,
+                        env={**outside, "WORLD_SIZE": "2", "RANK": str(rank), "LOCAL_RANK": "0",
+                             "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": port})
+             for rank in range(2)]  # fmt: skip
     outputs = [task.communicate(timeout=TIMEOUT) for task in tasks]
     assert [task.returncode for task in tasks] == [0, 0], outputs[0][1] + outputs[1][1]
-    assert (
-        "=> Distributed: 2 processes, one CPU each (gloo, started by WORLD_SIZE / RANK /"
-        " MASTER_ADDR)" in outputs[0][0]
-    )
+    assert "=> Distributed: 2 processes, one CPU each (gloo, started by WORLD_SIZE / RANK /" \
+        " MASTER_ADDR)" in outputs[0][0]  # fmt: skip
     assert (tmp_path / "model_1.pth").exists()
 
 
@@ -253,12 +208,8 @@ def test_a_directory_given_for_a_file_says_it_is_a_directory(cifar10_root, jpeg_
         with pytest.raises(options.UsageError, match=f"{flag} {tmp_path} is a directory"):
             plan.parse([*argv, flag, str(tmp_path)])
     script = os.path.join(ROOT, "scripts", "classify.py")
-    done = warm.run(
-        [sys.executable, script, str(tmp_path), jpeg_root],
-        capture_output=True,
-        text=True,
-        timeout=TIMEOUT,
-    )
+    done = warm.run([sys.executable, script, str(tmp_path), jpeg_root], capture_output=True,
+                    text=True, timeout=TIMEOUT)  # fmt: skip
     assert_one_error_line(done, f"{tmp_path} is a directory, not a checkpoint file")
 
 
@@ -270,12 +221,8 @@ def test_the_progress_bar_shows_on_a_terminal_of_0_rows_and_0_columns(cifar10_ro
 
     controller, terminal = pty.openpty()  # a new pseudo-terminal reports 0 x 0
     argv = small_cifar_args(cifar10_root, tmp_path, "-nEpochs 1 -batchSize 4")
-    task = warm.start(
-        [sys.executable, MAIN, *argv],
-        stdout=terminal,
-        stderr=subprocess.PIPE,
-        env={**os.environ, "COLUMNS": "", "LINES": ""},
-    )
+    task = warm.start([sys.executable, MAIN, *argv], stdout=terminal, stderr=subprocess.PIPE,
+                      env={**os.environ, "COLUMNS": "", "LINES": ""})  # fmt: skip
     os.close(terminal)
     shown = b""
     while True:
@@ -306,26 +253,9 @@ def test_test_only_prints_its_results_line_alone(cifar10_root, tmp_path):
 
 
 def test_top5_is_a_dash_with_three_classes(jpeg_root, tmp_path):
-    flags = [
-        "-dataset",
-        "imagenet",
-        "-netType",
-        "resnet",
-        "-depth",
-        "18",
-        "-nThreads",
-        "0",
-        "-cropSize",
-        "32",
-        "-batchSize",
-        "5",
-        "-data",
-        jpeg_root,
-        "-save",
-        str(tmp_path),
-        "-gen",
-        str(tmp_path / "gen"),
-    ]
+    flags = ["-dataset", "imagenet", "-netType", "resnet", "-depth", "18", "-nThreads", "0",
+             "-cropSize", "32", "-batchSize", "5", "-data", jpeg_root, "-save", str(tmp_path),
+             "-gen", str(tmp_path / "gen")]  # fmt: skip
     trained = run_main(*flags, "-nEpochs", "1")
     assert trained.returncode == 0, trained.stderr
     assert " * Finished epoch # 1     top1: " in trained.stdout
@@ -372,9 +302,8 @@ def test_an_average_never_updated_in_an_epoch_is_refused(cifar10_root, tmp_path)
     assert run_main(*every_step).returncode == 0
 
 
-def test_resuming_an_averaged_run_without_ema_is_refused_and_changes_nothing(
-    cifar10_root, tmp_path
-):
+def test_resuming_an_averaged_run_without_ema_is_refused_and_changes_nothing(cifar10_root,
+                                                                             tmp_path):  # fmt: skip
     argv = small_cifar_args(cifar10_root, tmp_path, "-nEpochs 1 -batchSize 4 -ema 0.8 -emaEvery 2")
     assert run_main(*argv).returncode == 0
     before = snapshot(tmp_path)
@@ -394,12 +323,8 @@ def test_test_only_names_the_training_options_it_ignores(cifar10_root, tmp_path)
     assert tested.returncode == 0, tested.stderr
     warnings = [line for line in tested.stdout.splitlines() if "warning: -testOnly" in line]
     assert len(warnings) == 1
-    for flag in (
-        "-mixup 0.2",
-        "-labelSmoothing 0.1",
-        "-autoAugment ta_wide",
-        "-ema 0.9 (the model keeps no average",
-    ):
+    for flag in ("-mixup 0.2", "-labelSmoothing 0.1", "-autoAugment ta_wide",
+                 "-ema 0.9 (the model keeps no average"):  # fmt: skip
         assert flag in warnings[0]
     plain = run_main(*argv, "-testOnly", "true", "-resume", str(tmp_path))
     assert "warning" not in plain.stdout
@@ -422,64 +347,25 @@ def test_norm_eval_without_trained_statistics_is_refused(cifar10_root, tmp_path)
 # 15: fine-tuning on other images
 
 
-def test_fine_tuning_on_other_images_warns_and_opts_json_records_the_network(
-    fashion_root, jpeg_root, tmp_path
-):
-    grey = [
-        "-dataset",
-        "fashionmnist",
-        "-netType",
-        "resnet",
-        "-depth",
-        "8",
-        "-nThreads",
-        "0",
-        "-batchSize",
-        "4",
-        "-nEpochs",
-        "1",
-        "-data",
-        fashion_root,
-        "-save",
-        str(tmp_path / "a"),
-    ]
+def test_fine_tuning_on_other_images_warns_and_opts_json_records_the_network(fashion_root,
+                                                                             jpeg_root, tmp_path):  # fmt: skip
+    grey = ["-dataset", "fashionmnist", "-netType", "resnet", "-depth", "8", "-nThreads", "0",
+            "-batchSize", "4", "-nEpochs", "1", "-data", fashion_root, "-save", str(tmp_path / "a")]  # fmt: skip
     assert run_main(*grey).returncode == 0
-    colour = [
-        "-dataset",
-        "imagenet",
-        "-data",
-        jpeg_root,
-        "-gen",
-        str(tmp_path / "gen"),
-        "-nThreads",
-        "0",
-        "-batchSize",
-        "5",
-        "-cropSize",
-        "32",
-        "-nEpochs",
-        "1",
-        "-resetClassifier",
-        "true",
-        "-retrain",
-        str(tmp_path / "a" / "model_best.pth"),
-        "-save",
-        str(tmp_path / "b"),
-    ]
+    colour = ["-dataset", "imagenet", "-data", jpeg_root, "-gen", str(tmp_path / "gen"), "-nThreads",
+              "0", "-batchSize", "5", "-cropSize", "32", "-nEpochs", "1", "-resetClassifier", "true",
+              "-retrain", str(tmp_path / "a" / "model_best.pth"), "-save", str(tmp_path / "b")]  # fmt: skip
     tuned = run_main(*colour)
     assert tuned.returncode == 0, tuned.stderr
     warnings = [line for line in tuned.stdout.splitlines() if "warning: these weights" in line]
-    assert warnings == [
-        "=> warning: these weights were trained on 28 x 28 grey images"
-        " (fashionmnist); this run feeds them 32 x 32 colour images (imagenet):"
-        " expect their first layers to adapt slowly"
-    ]
+    assert warnings == ["=> warning: these weights were trained on 28 x 28 grey images"
+                        " (fashionmnist); this run feeds them 32 x 32 colour images (imagenet):"
+                        " expect their first layers to adapt slowly"]  # fmt: skip
     recorded = json.loads((tmp_path / "b" / "opts.json").read_text())
     assert (recorded["netType"], recorded["depth"]) == ("resnet", 8)
     assert recorded["arch"]["depth"] == 8 and recorded["arch"]["nClasses"] == 3
-    again = run_main(
-        *grey[:-2], "-save", str(tmp_path / "c"), "-retrain", str(tmp_path / "a" / "model_best.pth")
-    )
+    again = run_main(*grey[:-2], "-save", str(tmp_path / "c"), "-retrain",
+                     str(tmp_path / "a" / "model_best.pth"))  # fmt: skip
     assert "warning: these weights" not in again.stdout
 
 
@@ -490,19 +376,16 @@ def test_fine_tuning_on_other_images_warns_and_opts_json_records_the_network(
 def test_a_stop_while_torch_is_imported_is_one_line(number, cifar10_root, tmp_path):
     """A fresh interpreter (the warm one has torch already) signals itself as main.py's
     `import torch` starts."""
-    script = (
-        "import os, runpy, signal, sys\n"
-        "def hook(event, args):\n"
-        "    if event == 'import' and args[0] == 'torch':\n"
-        f"        os.kill(os.getpid(), {int(number)})\n"
-        "sys.addaudithook(hook)\n"
-        "sys.argv = sys.argv[1:]\n"
-        "runpy.run_path(sys.argv[0], run_name='__main__')\n"
-    )
+    script = ("import os, runpy, signal, sys\n"
+              "def hook(event, args):\n"
+              "    if event == 'import' and args[0] == 'torch':\n"
+              f"        os.kill(os.getpid(), {int(number)})\n"
+              "sys.addaudithook(hook)\n"
+              "sys.argv = sys.argv[1:]\n"
+              "runpy.run_path(sys.argv[0], run_name='__main__')\n")  # fmt: skip
     argv = small_cifar_args(cifar10_root, tmp_path / "save")
-    done = subprocess.run(
-        [sys.executable, "-c", script, MAIN, *argv], capture_output=True, text=True, timeout=TIMEOUT
-    )
+    done = subprocess.run([sys.executable, "-c", script, MAIN, *argv], capture_output=True,
+                          text=True, timeout=TIMEOUT)  # fmt: skip
     name = signal.Signals(number).name
     assert done.returncode == 128 + number, done.stderr[-2000:]
     assert done.stderr.strip() == f"=> Stopped by {name} while starting; nothing was saved"
@@ -513,28 +396,10 @@ def test_a_stop_while_torch_is_imported_is_one_line(number, cifar10_root, tmp_pa
 
 
 def test_a_crop_beyond_memory_is_refused_at_start(jpeg_root, tmp_path):
-    flags = [
-        "-dataset",
-        "imagenet",
-        "-netType",
-        "resnet",
-        "-depth",
-        "18",
-        "-nThreads",
-        "0",
-        "-data",
-        jpeg_root,
-        "-gen",
-        str(tmp_path / "gen"),
-        "-save",
-        str(tmp_path / "save"),
-    ]
-    done = warm.run(
-        [sys.executable, MAIN, *flags, "-valCrop", "100000"],
-        capture_output=True,
-        text=True,
-        timeout=PROMPT,
-    )
+    flags = ["-dataset", "imagenet", "-netType", "resnet", "-depth", "18", "-nThreads", "0",
+             "-data", jpeg_root, "-gen", str(tmp_path / "gen"), "-save", str(tmp_path / "save")]  # fmt: skip
+    done = warm.run([sys.executable, MAIN, *flags, "-valCrop", "100000"], capture_output=True,
+                    text=True, timeout=PROMPT)  # fmt: skip
     assert_one_error_line(done, "-valCrop 100000 needs over", "GiB", "give a smaller -valCrop")
     assert "Training epoch" not in done.stdout and not (tmp_path / "save").exists()
 
@@ -563,30 +428,9 @@ def run_failing_above(side: int, argv: list[str]):
 
 
 def test_a_validation_batch_that_does_not_fit_fails_before_the_first_epoch(jpeg_root, tmp_path):
-    flags = [
-        "-dataset",
-        "imagenet",
-        "-netType",
-        "resnet",
-        "-depth",
-        "18",
-        "-nThreads",
-        "0",
-        "-batchSize",
-        "5",
-        "-nEpochs",
-        "1",
-        "-trainCrop",
-        "32",
-        "-valCrop",
-        "64",
-        "-data",
-        jpeg_root,
-        "-gen",
-        str(tmp_path / "gen"),
-        "-save",
-        str(tmp_path / "save"),
-    ]
+    flags = ["-dataset", "imagenet", "-netType", "resnet", "-depth", "18", "-nThreads", "0",
+             "-batchSize", "5", "-nEpochs", "1", "-trainCrop", "32", "-valCrop", "64",
+             "-data", jpeg_root, "-gen", str(tmp_path / "gen"), "-save", str(tmp_path / "save")]  # fmt: skip
     done = run_failing_above(32, flags)
     assert_one_error_line(done, "out of memory", status=1)
     assert "=> Training epoch # 1" not in done.stdout
@@ -604,9 +448,8 @@ def test_an_epoch_whose_test_fails_is_kept_and_tested_on_resume(cifar10_root, tm
         "train.Trainer.test = failing\n"
         "sys.exit(main.main(sys.argv[2:]))\n"
     )
-    failed = warm.run(
-        [sys.executable, "-c", script, ROOT, *argv], capture_output=True, text=True, timeout=TIMEOUT
-    )
+    failed = warm.run([sys.executable, "-c", script, ROOT, *argv], capture_output=True,
+                      text=True, timeout=TIMEOUT)  # fmt: skip
     assert_one_error_line(failed, "image file is truncated", status=1)
     record = torch.load(tmp_path / "latest.pth", weights_only=True)
     assert (record["epoch"], record["iteration"], record["samples"]) == (1, 5, 20)

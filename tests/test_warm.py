@@ -63,22 +63,15 @@ def test_a_signal_reaches_the_scripts_handler_and_a_kill_is_a_negative_status(tm
 
 
 def test_python_c_and_other_commands_also_run(tmp_path):
-    done = warm.run(
-        [sys.executable, "-c", "import sys; print(sys.argv)", "a"], capture_output=True, text=True
-    )
+    done = warm.run([sys.executable, "-c", "import sys; print(sys.argv)", "a"], capture_output=True,
+              text=True)  # fmt: skip
     assert done.stdout == "['-c', 'a']\n"
     assert warm.run(["true"]).returncode == 0  # not Python: subprocess runs it
 
 
 def test_a_loader_in_the_script_forks_as_in_a_fresh_process(tmp_path):
-    done = warm.run(
-        [sys.executable, "-c", "import multiprocessing as m; print(m.get_start_method())"],
-        capture_output=True,
-        text=True,
-    )
-    fresh = subprocess.run(
-        [sys.executable, "-c", "import multiprocessing as m; print(m.get_start_method())"],
-        capture_output=True,
-        text=True,
-    )
+    done = warm.run([sys.executable, "-c", "import multiprocessing as m; print(m.get_start_method())"],
+              capture_output=True, text=True)  # fmt: skip
+    fresh = subprocess.run([sys.executable, "-c", "import multiprocessing as m; print(m.get_start_method())"],
+                           capture_output=True, text=True)  # fmt: skip
     assert done.stdout == fresh.stdout

@@ -165,11 +165,8 @@ class Started:
         def read(index, handle):
             outputs[index] = handle.read()
 
-        readers = [
-            threading.Thread(target=read, args=(i, handle))
-            for i, handle in enumerate((self.stdout, self.stderr))
-            if handle is not None
-        ]
+        readers = [threading.Thread(target=read, args=(i, handle))
+                   for i, handle in enumerate((self.stdout, self.stderr)) if handle is not None]  # fmt: skip
         for reader in readers:
             reader.start()
         self.wait(timeout)
@@ -230,31 +227,13 @@ def start(command, *, stdout=None, stderr=None, text=False, env=None, cwd=None):
     return Started(command, process, *readers)
 
 
-def run(
-    command,
-    *,
-    capture_output=False,
-    stdout=None,
-    stderr=None,
-    text=False,
-    env=None,
-    cwd=None,
-    timeout=None,
-    check=False,
-):
+def run(command, *, capture_output=False, stdout=None, stderr=None, text=False, env=None,
+        cwd=None, timeout=None, check=False):  # fmt: skip
     """subprocess.run(command, ...) for a Python script, forked warm."""
     if not runs_a_script(command):
-        return subprocess.run(
-            command,
-            capture_output=capture_output,
-            stdout=stdout,
-            stderr=stderr,
-            text=text,
-            env=env,
-            cwd=cwd,
-            timeout=timeout,
-            check=check,
-        )
+        return subprocess.run(command, capture_output=capture_output, stdout=stdout,
+                              stderr=stderr, text=text, env=env, cwd=cwd, timeout=timeout,
+                              check=check)  # fmt: skip
     if capture_output:
         stdout = stderr = subprocess.PIPE
     with tempfile.TemporaryFile() as out_file, tempfile.TemporaryFile() as err_file:
@@ -268,10 +247,8 @@ def run(
             started.kill()
             started.wait()
             raise
-        outputs = [
-            read_back(f) if choice == subprocess.PIPE else None
-            for f, choice in ((out_file, stdout), (err_file, stderr))
-        ]
+        outputs = [read_back(f) if choice == subprocess.PIPE else None
+                   for f, choice in ((out_file, stdout), (err_file, stderr))]  # fmt: skip
     if text:  # decoded as subprocess decodes: the locale's encoding, universal newlines
         outputs = [None if o is None else io.TextIOWrapper(io.BytesIO(o)).read() for o in outputs]
     done = subprocess.CompletedProcess(command, code, *outputs)
