@@ -292,6 +292,32 @@ def device_memory(device: torch.device) -> int:
     return os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
 
 
+@contextlib.contextmanager
+def restored_settings(environ=os.environ):
+    """For the block: what a run sets process-wide is put back after it: cuDNN's and
+    torch's determinism flags, cuBLAS's workspace variable, the global random generator
+    (-manualSeed), sys.stdout (rank > 0 prints nowhere). (glibc's allocator setting,
+    -hostAllocator, stays: it cannot be undone and changes no result.)"""
+    cudnn = torch.backends.cudnn
+    saved = (cudnn.benchmark, cudnn.deterministic, torch.are_deterministic_algorithms_enabled(),
+             torch.is_deterministic_algorithms_warn_only_enabled(),
+             environ.get("CUBLAS_WORKSPACE_CONFIG"), torch.get_rng_state(), sys.stdout)  # fmt: skip
+    try:
+        yield
+    finally:
+        benchmark, deterministic, algorithms, warn_only, cublas, rng, stdout = saved
+        cudnn.benchmark, cudnn.deterministic = benchmark, deterministic
+        torch.use_deterministic_algorithms(algorithms, warn_only=warn_only)
+        if cublas is None:
+            environ.pop("CUBLAS_WORKSPACE_CONFIG", None)
+        else:
+            environ["CUBLAS_WORKSPACE_CONFIG"] = cublas
+        torch.set_rng_state(rng)
+        if sys.stdout is not stdout:  # rank > 0's /dev/null
+            sys.stdout.close()
+            sys.stdout = stdout
+
+
 def configure_backends(cudnn_mode: str, environ=os.environ) -> None:
     """The Lua's -cudnn fastest | default | deterministic. Deterministic also makes cuBLAS
     deterministic: its workspace setting is read when CUDA starts, so this runs before."""

@@ -44,7 +44,7 @@ from plan import Plan
 
 def run(plan: Plan, named: pretrained.Named | None) -> int:
     """What main.lua does, in each process of the job (named: the resolved -weights)."""
-    with launch.stop_requests() as stop:
+    with launch.restored_settings(), launch.stop_requests() as stop:
         job = launch.job_environment()
         launch.check_global_batch(plan.loop.batch_size, job.world)
         if not plan.test_only:  # testing writes nothing in -save
@@ -114,6 +114,7 @@ def set_up_process(plan: Plan, processes: Processes) -> tuple[torch.device, list
 
 def main(argv=None) -> int:
     """Entry point: one 'error:' line and exit status 2 for every bad input."""
+    errors_before = sys.stdout.errors
     sys.stdout.reconfigure(errors="backslashreplace")  # file names that are not UTF-8
     try:
         opts = plans.parse(argv)
@@ -123,6 +124,8 @@ def main(argv=None) -> int:
         return errors.exit_status(exc, distributed=launch.in_a_job())
     except KeyboardInterrupt as exc:
         return errors.exit_status(exc, distributed=False)
+    finally:
+        sys.stdout.reconfigure(errors=errors_before)
 
 
 def flush_output(status: int) -> int:

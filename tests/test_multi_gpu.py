@@ -139,13 +139,17 @@ def test_deterministic_cudnn_makes_cublas_deterministic_before_cuda_starts(monke
         raise launch.StartError("stop here")
 
     monkeypatch.setattr(launch, "start_processes", start_processes)
-    try:
-        main.main(["-dataset", "cifar10", "-data", cifar10_root, "-cudnn", "deterministic",
-                   "-save", str(tmp_path)])  # fmt: skip
-    finally:
-        torch.use_deterministic_algorithms(False)
-        torch.backends.cudnn.deterministic = False
+    before = (torch.backends.cudnn.benchmark, torch.backends.cudnn.deterministic,
+              torch.are_deterministic_algorithms_enabled())  # fmt: skip
+    rng = torch.get_rng_state()
+    main.main(["-dataset", "cifar10", "-data", cifar10_root, "-cudnn", "deterministic",
+               "-save", str(tmp_path), "-manualSeed", "7"])  # fmt: skip
     assert seen == {"cublas": ":4096:8"}
+    # The run put back what it set for the process: a second run in it starts as the first.
+    after = (torch.backends.cudnn.benchmark, torch.backends.cudnn.deterministic,
+             torch.are_deterministic_algorithms_enabled())  # fmt: skip
+    assert after == before and "CUBLAS_WORKSPACE_CONFIG" not in launch.os.environ
+    assert torch.equal(torch.get_rng_state(), rng)
     environ = {"CUBLAS_WORKSPACE_CONFIG": ":16:8"}
     launch.configure_backends("deterministic", environ)
     torch.use_deterministic_algorithms(False)
