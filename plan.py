@@ -10,15 +10,15 @@ import datasets
 import epochs
 import errors
 import models
-import opts as opts_module
+import opts as options
 import recipe
 import schedules
 from datasets import imagenet, policies, table
 from models import pretrained, setup
 
 # The names the flags take, as the modules own them.
-NAMES = opts_module.Names(
-    datasets={name: kind.epochs for name, kind in table.DATASETS.items()},
+NAMES = options.Names(
+    datasets=MappingProxyType({name: kind.epochs for name, kind in table.DATASETS.items()}),
     net_types=models.NET_TYPES,
     default_depth=models.default_depth,
     policies=policies.POLICIES,
@@ -57,7 +57,7 @@ class Plan:
 def parse(argv=None) -> argparse.Namespace:
     """The command line (sys.argv's without argv) parsed and checked against the modules'
     names; UsageError naming what to fix."""
-    return opts_module.parse(argv, NAMES)
+    return options.parse(argv, NAMES)
 
 
 def adopt_weights(opts: argparse.Namespace) -> pretrained.Named | None:
@@ -84,7 +84,7 @@ def adopt_weights(opts: argparse.Namespace) -> pretrained.Named | None:
     for flag, size in sizes.items():
         if flag not in opts.given:
             setattr(opts, flag, size)
-    opts_module.validate_crops(opts)
+    options.validate_crops(opts)
     return named
 
 
@@ -107,7 +107,7 @@ def make_plan(opts: argparse.Namespace) -> Plan:
         ),
         test_only=opts.testOnly,
         options=MappingProxyType({k: v for k, v in vars(opts).items() if k != "given"}),
-        notes=opts_module.start_notes(opts),
+        notes=options.start_notes(opts),
     )
 
 

@@ -1,5 +1,5 @@
-"""The model a run trains, as the Lua's models/init.lua sets it up: created from the
-options, or loaded from a -resume checkpoint or a -retrain file, with a new classifier for
+"""The model a run trains, as the Lua's models/init.lua sets it up: created from its
+ModelSpec, or loaded from a -resume checkpoint or a -retrain file, with a new classifier for
 -resetClassifier, frozen stages, -optnet, then on its device(s) in its layout."""
 
 from collections.abc import Mapping
