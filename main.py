@@ -108,7 +108,9 @@ def set_up_process(plan: Plan, processes: Processes) -> tuple[torch.device, list
     parallel.check_compile(setting.compile, device, setting.n_gpu, processes.world)
     launch.configure_host_allocator(setting.host_allocator)  # before workers fork: inherited
     torch.manual_seed(setting.seed)
-    models.check_arch({**plan.model.arch, "nClasses": plan.model.n_classes or 1})
+    models.check_arch(
+        {**plan.model.arch, "nClasses": plan.model.n_classes or 1}, plan.model.frozen_stages
+    )
     return device, parallel.devices_used(device, setting.n_gpu, processes.world)
 
 

@@ -150,14 +150,23 @@ def create(
     return kind.build(shape)
 
 
-def check_arch(arch: Mapping, frozen_stages: int = -1) -> None:
-    """UsageError naming what is wrong when the user's network options build no network
-    (create() and set_frozen() say it as a library does, with ValueError)."""
+def user_network(arch: Mapping, frozen_stages: int = -1) -> nn.Module:
+    """create(**arch) for a network the user named (by flags, or in a file given), its
+    first frozen_stages stages frozen: what create() and set_frozen() refuse as a library
+    does, with ValueError, is the user's UsageError here."""
     try:
-        with torch.device("meta"):  # shapes only: no memory, no time
-            set_frozen(create(**arch), frozen_stages)
+        network = create(**arch)
+        set_frozen(network, frozen_stages)
     except ValueError as exc:
         raise UsageError(str(exc)) from None
+    return network
+
+
+def check_arch(arch: Mapping, frozen_stages: int = -1) -> None:
+    """UsageError naming what is wrong when the user's network options build no network,
+    before any work (on the meta device: shapes only, no memory, no time)."""
+    with torch.device("meta"):
+        user_network(arch, frozen_stages)
 
 
 def check_senet_arguments(cardinality: int, base_width: int, se: int) -> None:

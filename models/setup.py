@@ -39,7 +39,7 @@ class ModelSpec:
     val_crop: int = 224  # the side of a folder dataset's val images
 
 
-def retrained_arch(spec: ModelSpec, retrained: dict) -> dict:
+def retrained_arch(spec: ModelSpec, retrained: checkpoints.ModelFile) -> dict:
     """The network of a -retrain file: as saved, else the flags' with the file's fc width."""
     if retrained.arch:
         return models.complete_arch(retrained.arch)
@@ -101,7 +101,7 @@ def built_model(spec: ModelSpec, classes, checkpoint, retrained) -> tuple[nn.Mod
         if spec.test_only:  # -testOnly evaluates the -ema weights when there are
             weights, averaged = checkpoint.model.evaluated()
         print(f"=> Resuming model from {checkpoint.model.path}" + " (its -ema weights)" * averaged)
-        model = models.create(**saved)
+        model = models.user_network(saved)
         load_weights(model, weights, checkpoint.model.path)
         return model, saved
     print(f"=> Creating model from file: models/{arch['netType']}.py")
@@ -111,7 +111,7 @@ def built_model(spec: ModelSpec, classes, checkpoint, retrained) -> tuple[nn.Mod
         weights, averaged = retrained.evaluated()
         if not retrained.fetched:  # (-weights said what they are when fetched)
             print(f"Loading model from file: {retrained.path}" + (" (its -ema weights)" * averaged))
-        model = models.create(**file_arch)
+        model = models.user_network(file_arch)
         load_weights(model, weights, retrained.path)
         crop = (retrained.evaluation or {}).get("crop", datasets.imagenet.LUA_CROPS.val)
         before = (file_arch["dataset"], crop)

@@ -125,7 +125,7 @@ def aligned(ours: list, theirs: list) -> list[dict]:
 
 def convert(lua_model, arch: dict) -> dict:
     """The state_dict of models.create(**arch) filled from the .t7's layers."""
-    model = models.create(**arch)
+    model = models.user_network(arch)  # the flags given with the .t7
     ours = our_layers(model)
     state = {}
     for (_, name, module), tensors in zip(ours, aligned(ours, lua_layers(lua_model)), strict=True):

@@ -69,8 +69,14 @@ def load_model(path: str, device: torch.device) -> tuple[torch.nn.Module, View, 
     (-ema), how it sees images, and its class names."""
     record = model_record(path)
     state_dict, _ = record.evaluated()  # the -ema weights when saved
-    arch = dict(record.arch) if record.arch else models.arch_of_torchvision(state_dict)
-    model = models.create(**arch)
+    if record.arch:
+        arch = dict(record.arch)
+    else:
+        try:
+            arch = models.arch_of_torchvision(state_dict)
+        except ValueError as exc:  # no network of this tool's: the file the user gave
+            raise checkpoints.CheckpointError(str(exc)) from None
+    model = models.user_network(arch)
     load_weights(model, state_dict, path)  # torchvision names accepted, one-line errors
     names = imagenet_names(record.classes, model.fc.out_features)
     view = View(arch["dataset"], **(record.evaluation or {}))

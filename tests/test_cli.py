@@ -194,6 +194,7 @@ def test_precise_bn_recomputes_the_statistics_before_each_test(cifar10_root, tmp
         ("-depth 21 -netType resnet", "6n+2"),
         ("-depth 30", "9n+2"),
         ("-precision half", "-precision half needs a CUDA device"),
+        ("-netType resnet -depth 8 -frozenStages 4", "frozenStages must be -1 (none) to 3"),
     ],
 )
 def test_bad_input_is_one_error_line_and_exit_2(flags, message, cifar10_root, tmp_path):

@@ -145,6 +145,14 @@ def test_the_scripts_say_what_is_wrong_in_one_line(fine_tuned, tmp_path):
         no_image = python(script(name), str(fine_tuned / "model_best.pth"))
         assert no_image.returncode == 2, no_image.stderr
         assert no_image.stderr == "error: no images given (files or directories of images)\n"
+    # Files of networks this tool does not build: a state_dict of no ResNet, an arch of none.
+    torch.save({"layer.weight": torch.zeros(2, 2)}, tmp_path / "other.pth")
+    record = torch.load(fine_tuned / "model_best.pth", weights_only=True)
+    torch.save({**record, "arch": {**record["arch"], "depth": 21}}, tmp_path / "depth21.pth")
+    for name in ("other.pth", "depth21.pth"):
+        done = python(script("classify.py"), str(tmp_path / name), str(tmp_path / "bad.jpg"))
+        assert done.returncode == 2 and done.stderr.count("\n") == 1, done.stderr
+        assert done.stderr.startswith("error: ") and "Traceback" not in done.stderr
 
 
 def test_plot_curves_draws_a_png_from_real_runs_records(fine_tuned, tmp_path):
