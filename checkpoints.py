@@ -153,7 +153,7 @@ class ModelFile:
     fetched: bool = False  # published weights by name, not a file the user named
 
     @classmethod
-    def of(cls, record: Mapping, path: str, fetched: bool = False) -> "ModelFile":
+    def of(cls, record: Mapping, path: str) -> "ModelFile":
         """The model file of a record as model_record() writes it."""
         average = record.get("ema")
         if not (isinstance(average, dict) and isinstance(average.get("model"), dict)):
@@ -165,7 +165,6 @@ class ModelFile:
             record.get("classes"),
             average,
             record.get("evaluation"),
-            fetched,
         )
 
     def evaluated(self) -> tuple[dict, bool]:
@@ -182,22 +181,6 @@ class ModelFile:
 
 
 @dataclass(frozen=True)
-class Checkpoint:
-    """The point a -resume run continues from: latest.pth and the files it names."""
-
-    epoch: int
-    iteration: int  # 0: the epoch is finished
-    samples: int | None  # images of the epoch's order trained (None: written before that)
-    model: ModelFile
-    optimizer: dict  # the optimizer's state_dict
-    best: tuple[float, float]  # the best top-1 and its top-5 so far
-    rng: dict  # every rank's random generators
-    scaler: dict | None  # fp16's loss scale
-    frozen: tuple[int, bool]  # -frozenStages, -normEval it was trained with
-    epoch_sums: object | None  # the epoch's training sums so far, mid-epoch
-
-
-@dataclass(frozen=True)
 class RunState:
     """What latest.pth keeps of the run beside the files: every rank's random generators,
     fp16's loss scale, the frozen settings, and mid-epoch the epoch's training sums."""
@@ -207,12 +190,31 @@ class RunState:
     frozen: tuple[int, bool] = (-1, False)
     epoch_sums: object | None = None
 
+    @classmethod
+    def of(cls, stored: Mapping) -> "RunState":
+        """The run state as latest.pth stores it (record())."""
+        return cls(stored.get("rng", {}), stored.get("scaler"),
+                   tuple(stored.get("frozen", (-1, False))), stored.get("epochSums"))  # fmt: skip
+
     def record(self) -> dict:
         """As latest.pth stores it."""
         state = {"rng": self.rng or {}, "scaler": self.scaler, "frozen": list(self.frozen)}
         if self.epoch_sums is not None:
             state["epochSums"] = self.epoch_sums
         return state
+
+
+@dataclass(frozen=True)
+class Checkpoint:
+    """The point a -resume run continues from: latest.pth and the files it names."""
+
+    epoch: int
+    iteration: int  # 0: the epoch is finished
+    samples: int | None  # images of the epoch's order trained (None: written before that)
+    model: ModelFile
+    optimizer: dict  # the optimizer's state_dict
+    best: tuple[float, float]  # the best top-1 and its top-5 so far
+    state: RunState
 
 
 def save(
@@ -227,7 +229,7 @@ def save(
     best: tuple[float, float],
     iteration: int = 0,
     samples: int = 0,
-    state: "RunState | None" = None,
+    state: RunState | None = None,
     keep: int = 0,
     average: dict | None = None,
     evaluation: dict | None = None,
@@ -436,7 +438,6 @@ def latest(resume_dir: str) -> Checkpoint | None:
     model = load_file(model_path)
     if not isinstance(model, dict) or "arch" not in model or "model" not in model:
         raise CheckpointError(f"{model_path} is not a model file written by this tool")
-    state = record.get("state", {})
     return Checkpoint(
         epoch=record["epoch"],
         iteration=record.get("iteration", 0),
@@ -444,10 +445,7 @@ def latest(resume_dir: str) -> Checkpoint | None:
         model=ModelFile.of(model, model_path),
         optimizer=load_file(os.path.join(resume_dir, record["optimFile"])),
         best=(record.get("bestTop1", float("inf")), record.get("bestTop5", float("inf"))),
-        rng=state.get("rng", {}),
-        scaler=state.get("scaler"),
-        frozen=tuple(state.get("frozen", (-1, False))),
-        epoch_sums=state.get("epochSums"),
+        state=RunState.of(record.get("state", {})),
     )
 
 

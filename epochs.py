@@ -75,7 +75,7 @@ class EpochLoop:
             samples = checkpoint.iteration * self.loop.batch_size
         self.resume_sample = samples
         if self.processes.rank == 0:  # the sums of every process, added up once
-            self.resume_sums = checkpoint.epoch_sums
+            self.resume_sums = checkpoint.state.epoch_sums
 
     def epoch_size(self) -> int:
         """Samples in an epoch's order."""

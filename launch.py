@@ -1,6 +1,6 @@
 """Process, device and precision set-up: the torchrun process group, the device, backend
 and allocator settings, the parameter and autocast dtypes, torch.compile, RNG states and
-stop signals. Each takes explicit arguments; main.py reads the options."""
+stop signals. Each takes explicit arguments; plan.py reads the options."""
 
 import contextlib
 import ctypes
@@ -163,11 +163,6 @@ def master_port(environ, default: int | None) -> int:
     return port
 
 
-def world_size() -> int:
-    """The number of processes of this job (torchrun's or srun's; 1 without them)."""
-    return job_environment().world
-
-
 def check_global_batch(batch_size: int, world: int) -> None:
     """-batchSize is the global batch: each of the job's processes takes an equal share."""
     if batch_size % world:
@@ -200,7 +195,7 @@ def in_a_job() -> bool:
     """Whether this process is one of several of a job (False when the launcher's
     variables are broken: that is reported as such)."""
     try:
-        return world_size() > 1
+        return job_environment().world > 1
     except StartError:
         return False
 

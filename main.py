@@ -62,7 +62,7 @@ def run_process(
     device, devices = set_up_process(plan, processes)
     checkpoint = checkpoints.latest_of_run(plan.loop.resume)  # None: start afresh
     if checkpoint:
-        launch.restore_rng_state(checkpoint.rng, processes.rank, devices)
+        launch.restore_rng_state(checkpoint.state.rng, processes.rank, devices)
     retrained = setup.start_weights(plan.model, named, checkpoint, processes)
     for note in plan.notes:
         print(note)

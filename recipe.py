@@ -116,8 +116,8 @@ def make_trainer(
         mix=batch_mixing(spec, checkpoints.unwrap(trained).fc.out_features),
         average=weight_average(spec, trained, checkpoint),
     )
-    if checkpoint and checkpoint.scaler:
-        trainer.scaler.load_state_dict(checkpoint.scaler)  # fp16 loss scale
+    if checkpoint and checkpoint.state.scaler:
+        trainer.scaler.load_state_dict(checkpoint.state.scaler)  # fp16 loss scale
     return trainer
 
 

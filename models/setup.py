@@ -60,7 +60,7 @@ def build_model(spec: ModelSpec, classes, checkpoint, retrained) -> tuple[nn.Mod
     """The model to train (fresh, retrained or resumed) and the arch it is saved under,
     with -frozenStages and -normEval applied."""
     if checkpoint:
-        check_frozen_settings(spec, checkpoint.frozen)
+        check_frozen_settings(spec, checkpoint.state.frozen)
     elif spec.norm_eval and not retrained:
         raise StartError(
             "-normEval true keeps every BatchNorm at its starting statistics (mean 0, variance"

@@ -100,8 +100,8 @@ def test_a_checkpoint_saved_before_se_existed_resumes(tmp_path):
     old_arch = {k: v for k, v in arch.items() if k != "se"}
     state = models.create(**arch).state_dict()
     saved_model = checkpoints.ModelFile(state, "model_1.pth", old_arch)
-    checkpoint = checkpoints.Checkpoint(1, 0, 0, saved_model, {}, (50.0, 10.0), {}, None,
-                                        (-1, False), None)  # fmt: skip
+    checkpoint = checkpoints.Checkpoint(1, 0, 0, saved_model, {}, (50.0, 10.0),
+                                        checkpoints.RunState())  # fmt: skip
     model, saved = setup.build_model(
         plan.model_spec(opts, 224), [str(i) for i in range(10)], checkpoint, None
     )
