@@ -5,7 +5,6 @@ import itertools
 import json
 import math
 import os
-import shutil
 import sys
 import time
 from collections.abc import Callable, Iterable
@@ -594,6 +593,24 @@ def window_speed(images: float, iterations: int, per_iteration: float, data: flo
     }
 
 
+def terminal_size(stream) -> tuple[int, int]:
+    """(columns, rows) of the terminal the stream writes to, as shutil.get_terminal_size
+    gives them for sys.__stdout__: COLUMNS / LINES win, and 80 x 24 where the terminal
+    reports 0 x 0 (containers, script), which tqdm's own query would take as -1 rows."""
+    columns, rows = (environment_number(name) for name in ("COLUMNS", "LINES"))
+    try:
+        size = os.get_terminal_size(stream.fileno())
+    except (AttributeError, ValueError, OSError):  # not a terminal, or no descriptor
+        size = os.terminal_size((0, 0))
+    return columns or size.columns or 80, rows or size.lines or 24
+
+
+def environment_number(name: str) -> int:
+    """The environment variable's positive whole number, else 0."""
+    value = os.environ.get(name, "")
+    return int(value) if value.isdigit() else 0
+
+
 class Progress:
     """Where the trainer's output goes: the Lua's plain lines, or on a terminal one tqdm
     bar per pass (the pass's running loss and errors, img/s, data share, ETA, fitted to the
@@ -632,9 +649,7 @@ class Progress:
         """A pass of total iterations starts, done of them already (a resumed epoch)."""
         if not self.use_bar:
             return
-        # shutil falls back to 80 x 24 where a terminal reports 0 x 0 (containers, script);
-        # tqdm's own query would take 0 rows as -1 and draw nothing.
-        columns, rows = shutil.get_terminal_size()
+        columns, rows = terminal_size(sys.stdout)
         self.wide = columns >= self.WIDE
         bar = "|{bar}|" if self.wide else ""  # the bar takes the columns left over
         layout = "{desc} {percentage:3.0f}%" + bar + " {n_fmt}/{total_fmt} [{elapsed}<{remaining}"

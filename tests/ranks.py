@@ -2,13 +2,13 @@
 workers are on CPUs: what multi-GPU runs do between processes, without GPUs."""
 
 import io
+import multiprocessing
 import os
 import traceback
 from datetime import timedelta
 
 import torch
 import torch.distributed as dist
-import warm
 
 from launch import Processes
 
@@ -41,7 +41,8 @@ def rank_main(function, rank: int, world: int, store: str, args: tuple, results)
 def run_ranks(function, world: int, folder, *args) -> list:
     """function(processes, *args) in `world` spawned processes; their results by rank.
     function must be importable (defined at a module's top level)."""
-    context = warm.fork_server()  # torch imported once, not in every rank
+    context = multiprocessing.get_context("forkserver")
+    context.set_forkserver_preload(["torch"])  # torch imported once, not in every rank
     results = context.Queue()
     store = os.path.join(folder, f"store-{function.__name__}")
     workers = [context.Process(target=rank_main, args=(function, rank, world, store, args, results))

@@ -3,12 +3,12 @@
 import json
 import os
 import re
-import subprocess
 import sys
+import threading
 
 import pytest
+import runs
 import torch
-import warm
 from conftest import TIMEOUT
 
 import models
@@ -17,9 +17,8 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def run_main(*argv, cwd=None, env=None):
-    """python main.py argv; returns the finished process with its text output."""
-    command = [sys.executable, os.path.join(ROOT, "main.py"), *argv]
-    return warm.run(command, capture_output=True, text=True, cwd=cwd, env=env, timeout=TIMEOUT)
+    """python main.py argv, run in this process; the finished run with its text output."""
+    return runs.main_run(argv, env=env, cwd=cwd)
 
 
 def small_cifar_args(data, save, flags="-nEpochs 1"):
@@ -238,31 +237,44 @@ def test_records_every_printed_step_and_epoch_and_a_resumed_run_appends(cifar_ru
     assert len(os.listdir(os.path.join(save, "tb"))) == 2  # one event file per run
 
 
-def run_on_terminal(argv, columns: int, cwd) -> str:
-    """python main.py argv with stdout on a pseudo-terminal of `columns` columns (0: one
-    that reports no size); returns what the terminal received."""
+def run_on_terminal(argv, columns: int, cwd, rows: int = 40) -> str:
+    """python main.py argv with stdout on a pseudo-terminal of `columns` columns and `rows`
+    rows (0: one that reports no size); returns what the terminal received."""
     import fcntl
     import pty
     import struct
     import termios
 
+    import main
+
     leader, follower = pty.openpty()
-    fcntl.ioctl(follower, termios.TIOCSWINSZ, struct.pack("HHHH", 40, columns, 0, 0))
-    command = [sys.executable, os.path.join(ROOT, "main.py"), *argv]
+    fcntl.ioctl(follower, termios.TIOCSWINSZ, struct.pack("HHHH", rows, columns, 0, 0))
     env = {k: v for k, v in os.environ.items() if k not in ("COLUMNS", "LINES")}
-    process = warm.start(command, stdout=follower, stderr=subprocess.PIPE, cwd=cwd, env=env)
-    os.close(follower)
-    output = b""
+    received = []
+    reader = threading.Thread(target=read_terminal, args=(leader, received))
+    reader.start()  # a terminal nobody reads blocks its writer once its buffer is full
+    with runs.environment(env, cwd), runs.captured() as output:
+        saved, sys.stdout = sys.stdout, runs.text_stream(follower)
+        try:
+            status = main.main([str(word) for word in argv])
+        finally:
+            sys.stdout = saved
+    os.close(follower)  # the reader sees the terminal close
+    reader.join(timeout=TIMEOUT)
+    assert status == 0, output.stderr
+    return b"".join(received).decode(errors="replace")
+
+
+def read_terminal(leader: int, received: list) -> None:
+    """Append what the pseudo-terminal's leader side receives until it closes."""
     while True:
         try:
             chunk = os.read(leader, 4096)
-        except OSError:  # the terminal closed with the process
-            break
+        except OSError:  # the terminal closed
+            return
         if not chunk:
-            break
-        output += chunk
-    assert process.wait(timeout=TIMEOUT) == 0, process.stderr.read()
-    return output.decode(errors="replace")
+            return
+        received.append(chunk)
 
 
 @pytest.mark.parametrize("columns", [160, 80, 0])

@@ -3,12 +3,10 @@
 read, networks of another layout refused with the mismatch named."""
 
 import os
-import sys
 
 import pytest
+import runs
 import torch
-import warm
-from conftest import TIMEOUT
 from torch import nn
 from torch7 import LuaObject, save
 
@@ -93,8 +91,7 @@ def trained_like(model: nn.Module) -> nn.Module:
 
 
 def convert(source, output, *flags):
-    return warm.run([sys.executable, CONVERT, str(source), str(output), *flags],
-                    capture_output=True, text=True, timeout=TIMEOUT)  # fmt: skip
+    return runs.script_run(CONVERT, [source, output, *flags])
 
 
 @pytest.mark.parametrize(

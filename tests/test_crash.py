@@ -6,13 +6,12 @@ import re
 import shutil
 import signal
 import subprocess
-import sys
 import time
 
 import pytest
+import runs
 import torch
-import warm
-from conftest import TIMEOUT, with_flags
+from conftest import with_flags
 from PIL import Image
 
 import checkpoints
@@ -37,9 +36,9 @@ CONFIGS = {
 
 
 def command(data, save, threads, extra=(), flags=FLAGS):
+    """main.py's arguments for a run of flags with extra ones."""
     options = with_flags([*flags.split(), "-nThreads", str(threads)], list(extra))
-    return [sys.executable, os.path.join(ROOT, "main.py"), *options, "-data", data, "-save", str(save),
-            "-gen", f"{save}-gen"]  # fmt: skip
+    return [*options, "-data", data, "-save", str(save), "-gen", f"{save}-gen"]
 
 
 def final_weights(save, epoch=3):
@@ -57,7 +56,8 @@ def assert_bitwise_equal(a, b):
 
 @pytest.fixture(scope="module", params=list(CONFIGS))
 def reference(request, cifar10_root, jpeg_root, tmp_path_factory):
-    """An uninterrupted run: (command maker, config, final weights, its seconds)."""
+    """An uninterrupted run: (command maker, config, final weights, its seconds from the
+    first iteration on)."""
     flags, threads, last_epoch, _, _ = CONFIGS[request.param]
     data = jpeg_root if flags is FOLDER_FLAGS else cifar10_root
 
@@ -65,29 +65,40 @@ def reference(request, cifar10_root, jpeg_root, tmp_path_factory):
         return command(data, save, threads, extra, flags)
 
     save = tmp_path_factory.mktemp("reference")
-    began = time.monotonic()
-    done = warm.run(make(save), capture_output=True, timeout=TIMEOUT, text=True)
+    trained = []  # when the first iteration was printed: the training time follows
+
+    def note_the_first_iteration(line):
+        if line.startswith(" | Epoch") and not trained:
+            trained.append(time.monotonic())
+
+    done = runs.main_run(make(save), on_line=note_the_first_iteration)
     assert done.returncode == 0, done.stderr
-    seconds = time.monotonic() - began
+    seconds = time.monotonic() - trained[0]
     return make, CONFIGS[request.param], final_weights(save, last_epoch), seconds
 
 
 def run_killed_inside_write(make, save, file_name):
+    """A resumed run as a process of its own that kills itself while it writes file_name."""
     env = {**os.environ, checkpoints.KILL_BEFORE_RENAME: file_name}
-    done = warm.run(
-        make(save, ["-resume", str(save)]), env=env, capture_output=True, timeout=TIMEOUT
-    )
+    done = runs.main_process(make(save, ["-resume", str(save)]), env=env)
     assert done.returncode == -signal.SIGKILL
     assert any(n.startswith(".partial-") for n in os.listdir(save))  # died mid-write
 
 
 def run_killed_after(make, save, seconds):
-    process = warm.start(make(save, ["-resume", str(save)]), stdout=subprocess.DEVNULL)
+    """A resumed run as a process of its own, killed `seconds` after it printed its first
+    iteration (the interpreter's start is not what the kill should land in)."""
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    process = runs.start_main(make(save, ["-resume", str(save)]), env=env, stdout=subprocess.PIPE)
+    for line in process.stdout:
+        if line.startswith(" | Epoch"):
+            break
     try:
         process.wait(timeout=seconds)
     except subprocess.TimeoutExpired:
         process.kill()
         process.wait()
+    process.stdout.close()
 
 
 def test_killed_runs_resume_to_bitwise_the_same_weights(reference, tmp_path):
@@ -101,9 +112,7 @@ def test_killed_runs_resume_to_bitwise_the_same_weights(reference, tmp_path):
     rng = random.Random(threads)
     for _ in range(random_kills):
         run_killed_after(make, save, rng.uniform(0.2, 0.8) * seconds)  # inside the run
-    done = warm.run(
-        make(save, ["-resume", str(save)]), capture_output=True, timeout=TIMEOUT, text=True
-    )
+    done = runs.main_run(make(save, ["-resume", str(save)]))
     assert done.returncode == 0, done.stderr
     assert_bitwise_equal(final_weights(save, last_epoch), expected)
     assert not any(n.startswith(".partial-") or "_iter" in n for n in os.listdir(save))
@@ -112,24 +121,25 @@ def test_killed_runs_resume_to_bitwise_the_same_weights(reference, tmp_path):
 def test_sigterm_saves_within_seconds_and_resume_continues_at_that_iteration(reference, tmp_path):
     make, (_, _, last_epoch, _, _), expected, _ = reference
     save = tmp_path / "save"
-    process = warm.start(make(save), stdout=subprocess.PIPE, text=True)
-    for line in process.stdout:
-        if line.startswith(" | Epoch: [2][2/"):
-            process.send_signal(signal.SIGTERM)
-            sent = time.monotonic()
-            total = int(re.match(r" \| Epoch: \[2\]\[2/(\d+)\]", line).group(1))
-            break
-    rest = process.stdout.read()
-    assert process.wait(timeout=30) == 128 + signal.SIGTERM
-    assert time.monotonic() - sent < 10
+    sent = {}
+
+    def terminate_at_iteration_2_of_epoch_2(line):
+        if line.startswith(" | Epoch: [2][2/") and not sent:
+            os.kill(os.getpid(), signal.SIGTERM)
+            sent["at"] = time.monotonic()
+            sent["total"] = int(re.match(r" \| Epoch: \[2\]\[2/(\d+)\]", line).group(1))
+
+    done = runs.main_run(make(save), on_line=terminate_at_iteration_2_of_epoch_2)
+    assert done.returncode == 128 + signal.SIGTERM, done.stderr
+    assert time.monotonic() - sent["at"] < 10
+    total = sent["total"]
     # The signal lands during iteration 2 or a later one; training stops right after it.
+    rest = done.stdout.split(" | Epoch: [2][2/", 1)[1]
     stopped = re.search(r"=> Stopped by SIGTERM (at epoch 2, iteration (\d)|after epoch 2)", rest)
     iteration = int(stopped.group(2) or 0)
     found = checkpoints.latest(str(save))
     assert (found.epoch, found.iteration) == (2, iteration)
-    resumed = warm.run(
-        make(save, ["-resume", str(save)]), capture_output=True, timeout=TIMEOUT, text=True
-    )
+    resumed = runs.main_run(make(save, ["-resume", str(save)]))
     assert resumed.returncode == 0, resumed.stderr
     first_line = next(
         (line for line in resumed.stdout.splitlines() if line.startswith(" | Epoch")), ""
@@ -141,8 +151,7 @@ def test_sigterm_saves_within_seconds_and_resume_continues_at_that_iteration(ref
 
 def test_keep_checkpoints_keeps_the_last_k_epochs_and_the_best(cifar10_root, tmp_path):
     save = tmp_path / "save"
-    done = warm.run(command(cifar10_root, save, 0, ["-nEpochs", "4", "-keepCheckpoints", "2"]),
-                    capture_output=True, timeout=TIMEOUT, text=True)  # fmt: skip
+    done = runs.main_run(command(cifar10_root, save, 0, ["-nEpochs", "4", "-keepCheckpoints", "2"]))
     assert done.returncode == 0, done.stderr
     names = sorted(n for n in os.listdir(save) if n.endswith(".pth"))
     assert names == ["latest.pth", "model_3.pth", "model_4.pth", "model_best.pth",
@@ -151,18 +160,14 @@ def test_keep_checkpoints_keeps_the_last_k_epochs_and_the_best(cifar10_root, tmp
 
 def test_nan_loss_stops_before_saving_and_keeps_the_last_good_checkpoint(cifar10_root, tmp_path):
     save = tmp_path / "save"
-    first = warm.run(
-        command(cifar10_root, save, 0, ["-nEpochs", "1"]),
-        capture_output=True,
-        timeout=TIMEOUT,
-        text=True,
-    )
+    first = runs.main_run(command(cifar10_root, save, 0, ["-nEpochs", "1"]))
     assert first.returncode == 0, first.stderr
     before = torch.load(save / "latest.pth", weights_only=True)
-    exploded = warm.run(
-  command(cifar10_root, save, 0, ["-resume", str(save), "-LR", "1e30", "-checkpointEvery", "1"]),
-  capture_output=True, timeout=TIMEOUT, text=True,
-    )  # fmt: skip
+    exploded = runs.main_run(
+        command(
+            cifar10_root, save, 0, ["-resume", str(save), "-LR", "1e30", "-checkpointEvery", "1"]
+        )
+    )
     assert exploded.returncode == 1
     assert exploded.stderr.startswith("error: loss is") and "try a lower -LR" in exploded.stderr
     bad = int(re.search(r"at epoch 2, iteration (\d+)", exploded.stderr).group(1))
@@ -188,19 +193,15 @@ def folder_with_bad_images(jpeg_root, tmp_path):
 
 
 def folder_command(root, tmp_path, threads, extra=()):
+    """main.py's arguments for an epoch of ResNet-18 on the folder root."""
     flags = "-dataset imagenet -netType resnet -depth 18 -batchSize 6 -nEpochs 1 -LR 0.01"
-    return [sys.executable, os.path.join(ROOT, "main.py"), *flags.split(), "-nThreads", str(threads),
-            "-data", str(root), "-save", str(tmp_path / "save"), "-gen", str(tmp_path / "gen"), *extra]  # fmt: skip
+    return [*flags.split(), "-nThreads", str(threads), "-data", str(root),
+            "-save", str(tmp_path / "save"), "-gen", str(tmp_path / "gen"), *extra]  # fmt: skip
 
 
 @pytest.mark.parametrize("threads", [0, 2])
 def test_a_corrupt_image_stops_with_one_line_naming_it(folder_with_bad_images, tmp_path, threads):
-    done = warm.run(
-        folder_command(folder_with_bad_images, tmp_path, threads),
-        capture_output=True,
-        timeout=TIMEOUT,
-        text=True,
-    )
+    done = runs.main_run(folder_command(folder_with_bad_images, tmp_path, threads))
     assert done.returncode == 2
     lines = done.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("error: cannot read image "), done.stderr
@@ -208,8 +209,9 @@ def test_a_corrupt_image_stops_with_one_line_naming_it(folder_with_bad_images, t
 
 
 def test_skip_corrupt_counts_the_skipped_images(folder_with_bad_images, tmp_path):
-    done = warm.run(folder_command(folder_with_bad_images, tmp_path, 2, ["-skipCorrupt", "true"]),
-                    capture_output=True, timeout=TIMEOUT, text=True)  # fmt: skip
+    done = runs.main_run(
+        folder_command(folder_with_bad_images, tmp_path, 2, ["-skipCorrupt", "true"])
+    )
     assert done.returncode == 0, done.stderr
     assert " | skipped 3 unreadable images" in done.stdout
 
@@ -252,12 +254,7 @@ def test_garbage_latest_file_is_named_and_nothing_changes(cifar10_root, tmp_path
     save = tmp_path / "save"
     save.mkdir()
     (save / "latest.pth").write_bytes(b"\x80\x02garbage")
-    done = warm.run(
-        command(cifar10_root, save, 0, ["-resume", str(save)]),
-        capture_output=True,
-        timeout=TIMEOUT,
-        text=True,
-    )
+    done = runs.main_run(command(cifar10_root, save, 0, ["-resume", str(save)]))
     assert done.returncode == 2 and "latest.pth" in done.stderr and "Traceback" not in done.stderr
     assert os.listdir(save) == ["latest.pth"]
 

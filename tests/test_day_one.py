@@ -9,8 +9,8 @@ import subprocess
 import sys
 
 import pytest
+import runs
 import torch
-import warm
 from conftest import TIMEOUT
 from test_cli import run_main, small_cifar_args
 
@@ -34,9 +34,8 @@ def snapshot(folder) -> dict:
 
 
 def run_script(script: str, *argv: str) -> subprocess.CompletedProcess:
-    """python -c script ROOT argv, with its text output."""
-    command = [sys.executable, "-c", script, ROOT, *argv]
-    return warm.run(command, capture_output=True, text=True, timeout=TIMEOUT)
+    """python -c script ROOT argv as a process of its own, with its text output."""
+    return runs.process_run([sys.executable, "-c", script, ROOT, *argv])
 
 
 def one_error_line(done, *fragments) -> str:
@@ -192,11 +191,11 @@ def test_a_read_only_save_and_a_full_stdout_are_told_in_words(cifar10_root, smal
                 handle.write(b"\0" * 65536)
         except OSError:
             pass
-    with open(small_filesystem / "out.txt", "wb") as stdout:
-        command = [sys.executable, os.path.join(ROOT, "main.py"),
+    with open(small_filesystem / "out.txt", "wb") as stdout:  # found full as the process exits
+        command = [sys.executable, runs.MAIN,
                    *small_cifar_args(cifar10_root, small_filesystem.parent / "run")]  # fmt: skip
-        done = warm.run(command, stdout=stdout, stderr=subprocess.PIPE, text=True,
-                        timeout=TIMEOUT)  # fmt: skip
+        done = subprocess.run(command, stdout=stdout, stderr=subprocess.PIPE, text=True,
+                              timeout=TIMEOUT)  # fmt: skip
     assert done.returncode == 1
     assert (
         done.stderr == "error: no space left on the device that the output (stdout) is written to\n"
@@ -217,9 +216,7 @@ def test_a_mid_epoch_resume_keeps_the_epoch_summary_and_takes_another_batch_size
     assert reference.returncode == 0, reference.stderr
     killed = tmp_path / "killed"
     env = {**os.environ, checkpoints.KILL_BEFORE_RENAME: "model_1.pth"}
-    command = [sys.executable, os.path.join(ROOT, "main.py"),
-               *small_cifar_args(cifar10_root, killed, flags)]  # fmt: skip
-    assert warm.run(command, env=env, capture_output=True, timeout=TIMEOUT).returncode < 0
+    assert runs.main_process(small_cifar_args(cifar10_root, killed, flags), env=env).returncode < 0
     assert checkpoints.latest(str(killed)).samples == 16
     for batch, first_line in (("4", "[1][5/5]"), ("6", "[1][3/3]")):
         save = tmp_path / f"resumed{batch}"
@@ -249,20 +246,19 @@ def test_a_second_stop_request_ends_the_process_at_once(tmp_path):
     assert "SIGTERM again: stopping at once, without saving" in done.stderr
 
 
-def test_ctrl_c_while_the_image_index_is_built_is_one_line(jpeg_root, tmp_path):
-    script = (
-        "import os, signal, sys; sys.path.insert(0, sys.argv[1]); import main\n"
-        "from datasets import imagenet\n"
-        "build = imagenet.build_index\n"
-        "def interrupted(data):\n"
-        "    os.kill(os.getpid(), signal.SIGINT)\n"
-        "    return build(data)\n"
-        "imagenet.build_index = interrupted\n"
-        "sys.exit(main.main(sys.argv[2:]))\n"
-    )
+def test_ctrl_c_while_the_image_index_is_built_is_one_line(jpeg_root, tmp_path, monkeypatch):
+    from datasets import imagenet
+
+    build = imagenet.build_index
+
+    def interrupted(data):
+        os.kill(os.getpid(), signal.SIGINT)
+        return build(data)
+
+    monkeypatch.setattr(imagenet, "build_index", interrupted)
     flags = "-dataset imagenet -netType resnet -depth 18 -nEpochs 1 -nThreads 0"
-    done = run_script(script, *flags.split(), "-data", jpeg_root, "-save", str(tmp_path / "save"),
-                      "-gen", str(tmp_path / "gen"))  # fmt: skip
+    done = run_main(*flags.split(), "-data", jpeg_root, "-save", str(tmp_path / "save"),
+                    "-gen", str(tmp_path / "gen"))  # fmt: skip
     assert done.returncode == 128 + signal.SIGINT
     assert done.stderr.strip() == "=> Stopped by SIGINT while loading the data; nothing was saved"
     assert not (tmp_path / "save").exists()
@@ -270,17 +266,15 @@ def test_ctrl_c_while_the_image_index_is_built_is_one_line(jpeg_root, tmp_path):
 
 def test_ctrl_c_during_test_only_is_one_line(cifar10_root, tmp_path):
     argv = small_cifar_args(cifar10_root, tmp_path, "-depth 110 -batchSize 1 -testOnly true")
-    process = warm.start([sys.executable, os.path.join(ROOT, "main.py"), *argv],
-                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                         env={**os.environ, "PYTHONUNBUFFERED": "1"})  # fmt: skip
-    for line in process.stdout:
+
+    def interrupt_after_the_first_batch(line):
         if line.startswith(" | Test: [0][1/20]"):
-            process.send_signal(signal.SIGINT)
-            break
-    rest = process.stdout.read()
-    assert process.wait(timeout=TIMEOUT) == 128 + signal.SIGINT
-    assert process.stderr.read().strip() == "=> Stopped by SIGINT while testing; nothing was saved"
-    assert " * Results" not in rest and os.listdir(tmp_path) == []
+            os.kill(os.getpid(), signal.SIGINT)
+
+    done = runs.main_run(argv, on_line=interrupt_after_the_first_batch)
+    assert done.returncode == 128 + signal.SIGINT
+    assert done.stderr.strip() == "=> Stopped by SIGINT while testing; nothing was saved"
+    assert " * Results" not in done.stdout and os.listdir(tmp_path) == []
 
 
 def test_retraining_a_1000_way_file_on_3_classes_warns_and_classify_still_names(
@@ -305,9 +299,9 @@ def test_retraining_a_1000_way_file_on_3_classes_warns_and_classify_still_names(
     torch.save(record, tmp_path / "model_1.pth")
     apples = os.path.join(jpeg_root, "val", "apple")
     image = os.path.join(apples, sorted(os.listdir(apples))[0])
-    classify = warm.run([sys.executable, os.path.join(ROOT, "scripts", "classify.py"),
-                         str(tmp_path / "model_1.pth"), image],
-                        capture_output=True, text=True, timeout=TIMEOUT)  # fmt: skip
+    classify = runs.script_run(
+        os.path.join(ROOT, "scripts", "classify.py"), [tmp_path / "model_1.pth", image]
+    )
     assert classify.returncode == 0, classify.stderr
     rows = [row.split("\t") for row in classify.stdout.splitlines()[1:6]]
     assert len(rows) == 5 and all(name.startswith("output ") or name in record["classes"]

@@ -10,8 +10,8 @@ import sys
 import time
 
 import pytest
+import runs
 import torch
-import warm
 from conftest import TIMEOUT, with_flags
 
 import plan
@@ -32,7 +32,15 @@ def cifar_flags(data, save, *extra):
 
 
 def run(command):
-    done = warm.run(command, capture_output=True, text=True, timeout=TIMEOUT)
+    """command as a process of its own (torchrun), run to a successful end."""
+    done = runs.process_run(command)
+    assert done.returncode == 0, done.stderr[-3000:]
+    return done
+
+
+def run_main(*argv):
+    """python main.py argv in this process, run to a successful end."""
+    done = runs.main_run(argv)
     assert done.returncode == 0, done.stderr[-3000:]
     return done
 
@@ -44,7 +52,7 @@ def weights(save, name="model_1.pth"):
 @pytest.fixture(scope="module")
 def one_process(cifar10_root, tmp_path_factory):
     save = tmp_path_factory.mktemp("single")
-    run([sys.executable, MAIN, *cifar_flags(cifar10_root, save, "-nEpochs", "1")])
+    run_main(*cifar_flags(cifar10_root, save, "-nEpochs", "1"))
     return save
 
 
@@ -62,7 +70,7 @@ def test_two_processes_with_sync_bn_train_the_weights_of_one(cifar10_root, one_p
 
 def test_precise_bn_over_two_processes_matches_one(cifar10_root, tmp_path):
     extra = ("-nEpochs", "1", "-syncBN", "true", "-preciseBN", "8")
-    run([sys.executable, MAIN, *cifar_flags(cifar10_root, tmp_path / "one", *extra)])
+    run_main(*cifar_flags(cifar10_root, tmp_path / "one", *extra))
     two = run([*torchrun("--standalone", "--nproc-per-node", "2"),
                *cifar_flags(cifar10_root, tmp_path / "two", *extra)])  # fmt: skip
     assert two.stdout.count("=> Recomputed BatchNorm statistics on 8 training images") == 1
@@ -80,7 +88,7 @@ def test_distributed_validation_counts_every_image_once(cifar10_root, one_proces
     """20 test images over 3 processes, batches of 6: shares 2/2/2 three times, then 0/1/1."""
     flags = cifar_flags(cifar10_root, one_process, "-testOnly", "true", "-batchSize", "6",
                         "-resume", str(one_process))  # fmt: skip
-    alone = run([sys.executable, MAIN, *flags])
+    alone = run_main(*flags)
     three = run([*torchrun("--standalone", "--nproc-per-node", "3"), *flags])
     assert results_line(three.stdout) == results_line(alone.stdout)
     assert results_line(alone.stdout) != " * Results top1:  0.000  top5:  0.000"
@@ -96,7 +104,7 @@ def test_two_nodes_rendezvous_train_and_write_one_checkpoint(cifar10_root, tmp_p
     launcher = ["--nnodes", "2", "--nproc-per-node", "1", "--rdzv-backend", "c10d",
                 "--rdzv-endpoint", f"127.0.0.1:{free_port()}", "--rdzv-id", "two-nodes"]  # fmt: skip
     command = [*torchrun(*launcher), *cifar_flags(cifar10_root, tmp_path, "-nEpochs", "1")]
-    nodes = [warm.start(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    nodes = [subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
              for _ in range(2)]  # fmt: skip
     outputs = [node.communicate(timeout=TIMEOUT) for node in nodes]
     assert [node.returncode for node in nodes] == [0, 0], outputs[0][1][-2000:]
@@ -125,9 +133,9 @@ def rank_pids() -> dict[int, int]:
 
 def test_a_dead_rank_ends_the_job_and_the_run_resumes(cifar10_root, tmp_path):
     flags = cifar_flags(cifar10_root, tmp_path, "-nEpochs", "40", "-batchSize", "2")
-    job = warm.start([*torchrun("--standalone", "--nproc-per-node", "2"), *flags],
-                     stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                     env={**os.environ, "PYTHONUNBUFFERED": "1"})  # fmt: skip
+    job = subprocess.Popen([*torchrun("--standalone", "--nproc-per-node", "2"), *flags],
+                           stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                           env={**os.environ, "PYTHONUNBUFFERED": "1"})  # fmt: skip
     for line in job.stdout:  # epoch 2 is saved once epoch 3 starts
         if line.startswith("=> Training epoch # 3"):
             break
@@ -136,8 +144,8 @@ def test_a_dead_rank_ends_the_job_and_the_run_resumes(cifar10_root, tmp_path):
     _, stderr = job.communicate(timeout=TIMEOUT)
     assert job.returncode != 0
     assert time.monotonic() - started < 120, "the job outlived its dead rank too long"
-    resumed = run([sys.executable, MAIN, *cifar_flags(cifar10_root, tmp_path, "-nEpochs", "3",
-                                                      "-batchSize", "2", "-resume", str(tmp_path))])  # fmt: skip
+    resumed = run_main(*cifar_flags(cifar10_root, tmp_path, "-nEpochs", "3", "-batchSize", "2",
+                                    "-resume", str(tmp_path)))  # fmt: skip
     assert "=> Loading checkpoint" in resumed.stdout
     assert os.path.exists(tmp_path / "model_3.pth")
 
@@ -161,10 +169,9 @@ def test_training_drops_a_last_batch_too_small_for_every_rank():
 def test_a_global_batch_that_does_not_divide_among_the_processes_is_an_error(
     cifar10_root, tmp_path
 ):
-    command = [sys.executable, MAIN, *cifar_flags(cifar10_root, tmp_path, "-batchSize", "10")]
-    done = warm.run(command, capture_output=True, text=True, timeout=TIMEOUT,
-                    env={**os.environ, "WORLD_SIZE": "4", "MASTER_ADDR": "127.0.0.1",
-                         "MASTER_PORT": "29500"})  # fmt: skip
+    done = runs.main_run(cifar_flags(cifar10_root, tmp_path, "-batchSize", "10"),
+                         env={**os.environ, "WORLD_SIZE": "4", "MASTER_ADDR": "127.0.0.1",
+                              "MASTER_PORT": "29500"})  # fmt: skip
     assert done.returncode == 2
     assert done.stderr == (
         "error: -batchSize 10 (the global batch) does not divide among 4 processes;"
@@ -213,8 +220,8 @@ def test_srun_tasks_train_together_and_report_the_error_of_the_saved_model(cifar
     report after the epoch is that of the model rank 0 saved, tested alone."""
     flags = cifar_flags(cifar10_root, tmp_path, "-nEpochs", "1", "-batchSize", "2")
     port = free_port()
-    tasks = [warm.start([sys.executable, MAIN, *flags], stdout=subprocess.PIPE,
-                              stderr=subprocess.PIPE, text=True, env=srun_task(rank, port))
+    tasks = [runs.start_main(flags, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                             env=srun_task(rank, port))
              for rank in range(2)]  # fmt: skip
     outputs = [task.communicate(timeout=TIMEOUT) for task in tasks]
     assert [task.returncode for task in tasks] == [0, 0], outputs[0][1][-2000:] + outputs[1][1]
@@ -222,8 +229,7 @@ def test_srun_tasks_train_together_and_report_the_error_of_the_saved_model(cifar
     assert "=> Distributed: 2 processes, one CPU each (gloo, started by srun)" in stdout
     assert outputs[1][0] == ""  # rank 0 alone prints
     finished = next(line for line in stdout.splitlines() if line.startswith(" * Finished epoch"))
-    alone = run([sys.executable, MAIN, *with_flags(flags, ["-testOnly", "true", "-resume",
-                                                           str(tmp_path)])])  # fmt: skip
+    alone = run_main(*with_flags(flags, ["-testOnly", "true", "-resume", str(tmp_path)]))
     assert errors_in(results_line(alone.stdout)) == errors_in(finished)
     state = torch.load(tmp_path / "latest.pth", weights_only=True)["state"]
     assert len(state["rng"]) == 2  # each process's generators
@@ -237,7 +243,7 @@ RECIPE = ("-lrSchedule", "cosine", "-warmupEpochs", "0.5", "-labelSmoothing", "0
 def test_two_processes_train_the_recipes_weights_and_average_of_one(cifar10_root, tmp_path):
     """The recipe's options act on the global batch: per-image draws by position, the
     schedule, clipping of the all-reduced gradient, and the average, as one process."""
-    run([sys.executable, MAIN, *cifar_flags(cifar10_root, tmp_path / "one", *RECIPE)])
+    run_main(*cifar_flags(cifar10_root, tmp_path / "one", *RECIPE))
     run([*torchrun("--standalone", "--nproc-per-node", "2"),
          *cifar_flags(cifar10_root, tmp_path / "two", *RECIPE)])  # fmt: skip
     records = [torch.load(tmp_path / run_name / "model_2.pth", weights_only=True)
@@ -256,6 +262,5 @@ def test_mixing_under_torchrun_trains_with_bf16_and_optnet(cifar10_root, tmp_pat
                         "-memoryFormat", "channels_last")  # fmt: skip
     done = run([*torchrun("--standalone", "--nproc-per-node", "2"), *flags])
     assert done.stdout.count("=> Mixing training batches") == 1
-    tested = run([sys.executable, MAIN, *with_flags(flags, ["-testOnly", "true", "-resume",
-                                                            str(tmp_path)])])  # fmt: skip
+    tested = run_main(*with_flags(flags, ["-testOnly", "true", "-resume", str(tmp_path)]))
     assert "(its -ema weights)" in tested.stdout

@@ -1,11 +1,10 @@
 """opts.py against the Lua's opts.lua: names, types, defaults, validation."""
 
 import re
-import sys
 
 import hypothesis
 import pytest
-import warm
+import runs
 from hypothesis import strategies as st
 
 import opts
@@ -99,12 +98,7 @@ def test_double_dash_spelling_also_works():
 
 
 def test_help_lists_every_flag_with_default():
-    out = warm.run(
-        [sys.executable, "main.py", "-h"],
-        capture_output=True,
-        text=True,
-        cwd=opts.__file__.rsplit("/", 1)[0],
-    )
+    out = runs.main_run(["-h"])
     assert out.returncode == 0
     for name in LUA_FLAGS:
         assert f"-{name}" in out.stdout, name

@@ -6,8 +6,7 @@ import re
 import sys
 
 import pytest
-import warm
-from conftest import TIMEOUT
+import runs
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.join(ROOT, "scripts"))
@@ -18,9 +17,8 @@ ROW = re.compile(r"\| (.+?) \| ([\d.]+) \| ([\d.]+|—) \| ([\d.]+|—) \| ([\d.
 
 
 def table_script(name, **env):
-    return warm.run(["bash", os.path.join(ROOT, "scripts", f"{name}.sh")],
-                    capture_output=True, text=True, timeout=TIMEOUT,
-                    env={**os.environ, "PYTHON": sys.executable, **env})  # fmt: skip
+    return runs.process_run(["bash", os.path.join(ROOT, "scripts", f"{name}.sh")],
+                            env={**os.environ, "PYTHON": sys.executable, **env})  # fmt: skip
 
 
 @pytest.mark.parametrize("name", sorted(paper_tables.TABLES))

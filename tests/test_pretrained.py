@@ -14,11 +14,10 @@ import shutil
 import sys
 
 import pytest
+import runs
 import timm
 import torch
 import torchvision
-import warm
-from conftest import TIMEOUT
 from test_cli import run_main
 from test_scripts import python
 
@@ -253,7 +252,9 @@ def test_timm_weights_from_the_hub_cache_classify_as_timms_own_model(jpeg_root, 
     env = {**os.environ, "HF_HOME": str(hf_home), "HF_HUB_OFFLINE": "1"}
     apples = os.path.join(jpeg_root, "val", "apple")
     image = os.path.join(apples, sorted(os.listdir(apples))[0])
-    done = python(CLASSIFY, "-weights", "timm/resnet18.a1_in1k", image, env=env)
+    # Processes of their own: huggingface_hub reads HF_HOME and HF_HUB_OFFLINE once, on import.
+    done = runs.process_run([sys.executable, CLASSIFY, "-weights", "timm/resnet18.a1_in1k", image],
+                            env=env)  # fmt: skip
     assert done.returncode == 0, done.stderr
     sys.path.insert(0, os.path.join(ROOT, "scripts"))
     import inference
@@ -271,8 +272,8 @@ def test_timm_weights_from_the_hub_cache_classify_as_timms_own_model(jpeg_root, 
 
 def test_timm_weights_offline_and_uncached_say_how_to_fetch_them(jpeg_root, tmp_path):
     env = {**os.environ, "HF_HOME": str(tmp_path / "hf"), "HF_HUB_OFFLINE": "1"}
-    done = run_main("-dataset", "imagenet", "-data", jpeg_root, "-weights", "timm/resnet18.a1_in1k",
-                    "-save", str(tmp_path / "save"), env=env)  # fmt: skip
+    done = runs.main_process(["-dataset", "imagenet", "-data", jpeg_root, "-weights",
+                              "timm/resnet18.a1_in1k", "-save", tmp_path / "save"], env=env)  # fmt: skip
     assert done.returncode == 2
     assert done.stderr.startswith(
         "error: cannot fetch timm/resnet18.a1_in1k: not in the Hugging Face cache"
@@ -325,8 +326,7 @@ def test_under_torchrun_rank_0_fetches_and_says_it_once_and_every_rank_loads_the
                "-weights", "ResNet18_Weights.IMAGENET1K_V1", "-resetClassifier", "true",
                "-frozenStages", "4", "-cropSize", "64", "-batchSize", "6", "-nEpochs", "1",
                "-save", str(save), "-gen", str(tmp_path / "gen")]  # fmt: skip
-    done = warm.run(command, capture_output=True, text=True, timeout=TIMEOUT,
-                    env={**os.environ, "TORCH_HOME": str(torch_home)})  # fmt: skip
+    done = runs.process_run(command, env={**os.environ, "TORCH_HOME": str(torch_home)})
     assert done.returncode == 0, done.stderr[-3000:]
     assert done.stdout.count("=> Weights ResNet18_Weights.IMAGENET1K_V1 (torchvision)") == 1
     trained = torch.load(save / "model_1.pth", weights_only=True)["model"]
@@ -376,8 +376,8 @@ def test_a_damaged_hub_snapshot_is_named_with_what_to_do(jpeg_root, tmp_path):
     snapshot = next((hf_home / "hub").glob("models--timm--resnet18.a1_in1k/snapshots/*"))
     (snapshot / "model.safetensors").write_bytes(b"not safetensors")
     env = {**os.environ, "HF_HOME": str(hf_home), "HF_HUB_OFFLINE": "1"}
-    done = run_main("-dataset", "imagenet", "-data", jpeg_root, "-weights", "timm/resnet18.a1_in1k",
-                    "-save", str(tmp_path / "save"), env=env)  # fmt: skip
+    done = runs.main_process(["-dataset", "imagenet", "-data", jpeg_root, "-weights",
+                              "timm/resnet18.a1_in1k", "-save", tmp_path / "save"], env=env)  # fmt: skip
     assert done.returncode == 2 and done.stderr.count("\n") == 1, done.stderr
     assert done.stderr.startswith("error: cannot read the cached timm/resnet18.a1_in1k")
     assert "delete" in done.stderr and "models--timm--resnet18.a1_in1k" in done.stderr

@@ -10,9 +10,9 @@ import re
 import sys
 
 import pytest
+import runs
 import torch
-import warm
-from conftest import ROOT, TIMEOUT
+from conftest import ROOT
 from torch import nn
 from torchvision.transforms import v2
 
@@ -246,8 +246,7 @@ def test_a_bad_recipe_value_exits_2_with_one_line(capsys):
 
 
 def run_main(*argv):
-    done = warm.run([sys.executable, os.path.join(ROOT, "main.py"), *argv],
-                    capture_output=True, text=True, timeout=TIMEOUT)  # fmt: skip
+    done = runs.main_run(argv)
     assert done.returncode == 0, done.stderr
     return done.stdout
 

@@ -7,18 +7,21 @@ import os
 import sys
 
 import pytest
+import runs
 import torch
 import torchvision
-import warm
-from conftest import TIMEOUT
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
-def python(*argv, cwd=None, env=None):
-    done = warm.run([sys.executable, *argv], capture_output=True, text=True, cwd=cwd, env=env,
-                    timeout=TIMEOUT)  # fmt: skip
-    return done
+def python(script, *argv, cwd=None, env=None):
+    """python script argv, run in this process."""
+    return runs.script_run(script, argv, env=env, cwd=cwd)
+
+
+def main(*argv):
+    """python main.py argv, run in this process."""
+    return runs.main_run(argv)
 
 
 def script(name):
@@ -38,7 +41,7 @@ def torchvision_file(tmp_path_factory):
 def fine_tuned(jpeg_root, torchvision_file, tmp_path_factory):
     """-retrain a torchvision ResNet-18 with a new 3-way classifier on the JPEG folders."""
     save = tmp_path_factory.mktemp("finetune")
-    done = python(os.path.join(ROOT, "main.py"), "-dataset", "imagenet", "-netType", "resnet",
+    done = main("-dataset", "imagenet", "-netType", "resnet",
                   "-depth", "18", "-retrain", str(torchvision_file), "-resetClassifier", "true",
                   "-nClasses", "3", "-data", jpeg_root, "-nEpochs", "1", "-batchSize", "5",
                   "-LR", "0.01", "-nThreads", "0", "-save", str(save), "-gen", str(save))  # fmt: skip
@@ -48,7 +51,7 @@ def fine_tuned(jpeg_root, torchvision_file, tmp_path_factory):
 
 
 def test_the_fine_tuned_model_tests_alone(fine_tuned, jpeg_root):
-    done = python(os.path.join(ROOT, "main.py"), "-dataset", "imagenet", "-netType", "resnet",
+    done = main("-dataset", "imagenet", "-netType", "resnet",
                   "-depth", "18", "-testOnly", "true", "-resume", str(fine_tuned), "-data",
                   jpeg_root, "-nThreads", "0", "-batchSize", "5", "-save", str(fine_tuned),
                   "-gen", str(fine_tuned), "-resetClassifier", "true", "-nClasses", "3")  # fmt: skip

@@ -6,8 +6,8 @@ import subprocess
 import sys
 
 import pytest
+import runs
 import torch
-import warm
 from conftest import TIMEOUT
 
 import launch
@@ -57,8 +57,8 @@ def test_compiled_training_matches_eager_and_saves_clean_keys(cifar10_root, tmp_
         flags = "-dataset cifar10 -netType resnet -depth 8 -batchSize 10 -nEpochs 1 -manualSeed 3"
         command = [sys.executable, os.path.join(ROOT, "main.py"), *flags.split(), *extra,
                    "-data", cifar10_root, "-save", str(tmp_path / name)]  # fmt: skip
-        # A fresh interpreter: torch.compile's compile workers, started from a fork of the warm
-        # server with an empty inductor cache, never answer (a hang seen in CI).
+        # A process of its own: torch.compile keeps its caches and compile workers in the
+        # process that compiled.
         done = subprocess.run(command, capture_output=True, text=True, timeout=2 * TIMEOUT)
         assert done.returncode == 0, done.stderr
         return torch.load(tmp_path / name / "model_1.pth", weights_only=True)["model"]
@@ -88,9 +88,7 @@ def test_activation_checkpointing_gives_the_same_gradients_and_statistics():
 
 def test_optnet_flag_turns_checkpointing_on(cifar10_root, tmp_path):
     flags = "-dataset cifar10 -netType resnet -depth 8 -batchSize 10 -nEpochs 1 -optnet true"
-    command = [sys.executable, os.path.join(ROOT, "main.py"), *flags.split(),
-               "-data", cifar10_root, "-save", str(tmp_path / "save")]  # fmt: skip
-    done = warm.run(command, capture_output=True, timeout=TIMEOUT, text=True)
+    done = runs.main_run([*flags.split(), "-data", cifar10_root, "-save", tmp_path / "save"])
     assert done.returncode == 0, done.stderr
     assert "=> Recomputing residual blocks in the backward pass" in done.stdout
 
@@ -115,8 +113,8 @@ print(sum(faults[4:]))
 
 def steady_page_faults(mode: str) -> tuple[str, int]:
     """Whether the mode was applied, and the page faults of steps 5-8 of a training loop."""
-    command = [sys.executable, "-c", PAGE_FAULTS_PER_STEP, ROOT, mode]
-    done = warm.run(command, capture_output=True, timeout=TIMEOUT, text=True)
+    # A process of its own: the allocator setting cannot be undone in this one.
+    done = runs.process_run([sys.executable, "-c", PAGE_FAULTS_PER_STEP, ROOT, mode])
     assert done.returncode == 0, done.stderr
     applied, faults = done.stdout.split()
     return applied, int(faults)

@@ -11,10 +11,10 @@ import subprocess
 import sys
 
 import pytest
+import runs
 import torch
-import warm
 from conftest import TIMEOUT
-from test_cli import run_main, small_cifar_args
+from test_cli import run_main, run_on_terminal, small_cifar_args
 from test_day_one import snapshot
 
 import launch
@@ -91,8 +91,7 @@ def test_torchrun_variables_set_by_hand_are_checked_too(environ):
 
 def test_a_rank_beyond_the_tasks_ends_at_once_without_waiting_or_writing(cifar10_root, tmp_path):
     argv = small_cifar_args(cifar10_root, tmp_path / "save")
-    done = warm.run([sys.executable, MAIN, *argv], capture_output=True, text=True,
-                    env=srun_task(3), timeout=PROMPT)  # fmt: skip
+    done = run_main(*argv, env=srun_task(3))
     assert_one_error_line(done, "SLURM_PROCID=3", "SLURM_STEP_NUM_TASKS=2")
     assert not (tmp_path / "save").exists()
 
@@ -103,8 +102,8 @@ def test_a_rank_beyond_the_tasks_ends_at_once_without_waiting_or_writing(cifar10
 def alone(rank, cifar10_root, save, port, *flags):
     """Task `rank` of a two-task srun step whose other task never starts."""
     argv = [*small_cifar_args(cifar10_root, save), *flags]
-    return warm.start([sys.executable, MAIN, *argv], stdout=subprocess.PIPE,
-                      stderr=subprocess.PIPE, text=True, env=srun_task(rank, port=port))  # fmt: skip
+    return runs.start_main(argv, env=srun_task(rank, port=port), stdout=subprocess.PIPE,
+                           stderr=subprocess.PIPE)  # fmt: skip
 
 
 def listening(port: int, process) -> bool:
@@ -163,8 +162,8 @@ def test_a_stop_signal_while_waiting_for_rank_0s_data_ends_the_process(cifar10_r
                "dist.all_reduce = reduce_then_stop\n"
                "sys.exit(main.main(sys.argv[2:]))\n")  # fmt: skip
     argv = small_cifar_args(cifar10_root, tmp_path / "save")
-    tasks = [warm.start([sys.executable, "-c", script, ROOT, *argv], stdout=subprocess.PIPE,
-                        stderr=subprocess.PIPE, text=True, env=srun_task(rank, port=port))
+    tasks = [subprocess.Popen([sys.executable, "-c", script, ROOT, *argv], stdout=subprocess.PIPE,
+                              stderr=subprocess.PIPE, text=True, env=srun_task(rank, port=port))
              for rank, script in enumerate((blocked, stopped))]  # fmt: skip
     try:
         _, err = tasks[1].communicate(timeout=PROMPT)
@@ -180,9 +179,8 @@ def test_processes_started_by_hand_meet_and_train(cifar10_root, tmp_path):
     same rendezvous as srun's."""
     port, outside = str(free_port()), without_launchers()
     argv = small_cifar_args(cifar10_root, tmp_path)
-    tasks = [warm.start([sys.executable, MAIN, *argv], stdout=subprocess.PIPE,
-                        stderr=subprocess.PIPE, text=True,
-                        env={**outside, "WORLD_SIZE": "2", "RANK": str(rank), "LOCAL_RANK": "0",
+    tasks = [runs.start_main(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                             env={**outside, "WORLD_SIZE": "2", "RANK": str(rank), "LOCAL_RANK": "0",
                              "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": port})
              for rank in range(2)]  # fmt: skip
     outputs = [task.communicate(timeout=TIMEOUT) for task in tasks]
@@ -208,8 +206,7 @@ def test_a_directory_given_for_a_file_says_it_is_a_directory(cifar10_root, jpeg_
         with pytest.raises(options.UsageError, match=f"{flag} {tmp_path} is a directory"):
             plan.parse([*argv, flag, str(tmp_path)])
     script = os.path.join(ROOT, "scripts", "classify.py")
-    done = warm.run([sys.executable, script, str(tmp_path), jpeg_root], capture_output=True,
-                    text=True, timeout=TIMEOUT)  # fmt: skip
+    done = runs.script_run(script, [tmp_path, jpeg_root])
     assert_one_error_line(done, f"{tmp_path} is a directory, not a checkpoint file")
 
 
@@ -217,26 +214,8 @@ def test_a_directory_given_for_a_file_says_it_is_a_directory(cifar10_root, jpeg_
 
 
 def test_the_progress_bar_shows_on_a_terminal_of_0_rows_and_0_columns(cifar10_root, tmp_path):
-    import pty
-
-    controller, terminal = pty.openpty()  # a new pseudo-terminal reports 0 x 0
     argv = small_cifar_args(cifar10_root, tmp_path, "-nEpochs 1 -batchSize 4")
-    task = warm.start([sys.executable, MAIN, *argv], stdout=terminal, stderr=subprocess.PIPE,
-                      env={**os.environ, "COLUMNS": "", "LINES": ""})  # fmt: skip
-    os.close(terminal)
-    shown = b""
-    while True:
-        try:
-            chunk = os.read(controller, 65536)
-        except OSError:  # the terminal's last writer closed it
-            break
-        if not chunk:
-            break
-        shown += chunk
-    os.close(controller)
-    task.wait(timeout=TIMEOUT)
-    assert task.returncode == 0
-    text = shown.decode()
+    text = run_on_terminal(argv, 0, tmp_path, rows=0)  # as a new pseudo-terminal reports
     assert "train 1 100% 5/5 [" in text and "val 1 100% 5/5 [" in text
 
 
@@ -374,8 +353,8 @@ def test_fine_tuning_on_other_images_warns_and_opts_json_records_the_network(fas
 
 @pytest.mark.parametrize("number", [signal.SIGINT, signal.SIGTERM])
 def test_a_stop_while_torch_is_imported_is_one_line(number, cifar10_root, tmp_path):
-    """A fresh interpreter (the warm one has torch already) signals itself as main.py's
-    `import torch` starts."""
+    """`python main.py` (a process of its own: this one has torch already) signals itself
+    as main.py's `import torch` starts."""
     script = ("import os, runpy, signal, sys\n"
               "def hook(event, args):\n"
               "    if event == 'import' and args[0] == 'torch':\n"
@@ -398,58 +377,57 @@ def test_a_stop_while_torch_is_imported_is_one_line(number, cifar10_root, tmp_pa
 def test_a_crop_beyond_memory_is_refused_at_start(jpeg_root, tmp_path):
     flags = ["-dataset", "imagenet", "-netType", "resnet", "-depth", "18", "-nThreads", "0",
              "-data", jpeg_root, "-gen", str(tmp_path / "gen"), "-save", str(tmp_path / "save")]  # fmt: skip
-    done = warm.run([sys.executable, MAIN, *flags, "-valCrop", "100000"], capture_output=True,
-                    text=True, timeout=PROMPT)  # fmt: skip
+    done = run_main(*flags, "-valCrop", "100000")
     assert_one_error_line(done, "-valCrop 100000 needs over", "GiB", "give a smaller -valCrop")
     assert "Training epoch" not in done.stdout and not (tmp_path / "save").exists()
 
 
-FAILING_AT = (
-    "import sys, torch; sys.path.insert(0, sys.argv[1]); import main, models\n"
-    "create = models.create\n"
-    "def create_failing(**arch):\n"
-    "    model = create(**arch)\n"
-    "    forward = model.forward\n"
-    "    def guarded(images):\n"
-    "        if images.shape[-1] > {side}:\n"
-    "            raise torch.OutOfMemoryError('CUDA out of memory. Tried to allocate 9.00 GiB')\n"
-    "        return forward(images)\n"
-    "    model.forward = guarded\n"
-    "    return model\n"
-    "models.create = create_failing\n"
-    "sys.exit(main.main(sys.argv[2:]))\n"
-)
-
-
-def run_failing_above(side: int, argv: list[str]):
+def run_failing_above(side: int, argv: list[str], monkeypatch):
     """main.py with a network that runs out of memory on images wider than side."""
-    command = [sys.executable, "-c", FAILING_AT.replace("{side}", str(side)), ROOT, *argv]
-    return warm.run(command, capture_output=True, text=True, timeout=TIMEOUT)
+    import models
+
+    create = models.create
+
+    def create_failing(**arch):
+        model = create(**arch)
+        forward = model.forward
+
+        def guarded(images):
+            if images.shape[-1] > side:
+                raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 9.00 GiB")
+            return forward(images)
+
+        model.forward = guarded
+        return model
+
+    monkeypatch.setattr(models, "create", create_failing)
+    return run_main(*argv)
 
 
-def test_a_validation_batch_that_does_not_fit_fails_before_the_first_epoch(jpeg_root, tmp_path):
+def test_a_validation_batch_that_does_not_fit_fails_before_the_first_epoch(jpeg_root, tmp_path,
+                                                                           monkeypatch):  # fmt: skip
     flags = ["-dataset", "imagenet", "-netType", "resnet", "-depth", "18", "-nThreads", "0",
              "-batchSize", "5", "-nEpochs", "1", "-trainCrop", "32", "-valCrop", "64",
              "-data", jpeg_root, "-gen", str(tmp_path / "gen"), "-save", str(tmp_path / "save")]  # fmt: skip
-    done = run_failing_above(32, flags)
+    done = run_failing_above(32, flags, monkeypatch)
     assert_one_error_line(done, "out of memory", status=1)
     assert "=> Training epoch # 1" not in done.stdout
     assert not (tmp_path / "save").exists()
 
 
-def test_an_epoch_whose_test_fails_is_kept_and_tested_on_resume(cifar10_root, tmp_path):
+def test_an_epoch_whose_test_fails_is_kept_and_tested_on_resume(cifar10_root, tmp_path,
+                                                               monkeypatch):  # fmt: skip
     """The test pass fails only after the epoch trained (its batch is no larger than the
     probe's, so the failure comes from the data): the trained epoch is saved."""
     argv = small_cifar_args(cifar10_root, tmp_path, "-nEpochs 1 -batchSize 4")
-    script = (
-        "import sys; sys.path.insert(0, sys.argv[1]); import main, train\n"
-        "def failing(*args, **kwargs):\n"
-        "    raise OSError('cannot read image val/3.png: image file is truncated')\n"
-        "train.Trainer.test = failing\n"
-        "sys.exit(main.main(sys.argv[2:]))\n"
-    )
-    failed = warm.run([sys.executable, "-c", script, ROOT, *argv], capture_output=True,
-                      text=True, timeout=TIMEOUT)  # fmt: skip
+    import train
+
+    def failing(*args, **kwargs):
+        raise OSError("cannot read image val/3.png: image file is truncated")
+
+    with monkeypatch.context() as patched:
+        patched.setattr(train.Trainer, "test", failing)
+        failed = run_main(*argv)
     assert_one_error_line(failed, "image file is truncated", status=1)
     record = torch.load(tmp_path / "latest.pth", weights_only=True)
     assert (record["epoch"], record["iteration"], record["samples"]) == (1, 5, 20)
