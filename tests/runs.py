@@ -81,7 +81,8 @@ def captured(on_line=None):
             sys.stdout = LineWatcher(sys.stdout, on_line)
         yield output
     finally:
-        sys.stdout.flush(), sys.stderr.flush()
+        sys.stdout.flush()
+        sys.stderr.flush()
         sys.stdout, sys.stderr = streams
         for fd, copy in zip((1, 2), saved, strict=True):
             os.dup2(copy, fd)

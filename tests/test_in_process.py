@@ -1,6 +1,6 @@
 """A run called in-process: main.main(argv) returns its exit status and leaves the process
 as it found it, so that a second run in the same process prints and saves what the first
-did (the step toward tests that call runs without a process of their own)."""
+did (what lets the other tests call runs in this process, tests/runs.py)."""
 
 import re
 import signal
