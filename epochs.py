@@ -9,6 +9,7 @@ from dataclasses import dataclass
 
 import checkpoints
 import datasets
+import devices
 import launch
 import opts as options
 import parallel
@@ -86,7 +87,7 @@ class EpochLoop:
         epoch's training sums so far when `sums` (a collective: every process calls it at
         the same iteration, as every process calls it); only rank 0 writes (every rank
         holds the same weights), with the random generators of every rank."""
-        rng = launch.all_gathered(launch.rng_state(self.devices), self.processes)
+        rng = launch.all_gathered(devices.rng_state(self.devices), self.processes)
         sums = self.trainer.all_processes(self.trainer.sums.snapshot()) if sums else None
         state = checkpoints.RunState(rng, self.trainer.scaler.state_dict(), self.loop.frozen, sums)
         samples = 0

@@ -6,7 +6,6 @@ import contextlib
 import ctypes
 import os
 import platform
-import random
 import re
 import shutil
 import signal
@@ -21,12 +20,11 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
+import devices
 import rendezvous
 from errors import Stopped, UsageError
 
 M_TRIM_THRESHOLD, M_MMAP_MAX = -1, -4  # mallopt parameters, from glibc's malloc.h
-# -memoryFormat: the layout of the model's weights and of the batches it is fed.
-MEMORY_FORMATS = {"channels_last": torch.channels_last, "contiguous": torch.contiguous_format}
 RENDEZVOUS_TIMEOUT = 300  # seconds the processes of a job wait for one another at start
 
 
@@ -173,12 +171,12 @@ def check_global_batch(batch_size: int, world: int) -> None:
 
 
 @contextlib.contextmanager
-def process_group(n_gpu: int, job: "Job", rendezvous_timeout: float, stop: "StopRequest"):
+def process_group(kind: str, job: "Job", rendezvous_timeout: float, stop: "StopRequest"):
     """This process in its job's process group for the block (start_processes), which is
     left at the end, unless a stop request ended the block while a collective may wait
     for a peer (leaving would wait too)."""
     stop.doing = "waiting for the other processes of the job"
-    processes = start_processes(n_gpu, job, rendezvous_timeout)
+    processes = start_processes(kind, job, rendezvous_timeout)
     stop.processes = processes
     stopped = False
     try:
@@ -200,22 +198,17 @@ def in_a_job() -> bool:
         return False
 
 
-def uses_gpus(n_gpu: int) -> bool:
-    """Whether this run computes on CUDA: asked for with -nGPU and present."""
-    return n_gpu > 0 and torch.cuda.is_available()
-
-
 def start_processes(
-    n_gpu: int, job: Job | None = None, rendezvous_timeout: float = RENDEZVOUS_TIMEOUT
+    kind: str, job: Job | None = None, rendezvous_timeout: float = RENDEZVOUS_TIMEOUT
 ) -> Processes:
-    """Join the process group of this job (torchrun's or srun's): nccl with one GPU per
-    process, gloo on CPUs. Alone (or in a job of one process): nothing to join. The
-    processes meet within rendezvous_timeout seconds (torchrun's workers in its agent's
-    store, which its own rendezvous set up)."""
+    """Join the process group of this job (torchrun's or srun's) on devices of `kind`:
+    nccl with one GPU per process, gloo on CPUs. Alone (or in a job of one process):
+    nothing to join. The processes meet within rendezvous_timeout seconds (torchrun's
+    workers in its agent's store, which its own rendezvous set up)."""
     job = job or job_environment()
     if job.world <= 1:
         return Processes()
-    on_gpus = uses_gpus(n_gpu)
+    on_gpus = kind == "cuda"
     if on_gpus:
         torch.cuda.set_device(job.local_rank)
     where = {"init_method": "env://"}
@@ -223,7 +216,7 @@ def start_processes(
         store = rendezvous.meet(job.address, job.port, job.rank, job.world, rendezvous_timeout)
         where = {"store": store, "rank": job.rank, "world_size": job.world}
     # A peer that died makes collectives fail after this long instead of waiting forever.
-    dist.init_process_group("nccl" if on_gpus else "gloo", timeout=timedelta(minutes=5), **where)
+    dist.init_process_group(devices.backend(kind), timeout=timedelta(minutes=5), **where)
     control = dist.new_group(backend="gloo") if on_gpus else None
     if dist.get_rank() != 0:
         sys.stdout = open(os.devnull, "w")  # noqa: SIM115 - only rank 0 prints
@@ -262,29 +255,6 @@ def all_gathered(value, processes: Processes) -> list:
     values = [None] * processes.world
     dist.all_gather_object(values, value, group=processes.control)
     return values
-
-
-def select_device(n_gpu: int, processes: Processes | None = None) -> torch.device:
-    """CUDA when asked for and present, else the CPU (said once); under torchrun, the
-    process's own GPU."""
-    if processes is not None and processes.world > 1:
-        if uses_gpus(n_gpu):
-            return torch.device("cuda", processes.local_rank)
-        return torch.device("cpu")
-    if uses_gpus(n_gpu):
-        if n_gpu > torch.cuda.device_count():
-            raise StartError(f"-nGPU {n_gpu} but only {torch.cuda.device_count()} GPUs are visible")
-        return torch.device("cuda")
-    if n_gpu > 0:
-        print("=> No CUDA device found: running on the CPU")
-    return torch.device("cpu")
-
-
-def device_memory(device: torch.device) -> int:
-    """Bytes of memory the device computes in: a GPU's own, else the machine's."""
-    if device.type == "cuda":
-        return torch.cuda.get_device_properties(device).total_memory
-    return os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
 
 
 @contextlib.contextmanager
@@ -340,29 +310,16 @@ def precision_settings(
     precision: str, device: torch.device
 ) -> tuple[torch.dtype, torch.dtype | None]:
     """(parameter dtype, autocast dtype) for -precision."""
-    if precision == "half" and device.type != "cuda":
-        raise StartError("-precision half needs a CUDA device; on the CPU use bf16 or single")
+    if precision == "half" and device.type == "cpu":
+        raise StartError(
+            "-precision half needs a CUDA or MPS device; on the CPU use bf16 or single"
+        )
     return {
         "single": (torch.float32, None),
         "double": (torch.float64, None),
         "half": (torch.float32, torch.float16),
         "bf16": (torch.float32, torch.bfloat16),
     }[precision]
-
-
-def cpu_has_bf16() -> bool:
-    """Whether this CPU computes bf16 natively (AVX512-BF16 or AMX), as oneDNN reports."""
-    return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
-
-
-def precision_note(precision: str, device: torch.device, has_bf16=cpu_has_bf16) -> None:
-    """Say once when -precision bf16 runs on a CPU that only emulates bf16 (slower than
-    single there)."""
-    if precision == "bf16" and device.type == "cpu" and not has_bf16():
-        print(
-            "=> warning: this CPU has no native bf16 (AVX512-BF16 or AMX): -precision bf16"
-            " is emulated here and slower than -precision single"
-        )
 
 
 def compile_model(model: nn.Module, device: torch.device) -> nn.Module:
@@ -375,43 +332,6 @@ def compile_model(model: nn.Module, device: torch.device) -> nn.Module:
         )
     print("=> Compiling the model with torch.compile (the first iterations are slow)")
     return torch.compile(model)
-
-
-def rng_state(devices: list[torch.device]) -> dict:
-    """The generators' states a resumed run restores: torch's CPU one, Python's, and the
-    CUDA one of each device this process computes on (in `devices`' order)."""
-    state = {"torch": torch.get_rng_state(), "python": random.getstate()}
-    cuda = [device for device in devices if device.type == "cuda"]
-    if cuda:
-        state["cuda"] = [torch.cuda.get_rng_state(device) for device in cuda]
-    return state
-
-
-def restore_rng_state(saved, rank: int, devices: list[torch.device]) -> None:
-    """Put back what rng_state() saved for this rank (saved: one state per rank, or one
-    for all). What does not fit (more processes or GPUs than saved, fewer than saved)
-    keeps its -manualSeed start, and is said once; never an error."""
-    states = saved if isinstance(saved, list) else [saved]
-    if rank >= len(states):
-        print(
-            f"=> The checkpoint holds the random generators of {len(states)} processes:"
-            " the others start from -manualSeed"
-        )
-        return
-    state = states[rank]
-    if "torch" in state:
-        torch.set_rng_state(state["torch"])
-    if "python" in state:
-        random.setstate(state["python"])
-    cuda = [device for device in devices if device.type == "cuda"]
-    saved_cuda = state.get("cuda", [])
-    for device, device_state in zip(cuda, saved_cuda, strict=False):
-        torch.cuda.set_rng_state(device_state, device)
-    if cuda and len(saved_cuda) != len(cuda):
-        print(
-            f"=> The checkpoint holds the random generators of {len(saved_cuda)} GPUs for"
-            f" the {len(cuda)} used now: the others start from -manualSeed"
-        )
 
 
 @contextlib.contextmanager

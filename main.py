@@ -31,6 +31,7 @@ import torch
 import averaging
 import checkpoints
 import datasets
+import devices
 import epochs
 import errors
 import launch
@@ -46,12 +47,13 @@ def run(plan: Plan, named: pretrained.Named | None) -> int:
     """What main.lua does, in each process of the job (named: the resolved -weights)."""
     with launch.restored_settings(), launch.stop_requests() as stop:
         job = launch.job_environment()
+        devices.check_job(plan.launch.device, job.world)
         launch.check_global_batch(plan.loop.batch_size, job.world)
         if not plan.test_only:  # testing writes nothing in -save
             checkpoints.check_run_folder(plan.loop.save, plan.loop.resume, plan.loop.overwrite)
         launch.configure_backends(plan.launch.cudnn)  # before CUDA starts: cuBLAS reads it then
         timeout = plan.launch.rendezvous_timeout
-        with launch.process_group(plan.launch.n_gpu, job, timeout, stop) as processes:
+        with launch.process_group(plan.launch.device, job, timeout, stop) as processes:
             return run_process(plan, processes, stop, named)
 
 
@@ -59,10 +61,10 @@ def run_process(
     plan: Plan, processes: Processes, stop: launch.StopRequest, named: pretrained.Named | None
 ) -> int:
     """Check, load the data, build the model, then train or test."""
-    device, devices = set_up_process(plan, processes)
+    device, used = set_up_process(plan, processes)
     checkpoint = checkpoints.latest_of_run(plan.loop.resume)  # None: start afresh
     if checkpoint:
-        launch.restore_rng_state(checkpoint.state.rng, processes.rank, devices)
+        devices.restore_rng_state(checkpoint.state.rng, processes.rank, used)
     retrained = setup.start_weights(plan.model, named, checkpoint, processes)
     for note in plan.notes:
         print(note)
@@ -85,7 +87,7 @@ def run_process(
                 plan, model, device, loaders, (checkpoint, retrained), processes, stop
             )
         return epochs.train_and_test(
-            plan, model, (arch, classes), (device, devices), loaders, checkpoint, processes, stop
+            plan, model, (arch, classes), (device, used), loaders, checkpoint, processes, stop
         )
 
 
@@ -94,15 +96,18 @@ def set_up_process(plan: Plan, processes: Processes) -> tuple[torch.device, list
     what can be checked before any work: the images fit in memory, -compile works, the
     network flags build a network."""
     setting = plan.launch
-    device = launch.select_device(setting.n_gpu, processes)
+    device = devices.select_device(
+        setting.device, setting.n_gpu, processes.local_rank, processes.world
+    )
+    if setting.auto_device and device.type == "cpu" and setting.n_gpu > 0:
+        print("=> No CUDA device found: running on the CPU")
     launch.precision_settings(setting.precision, device)  # a bad combination fails first
-    launch.precision_note(setting.precision, device)
     datasets.check_image_sizes(
         plan.data.dataset,
         plan.data.crops,
         batch=max(1, plan.data.batch_size // processes.world),
         workers=plan.data.workers,
-        memory=partial(launch.device_memory, device),
+        memory=partial(devices.memory, device),
         device=device.type,
     )
     parallel.check_compile(setting.compile, device, setting.n_gpu, processes.world)

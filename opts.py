@@ -53,6 +53,8 @@ class Names(NamedTuple):
     policies: Sequence[str]  # -autoAugment
     schedules: Sequence[str]  # -lrSchedule
     is_weights_name: Callable[[str], bool]  # -weights
+    devices: Sequence[str]  # -device
+    memory_formats: Sequence[str]  # -memoryFormat
 
 
 class Parser(argparse.ArgumentParser):
@@ -134,11 +136,23 @@ FLAGS = [
     ),
     ("manualSeed", seed_int, 0, "Manually set RNG seed (0 is a seed too)"),
     ("nGPU", bounded_int, 1, "Number of GPUs to use by default (0: CPU)"),
+    (
+        "device",
+        str,
+        "auto",
+        "Options: {devices} (auto: CUDA if present, then MPS, then the CPU) (new)",
+    ),
     ("backend", str, "cudnn", "Options: cudnn | cunn (accepted, unused, as in the Lua)"),
     ("cudnn", str, "fastest", "Options: fastest | default | deterministic"),
     ("gen", str, "gen", "Path to save generated files (file index, downloads)"),
     ("precision", str, "single", "Options: " + " | ".join(PRECISIONS)),
-    ("memoryFormat", str, "channels_last", "Options: channels_last | contiguous (new)"),
+    (
+        "memoryFormat",
+        str,
+        "auto",
+        "Options: {memory_formats} (auto: channels_last on GPUs and AVX-512 CPUs, else"
+        " contiguous) (new)",
+    ),
     (
         "hostAllocator",
         str,
@@ -342,7 +356,7 @@ def build_parser(names: Names) -> Parser:
     the flags that take names lists them."""
     listed = {
         f"{{{field}}}": " | ".join(getattr(names, field))
-        for field in ("datasets", "net_types", "policies", "schedules")
+        for field in ("datasets", "net_types", "policies", "schedules", "devices", "memory_formats")
     }
     parser = Parser(
         prog="main.py",
@@ -488,7 +502,8 @@ def validate(opts: argparse.Namespace, names: Names) -> None:
     check_choice("-dataset", opts.dataset, names.datasets)
     check_choice("-netType", opts.netType, names.net_types)
     check_choice("-precision", opts.precision, PRECISIONS)
-    check_choice("-memoryFormat", opts.memoryFormat, ("channels_last", "contiguous"))
+    check_choice("-memoryFormat", opts.memoryFormat, names.memory_formats)
+    check_choice("-device", opts.device, names.devices)
     check_choice("-cudnn", opts.cudnn, ("fastest", "default", "deterministic"))
     check_choice("-hostAllocator", opts.hostAllocator, ("cache", "system"))
     _check(opts.batchSize > 0, f"-batchSize must be positive, got {opts.batchSize}")

@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from types import MappingProxyType
 
 import datasets
+import devices
 import epochs
 import errors
 import models
@@ -24,6 +25,8 @@ NAMES = options.Names(
     policies=policies.POLICIES,
     schedules=schedules.SCHEDULES,
     is_weights_name=pretrained.is_weights_name,
+    devices=devices.DEVICES,
+    memory_formats=devices.MEMORY_FORMAT_CHOICES,
 )
 
 
@@ -31,6 +34,8 @@ NAMES = options.Names(
 class Launch:
     """How this process runs: devices, precision, backends, its job."""
 
+    device: str = "cpu"  # -device resolved: cuda, mps or cpu
+    auto_device: bool = False  # -device auto chose it
     n_gpu: int = 1
     precision: str = "single"
     cudnn: str = "fastest"
@@ -88,15 +93,21 @@ def adopt_weights(opts: argparse.Namespace) -> pretrained.Named | None:
     return named
 
 
-def make_plan(opts: argparse.Namespace) -> Plan:
-    """The plan of the parsed (and -weights-resolved) options."""
+def make_plan(opts: argparse.Namespace, machine: devices.Machine | None = None) -> Plan:
+    """The plan of the parsed (and -weights-resolved) options on this machine (or the one
+    given): -device and -memoryFormat auto resolved, as opts.json records them."""
+    machine = machine or devices.Machine.here()
+    kind = devices.device_type(opts.device, opts.nGPU, machine)
+    layout, why = devices.memory_format(opts.memoryFormat, kind, machine)
     data = data_spec(opts)
     return Plan(
         data=data,
-        model=model_spec(opts, data.crops.val),
+        model=model_spec(opts, data.crops.val, layout),
         recipe=training_recipe(opts),
         loop=loop_spec(opts, data),
         launch=Launch(
+            device=kind,
+            auto_device=opts.device == "auto",
             n_gpu=opts.nGPU,
             precision=opts.precision,
             cudnn=opts.cudnn,
@@ -106,9 +117,22 @@ def make_plan(opts: argparse.Namespace) -> Plan:
             seed=opts.manualSeed,
         ),
         test_only=opts.testOnly,
-        options=MappingProxyType({k: v for k, v in vars(opts).items() if k != "given"}),
-        notes=options.start_notes(opts),
+        options=MappingProxyType(
+            {
+                **{k: v for k, v in vars(opts).items() if k != "given"},
+                "device": kind,
+                "memoryFormat": layout,
+            }
+        ),  # fmt: skip
+        notes=(*options.start_notes(opts), *device_notes(opts, kind, layout, why, machine)),
     )
+
+
+def device_notes(opts, kind: str, layout: str, why: str | None, machine) -> tuple[str, ...]:
+    """The lines that say what -device and -memoryFormat auto chose, and bf16's use here."""
+    notes = [f"=> Memory format: {layout} (auto: {why})"] if why else []
+    advice = devices.precision_advice(opts.precision, kind, machine)
+    return (*notes, advice) if advice else tuple(notes)
 
 
 def data_spec(opts: argparse.Namespace) -> datasets.DataSpec:
@@ -149,7 +173,7 @@ def network(opts: argparse.Namespace) -> dict:
     }
 
 
-def model_spec(opts: argparse.Namespace, val_crop: int) -> setup.ModelSpec:
+def model_spec(opts: argparse.Namespace, val_crop: int, memory_format: str) -> setup.ModelSpec:
     """The network, where its weights come from, and what is done to it."""
     return setup.ModelSpec(
         arch=MappingProxyType(network(opts)),
@@ -159,7 +183,7 @@ def model_spec(opts: argparse.Namespace, val_crop: int) -> setup.ModelSpec:
         norm_eval=opts.normEval,
         zero_init_residual=opts.zeroInitResidual,
         recompute=opts.shareGradInput or opts.optnet,
-        memory_format=opts.memoryFormat,
+        memory_format=memory_format,
         n_gpu=opts.nGPU,
         sync_bn=opts.syncBN,
         compile=opts.compile,

@@ -10,6 +10,7 @@ from torch import nn
 
 import averaging
 import checkpoints
+import devices
 import launch
 import optimizers
 import schedules
@@ -100,7 +101,7 @@ def make_trainer(
         spec.schedule,
         device=device,
         n_crops=10 if spec.ten_crop else 1,
-        memory_format=launch.MEMORY_FORMATS[placement.memory_format],
+        memory_format=devices.MEMORY_FORMATS[placement.memory_format],
         dtype=dtype,
         autocast_dtype=autocast_dtype,
         print_every=spec.print_every,

@@ -125,7 +125,9 @@ class Step:
         self.model, self.criterion, self.optimizer, self.lr_at = model, criterion, optimizer, lr_at
         self.device, self.memory_format, self.dtype = device, memory_format, dtype
         self.autocast_dtype, self.clip_grad_norm = autocast_dtype, clip_grad_norm
-        use_scaler = autocast_dtype == torch.float16 and device.type == "cuda"
+        # fp16 gradients underflow without loss scaling (fp16 runs only on GPUs: the start
+        # refuses -precision half on the CPU).
+        use_scaler = autocast_dtype == torch.float16
         self.scaler = torch.amp.GradScaler(device.type, enabled=use_scaler)
 
     def set_learning_rate(self, epoch: int, progress: float = 0.0) -> float:

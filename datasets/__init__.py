@@ -8,6 +8,7 @@ from dataclasses import dataclass
 import torch
 from torch.utils.data import DataLoader, Dataset
 
+import devices
 from datasets import cifar, fashionmnist, imagenet, policies
 from datasets.cifar import ArrayImageDataset, DataError
 from datasets.memory import InMemoryLoader
@@ -290,7 +291,7 @@ def create_loaders(spec: DataSpec, device: torch.device, rank: int = 0, world: i
             in_memory_loader(val_set, spec.batch_size, spec.seed + 1, False, device, **ranks),
         )
     n_crops = 10 if spec.ten_crop else 1
-    kwargs = {"workers": spec.workers, "pin_memory": device.type == "cuda", **ranks}
+    kwargs = {"workers": spec.workers, "pin_memory": devices.pins_memory(device), **ranks}
     train = make_loader(
         train_set, spec.batch_size, seed=spec.seed, train=True, repeats=spec.repeats, **kwargs
     )

@@ -10,7 +10,7 @@ from torch import nn
 
 import checkpoints
 import datasets
-import launch
+import devices
 import models
 import parallel
 from launch import Processes, StartError
@@ -161,7 +161,7 @@ def prepare_model(
         print("=> Recomputing residual blocks in the backward pass to save memory (-optnet)")
         models.set_activation_checkpointing(model)
     dtype, autocast_dtype = dtypes
-    model = model.to(device, dtype).to(memory_format=launch.MEMORY_FORMATS[spec.memory_format])
+    model = model.to(device, dtype).to(memory_format=devices.MEMORY_FORMATS[spec.memory_format])
     return parallel.spread_model(
         model,
         device,

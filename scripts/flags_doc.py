@@ -70,6 +70,10 @@ WHAT_IT_DOES = {
     ),
     "manualSeed": "seeds torch and the data loaders; 0 is a seed too, as in the Lua",
     "nGPU": "GPUs; >1 wraps the model in DataParallel; without CUDA the CPU is used (said once)",
+    "device": (
+        "new: `auto` takes CUDA if present, then MPS (Apple silicon), then the CPU; `cuda`, "
+        "`mps` or `cpu` ask for one (absent: one line, exit 2); recorded resolved in `opts.json`"
+    ),
     "backend": "accepted and unused, as in the Lua",
     "cudnn": (
         "`fastest`: cudnn.benchmark; `deterministic`: deterministic algorithms, cuDNN's and "
@@ -80,7 +84,10 @@ WHAT_IT_DOES = {
     "precision": (
         "`single`, `double`, `bf16` (autocast), `half` (fp16 autocast with a GradScaler, CUDA only)"
     ),
-    "memoryFormat": "new: `channels_last` or `contiguous` (same numbers, different speed)",
+    "memoryFormat": (
+        "new: `channels_last` or `contiguous` (same numbers, different speed); `auto`: "
+        "channels_last on GPUs and AVX-512 CPUs, contiguous on others (said at start)"
+    ),
     "hostAllocator": (
         "new: `cache` keeps freed host memory for reuse (glibc; each step's activations are not "
         "unmapped and faulted back in), `system` leaves the C library's default"

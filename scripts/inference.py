@@ -14,6 +14,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
 import checkpoints  # noqa: E402 - after the repository root is on the path
+import devices  # noqa: E402
 import models  # noqa: E402
 from datasets import cifar, fashionmnist, imagenet, photometric  # noqa: E402
 from models import pretrained  # noqa: E402
@@ -146,5 +147,6 @@ def batches(files: list[str], view: View, size: int):
 
 
 def device_for_inference() -> torch.device:
-    """The first GPU when there is one, else the CPU."""
-    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    """What -device auto picks: the first CUDA GPU, else MPS, else the CPU."""
+    kind = devices.device_type("auto", 1, devices.Machine.here())
+    return devices.select_device(kind, 1, 0, 1)

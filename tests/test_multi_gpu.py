@@ -13,6 +13,7 @@ from ranks import run_ranks
 from torch import nn
 
 import checkpoints
+import devices
 import errors
 import launch
 import main
@@ -104,12 +105,12 @@ def gpus(count: int) -> list[torch.device]:
 
 def test_a_run_of_8_gpus_resumes_on_4_with_the_generators_that_fit(monkeypatch, capsys):
     FakeGpus(monkeypatch, 8, first_state=100)
-    saved = launch.rng_state(gpus(8))  # a DataParallel run on 8 GPUs
+    saved = devices.rng_state(gpus(8))  # a DataParallel run on 8 GPUs
     fewer = FakeGpus(monkeypatch, 4)
-    launch.restore_rng_state([saved], 0, gpus(4))
+    devices.restore_rng_state([saved], 0, gpus(4))
     assert [int(fewer.states[i]) for i in range(4)] == [100, 101, 102, 103]
     assert "holds the random generators of 8 GPUs for the 4 used now" in capsys.readouterr().out
-    launch.restore_rng_state(saved, 0, gpus(4))  # a checkpoint of one state for all processes
+    devices.restore_rng_state(saved, 0, gpus(4))  # a checkpoint of one state for all processes
 
 
 def test_each_process_resumes_its_own_generators(monkeypatch, capsys):
@@ -117,14 +118,14 @@ def test_each_process_resumes_its_own_generators(monkeypatch, capsys):
     saved = []
     for rank in range(2):
         torch.manual_seed(rank)
-        saved.append(launch.rng_state([torch.device("cuda", rank)]))
+        saved.append(devices.rng_state([torch.device("cuda", rank)]))
     gpu = FakeGpus(monkeypatch, 8)
-    launch.restore_rng_state(saved, 1, [torch.device("cuda", 1)])
+    devices.restore_rng_state(saved, 1, [torch.device("cuda", 1)])
     drawn = torch.rand(3)
     torch.manual_seed(1)
     assert torch.equal(drawn, torch.rand(3))
     assert int(gpu.states[1]) == 51
-    launch.restore_rng_state(saved, 2, [torch.device("cuda", 2)])  # a third process: seeded
+    devices.restore_rng_state(saved, 2, [torch.device("cuda", 2)])  # a third process: seeded
     assert "holds the random generators of 2 processes" in capsys.readouterr().out
 
 

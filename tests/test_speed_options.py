@@ -145,16 +145,3 @@ def test_the_host_allocator_is_set_before_any_data_is_loaded(monkeypatch):
     with pytest.raises(Stop):
         main.run(plan.make_plan(parsed), None)
     assert calls == ["cache", "loaders"]
-
-
-def test_bf16_on_a_cpu_without_native_bf16_is_said_once(capsys):
-    import launch
-
-    cpu = torch.device("cpu")
-    launch.precision_note("bf16", cpu, has_bf16=lambda: False)
-    launch.precision_note("bf16", cpu, has_bf16=lambda: True)
-    launch.precision_note("single", cpu, has_bf16=lambda: False)
-    assert capsys.readouterr().out == (
-        "=> warning: this CPU has no native bf16 (AVX512-BF16 or AMX): -precision bf16 is"
-        " emulated here and slower than -precision single\n"
-    )

@@ -1,0 +1,145 @@
+"""-device auto | cuda | mps | cpu, and the choices made for the machine: which device auto
+picks, what a device cannot do (one line at start, nothing written), the memory format
+auto picks for a CPU's vector capability, bf16 advice, resume across devices."""
+
+import json
+import re
+
+import pytest
+import torch
+from test_cli import run_main, small_cifar_args
+
+import devices
+import plan
+
+CUDA = devices.Machine(cuda=True, mps=False, cpu_capability="AVX512", cpu_bf16=True)
+MAC = devices.Machine(cuda=False, mps=True, cpu_capability="DEFAULT", cpu_bf16=False)
+ZEN3 = devices.Machine(cuda=False, mps=False, cpu_capability="AVX2", cpu_bf16=False)
+XEON = devices.Machine(cuda=False, mps=False, cpu_capability="AVX512", cpu_bf16=True)
+
+
+@pytest.mark.parametrize(
+    ("machine", "n_gpu", "expected"),
+    [(CUDA, 1, "cuda"), (CUDA, 8, "cuda"), (CUDA, 0, "cpu"), (MAC, 1, "mps"), (MAC, 0, "cpu"),
+     (ZEN3, 1, "cpu"), (XEON, 4, "cpu")],
+)  # fmt: skip
+def test_auto_takes_cuda_then_mps_then_the_cpu_and_ngpu_0_is_the_cpu(machine, n_gpu, expected):
+    assert devices.device_type("auto", n_gpu, machine) == expected
+
+
+@pytest.mark.parametrize(
+    ("requested", "n_gpu", "machine", "says"),
+    [
+        ("cuda", 1, MAC, "-device cuda but torch sees no CUDA device"),
+        ("mps", 1, CUDA, "-device mps but torch sees no MPS device"),
+        ("cuda", 0, CUDA, "-device cuda with -nGPU 0 (the CPU): drop one of them"),
+        ("mps", 2, MAC, "-nGPU 2 needs CUDA GPUs (DataParallel); MPS is one device"),
+        ("auto", 8, MAC, "-nGPU 8 needs CUDA GPUs (DataParallel); MPS is one device"),
+    ],
+)
+def test_a_device_that_is_absent_or_cannot_do_it_is_refused(requested, n_gpu, machine, says):
+    with pytest.raises(devices.DeviceError, match=f"^{re.escape(says)}"):
+        devices.device_type(requested, n_gpu, machine)
+
+
+def test_a_job_of_several_processes_cannot_run_on_mps():
+    with pytest.raises(devices.DeviceError, match="a job of 2 processes cannot run on MPS"):
+        devices.check_job("mps", 2)
+    devices.check_job("mps", 1)
+    devices.check_job("cpu", 4)
+    assert (devices.backend("cuda"), devices.backend("cpu")) == ("nccl", "gloo")
+
+
+@pytest.mark.parametrize("device", ["mps", "cuda"])
+def test_an_absent_device_is_one_line_exit_2_and_nothing_written(device, cifar10_root, tmp_path):
+    """This machine has neither CUDA nor MPS."""
+    done = run_main(*small_cifar_args(cifar10_root, tmp_path / "save"), "-device", device)
+    assert done.returncode == 2 and done.stderr.count("\n") == 1, done.stderr
+    assert done.stderr.startswith(f"error: -device {device} but torch sees no")
+    assert not (tmp_path / "save").exists()
+
+
+@pytest.mark.parametrize(
+    ("requested", "kind", "machine", "expected"),
+    [
+        ("auto", "cpu", ZEN3, ("contiguous", "this CPU has AVX2, no AVX-512")),
+        ("auto", "cpu", XEON, ("channels_last", "this CPU has AVX512")),
+        ("auto", "cuda", CUDA, ("channels_last", "on CUDA")),
+        ("auto", "mps", MAC, ("channels_last", "on MPS")),
+        ("channels_last", "cpu", ZEN3, ("channels_last", None)),  # the user's choice wins
+        ("contiguous", "cpu", XEON, ("contiguous", None)),
+    ],
+)
+def test_auto_memory_format_follows_the_cpus_vector_units(requested, kind, machine, expected):
+    assert devices.memory_format(requested, kind, machine) == expected
+
+
+def test_the_plan_says_and_records_what_auto_chose(cifar10_root, tmp_path):
+    parsed = plan.parse(small_cifar_args(cifar10_root, tmp_path))
+    chosen = plan.make_plan(parsed, machine=ZEN3)
+    assert chosen.launch.device == "cpu" and chosen.model.memory_format == "contiguous"
+    assert "=> Memory format: contiguous (auto: this CPU has AVX2, no AVX-512)" in chosen.notes
+    assert (chosen.options["device"], chosen.options["memoryFormat"]) == ("cpu", "contiguous")
+    given = plan.parse([*small_cifar_args(cifar10_root, tmp_path), "-memoryFormat", "contiguous"])
+    assert not any("Memory format" in note for note in plan.make_plan(given, XEON).notes)
+
+
+def test_bf16_advice_warns_where_emulated_and_offers_where_native():
+    assert "emulated here and slower" in devices.precision_advice("bf16", "cpu", ZEN3)
+    assert "bf16 natively" in devices.precision_advice("single", "cpu", XEON)
+    assert devices.precision_advice("bf16", "cpu", XEON) is None  # asked for, and native
+    assert devices.precision_advice("single", "cpu", ZEN3) is None
+    assert devices.precision_advice("bf16", "cuda", CUDA) is None
+
+
+def test_device_cpu_trains_what_ngpu_0_trains_and_opts_json_records_it(cifar10_root, tmp_path):
+    weights = []
+    for name, flags in (("lua", ["-nGPU", "0"]), ("device", ["-device", "cpu"])):
+        argv = small_cifar_args(cifar10_root, tmp_path / name, "-nEpochs 1 -batchSize 10")
+        done = run_main(*argv, *flags, "-memoryFormat", "contiguous")
+        assert done.returncode == 0, done.stderr
+        weights.append(torch.load(tmp_path / name / "model_1.pth", weights_only=True)["model"])
+        recorded = json.loads((tmp_path / name / "opts.json").read_text())
+        assert (recorded["device"], recorded["memoryFormat"]) == ("cpu", "contiguous")
+    assert all(torch.equal(weights[0][key], weights[1][key]) for key in weights[0])
+
+
+def test_a_checkpoint_saved_on_gpus_resumes_on_the_cpu_bitwise(cifar10_root, tmp_path):
+    """The CUDA generators a GPU run saved are left aside on the CPU; the CPU's, which
+    draw the data, are restored: the resumed run trains what an uninterrupted one does."""
+    flags = "-nEpochs 2 -batchSize 10 -manualSeed 3"
+    whole = run_main(*small_cifar_args(cifar10_root, tmp_path / "whole", flags))
+    assert whole.returncode == 0, whole.stderr
+    argv = small_cifar_args(cifar10_root, tmp_path / "gpu", flags.replace("2", "1", 1))
+    assert run_main(*argv).returncode == 0
+    latest = tmp_path / "gpu" / "latest.pth"
+    record = torch.load(latest, weights_only=True)
+    record["state"]["rng"][0]["cuda"] = [torch.zeros(16, dtype=torch.uint8)] * 2  # 2 GPUs' worth
+    torch.save(record, latest)
+    resumed = run_main(*small_cifar_args(cifar10_root, tmp_path / "gpu", flags),
+                       "-resume", tmp_path / "gpu")  # fmt: skip
+    assert resumed.returncode == 0, resumed.stderr
+    expected = torch.load(tmp_path / "whole" / "model_2.pth", weights_only=True)["model"]
+    got = torch.load(tmp_path / "gpu" / "model_2.pth", weights_only=True)["model"]
+    assert all(torch.equal(expected[key], got[key]) for key in expected)
+
+
+def test_mps_generators_are_saved_and_restored_on_mps(monkeypatch):
+    state = {"mps": torch.arange(4, dtype=torch.uint8)}
+    monkeypatch.setattr(torch.mps, "get_rng_state", lambda: state["mps"])
+    monkeypatch.setattr(torch.mps, "set_rng_state", lambda value: state.update(restored=value))
+    saved = devices.rng_state([torch.device("mps")])
+    assert torch.equal(saved["mps"], state["mps"])
+    devices.restore_rng_state(saved, 0, [torch.device("mps")])
+    assert torch.equal(state["restored"], state["mps"])
+    devices.restore_rng_state(saved, 0, [torch.device("cpu")])  # on the CPU: left aside
+    assert devices.pins_memory(torch.device("cuda")) and not devices.pins_memory(
+        torch.device("mps")
+    )
+
+
+def test_the_machine_here_is_what_torch_reports():
+    here = devices.Machine.here()
+    assert here.cpu_capability == torch.backends.cpu.get_cpu_capability()
+    assert here.cuda == torch.cuda.is_available()
+    assert isinstance(here.mps, bool) and isinstance(here.cpu_bf16, bool)
