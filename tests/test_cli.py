@@ -192,7 +192,7 @@ def test_precise_bn_recomputes_the_statistics_before_each_test(cifar10_root, tmp
         ("-shareGradInput true -optnet true", "cannot use both"),
         ("-depth 21 -netType resnet", "6n+2"),
         ("-depth 30", "9n+2"),
-        ("-precision half", "-precision half needs a CUDA device"),
+        ("-precision half", "-precision half needs a CUDA or MPS device"),
         ("-netType resnet -depth 8 -frozenStages 4", "frozenStages must be -1 (none) to 3"),
     ],
 )
