@@ -103,7 +103,7 @@ def test_a_checkpoint_saved_before_se_existed_resumes(tmp_path):
     checkpoint = checkpoints.Checkpoint(1, 0, 0, saved_model, {}, (50.0, 10.0),
                                         checkpoints.RunState())  # fmt: skip
     model, saved = setup.build_model(
-        plan.model_spec(opts, 224), [str(i) for i in range(10)], checkpoint, None
+        plan.model_spec(opts, 224, "contiguous"), [str(i) for i in range(10)], checkpoint, None
     )
     assert saved["se"] == 0 and model.layer1[0].se is None
 
