@@ -111,13 +111,12 @@ def precision_advice(precision: str, kind: str, machine: Machine) -> str | None:
     if precision == "bf16" and not machine.cpu_bf16:
         return (
             "=> warning: this CPU has no native bf16 (AVX512-BF16 or AMX): -precision bf16"
-            " is emulated here and slower than -precision single (12x on an AVX2 CPU"
-            " measured)"
+            " is emulated here and 8-12x slower than -precision single"
         )
     if precision == "single" and machine.cpu_bf16:
         return (
             "=> This CPU computes bf16 natively (AVX512-BF16 or AMX): -precision bf16"
-            " trained 2-2.8x faster than single on such a CPU (docs/performance.md)"
+            " trains 1.5-2.8x faster than single on such CPUs (docs/performance.md)"
         )
     return None
 

@@ -34,6 +34,7 @@ import torch
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
+import devices  # noqa: E402
 import launch  # noqa: E402
 import models  # noqa: E402
 import train  # noqa: E402
@@ -454,6 +455,10 @@ def main() -> None:
         "size": args.size,
         "allocator": "cache",
     }
+    machine = devices.Machine.here()
+    layout, _ = devices.memory_format("auto", "cpu", machine)  # what the CLI's default picks
+    default_label = f"trainer default (fp32, -memoryFormat auto: {layout})"
+    print(f"CPU capability {machine.cpu_capability}, native bf16: {machine.cpu_bf16}")
     rows = {
         "bare fp32 contiguous": {"kind": "bare", "layout": "contiguous", "precision": "fp32"},
         "bare fp32 channels_last": {"kind": "bare", "layout": "channels_last", "precision": "fp32"},
@@ -464,11 +469,7 @@ def main() -> None:
             "allocator": "system",
         },
         "bare bf16 channels_last": {"kind": "bare", "layout": "channels_last", "precision": "bf16"},
-        "trainer default (fp32 channels_last)": {
-            "kind": "trainer",
-            "layout": "channels_last",
-            "precision": "fp32",
-        },
+        default_label: {"kind": "trainer", "layout": layout, "precision": "fp32"},
         "trainer -precision bf16": {
             "kind": "trainer",
             "layout": "channels_last",
@@ -489,10 +490,11 @@ def main() -> None:
     results = measure_rounds({label: {**base, **spec} for label, spec in rows.items()}, args.rounds)
     print_table(f"{args.model}, batch {args.batch}", results, args.rounds, memory=True)
     img_s = {label: r["img_s"] for label, r in results.items()}
-    default, bf16 = img_s["trainer default (fp32 channels_last)"], img_s["trainer -precision bf16"]
+    default, bf16 = img_s[default_label], img_s["trainer -precision bf16"]
     baseline = img_s["baseline (pytorch/examples style)"]
     ratios = [
-        ("trainer / bare, same flags", default / img_s["bare fp32 channels_last"], "0.95"),
+        ("trainer / bare, same flags", default / img_s[f"bare fp32 {layout}"], "0.95"),
+        ("default flags / bare fp32 NCHW", default / img_s["bare fp32 contiguous"], "1.3"),
         ("default flags / baseline", default / baseline, "1.3"),
         ("-precision bf16 / baseline", bf16 / baseline, "2"),
     ]
