@@ -3,6 +3,7 @@ and imports that go one way."""
 
 import ast
 import glob
+import importlib
 import os
 
 import pytest
@@ -96,3 +97,10 @@ def test_only_checkpoints_reads_the_checkpoint_files_by_key():
             if key in CHECKPOINT_KEYS:
                 readers.append(f"{path}:{node.lineno} {key}")
     assert readers == []
+
+
+@pytest.mark.parametrize("path", PACKAGE)
+def test_every_module_of_the_package_imports_with_this_torch(path):
+    """What the lowest supported torch is checked with first (make test-lowest)."""
+    name = os.path.splitext(path)[0].replace("/", ".").removesuffix(".__init__")
+    assert importlib.import_module(name).__name__ == name
