@@ -5,12 +5,13 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: setup demo test lint
+.PHONY: setup demo test test-lowest lint
 
-$(STAMP): requirements.txt requirements-dev.txt
+# requirements.txt says the supported range; constraints.txt pins the versions last tested.
+$(STAMP): requirements.txt requirements-dev.txt constraints.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q -r requirements.txt -r requirements-dev.txt
+	$(PY) -m pip install -q -r requirements.txt -r requirements-dev.txt -c constraints.txt
 	touch $(STAMP)
 
 setup: $(STAMP)
@@ -33,3 +34,15 @@ lint: setup
 test: setup
 	$(PY) -m ruff check .
 	$(PY) -m pytest
+
+# The lowest supported torch (requirements.txt), in a venv of its own: every module imports,
+# and end-to-end runs (train, resume, test-only, fine-tune, bad input) behave the same.
+LOWEST := .venv-lowest
+LOWEST_TORCH := torch==2.11.0 torchvision==0.26.0
+SMOKE := tests/test_architecture.py tests/test_cli.py tests/test_devices.py tests/test_in_process.py \
+	tests/test_trust.py
+
+test-lowest:
+	test -x $(LOWEST)/bin/python || $(PYTHON) -m venv $(LOWEST)
+	$(LOWEST)/bin/python -m pip install -q $(LOWEST_TORCH) -r requirements.txt pytest==9.2.0
+	$(LOWEST)/bin/python -m pytest $(SMOKE)

@@ -189,6 +189,12 @@ def process_group(kind: str, job: "Job", rendezvous_timeout: float, stop: "StopR
             dist.destroy_process_group()
 
 
+def left_a_process_group() -> bool:
+    """Whether the run left its process group without destroying it (stopped while a
+    collective may wait for a peer, process_group): torch 2.11's exit then waits for it."""
+    return dist.is_available() and dist.is_initialized()
+
+
 def in_a_job() -> bool:
     """Whether this process is one of several of a job (False when the launcher's
     variables are broken: that is reported as such)."""

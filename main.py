@@ -150,4 +150,8 @@ def flush_output(status: int) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(flush_output(main()))
+    status = flush_output(main())
+    if launch.left_a_process_group():
+        sys.stderr.flush()
+        os._exit(status)  # the interpreter's exit would wait on the group's pending collective
+    sys.exit(status)

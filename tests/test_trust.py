@@ -147,20 +147,21 @@ def test_a_stop_signal_while_waiting_for_the_others_ends_the_process(number, cif
 
 def test_a_stop_signal_while_waiting_for_rank_0s_data_ends_the_process(cifar10_root, tmp_path):
     """Rank 0 prepares the data and never finishes; rank 1, waiting for it in a
-    collective, is stopped (here by itself, right after the collective started)."""
+    collective, is stopped (here by itself, right after the collective started) and ends,
+    through main.py's own exit: the process group it leaves must not hold it."""
     port = free_port()
-    blocked = ("import sys, threading; sys.path.insert(0, sys.argv[1]); import datasets, main\n"
-               "datasets.create_loaders = lambda *a: threading.Event().wait()\n"
-               "sys.exit(main.main(sys.argv[2:]))\n")  # fmt: skip
-    stopped = ("import os, signal, sys; sys.path.insert(0, sys.argv[1]); import main\n"
+    as_main = ("import runpy; sys.argv = [os.path.join(sys.argv[1], 'main.py'), *sys.argv[2:]]\n"
+               "runpy.run_path(sys.argv[0], run_name='__main__')\n")  # fmt: skip
+    blocked = ("import os, sys, threading; sys.path.insert(0, sys.argv[1]); import datasets\n"
+               "datasets.create_loaders = lambda *a: threading.Event().wait()\n" + as_main)  # fmt: skip
+    stopped = ("import os, signal, sys; sys.path.insert(0, sys.argv[1])\n"
                "import torch.distributed as dist\n"
                "reduce = dist.all_reduce\n"
                "def reduce_then_stop(*args, **kwargs):\n"
                "    work = reduce(*args, **kwargs)\n"
                "    os.kill(os.getpid(), signal.SIGTERM)\n"
                "    return work\n"
-               "dist.all_reduce = reduce_then_stop\n"
-               "sys.exit(main.main(sys.argv[2:]))\n")  # fmt: skip
+               "dist.all_reduce = reduce_then_stop\n" + as_main)  # fmt: skip
     argv = small_cifar_args(cifar10_root, tmp_path / "save")
     tasks = [subprocess.Popen([sys.executable, "-c", script, ROOT, *argv], stdout=subprocess.PIPE,
                               stderr=subprocess.PIPE, text=True, env=srun_task(rank, port=port))
