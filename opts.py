@@ -123,8 +123,8 @@ FLAGS = [
         "data",
         str,
         "",
-        "Path to dataset: a folder with train/ and val/ (imagenet), or the CIFAR / "
-        "Fashion-MNIST files",
+        "Path to dataset: a folder with train/ and val/ or tar shards (imagenet), or the"
+        " CIFAR / Fashion-MNIST files",
     ),
     ("dataset", str, "imagenet", "Options: {datasets}"),
     (
@@ -644,6 +644,8 @@ def validate_paths(opts: argparse.Namespace) -> None:
             opts.data != "", "missing ImageNet data directory: give -data DIR with train/ and val/"
         )
         _check(os.path.isdir(opts.data), f"missing ImageNet data directory: {opts.data}")
+        if os.path.isfile(os.path.join(opts.data, "shards.json")):  # scripts/make_shards.py's
+            return validate_files(opts)
         for split in ("train", "val"):
             folder = os.path.join(opts.data, split)
             _check(
@@ -652,6 +654,11 @@ def validate_paths(opts: argparse.Namespace) -> None:
             )
     elif opts.data:
         _check(os.path.isdir(opts.data), f"data directory not found: {opts.data}")
+    validate_files(opts)
+
+
+def validate_files(opts: argparse.Namespace) -> None:
+    """The folder of -resume and the files of -retrain / -optimState must exist."""
     if opts.resume != "none":
         _check(os.path.isdir(opts.resume), f"-resume directory not found: {opts.resume}")
     for flag in ("retrain", "optimState"):

@@ -17,7 +17,7 @@ import torch
 from PIL import Image, UnidentifiedImageError
 from torch.utils.data import default_collate
 
-from datasets import photometric, policies
+from datasets import photometric, policies, shards
 from datasets import transforms as T
 from datasets.cifar import DataError
 from datasets.sampler import split_item
@@ -275,9 +275,9 @@ class FolderSample:
     def decoded(self, image: Image.Image, place, reduce_by: float):
         """place(pixels), or an Encoded JPEG when decoding happens on the device."""
         if self.on_device and device_decodable(image):
-            with open(image.filename, "rb") as handle:
-                data = torch.frombuffer(bytearray(handle.read()), dtype=torch.uint8)
-            return Encoded(image.filename, data, place)
+            image.fp.seek(0)  # the file, or a shard's bytes: read whole for the device
+            data = torch.frombuffer(bytearray(image.fp.read()), dtype=torch.uint8)
+            return Encoded(image.filename or "an image of a shard", data, place)
         return place(decode_rgb(image, reduce_by if self.draft else 1.0))
 
 
@@ -447,6 +447,12 @@ class PackedSamples:
         name = os.fsdecode(bytes(self.names[start : int(self.ends[index])].tolist()))
         return name, int(self.labels[index])
 
+    def opened(self, index: int, root: str) -> tuple[str, int, str]:
+        """(the image's path below root, its label, its name for errors)."""
+        relative, label = self[index]
+        path = os.path.join(root, relative)
+        return path, label, path
+
 
 class ImageFolder(torch.utils.data.Dataset):
     """Images listed in an index, decoded with PIL and transformed on the fly into
@@ -470,15 +476,15 @@ class ImageFolder(torch.utils.data.Dataset):
 
     def __getitem__(self, item) -> tuple[torch.Tensor, torch.Tensor, int] | None:
         index, generator = split_item(item)
-        relative, label = self.samples[index]
-        path = os.path.join(self.root, relative)
+        name = None
         try:
-            with Image.open(path) as image:
+            source, label, name = self.samples.opened(index, self.root)
+            with Image.open(source) as image:
                 pixels, draws = self.transform(image, generator)
         except DECODE_ERRORS as exc:
             if self.skip_corrupt:
                 return None
-            raise DataError(f"cannot read image {path}: {exc}") from exc
+            raise DataError(f"cannot read image {name or index}: {exc}") from exc
         return pixels, draws, label
 
 
@@ -550,7 +556,6 @@ def load(
     """The train or val split of a class-per-folder dataset, as uint8 samples (JPEGs left
     encoded with decode_on_device) cropped as `crops` say; training images also augmented
     by `augment` (-autoAugment, -randomErasing) when given."""
-    index = cached_index(data, cache_path)
     on_device = {"on_device": decode_on_device}
     if split == "train":
         transform = TrainSample(crops.train, augment=augment, **on_device)
@@ -562,6 +567,10 @@ def load(
             **on_device,
             interpolation=crops.val_interpolation,
         )
+    if shards.is_sharded(data):
+        samples, classes = shards.load_samples(data, split, os.path.dirname(cache_path))
+        return ImageFolder(data, samples, classes, transform, skip_corrupt)
+    index = cached_index(data, cache_path)
     samples = PackedSamples([tuple(sample) for sample in index[split]])
     folder = os.path.join(data, split)
     return ImageFolder(folder, samples, index["classes"], transform, skip_corrupt)

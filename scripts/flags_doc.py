@@ -57,8 +57,8 @@ RECIPE_FLAGS = (
 )
 WHAT_IT_DOES = {
     "data": (
-        "dataset root: `train/` and `val/` class folders (imagenet); the CIFAR / Fashion-MNIST "
-        "files (optional)"
+        "dataset root: `train/` and `val/` class folders, or the tar shards of "
+        "`scripts/make_shards.py` (imagenet); the CIFAR / Fashion-MNIST files (optional)"
     ),
     "dataset": (
         "`imagenet` (any class-per-folder tree), `cifar10`, `cifar100`, `fashionmnist` (new)"
