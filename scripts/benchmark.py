@@ -203,6 +203,50 @@ def measure_jpeg(decode_only: bool, warmup: int, steps: int) -> float:
         torch.set_num_threads(threads)
 
 
+def data_tree(copies: int = 8) -> tuple[str, str]:
+    """(folder, shards) of the same real JPEGs, written once under .cache/: train/ holds
+    each benchmark JPEG `copies` times in two classes; the shards are make_shards.py's."""
+    import shutil
+
+    root = os.path.join(ROOT, ".cache", "benchmark-data")
+    folder, shards = os.path.join(root, "folder"), os.path.join(root, "shards")
+    if os.path.exists(os.path.join(shards, "shards.json")):
+        return folder, shards
+    shutil.rmtree(root, ignore_errors=True)
+    paths = jpeg_files(os.path.join(ROOT, ".cache", "benchmark-jpegs"))
+    for split, count in (("train", copies), ("val", 1)):
+        for n, path in enumerate(paths * count):
+            target = os.path.join(folder, split, "ab"[n % 2], f"{n:05d}.jpg")
+            os.makedirs(os.path.dirname(target), exist_ok=True)
+            shutil.copyfile(path, target)
+    script = os.path.join(ROOT, "scripts", "make_shards.py")
+    subprocess.run([sys.executable, script, folder, shards, "--shard-size", "64"],
+                   check=True, capture_output=True)  # fmt: skip
+    return folder, shards
+
+
+def measure_data(source: str, batch: int, warmup: int, steps: int) -> float:
+    """Seconds per batch of the ImageNet train split's loader (decode and augment in 2
+    worker processes, as -nThreads 2), reading the class folders or the tar shards."""
+    import tempfile
+
+    import datasets
+
+    data = dict(zip(("folder", "shards"), data_tree(), strict=True))[source]
+    with tempfile.TemporaryDirectory() as gen:
+        dataset = datasets.load("imagenet", "train", data=data, gen=gen)
+        loader = datasets.make_loader(dataset, batch, workers=2, seed=0, train=True)
+        stamps, epoch = [], 1
+        while len(stamps) < warmup + steps + 1:
+            loader.sampler.set_epoch(epoch)
+            for _ in loader:
+                stamps.append(time.perf_counter())
+            epoch += 1
+        datasets.close(loader)
+    gaps = [b - a for a, b in zip(stamps[warmup:], stamps[warmup + 1 :], strict=False)]
+    return statistics.median(gaps)
+
+
 class JpegBatches:
     """Training batches made on the fly, in this process, by the tool's folder pipeline
     (worker half, then the finishing) from the benchmark's JPEGs, cycled."""
@@ -367,7 +411,9 @@ def run_one(spec: dict) -> dict:
             "img_s": 1 / seconds,
             "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
         }
-    if spec["kind"] in ("jpeg_train", "jpeg_train_recipe"):
+    if spec["kind"] in ("data_folder", "data_shards"):
+        seconds = measure_data(spec["kind"].split("_")[1], batch, warmup, steps)
+    elif spec["kind"] in ("jpeg_train", "jpeg_train_recipe"):
         recipe = spec["kind"] == "jpeg_train_recipe"
         seconds = measure_jpeg_training(recipe, batch, warmup, steps, spec.get("crop", 176))
     elif spec["kind"] in ("pipeline", "pipeline_policy"):
@@ -439,6 +485,11 @@ def main() -> None:
         action="store_true",
         help="only ResNet-18 on JPEGs: default flags against -recipe torchvision",
     )
+    parser.add_argument(
+        "--data",
+        action="store_true",
+        help="only the data pipeline (2 workers): class folders against tar shards",
+    )
     parser.add_argument("--one", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.one:
@@ -446,6 +497,9 @@ def main() -> None:
         return
     if args.recipes:
         compare_recipes(args)
+        return
+    if args.data:
+        compare_data(args)
         return
     base = {
         "model": args.model,
@@ -520,6 +574,20 @@ def main() -> None:
     print(f"JPEG pipeline / decode alone: {jpeg:.2f}x (target >= 0.6)")
     pipeline = img_s["pipeline (1 thread)"]
     print(f"augmentation pipeline: {pipeline:.0f} img/s on one thread (target >= 20,000 at 32x32)")
+
+
+def compare_data(args) -> None:
+    """The ImageNet train pipeline's img/s with 2 workers, from class folders and from tar
+    shards of the same JPEGs (target: shards >= 0.9x the folders)."""
+    base = {"batch": 32, "warmup": 2, "steps": args.steps, "allocator": "cache"}
+    rows = {
+        "class folders, -nThreads 2": {"kind": "data_folder"},
+        "tar shards, -nThreads 2": {"kind": "data_shards"},
+    }
+    results = measure_rounds({label: {**base, **spec} for label, spec in rows.items()}, args.rounds)
+    print_table("ImageNet train pipeline, batch 32", results, args.rounds)
+    folder, shards = (r["img_s"] for r in results.values())
+    print(f"shards / folders: {shards / folder:.2f}x (target >= 0.9)")
 
 
 def compare_recipes(args) -> None:

@@ -27,6 +27,8 @@ def benchmark():
         {"kind": "pipeline_policy"},
         {"kind": "jpeg_train"},
         {"kind": "jpeg_train_recipe"},
+        {"kind": "data_folder"},
+        {"kind": "data_shards"},
     ],
 )
 def test_each_measurement_reports_throughput_and_memory(benchmark, spec):
