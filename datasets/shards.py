@@ -28,9 +28,15 @@ def read_listing(data: str) -> dict:
     try:
         with open(path) as handle:
             listing = json.load(handle)
-        listing["classes"], listing["splits"]["train"], listing["splits"]["val"]
+        complete = all(
+            isinstance(listing["splits"][split]["count"], int)
+            and all("name" in shard for shard in listing["splits"][split]["shards"])
+            for split in ("train", "val")
+        ) and all(isinstance(name, str) for name in listing["classes"])
     except (OSError, ValueError, KeyError, TypeError) as exc:
         raise DataError(f"cannot read {path} ({exc}); write it with make_shards.py") from exc
+    if not complete:
+        raise DataError(f"{path} is not make_shards.py's listing; write the shards again")
     return listing
 
 

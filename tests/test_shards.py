@@ -100,6 +100,10 @@ DAMAGES = {
     "label out of range": (lambda f: rewrite_first_shard(f, lambda n, d: (n, b"7")
                                                          if n.endswith(".cls") else (n, d)),
                            r"shard \S+/train-000000\.tar: train_00000000\.cls is 7, beyond the 3 classes"),
+    "foreign listing": (lambda f: (f / "shards.json").write_text(json.dumps(
+                            {"classes": [1, 2], "splits": {"train": {"count": 0, "shards": []},
+                                                           "val": {"count": 0, "shards": []}}})),
+                        r"\S+/shards\.json is not make_shards\.py's listing"),
     "garbage listing": (lambda f: (f / "shards.json").write_text("{"),
                         r"cannot read \S+/shards\.json"),
 }  # fmt: skip
