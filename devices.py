@@ -77,6 +77,15 @@ def auto_device(n_gpu: int, machine: Machine) -> str:
     return "cpu"
 
 
+def fallback_line(kind: str, n_gpu: int) -> str | None:
+    """What -device auto says when it found no CUDA GPU for a run that asked for one."""
+    if n_gpu > 0 and kind == "cpu":
+        return "=> No CUDA device found: running on the CPU"
+    if kind == "mps":
+        return "=> No CUDA device found: running on MPS (the Apple silicon GPU)"
+    return None
+
+
 def check_job(kind: str, world: int) -> None:
     """A job of several processes needs CUDA (nccl) or the CPU (gloo)."""
     if kind == "mps" and world > 1:

@@ -99,8 +99,8 @@ def set_up_process(plan: Plan, processes: Processes) -> tuple[torch.device, list
     device = devices.select_device(
         setting.device, setting.n_gpu, processes.local_rank, processes.world
     )
-    if setting.auto_device and device.type == "cpu" and setting.n_gpu > 0:
-        print("=> No CUDA device found: running on the CPU")
+    if setting.auto_device and (line := devices.fallback_line(device.type, setting.n_gpu)):
+        print(line)
     launch.precision_settings(setting.precision, device)  # a bad combination fails first
     datasets.check_image_sizes(
         plan.data.dataset,

@@ -42,6 +42,13 @@ def test_a_device_that_is_absent_or_cannot_do_it_is_refused(requested, n_gpu, ma
         devices.device_type(requested, n_gpu, machine)
 
 
+def test_auto_says_when_it_runs_without_cuda():
+    assert devices.fallback_line("cpu", 1) == "=> No CUDA device found: running on the CPU"
+    assert "running on MPS" in devices.fallback_line("mps", 1)
+    assert devices.fallback_line("cpu", 0) is None  # -nGPU 0 asked for the CPU
+    assert devices.fallback_line("cuda", 4) is None
+
+
 def test_a_job_of_several_processes_cannot_run_on_mps():
     with pytest.raises(devices.DeviceError, match="a job of 2 processes cannot run on MPS"):
         devices.check_job("mps", 2)
