@@ -153,6 +153,16 @@ def memory(device: torch.device) -> int:
     return os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
 
 
+def synchronize(device: torch.device | str) -> None:
+    """Wait for the device's queued work (a GPU's kernels run after the call that queued
+    them): what a timing must do before it reads the clock."""
+    kind = torch.device(device).type
+    if kind == "cuda":
+        torch.cuda.synchronize(device)
+    elif kind == "mps":
+        torch.mps.synchronize()
+
+
 def pins_memory(device: torch.device) -> bool:
     """Whether loaders put batches in pinned memory (an asynchronous copy to a CUDA GPU)."""
     return device.type == "cuda"

@@ -123,7 +123,7 @@ def make_plan(opts: argparse.Namespace, machine: devices.Machine | None = None) 
                 "device": kind,
                 "memoryFormat": layout,
             }
-        ),  # fmt: skip
+        ),
         notes=(*options.start_notes(opts), *device_notes(opts, kind, layout, why, machine)),
     )
 

@@ -22,12 +22,14 @@ def is_sharded(data: str) -> bool:
     return os.path.isfile(os.path.join(data, INDEX))
 
 
-def read_listing(data: str) -> dict:
-    """shards.json: the classes, and per split its count and shards."""
+def read_listing(data: str) -> tuple[dict, str]:
+    """shards.json: the classes, and per split its count and shards; and a digest of its
+    bytes (what the cached index of the shards is keyed by)."""
     path = os.path.join(data, INDEX)
     try:
-        with open(path) as handle:
-            listing = json.load(handle)
+        with open(path, "rb") as handle:
+            content = handle.read()
+        listing = json.loads(content)
         complete = all(
             isinstance(listing["splits"][split]["count"], int)
             and all("name" in shard for shard in listing["splits"][split]["shards"])
@@ -37,7 +39,7 @@ def read_listing(data: str) -> dict:
         raise DataError(f"cannot read {path} ({exc}); write it with make_shards.py") from exc
     if not complete:
         raise DataError(f"{path} is not make_shards.py's listing; write the shards again")
-    return listing
+    return listing, hashlib.sha256(content).hexdigest()[:16]
 
 
 class ShardSamples:
@@ -96,11 +98,9 @@ def label_of(path: str, key: str, text: bytes | None, n_classes: int) -> int:
 def load_samples(data: str, split: str, gen: str) -> tuple[ShardSamples, list[str]]:
     """The split's samples (the index cached in gen, keyed by shards.json's content) and
     the classes."""
-    listing = read_listing(data)
+    listing, digest = read_listing(data)
     classes, part = listing["classes"], listing["splits"][split]
     names = [shard["name"] for shard in part["shards"]]
-    with open(os.path.join(data, INDEX), "rb") as handle:
-        digest = hashlib.sha256(handle.read()).hexdigest()[:16]
     cache = os.path.join(gen, f"shards-{split}-{digest}.pt")
     if os.path.isfile(cache):
         rows = torch.load(cache, weights_only=True)

@@ -70,55 +70,65 @@ def synthetic_dataset(n: int, size: int, n_classes: int) -> ArrayImageDataset:
     return ArrayImageDataset(images, labels, classes, None, (MEAN, STD))
 
 
-def timed(step, warmup: int, steps: int) -> float:
-    """Median seconds per call of step() after warmup calls."""
+def timed(step, warmup: int, steps: int, device: str = "cpu") -> float:
+    """Median seconds per call of step() after warmup calls (the device's queued work
+    included)."""
     for _ in range(warmup):
         step()
     times = []
     for _ in range(steps):
         start = time.perf_counter()
         step()
+        devices.synchronize(device)
         times.append(time.perf_counter() - start)
     return statistics.median(times)
 
 
-def measure_bare(model, size, batch, layout, precision, warmup, steps) -> float:
-    """Seconds per step of the bare loop."""
-    model = model.to(memory_format=LAYOUTS[layout])
+def measure_bare(model, size, batch, layout, precision, warmup, steps, device="cpu") -> float:
+    """Seconds per step of the bare loop (synthetic tensors already on the device)."""
+    model = model.to(device, memory_format=LAYOUTS[layout])
     optimizer = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9, nesterov=True)
-    images = torch.randn(batch, 3, size, size).contiguous(memory_format=LAYOUTS[layout])
-    target = torch.randint(0, model.fc.out_features, (batch,))
+    images = torch.randn(batch, 3, size, size, device=device)
+    images = images.contiguous(memory_format=LAYOUTS[layout])
+    target = torch.randint(0, model.fc.out_features, (batch,), device=device)
+    kind = torch.device(device).type
 
     def step():
         with torch.autocast(
-            "cpu", dtype=PRECISIONS[precision] or torch.float32, enabled=precision != "fp32"
+            kind, dtype=PRECISIONS[precision] or torch.float32, enabled=precision != "fp32"
         ):
             loss = torch.nn.functional.cross_entropy(model(images).float(), target)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
 
-    return timed(step, warmup, steps)
+    return timed(step, warmup, steps, device)
 
 
-def measure_trainer(model, size, batch, layout, precision, warmup, steps) -> float:
-    """Seconds per iteration of Trainer.train over the in-memory loader (lines not printed)."""
-    model = model.to(memory_format=LAYOUTS[layout])
+def measure_trainer(model, size, batch, layout, precision, warmup, steps, device="cpu") -> float:
+    """Seconds per iteration of Trainer.train over the in-memory loader (lines not printed;
+    augmentation on the device)."""
+    model = model.to(device, memory_format=LAYOUTS[layout])
     optimizer = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9, nesterov=True)
     trainer = train.Trainer(
         model,
         torch.nn.CrossEntropyLoss(),
         optimizer,
         lambda *_: 0.01,
-        device=torch.device("cpu"),
+        device=torch.device(device),
         memory_format=LAYOUTS[layout],
         autocast_dtype=PRECISIONS[precision],
         log=lambda line: None,
     )
     data = synthetic_dataset(batch * (warmup + steps), size, model.fc.out_features)
-    loader = InMemoryLoader(data, batch, seed=0, train=True, mean=MEAN, std=STD)
+    loader = InMemoryLoader(data, batch, seed=0, train=True, mean=MEAN, std=STD, device=device)
     stamps = []
-    trainer.train(1, loader, on_step=lambda epoch, n: stamps.append(time.perf_counter()))
+
+    def stamp(*_):
+        devices.synchronize(device)
+        stamps.append(time.perf_counter())
+
+    trainer.train(1, loader, on_step=stamp)
     gaps = [b - a for a, b in zip(stamps[warmup:], stamps[warmup + 1 :], strict=False)]
     return statistics.median(gaps)
 

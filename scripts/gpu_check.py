@@ -33,12 +33,11 @@ sys.path.insert(0, ROOT)
 
 import checkpoints  # noqa: E402 - after the repository root is on the path
 import models  # noqa: E402
-import train  # noqa: E402
-from datasets.cifar import ArrayImageDataset  # noqa: E402
-from datasets.memory import InMemoryLoader  # noqa: E402
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import benchmark  # noqa: E402 - the bare loop and the trainer as the benchmark times them
 
 MAIN = os.path.join(ROOT, "main.py")
-MEAN, STD = (125.3, 123.0, 113.9), (63.0, 62.1, 66.7)
 
 
 @dataclass(frozen=True)
@@ -190,18 +189,11 @@ def run_ok(argv: list[str]) -> str:
     return done.stdout
 
 
-def summaries(save: str, split: str = "train") -> list[dict]:
-    """The per-epoch records of metrics.jsonl for split."""
+def training_records(save: str, per_step: bool) -> list[dict]:
+    """The training records of metrics.jsonl: one per printed step, or one per epoch."""
     with open(os.path.join(save, "metrics.jsonl")) as handle:
         records = [json.loads(line) for line in handle]
-    return [r for r in records if r["iter"] is None and r["split"] == split]
-
-
-def steps(save: str) -> list[dict]:
-    """The per-step training records of metrics.jsonl."""
-    with open(os.path.join(save, "metrics.jsonl")) as handle:
-        records = [json.loads(line) for line in handle]
-    return [r for r in records if r["iter"] is not None and r["split"] == "train"]
+    return [r for r in records if (r["iter"] is not None) == per_step and r["split"] == "train"]
 
 
 def weights(path: str) -> dict:
@@ -244,7 +236,7 @@ def trains(tool: Tool, name: str, argv: list[str], must_decrease: bool = True) -
     """The run ends well and its training loss is finite and (must_decrease) lower in its
     last epoch than in its first."""
     run_ok(argv)
-    losses = [r["loss"] for r in summaries(tool.save(name))]
+    losses = [r["loss"] for r in training_records(tool.save(name), per_step=False)]
     if not all(math.isfinite(loss) for loss in losses):
         return "FAIL", f"loss not finite: {losses}", {}
     status = "PASS" if losses[-1] < losses[0] or not must_decrease else "FAIL"
@@ -335,12 +327,13 @@ def jpeg_folder(tool: Tool, decode_on_device: bool) -> tuple:
     name = "jpeg-device" if decode_on_device else "jpeg"
     flags = ["-nEpochs", "1", "-decodeOnDevice", str(decode_on_device).lower()]
     run_ok(tool.jpeg_args(name, 18, *flags))
-    speed = statistics.median(r["img_s"] for r in steps(tool.save(name)))
+    records = training_records(tool.save(name), per_step=True)
+    speed = statistics.median(r["img_s"] for r in records)
     detail = f"{speed:.0f} img/s, median step (greyscale and CMYK JPEGs included)"
     if decode_on_device:
         return "PASS", detail, {"img_s": speed}
     s = tool.sizes
-    synthetic = trainer_img_s("ResNet-18", None, s, batch=s.batch, side=s.crop)
+    synthetic = trainer_img_s("ResNet-18", "fp32", s, batch=s.batch, side=s.crop)
     ratio = speed / synthetic
     detail += f"; {ratio:.2f}x the same training on in-memory synthetic data"
     return "PASS", detail, {"img_s": speed, "synthetic_img_s": synthetic, "ratio": ratio}
@@ -378,74 +371,38 @@ SPEED_MODELS = {
     "ResNet-50": ("resnet", 50, {}),
     "ResNeXt-50 32x4d": ("resnext", 50, {"cardinality": 32, "baseWidth": 4}),
 }
-PRECISIONS = {"bf16 channels_last": torch.bfloat16, "fp32 channels_last": None}
+PRECISIONS = {"bf16 channels_last": "bf16", "fp32 channels_last": "fp32"}  # benchmark.py's
 
 
-def synchronize(device: str) -> None:
-    if device == "cuda":
-        torch.cuda.synchronize()
-
-
-def network(name: str, device: str) -> torch.nn.Module:
+def network(name: str) -> torch.nn.Module:
     net_type, depth, options = {**SPEED_MODELS, **OTHER_MODELS}[name]
     torch.manual_seed(0)
-    model = models.create(net_type, depth, "imagenet", **options)
-    return model.to(device, memory_format=torch.channels_last)
+    return models.create(net_type, depth, "imagenet", **options)
 
 
-def bare_img_s(name: str, dtype, sizes: Sizes) -> float:
-    """img/s of a plain loop: the model, SGD, synthetic tensors already on the device."""
-    model, device = network(name, sizes.device), sizes.device
-    optimizer = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
-    side, batch = sizes.speed_size, sizes.speed_batch
-    images = torch.randn(batch, 3, side, side, device=device).to(memory_format=torch.channels_last)
-    target = torch.randint(0, 1000, (batch,), device=device)
-    times = []
-    for _ in range(3 + sizes.speed_steps):
-        began = time.perf_counter()
-        with torch.autocast(device, dtype=dtype or torch.float32, enabled=dtype is not None):
-            loss = torch.nn.functional.cross_entropy(model(images), target)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
-        synchronize(device)
-        times.append(time.perf_counter() - began)
-    return batch / statistics.median(times[3:])
+def bare_img_s(name: str, precision: str, sizes: Sizes) -> float:
+    """img/s of scripts/benchmark.py's bare loop: the model, SGD, tensors on the device."""
+    batch, side = sizes.speed_batch, sizes.speed_size
+    seconds = benchmark.measure_bare(network(name), side, batch, "channels_last", precision,
+                                     3, sizes.speed_steps, device=sizes.device)  # fmt: skip
+    return batch / seconds
 
 
-def trainer_img_s(name: str, dtype, sizes: Sizes, batch=None, side=None) -> float:
-    """img/s of this tool's Trainer on its in-memory loader (augmentation on the device)."""
-    model, device = network(name, sizes.device), torch.device(sizes.device)
-    trainer = train.Trainer(
-        model, torch.nn.CrossEntropyLoss(),
-        torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9), lambda *_: 0.01,
-        device=device, memory_format=torch.channels_last, autocast_dtype=dtype,
-        log=lambda line: None,
-    )  # fmt: skip
-    side, batch = side or sizes.speed_size, batch or sizes.speed_batch
-    count = batch * (3 + sizes.speed_steps + 1)
-    generator = torch.Generator().manual_seed(0)
-    images = torch.randint(0, 256, (count, 3, side, side), dtype=torch.uint8, generator=generator)
-    labels = torch.randint(0, 1000, (count,), generator=generator)
-    data = ArrayImageDataset(images, labels, [str(i) for i in range(1000)], None, (MEAN, STD))
-    loader = InMemoryLoader(data, batch, seed=0, train=True, mean=MEAN, std=STD, device=device)
-    stamps = []
-
-    def stamp(*_):
-        synchronize(sizes.device)
-        stamps.append(time.perf_counter())
-
-    trainer.train(1, loader, on_step=stamp)
-    gaps = [b - a for a, b in zip(stamps[3:], stamps[4:], strict=False)]
-    return batch / statistics.median(gaps)
+def trainer_img_s(name: str, precision: str, sizes: Sizes, batch=None, side=None) -> float:
+    """img/s of this tool's Trainer on its in-memory loader, as scripts/benchmark.py
+    measures it (augmentation on the device)."""
+    batch, side = batch or sizes.speed_batch, side or sizes.speed_size
+    seconds = benchmark.measure_trainer(network(name), side, batch, "channels_last", precision,
+                                        3, sizes.speed_steps, device=sizes.device)  # fmt: skip
+    return batch / seconds
 
 
 def speed(sizes: Sizes) -> tuple:
     """The Trainer against the bare loop, per network and precision (target >= 0.95x)."""
     figures, lines, worst = {}, [], math.inf
     for name in SPEED_MODELS:
-        for label, dtype in PRECISIONS.items():
-            bare, tool = bare_img_s(name, dtype, sizes), trainer_img_s(name, dtype, sizes)
+        for label, precision in PRECISIONS.items():
+            bare, tool = bare_img_s(name, precision, sizes), trainer_img_s(name, precision, sizes)
             figures[f"{name} {label}"] = {
                 "bare_img_s": round(bare, 1),
                 "tool_img_s": round(tool, 1),

@@ -150,3 +150,12 @@ def test_the_machine_here_is_what_torch_reports():
     assert here.cpu_capability == torch.backends.cpu.get_cpu_capability()
     assert here.cuda == torch.cuda.is_available()
     assert isinstance(here.mps, bool) and isinstance(here.cpu_bf16, bool)
+
+
+def test_a_timing_waits_for_the_devices_queued_work(monkeypatch):
+    waited = []
+    monkeypatch.setattr(torch.cuda, "synchronize", lambda device=None: waited.append("cuda"))
+    monkeypatch.setattr(torch.mps, "synchronize", lambda: waited.append("mps"))
+    for device in ("cuda", "mps", "cpu", torch.device("cuda", 1)):
+        devices.synchronize(device)
+    assert waited == ["cuda", "mps", "cuda"]  # the CPU's work is done when the call returns
