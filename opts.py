@@ -123,8 +123,8 @@ FLAGS = [
         "data",
         str,
         "",
-        "Path to dataset: a folder with train/ and val/ or tar shards (imagenet), or the"
-        " CIFAR / Fashion-MNIST files",
+        "Path to dataset: a folder with train/ and val/, tar shards or Hugging Face parquet /"
+        " Arrow files (imagenet), or the CIFAR / Fashion-MNIST files",
     ),
     ("dataset", str, "imagenet", "Options: {datasets}"),
     (
@@ -342,6 +342,15 @@ FLAGS = [
     ),
     ("printFreq", bounded_int, 1, "Print a training / test line every N iterations (new)"),
     ("skipCorrupt", lua_bool, False, "Skip unreadable images instead of stopping (new)"),
+    ("imageColumn", str, "image", "Hugging Face parquet / Arrow data: the images' column (new)"),
+    ("labelColumn", str, "label", "Hugging Face parquet / Arrow data: the labels' column (new)"),
+    (
+        "shuffleBuffer",
+        bounded_int,
+        1024,
+        "Parquet data: images shuffled together, from whole row groups each loader worker"
+        " holds (new)",
+    ),
     (
         "preciseBN",
         bounded_int,
@@ -630,6 +639,7 @@ def validate_recipe_options(opts: argparse.Namespace, names: Names) -> None:
     )
     _check(0 <= opts.ema < 1, f"-ema (the decay) must be in (0, 1), or 0 for none; got {opts.ema}")
     _check(opts.repeatedAug >= 1, f"-repeatedAug must be at least 1, got {opts.repeatedAug}")
+    _check(opts.shuffleBuffer >= 1, f"-shuffleBuffer must be at least 1, got {opts.shuffleBuffer}")
     _check(opts.emaEvery > 0, f"-emaEvery must be positive, got {opts.emaEvery}")
     for name in ("normWeightDecay", "biasWeightDecay"):
         value = getattr(opts, name)
@@ -644,14 +654,7 @@ def validate_paths(opts: argparse.Namespace) -> None:
             opts.data != "", "missing ImageNet data directory: give -data DIR with train/ and val/"
         )
         _check(os.path.isdir(opts.data), f"missing ImageNet data directory: {opts.data}")
-        if os.path.isfile(os.path.join(opts.data, "shards.json")):  # scripts/make_shards.py's
-            return validate_files(opts)
-        for split in ("train", "val"):
-            folder = os.path.join(opts.data, split)
-            _check(
-                os.path.isdir(folder),
-                f"ImageNet missing `{split}` directory: {folder} (see docs/data.md)",
-            )
+        # What the folder holds (class folders, shards, parquet) is the dataset's to check.
     elif opts.data:
         _check(os.path.isdir(opts.data), f"data directory not found: {opts.data}")
     validate_files(opts)

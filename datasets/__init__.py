@@ -9,7 +9,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 import devices
-from datasets import cifar, fashionmnist, imagenet, policies
+from datasets import cifar, fashionmnist, hf, imagenet, policies
 from datasets.cifar import ArrayImageDataset, DataError
 from datasets.memory import InMemoryLoader
 from datasets.sampler import EpochSampler, ignore_interrupts
@@ -45,6 +45,7 @@ class DataSpec:
     auto_augment: str = "none"
     random_erasing: float = 0.0
     repeats: int = 1  # repeated augmentation
+    reading: hf.Reading = hf.READING  # Hugging Face files: columns, shuffle window
 
     def evaluation_sizes(self) -> dict | None:
         """What model files record of how a folder dataset's val images were prepared: the
@@ -74,6 +75,7 @@ def load(
     decode_on_device=False,
     crops=imagenet.LUA_CROPS,
     augment: policies.ImageAugment | None = None,
+    reading: hf.Reading = hf.READING,
 ) -> Dataset:
     """The train or val split of dataset `name`; the result has .classes. crops and augment
     are for folder datasets (the in-memory loaders augment whole batches)."""
@@ -84,7 +86,7 @@ def load(
     if name == "imagenet":
         cache = os.path.join(gen, f"{name}.json")
         return imagenet.load(
-            split, data, cache, ten_crop, skip_corrupt, decode_on_device, crops, augment
+            split, data, cache, ten_crop, skip_corrupt, decode_on_device, crops, augment, reading
         )
     raise DataError(f"unknown dataset: {name}")
 
@@ -103,7 +105,8 @@ def make_loader(
 ) -> DataLoader:
     """Batches in the EpochSampler's order (reshuffled each epoch), last partial batch kept.
     batch_size is global: with world > 1 processes, this rank loads its share of each."""
-    collate = imagenet.collate_skipping if isinstance(dataset, imagenet.ImageFolder) else None
+    folder = isinstance(dataset, imagenet.ImageFolder)
+    collate = imagenet.collate_skipping if folder else None
     # The Lua permutes the val set too; harmless, and kept.
     sampler = EpochSampler(
         len(dataset),
@@ -113,6 +116,7 @@ def make_loader(
         world=world,
         train=train,
         repeats=repeats,
+        **(dataset.grouping() if folder else {}),
     )
     return DataLoader(
         dataset,
@@ -160,6 +164,7 @@ def create(spec: DataSpec, split: str) -> Dataset:
         decode_on_device=spec.decode_on_device,
         crops=spec.crops,
         augment=augment,
+        reading=spec.reading,
     )
 
 

@@ -17,7 +17,7 @@ import torch
 from PIL import Image, UnidentifiedImageError
 from torch.utils.data import default_collate
 
-from datasets import photometric, policies, shards
+from datasets import hf, photometric, policies, shards
 from datasets import transforms as T
 from datasets.cifar import DataError
 from datasets.sampler import split_item
@@ -474,6 +474,12 @@ class ImageFolder(torch.utils.data.Dataset):
     def __len__(self) -> int:
         return len(self.samples)
 
+    def grouping(self) -> dict:
+        """The sampler's blocks and window for samples read a block at a time (parquet row
+        groups), else none."""
+        blocks = getattr(self.samples, "blocks", None)
+        return {} if blocks is None else {"blocks": blocks, "window": self.samples.window}
+
     def __getitem__(self, item) -> tuple[torch.Tensor, torch.Tensor, int] | None:
         index, generator = split_item(item)
         name = None
@@ -552,8 +558,10 @@ def load(
     decode_on_device: bool = False,
     crops: Crops = LUA_CROPS,
     augment: policies.ImageAugment | None = None,
+    reading: hf.Reading = hf.READING,
 ) -> ImageFolder:
-    """The train or val split of a class-per-folder dataset, as uint8 samples (JPEGs left
+    """The train or val split of a class-per-folder dataset (or its tar shards, or Hugging
+    Face parquet / Arrow files read as `reading` says), as uint8 samples (JPEGs left
     encoded with decode_on_device) cropped as `crops` say; training images also augmented
     by `augment` (-autoAugment, -randomErasing) when given."""
     on_device = {"on_device": decode_on_device}
@@ -570,10 +578,25 @@ def load(
     if shards.is_sharded(data):
         samples, classes = shards.load_samples(data, split, os.path.dirname(cache_path))
         return ImageFolder(data, samples, classes, transform, skip_corrupt)
+    if hf.is_hf(data):
+        samples, classes = hf.load_samples(data, split, reading)
+        return ImageFolder(data, samples, classes, transform, skip_corrupt)
+    check_split_folders(data)
     index = cached_index(data, cache_path)
     samples = PackedSamples([tuple(sample) for sample in index[split]])
     folder = os.path.join(data, split)
     return ImageFolder(folder, samples, index["classes"], transform, skip_corrupt)
+
+
+def check_split_folders(data: str) -> None:
+    """A DataError naming train/ or val/ when -data lacks it."""
+    for split in ("train", "val"):
+        folder = os.path.join(data, split)
+        if not os.path.isdir(folder):
+            raise DataError(
+                f"ImageNet missing `{split}` directory: {folder} (class folders, tar shards"
+                " or Hugging Face parquet files: see docs/data.md)"
+            )
 
 
 def val_scale(crop_size: int) -> int:

@@ -85,6 +85,24 @@ def deal(batch: list[int], world: int) -> list[int]:
     return [item for hand in hands for item in hand]
 
 
+def grouped_order(blocks: torch.Tensor, window: int, generator: torch.Generator) -> torch.Tensor:
+    """A permutation of the samples that keeps reads local, for data read a block at a time
+    (blocks: their lengths, samples of a block consecutive): the blocks in a random order,
+    and the samples shuffled within each run of blocks that holds `window` samples (the
+    last run may hold fewer). Only those blocks need to be in memory at once."""
+    starts = (torch.cumsum(blocks, 0) - blocks).tolist()
+    lengths = blocks.tolist()
+    runs, run, held = [], [], 0
+    for block in torch.randperm(len(lengths), generator=generator).tolist():
+        run.append(torch.arange(starts[block], starts[block] + lengths[block]))
+        held += lengths[block]
+        if held >= window:
+            runs.append(torch.cat(run))
+            run, held = [], 0
+    runs += [torch.cat(run)] if run else []
+    return torch.cat([r[torch.randperm(len(r), generator=generator)] for r in runs])
+
+
 class EpochSampler(Sampler):
     """Yields (index, augmentation seed) pairs; call set_epoch before each epoch. With
     world > 1, only this rank's share of each global batch of batch_size (see shard)."""
@@ -100,8 +118,11 @@ class EpochSampler(Sampler):
         world: int = 1,
         train: bool = False,
         repeats: int = 1,
+        blocks: torch.Tensor | None = None,
+        window: int = 0,
     ):
         self.size = size
+        self.blocks, self.window = blocks, window  # data read a block at a time: grouped_order
         self.repeats = repeats  # repeated augmentation (see repeated)
         self.seed = seed
         self.shuffle = shuffle
@@ -129,7 +150,9 @@ class EpochSampler(Sampler):
 
     def __iter__(self):
         generator = epoch_generator(self.seed, self.epoch)
-        if self.shuffle:
+        if self.shuffle and self.blocks is not None:
+            order = grouped_order(self.blocks, self.window, generator)
+        elif self.shuffle:
             order = torch.randperm(self.size, generator=generator)
         else:
             order = torch.arange(self.size)

@@ -213,15 +213,16 @@ def measure_jpeg(decode_only: bool, warmup: int, steps: int) -> float:
         torch.set_num_threads(threads)
 
 
-def data_tree(copies: int = 8) -> tuple[str, str]:
-    """(folder, shards) of the same real JPEGs, written once under .cache/: train/ holds
-    each benchmark JPEG `copies` times in two classes; the shards are make_shards.py's."""
+def data_tree(copies: int = 8) -> tuple[str, str, str]:
+    """(folder, shards, parquet) of the same real JPEGs, written once under .cache/: train/
+    holds each benchmark JPEG `copies` times in two classes; the shards are make_shards.py's,
+    the parquet files in the Hub's layout (images embedded, row groups of 16)."""
     import shutil
 
     root = os.path.join(ROOT, ".cache", "benchmark-data")
-    folder, shards = os.path.join(root, "folder"), os.path.join(root, "shards")
-    if os.path.exists(os.path.join(shards, "shards.json")):
-        return folder, shards
+    folder, shards, parquet = (os.path.join(root, name) for name in ("folder", "shards", "hub"))
+    if os.path.exists(os.path.join(parquet, "data")):
+        return folder, shards, parquet
     shutil.rmtree(root, ignore_errors=True)
     paths = jpeg_files(os.path.join(ROOT, ".cache", "benchmark-jpegs"))
     for split, count in (("train", copies), ("val", 1)):
@@ -232,20 +233,48 @@ def data_tree(copies: int = 8) -> tuple[str, str]:
     script = os.path.join(ROOT, "scripts", "make_shards.py")
     subprocess.run([sys.executable, script, folder, shards, "--shard-size", "64"],
                    check=True, capture_output=True)  # fmt: skip
-    return folder, shards
+    write_parquet(folder, os.path.join(parquet, "data"))
+    return folder, shards, parquet
 
 
-def measure_data(source: str, batch: int, warmup: int, steps: int) -> float:
-    """Seconds per batch of the ImageNet train split's loader (decode and augment in 2
-    worker processes, as -nThreads 2), reading the class folders or the tar shards."""
+def write_parquet(folder: str, target: str, rows_per_group: int = 16) -> None:
+    """A class-folder tree as the Hub's parquet files: data/<split>-00000-of-00001.parquet
+    with an image column {bytes, path} and a label column, class names in its metadata."""
+    import json
+
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    classes = sorted(os.listdir(os.path.join(folder, "train")))
+    features = {"image": {"_type": "Image"}, "label": {"names": classes, "_type": "ClassLabel"}}
+    metadata = {b"huggingface": json.dumps({"info": {"features": features}}).encode()}
+    os.makedirs(target, exist_ok=True)
+    for split, hub in (("train", "train"), ("val", "validation")):
+        images, labels = [], []
+        for label, name in enumerate(classes):
+            for file in sorted(os.listdir(os.path.join(folder, split, name))):
+                with open(os.path.join(folder, split, name, file), "rb") as handle:
+                    images.append({"bytes": handle.read(), "path": file})
+                labels.append(label)
+        table = pa.table({"image": images, "label": labels}).replace_schema_metadata(metadata)
+        path = os.path.join(target, f"{hub}-00000-of-00001.parquet")
+        pq.write_table(table, path, row_group_size=rows_per_group)
+
+
+def measure_data(source: str, batch: int, warmup: int, steps: int, workers: int = 2) -> float:
+    """Seconds per batch of the ImageNet train split's loader (decode and augment in
+    `workers` processes, as -nThreads), reading the class folders, the tar shards or the
+    parquet files (shuffled in windows of 64 images, 4 row groups)."""
     import tempfile
 
     import datasets
+    from datasets import hf
 
-    data = dict(zip(("folder", "shards"), data_tree(), strict=True))[source]
+    data = dict(zip(("folder", "shards", "parquet"), data_tree(), strict=True))[source]
     with tempfile.TemporaryDirectory() as gen:
-        dataset = datasets.load("imagenet", "train", data=data, gen=gen)
-        loader = datasets.make_loader(dataset, batch, workers=2, seed=0, train=True)
+        reading = hf.Reading(window=64)
+        dataset = datasets.load("imagenet", "train", data=data, gen=gen, reading=reading)
+        loader = datasets.make_loader(dataset, batch, workers=workers, seed=0, train=True)
         stamps, epoch = [], 1
         while len(stamps) < warmup + steps + 1:
             loader.sampler.set_epoch(epoch)
@@ -421,8 +450,9 @@ def run_one(spec: dict) -> dict:
             "img_s": 1 / seconds,
             "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
         }
-    if spec["kind"] in ("data_folder", "data_shards"):
-        seconds = measure_data(spec["kind"].split("_")[1], batch, warmup, steps)
+    if spec["kind"] in ("data_folder", "data_shards", "data_parquet"):
+        source = spec["kind"].split("_")[1]
+        seconds = measure_data(source, batch, warmup, steps, spec.get("workers", 2))
     elif spec["kind"] in ("jpeg_train", "jpeg_train_recipe"):
         recipe = spec["kind"] == "jpeg_train_recipe"
         seconds = measure_jpeg_training(recipe, batch, warmup, steps, spec.get("crop", 176))
@@ -587,17 +617,23 @@ def main() -> None:
 
 
 def compare_data(args) -> None:
-    """The ImageNet train pipeline's img/s with 2 workers, from class folders and from tar
-    shards of the same JPEGs (target: shards >= 0.9x the folders)."""
+    """The ImageNet train pipeline's img/s with 1 and 2 workers, from class folders, tar
+    shards and parquet files of the same JPEGs (target: shards and parquet >= 0.9x the
+    folders)."""
     base = {"batch": 32, "warmup": 2, "steps": args.steps, "allocator": "cache"}
-    rows = {
-        "class folders, -nThreads 2": {"kind": "data_folder"},
-        "tar shards, -nThreads 2": {"kind": "data_shards"},
-    }
+    sources = {"class folders": "folder", "tar shards": "shards", "parquet": "parquet"}
+    rows = {f"{label}, -nThreads {workers}": {"kind": f"data_{source}", "workers": workers}
+            for workers in (2, 1) for label, source in sources.items()}  # fmt: skip
     results = measure_rounds({label: {**base, **spec} for label, spec in rows.items()}, args.rounds)
     print_table("ImageNet train pipeline, batch 32", results, args.rounds)
-    folder, shards = (r["img_s"] for r in results.values())
-    print(f"shards / folders: {shards / folder:.2f}x (target >= 0.9)")
+    img_s = {label: r["img_s"] for label, r in results.items()}
+    for workers in (2, 1):
+        folder = img_s[f"class folders, -nThreads {workers}"]
+        shards, parquet = (img_s[f"{s}, -nThreads {workers}"] for s in ("tar shards", "parquet"))
+        print(f"-nThreads {workers}: shards / folders {shards / folder:.2f}x, parquet / folders"
+              f" {parquet / folder:.2f}x (target >= 0.9)")  # fmt: skip
+    scaling = {s: img_s[f"{s}, -nThreads 2"] / img_s[f"{s}, -nThreads 1"] for s in sources}
+    print("-nThreads 2 / 1: " + ", ".join(f"{s} {r:.2f}x" for s, r in scaling.items()))
 
 
 def compare_recipes(args) -> None:

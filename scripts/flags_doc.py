@@ -57,8 +57,9 @@ RECIPE_FLAGS = (
 )
 WHAT_IT_DOES = {
     "data": (
-        "dataset root: `train/` and `val/` class folders, or the tar shards of "
-        "`scripts/make_shards.py` (imagenet); the CIFAR / Fashion-MNIST files (optional)"
+        "dataset root: `train/` and `val/` class folders, the tar shards of "
+        "`scripts/make_shards.py`, or Hugging Face parquet / `save_to_disk` files (imagenet; "
+        "[data.md](data.md)); the CIFAR / Fashion-MNIST files (optional)"
     ),
     "dataset": (
         "`imagenet` (any class-per-folder tree), `cifar10`, `cifar100`, `fashionmnist` (new)"
@@ -255,6 +256,13 @@ WHAT_IT_DOES = {
         "device is only waited for when a line is printed"
     ),
     "skipCorrupt": "new: skip unreadable images (counted per epoch) instead of stopping",
+    "imageColumn": "new: Hugging Face parquet / Arrow data: the column holding the images' bytes",
+    "labelColumn": "new: Hugging Face parquet / Arrow data: the column holding the class indices",
+    "shuffleBuffer": (
+        "new: parquet data is read a row group at a time, so an epoch's order shuffles the row "
+        "groups, then the images within each run of row groups holding this many; each loader "
+        "worker keeps up to twice that in memory ([data.md](data.md))"
+    ),
     "preciseBN": (
         "new: before each test pass (and with `-testOnly`), set every BatchNorm's running "
         "statistics to their average over N training images, in the epoch's order, averaged over "

@@ -170,3 +170,11 @@ def jpeg_root(foolbox_data, tmp_path_factory) -> str:
         folder.mkdir(parents=True, exist_ok=True)
         shutil.copyfile(path, folder / f"n{label:04d}_{i}.JPEG")
     return str(root)
+
+
+@pytest.fixture(scope="session")
+def shards_root(jpeg_root, tmp_path_factory) -> str:
+    """The real JPEG tree as shards of 4 samples."""
+    dst = tmp_path_factory.mktemp("shards") / "shards"
+    assert load_script("make_shards").main([jpeg_root, str(dst), "--shard-size", "4"]) == 0
+    return str(dst)

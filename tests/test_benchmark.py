@@ -29,6 +29,7 @@ def benchmark():
         {"kind": "jpeg_train_recipe"},
         {"kind": "data_folder"},
         {"kind": "data_shards"},
+        {"kind": "data_parquet", "workers": 1},
     ],
 )
 def test_each_measurement_reports_throughput_and_memory(benchmark, spec):

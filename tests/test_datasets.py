@@ -210,7 +210,7 @@ def test_flat_validation_folder_says_how_to_sort_it(tmp_path):
 
 
 def test_flat_training_folder_says_to_make_class_folders(tmp_path):
-    (tmp_path / "train").mkdir()
+    (tmp_path / "train").mkdir(), (tmp_path / "val").mkdir()
     for name in ("a.png", "b.png", "c.png"):
         Image.new("RGB", (8, 8)).save(tmp_path / "train" / name)
     with pytest.raises(datasets.DataError, match="holds 3 images directly, not in class folders"):

@@ -1,5 +1,6 @@
 """opts.py against the Lua's opts.lua: names, types, defaults, validation."""
 
+import os
 import re
 
 import hypothesis
@@ -173,9 +174,15 @@ def test_given_flags_are_listed_and_reset_classifier_defaults_to_the_dataset(tmp
 
 
 def test_imagenet_needs_train_and_val_folders(tmp_path):
-    (tmp_path / "train").mkdir()
-    with pytest.raises(opts.UsageError, match="ImageNet missing `val` directory"):
-        plan.parse(["-data", str(tmp_path)])
+    (tmp_path / "data" / "train").mkdir(parents=True)
+    done = runs.main_run(["-data", tmp_path / "data", "-save", tmp_path / "run", "-nGPU", "0",
+                          "-gen", tmp_path / "gen", "-tensorboard", "false"])  # fmt: skip
+    assert done.returncode == 2
+    assert done.stderr.strip().splitlines() == [
+        f"error: ImageNet missing `val` directory: {tmp_path / 'data' / 'val'} (class folders,"
+        " tar shards or Hugging Face parquet files: see docs/data.md)"
+    ]
+    assert sorted(os.listdir(tmp_path)) == ["data"]
 
 
 def test_ten_crop_needs_ten_images_per_batch(tmp_path):

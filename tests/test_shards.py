@@ -11,7 +11,6 @@ import tarfile
 import pytest
 import runs
 import torch
-from conftest import load_script
 
 import checkpoints
 
@@ -19,30 +18,8 @@ FLAGS = ("-dataset imagenet -netType resnet -depth 18 -batchSize 4 -LR 0.01 -cro
          " -manualSeed 5 -tensorboard false").split()  # fmt: skip
 
 
-@pytest.fixture(scope="module")
-def shards_root(jpeg_root, tmp_path_factory) -> str:
-    """The real JPEG tree as shards of 4 samples."""
-    dst = tmp_path_factory.mktemp("shards") / "shards"
-    assert load_script("make_shards").main([jpeg_root, str(dst), "--shard-size", "4"]) == 0
-    return str(dst)
-
-
 def run(data, save, *flags):
     return runs.main_run([*FLAGS, "-data", data, "-save", save, "-gen", f"{save}-gen", *flags])
-
-
-def results_line(done) -> str:
-    assert done.returncode == 0, done.stderr
-    return next(line for line in done.stdout.splitlines() if line.startswith(" * Results"))
-
-
-def test_a_model_tests_the_same_on_the_shards_as_on_the_folders(jpeg_root, shards_root, tmp_path):
-    trained = run(jpeg_root, tmp_path / "run", "-nEpochs", "1", "-nThreads", "0")
-    assert trained.returncode == 0, trained.stderr
-    tested = [results_line(run(data, tmp_path / "run", "-testOnly", "true", "-resume",
-                               tmp_path / "run", "-nThreads", threads))
-              for data, threads in ((jpeg_root, "0"), (shards_root, "2"))]  # fmt: skip
-    assert tested[0] == tested[1]
 
 
 def test_training_on_shards_stopped_mid_epoch_resumes_to_the_same_weights(shards_root, tmp_path):
