@@ -348,8 +348,15 @@ FLAGS = [
         "shuffleBuffer",
         bounded_int,
         1024,
-        "Parquet data: images shuffled together, from whole row groups each loader worker"
-        " holds (new)",
+        "Parquet data and fetched shards: images shuffled together, from whole row groups or"
+        " shards each loader worker holds (new)",
+    ),
+    (
+        "shardSource",
+        str,
+        "",
+        "Tar shards: fetch each from this path or pipe: command, {shard} its name, as the"
+        " epoch needs it (-data: the folder of shards.json) (new)",
     ),
     (
         "preciseBN",
@@ -640,6 +647,11 @@ def validate_recipe_options(opts: argparse.Namespace, names: Names) -> None:
     _check(0 <= opts.ema < 1, f"-ema (the decay) must be in (0, 1), or 0 for none; got {opts.ema}")
     _check(opts.repeatedAug >= 1, f"-repeatedAug must be at least 1, got {opts.repeatedAug}")
     _check(opts.shuffleBuffer >= 1, f"-shuffleBuffer must be at least 1, got {opts.shuffleBuffer}")
+    _check(
+        not opts.shardSource or "{shard}" in opts.shardSource,
+        f"-shardSource {opts.shardSource!r} must say where each shard is with {{shard}}"
+        " (e.g. 'pipe:curl -sf https://host/shards/{shard}')",
+    )
     _check(opts.emaEvery > 0, f"-emaEvery must be positive, got {opts.emaEvery}")
     for name in ("normWeightDecay", "biasWeightDecay"):
         value = getattr(opts, name)

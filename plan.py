@@ -14,7 +14,7 @@ import models
 import opts as options
 import recipe
 import schedules
-from datasets import hf, imagenet, policies, table
+from datasets import imagenet, policies, table
 from models import pretrained, setup
 
 # The names the flags take, as the modules own them.
@@ -154,7 +154,9 @@ def data_spec(opts: argparse.Namespace) -> datasets.DataSpec:
         auto_augment=opts.autoAugment,
         random_erasing=opts.randomErasing,
         repeats=opts.repeatedAug,
-        reading=hf.Reading(opts.imageColumn, opts.labelColumn, opts.shuffleBuffer),
+        storage=imagenet.Storage(
+            opts.imageColumn, opts.labelColumn, opts.shuffleBuffer, opts.shardSource
+        ),
     )
 
 

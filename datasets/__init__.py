@@ -9,7 +9,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 import devices
-from datasets import cifar, fashionmnist, hf, imagenet, policies
+from datasets import cifar, fashionmnist, imagenet, policies
 from datasets.cifar import ArrayImageDataset, DataError
 from datasets.memory import InMemoryLoader
 from datasets.sampler import EpochSampler, ignore_interrupts
@@ -45,7 +45,7 @@ class DataSpec:
     auto_augment: str = "none"
     random_erasing: float = 0.0
     repeats: int = 1  # repeated augmentation
-    reading: hf.Reading = hf.READING  # Hugging Face files: columns, shuffle window
+    storage: imagenet.Storage = imagenet.LOCAL  # shards and Hugging Face files
 
     def evaluation_sizes(self) -> dict | None:
         """What model files record of how a folder dataset's val images were prepared: the
@@ -75,7 +75,7 @@ def load(
     decode_on_device=False,
     crops=imagenet.LUA_CROPS,
     augment: policies.ImageAugment | None = None,
-    reading: hf.Reading = hf.READING,
+    storage: imagenet.Storage = imagenet.LOCAL,
 ) -> Dataset:
     """The train or val split of dataset `name`; the result has .classes. crops and augment
     are for folder datasets (the in-memory loaders augment whole batches)."""
@@ -86,7 +86,7 @@ def load(
     if name == "imagenet":
         cache = os.path.join(gen, f"{name}.json")
         return imagenet.load(
-            split, data, cache, ten_crop, skip_corrupt, decode_on_device, crops, augment, reading
+            split, data, cache, ten_crop, skip_corrupt, decode_on_device, crops, augment, storage
         )
     raise DataError(f"unknown dataset: {name}")
 
@@ -164,7 +164,7 @@ def create(spec: DataSpec, split: str) -> Dataset:
         decode_on_device=spec.decode_on_device,
         crops=spec.crops,
         augment=augment,
-        reading=spec.reading,
+        storage=spec.storage,
     )
 
 

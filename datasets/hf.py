@@ -99,13 +99,11 @@ def saved_split_files(data: str, split: str) -> list[str]:
     return [os.path.join(name, file) for file in files]
 
 
-class Reading(NamedTuple):
-    """How the files are read: the image and label columns' names (-imageColumn,
-    -labelColumn) and the samples shuffled together in parquet (-shuffleBuffer)."""
+class Columns(NamedTuple):
+    """The image and label columns' names (-imageColumn, -labelColumn)."""
 
     image: str = "image"
     label: str = "label"
-    window: int = 1024
 
     def check(self, schema, path: str) -> None:
         """DataError naming the file, its columns and the flag when a column is missing."""
@@ -121,9 +119,6 @@ class Reading(NamedTuple):
                 f"{path}: column '{self.image}' holds {kind}, not image bytes (binary, or"
                 " datasets' Image struct {bytes, path}); name the column with -imageColumn"
             )
-
-
-READING = Reading()  # the flags' defaults
 
 
 def field_type(struct, name: str):
@@ -191,7 +186,7 @@ def checked_label(value, path: str, row: int, n_classes: int) -> int:
     return value
 
 
-def read_classes(data: str, columns: Reading) -> list[str]:
+def read_classes(data: str, columns: Columns) -> list[str]:
     """The class names recorded in the train files, else '0' ... up to their highest label."""
     files = split_files(data, "train")
     table = open_table(os.path.join(data, files[0]))
@@ -206,7 +201,7 @@ def read_classes(data: str, columns: Reading) -> list[str]:
     return [str(i) for i in range(highest + 1)]
 
 
-def load_samples(data: str, split: str, columns: Reading):
+def load_samples(data: str, split: str, columns: Columns, window: int):
     """The split's samples and the classes (checked: columns, labels, class names alike)."""
     classes = read_classes(data, columns)
     files, rows = split_files(data, split), []
@@ -227,7 +222,7 @@ def load_samples(data: str, split: str, columns: Reading):
     packed = torch.tensor(rows, dtype=torch.int64).reshape(-1, 4)
     if not len(packed):
         raise DataError(f"the {split} files of {data} hold no rows")
-    return TableSamples(files, packed, columns.image, columns.window), classes
+    return TableSamples(files, packed, columns.image, window), classes
 
 
 class TableSamples:
@@ -287,7 +282,7 @@ def image_bytes(table, group: int, column: str) -> "ArrowBytes":
     """The image column of a parquet row group (or of an Arrow table, memory-mapped, not
     copied): a struct's 'bytes' field ({bytes, path}: datasets' Image) or a binary column."""
     if hasattr(table, "read_row_group"):
-        table = table.read_row_group(group, columns=[column])
+        table = table.read_row_group(group, columns=[column], use_threads=False)
     values = table.column(column)
     return ArrowBytes(values, has_field=values.type.num_fields > 0)
 

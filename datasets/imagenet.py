@@ -549,6 +549,21 @@ def crops_for(
     return Crops(train or crop_size, val_resize or val_scale(val), val, val_interpolation)
 
 
+class Storage(NamedTuple):
+    """How -data's images are read when they are not class folders: the Hugging Face files'
+    image and label columns (-imageColumn, -labelColumn), the images shuffled together when
+    read a block at a time (-shuffleBuffer), where tar shards are fetched from (-shardSource:
+    '' for -data itself)."""
+
+    image_column: str = "image"
+    label_column: str = "label"
+    window: int = 1024
+    shard_source: str = ""
+
+
+LOCAL = Storage()
+
+
 def load(
     split: str,
     data: str,
@@ -558,10 +573,10 @@ def load(
     decode_on_device: bool = False,
     crops: Crops = LUA_CROPS,
     augment: policies.ImageAugment | None = None,
-    reading: hf.Reading = hf.READING,
+    storage: "Storage" = None,
 ) -> ImageFolder:
     """The train or val split of a class-per-folder dataset (or its tar shards, or Hugging
-    Face parquet / Arrow files read as `reading` says), as uint8 samples (JPEGs left
+    Face parquet / Arrow files, read as `storage` says), as uint8 samples (JPEGs left
     encoded with decode_on_device) cropped as `crops` say; training images also augmented
     by `augment` (-autoAugment, -randomErasing) when given."""
     on_device = {"on_device": decode_on_device}
@@ -575,11 +590,20 @@ def load(
             **on_device,
             interpolation=crops.val_interpolation,
         )
+    storage = storage or LOCAL
+    if storage.shard_source and not shards.is_sharded(data):
+        raise DataError(
+            f"-shardSource needs the shards' listing in -data: {data} holds no"
+            f" {shards.INDEX} (copy it there from the shards)"
+        )
     if shards.is_sharded(data):
-        samples, classes = shards.load_samples(data, split, os.path.dirname(cache_path))
+        samples, classes = shards.load_samples(
+            data, split, os.path.dirname(cache_path), storage.shard_source, storage.window
+        )
         return ImageFolder(data, samples, classes, transform, skip_corrupt)
     if hf.is_hf(data):
-        samples, classes = hf.load_samples(data, split, reading)
+        columns = hf.Columns(storage.image_column, storage.label_column)
+        samples, classes = hf.load_samples(data, split, columns, storage.window)
         return ImageFolder(data, samples, classes, transform, skip_corrupt)
     check_split_folders(data)
     index = cached_index(data, cache_path)

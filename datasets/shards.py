@@ -2,12 +2,24 @@
 shards.json and train-*.tar / val-*.tar, each sample KEY.<image extension> + KEY.cls. Read by
 position, as the class folders are: every member's offset is indexed once (and cached in
 -gen), and a sample is one read at that offset, so shuffling, sharding between processes
-and an exact resume work as for the folders."""
+and an exact resume work as for the folders.
 
+Shards kept elsewhere (object storage, another machine: -shardSource, a path or a `pipe:`
+command per shard) are fetched as the epoch's order reaches them into a spool folder in -gen
+that the loader workers of a machine share, checked against shards.json's checksums, indexed
+there, and dropped once older than two windows of the order; the order then shuffles the
+shards, and the samples within windows of them (sampler.grouped_order), so that only a
+few shards are needed at once."""
+
+import contextlib
+import fcntl
 import hashlib
 import io
 import json
+import math
 import os
+import shutil
+import subprocess
 import tarfile
 
 import torch
@@ -48,6 +60,7 @@ class ShardSamples:
 
     def __init__(self, shards: list[str], rows: torch.Tensor):
         self.shards, self.rows = shards, rows  # rows: shard number, offset, size, label
+        self.blocks = None  # read by position: shuffled whole
 
     def __len__(self) -> int:
         return len(self.rows)
@@ -95,10 +108,15 @@ def label_of(path: str, key: str, text: bytes | None, n_classes: int) -> int:
     return label
 
 
-def load_samples(data: str, split: str, gen: str) -> tuple[ShardSamples, list[str]]:
-    """The split's samples (the index cached in gen, keyed by shards.json's content) and
-    the classes."""
+def load_samples(
+    data: str, split: str, gen: str, source: str = "", window: int = 1024
+) -> tuple["ShardSamples | FetchedSamples", list[str]]:
+    """The split's samples (the index cached in gen, keyed by shards.json's content; or,
+    with a source, fetched into gen's spool as they are needed) and the classes."""
     listing, digest = read_listing(data)
+    if source:
+        spool = os.path.join(gen, f"spool-{digest}")
+        return FetchedSamples(listing, split, source, spool, window), listing["classes"]
     classes, part = listing["classes"], listing["splits"][split]
     names = [shard["name"] for shard in part["shards"]]
     cache = os.path.join(gen, f"shards-{split}-{digest}.pt")
@@ -115,3 +133,118 @@ def load_samples(data: str, split: str, gen: str) -> tuple[ShardSamples, list[st
         torch.save(rows, cache + ".partial")
         os.replace(cache + ".partial", cache)
     return ShardSamples(names, rows), classes
+
+
+class FetchedSamples:
+    """A split's samples in shards fetched from `source` as they are needed: rows are (shard
+    number, position in the shard); offsets and labels are read once a shard is here."""
+
+    def __init__(self, listing: dict, split: str, source: str, spool: str, window: int):
+        shards = listing["splits"][split]["shards"]
+        self.names = [shard["name"] for shard in shards]
+        self.digests = [shard.get("sha256") for shard in shards]
+        counts = torch.tensor([shard["count"] for shard in shards], dtype=torch.int64)
+        self.rows = torch.stack(
+            [torch.repeat_interleave(torch.arange(len(counts)), counts),
+             torch.cat([torch.arange(int(n)) for n in counts])], dim=1)  # fmt: skip
+        self.blocks, self.window = counts, window
+        self.n_classes = len(listing["classes"])
+        per_window = math.ceil(window / max(1, int(counts.min()))) + 1
+        self.spool = Spool(source, spool, keep=2 * per_window + 2)
+        self.places = {}  # shard number -> its samples' (offset, size, label), in this process
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def __getstate__(self) -> dict:
+        return {**self.__dict__, "places": {}}
+
+    def opened(self, index: int, root: str) -> tuple[io.BytesIO, int, str]:
+        """(the image's bytes as a file, its label, a name for errors), its shard fetched."""
+        shard, position = (int(x) for x in self.rows[index])
+        for _ in range(2):  # a shard dropped from the spool meanwhile is fetched again
+            path = self.spool.fetched(self.names[shard], self.digests[shard])
+            with contextlib.suppress(FileNotFoundError), open(path, "rb") as handle:
+                if shard not in self.places:
+                    self.places[shard] = self.indexed(path, shard, handle)
+                offset, size, label = self.places[shard][position]
+                handle.seek(offset)
+                return io.BytesIO(handle.read(size)), label, f"{self.names[shard]} at byte {offset}"
+        raise DataError(f"shard {self.names[shard]} vanished from {self.spool.folder} twice")
+
+    def indexed(self, path: str, shard: int, handle) -> list[tuple[int, int, int]]:
+        """The shard's samples, checked against the count shards.json gives."""
+        places = scan_shard(path, self.n_classes)
+        if len(places) != int(self.blocks[shard]):
+            raise DataError(f"shard {self.names[shard]} holds {len(places)} samples,"
+                            f" {INDEX} says {int(self.blocks[shard])}")  # fmt: skip
+        return places
+
+
+class Spool:
+    """Shards fetched into a local folder, one fetch per shard for all the processes that
+    share the folder (a lock per shard), the least recently used beyond `keep` dropped."""
+
+    def __init__(self, source: str, folder: str, keep: int):
+        self.source, self.folder, self.keep = source, folder, keep
+
+    def fetched(self, name: str, digest: str | None) -> str:
+        """The local path of shard `name`, fetched and checked first if not yet here."""
+        path = os.path.join(self.folder, name)
+        if not os.path.exists(path):
+            os.makedirs(self.folder, exist_ok=True)
+            with open(path + ".lock", "w") as lock:
+                fcntl.flock(lock, fcntl.LOCK_EX)  # another process may be fetching it
+                if not os.path.exists(path):
+                    self.fetch(name, digest, path)
+            self.drop_old()
+        os.utime(path)  # recently used
+        return path
+
+    def fetch(self, name: str, digest: str | None, path: str) -> None:
+        """Copy or pipe the shard to path (through a partial file), checking its SHA-256."""
+        where = self.source.replace("{shard}", name)
+        partial = f"{path}.{os.getpid()}.partial"
+        try:
+            if where.startswith("pipe:"):
+                piped(where[5:], partial, name)
+            else:
+                shutil.copyfile(where, partial)
+        except OSError as exc:
+            raise DataError(f"cannot fetch shard {name} from {where}: {exc.strerror}") from None
+        if digest and sha256_of(partial) != digest:
+            os.remove(partial)
+            raise DataError(f"shard {name} from {where} is not the one {INDEX} lists (its"
+                            " SHA-256 differs): a changed or truncated copy")  # fmt: skip
+        os.replace(partial, path)
+
+    def drop_old(self) -> None:
+        """Remove the least recently used shards beyond `keep`."""
+        shards = [entry for entry in os.scandir(self.folder) if entry.name.endswith(".tar")]
+        shards.sort(key=lambda entry: entry.stat().st_mtime_ns)
+        for entry in shards[: max(0, len(shards) - self.keep)]:
+            with contextlib.suppress(FileNotFoundError):
+                os.remove(entry.path)
+
+
+def piped(command: str, path: str, name: str) -> None:
+    """The standard output of a shell command into path; DataError with its last error line
+    when it fails."""
+    with open(path, "wb") as out:
+        done = subprocess.run(command, shell=True, stdout=out, stderr=subprocess.PIPE)
+    if done.returncode:
+        os.remove(path)
+        lines = done.stderr.decode(errors="replace").strip().splitlines()
+        why = f": {lines[-1]}" if lines else ""
+        raise DataError(
+            f"cannot fetch shard {name}: `{command}` exited with {done.returncode}{why}"
+        )
+
+
+def sha256_of(path: str) -> str:
+    """The file's SHA-256, hex."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()

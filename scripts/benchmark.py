@@ -263,17 +263,20 @@ def write_parquet(folder: str, target: str, rows_per_group: int = 16) -> None:
 
 def measure_data(source: str, batch: int, warmup: int, steps: int, workers: int = 2) -> float:
     """Seconds per batch of the ImageNet train split's loader (decode and augment in
-    `workers` processes, as -nThreads), reading the class folders, the tar shards or the
-    parquet files (shuffled in windows of 64 images, 4 row groups)."""
+    `workers` processes, as -nThreads), reading the class folders, the tar shards (also as
+    fetched by `pipe:cat` into a spool) or the parquet files (the last two shuffled in
+    windows of 64 images: 4 row groups, or a shard or two)."""
     import tempfile
 
     import datasets
-    from datasets import hf
+    from datasets import imagenet
 
-    data = dict(zip(("folder", "shards", "parquet"), data_tree(), strict=True))[source]
+    folder, shards, parquet = data_tree()
+    data = {"folder": folder, "shards": shards, "fetched": shards, "parquet": parquet}[source]
+    fetched = f"pipe:cat {shards}/{{shard}}" if source == "fetched" else ""
     with tempfile.TemporaryDirectory() as gen:
-        reading = hf.Reading(window=64)
-        dataset = datasets.load("imagenet", "train", data=data, gen=gen, reading=reading)
+        storage = imagenet.Storage(window=64, shard_source=fetched)
+        dataset = datasets.load("imagenet", "train", data=data, gen=gen, storage=storage)
         loader = datasets.make_loader(dataset, batch, workers=workers, seed=0, train=True)
         stamps, epoch = [], 1
         while len(stamps) < warmup + steps + 1:
@@ -450,7 +453,7 @@ def run_one(spec: dict) -> dict:
             "img_s": 1 / seconds,
             "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
         }
-    if spec["kind"] in ("data_folder", "data_shards", "data_parquet"):
+    if spec["kind"] in ("data_folder", "data_shards", "data_fetched", "data_parquet"):
         source = spec["kind"].split("_")[1]
         seconds = measure_data(source, batch, warmup, steps, spec.get("workers", 2))
     elif spec["kind"] in ("jpeg_train", "jpeg_train_recipe"):
@@ -621,7 +624,8 @@ def compare_data(args) -> None:
     shards and parquet files of the same JPEGs (target: shards and parquet >= 0.9x the
     folders)."""
     base = {"batch": 32, "warmup": 2, "steps": args.steps, "allocator": "cache"}
-    sources = {"class folders": "folder", "tar shards": "shards", "parquet": "parquet"}
+    sources = {"class folders": "folder", "tar shards": "shards",
+               "fetched shards (pipe:cat)": "fetched", "parquet": "parquet"}  # fmt: skip
     rows = {f"{label}, -nThreads {workers}": {"kind": f"data_{source}", "workers": workers}
             for workers in (2, 1) for label, source in sources.items()}  # fmt: skip
     results = measure_rounds({label: {**base, **spec} for label, spec in rows.items()}, args.rounds)
@@ -629,9 +633,9 @@ def compare_data(args) -> None:
     img_s = {label: r["img_s"] for label, r in results.items()}
     for workers in (2, 1):
         folder = img_s[f"class folders, -nThreads {workers}"]
-        shards, parquet = (img_s[f"{s}, -nThreads {workers}"] for s in ("tar shards", "parquet"))
-        print(f"-nThreads {workers}: shards / folders {shards / folder:.2f}x, parquet / folders"
-              f" {parquet / folder:.2f}x (target >= 0.9)")  # fmt: skip
+        ratios = ", ".join(f"{s} {img_s[f'{s}, -nThreads {workers}'] / folder:.2f}x"
+                           for s in list(sources)[1:])  # fmt: skip
+        print(f"-nThreads {workers}, / class folders: {ratios} (target >= 0.9)")
     scaling = {s: img_s[f"{s}, -nThreads 2"] / img_s[f"{s}, -nThreads 1"] for s in sources}
     print("-nThreads 2 / 1: " + ", ".join(f"{s} {r:.2f}x" for s, r in scaling.items()))
 

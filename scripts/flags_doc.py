@@ -259,9 +259,16 @@ WHAT_IT_DOES = {
     "imageColumn": "new: Hugging Face parquet / Arrow data: the column holding the images' bytes",
     "labelColumn": "new: Hugging Face parquet / Arrow data: the column holding the class indices",
     "shuffleBuffer": (
-        "new: parquet data is read a row group at a time, so an epoch's order shuffles the row "
-        "groups, then the images within each run of row groups holding this many; each loader "
-        "worker keeps up to twice that in memory ([data.md](data.md))"
+        "new: parquet data is read a row group at a time and fetched shards a shard at a time, "
+        "so an epoch's order shuffles the row groups (shards), then the images within each run "
+        "of them holding this many; each loader worker keeps up to twice that in memory "
+        "([data.md](data.md))"
+    ),
+    "shardSource": (
+        "new: tar shards kept elsewhere: each is fetched from this path, or the output of this "
+        "`pipe:` shell command, with `{shard}` replaced by its name, into `<gen>/spool-*` as the "
+        "epoch reaches it, and checked against `shards.json` (which `-data` holds); '': the "
+        "shards lie in `-data` ([data.md](data.md))"
     ),
     "preciseBN": (
         "new: before each test pass (and with `-testOnly`), set every BatchNorm's running "

@@ -28,6 +28,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
 from datasets import imagenet  # noqa: E402 - after the repository root is on the path
+from datasets.shards import sha256_of  # noqa: E402
 from errors import UsageError  # noqa: E402
 
 PROGRESS = ".make_shards.json"  # the plan and the finished shards, while a run is unfinished
@@ -78,14 +79,6 @@ def write_shard(path: str, folder: str, samples: list[tuple[str, int]], keys: li
     digest = sha256_of(partial)
     os.replace(partial, path)
     return digest
-
-
-def sha256_of(path: str) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def split_plan(src: str, split: str, classes: list[str], limit, seed: int) -> dict:

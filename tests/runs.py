@@ -13,6 +13,7 @@ import contextlib
 import io
 import os
 import runpy
+import signal
 import subprocess
 import sys
 import tempfile
@@ -177,3 +178,27 @@ def process_run(command, env=None, cwd=None) -> subprocess.CompletedProcess:
     return subprocess.run(
         command, env=env, cwd=cwd, capture_output=True, text=True, timeout=TIMEOUT
     )
+
+
+def stopped_and_resumed(argv_of, stop_at: str, folder) -> tuple[dict, dict]:
+    """The last model file's weights of a whole run, and of a run stopped by SIGTERM at its
+    first output line starting with stop_at and then resumed: argv_of(save, gen) gives
+    each run's arguments (the resumed one gets -resume)."""
+    import torch
+
+    whole = main_run(argv_of(folder / "whole", folder / "whole-gen"))
+    assert whole.returncode == 0, whole.stderr
+
+    def terminate(line):
+        if line.startswith(stop_at):
+            os.kill(os.getpid(), signal.SIGTERM)
+
+    cut = argv_of(folder / "cut", folder / "cut-gen")
+    stopped = main_run(cut, on_line=terminate)
+    assert stopped.returncode == 128 + signal.SIGTERM, stopped.stderr
+    resumed = main_run([*cut, "-resume", folder / "cut"])
+    assert resumed.returncode == 0, resumed.stderr
+    last = max((p for p in os.listdir(folder / "whole") if p.startswith("model_")),
+               key=lambda name: int(name[6:-4]) if name[6:-4].isdigit() else -1)  # fmt: skip
+    return tuple(torch.load(folder / run / last, weights_only=True)["model"]
+                 for run in ("whole", "cut"))  # fmt: skip

@@ -30,6 +30,7 @@ def benchmark():
         {"kind": "data_folder"},
         {"kind": "data_shards"},
         {"kind": "data_parquet", "workers": 1},
+        {"kind": "data_fetched"},
     ],
 )
 def test_each_measurement_reports_throughput_and_memory(benchmark, spec):

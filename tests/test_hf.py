@@ -1,13 +1,12 @@
 """-dataset imagenet on Hugging Face files: parquet as the Hub serves it and save_to_disk
 folders, both written by the `datasets` package itself; the same validation as the class
-folders, an exact resume mid-epoch, each sample once per epoch over two processes, reads
+folders, tar shards and fetched shards, an exact resume mid-epoch, each sample once per epoch over two processes, reads
 kept within a window of row groups, and every bad input one line naming it."""
 
 import io
 import os
 import re
 import shutil
-import signal
 import subprocess
 import sys
 
@@ -57,29 +56,25 @@ def test_a_model_tests_the_same_on_every_layout_of_its_images(
 ):
     trained = run(jpeg_root, tmp_path / "run", "-nEpochs", "1", "-nThreads", "0")
     assert trained.returncode == 0, trained.stderr
+    listing = tmp_path / "listing"  # shards.json alone: the shards are fetched
+    listing.mkdir()
+    shutil.copy(os.path.join(shards_root, "shards.json"), listing)
+    fetched = ["-shardSource", f"pipe:cat {shards_root}/{{shard}}"]
+    layouts = ((jpeg_root, []), (shards_root, []), (listing, fetched),
+               (f"{hub_files}/parquet", []), (f"{hub_files}/saved", []))  # fmt: skip
     tested = [results_line(run(data, tmp_path / "run", "-testOnly", "true", "-resume",
-                               tmp_path / "run", "-nThreads", threads))
-              for data, threads in ((jpeg_root, "0"), (shards_root, "2"),
-                                    (f"{hub_files}/parquet", "2"), (f"{hub_files}/saved", "2"))]  # fmt: skip
-    assert tested[0] == tested[1] == tested[2] == tested[3]
+                               tmp_path / "run", "-nThreads", "2", *flags))
+              for data, flags in layouts]  # fmt: skip
+    assert len(set(tested)) == 1, tested
 
 
 def test_training_on_parquet_stopped_mid_epoch_resumes_to_the_same_weights(hub_files, tmp_path):
     data = f"{hub_files}/parquet"
     flags = ["-nEpochs", "2", "-nThreads", "2", "-checkpointEvery", "1", "-shuffleBuffer", "8"]
-    whole = run(data, tmp_path / "whole", *flags)
-    assert whole.returncode == 0, whole.stderr
-
-    def terminate(line):
-        if line.startswith(" | Epoch: [2][2/"):
-            os.kill(os.getpid(), signal.SIGTERM)
-
-    stopped = run(data, tmp_path / "cut", *flags, on_line=terminate)
-    assert stopped.returncode == 128 + signal.SIGTERM, stopped.stderr
-    resumed = run(data, tmp_path / "cut", *flags, "-resume", tmp_path / "cut")
-    assert resumed.returncode == 0, resumed.stderr
-    expected, got = (torch.load(tmp_path / n / "model_2.pth", weights_only=True)["model"]
-                     for n in ("whole", "cut"))  # fmt: skip
+    expected, got = runs.stopped_and_resumed(
+        lambda save, gen: with_flags(FLAGS, ["-data", data, "-save", str(save), "-gen", str(gen),
+                                             *flags]),
+        " | Epoch: [2][2/", tmp_path)  # fmt: skip
     assert all(torch.equal(expected[k], got[k]) for k in expected)
 
 
@@ -107,7 +102,7 @@ def test_a_worker_holds_at_most_two_windows_of_row_groups(jpeg_root, hub_files):
     train = os.path.join(jpeg_root, "train")
     files = [os.path.join(train, c, f) for c in sorted(os.listdir(train), key=os.fsencode)
              for f in sorted(os.listdir(os.path.join(train, c)))]  # fmt: skip
-    samples, _ = hf.load_samples(f"{hub_files}/parquet", "train", hf.Reading(window=4))
+    samples, _ = hf.load_samples(f"{hub_files}/parquet", "train", hf.Columns(), 4)
     assert samples.blocks.tolist() == [4, 4, 4, 3]  # 15 rows: 8 and 7 in the two files
     sampler = EpochSampler(len(samples), 3, blocks=samples.blocks, window=4)
     held = []

@@ -5,7 +5,7 @@ import io
 import json
 import os
 import re
-import signal
+import shutil
 import tarfile
 
 import pytest
@@ -13,6 +13,7 @@ import runs
 import torch
 
 import checkpoints
+from datasets import shards
 
 FLAGS = ("-dataset imagenet -netType resnet -depth 18 -batchSize 4 -LR 0.01 -cropSize 64"
          " -manualSeed 5 -tensorboard false").split()  # fmt: skip
@@ -24,23 +25,11 @@ def run(data, save, *flags):
 
 def test_training_on_shards_stopped_mid_epoch_resumes_to_the_same_weights(shards_root, tmp_path):
     flags = ["-nEpochs", "2", "-nThreads", "2", "-checkpointEvery", "1"]
-    whole = run(shards_root, tmp_path / "whole", *flags)
-    assert whole.returncode == 0, whole.stderr
-    assert "=> Training epoch # 2" in whole.stdout
-
-    def terminate(line):
-        if line.startswith(" | Epoch: [1][2/"):
-            os.kill(os.getpid(), signal.SIGTERM)
-
-    stopped = runs.main_run([*FLAGS, "-data", shards_root, "-save", tmp_path / "cut",
-                             "-gen", tmp_path / "cut-gen", *flags], on_line=terminate)  # fmt: skip
-    assert stopped.returncode == 128 + signal.SIGTERM, stopped.stderr
-    assert checkpoints.latest(str(tmp_path / "cut")).epoch == 1
-    resumed = run(shards_root, tmp_path / "cut", *flags, "-resume", tmp_path / "cut")
-    assert resumed.returncode == 0, resumed.stderr
-    expected, got = (torch.load(tmp_path / n / "model_2.pth", weights_only=True)["model"]
-                     for n in ("whole", "cut"))  # fmt: skip
+    expected, got = runs.stopped_and_resumed(
+        lambda save, gen: [*FLAGS, "-data", shards_root, "-save", save, "-gen", gen, *flags],
+        " | Epoch: [1][2/", tmp_path)  # fmt: skip
     assert all(torch.equal(expected[k], got[k]) for k in expected)
+    assert checkpoints.latest(str(tmp_path / "cut")).epoch == 2
 
 
 def damaged_copy(shards_root, tmp_path, damage) -> str:
@@ -111,3 +100,74 @@ def test_jpegs_of_shards_decode_on_the_device_too(shards_root, tmp_path):
                "-decodeOnDevice", "true")  # fmt: skip
     assert done.returncode == 0, done.stderr
     assert " * Finished epoch # 1" in done.stdout
+
+
+def listing_of(shards_root, tmp_path) -> str:
+    """A folder holding shards.json alone: the shards are fetched (-shardSource)."""
+    folder = tmp_path / "listing"
+    folder.mkdir()
+    shutil.copy(os.path.join(shards_root, "shards.json"), folder)
+    return str(folder)
+
+
+def test_fetched_shards_stopped_mid_epoch_resume_to_the_same_weights(shards_root, tmp_path):
+    """Shards piped in by a command, shuffled a window of shards at a time: the loader
+    workers share one spool, and the order resumes exactly."""
+    listing = listing_of(shards_root, tmp_path)
+    flags = ["-nEpochs", "2", "-nThreads", "2", "-checkpointEvery", "1", "-shuffleBuffer", "4",
+             "-shardSource", f"pipe:cat {shards_root}/{{shard}}"]  # fmt: skip
+    expected, got = runs.stopped_and_resumed(
+        lambda save, gen: [*FLAGS, "-data", listing, "-save", save, "-gen", gen, *flags],
+        " | Epoch: [2][2/", tmp_path)  # fmt: skip
+    assert all(torch.equal(expected[k], got[k]) for k in expected)
+    spool = [os.listdir(p) for p in (tmp_path / "whole-gen").glob("spool-*")]
+    assert len(spool) == 1 and all(not name.endswith(".partial") for name in spool[0])
+
+
+def test_the_spool_keeps_the_most_recently_used_shards(shards_root, tmp_path):
+    spool = shards.Spool(os.path.join(shards_root, "{shard}"), str(tmp_path / "spool"), keep=2)
+    listing = json.loads(open(os.path.join(shards_root, "shards.json")).read())
+    for shard in listing["splits"]["train"]["shards"]:
+        path = spool.fetched(shard["name"], shard["sha256"])
+        assert (
+            open(path, "rb").read() == open(os.path.join(shards_root, shard["name"]), "rb").read()
+        )
+    kept = sorted(name for name in os.listdir(tmp_path / "spool") if name.endswith(".tar"))
+    assert kept == [s["name"] for s in listing["splits"]["train"]["shards"][-2:]]
+
+
+FETCH_FAILURES = {
+    "failing command": ("pipe:echo no route to {{shard}} >&2; exit 6",
+                        r"cannot fetch shard (train-00000\d\.tar): `echo no route to \1 >&2; exit 6`"
+                        r" exited with 6: no route to \1"),
+    "another shard": ("pipe:cat {root}/val-000000.tar # {{shard}}",
+                      r"shard train-00000\d\.tar from pipe:cat \S+/val-000000\.tar # \S+ is not the one"
+                      r" shards\.json lists \(its SHA-256 differs\)"),
+    "missing file": ("{root}/missing/{{shard}}",
+                     r"cannot fetch shard train-00000\d\.tar from \S+/missing/train-00000\d\.tar:"
+                     r" No such file or directory"),
+}  # fmt: skip
+
+
+@pytest.mark.parametrize("kind", list(FETCH_FAILURES))
+@pytest.mark.parametrize("threads", ["0", "2"])
+def test_a_shard_that_cannot_be_fetched_is_one_line_naming_it(kind, threads, shards_root, tmp_path):
+    source, says = FETCH_FAILURES[kind]
+    done = run(listing_of(shards_root, tmp_path), tmp_path / "run", "-nEpochs", "1",
+               "-nThreads", threads, "-shardSource", source.format(root=shards_root))  # fmt: skip
+    assert done.returncode == 2 and done.stderr.count("\n") == 1, done.stderr
+    assert re.match(rf"error: {says}", done.stderr), done.stderr
+
+
+def test_a_shard_source_must_name_each_shard_and_have_its_listing(shards_root, jpeg_root, tmp_path):
+    unnamed = run(listing_of(shards_root, tmp_path), tmp_path / "a", "-shardSource", "pipe:cat x")
+    assert unnamed.returncode == 2 and unnamed.stderr == (
+        "error: -shardSource 'pipe:cat x' must say where each shard is with {shard} (e.g."
+        " 'pipe:curl -sf https://host/shards/{shard}')\n"
+    )
+    unlisted = run(jpeg_root, tmp_path / "b", "-shardSource", "pipe:cat {shard}")
+    assert unlisted.returncode == 2 and unlisted.stderr == (
+        f"error: -shardSource needs the shards' listing in -data: {jpeg_root} holds no"
+        " shards.json (copy it there from the shards)\n"
+    )
+    assert not (tmp_path / "a").exists() and not (tmp_path / "b").exists()
