@@ -27,6 +27,7 @@ import torch
 from datasets.cifar import DataError
 
 INDEX = "shards.json"
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".webp")
 
 
 def is_sharded(data: str) -> bool:
@@ -87,8 +88,8 @@ def scan_shard(path: str, n_classes: int) -> list[tuple[int, int, int]]:
                 key, _, extension = member.name.rpartition("/")[2].partition(".")
                 if extension == "cls":
                     labels[key] = tar.extractfile(member).read()
-                elif member.isfile():
-                    images[key] = (member.offset_data, member.size)
+                elif member.isfile() and f".{extension.lower()}".endswith(IMAGE_EXTENSIONS):
+                    images[key] = (member.offset_data, member.size)  # (not .json, .txt, ...)
     except (tarfile.TarError, OSError, EOFError) as exc:
         raise DataError(f"cannot read shard {path}: {exc}") from exc
     return [(*place, label_of(path, key, labels.get(key), n_classes))

@@ -1,6 +1,7 @@
 """The documentation that is derived from the code is current."""
 
 import os
+import shlex
 
 import pytest
 from conftest import load_script
@@ -34,7 +35,8 @@ def test_every_flag_has_a_row_with_its_default_and_a_new_flag_without_text_is_re
 
 def documented_commands() -> list[tuple[str, list[str]]]:
     """(page, main.py's arguments) of every main.py command in the README's and docs' code
-    blocks, continuation lines joined, comments and `...` left out."""
+    blocks, continuation lines joined, quotes and comments read as the shell does, `...`
+    left out."""
     pages = [os.path.join(ROOT, "README.md")] + sorted(
         os.path.join(ROOT, "docs", name) for name in os.listdir(os.path.join(ROOT, "docs"))
     )
@@ -44,7 +46,9 @@ def documented_commands() -> list[tuple[str, list[str]]]:
             blocks = handle.read().split("```")[1::2]  # the insides of the code blocks
         for block in blocks:
             for line in block.replace("\\\n", " ").splitlines():
-                words = line.split("#")[0].split()
+                if "main.py" not in line:
+                    continue
+                words = shlex.split(line, comments=True)  # as the shell reads it
                 if "main.py" in words and words[0] in ("python", "torchrun", "srun"):
                     arguments = words[words.index("main.py") + 1 :]
                     commands.append((os.path.basename(page), [w for w in arguments if w != "..."]))

@@ -3,12 +3,15 @@ the image's own bytes, KEY.cls with its class index), resumable, never writing i
 folder that holds something else."""
 
 import hashlib
+import io
 import json
 import os
 import tarfile
 
 import pytest
-from conftest import load_script
+import runs
+from conftest import labelled_images, load_script
+from PIL import Image
 
 make_shards = load_script("make_shards")
 
@@ -131,3 +134,94 @@ def test_an_interrupted_run_resumes_keeping_its_sound_shards(jpeg_root, tmp_path
         assert (dst / name).read_bytes() == (whole / name).read_bytes(), name
     other = make_shards.main([jpeg_root, str(tmp_path / "whole"), "--shard-size", "3"])
     assert other == 2  # a finished set is not an unfinished run: nothing is touched
+
+
+list_shards = load_script("list_shards")
+
+
+def test_shards_made_elsewhere_are_listed_as_make_shards_lists_them(shards_root, tmp_path, capsys):
+    with open(os.path.join(shards_root, "shards.json")) as handle:
+        made = json.load(handle)
+    (tmp_path / "names.txt").write_text("\n".join(made["classes"]) + "\n")
+    last = {split: len(made["splits"][split]["shards"]) - 1 for split in ("train", "val")}
+    argv = [str(tmp_path / "listing")]
+    for split in ("train", "val"):
+        argv += [f"--{split}", f"pipe:cat {shards_root}/{split}-{{000000..{last[split]:06d}}}.tar"]
+    assert list_shards.main([*argv, "--classes", str(tmp_path / "names.txt")]) == 0
+    with open(tmp_path / "listing" / "shards.json") as handle:
+        assert json.load(handle) == made
+    assert capsys.readouterr().out.splitlines()[-1] == (
+        f"=> train with: -data {tmp_path / 'listing'} -shardSource 'pipe:cat {shards_root}/{{shard}}'"
+    )
+    assert list_shards.main(argv) == 2  # never over an existing listing
+    assert "shards.json exists" in capsys.readouterr().err
+
+
+def test_patterns_expand_as_webdataset_expands_them():
+    assert list_shards.expand("a-{000008..000011}.tar") == [
+        "a-000008.tar", "a-000009.tar", "a-000010.tar", "a-000011.tar"]  # fmt: skip
+    assert list_shards.expand("{x,y}-{1..2}") == ["x-1", "x-2", "y-1", "y-2"]
+    assert (
+        list_shards.shard_name("pipe:curl -sf https://h/p/train-000001.tar") == "train-000001.tar"
+    )
+
+
+def webdataset_shard(path, samples: list[tuple[bytes, int]], first: int) -> None:
+    """A tar shard as other tools write them: KEY.jpg, KEY.cls and a KEY.json beside."""
+    with tarfile.open(path, "w") as tar:
+        for n, (jpeg, label) in enumerate(samples):
+            key = f"sample{first + n:06d}"
+            for extension, data in (("jpg", jpeg), ("cls", str(label).encode()),
+                                    ("json", b'{"source": "fashion-mnist"}')):  # fmt: skip
+                info = tarfile.TarInfo(f"{key}.{extension}")
+                info.size = len(data)
+                tar.addfile(info, io.BytesIO(data))
+
+
+def test_fashion_mnist_shards_of_another_tool_train_where_they_are(foolbox_data, tmp_path):
+    """foolbox's 20 real Fashion-MNIST images as JPEG shards with .json side files (as
+    WebDataset writers add them): listed by pattern, then trained from their folder."""
+    samples = []
+    for path, label in labelled_images(foolbox_data, "fashionMNIST"):
+        buffer = io.BytesIO()
+        Image.open(path).convert("L").save(buffer, "JPEG", quality=95)
+        samples.append((buffer.getvalue(), label))
+    remote = tmp_path / "remote"
+    remote.mkdir()
+    for name, part, first in (("train-000000.tar", samples[:8], 0),
+                              ("train-000001.tar", samples[8:16], 8),
+                              ("val-000000.tar", samples[16:], 16)):  # fmt: skip
+        webdataset_shard(remote / name, part, first)
+    listing = str(tmp_path / "listing")
+    assert list_shards.main([listing, "--train", f"{remote}/train-{{000000..000001}}.tar",
+                             "--val", f"{remote}/val-000000.tar"]) == 0  # fmt: skip
+    with open(os.path.join(listing, "shards.json")) as handle:
+        listed = json.load(handle)
+    highest = max(label for _, label in samples)
+    assert listed["classes"] == [str(i) for i in range(highest + 1)]
+    assert [listed["splits"][s]["count"] for s in ("train", "val")] == [16, 4]
+    done = runs.main_run(["-dataset", "imagenet", "-netType", "resnet", "-depth", "18",
+                          "-batchSize", "4", "-cropSize", "32", "-nEpochs", "1", "-data", listing,
+                          "-shardSource", f"{remote}/{{shard}}", "-save", tmp_path / "run",
+                          "-gen", tmp_path / "gen", "-tensorboard", "false"])  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    assert " * Finished epoch # 1" in done.stdout
+
+
+def test_a_shard_that_cannot_be_listed_is_one_line_naming_it(shards_root, tmp_path, capsys):
+    broken = tmp_path / "train-000000.tar"
+    webdataset_shard(broken, [(b"\xff\xd8", 0)], 0)
+    with tarfile.open(broken, "a") as tar:
+        info = tarfile.TarInfo("orphan.jpg")
+        info.size = 2
+        tar.addfile(info, io.BytesIO(b"\xff\xd8"))
+    cases = [(str(broken), "shard train-000000.tar: sample orphan has no class index in orphan.cls"),
+             ("pipe:exit 3 # train-000009.tar", "cannot read shard train-000009.tar: `exit 3 #"
+                                                " train-000009.tar` exited with 3"),
+             (f"{tmp_path}/none-{{1..2}}.tar", f"cannot read shard none-1.tar ({tmp_path}/none-1.tar):"
+                                               " No such file or directory")]  # fmt: skip
+    for n, (train, says) in enumerate(cases):
+        argv = [str(tmp_path / f"listing{n}"), "--train", train, "--val", str(broken)]
+        assert list_shards.main(argv) == 2
+        assert capsys.readouterr().err.splitlines()[-1] == f"error: {says}"  # after the bar
+        assert not (tmp_path / f"listing{n}").exists()
