@@ -31,6 +31,10 @@ EPOCH_FILE = re.compile(r"^(model|optimState)_(\d+)(_iter\d+)?\.pth$")
 # What a run of this tool writes in its -save folder (besides the tb/ folder).
 RUN_RECORDS = ("opts.json", "metrics.jsonl")
 RECORDS_FOLDER = "tb"
+# A shared model (scripts/export.py): weights as safetensors, what they are in its metadata
+# (each value JSON), and a Hugging Face Hub folder holding such a file.
+SAFETENSORS_FORMAT = "fb.resnet.pytorch model"
+HUB_WEIGHTS = "model.safetensors"
 # Fault injection for the crash tests: SIGKILL this process just before the file of
 # this name is renamed into place, i.e. in the middle of writing a checkpoint.
 KILL_BEFORE_RENAME = "CHECKPOINT_KILL_BEFORE_RENAME"
@@ -151,6 +155,7 @@ class ModelFile:
     average: dict | None = None  # -ema's {"model": state_dict, "updates", "decay", "every"}
     evaluation: dict | None = None  # how its val images were prepared (resize, crop, ...)
     fetched: bool = False  # published weights by name, not a file the user named
+    epoch: int | None = None  # the epoch it was saved at
 
     @classmethod
     def of(cls, record: Mapping, path: str) -> "ModelFile":
@@ -158,6 +163,7 @@ class ModelFile:
         average = record.get("ema")
         if not (isinstance(average, dict) and isinstance(average.get("model"), dict)):
             average = None
+        epoch = record.get("epoch")
         return cls(
             record["model"],
             path,
@@ -165,6 +171,7 @@ class ModelFile:
             record.get("classes"),
             average,
             record.get("evaluation"),
+            epoch=epoch if isinstance(epoch, int) else None,
         )
 
     def evaluated(self) -> tuple[dict, bool]:
@@ -450,10 +457,79 @@ def latest(resume_dir: str) -> Checkpoint | None:
 
 
 def load_model_file(path: str) -> ModelFile:
-    """A model file: ours as saved; a bare state_dict gets no arch."""
+    """A model file: ours as saved, or exported as safetensors (also a Hub folder holding
+    one); a bare state_dict (.pth or .safetensors) gets no arch."""
+    if os.path.isdir(path) and os.path.isfile(os.path.join(path, HUB_WEIGHTS)):
+        path = os.path.join(path, HUB_WEIGHTS)
+    if path.endswith(".safetensors") and os.path.isfile(path):
+        return read_safetensors(path)
     content = load_file(path)
     if isinstance(content, dict) and isinstance(content.get("model"), dict):
         return ModelFile.of(content, path)
     if isinstance(content, dict) and content and all(torch.is_tensor(v) for v in content.values()):
         return ModelFile(clean_state_dict(content), path)
     raise CheckpointError(f"{path} holds neither a model record nor a state_dict")
+
+
+def write_safetensors(path: str, model: ModelFile, preprocessing: Mapping) -> None:
+    """model's evaluated weights (-ema's when it has them) as a safetensors file whose
+    metadata says what they are: network, classes, epoch, how images are prepared;
+    written to a temporary name first."""
+    from safetensors.torch import save  # an optional package (pip install safetensors)
+
+    weights, averaged = model.evaluated()
+    tensors = {key: value.detach().cpu().contiguous() for key, value in weights.items()}
+    metadata = {
+        "format": "pt",
+        "producer": SAFETENSORS_FORMAT,
+        "arch": json.dumps(model.arch),
+        "classes": json.dumps(model.classes),
+        "evaluation": json.dumps(model.evaluation),
+        "preprocessing": json.dumps(dict(preprocessing)),
+        "epoch": json.dumps(model.epoch),
+        "weights": json.dumps("ema" if averaged else "trained"),
+    }
+    data = save(tensors, metadata=metadata)
+    atomic_write(path, lambda handle: handle.write(data))
+    os.chmod(path, 0o644)  # a file to share (a run's own files stay the user's alone)
+
+
+def read_safetensors(path: str) -> ModelFile:
+    """A safetensors file: exported by write_safetensors (its network and classes with it),
+    or any other (a bare state_dict, timm's model.safetensors)."""
+    try:
+        from safetensors import safe_open
+    except ImportError:
+        raise CheckpointError(
+            f"reading {path} needs safetensors: pip install safetensors"
+        ) from None
+    try:
+        with safe_open(path, framework="pt") as handle:
+            metadata = handle.metadata() or {}
+            weights = {key: handle.get_tensor(key) for key in handle.keys()}  # noqa: SIM118
+    except Exception as exc:  # safetensors raises its own errors for damaged files
+        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise CheckpointError(f"{path} is truncated or not a safetensors file ({reason})") from None
+    if metadata.get("producer") != SAFETENSORS_FORMAT:
+        return ModelFile(clean_state_dict(weights), path)
+    try:
+        described = {
+            key: json.loads(metadata[key]) for key in ("arch", "classes", "evaluation", "epoch")
+        }
+    except (KeyError, ValueError) as exc:
+        raise CheckpointError(f"{path}: its metadata is damaged ({exc})") from None
+    return ModelFile(weights, path, described["arch"], described["classes"],
+                     evaluation=described["evaluation"], epoch=described["epoch"])  # fmt: skip
+
+
+def safetensors_metadata(path: str) -> dict:
+    """The JSON values of an exported safetensors file's metadata (preprocessing, ...)."""
+    from safetensors import safe_open
+
+    with safe_open(path, framework="pt") as handle:
+        metadata = handle.metadata() or {}
+    return {
+        key: json.loads(value)
+        for key, value in metadata.items()
+        if key not in ("format", "producer")
+    }

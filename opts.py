@@ -241,8 +241,8 @@ FLAGS = [
         str,
         "none",
         "Start from published weights by name, torchvision's (ResNet50_Weights.IMAGENET1K_V2,"
-        " ResNet50_Weights.DEFAULT) or timm's (timm/resnest50d.in1k); the network comes with"
-        " them (new)",
+        " ResNet50_Weights.DEFAULT) or timm's (timm/resnest50d.in1k), or a file or folder of"
+        " scripts/export.py; the network comes with them (new)",
     ),
     ("optimState", str, "none", "Path to an optimState to reload from"),
     (
@@ -573,15 +573,17 @@ def validate(opts: argparse.Namespace, names: Names) -> None:
 
 
 def validate_weights(opts: argparse.Namespace, is_weights_name: Callable[[str], bool]) -> None:
-    """-weights: a name (a file goes to -retrain), for folder datasets, not with -retrain."""
+    """-weights: a name (for folder datasets) or a file here; not with -retrain."""
     if opts.weights == "none":
+        return
+    _check(opts.retrain == "none", "give -weights or -retrain, not both")
+    if os.path.exists(opts.weights):  # a model file or an export: its network says its data set
         return
     _check(
         is_weights_name(opts.weights),
         f"-weights takes a name such as ResNet50_Weights.IMAGENET1K_V2 or timm/resnest50d.in1k,"
-        f" not {opts.weights}; for a file use -retrain",
+        f" or an exported file or folder, not {opts.weights} (no such file)",
     )
-    _check(opts.retrain == "none", "give -weights or -retrain, not both")
     _check(
         opts.dataset == "imagenet",
         "-weights are ImageNet networks: use -dataset imagenet with a class-per-folder -data",

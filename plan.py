@@ -72,6 +72,11 @@ def adopt_weights(opts: argparse.Namespace) -> pretrained.Named | None:
     if opts.weights == "none":
         return None
     named = pretrained.resolve(opts.weights)
+    if named.arch["dataset"] != opts.dataset:
+        raise errors.UsageError(
+            f"-weights {named.name} are a network for {named.arch['dataset']}: give -dataset"
+            f" {named.arch['dataset']}"
+        )
     for flag, value in ((flag, named.arch[flag]) for flag in models.ARCH_FLAGS):
         if flag in opts.given and getattr(opts, flag) != value:
             raise errors.UsageError(
@@ -79,7 +84,7 @@ def adopt_weights(opts: argparse.Namespace) -> pretrained.Named | None:
                 f" drop -{flag} {getattr(opts, flag)}"
             )
         setattr(opts, flag, value)
-    if "cropSize" in opts.given:  # the user's crop: the val sizes follow it, as in the Lua
+    if "cropSize" in opts.given or table.is_small(opts.dataset):  # the user's crop, or none
         return named
     sizes = {
         "valResize": named.preprocessing.resize,

@@ -8,6 +8,7 @@ torchvision, the Hugging Face cache (HF_HOME, HF_HUB_OFFLINE) for timm. A cached
 without the network. timm is needed only for timm's names.
 """
 
+import dataclasses
 import math
 import os
 from typing import NamedTuple
@@ -15,10 +16,10 @@ from typing import NamedTuple
 import torch
 import torchvision.models
 
-from checkpoints import ModelFile
+from checkpoints import ModelFile, load_model_file
 from datasets.imagenet import LUA_CROPS, MEANSTD
 from errors import UsageError
-from models import arch_flags, arch_of_torchvision, create, from_timm, full_arch
+from models import arch_flags, arch_of_torchvision, complete_arch, create, from_timm, full_arch
 from models.loading import weights_difference
 
 # The torchvision builders whose networks this tool builds (the ResNet family).
@@ -62,10 +63,37 @@ def is_weights_name(text: str) -> bool:
 
 
 def resolve(name: str) -> Named:
-    """The weights called name; ValueError naming the valid names when there are none."""
+    """The weights called name (or in the file or Hub folder of that path); ValueError
+    naming the valid names when there are none."""
+    if is_local(name):
+        return resolve_file(name)
     if name.startswith(TIMM_PREFIX):
         return resolve_timm(name)
     return resolve_torchvision(name)
+
+
+def is_local(name: str) -> bool:
+    """Whether -weights names a file or folder here (not published weights)."""
+    return os.path.exists(name)
+
+
+def resolve_file(path: str) -> Named:
+    """Weights in a file that says what network they are: a model file of this tool, a
+    safetensors file or Hub folder of scripts/export.py."""
+    record = load_model_file(path)
+    if not record.arch:
+        raise UsageError(
+            f"-weights {path} does not say which network it is (a bare state_dict): give it to"
+            " -retrain with the network's flags"
+        )
+    sizes = record.evaluation or {}
+    preprocessing = Preprocessing(
+        sizes.get("resize", LUA_CROPS.val_resize),
+        sizes.get("crop", LUA_CROPS.val),
+        sizes.get("interpolation", LUA_CROPS.val_interpolation),
+    )
+    arch = full_arch({**complete_arch(record.arch), "nClasses": record.outputs()})
+    return Named(path, "file", arch, preprocessing, path, os.path.dirname(os.path.abspath(path)))
 
 
 def torchvision_weights(name: str):
@@ -167,6 +195,8 @@ def fetch(named: Named, progress: bool = True) -> ModelFile:
     """The weights as a model file (weights, arch, classes, evaluation), from the library's
     cache, downloading them there first when they are not; WeightsUnavailable says what to
     fetch and where to put it."""
+    if named.library == "file":
+        return dataclasses.replace(load_model_file(named.url), fetched=True)
     if named.library == "torchvision":
         state_dict, classes = torchvision_state_dict(named, progress)
     else:

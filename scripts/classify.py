@@ -3,9 +3,10 @@
     python scripts/classify.py CHECKPOINT IMAGE...
     python scripts/classify.py -weights NAME IMAGE...
 
-CHECKPOINT: a model file of this tool (model_best.pth, model_<epoch>.pth) or a torchvision
-ResNet / ResNeXt state_dict; NAME: published weights, torchvision's
-(ResNet50_Weights.IMAGENET1K_V2) or timm's (timm/resnest50d.in1k). For each image: "Classes
+CHECKPOINT: a model file of this tool (model_best.pth, model_<epoch>.pth), a file or Hub
+folder exported by scripts/export.py, or a torchvision ResNet / ResNeXt state_dict; NAME:
+published weights, torchvision's (ResNet50_Weights.IMAGENET1K_V2) or timm's
+(timm/resnest50d.in1k). For each image: "Classes
 for <file>", then five lines "probability<TAB>class name" (the names stored in the checkpoint
 or coming with the weights; ImageNet-1k's readable names for 1000-way ImageNet models), then
 a blank line."""

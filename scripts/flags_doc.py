@@ -173,9 +173,10 @@ WHAT_IT_DOES = {
     "retrain": "start from a model file: ours, or a torchvision state_dict",
     "weights": (
         "new: start from published weights by name, torchvision's "
-        "(`ResNet50_Weights.IMAGENET1K_V2`, `...DEFAULT`) or timm's (`timm/resnest50d.in1k`); the"
-        " network, and the val sizes unless given, come from them; through torch.hub's and the "
-        "Hugging Face cache"
+        "(`ResNet50_Weights.IMAGENET1K_V2`, `...DEFAULT`) or timm's (`timm/resnest50d.in1k`), "
+        "through torch.hub's and the Hugging Face cache; or from a file that says what network "
+        "it is (a model file, an export of `scripts/export.py`: safetensors or a Hub folder, "
+        "[export.md](export.md)); the network, and the val sizes unless given, come from them"
     ),
     "optimState": "load an optimizer state (dead in the Lua; works here)",
     "shareGradInput": (

@@ -64,14 +64,24 @@ def model_record(source: str) -> checkpoints.ModelFile:
     return checkpoints.load_model_file(source)
 
 
-def load_model(path: str, device: torch.device) -> tuple[torch.nn.Module, View, list[str]]:
-    """The network of a model file (ours, or a torchvision state_dict) or of published
-    weights by name, in eval mode on device, with its averaged weights when it has them
-    (-ema), how it sees images, and its class names."""
+class Loaded(NamedTuple):
+    """A model file's network ready to evaluate, and what it is."""
+
+    model: torch.nn.Module  # in eval mode, with its evaluated (-ema) weights
+    view: View
+    names: list[str]  # a readable name per output
+    arch: dict  # models.create()'s arguments
+    record: checkpoints.ModelFile
+
+
+def loaded_model(path: str, device: torch.device) -> Loaded:
+    """The network of a model file (ours, exported, or a torchvision state_dict) or of
+    published weights by name, in eval mode on device, with its averaged weights when it
+    has them (-ema), how it sees images, and its class names."""
     record = model_record(path)
     state_dict, _ = record.evaluated()  # the -ema weights when saved
     if record.arch:
-        arch = dict(record.arch)
+        arch = models.complete_arch(record.arch)
     else:
         try:
             arch = models.arch_of_torchvision(state_dict)
@@ -81,7 +91,31 @@ def load_model(path: str, device: torch.device) -> tuple[torch.nn.Module, View, 
     load_weights(model, state_dict, path)  # torchvision names accepted, one-line errors
     names = imagenet_names(record.classes, model.fc.out_features)
     view = View(arch["dataset"], **(record.evaluation or {}))
-    return model.to(device).eval(), view, names
+    return Loaded(model.to(device).eval(), view, names, arch, record)
+
+
+def load_model(path: str, device: torch.device) -> tuple[torch.nn.Module, View, list[str]]:
+    """(the network in eval mode on device, how it sees images, its class names): see
+    loaded_model."""
+    loaded = loaded_model(path, device)
+    return loaded.model, loaded.view, loaded.names
+
+
+def preprocessing(view: View) -> dict:
+    """How an image is prepared for the network, in words a deployment can follow: resize
+    (short side for ImageNet-shaped networks, the whole image for CIFAR-shaped ones), centre
+    crop, interpolation, the range pixels are scaled to, then mean and std per channel."""
+    if models.is_cifar_shaped(view.dataset):
+        grey = view.dataset == "fashionmnist"
+        size = 28 if grey else 32
+        mean, std = (fashionmnist.MEAN, fashionmnist.STD) if grey else cifar.MEANSTD[view.dataset]
+        return {"dataset": view.dataset, "resize": [size, size], "crop": size,
+                "interpolation": "bicubic", "pixel_range": 255, "mean": list(mean),
+                "std": list(std), "grey": grey}  # fmt: skip
+    mean, std = imagenet.MEANSTD
+    return {"dataset": view.dataset, "resize": view.resize, "crop": view.crop,
+            "interpolation": view.interpolation, "pixel_range": 1, "mean": list(mean),
+            "std": list(std), "grey": False}  # fmt: skip
 
 
 def preprocess(path: str, view: View) -> torch.Tensor:

@@ -193,7 +193,10 @@ def test_weights_offline_and_uncached_stop_the_run_before_any_file(jpeg_root, to
          "-weights ResNet18_Weights.IMAGENET1K_V1 are a network of -netType resnet -depth 18:"
          " drop -netType resnext"),
         ("-weights ResNet18_Weights.IMAGENET1K_V1 -retrain model.pth", "give -weights or -retrain, not both"),
-        ("-weights model.pth", "-weights takes a name such as ResNet50_Weights.IMAGENET1K_V2"),
+        ("-weights model.pth", "model.pth is truncated or not a checkpoint (EOFError)"),
+        ("-weights missing.pth", "-weights takes a name such as ResNet50_Weights.IMAGENET1K_V2 or"
+                                 " timm/resnest50d.in1k, or an exported file or folder, not"
+                                 " missing.pth (no such file)"),
         ("-weights ResNet18_Weights.IMAGENET1K_V9",
          "-weights ResNet18_Weights.IMAGENET1K_V9: ResNet18_Weights has IMAGENET1K_V1, DEFAULT"),
     ],
