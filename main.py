@@ -81,7 +81,7 @@ def run_process(
                 saved, plan.recipe.ema, plan.recipe.ema_every, len(loaders[0]), plan.loop.resume
             )
         model, arch = setup.build_model(plan.model, classes, checkpoint, retrained)
-        setup.check_classes(model, classes)
+        setup.check_classes(model, classes, checkpoint.model if checkpoint else None)
         if plan.test_only:
             return epochs.test_only(
                 plan, model, device, loaders, (checkpoint, retrained), processes, stop

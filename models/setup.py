@@ -135,9 +135,23 @@ def options_record(options: Mapping, arch: Mapping) -> dict:
     }
 
 
-def check_classes(model: nn.Module, classes: list[str]) -> None:
-    """The classifier must have an output for every class of the data; more outputs than
-    classes (a -retrain file of another data set) is said once."""
+def check_classes(
+    model: nn.Module, classes: list[str], resumed: checkpoints.ModelFile | None = None
+) -> None:
+    """The classifier must have an output for every class of the data, and a resumed run
+    the classes it was trained on (in that order); more outputs than classes (a -retrain
+    file of another data set) is said once."""
+    saved = [str(name) for name in (resumed.classes or [])] if resumed else []
+    if saved and saved != [str(name) for name in classes]:
+        pairs = enumerate(zip(saved, classes, strict=False))
+        first = next((i for i, (a, b) in pairs if a != b), min(len(saved), len(classes)))
+        said = [repr(names[first]) if first < len(names) else "none" for names in (classes, saved)]
+        raise StartError(
+            f"the data's classes are not those {resumed.path} was trained on ({len(classes)}"
+            f" against {len(saved)}; class {first} is {said[0]} in the data, {said[1]} in the"
+            " checkpoint): give the data it was trained on, or start from its weights with"
+            " -retrain"
+        )
     outputs = model.fc.out_features
     if outputs < len(classes):
         raise StartError(

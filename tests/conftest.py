@@ -178,3 +178,14 @@ def shards_root(jpeg_root, tmp_path_factory) -> str:
     dst = tmp_path_factory.mktemp("shards") / "shards"
     assert load_script("make_shards").main([jpeg_root, str(dst), "--shard-size", "4"]) == 0
     return str(dst)
+
+
+@pytest.fixture(scope="session")
+def hub_files(jpeg_root, tmp_path_factory) -> str:
+    """The real JPEG tree written by Hugging Face's datasets: parquet/ (two files a split,
+    row groups of 4) and saved/ (save_to_disk)."""
+    out = tmp_path_factory.mktemp("hub")
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    writer = os.path.join(ROOT, "tests", "hub_writer.py")
+    subprocess.run([sys.executable, writer, jpeg_root, str(out), "4", "2"], check=True, env=env)
+    return str(out)

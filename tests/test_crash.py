@@ -32,7 +32,30 @@ CONFIGS = {
     "cifar-in-memory": (FLAGS, 0, 3, ["model_1_iter4.pth", "latest.pth", "optimState_2.pth"], 3),
     "cifar-recipe": (RECIPE_FLAGS, 0, 3, ["model_1_iter4.pth", "model_2_iter2.pth"], 1),
     "folder-2-workers": (FOLDER_FLAGS, 2, 2, ["model_1_iter4.pth", "optimState_1.pth"], 1),
+    # The same JPEGs as the Hub's parquet (row groups read whole, shuffled in windows) and as
+    # tar shards fetched by a command into a spool the workers share.
+    "parquet-2-workers": (FOLDER_FLAGS + " -shuffleBuffer 8", 2, 2, ["model_1_iter4.pth"], 0),
+    "fetched-shards-2-workers": (
+        FOLDER_FLAGS + " -shuffleBuffer 4",
+        2,
+        2,
+        ["model_1_iter4.pth"],
+        0,
+    ),
 }
+
+
+def data_of(config: str, request, folder) -> tuple[str, list[str]]:
+    """The -data of a config and the flags that go with it (fixtures made only when used)."""
+    if config.startswith("cifar"):
+        return request.getfixturevalue("cifar10_root"), []
+    if config.startswith("parquet"):
+        return os.path.join(request.getfixturevalue("hub_files"), "parquet"), []
+    if config.startswith("fetched"):
+        shards = request.getfixturevalue("shards_root")
+        shutil.copy(os.path.join(shards, "shards.json"), folder)  # the listing alone
+        return str(folder), ["-shardSource", f"pipe:cat {shards}/{{shard}}"]
+    return request.getfixturevalue("jpeg_root"), []
 
 
 def command(data, save, threads, extra=(), flags=FLAGS):
@@ -55,14 +78,14 @@ def assert_bitwise_equal(a, b):
 
 
 @pytest.fixture(scope="module", params=list(CONFIGS))
-def reference(request, cifar10_root, jpeg_root, tmp_path_factory):
+def reference(request, tmp_path_factory):
     """An uninterrupted run: (command maker, config, final weights, its seconds from the
     first iteration on)."""
     flags, threads, last_epoch, _, _ = CONFIGS[request.param]
-    data = jpeg_root if flags is FOLDER_FLAGS else cifar10_root
+    data, data_flags = data_of(request.param, request, tmp_path_factory.mktemp("listing"))
 
     def make(save, extra=()):
-        return command(data, save, threads, extra, flags)
+        return command(data, save, threads, [*data_flags, *extra], flags)
 
     save = tmp_path_factory.mktemp("reference")
     trained = []  # when the first iteration was printed: the training time follows

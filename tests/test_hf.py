@@ -7,7 +7,6 @@ import io
 import os
 import re
 import shutil
-import subprocess
 import sys
 
 import pyarrow as pa
@@ -25,18 +24,6 @@ from datasets.sampler import EpochSampler, grouped_order
 
 FLAGS = ("-dataset imagenet -netType resnet -depth 18 -batchSize 4 -LR 0.01 -cropSize 64"
          " -manualSeed 5 -tensorboard false").split()  # fmt: skip
-TESTS = os.path.dirname(os.path.abspath(__file__))
-
-
-@pytest.fixture(scope="module")
-def hub_files(jpeg_root, tmp_path_factory) -> str:
-    """The real JPEG tree written by Hugging Face's datasets: parquet/ (two files a split,
-    row groups of 4) and saved/ (save_to_disk)."""
-    out = tmp_path_factory.mktemp("hub")
-    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
-    writer = os.path.join(TESTS, "hub_writer.py")
-    subprocess.run([sys.executable, writer, jpeg_root, str(out), "4", "2"], check=True, env=env)
-    return str(out)
 
 
 def run(data, save, *flags, on_line=None):

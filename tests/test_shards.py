@@ -171,3 +171,25 @@ def test_a_shard_source_must_name_each_shard_and_have_its_listing(shards_root, j
         " shards.json (copy it there from the shards)\n"
     )
     assert not (tmp_path / "a").exists() and not (tmp_path / "b").exists()
+
+
+def test_resuming_on_shards_of_other_classes_is_refused_before_any_step(shards_root, tmp_path):
+    trained = run(shards_root, tmp_path / "run", "-nEpochs", "1", "-nThreads", "0")
+    assert trained.returncode == 0, trained.stderr
+    before = {name: (tmp_path / "run" / name).read_bytes() for name in os.listdir(tmp_path / "run")}
+
+    def reorder(folder):
+        listing = json.loads((folder / "shards.json").read_text())
+        listing["classes"] = listing["classes"][1:] + listing["classes"][:1]
+        (folder / "shards.json").write_text(json.dumps(listing))
+
+    data = damaged_copy(shards_root, tmp_path, reorder)
+    resumed = run(data, tmp_path / "run", "-nEpochs", "2", "-resume", tmp_path / "run")
+    assert resumed.returncode == 2 and resumed.stderr == (
+        f"error: the data's classes are not those {tmp_path / 'run' / 'model_1.pth'} was trained"
+        " on (3 against 3; class 0 is 'apple' in the data, 'Zebra' in the checkpoint): give the"
+        " data it was trained on, or start from its weights with -retrain\n"
+    )
+    assert {
+        name: (tmp_path / "run" / name).read_bytes() for name in os.listdir(tmp_path / "run")
+    } == before
