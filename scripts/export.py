@@ -18,6 +18,7 @@ export is complete (and, for ONNX, valid).
 
 import argparse
 import contextlib
+import copy
 import json
 import os
 import re
@@ -132,13 +133,12 @@ def add_metadata(path: str, described: dict) -> None:
 
 @torch.no_grad()
 def validate(model: torch.nn.Module, path: str, inputs: torch.Tensor, fp16: bool) -> str:
-    """Check the ONNX model against PyTorch on inputs (all at once, and the first alone):
-    the figures in a line, or ValidationFailed."""
+    """Check the ONNX model against the fp32 PyTorch model on inputs (all at once, and the
+    first alone): the figures in a line, or ValidationFailed."""
     _, onnxruntime = onnx_modules()
     session = onnxruntime.InferenceSession(path, providers=["CPUExecutionProvider"])
     dtype = torch.float16 if fp16 else torch.float32
-    expected = model.float()(inputs).double()
-    model.to(dtype)
+    expected = model(inputs).double()
     runs = [
         session.run(None, {"images": batch.to(dtype).numpy()})[0] for batch in (inputs, inputs[:1])
     ]
@@ -163,7 +163,7 @@ def write_onnx(loaded, out: str, args) -> None:
     inputs = torch.stack([inference.preprocess(f, loaded.view) for f in files])
     partial = f"{out}.{os.getpid()}.partial"
     try:
-        model = loaded.model.half() if args.fp16 else loaded.model
+        model = copy.deepcopy(loaded.model).half() if args.fp16 else loaded.model
         exporter = export_onnx(model, inputs.shape[-1], partial, args.opset, args.fp16)
         add_metadata(partial, described(loaded) | {"opset": args.opset, "exporter": exporter})
         figures = validate(loaded.model, partial, inputs, args.fp16)
