@@ -40,9 +40,13 @@ test: setup
 LOWEST := .venv-lowest
 LOWEST_TORCH := torch==2.11.0 torchvision==0.26.0
 SMOKE := tests/test_architecture.py tests/test_cli.py tests/test_devices.py tests/test_in_process.py \
-	tests/test_trust.py
+	tests/test_trust.py tests/test_hf.py tests/test_export.py
+# Parquet data and the exports on the lowest torch too; without onnxscript, as on machines that
+# have only onnx and onnxruntime, so the TorchScript exporter's path runs there.
+LOWEST_EXTRAS := onnx==1.23.2 onnxruntime==1.32.0 safetensors==0.8.0 pyarrow==26.0.1 datasets==5.2.0
 
 test-lowest:
 	test -x $(LOWEST)/bin/python || $(PYTHON) -m venv $(LOWEST)
-	$(LOWEST)/bin/python -m pip install -q $(LOWEST_TORCH) -r requirements.txt pytest==9.2.0
+	$(LOWEST)/bin/python -m pip install -q $(LOWEST_TORCH) -r requirements.txt pytest==9.2.0 \
+		$(LOWEST_EXTRAS)
 	$(LOWEST)/bin/python -m pytest $(SMOKE)
