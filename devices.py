@@ -31,6 +31,7 @@ class Machine(NamedTuple):
     mps: bool
     cpu_capability: str
     cpu_bf16: bool
+    cuda_bf16: bool = False  # the first GPU computes bf16 natively (Ampere and later)
 
     @classmethod
     def here(cls) -> "Machine":
@@ -41,6 +42,7 @@ class Machine(NamedTuple):
             mps=bool(mps and mps.is_available()),
             cpu_capability=torch.backends.cpu.get_cpu_capability(),
             cpu_bf16=bool(torch.ops.mkldnn._is_mkldnn_bf16_supported()),
+            cuda_bf16=torch.cuda.is_available() and torch.cuda.is_bf16_supported(),
         )
 
 
@@ -110,6 +112,19 @@ def memory_format(requested: str, kind: str, machine: Machine) -> tuple[str, str
     if machine.cpu_capability in CHANNELS_LAST_CPUS:
         return "channels_last", f"this CPU has {machine.cpu_capability}"
     return "contiguous", f"this CPU has {machine.cpu_capability}, no AVX-512"
+
+
+def precision(requested: str, kind: str, machine: Machine) -> tuple[str, str | None]:
+    """-precision, with auto resolved: bf16 where the device computes it natively (a CUDA
+    GPU of Ampere or later, a CPU with AMX or AVX512-BF16), else single; and why, for auto."""
+    if requested != "auto":
+        return requested, None
+    native = {"cuda": machine.cuda_bf16, "cpu": machine.cpu_bf16}.get(kind, False)
+    if native:
+        return "bf16", f"this {'GPU' if kind == 'cuda' else 'CPU'} computes bf16 natively"
+    if kind == "mps":
+        return "single", "bf16 on MPS is not chosen for you"
+    return "single", f"this {'GPU' if kind == 'cuda' else 'CPU'} has no native bf16"
 
 
 def precision_advice(precision: str, kind: str, machine: Machine) -> str | None:

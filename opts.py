@@ -9,7 +9,7 @@ from typing import NamedTuple
 
 from errors import UsageError, check_choice, closest
 
-PRECISIONS = ("single", "double", "half", "bf16")
+PRECISIONS = ("single", "double", "half", "bf16", "auto")
 INTERPOLATIONS = ("bicubic", "bilinear")
 # -recipe: published training recipes as flag values; flags given on the command line win.
 # "folder" values apply to -dataset imagenet (folder datasets), "small" to the others.

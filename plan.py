@@ -100,21 +100,22 @@ def adopt_weights(opts: argparse.Namespace) -> pretrained.Named | None:
 
 def make_plan(opts: argparse.Namespace, machine: devices.Machine | None = None) -> Plan:
     """The plan of the parsed (and -weights-resolved) options on this machine (or the one
-    given): -device and -memoryFormat auto resolved, as opts.json records them."""
+    given): -device, -memoryFormat and -precision auto resolved, as opts.json records them."""
     machine = machine or devices.Machine.here()
     kind = devices.device_type(opts.device, opts.nGPU, machine)
     layout, why = devices.memory_format(opts.memoryFormat, kind, machine)
+    precision, precision_why = devices.precision(opts.precision, kind, machine)
     data = data_spec(opts)
     return Plan(
         data=data,
         model=model_spec(opts, data.crops.val, layout),
-        recipe=training_recipe(opts),
+        recipe=training_recipe(opts, precision),
         loop=loop_spec(opts, data),
         launch=Launch(
             device=kind,
             auto_device=opts.device == "auto",
             n_gpu=opts.nGPU,
-            precision=opts.precision,
+            precision=precision,
             cudnn=opts.cudnn,
             host_allocator=opts.hostAllocator,
             compile=opts.compile,
@@ -127,16 +128,23 @@ def make_plan(opts: argparse.Namespace, machine: devices.Machine | None = None) 
                 **{k: v for k, v in vars(opts).items() if k != "given"},
                 "device": kind,
                 "memoryFormat": layout,
+                "precision": precision,
             }
         ),
-        notes=(*options.start_notes(opts), *device_notes(opts, kind, layout, why, machine)),
+        notes=(
+            *options.start_notes(opts),
+            *device_notes(kind, (layout, why), (precision, precision_why), machine),
+        ),
     )
 
 
-def device_notes(opts, kind: str, layout: str, why: str | None, machine) -> tuple[str, ...]:
-    """The lines that say what -device and -memoryFormat auto chose, and bf16's use here."""
-    notes = [f"=> Memory format: {layout} (auto: {why})"] if why else []
-    advice = devices.precision_advice(opts.precision, kind, machine)
+def device_notes(kind: str, layout: tuple, precision: tuple, machine) -> tuple[str, ...]:
+    """The lines that say what -memoryFormat and -precision auto chose (each a (choice, why)
+    pair, why None when given), and bf16's use here."""
+    notes = [f"=> {name}: {choice} (auto: {why})"
+             for name, (choice, why) in (("Memory format", layout), ("Precision", precision))
+             if why]  # fmt: skip
+    advice = devices.precision_advice(precision[0], kind, machine)
     return (*notes, advice) if advice else tuple(notes)
 
 
@@ -202,8 +210,8 @@ def model_spec(opts: argparse.Namespace, val_crop: int, memory_format: str) -> s
     )
 
 
-def training_recipe(opts: argparse.Namespace) -> recipe.Recipe:
-    """How the network is trained."""
+def training_recipe(opts: argparse.Namespace, precision: str | None = None) -> recipe.Recipe:
+    """How the network is trained (in precision: -precision with auto resolved)."""
     return recipe.Recipe(
         schedule=learning_rate_schedule(opts),
         lr=opts.LR,
@@ -223,7 +231,7 @@ def training_recipe(opts: argparse.Namespace) -> recipe.Recipe:
         ten_crop=opts.tenCrop,
         print_every=opts.printFreq,
         skip_corrupt=opts.skipCorrupt,
-        precision=opts.precision,
+        precision=precision or opts.precision,
         test_only=opts.testOnly,
     )
 

@@ -83,7 +83,10 @@ WHAT_IT_DOES = {
     ),
     "gen": "folder for the image index cache and downloads",
     "precision": (
-        "`single`, `double`, `bf16` (autocast), `half` (fp16 autocast with a GradScaler, CUDA only)"
+        "`single`, `double`, `bf16` (autocast), `half` (fp16 autocast with a GradScaler, CUDA "
+        "and MPS), `auto` (new: bf16 where the device computes it natively, a CUDA GPU of Ampere "
+        "or later or a CPU with AMX / AVX512-BF16, else single; said at start, recorded in "
+        "`opts.json`)"
     ),
     "memoryFormat": (
         "new: `channels_last` or `contiguous` (same numbers, different speed); `auto`: "

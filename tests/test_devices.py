@@ -12,7 +12,8 @@ from test_cli import run_main, small_cifar_args
 import devices
 import plan
 
-CUDA = devices.Machine(cuda=True, mps=False, cpu_capability="AVX512", cpu_bf16=True)
+CUDA = devices.Machine(cuda=True, mps=False, cpu_capability="AVX512", cpu_bf16=True, cuda_bf16=True)
+VOLTA = devices.Machine(cuda=True, mps=False, cpu_capability="AVX2", cpu_bf16=False)
 MAC = devices.Machine(cuda=False, mps=True, cpu_capability="DEFAULT", cpu_bf16=False)
 ZEN3 = devices.Machine(cuda=False, mps=False, cpu_capability="AVX2", cpu_bf16=False)
 XEON = devices.Machine(cuda=False, mps=False, cpu_capability="AVX512", cpu_bf16=True)
@@ -89,6 +90,41 @@ def test_the_plan_says_and_records_what_auto_chose(cifar10_root, tmp_path):
     assert (chosen.options["device"], chosen.options["memoryFormat"]) == ("cpu", "contiguous")
     given = plan.parse([*small_cifar_args(cifar10_root, tmp_path), "-memoryFormat", "contiguous"])
     assert not any("Memory format" in note for note in plan.make_plan(given, XEON).notes)
+
+
+@pytest.mark.parametrize(
+    ("requested", "kind", "machine", "expected"),
+    [
+        ("auto", "cpu", XEON, ("bf16", "this CPU computes bf16 natively")),
+        ("auto", "cpu", ZEN3, ("single", "this CPU has no native bf16")),
+        ("auto", "cuda", CUDA, ("bf16", "this GPU computes bf16 natively")),
+        ("auto", "cuda", VOLTA, ("single", "this GPU has no native bf16")),
+        ("auto", "mps", MAC, ("single", "bf16 on MPS is not chosen for you")),
+        ("half", "cuda", VOLTA, ("half", None)),  # the user's choice wins
+        ("single", "cpu", XEON, ("single", None)),
+    ],
+)
+def test_auto_precision_is_bf16_where_the_device_computes_it_natively(
+    requested, kind, machine, expected
+):
+    assert devices.precision(requested, kind, machine) == expected
+
+
+def test_auto_precision_is_said_recorded_and_trains_what_its_choice_trains(cifar10_root, tmp_path):
+    parsed = plan.parse([*small_cifar_args(cifar10_root, tmp_path), "-precision", "auto"])
+    chosen = plan.make_plan(parsed, machine=XEON)
+    assert (chosen.launch.precision, chosen.recipe.precision) == ("bf16", "bf16")
+    assert chosen.options["precision"] == "bf16"
+    assert "=> Precision: bf16 (auto: this CPU computes bf16 natively)" in chosen.notes
+    here = devices.precision("auto", "cpu", devices.Machine.here())[0]
+    weights = []
+    for name, value in (("auto", "auto"), ("given", here)):
+        argv = small_cifar_args(cifar10_root, tmp_path / name, "-nEpochs 1 -batchSize 10")
+        done = run_main(*argv, "-precision", value, "-device", "cpu")
+        assert done.returncode == 0, done.stderr
+        assert json.loads((tmp_path / name / "opts.json").read_text())["precision"] == here
+        weights.append(torch.load(tmp_path / name / "model_1.pth", weights_only=True)["model"])
+    assert all(torch.equal(weights[0][key], weights[1][key]) for key in weights[0])
 
 
 def test_bf16_advice_warns_where_emulated_and_offers_where_native():
