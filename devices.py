@@ -31,7 +31,7 @@ class Machine(NamedTuple):
     mps: bool
     cpu_capability: str
     cpu_bf16: bool
-    cuda_bf16: bool = False  # the first GPU computes bf16 natively (Ampere and later)
+    cuda_bf16: bool | None = None  # this process's GPU computes bf16 (None: ask when needed)
 
     @classmethod
     def here(cls) -> "Machine":
@@ -42,7 +42,6 @@ class Machine(NamedTuple):
             mps=bool(mps and mps.is_available()),
             cpu_capability=torch.backends.cpu.get_cpu_capability(),
             cpu_bf16=bool(torch.ops.mkldnn._is_mkldnn_bf16_supported()),
-            cuda_bf16=torch.cuda.is_available() and torch.cuda.is_bf16_supported(),
         )
 
 
@@ -119,12 +118,19 @@ def precision(requested: str, kind: str, machine: Machine) -> tuple[str, str | N
     GPU of Ampere or later, a CPU with AMX or AVX512-BF16), else single; and why, for auto."""
     if requested != "auto":
         return requested, None
-    native = {"cuda": machine.cuda_bf16, "cpu": machine.cpu_bf16}.get(kind, False)
+    cuda = machine.cuda_bf16 if machine.cuda_bf16 is not None else kind == "cuda" and gpu_bf16()
+    native = {"cuda": cuda, "cpu": machine.cpu_bf16}.get(kind, False)
     if native:
         return "bf16", f"this {'GPU' if kind == 'cuda' else 'CPU'} computes bf16 natively"
     if kind == "mps":
         return "single", "bf16 on MPS is not chosen for you"
     return "single", f"this {'GPU' if kind == 'cuda' else 'CPU'} has no native bf16"
+
+
+def gpu_bf16() -> bool:
+    """Whether this process's GPU (LOCAL_RANK's under torchrun) computes bf16 natively:
+    compute capability 8 (Ampere) or later. Asked only for -precision auto on CUDA."""
+    return torch.cuda.get_device_capability(int(os.environ.get("LOCAL_RANK", "0")))[0] >= 8
 
 
 def precision_advice(precision: str, kind: str, machine: Machine) -> str | None:

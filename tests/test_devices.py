@@ -13,7 +13,9 @@ import devices
 import plan
 
 CUDA = devices.Machine(cuda=True, mps=False, cpu_capability="AVX512", cpu_bf16=True, cuda_bf16=True)
-VOLTA = devices.Machine(cuda=True, mps=False, cpu_capability="AVX2", cpu_bf16=False)
+VOLTA = devices.Machine(
+    cuda=True, mps=False, cpu_capability="AVX2", cpu_bf16=False, cuda_bf16=False
+)
 MAC = devices.Machine(cuda=False, mps=True, cpu_capability="DEFAULT", cpu_bf16=False)
 ZEN3 = devices.Machine(cuda=False, mps=False, cpu_capability="AVX2", cpu_bf16=False)
 XEON = devices.Machine(cuda=False, mps=False, cpu_capability="AVX512", cpu_bf16=True)
@@ -108,6 +110,18 @@ def test_auto_precision_is_bf16_where_the_device_computes_it_natively(
     requested, kind, machine, expected
 ):
     assert devices.precision(requested, kind, machine) == expected
+
+
+@pytest.mark.parametrize(("capability", "expected"), [((8, 0), "bf16"), ((7, 0), "single")])
+def test_auto_precision_asks_this_processs_gpu_only_when_needed(capability, expected, monkeypatch):
+    asked = []
+    monkeypatch.setenv("LOCAL_RANK", "3")
+    monkeypatch.setattr(
+        torch.cuda, "get_device_capability", lambda i: asked.append(i) or capability
+    )
+    machine = devices.Machine(cuda=True, mps=False, cpu_capability="AVX2", cpu_bf16=False)
+    assert devices.precision("single", "cuda", machine) == ("single", None) and asked == []
+    assert devices.precision("auto", "cuda", machine)[0] == expected and asked == [3]
 
 
 def test_auto_precision_is_said_recorded_and_trains_what_its_choice_trains(cifar10_root, tmp_path):
