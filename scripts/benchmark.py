@@ -531,7 +531,7 @@ def main() -> None:
     parser.add_argument(
         "--data",
         action="store_true",
-        help="only the data pipeline (2 workers): class folders against tar shards",
+        help="only the data pipeline (1 and 2 workers): folders, shards (local, fetched), parquet",
     )
     parser.add_argument("--one", help=argparse.SUPPRESS)
     args = parser.parse_args()
