@@ -22,7 +22,7 @@ from typing import BinaryIO
 import torch
 from torch import nn
 
-from errors import UsageError
+from errors import UsageError, first_line
 
 LATEST = "latest.pth"
 BEST = "model_best.pth"
@@ -398,11 +398,13 @@ def load_file(path: str):
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as exc:
-        first_line = str(exc).strip().splitlines()[0]
-        raise CheckpointError(f"{path} is not a plain checkpoint (refused: {first_line})") from None
+        raise CheckpointError(
+            f"{path} is not a plain checkpoint (refused: {first_line(exc)})"
+        ) from None
     except Exception as exc:  # a damaged file can fail anywhere inside the unpickler
-        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise CheckpointError(f"{path} is truncated or not a checkpoint ({reason})") from None
+        raise CheckpointError(
+            f"{path} is truncated or not a checkpoint ({first_line(exc)})"
+        ) from None
 
 
 def latest_of_run(resume_dir: str) -> Checkpoint | None:
@@ -508,8 +510,9 @@ def read_safetensors(path: str) -> ModelFile:
             metadata = handle.metadata() or {}
             weights = {key: handle.get_tensor(key) for key in handle.keys()}  # noqa: SIM118
     except Exception as exc:  # safetensors raises its own errors for damaged files
-        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise CheckpointError(f"{path} is truncated or not a safetensors file ({reason})") from None
+        raise CheckpointError(
+            f"{path} is truncated or not a safetensors file ({first_line(exc)})"
+        ) from None
     if metadata.get("producer") != SAFETENSORS_FORMAT:
         return ModelFile(clean_state_dict(weights), path)
     try:

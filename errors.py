@@ -69,6 +69,13 @@ def one_line(exc: BaseException) -> str:
     return " ".join(text.split())
 
 
+def first_line(exc: BaseException) -> str:
+    """The first line of exc's message (or its type's name when it has none): the reason to
+    quote in a one-line error, where the rest is a library's advice or a traceback."""
+    lines = str(exc).strip().splitlines()
+    return lines[0] if lines else type(exc).__name__
+
+
 def named_as(exc: BaseException, name: str) -> bool:
     """Whether exc is an instance of a class called name (torch's errors, told apart
     without importing torch here: the option parser imports this module)."""

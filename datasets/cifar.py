@@ -12,7 +12,7 @@ import torch
 
 from datasets import transforms as T
 from datasets.sampler import split_item
-from errors import UsageError
+from errors import UsageError, first_line
 
 MEANSTD = {
     "cifar10": ((125.3, 123.0, 113.9), (63.0, 62.1, 66.7)),
@@ -91,8 +91,9 @@ def read_pickle(path: str, what: str):
     except pickle.UnpicklingError as exc:
         raise DataError(f"cannot read {what} {path}: {exc}") from None
     except Exception as exc:  # a damaged pickle can fail anywhere inside the unpickler
-        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise DataError(f"cannot read {what} {path}: damaged or not a pickle ({reason})") from None
+        raise DataError(
+            f"cannot read {what} {path}: damaged or not a pickle ({first_line(exc)})"
+        ) from None
 
 
 def entry(content, key: str, path: str):

@@ -32,7 +32,7 @@ import torch
 import checkpoints  # noqa: E402 - inference puts the repository root on the path
 import models  # noqa: E402
 import opts as options  # noqa: E402
-from errors import UsageError  # noqa: E402
+from errors import UsageError, first_line  # noqa: E402
 
 FP32_BOUND = 1e-4  # the largest logit difference an fp32 ONNX model may have
 FP16_BOUND = 1e-2  # fp16: relative to the largest logit
@@ -41,12 +41,6 @@ DEFAULT_OPSET = 18
 
 class ValidationFailed(Exception):
     """The exported ONNX model computes other logits than PyTorch."""
-
-
-def first_line(exc: BaseException) -> str:
-    """An exception's first non-empty line (or its type)."""
-    lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
-    return lines[0] if lines else type(exc).__name__
 
 
 def check_target(out: str) -> None:

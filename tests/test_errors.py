@@ -20,7 +20,9 @@ def test_an_unknown_value_names_the_options_and_the_closest_one():
     )
     with pytest.raises(errors.UsageError) as refused:
         plan.parse(["-dataset", "cifar10", "-precision", "int8"])
-    assert str(refused.value) == "unknown -precision int8 (options: single, double, half, bf16, auto)"
+    assert (
+        str(refused.value) == "unknown -precision int8 (options: single, double, half, bf16, auto)"
+    )
 
 
 @pytest.mark.parametrize(
