@@ -591,12 +591,13 @@ def load(
             interpolation=crops.val_interpolation,
         )
     storage = storage or LOCAL
-    if storage.shard_source and not shards.is_sharded(data):
+    sharded = shards.is_sharded(data)
+    if storage.shard_source and not sharded:
         raise DataError(
             f"-shardSource needs the shards' listing in -data: {data} holds no"
             f" {shards.INDEX} (copy it there from the shards)"
         )
-    if shards.is_sharded(data):
+    if sharded:
         samples, classes = shards.load_samples(
             data, split, os.path.dirname(cache_path), storage.shard_source, storage.window
         )

@@ -81,19 +81,27 @@ def scan_shard(path: str, n_classes: int) -> list[tuple[int, int, int]]:
     shard and sample for a missing, truncated or malformed one."""
     if not os.path.isfile(path):
         raise DataError(f"shard missing: {path} (listed in {INDEX})")
-    images, labels = {}, {}
     try:
         with tarfile.open(path, "r:") as tar:
-            for member in tar:
-                key, _, extension = member.name.rpartition("/")[2].partition(".")
-                if extension == "cls":
-                    labels[key] = tar.extractfile(member).read()
-                elif member.isfile() and f".{extension.lower()}".endswith(IMAGE_EXTENSIONS):
-                    images[key] = (member.offset_data, member.size)  # (not .json, .txt, ...)
+            images, labels = sample_members(tar)
     except (tarfile.TarError, OSError, EOFError) as exc:
         raise DataError(f"cannot read shard {path}: {exc}") from exc
-    return [(*place, label_of(path, key, labels.get(key), n_classes))
-            for key, place in images.items()]  # fmt: skip
+    return [(member.offset_data, member.size, label_of(path, key, labels.get(key), n_classes))
+            for key, member in images.items()]  # fmt: skip
+
+
+def sample_members(tar: tarfile.TarFile) -> tuple[dict, dict]:
+    """The samples of an opened tar (a file or a stream), in order: each key's image member
+    (KEY.jpg, .png, ...; other files beside it, such as KEY.json, left alone) and the bytes
+    of its KEY.cls."""
+    images, labels = {}, {}
+    for member in tar:
+        key, _, extension = member.name.rpartition("/")[2].partition(".")
+        if extension == "cls":
+            labels[key] = tar.extractfile(member).read()
+        elif member.isfile() and f".{extension.lower()}".endswith(IMAGE_EXTENSIONS):
+            images[key] = member
+    return images, labels
 
 
 def label_of(path: str, key: str, text: bytes | None, n_classes: int) -> int:
@@ -167,13 +175,13 @@ class FetchedSamples:
             path = self.spool.fetched(self.names[shard], self.digests[shard])
             with contextlib.suppress(FileNotFoundError), open(path, "rb") as handle:
                 if shard not in self.places:
-                    self.places[shard] = self.indexed(path, shard, handle)
+                    self.places[shard] = self.indexed(path, shard)
                 offset, size, label = self.places[shard][position]
                 handle.seek(offset)
                 return io.BytesIO(handle.read(size)), label, f"{self.names[shard]} at byte {offset}"
         raise DataError(f"shard {self.names[shard]} vanished from {self.spool.folder} twice")
 
-    def indexed(self, path: str, shard: int, handle) -> list[tuple[int, int, int]]:
+    def indexed(self, path: str, shard: int) -> list[tuple[int, int, int]]:
         """The shard's samples, checked against the count shards.json gives."""
         places = scan_shard(path, self.n_classes)
         if len(places) != int(self.blocks[shard]):

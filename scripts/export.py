@@ -184,6 +184,8 @@ def exported_record(loaded) -> checkpoints.ModelFile:
     view = loaded.view
     evaluation = {"resize": view.resize, "crop": view.crop, "interpolation": view.interpolation}
     _, averaged = loaded.record.evaluated()
+    # The loaded network holds the evaluated weights, renamed to this tool's keys; as the
+    # record's average too when they were -ema's, so the file says which they are.
     return checkpoints.ModelFile(weights, loaded.record.path, loaded.arch, loaded.names,
                                  evaluation=evaluation, epoch=loaded.record.epoch,
                                  average={"model": weights} if averaged else None)  # fmt: skip

@@ -25,7 +25,7 @@ from tqdm import tqdm
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
-from datasets.shards import IMAGE_EXTENSIONS, INDEX  # noqa: E402 - after the root is on the path
+from datasets.shards import INDEX, sample_members  # noqa: E402 - after the root is on the path
 from errors import UsageError  # noqa: E402
 
 BRACE = re.compile(r"\{([^{}]*)\}")
@@ -98,14 +98,8 @@ def read_stream(url: str, reader) -> dict:
 
 def count_samples(name: str, stream, labels_seen: set[int]) -> int:
     """The samples of one tar stream: each image needs its KEY.cls, a class index."""
-    images, labels = set(), {}
     with tarfile.open(fileobj=stream, mode="r|") as tar:
-        for member in tar:
-            key, _, extension = member.name.rpartition("/")[2].partition(".")
-            if extension == "cls":
-                labels[key] = tar.extractfile(member).read()
-            elif member.isfile() and member.name.lower().endswith(IMAGE_EXTENSIONS):
-                images.add(key)
+        images, labels = sample_members(tar)
     for key in sorted(images):
         text = labels.get(key)
         if text is None or not text.strip().isdigit():
