@@ -84,6 +84,13 @@ def timed(step, warmup: int, steps: int, device: str = "cpu") -> float:
     return statistics.median(times)
 
 
+def median_gap(stamps: list[float], warmup: int) -> float:
+    """The median time between consecutive stamps, the first `warmup` gaps left out."""
+    return statistics.median(
+        b - a for a, b in zip(stamps[warmup:], stamps[warmup + 1 :], strict=False)
+    )
+
+
 def measure_bare(model, size, batch, layout, precision, warmup, steps, device="cpu") -> float:
     """Seconds per step of the bare loop (synthetic tensors already on the device)."""
     model = model.to(device, memory_format=LAYOUTS[layout])
@@ -129,8 +136,7 @@ def measure_trainer(model, size, batch, layout, precision, warmup, steps, device
         stamps.append(time.perf_counter())
 
     trainer.train(1, loader, on_step=stamp)
-    gaps = [b - a for a, b in zip(stamps[warmup:], stamps[warmup + 1 :], strict=False)]
-    return statistics.median(gaps)
+    return median_gap(stamps, warmup)
 
 
 def measure_pipeline(size, batch, warmup, steps, policy: bool = False) -> float:
@@ -285,8 +291,7 @@ def measure_data(source: str, batch: int, warmup: int, steps: int, workers: int 
                 stamps.append(time.perf_counter())
             epoch += 1
         datasets.close(loader)
-    gaps = [b - a for a, b in zip(stamps[warmup:], stamps[warmup + 1 :], strict=False)]
-    return statistics.median(gaps)
+    return median_gap(stamps, warmup)
 
 
 class JpegBatches:
@@ -355,8 +360,7 @@ def measure_jpeg_training(
     stamps = []
     loader = JpegBatches(worker, batch, warmup + steps + 1)
     trainer.train(1, loader, on_step=lambda epoch, n: stamps.append(time.perf_counter()))
-    gaps = [b - a for a, b in zip(stamps[warmup:], stamps[warmup + 1 :], strict=False)]
-    return statistics.median(gaps)
+    return median_gap(stamps, warmup)
 
 
 def convolution_backward_flops(
