@@ -46,15 +46,16 @@ class Preprocessing(NamedTuple):
 
 
 class Named(NamedTuple):
-    """Weights resolved from their name, not yet read."""
+    """Weights resolved from their name, not yet read (a local file: read once, kept)."""
 
     name: str  # as the library spells it (DEFAULT resolved)
-    library: str  # "torchvision" or "timm"
+    library: str  # "torchvision", "timm", or "file" (a path here)
     arch: dict  # every create() argument of this tool's network
     preprocessing: Preprocessing
     url: str  # where the library downloads the file from
     cache: str  # the folder the library keeps it in
     published: tuple[float, float] | None = None  # ImageNet-1k top-1, top-5 error (%)
+    record: ModelFile | None = None  # a local file's content, read to resolve it
 
 
 def is_weights_name(text: str) -> bool:
@@ -93,7 +94,8 @@ def resolve_file(path: str) -> Named:
         sizes.get("interpolation", LUA_CROPS.val_interpolation),
     )
     arch = full_arch({**complete_arch(record.arch), "nClasses": record.outputs()})
-    return Named(path, "file", arch, preprocessing, path, os.path.dirname(os.path.abspath(path)))
+    folder = os.path.dirname(os.path.abspath(path))
+    return Named(path, "file", arch, preprocessing, path, folder, record=record)
 
 
 def torchvision_weights(name: str):
@@ -195,8 +197,8 @@ def fetch(named: Named, progress: bool = True) -> ModelFile:
     """The weights as a model file (weights, arch, classes, evaluation), from the library's
     cache, downloading them there first when they are not; WeightsUnavailable says what to
     fetch and where to put it."""
-    if named.library == "file":
-        return dataclasses.replace(load_model_file(named.url), fetched=True)
+    if named.library == "file":  # read when resolved: not a second time
+        return dataclasses.replace(named.record, fetched=True)
     if named.library == "torchvision":
         state_dict, classes = torchvision_state_dict(named, progress)
     else:
