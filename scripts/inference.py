@@ -106,12 +106,10 @@ def preprocessing(view: View) -> dict:
     (short side for ImageNet-shaped networks, the whole image for CIFAR-shaped ones), centre
     crop, interpolation, the range pixels are scaled to, then mean and std per channel."""
     if models.is_cifar_shaped(view.dataset):
-        grey = view.dataset == "fashionmnist"
-        size = 28 if grey else 32
-        mean, std = (fashionmnist.MEAN, fashionmnist.STD) if grey else cifar.MEANSTD[view.dataset]
+        size, mode, (mean, std) = small_images(view.dataset)
         return {"dataset": view.dataset, "resize": [size, size], "crop": size,
                 "interpolation": "bicubic", "pixel_range": 255, "mean": list(mean),
-                "std": list(std), "grey": grey}  # fmt: skip
+                "std": list(std), "grey": mode == "L"}  # fmt: skip
     mean, std = imagenet.MEANSTD
     return {"dataset": view.dataset, "resize": view.resize, "crop": view.crop,
             "interpolation": view.interpolation, "pixel_range": 1, "mean": list(mean),
@@ -137,13 +135,17 @@ def preprocess(path: str, view: View) -> torch.Tensor:
     return photometric.standardise(floats, *imagenet.MEANSTD)
 
 
+def small_images(dataset: str) -> tuple[int, str, tuple]:
+    """(side, PIL mode, (mean, std) on the 0-255 scale) of a CIFAR / Fashion-MNIST set."""
+    if dataset == "fashionmnist":
+        return 28, "L", (fashionmnist.MEAN, fashionmnist.STD)
+    return 32, "RGB", cifar.MEANSTD[dataset]
+
+
 def small_image(image: Image.Image, dataset: str) -> torch.Tensor:
     """An image as the CIFAR / Fashion-MNIST networks saw their data: resized to the data
     set's size, on the 0-255 scale, normalised with its mean and std, 3 channels."""
-    if dataset == "fashionmnist":
-        size, mode, (mean, std) = 28, "L", (fashionmnist.MEAN, fashionmnist.STD)
-    else:
-        size, mode, (mean, std) = 32, "RGB", cifar.MEANSTD[dataset]
+    size, mode, (mean, std) = small_images(dataset)
     pixels = TF.pil_to_tensor(image.convert(mode).resize((size, size), Image.BICUBIC)).float()
     return photometric.standardise(pixels, mean, std)  # a grey channel broadcasts to 3
 
