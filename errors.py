@@ -69,6 +69,13 @@ def one_line(exc: BaseException) -> str:
     return " ".join(text.split())
 
 
+def quoted(value, limit: int = 100) -> str:
+    """repr(value) cut to about `limit` characters: how an error quotes data (an image's
+    bytes, a name from someone else's file) without printing all of it."""
+    text = repr(value)
+    return text if len(text) <= limit else f"{text[:limit]}... ({len(text)} characters)"
+
+
 def first_line(exc: BaseException) -> str:
     """The first line of exc's message (or its type's name when it has none): the reason to
     quote in a one-line error, where the rest is a library's advice or a traceback."""

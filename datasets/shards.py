@@ -18,6 +18,8 @@ import io
 import json
 import math
 import os
+import re
+import shlex
 import shutil
 import subprocess
 import tarfile
@@ -25,9 +27,15 @@ import tarfile
 import torch
 
 from datasets.cifar import DataError
+from errors import first_line, quoted
 
 INDEX = "shards.json"
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".webp")
+# A shard's name in a listing, which may come from someone else: a plain file name, of the
+# characters shard names use, that no shell reads as code or as an option (not a '-' first)
+# and that names no path outside the listing's folder or the spool.
+SHARD_NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9._+=@,-]*\.tar")
+SHA256 = re.compile(r"[0-9a-f]{64}")
 
 
 def is_sharded(data: str) -> bool:
@@ -36,23 +44,73 @@ def is_sharded(data: str) -> bool:
 
 
 def read_listing(data: str) -> tuple[dict, str]:
-    """shards.json: the classes, and per split its count and shards; and a digest of its
-    bytes (what the cached index of the shards is keyed by)."""
+    """shards.json, checked (check_listing): the classes, and per split its count and shards;
+    and a digest of its bytes (what the cached index of the shards is keyed by)."""
     path = os.path.join(data, INDEX)
     try:
         with open(path, "rb") as handle:
             content = handle.read()
         listing = json.loads(content)
-        complete = all(
-            isinstance(listing["splits"][split]["count"], int)
-            and all("name" in shard for shard in listing["splits"][split]["shards"])
-            for split in ("train", "val")
-        ) and all(isinstance(name, str) for name in listing["classes"])
-    except (OSError, ValueError, KeyError, TypeError) as exc:
-        raise DataError(f"cannot read {path} ({exc}); write it with make_shards.py") from exc
-    if not complete:
-        raise DataError(f"{path} is not make_shards.py's listing; write the shards again")
+    except (OSError, ValueError) as exc:
+        raise DataError(
+            f"cannot read {path} ({first_line(exc)}); write it with make_shards.py"
+        ) from None
+    check_listing(listing, path)
     return listing, hashlib.sha256(content).hexdigest()[:16]
+
+
+def check_listing(listing, path: str) -> None:
+    """A DataError naming the first thing wrong in a listing, which may come from someone
+    else: the fields make_shards.py writes, of their types; each shard once, by a plain name."""
+    if not (
+        isinstance(listing, dict)
+        and isinstance(listing.get("classes"), list)
+        and isinstance(listing.get("splits"), dict)
+        and listing["classes"]
+        and all(isinstance(name, str) for name in listing["classes"])
+    ):
+        raise DataError(
+            f"{path} is not make_shards.py's listing (a list of class names and the splits);"
+            " write it again with make_shards.py or list_shards.py"
+        )
+    seen = set()
+    for split in ("train", "val"):
+        part = listing["splits"].get(split)
+        if not (isinstance(part, dict) and is_count(part.get("count"))
+                and isinstance(part.get("shards"), list)):  # fmt: skip
+            raise DataError(f"{path}: the {split} split needs a count and a list of shards")
+        for number, shard in enumerate(part["shards"]):
+            check_shard(shard, f"{path}: {split} shard {number}", seen)
+        total = sum(shard["count"] for shard in part["shards"])
+        if total != part["count"]:
+            raise DataError(f"{path}: the {split} shards' counts add up to {total}, the {split}"
+                            f" count is {part['count']}; write the listing again")  # fmt: skip
+
+
+def check_shard(shard, where: str, seen: set[str]) -> None:
+    """A DataError unless shard has a plain name not in seen (added to it), a sample count
+    and, if any, a SHA-256."""
+    name = shard.get("name") if isinstance(shard, dict) else None
+    if not isinstance(name, str) or not SHARD_NAME.fullmatch(name):
+        raise DataError(
+            f"{where} is named {quoted(name)}, not a plain file name ending in .tar (letters,"
+            " digits, and . _ - + = @ , after the first; no folder): a listing names the"
+            " files beside it, and nothing was fetched or run"
+        )
+    if name in seen:
+        raise DataError(f"{where}: {name} is listed twice; list each shard once")
+    seen.add(name)
+    if not is_count(shard.get("count")):
+        raise DataError(f"{where} ({name}) has count {quoted(shard.get('count'))}, not a number"
+                        " of samples")  # fmt: skip
+    digest = shard.get("sha256")
+    if digest is not None and not (isinstance(digest, str) and SHA256.fullmatch(digest)):
+        raise DataError(f"{where} ({name}) has sha256 {quoted(digest)}, not 64 hex digits")
+
+
+def is_count(value) -> bool:
+    """Whether value is a whole number of samples (JSON's true is not one)."""
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 0
 
 
 class ShardSamples:
@@ -127,21 +185,50 @@ def load_samples(
         spool = os.path.join(gen, f"spool-{digest}")
         return FetchedSamples(listing, split, source, spool, window), listing["classes"]
     classes, part = listing["classes"], listing["splits"][split]
-    names = [shard["name"] for shard in part["shards"]]
     cache = os.path.join(gen, f"shards-{split}-{digest}.pt")
-    if os.path.isfile(cache):
-        rows = torch.load(cache, weights_only=True)
-    else:
-        rows = torch.tensor([(number, *sample) for number, name in enumerate(names)
-                             for sample in scan_shard(os.path.join(data, name), len(classes))],
-                            dtype=torch.int64).reshape(-1, 4)  # fmt: skip
-        if len(rows) != part["count"]:
-            raise DataError(f"{data}: {len(rows)} {split} samples in the shards, {INDEX} says"
-                            f" {part['count']}; write the shards again")  # fmt: skip
+    rows = cached_rows(cache, part, len(classes))
+    if rows is None:
+        rows = index_shards(data, part["shards"], len(classes))
+        partial = f"{cache}.{os.getpid()}.partial"  # processes may index at the same time
         os.makedirs(gen, exist_ok=True)
-        torch.save(rows, cache + ".partial")
-        os.replace(cache + ".partial", cache)
-    return ShardSamples(names, rows), classes
+        torch.save(rows, partial)
+        os.replace(partial, cache)
+    return ShardSamples([shard["name"] for shard in part["shards"]], rows), classes
+
+
+def index_shards(data: str, listed: list[dict], n_classes: int) -> torch.Tensor:
+    """(shard number, offset, size, label) of every sample of the listed shards in data,
+    each shard checked against its count and, where listed, its SHA-256."""
+    rows = []
+    for number, shard in enumerate(listed):
+        path = os.path.join(data, shard["name"])
+        samples = scan_shard(path, n_classes)
+        if len(samples) != shard["count"]:
+            raise DataError(f"shard {path} holds {len(samples)} samples, {INDEX} says"
+                            f" {shard['count']}; write the shards again")  # fmt: skip
+        if shard.get("sha256") and sha256_of(path) != shard["sha256"]:
+            raise DataError(f"shard {path} is not the one {INDEX} lists (its SHA-256 differs):"
+                            " a changed or damaged copy; write the shards again")  # fmt: skip
+        rows.extend((number, *sample) for sample in samples)
+    return torch.tensor(rows, dtype=torch.int64).reshape(-1, 4)
+
+
+def cached_rows(cache: str, part: dict, n_classes: int) -> torch.Tensor | None:
+    """The cached index of a split when it is there and whole (one that cannot be read or
+    does not fit the listing is rebuilt, as a damaged folder index is), else None."""
+    try:
+        rows = torch.load(cache, weights_only=True)
+    except Exception:  # noqa: BLE001 - missing, or damaged in any way: index again
+        return None
+    fits = (
+        isinstance(rows, torch.Tensor)
+        and rows.dtype == torch.int64
+        and rows.shape == (part["count"], 4)
+        and bool((rows >= 0).all())
+        and bool((rows[:, 0] < len(part["shards"])).all())
+        and bool((rows[:, 3] < n_classes).all())
+    )
+    return rows if fits else None
 
 
 class FetchedSamples:
@@ -199,7 +286,7 @@ class Spool:
 
     def fetched(self, name: str, digest: str | None) -> str:
         """The local path of shard `name`, fetched and checked first if not yet here."""
-        path = os.path.join(self.folder, name)
+        path = inside(self.folder, name)
         if not os.path.exists(path):
             os.makedirs(self.folder, exist_ok=True)
             with open(path + ".lock", "w") as lock:
@@ -212,7 +299,7 @@ class Spool:
 
     def fetch(self, name: str, digest: str | None, path: str) -> None:
         """Copy or pipe the shard to path (through a partial file), checking its SHA-256."""
-        where = self.source.replace("{shard}", name)
+        where = source_for(self.source, name)
         partial = f"{path}.{os.getpid()}.partial"
         try:
             if where.startswith("pipe:"):
@@ -234,6 +321,22 @@ class Spool:
         for entry in shards[: max(0, len(shards) - self.keep)]:
             with contextlib.suppress(FileNotFoundError):
                 os.remove(entry.path)
+
+
+def source_for(source: str, name: str) -> str:
+    """-shardSource with {shard} replaced by the shard's name, quoted for the shell in a
+    pipe: command, so that a name is never read as code."""
+    return source.replace("{shard}", shlex.quote(name) if source.startswith("pipe:") else name)
+
+
+def inside(folder: str, name: str) -> str:
+    """folder/name, which must resolve inside folder (check_listing's names always do: this
+    guards the spool against a name that reached it some other way)."""
+    path = os.path.join(folder, name)
+    base = os.path.realpath(folder)
+    if os.path.commonpath([base, os.path.realpath(path)]) != base:
+        raise DataError(f"shard {quoted(name)} would be written outside {folder}: refused")
+    return path
 
 
 def piped(command: str, path: str, name: str) -> None:

@@ -12,6 +12,7 @@ classes are the lines of --classes, else the numbers 0 to the highest label. It 
 """
 
 import argparse
+import collections
 import hashlib
 import json
 import os
@@ -25,8 +26,8 @@ from tqdm import tqdm
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
-from datasets.shards import INDEX, sample_members  # noqa: E402 - after the root is on the path
-from errors import UsageError  # noqa: E402
+from datasets.shards import INDEX, SHARD_NAME, sample_members  # noqa: E402 - after the root is on the path
+from errors import UsageError, quoted  # noqa: E402
 
 BRACE = re.compile(r"\{([^{}]*)\}")
 
@@ -47,8 +48,15 @@ def expand(pattern: str) -> list[str]:
 
 
 def shard_name(url: str) -> str:
-    """The file name of a shard's path or pipe: command (its last word's)."""
-    return os.path.basename(url.split()[-1] if url.startswith("pipe:") else url)
+    """The file name of a shard's path or pipe: command (its last word's), checked: the
+    name that shards.json lists, which training refuses unless it is a plain file name."""
+    name = os.path.basename(url.split()[-1] if url.startswith("pipe:") else url)
+    if not SHARD_NAME.fullmatch(name):
+        raise UsageError(
+            f"the shard {url!r} ends in {quoted(name)}, not a plain file name ending in"
+            " .tar (letters, digits, and . _ - + = @ , after the first): name the shards so"
+        )
+    return name
 
 
 class HashingReader:
@@ -110,8 +118,15 @@ def count_samples(name: str, stream, labels_seen: set[int]) -> int:
 
 def listing(patterns: dict[str, str], classes: list[str] | None) -> dict:
     """shards.json for the train and val patterns, every shard read once."""
-    seen, splits = set(), {}
     urls = {split: expand(pattern) for split, pattern in patterns.items()}
+    names = [shard_name(url) for found in urls.values() for url in found]  # all checked first
+    twice = sorted(name for name, times in collections.Counter(names).items() if times > 1)
+    if twice:
+        raise UsageError(
+            f"two shards are named {twice[0]}: -shardSource could not tell them apart; give"
+            " each shard its own file name"
+        )
+    seen, splits = set(), {}
     with tqdm(total=sum(map(len, urls.values())), unit="shard", desc="shards") as bar:
         for split, found in urls.items():
             shards = []
@@ -119,11 +134,6 @@ def listing(patterns: dict[str, str], classes: list[str] | None) -> dict:
                 shards.append(read_stream(url, lambda n, s: count_samples(n, s, seen)))
                 bar.update()
             splits[split] = {"count": sum(s["count"] for s in shards), "shards": shards}
-    names = [s["name"] for part in splits.values() for s in part["shards"]]
-    if len(set(names)) != len(names):
-        raise UsageError(
-            "two shards have the same file name: -shardSource could not tell them apart"
-        )
     classes = classes or [str(i) for i in range(max(seen, default=-1) + 1)]
     if seen and max(seen) >= len(classes):
         raise UsageError(f"a label is {max(seen)}, beyond the {len(classes)} classes of --classes")

@@ -220,8 +220,10 @@ def test_a_shard_that_cannot_be_listed_is_one_line_naming_it(shards_root, tmp_pa
                                                 " train-000009.tar` exited with 3"),
              (f"{tmp_path}/none-{{1..2}}.tar", f"cannot read shard none-1.tar ({tmp_path}/none-1.tar):"
                                                " No such file or directory")]  # fmt: skip
+    val = tmp_path / "val-000000.tar"
+    val.write_bytes(broken.read_bytes())
     for n, (train, says) in enumerate(cases):
-        argv = [str(tmp_path / f"listing{n}"), "--train", train, "--val", str(broken)]
+        argv = [str(tmp_path / f"listing{n}"), "--train", train, "--val", str(val)]
         assert list_shards.main(argv) == 2
         assert capsys.readouterr().err.splitlines()[-1] == f"error: {says}"  # after the bar
         assert not (tmp_path / f"listing{n}").exists()

@@ -35,7 +35,7 @@ def test_training_on_shards_stopped_mid_epoch_resumes_to_the_same_weights(shards
 def damaged_copy(shards_root, tmp_path, damage) -> str:
     """A copy of the shards with damage(folder) done to it."""
     folder = tmp_path / "damaged"
-    folder.mkdir()
+    folder.mkdir(parents=True)
     for name in os.listdir(shards_root):
         (folder / name).write_bytes(open(os.path.join(shards_root, name), "rb").read())
     damage(folder)
@@ -86,13 +86,22 @@ def test_a_bad_shard_is_one_line_naming_it_and_nothing_is_written(kind, shards_r
 
 
 def test_the_listing_counts_are_checked_against_the_shards(shards_root, tmp_path):
-    def miscount(folder):
+    def miscount(folder, both):
         listing = json.loads((folder / "shards.json").read_text())
-        listing["splits"]["train"]["count"] += 1
+        listing["splits"]["train"]["shards"][1]["count"] += 1
+        listing["splits"]["train"]["count"] += both
         (folder / "shards.json").write_text(json.dumps(listing))
 
-    done = run(damaged_copy(shards_root, tmp_path, miscount), tmp_path / "run", "-nEpochs", "1")
-    assert done.returncode == 2 and "samples in the shards, shards.json says" in done.stderr
+    split = run(damaged_copy(shards_root, tmp_path / "a", lambda f: miscount(f, 0)), tmp_path / "a")
+    assert split.returncode == 2 and split.stderr.endswith(
+        "shards.json: the train shards' counts add up to 16, the train count is 15; write the"
+        " listing again\n"
+    )
+    shard = run(damaged_copy(shards_root, tmp_path / "b", lambda f: miscount(f, 1)), tmp_path / "b")
+    assert shard.returncode == 2 and re.fullmatch(
+        r"error: shard \S+/train-000001\.tar holds 4 samples, shards\.json says 5; write the"
+        r" shards again\n", shard.stderr)  # fmt: skip
+    assert not (tmp_path / "a" / "run").exists() and not (tmp_path / "b" / "run").exists()
 
 
 def test_jpegs_of_shards_decode_on_the_device_too(shards_root, tmp_path):
