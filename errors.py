@@ -2,6 +2,7 @@
 machine (out of memory, a full disk, a dead loader worker: exit 1), a stop request (exit
 128 + signal), and anything else, a bug, which shows its traceback."""
 
+import contextlib
 import difflib
 import errno
 import signal
@@ -32,6 +33,36 @@ class PeerFailed(Exception):
     def __init__(self, message: str, rank: int = 0):
         super().__init__(message)
         self.rank = rank
+
+
+@contextlib.contextmanager
+def stops_raise(doing: str):
+    """In the block, SIGINT (Ctrl-C) and SIGTERM raise Stopped(number, doing), so that a
+    script's finally blocks run (a child process ended, a partial file removed)."""
+
+    def stop(number, _frame) -> None:
+        raise Stopped(number, doing)
+
+    previous = {number: signal.signal(number, stop) for number in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield
+    finally:
+        for number, handler in previous.items():
+            signal.signal(number, handler)
+
+
+def stopped_status(exc: Stopped, outcome: str) -> int:
+    """Say on stderr, in one line, that a script was stopped and what is left (outcome);
+    the exit status (128 + the signal's number)."""
+    name = signal.Signals(exc.signal_number).name
+    print(f"=> Stopped by {name} {exc}; {outcome}", file=sys.stderr)
+    return 128 + exc.signal_number
+
+
+def file_error(exc: OSError) -> str:
+    """An OSError as 'FILE: reason' (its name and strerror, not '[Errno N] ...')."""
+    reason = exc.strerror or first_line(exc)
+    return f"{exc.filename}: {reason}" if exc.filename else reason
 
 
 def unknown(what: str, value, choices) -> UsageError:

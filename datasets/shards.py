@@ -141,21 +141,26 @@ def scan_shard(path: str, n_classes: int) -> list[tuple[int, int, int]]:
         raise DataError(f"shard missing: {path} (listed in {INDEX})")
     try:
         with tarfile.open(path, "r:") as tar:
-            images, labels = sample_members(tar)
+            images, labels = sample_members(tar, path)
     except (tarfile.TarError, OSError, EOFError) as exc:
         raise DataError(f"cannot read shard {path}: {exc}") from exc
     return [(member.offset_data, member.size, label_of(path, key, labels.get(key), n_classes))
             for key, member in images.items()]  # fmt: skip
 
 
-def sample_members(tar: tarfile.TarFile) -> tuple[dict, dict]:
+def sample_members(tar: tarfile.TarFile, shard: str) -> tuple[dict, dict]:
     """The samples of an opened tar (a file or a stream), in order: each key's image member
     (KEY.jpg, .png, ...; other files beside it, such as KEY.json, left alone) and the bytes
-    of its KEY.cls."""
+    of its KEY.cls. A key keeps its folder, as WebDataset's do: a/0.jpg and b/0.jpg are two."""
     images, labels = {}, {}
     for member in tar:
-        key, _, extension = member.name.rpartition("/")[2].partition(".")
+        folder, _, base = member.name.rpartition("/")
+        stem, _, extension = base.partition(".")
+        key = f"{folder}/{stem}" if folder else stem
         if extension == "cls":
+            if not member.isfile():
+                raise DataError(f"shard {shard}: {member.name} is a folder or a link, not a file"
+                                " holding a class index")  # fmt: skip
             labels[key] = tar.extractfile(member).read()
         elif member.isfile() and f".{extension.lower()}".endswith(IMAGE_EXTENSIONS):
             images[key] = member

@@ -17,6 +17,7 @@ import hashlib
 import json
 import os
 import re
+import signal
 import subprocess
 import sys
 import tarfile
@@ -26,8 +27,9 @@ from tqdm import tqdm
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
-from datasets.shards import INDEX, SHARD_NAME, sample_members  # noqa: E402 - after the root is on the path
-from errors import UsageError, quoted  # noqa: E402
+from checkpoints import atomic_write  # noqa: E402 - after the root is on the path
+from datasets.shards import INDEX, SHARD_NAME, sample_members  # noqa: E402
+from errors import Stopped, UsageError, file_error, quoted, stopped_status, stops_raise  # noqa: E402
 
 BRACE = re.compile(r"\{([^{}]*)\}")
 
@@ -82,8 +84,10 @@ def read_stream(url: str, reader) -> dict:
     """{name, count, sha256} of the shard at url (a path or pipe: command), read by reader."""
     name, process, failure = shard_name(url), None, None
     try:
-        if url.startswith("pipe:"):
-            process = subprocess.Popen(url[5:], shell=True, stdout=subprocess.PIPE)
+        if url.startswith("pipe:"):  # a session of its own: ended whole if we are stopped
+            process = subprocess.Popen(
+                url[5:], shell=True, stdout=subprocess.PIPE, start_new_session=True
+            )
             source = process.stdout
         else:
             source = open(url, "rb")  # noqa: SIM115 - closed below
@@ -94,7 +98,11 @@ def read_stream(url: str, reader) -> dict:
         count = reader(name, stream)
         digest = stream.drain()
     except (tarfile.TarError, OSError, EOFError) as exc:
-        failure = exc
+        failure = exc  # the command's exit status, if it failed, says more: waited for below
+    except BaseException:  # a bad sample, a stop request: the command must not go on
+        if process is not None:
+            ended(process)
+        raise
     finally:
         source.close()
     if process is not None and process.wait():
@@ -104,10 +112,19 @@ def read_stream(url: str, reader) -> dict:
     return {"name": name, "count": count, "sha256": digest}
 
 
+def ended(process: subprocess.Popen) -> None:
+    """Kill a pipe: command's whole process group (the shell and what it started) and reap it."""
+    try:
+        os.killpg(process.pid, signal.SIGKILL)
+    except ProcessLookupError:  # it had ended already
+        pass
+    process.wait()
+
+
 def count_samples(name: str, stream, labels_seen: set[int]) -> int:
     """The samples of one tar stream: each image needs its KEY.cls, a class index."""
     with tarfile.open(fileobj=stream, mode="r|") as tar:
-        images, labels = sample_members(tar)
+        images, labels = sample_members(tar, name)
     for key in sorted(images):
         text = labels.get(key)
         if text is None or not text.strip().isdigit():
@@ -119,15 +136,19 @@ def count_samples(name: str, stream, labels_seen: set[int]) -> int:
 def listing(patterns: dict[str, str], classes: list[str] | None) -> dict:
     """shards.json for the train and val patterns, every shard read once."""
     urls = {split: expand(pattern) for split, pattern in patterns.items()}
+    for split, found in urls.items():
+        if not found:
+            raise UsageError(
+                f"--{split} {patterns[split]!r} names no shard (a range that counts down, such"
+                " as {000003..000000}?); nothing was written"
+            )
     names = [shard_name(url) for found in urls.values() for url in found]  # all checked first
     twice = sorted(name for name, times in collections.Counter(names).items() if times > 1)
     if twice:
-        raise UsageError(
-            f"two shards are named {twice[0]}: -shardSource could not tell them apart; give"
-            " each shard its own file name"
-        )
+        raise UsageError(f"two shards are named {twice[0]}: -shardSource could not tell them"
+                         " apart; give each shard its own file name")  # fmt: skip
     seen, splits = set(), {}
-    with tqdm(total=sum(map(len, urls.values())), unit="shard", desc="shards") as bar:
+    with tqdm(total=len(names), unit="shard", desc="shards") as bar:
         for split, found in urls.items():
             shards = []
             for url in found:
@@ -137,6 +158,8 @@ def listing(patterns: dict[str, str], classes: list[str] | None) -> dict:
     classes = classes or [str(i) for i in range(max(seen, default=-1) + 1)]
     if seen and max(seen) >= len(classes):
         raise UsageError(f"a label is {max(seen)}, beyond the {len(classes)} classes of --classes")
+    if not classes:
+        raise UsageError("the shards hold no samples: nothing to list")
     return {"classes": classes, "splits": splits}
 
 
@@ -145,6 +168,24 @@ def source_of(patterns: dict[str, str]) -> str | None:
     when they share everything else."""
     sources = {expand(p)[0].replace(shard_name(expand(p)[0]), "{shard}") for p in patterns.values()}
     return sources.pop() if len(sources) == 1 else None
+
+
+def list_into(target: str, args: argparse.Namespace) -> dict:
+    """Read the shards and write their listing to target (atomically: all or nothing)."""
+    if os.path.exists(target):
+        raise UsageError(f"{target} exists: remove it first, or give another folder")
+    classes = None
+    if args.classes:
+        try:
+            with open(args.classes) as handle:
+                classes = [line.strip() for line in handle if line.strip()]
+        except (OSError, UnicodeDecodeError) as exc:
+            raise UsageError(f"cannot read --classes {args.classes}: {exc}") from None
+    content = listing({"train": args.train, "val": args.val}, classes)
+    os.makedirs(args.dst, exist_ok=True)
+    text = json.dumps(content, indent=1).encode()
+    atomic_write(target, lambda stream: stream.write(text))
+    return content
 
 
 def main(argv=None) -> int:
@@ -156,19 +197,15 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
     target = os.path.join(args.dst, INDEX)
     try:
-        if os.path.exists(target):
-            raise UsageError(f"{target} exists: remove it first, or give another folder")
-        classes = None
-        if args.classes:
-            with open(args.classes) as handle:
-                classes = [line.strip() for line in handle if line.strip()]
-        content = listing({"train": args.train, "val": args.val}, classes)
-        os.makedirs(args.dst, exist_ok=True)
-        with open(target + ".partial", "w") as handle:
-            json.dump(content, handle, indent=1)
-        os.replace(target + ".partial", target)
-    except (UsageError, OSError) as exc:
+        with stops_raise("listing shards"):
+            content = list_into(target, args)
+    except Stopped as exc:
+        return stopped_status(exc, f"nothing was written ({target})")
+    except UsageError as exc:
         print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except OSError as exc:
+        print(f"error: cannot write {file_error(exc)}; nothing was written", file=sys.stderr)
         return 2
     source = source_of({"train": args.train, "val": args.val})
     counts = {split: part["count"] for split, part in content["splits"].items()}

@@ -13,6 +13,8 @@ and kept; any other content of DST makes it refuse.
 """
 
 import argparse
+import contextlib
+import errno
 import hashlib
 import io
 import json
@@ -27,22 +29,25 @@ from tqdm import tqdm
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
-from datasets import imagenet  # noqa: E402 - after the repository root is on the path
+from checkpoints import atomic_write  # noqa: E402 - after the repository root is on the path
+from datasets import imagenet  # noqa: E402
 from datasets.shards import sha256_of  # noqa: E402
-from errors import UsageError  # noqa: E402
+from errors import Stopped, UsageError, file_error, stopped_status, stops_raise  # noqa: E402
 
 PROGRESS = ".make_shards.json"  # the plan and the finished shards, while a run is unfinished
 UNITS = {"B": 1, "KB": 10**3, "MB": 10**6, "GB": 10**9, "KIB": 2**10, "MIB": 2**20, "GIB": 2**30}
 
 
 def shard_limit(text: str) -> tuple[str, int]:
-    """--shard-size: ('bytes', n) for 1GB / 500MB / 64MiB, ('samples', n) for a plain number."""
+    """--shard-size: ('bytes', n) for 1GB / 500MB / 64MiB, ('samples', n) for a whole number."""
     match = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([KMG]I?B|B)?\s*", text, re.IGNORECASE)
-    if not match or float(match.group(1)) <= 0:
-        raise argparse.ArgumentTypeError(f"{text!r}: give samples (5000) or bytes (1GB, 500MB)")
-    if match.group(2) is None:
-        return "samples", int(float(match.group(1)))
-    return "bytes", int(float(match.group(1)) * UNITS[match.group(2).upper()])
+    if match and match.group(2) is None and match.group(1).isdigit() and int(match.group(1)):
+        return "samples", int(match.group(1))
+    if match and match.group(2) and float(match.group(1)) * UNITS[match.group(2).upper()] >= 1:
+        return "bytes", int(float(match.group(1)) * UNITS[match.group(2).upper()])
+    raise argparse.ArgumentTypeError(
+        f"{text!r}: give a whole number of samples (5000) or a size in bytes (1GB, 500MB)"
+    )
 
 
 def plan_shards(samples: list[tuple[str, int]], sizes: list[int], limit: tuple[str, int]):
@@ -68,14 +73,22 @@ def member(name: str, data: bytes) -> tuple[tarfile.TarInfo, io.BytesIO]:
 
 
 def write_shard(path: str, folder: str, samples: list[tuple[str, int]], keys: list[str]) -> str:
-    """Write the samples to path (through a temporary name); its SHA-256."""
+    """Write the samples to path (through a temporary name, removed if the write fails);
+    its SHA-256. An error names the file it is about."""
     partial = path + ".partial"
-    with tarfile.open(partial, "w", format=tarfile.USTAR_FORMAT) as tar:
-        for (relative, label), key in zip(samples, keys, strict=True):
-            extension = os.path.splitext(relative)[1].lower().lstrip(".") or "jpg"
-            with open(os.path.join(folder, relative), "rb") as handle:
-                tar.addfile(*member(f"{key}.{extension}", handle.read()))
-            tar.addfile(*member(f"{key}.cls", str(label).encode()))
+    try:
+        with tarfile.open(partial, "w", format=tarfile.USTAR_FORMAT) as tar:
+            for (relative, label), key in zip(samples, keys, strict=True):
+                extension = os.path.splitext(relative)[1].lower().lstrip(".") or "jpg"
+                with open(os.path.join(folder, relative), "rb") as handle:
+                    tar.addfile(*member(f"{key}.{extension}", handle.read()))
+                tar.addfile(*member(f"{key}.cls", str(label).encode()))
+    except BaseException as exc:
+        with contextlib.suppress(FileNotFoundError):
+            os.remove(partial)
+        if isinstance(exc, OSError) and exc.filename is None:  # a write to the tar: name it
+            raise OSError(exc.errno, exc.strerror, partial) from None
+        raise
     digest = sha256_of(partial)
     os.replace(partial, path)
     return digest
@@ -141,10 +154,8 @@ def fingerprint(plan: dict) -> str:
 
 def save_progress(dst: str, plan: dict, finished: dict) -> None:
     """The plan's digest and the finished shards, replaced atomically."""
-    temporary = os.path.join(dst, PROGRESS + ".partial")
-    with open(temporary, "w") as handle:
-        json.dump({"plan": fingerprint(plan), "finished": finished}, handle)
-    os.replace(temporary, os.path.join(dst, PROGRESS))
+    text = json.dumps({"plan": fingerprint(plan), "finished": finished}).encode()
+    atomic_write(os.path.join(dst, PROGRESS), lambda out: out.write(text))
 
 
 def write_all(src: str, dst: str, plan: dict, finished: dict) -> None:
@@ -183,19 +194,36 @@ def main(argv=None) -> int:
     parser.add_argument("--seed", type=int, default=0, help="the training samples' shuffle")
     args = parser.parse_args(argv)
     try:
-        plan = make_plan(args.src, args.shard_size, args.seed)
-        finished = start_or_resume(args.dst, plan)
-        write_all(args.src, args.dst, plan, finished)
-    except (UsageError, OSError) as exc:
+        with stops_raise("writing shards"):
+            plan = make_plan(args.src, args.shard_size, args.seed)
+            finished = start_or_resume(args.dst, plan)
+            write_all(args.src, args.dst, plan, finished)
+            text = json.dumps(index_of(plan, finished), indent=1).encode()
+            atomic_write(os.path.join(args.dst, "shards.json"), lambda out: out.write(text))
+    except Stopped as exc:
+        return stopped_status(exc, "the finished shards are kept: the same command continues")
+    except UsageError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    with open(os.path.join(args.dst, "shards.json"), "w") as handle:
-        json.dump(index_of(plan, finished), handle, indent=1)
+    except OSError as exc:
+        print(f"error: {file_error(exc)}; {os_advice(exc)}", file=sys.stderr)
+        return 2
     os.remove(os.path.join(args.dst, PROGRESS))
     counts = {split: part["count"] for split, part in plan["splits"].items()}
     print(f"=> {counts['train']} training and {counts['val']} validation images in"
           f" {len(finished)} shards in {args.dst}")  # fmt: skip
     return 0
+
+
+def os_advice(exc: OSError) -> str:
+    """What to do about a file that could not be read or written."""
+    if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+        return (
+            "free some space there, then run the same command again: it keeps the finished shards"
+        )
+    if exc.errno == errno.EIO:
+        return "the disk failed to read or write it: check the device (or remove a damaged image)"
+    return "fix that, then run the same command again: it keeps the finished shards"
 
 
 if __name__ == "__main__":

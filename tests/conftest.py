@@ -189,3 +189,23 @@ def hub_files(jpeg_root, tmp_path_factory) -> str:
     writer = os.path.join(ROOT, "tests", "hub_writer.py")
     subprocess.run([sys.executable, writer, jpeg_root, str(out), "4", "2"], check=True, env=env)
     return str(out)
+
+
+@pytest.fixture
+def small_filesystem(tmp_path):
+    """A 2 MiB tmpfs mounted at tmp_path/fs (the tests run as root, as CI does)."""
+    mount = tmp_path / "fs"
+    mount.mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=2m", "tmpfs", str(mount)], check=True)
+    yield mount
+    subprocess.run(["umount", str(mount)], check=True)
+
+
+def fill(folder) -> None:
+    """Write into folder/filler until its device is full."""
+    with open(os.path.join(folder, "filler"), "wb", buffering=0) as handle:
+        try:
+            while True:
+                handle.write(b"\0" * 4096)
+        except OSError:
+            pass

@@ -156,16 +156,6 @@ def test_a_corrupt_first_image_stops_the_start_without_a_file(jpeg_root, tmp_pat
     assert not (tmp_path / "save").exists()
 
 
-@pytest.fixture
-def small_filesystem(tmp_path):
-    """A 2 MiB tmpfs mounted at tmp_path/fs (the tests run as root, as CI does)."""
-    mount = tmp_path / "fs"
-    mount.mkdir()
-    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=2m", "tmpfs", str(mount)], check=True)
-    yield mount
-    subprocess.run(["umount", str(mount)], check=True)
-
-
 def test_a_full_disk_mid_run_is_one_line_and_the_checkpoints_load(cifar10_root, small_filesystem):
     save = small_filesystem / "run"  # room for about three epochs of ResNet-8 checkpoints
     done = run_main(*small_cifar_args(cifar10_root, save, "-nEpochs 30 -batchSize 10"))

@@ -6,12 +6,15 @@ import hashlib
 import io
 import json
 import os
+import signal
 import tarfile
 
 import pytest
 import runs
-from conftest import labelled_images, load_script
+from conftest import fill, labelled_images, load_script
 from PIL import Image
+
+from datasets import shards
 
 make_shards = load_script("make_shards")
 
@@ -86,7 +89,7 @@ def test_a_byte_limit_keeps_each_shard_within_it_unless_one_image_is_larger(jpeg
             assert sum(map(len, images)) <= 60_000 or len(images) == 1
 
 
-@pytest.mark.parametrize("text", ["0", "-3", "1TB", "big"])
+@pytest.mark.parametrize("text", ["0", "-3", "1TB", "big", "0.5", "2.5", "0B", "0.0001KB", "0GB"])
 def test_a_bad_shard_size_is_refused(text, jpeg_root, tmp_path, capsys):
     with pytest.raises(SystemExit) as stop:
         make_shards.main([jpeg_root, str(tmp_path / "s"), "--shard-size", text])
@@ -107,7 +110,9 @@ def test_a_folder_holding_other_files_is_refused_and_left_alone(jpeg_root, tmp_p
     assert "has no train/ folder" in capsys.readouterr().err and not (tmp_path / "s").exists()
 
 
-def test_an_interrupted_run_resumes_keeping_its_sound_shards(jpeg_root, tmp_path, monkeypatch):
+def test_an_interrupted_run_resumes_keeping_its_sound_shards(
+    jpeg_root, tmp_path, monkeypatch, capsys
+):
     whole = tmp_path / "whole"
     assert make_shards.main([jpeg_root, str(whole), "--shard-size", "3"]) == 0
     written = []
@@ -115,14 +120,18 @@ def test_an_interrupted_run_resumes_keeping_its_sound_shards(jpeg_root, tmp_path
 
     def interrupted(path, *args):
         if len(written) == 3:
-            raise KeyboardInterrupt  # Ctrl-C during the fourth shard
+            os.kill(os.getpid(), signal.SIGINT)  # Ctrl-C during the fourth shard
         written.append(os.path.basename(path))
         return write(path, *args)
 
     dst = tmp_path / "resumed"
     monkeypatch.setattr(make_shards, "write_shard", interrupted)
-    with pytest.raises(KeyboardInterrupt):
-        make_shards.main([jpeg_root, str(dst), "--shard-size", "3"])
+    assert make_shards.main([jpeg_root, str(dst), "--shard-size", "3"]) == 130
+    assert capsys.readouterr().err.splitlines()[-1] == (
+        "=> Stopped by SIGINT while writing shards; the finished shards are kept: the same"
+        " command continues"
+    )
+    assert not [name for name in os.listdir(dst) if name.endswith(".partial")]
     monkeypatch.setattr(make_shards, "write_shard", write)
     with open(dst / written[1], "r+b") as handle:  # a finished shard damaged since
         handle.write(b"damaged")
@@ -227,3 +236,136 @@ def test_a_shard_that_cannot_be_listed_is_one_line_naming_it(shards_root, tmp_pa
         assert list_shards.main(argv) == 2
         assert capsys.readouterr().err.splitlines()[-1] == f"error: {says}"  # after the bar
         assert not (tmp_path / f"listing{n}").exists()
+
+
+def test_a_full_disk_is_one_line_naming_the_file_and_leaves_no_partial_listing(
+    jpeg_root, small_filesystem, monkeypatch, capsys
+):
+    dst = small_filesystem / "shards"
+    index_of = make_shards.index_of
+    monkeypatch.setattr(make_shards, "index_of", lambda *a: fill(small_filesystem) or index_of(*a))
+    assert make_shards.main([jpeg_root, str(dst), "--shard-size", "8"]) == 2
+    assert capsys.readouterr().err.splitlines()[-1] == (
+        f"error: {dst}/shards.json: No space left on device; free some space there, then run"
+        " the same command again: it keeps the finished shards"
+    )
+    assert "shards.json" not in os.listdir(dst) and not any("partial" in n for n in os.listdir(dst))
+    os.remove(small_filesystem / "filler")
+    monkeypatch.setattr(make_shards, "index_of", index_of)
+    assert make_shards.main([jpeg_root, str(dst), "--shard-size", "8"]) == 0  # continues
+
+    listing = small_filesystem / "listing"
+    listing.mkdir()
+    fill(small_filesystem)
+    argv = [str(listing), "--train", f"{dst}/train-{{000000..000001}}.tar", "--val",
+            f"{dst}/val-000000.tar"]  # fmt: skip
+    assert list_shards.main(argv) == 2
+    assert capsys.readouterr().err.splitlines()[-1] == (
+        f"error: cannot write {listing}/shards.json: No space left on device; nothing was written"
+    )
+    assert os.listdir(listing) == []
+
+
+def test_a_shard_write_that_fails_names_the_shard(jpeg_root, small_filesystem, capsys):
+    fill(small_filesystem)
+    assert make_shards.main([jpeg_root, str(small_filesystem / "s"), "--shard-size", "4"]) == 2
+    err = capsys.readouterr().err.splitlines()[-1]
+    assert err.startswith(f"error: {small_filesystem}/s/") and "[Errno" not in err, err
+    assert ": No space left on device; free some space there" in err
+
+
+def test_members_of_the_same_name_in_two_folders_are_two_samples(jpeg_root, tmp_path, capsys):
+    """a/0000.jpg and b/0000.jpg in one tar: WebDataset's keys keep the folder."""
+    images = sorted(glob_jpegs(jpeg_root))[:4]
+    shard = tmp_path / "remote" / "train-000000.tar"
+    shard.parent.mkdir()
+    with tarfile.open(shard, "w") as tar:
+        for n, path in enumerate(images):
+            for extension, data in (("jpg", open(path, "rb").read()), ("cls", str(n % 2).encode())):
+                info = tarfile.TarInfo(f"{'ab'[n // 2]}/{n % 2:04d}.{extension}")
+                info.size = len(data)
+                tar.addfile(info, io.BytesIO(data))
+    (tmp_path / "remote" / "val-000000.tar").write_bytes(shard.read_bytes())
+    listing = tmp_path / "listing"
+    argv = [
+        str(listing),
+        "--train",
+        str(shard),
+        "--val",
+        str(tmp_path / "remote" / "val-000000.tar"),
+    ]
+    assert list_shards.main(argv) == 0, capsys.readouterr().err
+    listed = json.loads((listing / "shards.json").read_text())
+    assert listed["splits"]["train"]["count"] == 4 and listed["classes"] == ["0", "1"]
+    places = shards.scan_shard(str(shard), 2)
+    with open(shard, "rb") as handle:
+        got = [(handle.seek(offset), handle.read(size))[1] for offset, size, _ in places]
+    assert got == [open(path, "rb").read() for path in images]
+    assert [label for *_, label in places] == [0, 1, 0, 1]
+
+
+def glob_jpegs(root) -> list[str]:
+    return [
+        os.path.join(d, f) for d, _, files in os.walk(root) for f in files if f.endswith("JPEG")
+    ]
+
+
+@pytest.mark.parametrize("kind", ["folder", "dangling link", "link"])
+def test_a_label_that_is_not_a_file_is_one_line(kind, shards_root, tmp_path, capsys):
+    folder = tmp_path / "copy"
+    folder.mkdir()
+    for name in os.listdir(shards_root):
+        (folder / name).write_bytes(open(os.path.join(shards_root, name), "rb").read())
+    path = folder / "train-000000.tar"
+    with tarfile.open(path) as tar:
+        members = [(m, tar.extractfile(m).read()) for m in tar.getmembers()]
+    with tarfile.open(path, "w") as tar:
+        for member, data in members:
+            if member.name == "train_00000001.cls":
+                member = tarfile.TarInfo(member.name)
+                member.type = {"folder": tarfile.DIRTYPE, "dangling link": tarfile.SYMTYPE,
+                               "link": tarfile.LNKTYPE}[kind]  # fmt: skip
+                member.linkname = "train_00000000.cls" if kind == "link" else "nowhere.cls"
+                tar.addfile(member)
+            else:
+                tar.addfile(member, io.BytesIO(data))
+    listing = json.loads((folder / "shards.json").read_text())
+    listing["splits"]["train"]["shards"][0].pop("sha256")  # changed on purpose
+    (folder / "shards.json").write_text(json.dumps(listing))
+    says = "train_00000001.cls is a folder or a link, not a file holding a class index"
+    done = runs.main_run(["-dataset", "imagenet", "-netType", "resnet", "-depth", "18", "-data", folder, "-save",
+                          tmp_path / "run", "-gen", tmp_path / "gen", "-nThreads", "0"])  # fmt: skip
+    assert done.returncode == 2 and done.stderr == f"error: shard {path}: {says}\n"
+    argv = [str(tmp_path / "listing"), "--train", str(path), "--val", f"{folder}/val-000000.tar"]
+    assert list_shards.main(argv) == 2
+    assert capsys.readouterr().err.splitlines()[-1] == f"error: shard train-000000.tar: {says}"
+    assert not (tmp_path / "run").exists() and not (tmp_path / "listing").exists()
+
+
+def test_a_pattern_that_names_no_shard_is_refused(shards_root, tmp_path, capsys):
+    argv = [str(tmp_path / "listing"), "--train", f"{shards_root}/train-{{000003..000000}}.tar",
+            "--val", f"{shards_root}/val-000000.tar"]  # fmt: skip
+    assert list_shards.main(argv) == 2
+    assert capsys.readouterr().err == (
+        f"error: --train '{shards_root}/train-{{000003..000000}}.tar' names no shard (a range that"
+        " counts down, such as {000003..000000}?); nothing was written\n"
+    )
+    assert not (tmp_path / "listing").exists()
+
+
+@pytest.mark.parametrize("number", [signal.SIGINT, signal.SIGTERM])
+def test_a_stopped_listing_ends_its_pipe_command(number, shards_root, tmp_path, capsys):
+    """The command stops this process (as Ctrl-C or a scheduler would) and then waits for
+    ever: it must be ended with the script, and nothing written."""
+    pid_file = tmp_path / "pid"
+    hangs = (f"pipe:echo $$ > {pid_file}; kill -{number.name[3:]} $PPID; exec sleep 600"
+             " # train-000000.tar")  # fmt: skip
+    argv = [str(tmp_path / "listing"), "--train", hangs, "--val", f"{shards_root}/val-000000.tar"]
+    assert list_shards.main(argv) == 128 + number
+    assert capsys.readouterr().err.splitlines()[-1] == (
+        f"=> Stopped by {number.name} while listing shards; nothing was written"
+        f" ({tmp_path}/listing/shards.json)"
+    )
+    pid = int(pid_file.read_text())
+    assert not os.path.exists(f"/proc/{pid}"), "the pipe command is still running"
+    assert not (tmp_path / "listing").exists()
