@@ -14,6 +14,8 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
+from errors import UsageError
+
 Batch = tuple[torch.Tensor, ...]  # (images, target) or (images, target, n_skipped)
 StepHook = Callable[[int, int], None]  # (epoch, iteration) after each SGD step
 # (images, labels, epoch, iteration) -> (images, targets as class probabilities)
@@ -103,6 +105,17 @@ def as_means(sums: list[float]) -> list[float]:
     """(misses1, misses5, loss sum, n) -> (top1 %, top5 %, mean loss, n)."""
     n = max(sums[3], 1.0)
     return [sums[0] * 100 / n, sums[1] * 100 / n, sums[2] / n, sums[3]]
+
+
+def check_images_seen(images: float, split: str, epoch: int) -> None:
+    """A UsageError when a pass saw no image (every one unreadable, skipped): an error over
+    0 images is no result, and is never recorded as one (nor as the best)."""
+    if images == 0:
+        raise UsageError(
+            f"every image of epoch {epoch}'s {split} pass was unreadable and skipped"
+            " (-skipCorrupt true): there is no error over 0 images; fix or remove the files"
+            " (the checkpoints before are intact)"
+        )
 
 
 class Step:
@@ -324,7 +337,8 @@ class Evaluation:
         """The test pass's errors over every process, recorded and (with summary) said."""
         self.reporting.report_skipped(skipped)
         totals = sums.read()[1] if sums.iterations else sums.total
-        top1, top5, *_ = as_means(self.reporting.all_processes(totals))
+        top1, top5, _, images = as_means(self.reporting.all_processes(totals))
+        check_images_seen(images, "validation", epoch)
         progress = self.reporting.progress
         progress.end({"epoch": epoch, "split": "val", "top1": top1, "top5": top5})
         if summary:
@@ -479,7 +493,8 @@ class Trainer:
                 self.print_train_line(epoch, size, size, clock, lr)
         self.reporting.report_skipped(skipped)
         self.warn_if_input_bound(epoch, clock, size - start)
-        top1, top5, loss, _ = as_means(self.all_processes(sums.total))
+        top1, top5, loss, images = as_means(self.all_processes(sums.total))
+        check_images_seen(images, "training", epoch)
         self.progress.end(
             {"epoch": epoch, "split": "train", "loss": loss, "top1": top1, "top5": top5, "lr": lr}
         )

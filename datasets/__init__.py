@@ -80,15 +80,20 @@ def load(
     """The train or val split of dataset `name`; the result has .classes. crops and augment
     are for folder datasets (the in-memory loaders augment whole batches)."""
     if name in cifar.FOLDERS:
-        return cifar.load(name, split, data, gen)
-    if name == "fashionmnist":
-        return fashionmnist.load(split, data, gen)
-    if name == "imagenet":
+        dataset = cifar.load(name, split, data, gen)
+    elif name == "fashionmnist":
+        dataset = fashionmnist.load(split, data, gen)
+    elif name == "imagenet":
         cache = os.path.join(gen, f"{name}.json")
-        return imagenet.load(
+        dataset = imagenet.load(
             split, data, cache, ten_crop, skip_corrupt, decode_on_device, crops, augment, storage
         )
-    raise DataError(f"unknown dataset: {name}")
+    else:
+        raise DataError(f"unknown dataset: {name}")
+    if len(dataset) == 0:  # an epoch over no image would report 0% error, and save it as best
+        raise DataError(f"the {split} split of {data or name} holds no images: give data with"
+                        f" at least one {split} image")  # fmt: skip
+    return dataset
 
 
 def make_loader(

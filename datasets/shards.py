@@ -245,12 +245,14 @@ class FetchedSamples:
         self.names = [shard["name"] for shard in shards]
         self.digests = [shard.get("sha256") for shard in shards]
         counts = torch.tensor([shard["count"] for shard in shards], dtype=torch.int64)
+        positions = [torch.arange(int(n)) for n in counts] or [torch.zeros(0, dtype=torch.int64)]
         self.rows = torch.stack(
-            [torch.repeat_interleave(torch.arange(len(counts)), counts),
-             torch.cat([torch.arange(int(n)) for n in counts])], dim=1)  # fmt: skip
+            [torch.repeat_interleave(torch.arange(len(counts)), counts), torch.cat(positions)], 1
+        )
         self.blocks, self.window = counts, window
         self.n_classes = len(listing["classes"])
-        per_window = math.ceil(window / max(1, int(counts.min()))) + 1
+        smallest = int(counts.min()) if len(counts) else 1  # no shard: refused by datasets.load
+        per_window = math.ceil(window / max(1, smallest)) + 1
         self.spool = Spool(source, spool, keep=2 * per_window + 2)
         self.places = {}  # shard number -> its samples' (offset, size, label), in this process
 

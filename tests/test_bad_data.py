@@ -223,3 +223,53 @@ def test_file_names_that_are_not_utf8_are_read(jpeg_root, tmp_path):
     assert "apple/" + os.fsdecode(b"caf\xe9.jpg") in names
     index = [i for i, name in enumerate(names) if name.startswith("apple/caf")][0]
     assert train[index][0].shape[0] == 3  # decoded
+
+
+def folder_run(data, tmp_path, *flags):
+    flags = ("-dataset imagenet -netType resnet -depth 18 -batchSize 4 -cropSize 32 -nEpochs 1"
+             " -nThreads 0 -tensorboard false").split() + list(flags)  # fmt: skip
+    return run_main(*flags, "-data", str(data), "-save", str(tmp_path / "run"),
+                    "-gen", str(tmp_path / "gen"))  # fmt: skip
+
+
+@pytest.mark.parametrize("fetched", [False, True], ids=["local", "fetched"])
+@pytest.mark.parametrize("split", ["train", "val"])
+def test_an_empty_split_is_refused_before_anything_is_written(
+    split, fetched, shards_root, tmp_path
+):
+    data = tmp_path / "data"
+    shutil.copytree(shards_root, data)
+    listing = json.loads((data / "shards.json").read_text())
+    listing["splits"][split] = {"count": 0, "shards": []}
+    (data / "shards.json").write_text(json.dumps(listing))
+    source = ["-shardSource", f"pipe:cat {shards_root}/{{shard}}"] if fetched else []
+    done = folder_run(data, tmp_path, *source)
+    assert done.returncode == 2 and done.stderr == (
+        f"error: the {split} split of {data} holds no images: give data with at least one"
+        f" {split} image\n"
+    )
+    assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.parametrize("split", ["train", "val"])
+def test_an_epoch_whose_every_image_is_skipped_stops_and_saves_nothing(split, jpeg_root, tmp_path):
+    data = tmp_path / "data"
+    shutil.copytree(jpeg_root, data)
+    for path in (data / split).rglob("*.JPEG"):
+        path.write_bytes(b"not a jpeg")
+    done = folder_run(data, tmp_path, "-skipCorrupt", "true")
+    pass_name = "training" if split == "train" else "validation"
+    assert done.returncode == 2 and done.stderr == (
+        f"error: every image of epoch 1's {pass_name} pass was unreadable and skipped"
+        " (-skipCorrupt true): there is no error over 0 images; fix or remove the files (the"
+        " checkpoints before are intact)\n"
+    )
+    assert " * Finished epoch" not in done.stdout and "top1:   0.000" not in done.stdout
+    assert " * Best model" not in done.stdout
+    saved = os.listdir(tmp_path / "run") if (tmp_path / "run").exists() else []
+    assert "model_best.pth" not in saved
+    if split == "train":
+        assert not [name for name in saved if name.endswith(".pth")], saved
+    else:  # the epoch trained is kept, as after any failed test pass: a resumed run tests it
+        records = (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()
+        assert not [r for r in map(json.loads, records) if r.get("split") == "val"], records
