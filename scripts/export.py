@@ -32,11 +32,13 @@ import torch
 import checkpoints  # noqa: E402 - inference puts the repository root on the path
 import models  # noqa: E402
 import opts as options  # noqa: E402
-from errors import UsageError, first_line  # noqa: E402
+from errors import Stopped, UsageError, first_line, stopped_status, stops_raise  # noqa: E402
 
 FP32_BOUND = 1e-4  # the largest logit difference an fp32 ONNX model may have
 FP16_BOUND = 1e-2  # fp16: relative to the largest logit
 DEFAULT_OPSET = 18
+DYNAMO_LOWEST_OPSET = 18  # torch's dynamo exporter writes 18 when asked for less
+LOWEST_OPSET = 7  # the TorchScript exporter's lowest
 
 
 class ValidationFailed(Exception):
@@ -65,29 +67,61 @@ def onnx_modules():
 
 
 def export_onnx(model: torch.nn.Module, side: int, path: str, opset: int, fp16: bool) -> str:
-    """The network written to path as ONNX with a dynamic batch; which exporter wrote it."""
+    """The network written to path as ONNX with a dynamic batch; which exporter wrote it.
+    The dynamo exporter first; the TorchScript one where it fails, or for an opset below
+    DYNAMO_LOWEST_OPSET, which dynamo does not write (it raises the opset instead)."""
     example = torch.randn(2, 3, side, side, dtype=torch.float16 if fp16 else torch.float32)
     names = {"input_names": ["images"], "output_names": ["logits"], "opset_version": opset}
-    try:
-        with quiet():
-            batch = torch.export.Dim("batch", min=1, max=4096)
-            program = torch.onnx.export(model, (example,), dynamo=True, verbose=False,
-                                        dynamic_shapes=({0: batch},), **names)  # fmt: skip
-            program.save(path)
-        return "dynamo"
-    except Exception as dynamo_failure:  # noqa: BLE001 - any failure: try the other exporter
+    dynamo_failure = None
+    if opset >= DYNAMO_LOWEST_OPSET:
         try:
-            axes = {"images": {0: "batch"}, "logits": {0: "batch"}}
             with quiet():
-                torch.onnx.export(model, (example,), path, dynamo=False, dynamic_axes=axes, **names)
-        except Exception as failure:  # noqa: BLE001 - said in one line
-            raise UsageError(
-                f"cannot export this network to ONNX: {root_cause(dynamo_failure)} (dynamo"
-                f" exporter); {root_cause(failure)} (TorchScript exporter)"
-            ) from None
+                batch = torch.export.Dim("batch", min=1, max=4096)
+                program = torch.onnx.export(model, (example,), dynamo=True, verbose=False,
+                                            dynamic_shapes=({0: batch},), **names)  # fmt: skip
+                program.save(path)
+            return "dynamo"
+        except Exception as failure:  # noqa: BLE001 - any failure: try the other exporter
+            dynamo_failure = failure
+    try:
+        axes = {"images": {0: "batch"}, "logits": {0: "batch"}}
+        with quiet():
+            torch.onnx.export(model, (example,), path, dynamo=False, dynamic_axes=axes, **names)
+    except Exception as failure:  # noqa: BLE001 - said in one line
+        dynamo = f"{root_cause(dynamo_failure)} (dynamo exporter); " if dynamo_failure else ""
+        raise UsageError(
+            f"cannot export this network to ONNX: {dynamo}{root_cause(failure)} (TorchScript"
+            " exporter)"
+        ) from None
+    if dynamo_failure is not None:
         print(f"=> the dynamo exporter failed ({root_cause(dynamo_failure)}): used the"
               " TorchScript exporter")  # fmt: skip
-        return "torchscript"
+    return "torchscript"
+
+
+def check_opset(opset: int) -> None:
+    """--opset within what the installed onnx package defines (checked before any work)."""
+    onnx, _ = onnx_modules()
+    newest = onnx.defs.onnx_opset_version()
+    if not LOWEST_OPSET <= opset <= newest:
+        raise UsageError(
+            f"--opset {opset}: the installed onnx {onnx.__version__} writes opsets"
+            f" {LOWEST_OPSET} to {newest}; give one of those (default {DEFAULT_OPSET})"
+        )
+
+
+def written_opset(path: str, asked: int) -> int:
+    """The ONNX file's own opset (its default domain's), which must be the one asked for:
+    an exporter may give another without a word."""
+    onnx, _ = onnx_modules()
+    model = onnx.load(path, load_external_data=False)
+    found = [entry.version for entry in model.opset_import if entry.domain in ("", "ai.onnx")]
+    if found != [asked]:
+        raise UsageError(
+            f"--opset {asked}: the exporter wrote opset {found[0] if found else 'none'}"
+            f" instead; give --opset {found[0] if found else DEFAULT_OPSET}, nothing was written"
+        )
+    return asked
 
 
 def root_cause(exc: BaseException, limit: int = 240) -> str:
@@ -130,7 +164,13 @@ def validate(model: torch.nn.Module, path: str, inputs: torch.Tensor, fp16: bool
     """Check the ONNX model against the fp32 PyTorch model on inputs (all at once, and the
     first alone): the figures in a line, or ValidationFailed."""
     _, onnxruntime = onnx_modules()
-    session = onnxruntime.InferenceSession(path, providers=["CPUExecutionProvider"])
+    try:
+        session = onnxruntime.InferenceSession(path, providers=["CPUExecutionProvider"])
+    except Exception as exc:  # noqa: BLE001 - onnxruntime's own error types, said in one line
+        raise UsageError(
+            f"onnxruntime {onnxruntime.__version__} cannot run the exported model"
+            f" ({root_cause(exc)}); give another --opset, nothing was written"
+        ) from None
     dtype = torch.float16 if fp16 else torch.float32
     expected = model(inputs).double()
     runs = [
@@ -159,7 +199,8 @@ def write_onnx(loaded, out: str, args) -> None:
     try:
         model = copy.deepcopy(loaded.model).half() if args.fp16 else loaded.model
         exporter = export_onnx(model, inputs.shape[-1], partial, args.opset, args.fp16)
-        add_metadata(partial, described(loaded) | {"opset": args.opset, "exporter": exporter})
+        opset = written_opset(partial, args.opset)
+        add_metadata(partial, described(loaded) | {"opset": opset, "exporter": exporter})
         figures = validate(loaded.model, partial, inputs, args.fp16)
         os.replace(partial, out)
     finally:
@@ -167,7 +208,7 @@ def write_onnx(loaded, out: str, args) -> None:
             if os.path.exists(leftover):
                 os.remove(leftover)
     precision = "fp16" if args.fp16 else "fp32"
-    print(f"=> {out}: ONNX opset {args.opset}, {precision}, {exporter} exporter;"
+    print(f"=> {out}: ONNX opset {opset}, {precision}, {exporter} exporter;"
           f" onnxruntime on {figures}")  # fmt: skip
 
 
@@ -298,18 +339,10 @@ def main(argv=None) -> int:
     parser.add_argument("--opset", type=int, default=DEFAULT_OPSET, help="onnx: the opset")
     args = parser.parse_args(argv)
     try:
-        check_target(args.out)
-        if args.format == "onnx":
-            onnx_modules()
-            if not args.images:
-                raise UsageError("--format onnx checks the model on real images: give --images DIR")
-        loaded = inference.loaded_model(args.checkpoint, torch.device("cpu"))
-        if args.format == "onnx":
-            write_onnx(loaded, args.out, args)
-        elif args.format == "safetensors":
-            write_safetensors(loaded, args.out)
-        else:
-            write_hub(loaded, args.out, args.checkpoint)
+        with stops_raise("exporting"):
+            loaded = export(args)
+    except Stopped as exc:
+        return stopped_status(exc, f"nothing was written ({args.out})")
     except ValidationFailed as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
@@ -319,6 +352,23 @@ def main(argv=None) -> int:
     if args.format != "onnx":
         print(f"=> {args.out}: {args.format}, {len(loaded.names)} classes")
     return 0
+
+
+def export(args: argparse.Namespace):
+    """Check the target and options, load the model and write it as args.format says."""
+    check_target(args.out)
+    if args.format == "onnx":
+        check_opset(args.opset)
+        if not args.images:
+            raise UsageError("--format onnx checks the model on real images: give --images DIR")
+    loaded = inference.loaded_model(args.checkpoint, torch.device("cpu"))
+    if args.format == "onnx":
+        write_onnx(loaded, args.out, args)
+    elif args.format == "safetensors":
+        write_safetensors(loaded, args.out)
+    else:
+        write_hub(loaded, args.out, args.checkpoint)
+    return loaded
 
 
 if __name__ == "__main__":

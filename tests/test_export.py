@@ -6,6 +6,7 @@ import importlib.util
 import json
 import os
 import re
+import signal
 import sys
 
 import numpy as np
@@ -295,3 +296,60 @@ def test_weights_and_retrain_refuse_what_they_cannot_use(fashion_root, tmp_path)
         f"error: {tmp_path / 'cut.safetensors'} is truncated or not a safetensors file"
     )
     assert not (tmp_path / "run").exists()
+
+
+def file_opset(path) -> int:
+    (version,) = [e.version for e in onnx.load(path).opset_import if e.domain in ("", "ai.onnx")]
+    return version
+
+
+@pytest.mark.parametrize("opset", [13, 20])
+def test_the_opset_asked_for_is_the_opset_written(opset, foolbox_data, tmp_path):
+    """The dynamo exporter writes opset 18 when asked for less: the TorchScript one does it."""
+    source = model_file(tmp_path, FAMILIES["resnet-cifar"])
+    done = export(source, tmp_path / "model.onnx", "--opset", opset, "--images",
+                  *images_for(foolbox_data, "fashionmnist"))  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    exporter = "torchscript" if opset < 18 else EXPORTER
+    assert f"ONNX opset {opset}, fp32, {exporter} exporter; onnxruntime on 20 images" in done.stdout
+    assert file_opset(tmp_path / "model.onnx") == opset
+    properties = {p.key: p.value for p in onnx.load(tmp_path / "model.onnx").metadata_props}
+    assert json.loads(properties["opset"]) == opset
+
+
+def test_an_opset_the_exporters_cannot_give_is_refused(foolbox_data, tmp_path, monkeypatch):
+    source = model_file(tmp_path, FAMILIES["resnet-cifar"])
+    images = images_for(foolbox_data, "fashionmnist")
+    newest = onnx.defs.onnx_opset_version()
+    for opset in (6, newest + 1):
+        done = export(source, tmp_path / "model.onnx", "--opset", opset, "--images", *images)
+        assert done.returncode == 2 and done.stderr == (
+            f"error: --opset {opset}: the installed onnx {onnx.__version__} writes opsets 7 to"
+            f" {newest}; give one of those (default 18)\n"
+        )
+    export_onnx = torch.onnx.export
+    monkeypatch.setattr(torch.onnx, "export",  # an exporter that writes an opset of its own
+                        lambda *a, opset_version=None, **k: export_onnx(*a, opset_version=21, **k))  # fmt: skip
+    done = export(source, tmp_path / "model.onnx", "--opset", 20, "--images", *images)
+    assert done.returncode == 2 and done.stderr == (
+        "error: --opset 20: the exporter wrote opset 21 instead; give --opset 21, nothing was"
+        " written\n"
+    )
+    assert sorted(os.listdir(tmp_path)) == ["model_4.pth"]
+
+
+def test_a_stopped_export_leaves_nothing(foolbox_data, tmp_path, monkeypatch):
+    run = onnxruntime.InferenceSession.run
+
+    def interrupted(self, *args, **kwargs):  # Ctrl-C while the exported file is checked
+        os.kill(os.getpid(), signal.SIGINT)
+        return run(self, *args, **kwargs)
+
+    monkeypatch.setattr(onnxruntime.InferenceSession, "run", interrupted)
+    source = model_file(tmp_path, FAMILIES["resnet-cifar"])
+    done = export(source, tmp_path / "model.onnx", "--images",
+                  *images_for(foolbox_data, "fashionmnist"))  # fmt: skip
+    assert done.returncode == 130 and done.stderr.splitlines() == [
+        f"=> Stopped by SIGINT while exporting; nothing was written ({tmp_path}/model.onnx)"
+    ]
+    assert sorted(os.listdir(tmp_path)) == ["model_4.pth"]
