@@ -190,24 +190,29 @@ class ModelFile:
 @dataclass(frozen=True)
 class RunState:
     """What latest.pth keeps of the run beside the files: every rank's random generators,
-    fp16's loss scale, the frozen settings, and mid-epoch the epoch's training sums."""
+    fp16's loss scale, the frozen settings, and mid-epoch the epoch's training sums and
+    what its order was an order of (datasets.order_of: a resume continues in it)."""
 
     rng: dict | None = None
     scaler: dict | None = None
     frozen: tuple[int, bool] = (-1, False)
     epoch_sums: object | None = None
+    order: str | None = None
 
     @classmethod
     def of(cls, stored: Mapping) -> "RunState":
         """The run state as latest.pth stores it (record())."""
         return cls(stored.get("rng", {}), stored.get("scaler"),
-                   tuple(stored.get("frozen", (-1, False))), stored.get("epochSums"))  # fmt: skip
+                   tuple(stored.get("frozen", (-1, False))), stored.get("epochSums"),
+                   stored.get("order"))  # fmt: skip
 
     def record(self) -> dict:
         """As latest.pth stores it."""
         state = {"rng": self.rng or {}, "scaler": self.scaler, "frozen": list(self.frozen)}
         if self.epoch_sums is not None:
             state["epochSums"] = self.epoch_sums
+        if self.order is not None:
+            state["order"] = self.order
         return state
 
 

@@ -15,6 +15,7 @@ import opts as options
 import parallel
 import recipe
 import train
+from errors import UsageError
 from launch import Processes
 from models import setup
 
@@ -71,6 +72,7 @@ class EpochLoop:
             self.epoch = checkpoint.epoch + 1
             return
         self.epoch = checkpoint.epoch
+        check_same_order(checkpoint, datasets.order_of(self.train_loader.dataset))
         samples = checkpoint.samples
         if samples is None:  # written before samples were recorded: same -batchSize
             samples = checkpoint.iteration * self.loop.batch_size
@@ -89,7 +91,10 @@ class EpochLoop:
         holds the same weights), with the random generators of every rank."""
         rng = launch.all_gathered(devices.rng_state(self.devices), self.processes)
         sums = self.trainer.all_processes(self.trainer.sums.snapshot()) if sums else None
-        state = checkpoints.RunState(rng, self.trainer.scaler.state_dict(), self.loop.frozen, sums)
+        order = datasets.order_of(self.train_loader.dataset) if iteration else None
+        state = checkpoints.RunState(
+            rng, self.trainer.scaler.state_dict(), self.loop.frozen, sums, order
+        )
         samples = 0
         if iteration:  # where in the epoch's order
             first_iteration, first_sample = self.position
@@ -180,6 +185,20 @@ class EpochLoop:
                 raise train.Interrupted(f"after epoch {epoch}")
         top5_text = self.trainer.progress.top5_text(self.best[1], 6)
         print(f" * Finished top1: {self.best[0]:6.3f}  top5: {top5_text}")
+
+
+def check_same_order(checkpoint, order: str) -> None:
+    """A UsageError when a checkpoint written inside an epoch was written on data stored
+    otherwise (another layout, count or -shuffleBuffer): the rest of that epoch's order would
+    not be the rest of the one it began, training some images twice and some never."""
+    saved = checkpoint.state.order
+    if saved is not None and saved != order:
+        raise UsageError(
+            f"{checkpoint.model.path} stopped inside epoch {checkpoint.epoch}, in an order of"
+            f" {saved}; this data is {order}, whose order differs: resume on the data it"
+            f" stopped on (at least to the end of epoch {checkpoint.epoch}: then any layout"
+            " of the same images goes on exactly)"
+        )
 
 
 def precise_bn(loop: Loop, trainer: train.Trainer, train_loader, epoch: int) -> None:

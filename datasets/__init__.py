@@ -280,6 +280,17 @@ def in_memory_loader(
     )
 
 
+def order_of(dataset) -> str:
+    """What an epoch's order of the dataset depends on beyond the seed and the epoch: the
+    layout its samples are stored in, their number and, for samples read a block at a time,
+    -shuffleBuffer. A mid-epoch resume continues at the same position of the order, so it is
+    exact only where this is the same."""
+    layout = getattr(getattr(dataset, "samples", None), "layout", "images in memory")
+    grouping = dataset.grouping() if hasattr(dataset, "grouping") else {}
+    window = f", -shuffleBuffer {grouping['window']}" if grouping else ""
+    return f"{layout} of {len(dataset)} images{window}"
+
+
 def create_loaders(spec: DataSpec, device: torch.device, rank: int = 0, world: int = 1) -> tuple:
     """Train and val loaders: in memory for CIFAR / Fashion-MNIST, DataLoader workers for
     folders; with -tenCrop the val batch is floor(batchSize / 10) images. -batchSize is

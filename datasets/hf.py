@@ -233,6 +233,7 @@ class TableSamples:
         self.files, self.rows, self.image_column = files, rows, image_column
         self.window = window  # samples shuffled together (parquet): the cache holds 2 windows
         self.blocks = block_lengths(rows) if any(f.endswith(".parquet") for f in files) else None
+        self.layout = "parquet files" if self.blocks is not None else "Arrow files"
         self.cache = ProcessCache()
 
     def __len__(self) -> int:

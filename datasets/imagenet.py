@@ -432,6 +432,8 @@ class PackedSamples:
     them without writing to the parent's pages, where a list of Python tuples gets copied
     into every worker as reading it touches reference counts (pytorch/pytorch#13246)."""
 
+    layout = "class folders"  # what the epoch's order is an order of (datasets.order_of)
+
     def __init__(self, samples: list[tuple[str, int]]):
         names = b"".join(os.fsencode(path) for path, _ in samples)  # any file name's bytes
         ends = itertools.accumulate(len(os.fsencode(path)) for path, _ in samples)

@@ -117,6 +117,8 @@ class ShardSamples:
     """A split's samples: the shard, offset and size of each image, and its label, packed
     in tensors (cheap for forked loader workers to share)."""
 
+    layout = "tar shards"
+
     def __init__(self, shards: list[str], rows: torch.Tensor):
         self.shards, self.rows = shards, rows  # rows: shard number, offset, size, label
         self.blocks = None  # read by position: shuffled whole
@@ -239,6 +241,8 @@ def cached_rows(cache: str, part: dict, n_classes: int) -> torch.Tensor | None:
 class FetchedSamples:
     """A split's samples in shards fetched from `source` as they are needed: rows are (shard
     number, position in the shard); offsets and labels are read once a shard is here."""
+
+    layout = "fetched tar shards"
 
     def __init__(self, listing: dict, split: str, source: str, spool: str, window: int):
         shards = listing["splits"][split]["shards"]

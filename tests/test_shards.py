@@ -6,6 +6,7 @@ import json
 import os
 import re
 import shutil
+import signal
 import tarfile
 
 import pytest
@@ -202,3 +203,47 @@ def test_resuming_on_shards_of_other_classes_is_refused_before_any_step(shards_r
     assert {
         name: (tmp_path / "run" / name).read_bytes() for name in os.listdir(tmp_path / "run")
     } == before
+
+
+def stopped_inside_epoch_1(data, save, *flags):
+    """A run on data stopped by SIGTERM at epoch 1's second iteration (a mid-epoch checkpoint)."""
+
+    def terminate(line):
+        if line.startswith(" | Epoch: [1][2/"):
+            os.kill(os.getpid(), signal.SIGTERM)
+
+    argv = [*FLAGS, "-data", data, "-save", save, "-gen", f"{save}-gen", "-nEpochs", "2",
+            "-nThreads", "0", *flags]  # fmt: skip
+    stopped = runs.main_run(argv, on_line=terminate)
+    assert stopped.returncode == 128 + signal.SIGTERM, stopped.stderr
+
+
+def test_a_mid_epoch_resume_on_another_layout_is_refused(jpeg_root, shards_root, tmp_path):
+    save = tmp_path / "run"
+    stopped_inside_epoch_1(jpeg_root, save)
+    before = {name: (save / name).read_bytes() for name in os.listdir(save)}
+    resumed = run(shards_root, save, "-nEpochs", "2", "-nThreads", "0", "-resume", save)
+    assert resumed.returncode == 2 and resumed.stderr == (
+        f"error: {save}/model_1_iter2.pth stopped inside epoch 1, in an order of class folders of"
+        " 15 images; this data is tar shards of 15 images, whose order differs: resume on the"
+        " data it stopped on (at least to the end of epoch 1: then any layout of the same"
+        " images goes on exactly)\n"
+    )
+    assert {name: (save / name).read_bytes() for name in os.listdir(save)} == before
+    listing = listing_of(shards_root, tmp_path)  # fetched, with another window: refused too
+    fetched = ["-shardSource", f"pipe:cat {shards_root}/{{shard}}"]
+    stopped_inside_epoch_1(listing, tmp_path / "fetched", *fetched, "-shuffleBuffer", "4")
+    other = run(listing, tmp_path / "fetched", "-nEpochs", "2", "-nThreads", "0", *fetched,
+                "-shuffleBuffer", "8", "-resume", tmp_path / "fetched")  # fmt: skip
+    assert other.returncode == 2 and "in an order of fetched tar shards of 15 images," \
+        " -shuffleBuffer 4; this data is fetched tar shards of 15 images, -shuffleBuffer 8," \
+        in other.stderr  # fmt: skip
+
+
+def test_at_an_epoch_boundary_another_layout_goes_on(jpeg_root, shards_root, tmp_path):
+    save = tmp_path / "run"
+    first = run(jpeg_root, save, "-nEpochs", "1", "-nThreads", "0")
+    assert first.returncode == 0, first.stderr
+    resumed = run(shards_root, save, "-nEpochs", "2", "-nThreads", "0", "-resume", save)
+    assert resumed.returncode == 0, resumed.stderr
+    assert " * Finished epoch # 2" in resumed.stdout
