@@ -59,6 +59,11 @@ def device_type(requested: str, n_gpu: int, machine: Machine) -> str:
             "-device mps but torch sees no MPS device (an Apple silicon GPU with macOS 12.3"
             " or later); use -device cpu"
         )
+    if requested == "cpu" and n_gpu > 1:
+        raise DeviceError(
+            f"-nGPU {n_gpu} with -device cpu: the CPU is one device (it uses all its cores);"
+            " drop -nGPU, or use -device cuda"
+        )
     if requested in ("cuda", "mps") and n_gpu == 0:
         raise DeviceError(f"-device {requested} with -nGPU 0 (the CPU): drop one of them")
     kind = requested if requested != "auto" else auto_device(n_gpu, machine)

@@ -551,6 +551,7 @@ def validate(opts: argparse.Namespace, names: Names) -> None:
     )
     _check(opts.cropSize >= 32, f"-cropSize must be at least 32, got {opts.cropSize}")
     validate_crops(opts)
+    validate_storage(opts)
     _check(opts.printFreq > 0, f"-printFreq must be positive, got {opts.printFreq}")
     _check(
         opts.rendezvousTimeout > 0,
@@ -588,6 +589,21 @@ def validate_weights(opts: argparse.Namespace, is_weights_name: Callable[[str], 
         opts.dataset == "imagenet",
         "-weights are ImageNet networks: use -dataset imagenet with a class-per-folder -data",
     )
+
+
+STORAGE_FLAGS = ("shardSource", "imageColumn", "labelColumn", "shuffleBuffer")
+
+
+def validate_storage(opts: argparse.Namespace) -> None:
+    """The flags of data stored as tar shards or Hugging Face files are for -dataset imagenet
+    (whose -data they describe); elsewhere they would do nothing."""
+    defaults = {name: default for name, _, default, _ in FLAGS if name in STORAGE_FLAGS}
+    for name, default in defaults.items():
+        _check(
+            opts.dataset == "imagenet" or getattr(opts, name) == default,
+            f"-{name} is for -dataset imagenet data (tar shards, Hugging Face files);"
+            f" -dataset {opts.dataset} reads its own files: drop -{name}",
+        )
 
 
 def validate_crops(opts: argparse.Namespace) -> None:

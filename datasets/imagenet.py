@@ -594,6 +594,7 @@ def load(
         )
     storage = storage or LOCAL
     sharded = shards.is_sharded(data)
+    check_columns(storage, data, "tar shards" if sharded else "class folders")
     if storage.shard_source and not sharded:
         raise DataError(
             f"-shardSource needs the shards' listing in -data: {data} holds no"
@@ -613,6 +614,19 @@ def load(
     samples = PackedSamples([tuple(sample) for sample in index[split]])
     folder = os.path.join(data, split)
     return ImageFolder(folder, samples, index["classes"], transform, skip_corrupt)
+
+
+def check_columns(storage: Storage, data: str, layout: str) -> None:
+    """-imageColumn / -labelColumn name columns of Hugging Face files: given for data of
+    another layout, they would do nothing."""
+    columns = {"-imageColumn": (storage.image_column, LOCAL.image_column),
+               "-labelColumn": (storage.label_column, LOCAL.label_column)}  # fmt: skip
+    changed = [flag for flag, (value, default) in columns.items() if value != default]
+    if changed and not hf.is_hf(data):
+        raise DataError(
+            f"{changed[0]} is for Hugging Face parquet / Arrow data; {data} holds {layout},"
+            f" which have no columns: drop {changed[0]}"
+        )
 
 
 def check_split_folders(data: str) -> None:

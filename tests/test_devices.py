@@ -38,6 +38,13 @@ def test_auto_takes_cuda_then_mps_then_the_cpu_and_ngpu_0_is_the_cpu(machine, n_
         ("cuda", 0, CUDA, "-device cuda with -nGPU 0 (the CPU): drop one of them"),
         ("mps", 2, MAC, "-nGPU 2 needs CUDA GPUs (DataParallel); MPS is one device"),
         ("auto", 8, MAC, "-nGPU 8 needs CUDA GPUs (DataParallel); MPS is one device"),
+        (
+            "cpu",
+            2,
+            CUDA,
+            "-nGPU 2 with -device cpu: the CPU is one device (it uses all its"
+            " cores); drop -nGPU, or use -device cuda",
+        ),
     ],
 )
 def test_a_device_that_is_absent_or_cannot_do_it_is_refused(requested, n_gpu, machine, says):
@@ -66,6 +73,13 @@ def test_an_absent_device_is_one_line_exit_2_and_nothing_written(device, cifar10
     done = run_main(*small_cifar_args(cifar10_root, tmp_path / "save"), "-device", device)
     assert done.returncode == 2 and done.stderr.count("\n") == 1, done.stderr
     assert done.stderr.startswith(f"error: -device {device} but torch sees no")
+    assert not (tmp_path / "save").exists()
+
+
+def test_several_gpus_on_the_cpu_are_refused_not_ignored(cifar10_root, tmp_path):
+    done = run_main(*small_cifar_args(cifar10_root, tmp_path / "save"), "-device", "cpu",
+                    "-nGPU", "2")  # fmt: skip
+    assert done.returncode == 2 and done.stderr.startswith("error: -nGPU 2 with -device cpu")
     assert not (tmp_path / "save").exists()
 
 

@@ -257,3 +257,15 @@ def test_a_parquet_folder_is_told_from_class_folders_cheaply(jpeg_root, hub_file
     assert [hf.split_of(p) for p in ("data/train-00000-of-00257.parquet",
                                      "default/validation/0000.parquet", "x/test-0.parquet")] == [
         "train", "val", None]  # fmt: skip
+
+
+@pytest.mark.parametrize("layout", ["folders", "shards"])
+def test_column_flags_on_data_without_columns_are_refused(layout, jpeg_root, shards_root, tmp_path):
+    data = jpeg_root if layout == "folders" else shards_root
+    done = run(data, tmp_path / "run", "-nEpochs", "1", "-imageColumn", "img")
+    held = "class folders" if layout == "folders" else "tar shards"
+    assert done.returncode == 2 and done.stderr == (
+        f"error: -imageColumn is for Hugging Face parquet / Arrow data; {data} holds {held},"
+        " which have no columns: drop -imageColumn\n"
+    )
+    assert not (tmp_path / "run").exists()

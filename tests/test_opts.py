@@ -158,6 +158,15 @@ def test_help_lists_every_flag_with_default():
         (["-retrain", "/does/not/exist.pth"], "-retrain file not found"),
         (["-optimState", "/does/not/exist.pth"], "-optimState file not found"),
         (["-tenCrop", "true"], "-tenCrop is for ImageNet-style"),
+        (
+            ["-shardSource", "pipe:cat {shard}"],
+            "-shardSource is for -dataset imagenet data"
+            " (tar shards, Hugging Face files); -dataset"
+            " cifar10 reads its own files: drop -shardSource",
+        ),
+        (["-imageColumn", "img"], "-imageColumn is for -dataset imagenet data"),
+        (["-dataset", "fashionmnist", "-labelColumn", "y"], "-dataset fashionmnist reads its own"),
+        (["-shuffleBuffer", "64"], "-shuffleBuffer is for -dataset imagenet data"),
     ],
 )
 def test_bad_input_raises_a_usage_error_saying_what_to_fix(argv, message):
