@@ -22,7 +22,8 @@ from typing import BinaryIO
 import torch
 from torch import nn
 
-from errors import UsageError, first_line
+from errors import UsageError, first_line, quoted
+from opts import INTERPOLATIONS
 
 LATEST = "latest.pth"
 BEST = "model_best.pth"
@@ -143,6 +144,38 @@ def model_record(
     return record
 
 
+# What a model file records of how its val images were prepared (datasets.DataSpec's
+# evaluation_sizes), with the type of each.
+EVALUATION = {"resize": int, "crop": int, "interpolation": str}
+
+
+def checked_evaluation(evaluation, path: str) -> dict | None:
+    """A model file's record of how its val images were prepared, which may come from someone
+    else: only the keys this tool writes, of their types, a crop of at least 32 within the
+    resize (what main.py's -valCrop and -valResize take); else a CheckpointError naming it."""
+    if evaluation is None:
+        return None
+    if not isinstance(evaluation, Mapping):
+        raise CheckpointError(f"{path} records its evaluation as {quoted(evaluation)}, not as"
+                              " resize, crop and interpolation")  # fmt: skip
+    for key, value in evaluation.items():
+        wanted = EVALUATION.get(key)
+        if wanted is None or not isinstance(value, wanted) or isinstance(value, bool):
+            raise CheckpointError(
+                f"{path} records an evaluation setting {quoted(key)}: {quoted(value)}; this"
+                " tool records resize and crop (whole numbers) and interpolation (a name)"
+            )
+    crop, resize = evaluation.get("crop", 224), evaluation.get("resize", 256)
+    interpolation = evaluation.get("interpolation", INTERPOLATIONS[0])
+    if not 32 <= crop <= resize or interpolation not in INTERPOLATIONS:
+        raise CheckpointError(
+            f"{path} records an evaluation crop of {crop} after a {quoted(interpolation)} resize"
+            f" to {resize}: a crop is at least 32 and at most the resize, the interpolation one"
+            f" of {', '.join(INTERPOLATIONS)}"
+        )
+    return dict(evaluation)
+
+
 @dataclass(frozen=True)
 class ModelFile:
     """A model file read back (or published weights fetched): the trained weights and what
@@ -170,7 +203,7 @@ class ModelFile:
             record.get("arch"),
             record.get("classes"),
             average,
-            record.get("evaluation"),
+            checked_evaluation(record.get("evaluation"), path),
             epoch=epoch if isinstance(epoch, int) else None,
         )
 
@@ -526,8 +559,9 @@ def read_safetensors(path: str) -> ModelFile:
         }
     except (KeyError, ValueError) as exc:
         raise CheckpointError(f"{path}: its metadata is damaged ({exc})") from None
+    evaluation = checked_evaluation(described["evaluation"], path)
     return ModelFile(weights, path, described["arch"], described["classes"],
-                     evaluation=described["evaluation"], epoch=described["epoch"])  # fmt: skip
+                     evaluation=evaluation, epoch=described["epoch"])  # fmt: skip
 
 
 def safetensors_metadata(path: str) -> dict:

@@ -222,6 +222,19 @@ def check_image_sizes(
     if is_small(dataset):
         return
     available = memory()
+    for flag, side, needed, other in image_memory(crops, batch, workers):
+        if needed > available:
+            raise DataError(
+                f"{flag} {side} needs over {needed / 2**30:,.0f} GiB for its images alone,"
+                f" more than the {available / 2**30:,.0f} GiB of the {device.upper()} memory:"
+                f" give a smaller {flag} (or {other})"
+            )
+
+
+def image_memory(crops: imagenet.Crops, batch: int, workers: int) -> list[tuple]:
+    """(flag, side, bytes, the other flag it scales with) of what a folder dataset's images
+    hold in memory at once: a crop's batch with its activations, a resized val image in each
+    loader process."""
     batch_bytes = batch * 3 * 4 * ACTIVATION_COPIES  # per pixel
     resized_bytes = max(1, workers) * 3 * 4 / 3  # uint8 RGB, 4:3, one per worker
     train_flag = "-trainCrop" if crops.train != crops.val else "-cropSize"
@@ -230,14 +243,7 @@ def check_image_sizes(
         ("-valCrop", crops.val, batch_bytes, "-batchSize"),
         ("-valResize", crops.val_resize, resized_bytes, "-nThreads"),
     )
-    for flag, side, bytes_per_pixel, other in held:
-        needed = side * side * bytes_per_pixel
-        if needed > available:
-            raise DataError(
-                f"{flag} {side} needs over {needed / 2**30:,.0f} GiB for its images alone,"
-                f" more than the {available / 2**30:,.0f} GiB of the {device.upper()} memory:"
-                f" give a smaller {flag} (or {other})"
-            )
+    return [(flag, side, side * side * per_pixel, other) for flag, side, per_pixel, other in held]
 
 
 def image_augment(spec: DataSpec, fill) -> policies.ImageAugment | None:

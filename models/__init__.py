@@ -10,7 +10,7 @@ from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
 from datasets.table import DATASETS, is_small
-from errors import UsageError
+from errors import UsageError, quoted
 from models import backbone as backbones
 from models import preresnet, resnest, resnet, resnext, senet
 
@@ -184,9 +184,36 @@ def check_senet_arguments(cardinality: int, base_width: int, se: int) -> None:
 LATER_ARGUMENTS = {"se": 0, "radix": 2}
 
 
-def complete_arch(arch: Mapping) -> dict:
-    """A saved arch with the arguments added since it was saved, at their old meaning."""
+def complete_arch(arch: Mapping, source: str) -> dict:
+    """A saved arch (from the file `source`, which may come from someone else) checked, with
+    the arguments added since it was saved at their old meaning."""
+    check_recorded_arch(arch, source)
     return {**LATER_ARGUMENTS, **arch}
+
+
+def check_recorded_arch(arch, source: str) -> None:
+    """A UsageError naming the first key of a recorded arch that create() does not take, or
+    whose value is not of create()'s type (a depth of '18' is text, not the number 18)."""
+    if not isinstance(arch, Mapping):
+        raise UsageError(f"{source} records its network as {quoted(arch)}, not as a table of"
+                         " create()'s arguments: not a model file of this tool")  # fmt: skip
+    types = {name: str if name in TEXT_ARGUMENTS else int for name in full_arch({})}
+    for key, value in arch.items():
+        if key not in types:
+            raise UsageError(
+                f"{source} records a network argument {quoted(key)} that this tool's networks"
+                f" do not take (they take {', '.join(types)}): a file of another tool or version"
+            )
+        wanted = types[key]
+        if not (isinstance(value, wanted) and not isinstance(value, bool)) and not (
+            key == "nClasses" and value is None
+        ):
+            kind = "text" if wanted is str else "a whole number"
+            raise UsageError(f"{source} records {key} {quoted(value)}, which is not {kind}: the"
+                             " file is damaged or not of this tool")  # fmt: skip
+
+
+TEXT_ARGUMENTS = ("netType", "dataset", "shortcutType", "bottleneckType")
 
 
 def full_arch(arch: Mapping) -> dict:

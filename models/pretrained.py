@@ -93,7 +93,7 @@ def resolve_file(path: str) -> Named:
         sizes.get("crop", LUA_CROPS.val),
         sizes.get("interpolation", LUA_CROPS.val_interpolation),
     )
-    arch = full_arch({**complete_arch(record.arch), "nClasses": record.outputs()})
+    arch = full_arch({**complete_arch(record.arch, record.path), "nClasses": record.outputs()})
     folder = os.path.dirname(os.path.abspath(path))
     return Named(path, "file", arch, preprocessing, path, folder, record=record)
 

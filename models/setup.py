@@ -42,7 +42,7 @@ class ModelSpec:
 def retrained_arch(spec: ModelSpec, retrained: checkpoints.ModelFile) -> dict:
     """The network of a -retrain file: as saved, else the flags' with the file's fc width."""
     if retrained.arch:
-        return models.complete_arch(retrained.arch)
+        return models.complete_arch(retrained.arch, retrained.path)
     return {**dict(spec.arch), "nClasses": retrained.outputs() or spec.n_classes or None}
 
 
@@ -89,7 +89,7 @@ def built_model(spec: ModelSpec, classes, checkpoint, retrained) -> tuple[nn.Mod
     file_arch = retrained_arch(spec, retrained) if retrained else None
     arch = intended_arch(spec, classes, file_arch)
     if checkpoint:
-        saved = models.complete_arch(checkpoint.model.arch)
+        saved = models.complete_arch(checkpoint.model.arch, checkpoint.model.path)
         differing = {k: (saved.get(k), v) for k, v in arch.items() if saved.get(k) != v}
         if differing:
             listed = ", ".join(f"{k} {old} (asked: {new})" for k, (old, new) in differing.items())

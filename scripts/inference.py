@@ -14,6 +14,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
 import checkpoints  # noqa: E402 - after the repository root is on the path
+import datasets  # noqa: E402
 import devices  # noqa: E402
 import models  # noqa: E402
 from datasets import cifar, fashionmnist, imagenet, photometric  # noqa: E402
@@ -81,7 +82,7 @@ def loaded_model(path: str, device: torch.device) -> Loaded:
     record = model_record(path)
     state_dict, _ = record.evaluated()  # the -ema weights when saved
     if record.arch:
-        arch = models.complete_arch(record.arch)
+        arch = models.complete_arch(record.arch, path)
     else:
         try:
             arch = models.arch_of_torchvision(state_dict)
@@ -91,7 +92,24 @@ def loaded_model(path: str, device: torch.device) -> Loaded:
     load_weights(model, state_dict, path)  # torchvision names accepted, one-line errors
     names = imagenet_names(record.classes, model.fc.out_features)
     view = View(arch["dataset"], **(record.evaluation or {}))
+    check_fits(view, path, device)
     return Loaded(model.to(device).eval(), view, names, arch, record)
+
+
+def check_fits(view: View, source: str, device: torch.device) -> None:
+    """A UsageError, before any image is prepared, when one image resized and cropped as the
+    model file records cannot fit in the device's memory (as main.py refuses such sizes)."""
+    if models.is_cifar_shaped(view.dataset):
+        return
+    crops = imagenet.Crops(view.crop, view.resize, view.crop, view.interpolation)
+    available = devices.memory(device)
+    for _, side, needed, _ in datasets.image_memory(crops, batch=1, workers=1):
+        if needed > available:
+            raise checkpoints.CheckpointError(
+                f"{source} prepares images at {side} pixels a side (its evaluation resize"
+                f" {view.resize}, crop {view.crop}): one needs over {needed / 2**30:,.0f} GiB,"
+                f" more than the {available / 2**30:,.0f} GiB of the {device.type.upper()} memory"
+            )
 
 
 def load_model(path: str, device: torch.device) -> tuple[torch.nn.Module, View, list[str]]:

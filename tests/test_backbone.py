@@ -101,7 +101,7 @@ def test_a_frozen_fine_tuning_run_leaves_the_frozen_weights_bitwise_unchanged(ci
     torch.manual_seed(3)
     source = models.create("resnet", 8, "cifar10")
     record = checkpoints.model_record(source, 0, models.complete_arch(
-        {"netType": "resnet", "depth": 8, "dataset": "cifar10"}), [])  # fmt: skip
+        {"netType": "resnet", "depth": 8, "dataset": "cifar10"}, "a test"), [])  # fmt: skip
     torch.save(record, tmp_path / "source.pth")
     save = tmp_path / "run"
     flags = f"-retrain {tmp_path / 'source.pth'} -frozenStages 2 -normEval true"

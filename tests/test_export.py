@@ -353,3 +353,46 @@ def test_a_stopped_export_leaves_nothing(foolbox_data, tmp_path, monkeypatch):
         f"=> Stopped by SIGINT while exporting; nothing was written ({tmp_path}/model.onnx)"
     ]
     assert sorted(os.listdir(tmp_path)) == ["model_4.pth"]
+
+
+BAD_RECORDS = {
+    "an unknown network argument": (lambda r: r["arch"].update(bogus=3),
+                                    "records a network argument 'bogus' that this tool's networks"
+                                    " do not take (they take netType, depth, "),
+    "a depth as text": (lambda r: r["arch"].update(depth="18"),
+                        "records depth '18', which is not a whole number"),
+    "an arch that is a list": (lambda r: r.update(arch=["resnet", 18]),
+                               "records its network as ['resnet', 18], not as a table"),
+    "an unknown evaluation key": (lambda r: r.update(evaluation={"crop": 64, "shape": 3}),
+                                  "records an evaluation setting 'shape': 3"),
+    "a crop as text": (lambda r: r.update(evaluation={"crop": "64"}),
+                       "records an evaluation setting 'crop': '64'"),
+    "a crop beyond its resize": (lambda r: r.update(evaluation={"crop": 300, "resize": 256}),
+                                 "records an evaluation crop of 300 after a 'bicubic' resize to"
+                                 " 256: a crop is at least 32 and at most the resize"),
+    "a crop of 100000": (lambda r: r.update(evaluation={"crop": 100000, "resize": 100000}),
+                         "prepares images at 100000 pixels a side (its evaluation resize 100000,"
+                         " crop 100000): one needs over"),
+}  # fmt: skip
+
+
+@pytest.mark.parametrize("kind", list(BAD_RECORDS))
+def test_a_model_file_with_a_bad_record_is_one_line_everywhere(kind, foolbox_data, tmp_path):
+    """What a model file records may come from someone else: classify.py, export.py and
+    -weights say what is wrong in one line, before any image is prepared."""
+    change, says = BAD_RECORDS[kind]
+    record = torch.load(model_file(tmp_path, FAMILIES["resnet-imagenet"]), weights_only=True)
+    change(record)
+    path = tmp_path / "given.pth"
+    torch.save(record, path)
+    images = images_for(foolbox_data, "imagenet")[:2]
+    classified = runs.script_run(os.path.join(ROOT, "scripts", "classify.py"), [path, *images])
+    exported = export(path, tmp_path / "m.onnx", "--images", *images)
+    weights = runs.main_run(["-weights", path, "-dataset", "imagenet", "-data", foolbox_data,
+                             "-save", tmp_path / "run", "-nEpochs", "1"])  # fmt: skip
+    for done in (classified, exported, weights):
+        if kind == "a crop of 100000" and done is weights:  # main.py's own words for it
+            says = "-valCrop 100000 needs over "
+        assert done.returncode == 2 and done.stderr.count("\n") == 1, done.stderr
+        assert done.stderr.startswith("error: ") and says in done.stderr, done.stderr
+    assert sorted(os.listdir(tmp_path)) == ["given.pth", "model_4.pth"]
