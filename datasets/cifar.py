@@ -45,6 +45,12 @@ class DataError(UsageError):
     """Missing or malformed data files; main prints it as one 'error:' line."""
 
 
+class DamagedStorage(OSError):
+    """A part of a data file that cannot be read (a damaged parquet page), found when an
+    image in it is read: its message names the file and part; -skipCorrupt skips its images
+    as it skips any unreadable image."""
+
+
 class ArrayImageDataset(torch.utils.data.Dataset):
     """uint8 images N x C x H x W in memory, transformed one by one into 3-channel floats."""
 

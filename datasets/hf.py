@@ -18,7 +18,8 @@ from typing import NamedTuple
 
 import torch
 
-from datasets.cifar import DataError
+from datasets.cifar import DamagedStorage, DataError
+from errors import first_line, quoted
 
 DATASET_DICT = "dataset_dict.json"  # what save_to_disk writes at the top of a DatasetDict
 SPLIT_NAMES = {"train": ("train",), "val": ("validation", "val", "valid")}
@@ -140,7 +141,12 @@ def open_table(path: str):
             return parquet.ParquetFile(path)
         return pyarrow.ipc.open_stream(pyarrow.memory_map(path)).read_all()
     except (OSError, pyarrow.ArrowException) as exc:
-        raise DataError(f"cannot read {path}: {exc}") from None
+        raise DataError(f"cannot read {path}: {one_reason(exc)}") from None
+
+
+def one_reason(exc: BaseException) -> str:
+    """An Arrow error's reason on one line, cut (thrift's can run over lines)."""
+    return " ".join(first_line(exc).split())[:300]
 
 
 def schema_of(table):
@@ -159,11 +165,16 @@ def class_names(table, label: str) -> list[str] | None:
     return names if isinstance(names, list) and names else None
 
 
-def labels_of(table, column: str) -> list:
+def labels_of(table, column: str, path: str) -> list:
     """The label column of an opened file, as Python values (None for a missing one)."""
-    if hasattr(table, "read"):  # parquet: this column only
-        return table.read(columns=[column]).column(column).to_pylist()
-    return table.column(column).to_pylist()
+    pyarrow, _ = pyarrow_modules()
+    try:
+        if hasattr(table, "read"):  # parquet: this column only
+            return table.read(columns=[column]).column(column).to_pylist()
+        return table.column(column).to_pylist()
+    except (OSError, pyarrow.ArrowException) as exc:
+        raise DataError(f"cannot read the {column} column of {path}: {one_reason(exc)}; the file"
+                        " is damaged: fetch it again") from None  # fmt: skip
 
 
 def groups_of(table) -> list[int]:
@@ -180,7 +191,7 @@ def checked_label(value, path: str, row: int, n_classes: int) -> int:
         raise DataError(f"{path}: row {row} has no label")
     if not isinstance(value, int) or not 0 <= value < n_classes:
         raise DataError(
-            f"{path}: row {row} has label {value!r}, not a class index below {n_classes}"
+            f"{path}: row {row} has label {quoted(value)}, not a class index below {n_classes}"
             " (an unlabelled split, such as imagenet-1k's test, cannot train or test)"
         )
     return value
@@ -196,7 +207,8 @@ def read_classes(data: str, columns: Columns) -> list[str]:
         return [str(name) for name in names]
     highest = -1
     for file in files:
-        labels = labels_of(open_table(os.path.join(data, file)), columns.label)
+        path = os.path.join(data, file)
+        labels = labels_of(open_table(path), columns.label, path)
         highest = max([highest, *(v for v in labels if isinstance(v, int))])
     return [str(i) for i in range(highest + 1)]
 
@@ -212,7 +224,7 @@ def load_samples(data: str, split: str, columns: Columns, window: int):
         names = class_names(table, columns.label)
         if names is not None and [str(n) for n in names] != classes:
             raise DataError(f"{path} names other classes than the train split's files")
-        labels = labels_of(table, columns.label)
+        labels = labels_of(table, columns.label, path)
         start = 0
         for group, size in enumerate(groups_of(table)):
             rows += [(number, group, r, checked_label(labels[start + r], path, start + r,
@@ -246,8 +258,13 @@ class TableSamples:
         """(the image's bytes as a file, its label, a name for errors) of the files in root."""
         file, group, row, label = (int(x) for x in self.rows[index])
         path = os.path.join(root, self.files[file])
-        images = self.cache.group(path, group, self.image_column, 2 * self.window)
         where = f"row {row}" if self.blocks is None else f"row group {group}, row {row}"
+        try:
+            images = self.cache.group(path, group, self.image_column, 2 * self.window)
+        except (OSError, pyarrow_modules()[0].ArrowException) as exc:
+            raise DamagedStorage(f"cannot read {path} ({where.split(', row ')[0]}):"
+                                 f" {one_reason(exc)}; the file is damaged: fetch it"
+                                 " again") from None  # fmt: skip
         return io.BytesIO(images[row] or b""), label, f"{path} ({where})"
 
 

@@ -19,7 +19,7 @@ from torch.utils.data import default_collate
 
 from datasets import hf, photometric, policies, shards
 from datasets import transforms as T
-from datasets.cifar import DataError
+from datasets.cifar import DamagedStorage, DataError
 from datasets.sampler import split_item
 
 EXTENSIONS = (".jpg", ".jpeg", ".png", ".ppm", ".bmp")
@@ -81,7 +81,8 @@ def list_images(split_dir: str, classes: list[str]) -> list[tuple[str, int]]:
     if irregular:
         print(
             f"warning: {len(irregular)} entries named as images under {split_dir} are not"
-            f" regular files (pipes, devices, folders; e.g. {irregular[0]}): left out"
+            f" regular files (pipes, devices, folders, broken or looping links; e.g."
+            f" {irregular[0]}): left out"
         )
     if loose and not samples:
         raise flat_folder_error(split_dir, loose)
@@ -98,8 +99,17 @@ def image_files_in(folder: str) -> tuple[list[str], list[str]]:
     images, others = [], []
     for entry in os.scandir(folder):
         if is_image(entry.name):
-            (images if entry.is_file() else others).append(entry.name)
+            (images if is_regular_file(entry) else others).append(entry.name)
     return images, [os.path.join(folder, name) for name in others]
+
+
+def is_regular_file(entry: os.DirEntry) -> bool:
+    """Whether a folder entry is a file, or a link to one (a link loop or an entry that
+    cannot be looked at is not: left out with the others, not a stop)."""
+    try:
+        return entry.is_file()
+    except OSError:
+        return False
 
 
 def build_index(data: str) -> dict:
@@ -489,6 +499,10 @@ class ImageFolder(torch.utils.data.Dataset):
             source, label, name = self.samples.opened(index, self.root)
             with Image.open(source) as image:
                 pixels, draws = self.transform(image, generator)
+        except DamagedStorage as exc:  # names the file and part itself
+            if self.skip_corrupt:
+                return None
+            raise DataError(str(exc)) from None
         except DECODE_ERRORS as exc:
             if self.skip_corrupt:
                 return None

@@ -27,7 +27,7 @@ import tarfile
 import torch
 
 from datasets.cifar import DataError
-from errors import first_line, quoted
+from errors import file_error, first_line, quoted
 
 INDEX = "shards.json"
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".webp")
@@ -298,14 +298,21 @@ class Spool:
     def fetched(self, name: str, digest: str | None) -> str:
         """The local path of shard `name`, fetched and checked first if not yet here."""
         path = inside(self.folder, name)
-        if not os.path.exists(path):
-            os.makedirs(self.folder, exist_ok=True)
-            with open(path + ".lock", "w") as lock:
-                fcntl.flock(lock, fcntl.LOCK_EX)  # another process may be fetching it
-                if not os.path.exists(path):
-                    self.fetch(name, digest, path)
-            self.drop_old()
-        os.utime(path)  # recently used
+        try:
+            if not os.path.exists(path):
+                os.makedirs(self.folder, exist_ok=True)
+                with open(path + ".lock", "w") as lock:
+                    fcntl.flock(lock, fcntl.LOCK_EX)  # another process may be fetching it
+                    if not os.path.exists(path):
+                        self.fetch(name, digest, path)
+                self.drop_old()
+            with contextlib.suppress(FileNotFoundError):  # dropped by another process: refetched
+                os.utime(path)  # recently used
+        except OSError as exc:  # the spool itself, not the shard: say so
+            raise DataError(
+                f"the shard spool {self.folder} cannot be used ({file_error(exc)}): remove what"
+                " is in the way there, or give another -gen"
+            ) from None
         return path
 
     def fetch(self, name: str, digest: str | None, path: str) -> None:

@@ -10,7 +10,7 @@ import shutil
 import numpy as np
 import pytest
 import torch
-from conftest import labelled_images, planar_rows, write_idx, write_pickle
+from conftest import labelled_images, load_script, planar_rows, write_idx, write_pickle
 from test_cli import run_main, small_cifar_args
 
 import datasets
@@ -273,3 +273,17 @@ def test_an_epoch_whose_every_image_is_skipped_stops_and_saves_nothing(split, jp
     else:  # the epoch trained is kept, as after any failed test pass: a resumed run tests it
         records = (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()
         assert not [r for r in map(json.loads, records) if r.get("split") == "val"], records
+
+
+def test_links_that_loop_or_dangle_are_left_out_everywhere(jpeg_root, tmp_path, capsys):
+    data = tmp_path / "data"
+    shutil.copytree(jpeg_root, data)
+    os.symlink("loop.jpg", data / "train" / "apple" / "loop.jpg")
+    os.symlink("nowhere.jpg", data / "train" / "apple" / "dangling.jpg")
+    done = folder_run(data, tmp_path)
+    assert done.returncode == 0, done.stderr
+    assert "warning: 2 entries named as images under" in done.stdout
+    assert "broken or looping links" in done.stdout
+    make_shards = load_script("make_shards")
+    assert make_shards.main([str(data), str(tmp_path / "shards")]) == 0
+    assert "warning: 2 entries named as images under" in capsys.readouterr().out

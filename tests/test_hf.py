@@ -269,3 +269,34 @@ def test_column_flags_on_data_without_columns_are_refused(layout, jpeg_root, sha
         " which have no columns: drop -imageColumn\n"
     )
     assert not (tmp_path / "run").exists()
+
+
+def damaged_page(folder) -> None:
+    """The page header of row group 1's image column in the first train file overwritten."""
+    path = folder / "data" / "train-00000-of-00002.parquet"
+    chunk = pq.ParquetFile(path).metadata.row_group(1).column(0)
+    start = chunk.dictionary_page_offset or chunk.data_page_offset
+    data = bytearray(path.read_bytes())
+    data[start : start + 12] = b"\xff" * 12
+    path.write_bytes(bytes(data))
+
+
+@pytest.mark.parametrize("threads", ["0", "2"])
+def test_a_damaged_parquet_page_names_its_file_and_row_group(threads, hub_files, tmp_path):
+    data = damaged_copy(hub_files, tmp_path, damaged_page)
+    stopped = run(data, tmp_path / "stopped", "-nEpochs", "1", "-nThreads", threads)
+    assert stopped.returncode == 2 and stopped.stderr.count("\n") == 1, stopped.stderr
+    assert re.fullmatch(rf"error: cannot read {TRAIN0} \(row group 1\): .+; the file is damaged:"
+                        r" fetch it again\n", stopped.stderr), stopped.stderr  # fmt: skip
+    done = run(
+        data, tmp_path / "run", "-nEpochs", "1", "-nThreads", threads, "-skipCorrupt", "true"
+    )
+    assert done.returncode == 0, done.stderr
+    assert re.search(r"skipped 4 unreadable images", done.stdout), done.stdout
+
+
+def test_an_error_quoting_data_quotes_at_most_a_little(hub_files, tmp_path):
+    """-labelColumn image: each label would be a JPEG's bytes."""
+    done = run(f"{hub_files}/parquet", tmp_path / "run", "-nEpochs", "1", "-labelColumn", "image")
+    assert done.returncode == 2 and done.stderr.count("\n") == 1, done.stderr
+    assert "row 0 has label {'bytes': b'\\xff\\xd8" in done.stderr and len(done.stderr) < 400

@@ -247,3 +247,23 @@ def test_at_an_epoch_boundary_another_layout_goes_on(jpeg_root, shards_root, tmp
     resumed = run(shards_root, save, "-nEpochs", "2", "-nThreads", "0", "-resume", save)
     assert resumed.returncode == 0, resumed.stderr
     assert " * Finished epoch # 2" in resumed.stdout
+
+
+@pytest.mark.parametrize("block", ["a lock that is a folder", "a spool that is a file"])
+@pytest.mark.parametrize("threads", ["0", "2"])
+def test_a_spool_in_the_way_is_named_not_blamed_on_an_image(block, threads, shards_root, tmp_path):
+    listing = listing_of(shards_root, tmp_path)
+    spool = tmp_path / "run-gen" / f"spool-{shards.read_listing(listing)[1]}"
+    if block == "a spool that is a file":
+        spool.parent.mkdir()
+        spool.write_text("not a folder")
+    else:
+        for shard in json.loads((tmp_path / "listing" / "shards.json").read_text())["splits"][
+            "train"
+        ]["shards"]:
+            (spool / f"{shard['name']}.lock").mkdir(parents=True)
+    done = run(listing, tmp_path / "run", "-nEpochs", "1", "-nThreads", threads,
+               "-shardSource", f"pipe:cat {shards_root}/{{shard}}")  # fmt: skip
+    assert done.returncode == 2 and done.stderr.count("\n") == 1, done.stderr
+    assert done.stderr.startswith(f"error: the shard spool {spool} cannot be used ("), done.stderr
+    assert done.stderr.endswith("): remove what is in the way there, or give another -gen\n")
