@@ -10,12 +10,12 @@ from dataclasses import dataclass
 import checkpoints
 import datasets
 import devices
+import errors
 import launch
 import opts as options
 import parallel
 import recipe
 import train
-from errors import UsageError
 from launch import Processes
 from models import setup
 
@@ -61,6 +61,8 @@ class EpochLoop:
         self.best = (math.inf, math.inf)
         self.epoch, self.resume_sample, self.resume_sums = loop.epoch_number, 0, None
         self.position = (0, 0)  # (iteration, sample) the epoch being trained started at
+        self.last_step = 0  # the iteration of the epoch's last step
+        self.saved = checkpoint is not None  # whether the run has a checkpoint to resume
         if checkpoint:
             self.best = checkpoint.best
             self.resume_at(checkpoint)
@@ -102,6 +104,7 @@ class EpochLoop:
             samples = min(samples, self.epoch_size())
         if self.processes.rank != 0:
             return
+        self.saved = True
         self.run_folder()
         average = self.trainer.average.state_dict() if self.trainer.average else None
         checkpoints.save(
@@ -123,6 +126,7 @@ class EpochLoop:
 
     def after_step(self, epoch: int, iteration: int) -> None:
         """Periodic and requested mid-epoch checkpoints."""
+        self.last_step = iteration
         every, stopping = self.loop.checkpoint_every, self.stop()
         if stopping or (every and iteration % every == 0):
             self.trainer.check_finite()  # never checkpoint weights a NaN has reached
@@ -144,10 +148,33 @@ class EpochLoop:
                 f" another -batchSize)"
             )
         datasets.set_epoch(self.train_loader, epoch, first)
-        self.trainer.train(
-            epoch, self.train_loader, start=self.position[0], on_step=self.after_step, totals=sums
-        )
+        self.last_step = self.position[0]
+        batches = self.awaited(self.train_loader)
+        try:
+            self.trainer.train(
+                epoch, batches, start=self.position[0], on_step=self.after_step, totals=sums
+            )
+        except WaitInterrupted:
+            self.stop_while_waiting(epoch)
         return self.position[0] + len(self.train_loader)
+
+    def awaited(self, loader):
+        """The loader, its waits for a batch marked so that a stop request ends them at once
+        (one process only: the processes of a job stop at the same iteration, together)."""
+        return AwaitedBatches(loader, self.stop) if self.processes.world == 1 else loader
+
+    def stop_while_waiting(self, epoch: int) -> None:
+        """A stop request while the epoch waited for a batch: save at its last step (if it
+        took one since the last checkpoint), then stop."""
+        number = self.stop.signal_number
+        if self.last_step > self.position[0]:
+            self.trainer.check_finite()
+            self.save(epoch, self.last_step, sums=True)
+        elif not self.saved:
+            raise errors.Stopped(number, f"waiting for epoch {epoch}'s first batch")
+        raise train.Interrupted(
+            f"at epoch {epoch}, iteration {self.last_step}, while waiting for data"
+        )
 
     def evaluate(self, epoch: int) -> tuple[float, float]:
         """The test pass after an epoch (with -preciseBN's statistics first, and rank 0's
@@ -155,7 +182,7 @@ class EpochLoop:
         precise_bn(self.loop, self.trainer, self.train_loader, epoch)
         parallel.share_buffers(self.trainer.evaluated_model(), self.processes)
         datasets.set_epoch(self.val_loader, epoch)
-        return self.trainer.test(epoch, self.val_loader, stop=self.stop)
+        return self.trainer.test(epoch, self.awaited(self.val_loader), stop=self.stop)
 
     def run(self) -> None:
         """Epochs from the start (or resume) point to -nEpochs."""
@@ -187,13 +214,43 @@ class EpochLoop:
         print(f" * Finished top1: {self.best[0]:6.3f}  top5: {top5_text}")
 
 
+class WaitInterrupted(train.Interrupted):
+    """A stop request while the loop waited for a batch."""
+
+
+class AwaitedBatches:
+    """A loader's batches, with stop.waiting set while the next one is awaited: a stop
+    request then ends the wait (WaitInterrupted) instead of waiting for a batch that may
+    never come (a hung fetch, a stalled file system). Between batches no step is half done."""
+
+    def __init__(self, loader, stop):
+        self.loader, self.stop = loader, stop
+
+    def __len__(self) -> int:
+        return len(self.loader)
+
+    def __iter__(self):
+        batches = iter(self.loader)
+        while True:
+            self.stop.waiting = True
+            try:
+                batch = next(batches)
+            except StopIteration:
+                return
+            except errors.StoppedWaiting:
+                raise WaitInterrupted("while waiting for data") from None
+            finally:
+                self.stop.waiting = False
+            yield batch
+
+
 def check_same_order(checkpoint, order: str) -> None:
     """A UsageError when a checkpoint written inside an epoch was written on data stored
     otherwise (another layout, count or -shuffleBuffer): the rest of that epoch's order would
     not be the rest of the one it began, training some images twice and some never."""
     saved = checkpoint.state.order
     if saved is not None and saved != order:
-        raise UsageError(
+        raise errors.UsageError(
             f"{checkpoint.model.path} stopped inside epoch {checkpoint.epoch}, in an order of"
             f" {saved}; this data is {order}, whose order differs: resume on the data it"
             f" stopped on (at least to the end of epoch {checkpoint.epoch}: then any layout"

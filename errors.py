@@ -26,6 +26,11 @@ class Stopped(Exception):
         self.signal_number = signal_number
 
 
+class StoppedWaiting(Exception):
+    """SIGTERM / SIGINT while training waited for its next batch (data that may never come:
+    a hung fetch, a stalled file system): the loop saves at its last step and stops."""
+
+
 class PeerFailed(Exception):
     """Another process of the job failed (it reports why); rank 0 says so, the others
     end quietly."""

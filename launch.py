@@ -22,7 +22,7 @@ from torch import nn
 
 import devices
 import rendezvous
-from errors import Stopped, UsageError
+from errors import Stopped, StoppedWaiting, UsageError
 
 M_TRIM_THRESHOLD, M_MMAP_MAX = -1, -4  # mallopt parameters, from glibc's malloc.h
 RENDEZVOUS_TIMEOUT = 300  # seconds the processes of a job wait for one another at start
@@ -365,6 +365,7 @@ class StopRequest:
         self.signal_number = None
         self.processes = processes or Processes()
         self.deferred = False
+        self.waiting = False  # set while training waits for a batch (epochs.AwaitedBatches)
         self.doing = "starting"  # what a stop before training interrupts, for the message
         self.previous = {}  # the handlers install replaced, by signal
 
@@ -399,3 +400,5 @@ class StopRequest:
         self.signal_number = number
         if not self.deferred:
             raise Stopped(number, self.doing)
+        if self.waiting:  # no step is half done: stop now, not after a batch that may not come
+            raise StoppedWaiting(number)

@@ -359,6 +359,12 @@ FLAGS = [
         " epoch needs it (-data: the folder of shards.json) (new)",
     ),
     (
+        "fetchTimeout",
+        bounded_int,
+        600,
+        "Tar shards fetched by -shardSource: seconds one shard's fetch may take (new)",
+    ),
+    (
         "preciseBN",
         bounded_int,
         0,
@@ -591,7 +597,7 @@ def validate_weights(opts: argparse.Namespace, is_weights_name: Callable[[str], 
     )
 
 
-STORAGE_FLAGS = ("shardSource", "imageColumn", "labelColumn", "shuffleBuffer")
+STORAGE_FLAGS = ("shardSource", "imageColumn", "labelColumn", "shuffleBuffer", "fetchTimeout")
 
 
 def validate_storage(opts: argparse.Namespace) -> None:
@@ -670,6 +676,7 @@ def validate_recipe_options(opts: argparse.Namespace, names: Names) -> None:
         f"-shardSource {opts.shardSource!r} must say where each shard is with {{shard}}"
         " (e.g. 'pipe:curl -sf https://host/shards/{shard}')",
     )
+    _check(opts.fetchTimeout >= 1, f"-fetchTimeout must be at least 1 s, got {opts.fetchTimeout}")
     _check(opts.emaEvery > 0, f"-emaEvery must be positive, got {opts.emaEvery}")
     for name in ("normWeightDecay", "biasWeightDecay"):
         value = getattr(opts, name)

@@ -168,7 +168,11 @@ def data_spec(opts: argparse.Namespace) -> datasets.DataSpec:
         random_erasing=opts.randomErasing,
         repeats=opts.repeatedAug,
         storage=imagenet.Storage(
-            opts.imageColumn, opts.labelColumn, opts.shuffleBuffer, opts.shardSource
+            opts.imageColumn,
+            opts.labelColumn,
+            opts.shuffleBuffer,
+            opts.shardSource,
+            opts.fetchTimeout,
         ),
     )
 

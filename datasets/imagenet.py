@@ -575,6 +575,7 @@ class Storage(NamedTuple):
     label_column: str = "label"
     window: int = 1024
     shard_source: str = ""
+    fetch_timeout: int = 600  # seconds a shard's fetch may take (-fetchTimeout)
 
 
 LOCAL = Storage()
@@ -616,7 +617,12 @@ def load(
         )
     if sharded:
         samples, classes = shards.load_samples(
-            data, split, os.path.dirname(cache_path), storage.shard_source, storage.window
+            data,
+            split,
+            os.path.dirname(cache_path),
+            storage.shard_source,
+            storage.window,
+            storage.fetch_timeout,
         )
         return ImageFolder(data, samples, classes, transform, skip_corrupt)
     if hf.is_hf(data):

@@ -21,8 +21,10 @@ import os
 import re
 import shlex
 import shutil
+import signal
 import subprocess
 import tarfile
+from typing import NamedTuple
 
 import torch
 
@@ -183,14 +185,15 @@ def label_of(path: str, key: str, text: bytes | None, n_classes: int) -> int:
 
 
 def load_samples(
-    data: str, split: str, gen: str, source: str = "", window: int = 1024
+    data: str, split: str, gen: str, source: str = "", window: int = 1024, timeout: int = 600
 ) -> tuple["ShardSamples | FetchedSamples", list[str]]:
     """The split's samples (the index cached in gen, keyed by shards.json's content; or,
-    with a source, fetched into gen's spool as they are needed) and the classes."""
+    with a source, fetched into gen's spool as they are needed, each fetch within timeout
+    seconds) and the classes."""
     listing, digest = read_listing(data)
     if source:
-        spool = os.path.join(gen, f"spool-{digest}")
-        return FetchedSamples(listing, split, source, spool, window), listing["classes"]
+        fetching = Spool(source, os.path.join(gen, f"spool-{digest}"), timeout=timeout)
+        return FetchedSamples(listing, split, fetching, window), listing["classes"]
     classes, part = listing["classes"], listing["splits"][split]
     cache = os.path.join(gen, f"shards-{split}-{digest}.pt")
     rows = cached_rows(cache, part, len(classes))
@@ -244,7 +247,7 @@ class FetchedSamples:
 
     layout = "fetched tar shards"
 
-    def __init__(self, listing: dict, split: str, source: str, spool: str, window: int):
+    def __init__(self, listing: dict, split: str, fetching: "Spool", window: int):
         shards = listing["splits"][split]["shards"]
         self.names = [shard["name"] for shard in shards]
         self.digests = [shard.get("sha256") for shard in shards]
@@ -257,7 +260,7 @@ class FetchedSamples:
         self.n_classes = len(listing["classes"])
         smallest = int(counts.min()) if len(counts) else 1  # no shard: refused by datasets.load
         per_window = math.ceil(window / max(1, smallest)) + 1
-        self.spool = Spool(source, spool, keep=2 * per_window + 2)
+        self.spool = fetching._replace(keep=2 * per_window + 2)
         self.places = {}  # shard number -> its samples' (offset, size, label), in this process
 
     def __len__(self) -> int:
@@ -288,12 +291,15 @@ class FetchedSamples:
         return places
 
 
-class Spool:
-    """Shards fetched into a local folder, one fetch per shard for all the processes that
-    share the folder (a lock per shard), the least recently used beyond `keep` dropped."""
+class Spool(NamedTuple):
+    """Shards fetched from `source` into a local folder, one fetch per shard for all the
+    processes that share the folder (a lock per shard), each within `timeout` seconds; the
+    least recently used beyond `keep` dropped."""
 
-    def __init__(self, source: str, folder: str, keep: int):
-        self.source, self.folder, self.keep = source, folder, keep
+    source: str
+    folder: str
+    keep: int = 2
+    timeout: int = 600
 
     def fetched(self, name: str, digest: str | None) -> str:
         """The local path of shard `name`, fetched and checked first if not yet here."""
@@ -321,7 +327,7 @@ class Spool:
         partial = f"{path}.{os.getpid()}.partial"
         try:
             if where.startswith("pipe:"):
-                piped(where[5:], partial, name)
+                piped(where[5:], partial, name, self.timeout)
             else:
                 shutil.copyfile(where, partial)
         except OSError as exc:
@@ -357,18 +363,67 @@ def inside(folder: str, name: str) -> str:
     return path
 
 
-def piped(command: str, path: str, name: str) -> None:
-    """The standard output of a shell command into path; DataError with its last error line
-    when it fails."""
+def piped(command: str, path: str, name: str, timeout: float) -> None:
+    """The standard output of a shell command into path within timeout seconds; DataError
+    with its last error line when it fails. The command runs in a session of its own, ended
+    whole (its process group) when it times out or the wait is interrupted: a stop request,
+    or the loader worker waiting on it being ended."""
     with open(path, "wb") as out:
-        done = subprocess.run(command, shell=True, stdout=out, stderr=subprocess.PIPE)
-    if done.returncode:
+        process = None
+        try:
+            process = subprocess.Popen(
+                command, shell=True, stdout=out, stderr=subprocess.PIPE, start_new_session=True
+            )
+            with ended_with_worker(process):
+                _, errors = process.communicate(timeout=timeout)
+        except BaseException as exc:
+            if process is not None:
+                end_group(process)
+            os.remove(path)
+            if not isinstance(exc, subprocess.TimeoutExpired):
+                raise
+            raise DataError(
+                f"cannot fetch shard {name}: `{command}` took over -fetchTimeout {timeout} s"
+                " (ended); check the command, or give a longer -fetchTimeout"
+            ) from None
+    if process.returncode:
         os.remove(path)
-        lines = done.stderr.decode(errors="replace").strip().splitlines()
+        lines = errors.decode(errors="replace").strip().splitlines()
         why = f": {lines[-1]}" if lines else ""
         raise DataError(
-            f"cannot fetch shard {name}: `{command}` exited with {done.returncode}{why}"
+            f"cannot fetch shard {name}: `{command}` exited with {process.returncode}{why}"
         )
+
+
+def end_group(process: subprocess.Popen) -> None:
+    """Kill a command's whole process group (the shell and what it started) and reap it."""
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(process.pid, signal.SIGKILL)
+    process.wait()
+    if process.stderr is not None:
+        process.stderr.close()
+
+
+@contextlib.contextmanager
+def ended_with_worker(process: subprocess.Popen):
+    """In a loader worker, a SIGTERM (the loader ending its workers, say after a stop
+    request) ends the command's process group before the worker: in a session of its own,
+    the command would otherwise outlive it. Elsewhere (the main process) the run's own
+    stop handling applies and interrupts the wait."""
+    if torch.utils.data.get_worker_info() is None:
+        yield
+        return
+
+    def ended(number, _frame) -> None:
+        end_group(process)
+        signal.signal(number, signal.SIG_DFL)
+        os.kill(os.getpid(), number)
+
+    previous = signal.signal(signal.SIGTERM, ended)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 def sha256_of(path: str) -> str:

@@ -274,6 +274,11 @@ WHAT_IT_DOES = {
         "epoch reaches it, and checked against `shards.json` (which `-data` holds); '': the "
         "shards lie in `-data` ([data.md](data.md))"
     ),
+    "fetchTimeout": (
+        "new: the seconds a shard's fetch (`-shardSource`) may take: a fetch that takes longer "
+        "is ended (its whole process group) and the run stops with one line naming the shard "
+        "([data.md](data.md))"
+    ),
     "preciseBN": (
         "new: before each test pass (and with `-testOnly`), set every BatchNorm's running "
         "statistics to their average over N training images, in the epoch's order, averaged over "

@@ -267,3 +267,57 @@ def test_a_spool_in_the_way_is_named_not_blamed_on_an_image(block, threads, shar
     assert done.returncode == 2 and done.stderr.count("\n") == 1, done.stderr
     assert done.stderr.startswith(f"error: the shard spool {spool} cannot be used ("), done.stderr
     assert done.stderr.endswith("): remove what is in the way there, or give another -gen\n")
+
+
+def hanging_source(shards_root, tmp_path, hang_on: str) -> str:
+    """A -shardSource that copies each shard, except, once tmp_path/hang exists, a shard
+    whose name starts with hang_on: for that one it signals this process (the run, in
+    process) with SIGTERM, once, and then waits for ever, as a hung download would."""
+    return (f"pipe:case {{shard}} in {hang_on}*) if [ -e {tmp_path}/hang ]; then"
+            f" echo $$ >> {tmp_path}/pids; mkdir {tmp_path}/signalled 2>/dev/null &&"
+            f" kill -TERM {os.getpid()}; exec sleep 120; fi;; esac; cat {shards_root}/{{shard}}")  # fmt: skip
+
+
+def fetch_ended(tmp_path) -> bool:
+    """Whether the hung fetches' commands are gone (not even a zombie left unreaped)."""
+    pids = [int(pid) for pid in (tmp_path / "pids").read_text().split()]
+    return pids and not any(os.path.exists(f"/proc/{pid}") for pid in pids)
+
+
+@pytest.mark.parametrize(("threads", "hang_on"), [("0", "train"), ("2", "val")])
+def test_a_stop_while_a_fetch_hangs_saves_and_ends_the_fetch(
+    threads, hang_on, shards_root, tmp_path
+):
+    listing, save = listing_of(shards_root, tmp_path), tmp_path / "run"
+
+    def hang_from_now(line):
+        if line.startswith(" | Epoch: [1][1/"):
+            (tmp_path / "hang").touch()
+
+    flags = [*FLAGS, "-data", listing, "-save", save, "-gen", tmp_path / "gen", "-nEpochs", "2",
+             "-nThreads", threads, "-shuffleBuffer", "4",
+             "-shardSource", hanging_source(shards_root, tmp_path, hang_on)]  # fmt: skip
+    stopped = runs.main_run(flags, on_line=hang_from_now)
+    assert stopped.returncode == 128 + signal.SIGTERM, stopped.stderr
+    where = "at epoch 1, iteration 1, while waiting for data" if hang_on == "train" else (
+        "while waiting for data")  # fmt: skip
+    assert f"=> Stopped by SIGTERM {where}; checkpoint saved" in stopped.stdout
+    assert fetch_ended(tmp_path)
+    saved = checkpoints.latest(str(save))
+    assert (saved.epoch, saved.iteration) == ((1, 1) if hang_on == "train" else (1, 4))
+    (tmp_path / "hang").unlink()
+    resumed = runs.main_run([*flags, "-resume", save])
+    assert resumed.returncode == 0, resumed.stderr
+    assert checkpoints.latest(str(save)).epoch == 2
+
+
+def test_a_fetch_that_takes_too_long_is_ended_and_named(shards_root, tmp_path):
+    (tmp_path / "hang").touch()
+    done = run(listing_of(shards_root, tmp_path), tmp_path / "run", "-nEpochs", "1",
+               "-nThreads", "2", "-fetchTimeout", "1", "-shardSource",
+               hanging_source(shards_root, tmp_path, "train").replace("kill -TERM", "echo"))  # fmt: skip
+    assert done.returncode == 2 and done.stderr.count("\n") == 1, done.stderr
+    assert re.fullmatch(r"error: cannot fetch shard train-00000\d\.tar: `.*` took over"
+                        r" -fetchTimeout 1 s \(ended\); check the command, or give a longer"
+                        r" -fetchTimeout\n", done.stderr), done.stderr  # fmt: skip
+    assert fetch_ended(tmp_path)
