@@ -64,6 +64,7 @@ class Job(NamedTuple):
     address: str | None = None  # rank 0's host and port, when the launcher is srun
     port: int | None = None
     launcher: str = ""
+    agent_store: bool = False  # torchrun's workers: its agent's store is at address:port
 
 
 def first_host(nodelist: str) -> str:
@@ -115,8 +116,17 @@ def job_environment(environ=os.environ) -> Job:
         world = env_int(environ, "WORLD_SIZE", minimum=1)
         rank = checked_rank(env_int(environ, "RANK", 0), world, ("RANK", "WORLD_SIZE"), environ)
         job = Job(rank, world, env_int(environ, "LOCAL_RANK", 0), launcher="torchrun")
-        if world == 1 or environ.get("TORCHELASTIC_USE_AGENT_STORE") == "True":
-            return job  # torchrun's workers: the agent's store is up and everyone started
+        if world == 1:
+            return job
+        agent_store = environ.get("TORCHELASTIC_USE_AGENT_STORE") == "True"
+        if agent_store and "MASTER_ADDR" not in environ:
+            raise StartError(
+                "TORCHELASTIC_USE_AGENT_STORE=True but MASTER_ADDR is not set: torchrun sets"
+                " both; start the job with torchrun, or unset TORCHELASTIC_USE_AGENT_STORE"
+            )
+        if agent_store:  # torchrun's workers: its agent's store, checked before use
+            return job._replace(address=environ["MASTER_ADDR"],
+                                port=master_port(environ, None), agent_store=True)  # fmt: skip
         if "MASTER_ADDR" not in environ:
             raise StartError(
                 "WORLD_SIZE is set but MASTER_ADDR is not: start with torchrun, or"
@@ -218,7 +228,9 @@ def start_processes(
     if on_gpus:
         torch.cuda.set_device(job.local_rank)
     where = {"init_method": "env://"}
-    if job.address is not None:
+    if job.agent_store:
+        rendezvous.check_agent_store(job.address, job.port, rendezvous_timeout)
+    elif job.address is not None:
         store = rendezvous.meet(job.address, job.port, job.rank, job.world, rendezvous_timeout)
         where = {"store": store, "rank": job.rank, "world_size": job.world}
     # A peer that died makes collectives fail after this long instead of waiting forever.

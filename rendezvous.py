@@ -4,6 +4,7 @@ and with an error that names who did not come. (torchrun's workers meet in torch
 own store, which its agent set up after its own rendezvous.)"""
 
 import socket
+import threading
 import time
 from datetime import timedelta
 
@@ -72,7 +73,54 @@ def join_store(address: str, port: int, timeout: float, deadline: float) -> dist
                 " (or the node list) the same in every process?"
             )
         time.sleep(POLL_SECONDS)
-    return dist.TCPStore(address, port, is_master=False, timeout=timedelta(seconds=timeout))
+    return client_store(address, port, timeout, deadline)
+
+
+def check_agent_store(address: str, port: int, timeout: float) -> None:
+    """That torchrun's agent store answers at address:port as a store within timeout seconds
+    (torch's own connection would wait minutes, deaf to signals, where nothing or something
+    else answers: variables set by hand rather than by torchrun)."""
+    deadline = time.monotonic() + timeout
+    while not answers(address, port):
+        if time.monotonic() > deadline:
+            raise RendezvousError(
+                f"nothing answered at {address}:{port} within {timeout:g} s (-rendezvousTimeout):"
+                " TORCHELASTIC_USE_AGENT_STORE=True means torchrun's agent listens there; start"
+                " the job with torchrun, or unset TORCHELASTIC_USE_AGENT_STORE"
+            )
+        time.sleep(POLL_SECONDS)
+    client_store(address, port, timeout, deadline)
+
+
+def client_store(address: str, port: int, timeout: float, deadline: float) -> dist.TCPStore:
+    """A client of the store at address:port, made in a helper thread: torch's client waits
+    in C++, past its own timeout and deaf to signals, at a port that answers without being a
+    store (another service on MASTER_PORT); here the wait ends at the deadline, and a stop
+    request is handled meanwhile (the thread, stuck in C++, is abandoned)."""
+    made = {}
+
+    def connect() -> None:
+        try:
+            made["store"] = dist.TCPStore(
+                address, port, is_master=False, timeout=timedelta(seconds=timeout)
+            )
+        except Exception as exc:  # noqa: BLE001 - said below, in the main thread
+            made["error"] = exc
+
+    thread = threading.Thread(target=connect, name="store-client", daemon=True)
+    thread.start()
+    while thread.is_alive():
+        if time.monotonic() > deadline:
+            made["error"] = TimeoutError(f"no answer as a store within {timeout:g} s")
+            break
+        thread.join(POLL_SECONDS)
+    if "error" in made:
+        raise RendezvousError(
+            f"{address}:{port} answers, but not as rank 0's store ({short_reason(made['error'])};"
+            " -rendezvousTimeout): another service may hold that port; set MASTER_PORT to a"
+            " free port in every process"
+        )
+    return made["store"]
 
 
 def answers(address: str, port: int) -> bool:

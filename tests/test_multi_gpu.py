@@ -359,8 +359,14 @@ def test_srun_tasks_are_a_job_of_processes():
     given = launch.job_environment({**SRUN_TASK_1, "MASTER_ADDR": "head", "MASTER_PORT": "2950"})
     assert (given.address, given.port) == ("head", 2950)
     torchrun = launch.job_environment({**SRUN_TASK_1, "WORLD_SIZE": "2", "RANK": "1",
-                                       "TORCHELASTIC_USE_AGENT_STORE": "True"})  # fmt: skip
-    assert torchrun == launch.Job(1, 2, 0, launcher="torchrun")  # srun ... torchrun: torchrun's
+                                       "TORCHELASTIC_USE_AGENT_STORE": "True",
+                                       "MASTER_ADDR": "gpu07", "MASTER_PORT": "29500"})  # fmt: skip
+    # srun ... torchrun: torchrun's job, in its agent's store
+    assert torchrun == launch.Job(1, 2, 0, "gpu07", 29500, "torchrun", agent_store=True)
+    with pytest.raises(launch.StartError, match="TORCHELASTIC_USE_AGENT_STORE=True but"
+                                                " MASTER_ADDR is not set"):  # fmt: skip
+        launch.job_environment({"WORLD_SIZE": "2", "RANK": "1",
+                                "TORCHELASTIC_USE_AGENT_STORE": "True"})  # fmt: skip
 
 
 def test_a_batch_scripts_own_process_is_alone():

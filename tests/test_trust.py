@@ -191,6 +191,56 @@ def test_processes_started_by_hand_meet_and_train(cifar10_root, tmp_path):
     assert (tmp_path / "model_1.pth").exists()
 
 
+@contextlib.contextmanager
+def a_port_that_is_no_store():
+    """A port on this machine where something listens but never speaks: connections are
+    accepted (by the backlog) and nothing is ever answered, as another service might."""
+    with socket.socket() as listener:
+        listener.bind(("127.0.0.1", 0))
+        listener.listen(16)
+        yield str(listener.getsockname()[1])
+
+
+@pytest.mark.parametrize("agent_store", [False, True], ids=["by hand", "agent store"])
+def test_a_port_held_by_something_else_is_one_line_within_the_timeout(
+    agent_store, cifar10_root, tmp_path
+):
+    """torch's store client would wait minutes there, deaf to -rendezvousTimeout and signals."""
+    agent = {"TORCHELASTIC_USE_AGENT_STORE": "True"} if agent_store else {}
+    with a_port_that_is_no_store() as port:
+        env = {**without_launchers(), "WORLD_SIZE": "2", "RANK": "1", "MASTER_ADDR": "127.0.0.1",
+               "MASTER_PORT": port, **agent}  # fmt: skip
+        task = runs.start_main([*small_cifar_args(cifar10_root, tmp_path / "run"),
+                                "-rendezvousTimeout", "2"], env=env, stdout=subprocess.PIPE,
+                               stderr=subprocess.PIPE)  # fmt: skip
+        _, err = task.communicate(timeout=PROMPT)
+    assert task.returncode == 2, err
+    assert err == (
+        f"error: 127.0.0.1:{port} answers, but not as rank 0's store (no answer as a store within"
+        " 2 s; -rendezvousTimeout): another service may hold that port; set MASTER_PORT to a"
+        " free port in every process\n"
+    )
+    assert not (tmp_path / "run").exists()
+
+
+def test_an_agent_store_that_is_not_there_is_one_line(cifar10_root, tmp_path):
+    argv = [*small_cifar_args(cifar10_root, tmp_path / "run"), "-rendezvousTimeout", "1"]
+    env = {**without_launchers(), "WORLD_SIZE": "2", "RANK": "1", "MASTER_ADDR": "127.0.0.1",
+           "MASTER_PORT": str(free_port()), "TORCHELASTIC_USE_AGENT_STORE": "True"}  # fmt: skip
+    done = runs.main_run(argv, env=env)
+    assert done.returncode == 2 and done.stderr == (
+        f"error: nothing answered at 127.0.0.1:{env['MASTER_PORT']} within 1 s"
+        " (-rendezvousTimeout): TORCHELASTIC_USE_AGENT_STORE=True means torchrun's agent"
+        " listens there; start the job with torchrun, or unset TORCHELASTIC_USE_AGENT_STORE\n"
+    )
+    del env["MASTER_ADDR"]
+    done = runs.main_run(argv, env=env)
+    assert done.returncode == 2 and done.stderr.startswith(
+        "error: TORCHELASTIC_USE_AGENT_STORE=True but MASTER_ADDR is not set"
+    )
+    assert not (tmp_path / "run").exists()
+
+
 # 11: empty paths, directories for files
 
 
