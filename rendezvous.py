@@ -65,14 +65,11 @@ def host_store(address: str, port: int, timeout: float) -> dist.TCPStore:
 def join_store(address: str, port: int, timeout: float, deadline: float) -> dist.TCPStore:
     """A client of rank 0's store, once its port answers. Python's socket asks first: a
     failed TCPStore connection prints a C++ stack, and cannot be interrupted."""
-    while not answers(address, port):
-        if time.monotonic() > deadline:
-            raise RendezvousError(
-                f"nothing answered at {address}:{port} within {timeout:g} s"
-                " (-rendezvousTimeout): is rank 0 running, and are MASTER_ADDR / MASTER_PORT"
-                " (or the node list) the same in every process?"
-            )
-        time.sleep(POLL_SECONDS)
+    advice = (
+        "is rank 0 running, and are MASTER_ADDR / MASTER_PORT (or the node list) the same in"
+        " every process?"
+    )
+    answered(address, port, timeout, deadline, advice)
     return client_store(address, port, timeout, deadline)
 
 
@@ -80,16 +77,25 @@ def check_agent_store(address: str, port: int, timeout: float) -> None:
     """That torchrun's agent store answers at address:port as a store within timeout seconds
     (torch's own connection would wait minutes, deaf to signals, where nothing or something
     else answers: variables set by hand rather than by torchrun)."""
+    advice = (
+        "TORCHELASTIC_USE_AGENT_STORE=True means torchrun's agent listens there; start the job"
+        " with torchrun, or unset TORCHELASTIC_USE_AGENT_STORE"
+    )
     deadline = time.monotonic() + timeout
+    answered(address, port, timeout, deadline, advice)
+    client_store(address, port, timeout, deadline)
+
+
+def answered(address: str, port: int, timeout: float, deadline: float, advice: str) -> None:
+    """Wait until address:port accepts a connection, or raise RendezvousError with advice
+    once the deadline (of a -rendezvousTimeout of timeout seconds) has passed."""
     while not answers(address, port):
         if time.monotonic() > deadline:
             raise RendezvousError(
-                f"nothing answered at {address}:{port} within {timeout:g} s (-rendezvousTimeout):"
-                " TORCHELASTIC_USE_AGENT_STORE=True means torchrun's agent listens there; start"
-                " the job with torchrun, or unset TORCHELASTIC_USE_AGENT_STORE"
+                f"nothing answered at {address}:{port} within {timeout:g} s"
+                f" (-rendezvousTimeout): {advice}"
             )
         time.sleep(POLL_SECONDS)
-    client_store(address, port, timeout, deadline)
 
 
 def client_store(address: str, port: int, timeout: float, deadline: float) -> dist.TCPStore:
