@@ -104,7 +104,7 @@ def n_outputs(dataset: str, n_classes: int | None) -> int:
     if n_classes is None:
         if dataset not in DATASETS:
             raise ValueError(
-                f"dataset {dataset!r} has no fixed class count; give nClasses"
+                f"dataset {quoted(dataset)} has no fixed class count; give nClasses"
                 f" (fixed: {', '.join(DATASETS)})"
             )
         return DATASETS[dataset].classes
@@ -130,7 +130,7 @@ def create(
     adds squeeze-and-excitation of that ratio to every block (resnet, resnext); radix is
     ResNeSt's number of splits."""
     if netType not in NET_TYPES:
-        raise ValueError(f"unknown netType {netType!r}; valid: {', '.join(NET_TYPES)}")
+        raise ValueError(f"unknown netType {quoted(netType)}; valid: {', '.join(NET_TYPES)}")
     n_classes = n_outputs(dataset, nClasses)
     kind = NETWORKS[netType]
     small = is_small(dataset)
@@ -328,7 +328,8 @@ def backbone(
     ValueError lists what is valid."""
     if netType not in ("resnet", "resnext", "senet", "resnest"):
         raise ValueError(
-            f"the backbone is built for netType resnet, resnext, senet and resnest; got {netType!r}"
+            "the backbone is built for netType resnet, resnext, senet and resnest; got"
+            f" {quoted(netType)}"
         )
     network = create(
         netType,

@@ -13,6 +13,8 @@ import torch
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
+from errors import quoted
+
 # depth -> (blocks per stage, block kind); models/resnet.lua's cfg table.
 IMAGENET_STAGES = {
     18: ((2, 2, 2, 2), "basic"),
@@ -60,7 +62,7 @@ def make_shortcut(
 ) -> nn.Module:
     """The Lua's shortcut(nInputPlane, nOutputPlane, stride) for types A, B and C."""
     if shortcut_type not in SHORTCUT_TYPES:
-        raise ValueError(f"unknown shortcutType {shortcut_type!r}; valid: A, B, C")
+        raise ValueError(f"unknown shortcutType {quoted(shortcut_type)}; valid: A, B, C")
     if shortcut_type == "C" or (shortcut_type == "B" and n_in != n_out):
         layers = [conv1x1(n_in, n_out, stride)]
         if with_bn:

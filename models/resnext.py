@@ -11,6 +11,7 @@ from collections import OrderedDict
 import torch
 from torch import nn
 
+from errors import quoted
 from models.resnet import (
     Bottleneck,
     ResNet,
@@ -90,7 +91,8 @@ def check_arguments(bottleneck_type: str, base_width: int, cardinality: int) -> 
     """ValueError for an unknown bottleneck type or a width that leaves D or C below 1."""
     if bottleneck_type not in BOTTLENECK_TYPES:
         raise ValueError(
-            f"unknown bottleneckType {bottleneck_type!r}; valid: {', '.join(BOTTLENECK_TYPES)}"
+            f"unknown bottleneckType {quoted(bottleneck_type)}; valid:"
+            f" {', '.join(BOTTLENECK_TYPES)}"
         )
     if cardinality < 1:
         raise ValueError(f"cardinality must be at least 1; got {cardinality}")
