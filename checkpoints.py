@@ -23,7 +23,6 @@ import torch
 from torch import nn
 
 from errors import UsageError, first_line, quoted
-from opts import INTERPOLATIONS
 
 LATEST = "latest.pth"
 BEST = "model_best.pth"
@@ -147,6 +146,9 @@ def model_record(
 # What a model file records of how its val images were prepared (datasets.DataSpec's
 # evaluation_sizes), with the type of each.
 EVALUATION = {"resize": int, "crop": int, "interpolation": str}
+# -valInterpolation's choices (opts.INTERPOLATIONS: the parser imports no torch, this module
+# no parser; tests/test_architecture.py holds the two equal).
+INTERPOLATIONS = ("bicubic", "bilinear")
 
 
 def checked_evaluation(evaluation, path: str) -> dict | None:

@@ -173,7 +173,7 @@ def exit_status(exc: BaseException, distributed: bool) -> int:
         name = signal.Signals(number).name
         print(f"\n=> Stopped by {name}{doing}; nothing was saved", file=sys.stderr)
         return 128 + number
-    if isinstance(exc, UsageError):
+    if isinstance(exc, UsageError) or named_as(exc, "NoImagesSeen"):  # train.py's: a leaf
         print(f"error: {one_line(exc)}", file=sys.stderr)
         return 2
     message = None

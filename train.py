@@ -14,8 +14,6 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
-from errors import UsageError
-
 Batch = tuple[torch.Tensor, ...]  # (images, target) or (images, target, n_skipped)
 StepHook = Callable[[int, int], None]  # (epoch, iteration) after each SGD step
 # (images, labels, epoch, iteration) -> (images, targets as class probabilities)
@@ -36,6 +34,11 @@ INPUT_BOUND_MIN_ITERATIONS = 50
 
 class Interrupted(Exception):
     """Raised by a hook or a stop request to end training early (the caller saves state)."""
+
+
+class NoImagesSeen(Exception):
+    """A pass over a split saw no image (every one unreadable and skipped): the data's
+    fault, which errors.exit_status says as it says a UsageError."""
 
 
 def count_wrong(output: torch.Tensor, target: torch.Tensor, n_crops: int = 1) -> torch.Tensor:
@@ -108,10 +111,10 @@ def as_means(sums: list[float]) -> list[float]:
 
 
 def check_images_seen(images: float, split: str, epoch: int) -> None:
-    """A UsageError when a pass saw no image (every one unreadable, skipped): an error over
+    """NoImagesSeen when a pass saw no image (every one unreadable, skipped): an error over
     0 images is no result, and is never recorded as one (nor as the best)."""
     if images == 0:
-        raise UsageError(
+        raise NoImagesSeen(
             f"every image of epoch {epoch}'s {split} pass was unreadable and skipped"
             " (-skipCorrupt true): there is no error over 0 images; fix or remove the files"
             " (the checkpoints before are intact)"

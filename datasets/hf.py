@@ -13,6 +13,7 @@ import glob
 import io
 import json
 import os
+import re
 from collections import OrderedDict
 from typing import NamedTuple
 
@@ -52,6 +53,11 @@ def split_of(relative: str) -> str | None:
             if word.lower() in names:
                 return split
     return None
+
+
+# A save_to_disk split's data file: a plain name in its folder (datasets writes
+# data-00000-of-00001.arrow), so that a listing never names a file elsewhere.
+ARROW_FILE = re.compile(r"[A-Za-z0-9_][A-Za-z0-9._+=@,-]*\.arrow")
 
 
 def pyarrow_modules():
@@ -97,6 +103,12 @@ def saved_split_files(data: str, split: str) -> list[str]:
             files = [entry["filename"] for entry in json.load(handle)["_data_files"]]
     except (OSError, ValueError, KeyError, TypeError) as exc:
         raise DataError(f"cannot read the save_to_disk folder {data} ({exc})") from None
+    for file in files:  # a listing that may come from someone else names files beside it
+        if not (isinstance(file, str) and ARROW_FILE.fullmatch(file)):
+            raise DataError(
+                f"{os.path.join(data, name, 'state.json')} lists a data file {quoted(file)}:"
+                " not a plain .arrow file name beside it (no folder); refused"
+            )
     return [os.path.join(name, file) for file in files]
 
 

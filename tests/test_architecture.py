@@ -8,6 +8,9 @@ import os
 
 import pytest
 
+import checkpoints
+import opts
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 PACKAGE = sorted(
     os.path.relpath(path, ROOT)
@@ -55,6 +58,10 @@ def test_the_leaf_modules_import_nothing_of_the_project(leaf):
 
 def test_checkpoints_know_nothing_of_datasets_or_networks():
     assert project_imports("checkpoints.py") <= {"errors"}
+
+
+def test_model_files_and_the_parser_take_the_same_interpolations():
+    assert checkpoints.INTERPOLATIONS == opts.INTERPOLATIONS
 
 
 def test_the_dataset_table_imports_nothing_so_the_parser_stays_light():

@@ -4,6 +4,7 @@ folders, tar shards and fetched shards, an exact resume mid-epoch, each sample o
 kept within a window of row groups, and every bad input one line naming it."""
 
 import io
+import json
 import os
 import re
 import shutil
@@ -300,3 +301,19 @@ def test_an_error_quoting_data_quotes_at_most_a_little(hub_files, tmp_path):
     done = run(f"{hub_files}/parquet", tmp_path / "run", "-nEpochs", "1", "-labelColumn", "image")
     assert done.returncode == 2 and done.stderr.count("\n") == 1, done.stderr
     assert "row 0 has label {'bytes': b'\\xff\\xd8" in done.stderr and len(done.stderr) < 400
+
+
+@pytest.mark.parametrize("name", ["../../train/data-00000-of-00001.arrow", "/etc/hostname",
+                                  "sub/data.arrow", "data.arrow; rm -rf x", 7])  # fmt: skip
+def test_a_save_to_disk_listing_names_only_files_beside_it(name, hub_files, tmp_path):
+    folder = tmp_path / "saved"
+    shutil.copytree(f"{hub_files}/saved", folder)
+    state = json.loads((folder / "train" / "state.json").read_text())
+    state["_data_files"][0]["filename"] = name
+    (folder / "train" / "state.json").write_text(json.dumps(state))
+    done = run(folder, tmp_path / "run", "-nEpochs", "1")
+    assert done.returncode == 2 and done.stderr == (
+        f"error: {folder}/train/state.json lists a data file {name!r}: not a plain .arrow file"
+        " name beside it (no folder); refused\n"
+    )
+    assert not (tmp_path / "run").exists()
