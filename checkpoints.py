@@ -151,6 +151,25 @@ EVALUATION = {"resize": int, "crop": int, "interpolation": str}
 INTERPOLATIONS = ("bicubic", "bilinear")
 
 
+def check_weights(weights: Mapping, path: str) -> None:
+    """A CheckpointError naming the first entry of a state_dict that is not a tensor by a
+    name (a file from someone else can hold anything a plain pickle allows)."""
+    for key, value in weights.items():
+        if not (isinstance(key, str) and isinstance(value, torch.Tensor)):
+            raise CheckpointError(f"{path} holds {quoted(key)}: {quoted(value, 60)} among its"
+                                  " weights, where a tensor by name belongs")  # fmt: skip
+
+
+def checked_classes(classes, path: str) -> list | None:
+    """A model file's class names: a list of names (or numbers), else a CheckpointError."""
+    if classes is None or (
+        isinstance(classes, list)
+        and all(isinstance(name, str | int) and not isinstance(name, bool) for name in classes)
+    ):
+        return classes
+    raise CheckpointError(f"{path} records its classes as {quoted(classes)}, not a list of names")
+
+
 def checked_evaluation(evaluation, path: str) -> dict | None:
     """A model file's record of how its val images were prepared, which may come from someone
     else: only the keys this tool writes, of their types, a crop of at least 32 within the
@@ -199,11 +218,14 @@ class ModelFile:
         if not (isinstance(average, dict) and isinstance(average.get("model"), dict)):
             average = None
         epoch = record.get("epoch")
+        check_weights(record["model"], path)
+        if average is not None:
+            check_weights(average["model"], path)
         return cls(
             record["model"],
             path,
             record.get("arch"),
-            record.get("classes"),
+            checked_classes(record.get("classes"), path),
             average,
             checked_evaluation(record.get("evaluation"), path),
             epoch=epoch if isinstance(epoch, int) else None,

@@ -370,6 +370,10 @@ BAD_RECORDS = {
     "a crop beyond its resize": (lambda r: r.update(evaluation={"crop": 300, "resize": 256}),
                                  "records an evaluation crop of 300 after a 'bicubic' resize to"
                                  " 256: a crop is at least 32 and at most the resize"),
+    "classes that are a number": (lambda r: r.update(classes=5),
+                                  "records its classes as 5, not a list of names"),
+    "a weight that is text": (lambda r: r["model"].update({"fc.weight": "x"}),
+                              "holds 'fc.weight': 'x' among its weights, where a tensor"),
     "a network name of a megabyte": (lambda r: r["arch"].update(netType="x" * 2**20),
                                      "unknown netType 'xxxxxxxx"),
     "a crop of 100000": (lambda r: r.update(evaluation={"crop": 100000, "resize": 100000}),
