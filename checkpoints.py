@@ -505,6 +505,12 @@ def latest(resume_dir: str) -> Checkpoint | None:
             f"{pointer} is not a latest.pth written by this tool (it lacks"
             f" {', '.join(required)}); resume from another folder or -retrain a model file"
         )
+    for key in ("modelFile", "optimFile"):  # names of this tool's files beside latest.pth
+        if not EPOCH_FILE.match(record[key]):
+            raise CheckpointError(
+                f"{pointer} names {quoted(record[key])} as its {key}, not a model_N.pth /"
+                " optimState_N.pth file beside it: not a latest.pth written by this tool"
+            )
     model_path = os.path.join(resume_dir, record["modelFile"])
     model = load_file(model_path)
     if not isinstance(model, dict) or "arch" not in model or "model" not in model:

@@ -307,7 +307,8 @@ class Spool(NamedTuple):
         try:
             if not os.path.exists(path):
                 os.makedirs(self.folder, exist_ok=True)
-                with open(path + ".lock", "w") as lock:
+                flags = os.O_WRONLY | os.O_CREAT | os.O_NOFOLLOW  # a link there is not ours
+                with open(os.open(path + ".lock", flags, 0o644), "w") as lock:
                     fcntl.flock(lock, fcntl.LOCK_EX)  # another process may be fetching it
                     if not os.path.exists(path):
                         self.fetch(name, digest, path)

@@ -131,6 +131,20 @@ def test_a_latest_pth_without_an_epoch_is_one_line(finished_run, tmp_path):
     one_error_line(done, "latest.pth is not a latest.pth written by this tool", "epoch")
 
 
+@pytest.mark.parametrize("name", ["../outside/model_2.pth", "/etc/hostname", "model_2.pt"])
+def test_a_latest_pth_naming_a_file_elsewhere_is_refused(name, finished_run, tmp_path):
+    """A run folder may come from someone else: its latest.pth names files beside it only."""
+    save, argv = finished_run
+    copy = tmp_path / "copy"
+    shutil.copytree(save, copy)
+    record = torch.load(copy / "latest.pth", weights_only=True)
+    torch.save({**record, "modelFile": name}, copy / "latest.pth")
+    before = snapshot(copy)
+    done = run_main(*argv(copy, f"-resume {copy}"))
+    one_error_line(done, f"latest.pth names {name!r} as its modelFile, not a model_N.pth")
+    assert snapshot(copy) == before
+
+
 def test_a_failed_start_writes_nothing(finished_run, cifar10_root, tmp_path):
     save, _ = finished_run
     other = tmp_path / "other"

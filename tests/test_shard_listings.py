@@ -121,7 +121,11 @@ def test_a_name_is_quoted_for_the_shell_and_kept_inside_the_spool(tmp_path):
     os.symlink(tmp_path / "elsewhere.tar", tmp_path / "spool" / "linked.tar")
     with pytest.raises(shards.DataError, match="outside"):  # a link planted in the spool
         spool.fetched("linked.tar", None)
+    os.symlink(tmp_path / "elsewhere.lock", tmp_path / "spool" / "other.tar.lock")
+    with pytest.raises(shards.DataError, match=r"spool \S+ cannot be used \(\S+other\.tar\.lock"):
+        spool.fetched("other.tar", None)  # its lock never written through a link
     assert not (tmp_path / "elsewhere.tar").exists()
+    assert not (tmp_path / "elsewhere.lock").exists()
 
 
 def changed_image_byte(folder) -> None:
