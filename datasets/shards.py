@@ -38,6 +38,11 @@ IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".webp")
 # and that names no path outside the listing's folder or the spool.
 SHARD_NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9._+=@,-]*\.tar")
 SHA256 = re.compile(r"[0-9a-f]{64}")
+# Bounds on what a listing claims, beyond any real data set (a 1 GB shard of 64-byte samples;
+# ImageNet-21k's 21,841 classes): a fetched listing's counts size tensors before any shard is
+# here, so a claim of 10**12 samples must not reach an allocation.
+MOST_SAMPLES_PER_SHARD = 2**24
+MOST_CLASSES = 10**6
 
 
 def is_sharded(data: str) -> bool:
@@ -68,12 +73,12 @@ def check_listing(listing, path: str) -> None:
         isinstance(listing, dict)
         and isinstance(listing.get("classes"), list)
         and isinstance(listing.get("splits"), dict)
-        and listing["classes"]
+        and 0 < len(listing["classes"]) <= MOST_CLASSES
         and all(isinstance(name, str) for name in listing["classes"])
     ):
         raise DataError(
-            f"{path} is not make_shards.py's listing (a list of class names and the splits);"
-            " write it again with make_shards.py or list_shards.py"
+            f"{path} is not make_shards.py's listing (a list of 1 to {MOST_CLASSES:,} class names"
+            " and the splits); write it again with make_shards.py or list_shards.py"
         )
     seen = set()
     for split in ("train", "val"):
@@ -102,9 +107,9 @@ def check_shard(shard, where: str, seen: set[str]) -> None:
     if name in seen:
         raise DataError(f"{where}: {name} is listed twice; list each shard once")
     seen.add(name)
-    if not is_count(shard.get("count")):
+    if not is_count(shard.get("count")) or shard["count"] > MOST_SAMPLES_PER_SHARD:
         raise DataError(f"{where} ({name}) has count {quoted(shard.get('count'))}, not a number"
-                        " of samples")  # fmt: skip
+                        f" of samples a shard holds (0 to {MOST_SAMPLES_PER_SHARD:,})")  # fmt: skip
     digest = shard.get("sha256")
     if digest is not None and not (isinstance(digest, str) and SHA256.fullmatch(digest)):
         raise DataError(f"{where} ({name}) has sha256 {quoted(digest)}, not 64 hex digits")

@@ -89,6 +89,7 @@ BAD_FIELDS = {
     "a negative count": (lambda s: s.update(count=-4), "has count -4, not a number"),
     "a count that is text": (lambda s: s.update(count="4"), "has count '4', not a number"),
     "a count that is true": (lambda s: s.update(count=True), "has count True, not a number"),
+    "a count of a trillion": (lambda s: s.update(count=10**12), "has count 1000000000000, not"),
     "a short checksum": (lambda s: s.update(sha256="abc"), "has sha256 'abc', not 64 hex"),
     "a shard that is a list": (lambda s: s.clear(), "is named None, not a plain file name"),
 }  # fmt: skip
@@ -185,3 +186,14 @@ def test_list_shards_refuses_a_name_that_training_would_refuse(shards_root, tmp_
     assert re.fullmatch(r"error: the shard 'pipe:cat \S+ touch \S+pwned' ends in '\S*pwned', not"
                         r" a plain file name ending in \.tar .*\n", err), err  # fmt: skip
     assert not pwned.exists() and not (tmp_path / "listing").exists()
+
+
+def test_a_listing_of_a_million_and_one_classes_is_refused(shards_root, tmp_path):
+    folder = tmp_path / "listing"
+    shutil.copytree(shards_root, folder)
+    listing = json.loads((folder / "shards.json").read_text())
+    listing["classes"] = [str(n) for n in range(10**6 + 1)]
+    (folder / "shards.json").write_text(json.dumps(listing))
+    done = run(str(folder), tmp_path)
+    assert done.returncode == 2 and "is not make_shards.py's listing (a list of 1 to 1,000,000" \
+        " class names" in done.stderr  # fmt: skip
