@@ -13,7 +13,7 @@ from datasets import cifar, fashionmnist, imagenet, policies
 from datasets.cifar import ArrayImageDataset, DataError
 from datasets.memory import InMemoryLoader
 from datasets.sampler import EpochSampler, ignore_interrupts
-from datasets.table import DATASETS, is_small
+from datasets.table import DATASETS, MOST_CLASSES, is_small
 
 __all__ = [
     "DataError",
@@ -90,6 +90,9 @@ def load(
         )
     else:
         raise DataError(f"unknown dataset: {name}")
+    if len(dataset.classes) > MOST_CLASSES:
+        raise DataError(f"{data or name} names {len(dataset.classes):,} classes, more than"
+                        f" {MOST_CLASSES:,}: not a data set this tool trains")  # fmt: skip
     if len(dataset) == 0:  # an epoch over no image would report 0% error, and save it as best
         raise DataError(f"the {split} split of {data or name} holds no images: give data with"
                         f" at least one {split} image")  # fmt: skip

@@ -29,6 +29,7 @@ from typing import NamedTuple
 import torch
 
 from datasets.cifar import DataError
+from datasets.table import MOST_CLASSES
 from errors import file_error, first_line, quoted
 
 INDEX = "shards.json"
@@ -42,7 +43,6 @@ SHA256 = re.compile(r"[0-9a-f]{64}")
 # ImageNet-21k's 21,841 classes): a fetched listing's counts size tensors before any shard is
 # here, so a claim of 10**12 samples must not reach an allocation.
 MOST_SAMPLES_PER_SHARD = 2**24
-MOST_CLASSES = 10**6
 
 
 def is_sharded(data: str) -> bool:

@@ -20,6 +20,10 @@ DATASETS = {
     "cifar100": DatasetKind("CIFAR-100", 100, 32, 3, 300),
     "fashionmnist": DatasetKind("Fashion-MNIST", 10, 28, 1, 300),
 }
+# More classes than any real data set has (ImageNet-21k: 21,841): class names read from files
+# that may come from someone else (a shard listing, parquet metadata) are refused beyond it
+# before they size a classifier.
+MOST_CLASSES = 10**6
 # The in-memory datasets of small images, which the CIFAR-shaped networks take.
 SMALL_IMAGES = tuple(name for name, kind in DATASETS.items() if kind.side)
 

@@ -317,3 +317,14 @@ def test_a_save_to_disk_listing_names_only_files_beside_it(name, hub_files, tmp_
         " name beside it (no folder); refused\n"
     )
     assert not (tmp_path / "run").exists()
+
+
+def test_parquet_metadata_naming_a_million_and_one_classes_is_refused(hub_files, tmp_path):
+    names = json.dumps({"info": {"features": {"label": {"names": list(range(10**6 + 1))}}}})
+    data = damaged_copy(hub_files, tmp_path, lambda f: [rewrite(f, name, lambda t: t.replace_schema_metadata({b"huggingface": names.encode()})) for name in ("train-00000-of-00002", "train-00001-of-00002", "validation-00000-of-00002", "validation-00001-of-00002")])  # fmt: skip
+    done = run(data, tmp_path / "run", "-nEpochs", "1")
+    assert done.returncode == 2 and done.stderr == (
+        f"error: {data} names 1,000,001 classes, more than 1,000,000: not a data set this tool"
+        " trains\n"
+    )
+    assert not (tmp_path / "run").exists()
