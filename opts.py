@@ -610,6 +610,10 @@ def validate_storage(opts: argparse.Namespace) -> None:
             f"-{name} is for -dataset imagenet data (tar shards, Hugging Face files);"
             f" -dataset {opts.dataset} reads its own files: drop -{name}",
         )
+    _check(
+        opts.shardSource or opts.fetchTimeout == defaults["fetchTimeout"],
+        "-fetchTimeout is for shards fetched by -shardSource: drop it, or give -shardSource",
+    )
 
 
 def validate_crops(opts: argparse.Namespace) -> None:

@@ -617,23 +617,21 @@ def load(
         )
     if sharded:
         samples, classes = shards.load_samples(
-            data,
-            split,
-            os.path.dirname(cache_path),
-            storage.shard_source,
-            storage.window,
+            data, split, os.path.dirname(cache_path), storage.shard_source, storage.window,
             storage.fetch_timeout,
-        )
-        return ImageFolder(data, samples, classes, transform, skip_corrupt)
-    if hf.is_hf(data):
+        )  # fmt: skip
+        root = data
+    elif hf.is_hf(data):
         columns = hf.Columns(storage.image_column, storage.label_column)
         samples, classes = hf.load_samples(data, split, columns, storage.window)
-        return ImageFolder(data, samples, classes, transform, skip_corrupt)
-    check_split_folders(data)
-    index = cached_index(data, cache_path)
-    samples = PackedSamples([tuple(sample) for sample in index[split]])
-    folder = os.path.join(data, split)
-    return ImageFolder(folder, samples, index["classes"], transform, skip_corrupt)
+        root = data
+    else:
+        check_split_folders(data)
+        index = cached_index(data, cache_path)
+        samples, classes = PackedSamples([tuple(s) for s in index[split]]), index["classes"]
+        root = os.path.join(data, split)
+    check_window(storage, data, samples)
+    return ImageFolder(root, samples, classes, transform, skip_corrupt)
 
 
 def check_columns(storage: Storage, data: str, layout: str) -> None:
@@ -646,6 +644,17 @@ def check_columns(storage: Storage, data: str, layout: str) -> None:
         raise DataError(
             f"{changed[0]} is for Hugging Face parquet / Arrow data; {data} holds {layout},"
             f" which have no columns: drop {changed[0]}"
+        )
+
+
+def check_window(storage: Storage, data: str, samples) -> None:
+    """-shuffleBuffer is for samples read a block at a time (parquet row groups, fetched
+    shards); the others are shuffled whole, where it would do nothing."""
+    if storage.window != LOCAL.window and getattr(samples, "blocks", None) is None:
+        raise DataError(
+            f"-shuffleBuffer is for data read a block at a time (parquet files, shards fetched"
+            f" by -shardSource); {data} holds {samples.layout}, shuffled whole: drop"
+            " -shuffleBuffer"
         )
 
 

@@ -281,7 +281,8 @@ def measure_data(source: str, batch: int, warmup: int, steps: int, workers: int 
     data = {"folder": folder, "shards": shards, "fetched": shards, "parquet": parquet}[source]
     fetched = f"pipe:cat {shards}/{{shard}}" if source == "fetched" else ""
     with tempfile.TemporaryDirectory() as gen:
-        storage = imagenet.Storage(window=64, shard_source=fetched)
+        window = 64 if source in ("fetched", "parquet") else imagenet.LOCAL.window
+        storage = imagenet.Storage(window=window, shard_source=fetched)
         dataset = datasets.load("imagenet", "train", data=data, gen=gen, storage=storage)
         loader = datasets.make_loader(dataset, batch, workers=workers, seed=0, train=True)
         stamps, epoch = [], 1

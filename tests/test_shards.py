@@ -321,3 +321,21 @@ def test_a_fetch_that_takes_too_long_is_ended_and_named(shards_root, tmp_path):
                         r" -fetchTimeout 1 s \(ended\); check the command, or give a longer"
                         r" -fetchTimeout\n", done.stderr), done.stderr  # fmt: skip
     assert fetch_ended(tmp_path)
+
+
+@pytest.mark.parametrize("layout", ["class folders", "tar shards"])
+def test_window_and_fetch_flags_where_they_do_nothing_are_refused(
+    layout, jpeg_root, shards_root, tmp_path
+):
+    data = jpeg_root if layout == "class folders" else shards_root
+    window = run(data, tmp_path / "a", "-nEpochs", "1", "-shuffleBuffer", "64")
+    assert window.returncode == 2 and window.stderr == (
+        "error: -shuffleBuffer is for data read a block at a time (parquet files, shards fetched"
+        f" by -shardSource); {data} holds {layout}, shuffled whole: drop -shuffleBuffer\n"
+    )
+    timeout = run(data, tmp_path / "b", "-nEpochs", "1", "-fetchTimeout", "5")
+    assert timeout.returncode == 2 and timeout.stderr == (
+        "error: -fetchTimeout is for shards fetched by -shardSource: drop it, or give"
+        " -shardSource\n"
+    )
+    assert not (tmp_path / "a").exists() and not (tmp_path / "b").exists()
