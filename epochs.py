@@ -230,10 +230,13 @@ class AwaitedBatches:
         return len(self.loader)
 
     def __iter__(self):
-        batches = iter(self.loader)
+        batches = None
         while True:
             self.stop.waiting = True
             try:
+                if self.stop.requested():  # asked just before the wait: it must not begin
+                    raise errors.StoppedWaiting(self.stop.signal_number)
+                batches = iter(self.loader) if batches is None else batches
                 batch = next(batches)
             except StopIteration:
                 return
