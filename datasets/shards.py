@@ -381,7 +381,7 @@ def piped(command: str, path: str, name: str, timeout: float) -> None:
                 command, shell=True, stdout=out, stderr=subprocess.PIPE, start_new_session=True
             )
             with ended_with_worker(process):
-                _, errors = process.communicate(timeout=timeout)
+                _, said = process.communicate(timeout=timeout)
         except BaseException as exc:
             if process is not None:
                 end_group(process)
@@ -394,7 +394,7 @@ def piped(command: str, path: str, name: str, timeout: float) -> None:
             ) from None
     if process.returncode:
         os.remove(path)
-        lines = errors.decode(errors="replace").strip().splitlines()
+        lines = said.decode(errors="replace").strip().splitlines()
         why = f": {lines[-1]}" if lines else ""
         raise DataError(
             f"cannot fetch shard {name}: `{command}` exited with {process.returncode}{why}"

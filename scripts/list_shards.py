@@ -17,7 +17,6 @@ import hashlib
 import json
 import os
 import re
-import signal
 import subprocess
 import sys
 import tarfile
@@ -28,7 +27,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
 from checkpoints import atomic_write  # noqa: E402 - after the root is on the path
-from datasets.shards import INDEX, SHARD_NAME, sample_members  # noqa: E402
+from datasets.shards import INDEX, SHARD_NAME, end_group, sample_members  # noqa: E402
 from errors import Stopped, UsageError, file_error, quoted, stopped_status, stops_raise  # noqa: E402
 
 BRACE = re.compile(r"\{([^{}]*)\}")
@@ -101,7 +100,7 @@ def read_stream(url: str, reader) -> dict:
         failure = exc  # the command's exit status, if it failed, says more: waited for below
     except BaseException:  # a bad sample, a stop request: the command must not go on
         if process is not None:
-            ended(process)
+            end_group(process)
         raise
     finally:
         source.close()
@@ -110,15 +109,6 @@ def read_stream(url: str, reader) -> dict:
     if failure is not None:
         raise UsageError(f"cannot read shard {name} ({url}): {failure}")
     return {"name": name, "count": count, "sha256": digest}
-
-
-def ended(process: subprocess.Popen) -> None:
-    """Kill a pipe: command's whole process group (the shell and what it started) and reap it."""
-    try:
-        os.killpg(process.pid, signal.SIGKILL)
-    except ProcessLookupError:  # it had ended already
-        pass
-    process.wait()
 
 
 def count_samples(name: str, stream, labels_seen: set[int]) -> int:

@@ -13,7 +13,6 @@ and kept; any other content of DST makes it refuse.
 """
 
 import argparse
-import contextlib
 import errno
 import hashlib
 import io
@@ -73,25 +72,19 @@ def member(name: str, data: bytes) -> tuple[tarfile.TarInfo, io.BytesIO]:
 
 
 def write_shard(path: str, folder: str, samples: list[tuple[str, int]], keys: list[str]) -> str:
-    """Write the samples to path (through a temporary name, removed if the write fails);
-    its SHA-256. An error names the file it is about."""
-    partial = path + ".partial"
-    try:
-        with tarfile.open(partial, "w", format=tarfile.USTAR_FORMAT) as tar:
+    """Write the samples to path (atomic_write: a temporary name, removed if the write fails,
+    and an error naming the file); its SHA-256."""
+
+    def write(stream) -> None:
+        with tarfile.open(fileobj=stream, mode="w", format=tarfile.USTAR_FORMAT) as tar:
             for (relative, label), key in zip(samples, keys, strict=True):
                 extension = os.path.splitext(relative)[1].lower().lstrip(".") or "jpg"
                 with open(os.path.join(folder, relative), "rb") as handle:
                     tar.addfile(*member(f"{key}.{extension}", handle.read()))
                 tar.addfile(*member(f"{key}.cls", str(label).encode()))
-    except BaseException as exc:
-        with contextlib.suppress(FileNotFoundError):
-            os.remove(partial)
-        if isinstance(exc, OSError) and exc.filename is None:  # a write to the tar: name it
-            raise OSError(exc.errno, exc.strerror, partial) from None
-        raise
-    digest = sha256_of(partial)
-    os.replace(partial, path)
-    return digest
+
+    atomic_write(path, write)
+    return sha256_of(path)
 
 
 def split_plan(src: str, split: str, classes: list[str], limit, seed: int) -> dict:
