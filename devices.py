@@ -4,7 +4,9 @@ group's backend, the default memory format, native bf16. CPU and MPS take CUDA's
 wherever torch allows; what a device cannot do is refused here, in one line, at start."""
 
 import os
+import platform
 import random
+import time
 from typing import NamedTuple
 
 import torch
@@ -235,3 +237,28 @@ def restore_rng_state(saved, rank: int, devices: list[torch.device]) -> None:
             f"=> The checkpoint holds the random generators of {len(saved_cuda)} GPUs for"
             f" the {len(cuda)} used now: the others start from -manualSeed"
         )
+
+
+def cpu_model() -> str:
+    """The CPU's model name (Linux's /proc/cpuinfo; else what platform says)."""
+    try:
+        with open("/proc/cpuinfo") as handle:
+            for line in handle:
+                if line.startswith("model name"):
+                    return line.partition(":")[2].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def host_record(device: torch.device) -> dict:
+    """Where and when a part of a run ran, for its records: the start time (UTC), the CPU
+    and its cores, the device (a GPU's name), torch's version."""
+    where = torch.cuda.get_device_name(device) if device.type == "cuda" else device.type
+    return {
+        "started": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "cpu": cpu_model(),
+        "cores": os.cpu_count(),
+        "device": where,
+        "torch": torch.__version__,
+    }

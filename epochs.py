@@ -16,6 +16,7 @@ import opts as options
 import parallel
 import recipe
 import train
+from devices import host_record
 from launch import Processes
 from models import setup
 
@@ -296,6 +297,15 @@ def shown(loaders) -> dict:
     return {"bar": sys.stdout.isatty(), "top5": len(loaders[0].dataset.classes) > 5}
 
 
+def start_point(epoch_number: int, checkpoint) -> dict:
+    """Where this part of the run starts: the epoch, and its iterations already trained."""
+    if checkpoint is None:
+        return {"epoch": epoch_number, "iter": 0}
+    if checkpoint.iteration == 0:  # a finished epoch
+        return {"epoch": checkpoint.epoch + 1, "iter": 0}
+    return {"epoch": checkpoint.epoch, "iter": checkpoint.iteration}
+
+
 def train_and_test(
     plan, model, network, devices, loaders, checkpoint, processes: Processes, stop
 ) -> int:
@@ -315,6 +325,7 @@ def train_and_test(
             tensorboard=loop.tensorboard,
             options=record,
             before_first_write=run_folder,
+            segment={**start_point(loop.epoch_number, checkpoint), **host_record(device)},
         )
     progress = train.Progress(record=records, **shown(loaders))
     trainer = recipe.make_trainer(

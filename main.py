@@ -35,6 +35,7 @@ import devices
 import epochs
 import errors
 import launch
+import layouts
 import models
 import parallel
 import plan as plans
@@ -82,6 +83,8 @@ def run_process(
             )
         model, arch = setup.build_model(plan.model, classes, checkpoint, retrained)
         setup.check_classes(model, classes, checkpoint.model if checkpoint else None)
+        steps = 0 if plan.test_only else len(loaders[0]) * plan.loop.n_epochs
+        plan = layouts.chosen(plan, model, device, processes.world, steps)  # -memoryFormat auto
         if plan.test_only:
             return epochs.test_only(
                 plan, model, device, loaders, (checkpoint, retrained), processes, stop

@@ -43,8 +43,10 @@ def sgd(
     weight_decay: float,
     norm_decay: float | None = None,
     bias_decay: float | None = None,
+    nesterov: bool = True,
 ) -> torch.optim.SGD:
-    """Nesterov SGD (plain SGD with momentum 0), dampening 0, as the Lua's optim.sgd."""
+    """Nesterov SGD as the Lua's optim.sgd (nesterov False: plain momentum SGD; momentum 0:
+    plain SGD), dampening 0."""
     groups = parameter_groups(model, weight_decay, norm_decay, bias_decay)
     return torch.optim.SGD(
         groups,
@@ -52,5 +54,5 @@ def sgd(
         momentum=momentum,
         dampening=0.0,
         weight_decay=weight_decay,
-        nesterov=momentum > 0,
+        nesterov=nesterov and momentum > 0,
     )

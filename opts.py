@@ -36,6 +36,16 @@ RECIPES = {
                 "autoAugment": "imagenet", "normWeightDecay": 0.0, "biasWeightDecay": 0.0,
                 "zeroInitResidual": True},
     },
+    "random-erasing": {  # the Random Erasing paper's CIFAR / Fashion-MNIST runs (its code's)
+        "small": {"batchSize": 128, "nEpochs": 300, "lrSchedule": "step", "lrSteps": (151, 226),
+                  "nesterov": False, "weightDecay": 5e-4, "randomErasing": 0.5,
+                  "erasingStyle": "authors"},
+    },
+    "fast-small": {  # CIFAR-sized networks to the Random Erasing paper's figures in 40 epochs
+        "small": {"batchSize": 128, "nEpochs": 40, "lrSchedule": "cosine", "warmupEpochs": 1.0,
+                  "weightDecay": 5e-4, "randomErasing": 0.5, "erasingStyle": "paper",
+                  "precision": "auto"},
+    },
 }  # fmt: skip
 INT_LIMIT = 2**31 - 1
 # More loader processes than this per core only wait on one another (and on memory).
@@ -117,6 +127,17 @@ def epoch_list(text: str) -> tuple[int, ...]:
 
 epoch_list.__name__ = "list of increasing epochs (e.g. 30,60,90)"
 
+
+def float_range(text: str) -> tuple[float, float]:
+    """'low,high': two positive finite floats, low <= high."""
+    low, high = (finite_float(part) for part in text.split(","))
+    if not 0 < low <= high:
+        raise ValueError(text)
+    return low, high
+
+
+float_range.__name__ = "range low,high (0 < low <= high)"
+
 # (name, type, default, help); booleans are Lua-style strings 'true' / 'false'.
 FLAGS = [
     (
@@ -170,6 +191,12 @@ FLAGS = [
     ("resume", str, "none", "Resume from the latest checkpoint in this directory"),
     ("LR", finite_float, 0.1, "initial learning rate"),
     ("momentum", finite_float, 0.9, "momentum"),
+    (
+        "nesterov",
+        lua_bool,
+        True,
+        "Nesterov momentum, as the Lua's SGD (false: plain momentum) (new)",
+    ),
     ("weightDecay", finite_float, 1e-4, "weight decay"),
     (
         "normWeightDecay",
@@ -223,7 +250,8 @@ FLAGS = [
         "depth",
         bounded_int,
         None,
-        "ResNet depth (unset: resnext 50 ImageNet / 29 CIFAR; resnet and preresnet 34 / 20)",
+        "ResNet depth (unset: resnext 50 ImageNet / 29 CIFAR; resnet and preresnet 34 / 20;"
+        " wrn 28)",
     ),
     ("baseWidth", bounded_int, 64, "ResNet base width"),
     ("cardinality", bounded_int, 1, "ResNet cardinality"),
@@ -234,6 +262,8 @@ FLAGS = [
         0,
         "Squeeze-and-excitation ratio in every block, resnet / resnext (0: none; SENet: 16) (new)",
     ),
+    ("widenFactor", bounded_int, 1, "netType wrn: widths 16k, 32k, 64k (WRN-depth-k) (new)"),
+    ("dropout", finite_float, 0.0, "netType wrn: dropout between each block's convolutions (new)"),
     ("shortcutType", str, "", "Options: A | B | C (unset: B; A for CIFAR resnet/preresnet)"),
     ("retrain", str, "none", "Path to model to retrain with (ours or a torchvision state_dict)"),
     (
@@ -312,6 +342,25 @@ FLAGS = [
         finite_float,
         0.0,
         "Erase a random box of each training image with this probability (new)",
+    ),
+    (
+        "erasingStyle",
+        str,
+        "torchvision",
+        "-randomErasing's box and fill: torchvision | paper (uniform aspect, random values) |"
+        " authors (the paper's box, one constant) (new)",
+    ),
+    (
+        "erasingArea",
+        float_range,
+        None,
+        "-randomErasing: min,max of the box's share of the image (unset: the style's) (new)",
+    ),
+    (
+        "erasingAspect",
+        float_range,
+        None,
+        "-randomErasing: min,max of the box's height / width (unset: the style's) (new)",
     ),
     (
         "repeatedAug",
@@ -439,6 +488,9 @@ def recipe_values(name: str, dataset: str) -> dict:
         return {}
     check_choice("-recipe", name, ("none", *RECIPES))
     kind = "folder" if dataset == "imagenet" else "small"  # -dataset imagenet: any folder
+    if name != "none" and not {"all", kind} & set(RECIPES[name]):
+        wanted = "folder (-dataset imagenet)" if kind == "small" else "small-image"
+        raise UsageError(f"-recipe {name} is for {wanted} datasets, not -dataset {dataset}")
     return {**RECIPES[name].get("all", {}), **RECIPES[name].get(kind, {})}
 
 
@@ -474,6 +526,9 @@ TRAINING_ONLY = (
     "labelSmoothing",
     "repeatedAug",
     "randomErasing",
+    "erasingStyle",
+    "erasingArea",
+    "erasingAspect",
     "autoAugment",
     "clipGradNorm",
     "trainCrop",
@@ -668,10 +723,7 @@ def validate_recipe_options(opts: argparse.Namespace, names: Names) -> None:
         value = getattr(opts, name)
         _check(value >= 0, f"-{name} (alpha) must not be negative, got {value}")
     check_choice("-autoAugment", opts.autoAugment, names.policies)
-    _check(
-        0 <= opts.randomErasing <= 1,
-        f"-randomErasing must be in [0, 1], got {opts.randomErasing}",
-    )
+    validate_erasing(opts)
     _check(0 <= opts.ema < 1, f"-ema (the decay) must be in (0, 1), or 0 for none; got {opts.ema}")
     _check(opts.repeatedAug >= 1, f"-repeatedAug must be at least 1, got {opts.repeatedAug}")
     _check(opts.shuffleBuffer >= 1, f"-shuffleBuffer must be at least 1, got {opts.shuffleBuffer}")
@@ -685,6 +737,21 @@ def validate_recipe_options(opts: argparse.Namespace, names: Names) -> None:
     for name in ("normWeightDecay", "biasWeightDecay"):
         value = getattr(opts, name)
         _check(value is None or value >= 0, f"-{name} must not be negative, got {value}")
+
+
+def validate_erasing(opts: argparse.Namespace) -> None:
+    """-randomErasing's probability, style and box."""
+    _check(
+        0 <= opts.randomErasing <= 1,
+        f"-randomErasing must be in [0, 1], got {opts.randomErasing}",
+    )
+    check_choice("-erasingStyle", opts.erasingStyle, ("torchvision", "paper", "authors"))
+    if opts.erasingArea:
+        _check(
+            opts.erasingArea[1] < 1,
+            f"-erasingArea's largest share must be below 1 (a box inside the image), got"
+            f" {opts.erasingArea[1]:g}",
+        )
 
 
 def validate_paths(opts: argparse.Namespace) -> None:

@@ -14,7 +14,7 @@ import models
 import opts as options
 import recipe
 import schedules
-from datasets import imagenet, policies, table
+from datasets import erasing, imagenet, policies, table
 from models import pretrained, setup
 
 # The names the flags take, as the modules own them.
@@ -43,6 +43,7 @@ class Launch:
     compile: bool = False
     rendezvous_timeout: int = 300
     seed: int = 0
+    layout_rule: str | None = None  # -memoryFormat auto: the rule's reason, before timing
 
 
 @dataclass(frozen=True)
@@ -121,6 +122,7 @@ def make_plan(opts: argparse.Namespace, machine: devices.Machine | None = None) 
             compile=opts.compile,
             rendezvous_timeout=opts.rendezvousTimeout,
             seed=opts.manualSeed,
+            layout_rule=why,
         ),
         test_only=opts.testOnly,
         options=MappingProxyType(
@@ -133,17 +135,15 @@ def make_plan(opts: argparse.Namespace, machine: devices.Machine | None = None) 
         ),
         notes=(
             *options.start_notes(opts),
-            *device_notes(kind, (layout, why), (precision, precision_why), machine),
+            *device_notes(kind, (precision, precision_why), machine),
         ),
     )
 
 
-def device_notes(kind: str, layout: tuple, precision: tuple, machine) -> tuple[str, ...]:
-    """The lines that say what -memoryFormat and -precision auto chose (each a (choice, why)
-    pair, why None when given), and bf16's use here."""
-    notes = [f"=> {name}: {choice} (auto: {why})"
-             for name, (choice, why) in (("Memory format", layout), ("Precision", precision))
-             if why]  # fmt: skip
+def device_notes(kind: str, precision: tuple, machine) -> tuple[str, ...]:
+    """The lines that say what -precision auto chose (a (choice, why) pair, why None when
+    given), and bf16's use here; -memoryFormat auto's is said once decided (layouts.py)."""
+    notes = [f"=> Precision: {precision[0]} (auto: {precision[1]})"] if precision[1] else []
     advice = devices.precision_advice(precision[0], kind, machine)
     return (*notes, advice) if advice else tuple(notes)
 
@@ -165,7 +165,11 @@ def data_spec(opts: argparse.Namespace) -> datasets.DataSpec:
         decode_on_device=opts.decodeOnDevice,
         crops=crops,
         auto_augment=opts.autoAugment,
-        random_erasing=opts.randomErasing,
+        erasing=erasing.with_box(
+            erasing.Erasing(opts.randomErasing, opts.erasingStyle),
+            opts.erasingArea,
+            opts.erasingAspect,
+        ),
         repeats=opts.repeatedAug,
         storage=imagenet.Storage(
             opts.imageColumn,
@@ -190,6 +194,8 @@ def network(opts: argparse.Namespace) -> dict:
         "nClasses": opts.nClasses or None,
         "se": opts.se,
         "radix": opts.radix,
+        "widenFactor": opts.widenFactor,
+        "dropout": opts.dropout,
     }
 
 
@@ -220,6 +226,7 @@ def training_recipe(opts: argparse.Namespace, precision: str | None = None) -> r
         schedule=learning_rate_schedule(opts),
         lr=opts.LR,
         momentum=opts.momentum,
+        nesterov=opts.nesterov,
         weight_decay=opts.weightDecay,
         norm_weight_decay=opts.normWeightDecay,
         bias_weight_decay=opts.biasWeightDecay,

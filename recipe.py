@@ -28,6 +28,7 @@ class Recipe:
     schedule: schedules.Schedule  # the LR at (epoch, iteration)
     lr: float = 0.1
     momentum: float = 0.9
+    nesterov: bool = True  # the Lua's; False: plain momentum
     weight_decay: float = 1e-4
     norm_weight_decay: float | None = None  # None: weight_decay
     bias_weight_decay: float | None = None  # None: as the other weights of its layer
@@ -57,6 +58,7 @@ def make_optimizer(model: nn.Module, spec: Recipe, checkpoint) -> torch.optim.Op
         spec.weight_decay,
         spec.norm_weight_decay,
         spec.bias_weight_decay,
+        spec.nesterov,
     )
     state = checkpoint.optimizer if checkpoint else None
     if state is None and spec.optim_state != "none":
@@ -69,7 +71,18 @@ def make_optimizer(model: nn.Module, spec: Recipe, checkpoint) -> torch.optim.Op
                 f"optimizer state does not fit this network and its parameter groups (resume"
                 f" with the -normWeightDecay / -biasWeightDecay it was saved with): {exc}"
             ) from None
+        check_momentum_kind(optimizer, spec)
     return optimizer
+
+
+def check_momentum_kind(optimizer: torch.optim.Optimizer, spec: Recipe) -> None:
+    """A loaded optimizer state brings its own Nesterov setting: it must be the one asked for."""
+    saved = optimizer.param_groups[0].get("nesterov", True)
+    if spec.momentum > 0 and saved != spec.nesterov:
+        raise checkpoints.CheckpointError(
+            f"the optimizer state was saved with -nesterov {str(saved).lower()}: resume with"
+            " it, or start a new run"
+        )
 
 
 def sum_over_processes(values: torch.Tensor) -> torch.Tensor:

@@ -743,8 +743,10 @@ class RunRecords:
         tensorboard: bool = True,
         options: dict | None = None,
         before_first_write: Callable[[], None] | None = None,
+        segment: dict | None = None,
     ):
         self.path = os.path.join(folder, "metrics.jsonl")
+        self.segment = segment  # where and when this part of the run ran: its first line
         self.tb_folder = os.path.join(folder, "tb")
         self.per_epoch = iterations_per_epoch
         self.started = time.time()
@@ -759,6 +761,9 @@ class RunRecords:
         self.opened = True
         if self.before_first_write is not None:
             self.before_first_write()
+        if self.segment is not None:
+            with self.naming_errors(self.path), open(self.path, "a") as handle:
+                handle.write(json.dumps({"split": "segment", **self.segment}) + "\n")
         if not self.tensorboard:
             return
         from torch.utils.tensorboard import SummaryWriter  # only when asked for

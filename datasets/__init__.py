@@ -11,6 +11,7 @@ from torch.utils.data import DataLoader, Dataset
 import devices
 from datasets import cifar, fashionmnist, imagenet, policies
 from datasets.cifar import ArrayImageDataset, DataError
+from datasets.erasing import Erasing, PixelSpace
 from datasets.memory import InMemoryLoader
 from datasets.sampler import EpochSampler, ignore_interrupts
 from datasets.table import DATASETS, MOST_CLASSES, is_small
@@ -43,7 +44,7 @@ class DataSpec:
     decode_on_device: bool = False
     crops: imagenet.Crops = imagenet.LUA_CROPS  # folder datasets only
     auto_augment: str = "none"
-    random_erasing: float = 0.0
+    erasing: Erasing = Erasing()  # -randomErasing and its style
     repeats: int = 1  # repeated augmentation
     storage: imagenet.Storage = imagenet.LOCAL  # shards and Hugging Face files
 
@@ -161,7 +162,8 @@ def close(loader) -> None:
 def create(spec: DataSpec, split: str) -> Dataset:
     """The train or val split that spec describes (load() with its fields)."""
     folder_training = spec.dataset == "imagenet" and split == "train"  # (else no augment)
-    augment = image_augment(spec, imagenet.ERASE_FILL) if folder_training else None
+    space = PixelSpace(*(tuple(255 * v for v in part) for part in imagenet.MEANSTD), False)
+    augment = image_augment(spec, imagenet.ERASE_FILL, space) if folder_training else None
     return load(
         spec.dataset,
         split,
@@ -249,17 +251,24 @@ def image_memory(crops: imagenet.Crops, batch: int, workers: int) -> list[tuple]
     return [(flag, side, side * side * per_pixel, other) for flag, side, per_pixel, other in held]
 
 
-def image_augment(spec: DataSpec, fill) -> policies.ImageAugment | None:
-    """-autoAugment and -randomErasing (erasing to `fill`), or None when both are off."""
-    if spec.auto_augment == "none" and not spec.random_erasing:
+def image_augment(spec: DataSpec, fill, space: PixelSpace) -> policies.ImageAugment | None:
+    """-autoAugment and -randomErasing (torchvision's erasing to `fill`, the paper's into
+    `space`), or None when both are off."""
+    if spec.auto_augment == "none" and not spec.erasing.probability:
         return None
-    return policies.ImageAugment(spec.auto_augment, spec.random_erasing, fill)
+    return policies.ImageAugment(spec.auto_augment, spec.erasing, fill, space)
 
 
 def set_epoch(loader, epoch: int, start: int = 0) -> None:
     """Select epoch's sample order, beginning at sample `start`, for either loader kind."""
     target = loader if isinstance(loader, InMemoryLoader) else loader.sampler
     target.set_epoch(epoch, start)
+
+
+def memory_space(dataset: ArrayImageDataset) -> PixelSpace:
+    """The normalised pixels of an in-memory dataset, as erasing writes into them."""
+    grey = dataset.images.shape[1] == 1
+    return PixelSpace(tuple(dataset.mean), tuple(dataset.std), True, grey)
 
 
 def in_memory_loader(
@@ -315,7 +324,8 @@ def create_loaders(spec: DataSpec, device: torch.device, rank: int = 0, world: i
                 True,
                 device,
                 **ranks,
-                augment=image_augment(spec, 0.0),  # erased after normalising
+                # erased after normalising: fill 0 is the mean colour
+                augment=image_augment(spec, 0.0, memory_space(train_set)),
                 repeats=spec.repeats,
             ),
             in_memory_loader(val_set, spec.batch_size, spec.seed + 1, False, device, **ranks),

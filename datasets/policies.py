@@ -9,6 +9,8 @@ global generator is left as it was.
 
 import torch
 
+from datasets.erasing import BoxErasing, Erasing, PixelSpace
+
 POLICIES = ("none", "ta_wide", "ra", "imagenet", "augmix")
 SEED_RANGE = 2**62
 
@@ -39,15 +41,21 @@ def seeded(transform, image: torch.Tensor, seed: int) -> torch.Tensor:
 
 
 class ImageAugment:
-    """The policy (None: none), then random erasing with probability `erasing` (a box of
-    2%-33% of the area, aspect ratio 0.3-3.3, filled with `fill`), of one C x H x W image
-    given with its seed. The two draw from seeds `seed` and `seed + 1`."""
+    """The policy (None: none), then random erasing of one C x H x W image given with its
+    seed: torchvision's (by default a box of 2%-33% of the area, aspect ratio 0.3-3.3, filled
+    with `fill`) or the paper's (datasets.erasing, writing into `space`). The two draw from
+    seeds `seed` and `seed + 1`. erasing: an Erasing, or torchvision's probability."""
 
-    def __init__(self, policy: str = "none", erasing: float = 0.0, fill=0.0):
-        from torchvision.transforms import v2
-
+    def __init__(
+        self,
+        policy: str = "none",
+        erasing: Erasing | float = 0.0,
+        fill=0.0,
+        space: PixelSpace | None = None,
+    ):
         self.policy = None if policy == "none" else policy_transform(policy)
-        self.erasing = v2.RandomErasing(p=erasing, value=fill) if erasing > 0 else None
+        spec = erasing if isinstance(erasing, Erasing) else Erasing(erasing)
+        self.erasing = make_erasing(spec, fill, space) if spec.probability > 0 else None
 
     def __bool__(self) -> bool:
         return self.policy is not None or self.erasing is not None
@@ -58,7 +66,21 @@ class ImageAugment:
 
     def erase(self, image: torch.Tensor, seed: int) -> torch.Tensor:
         """Random erasing of the image (uint8, or normalised floats)."""
-        return image if self.erasing is None else seeded(self.erasing, image, seed + 1)
+        if self.erasing is None:
+            return image
+        if isinstance(self.erasing, BoxErasing):
+            return self.erasing(image, seed + 1)
+        return seeded(self.erasing, image, seed + 1)
 
     def __call__(self, image: torch.Tensor, seed: int) -> torch.Tensor:
         return self.erase(self.augment(image, seed), seed)
+
+
+def make_erasing(spec: Erasing, fill, space: PixelSpace | None):
+    """torchvision's v2.RandomErasing (filling with `fill`) for the torchvision style, else
+    the paper's BoxErasing writing into `space`."""
+    if spec.style != "torchvision":
+        return BoxErasing(spec, space)
+    from torchvision.transforms import v2
+
+    return v2.RandomErasing(p=spec.probability, scale=spec.area, ratio=spec.aspect, value=fill)

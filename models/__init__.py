@@ -12,7 +12,7 @@ from torch.utils.flop_counter import FlopCounterMode
 from datasets.table import DATASETS, is_small
 from errors import UsageError, quoted
 from models import backbone as backbones
-from models import preresnet, resnest, resnet, resnext, senet
+from models import preresnet, resnest, resnet, resnext, senet, wrn
 
 
 class Shape(NamedTuple):
@@ -27,6 +27,8 @@ class Shape(NamedTuple):
     cardinality: int
     se: int
     radix: int
+    widen_factor: int
+    dropout: float
 
 
 class NetworkKind(NamedTuple):
@@ -38,6 +40,7 @@ class NetworkKind(NamedTuple):
     se: bool  # it takes -se (squeeze-and-excitation in every block)
     depth: int  # the depth when -depth is unset, on folder datasets
     small_depth: int  # the same on the small-image datasets
+    folder_images: bool = True  # it has an ImageNet-shaped network
 
 
 NETWORKS = {
@@ -62,11 +65,17 @@ NETWORKS = {
         lambda s: senet.build(s.depth, s.n_classes),
         "SENet", small_images=False, se=True, depth=154, small_depth=20,
     ),
+    "wrn": NetworkKind(
+        lambda s: wrn.build(s.depth, s.n_classes, s.widen_factor, s.dropout),
+        "WRN", small_images=True, se=False, depth=28, small_depth=28, folder_images=False,
+    ),
 }  # fmt: skip
 NET_TYPES = tuple(NETWORKS)
 # The flags that choose the network (create()'s arguments of the same names).
 ARCH_FLAGS = ("netType", "depth", "shortcutType", "bottleneckType", "baseWidth", "cardinality",
-              "se", "radix")  # fmt: skip
+              "se", "radix", "widenFactor", "dropout")  # fmt: skip
+# ImageNet's Wide ResNet is a ResNeXt of one group twice as wide (torchvision's wide_resnet50_2).
+WRN_50_2 = "-netType resnext -depth 50 -cardinality 1 -baseWidth 128"
 # torchvision's names -> ours, applied to the start or the middle of state_dict keys.
 TORCHVISION_RENAMES = (
     (r"^conv1\.", "stem.conv."),
@@ -125,10 +134,13 @@ def create(
     nClasses: int | None = None,
     se: int = 0,
     radix: int = 2,
+    widenFactor: int = 1,
+    dropout: float = 0.0,
 ) -> nn.Module:
     """Build a network mapping images to logits; ValueError lists what is valid. se > 0
     adds squeeze-and-excitation of that ratio to every block (resnet, resnext); radix is
-    ResNeSt's number of splits."""
+    ResNeSt's number of splits; widenFactor and dropout (between a block's convolutions)
+    are the Wide ResNet's."""
     if netType not in NET_TYPES:
         raise ValueError(f"unknown netType {quoted(netType)}; valid: {', '.join(NET_TYPES)}")
     n_classes = n_outputs(dataset, nClasses)
@@ -141,12 +153,12 @@ def create(
             f"netType {netType} is for ImageNet-shaped images (imagenet or a"
             " class-per-folder dataset), not the 32 x 32 datasets"
         )
+    check_wide_arguments(netType, small, widenFactor, dropout)
     if netType == "senet":
         check_senet_arguments(cardinality, baseWidth, se)
     shortcut = shortcutType or default_shortcut(netType, dataset)
-    shape = Shape(
-        depth, small, n_classes, shortcut, bottleneckType, baseWidth, cardinality, se, radix
-    )
+    shape = Shape(depth, small, n_classes, shortcut, bottleneckType, baseWidth, cardinality, se,
+                  radix, widenFactor, dropout)  # fmt: skip
     return kind.build(shape)
 
 
@@ -169,6 +181,17 @@ def check_arch(arch: Mapping, frozen_stages: int = -1) -> None:
         user_network(arch, frozen_stages)
 
 
+def check_wide_arguments(net_type: str, small: bool, widen_factor: int, dropout: float) -> None:
+    """widenFactor and dropout are the Wide ResNet's, and it is built for small images."""
+    if net_type != "wrn" and (widen_factor, dropout) != (1, 0.0):
+        raise ValueError("widenFactor and dropout are for netType wrn (the Wide ResNets)")
+    if net_type == "wrn" and not small:
+        raise ValueError(
+            "netType wrn is the Wide ResNet of CIFAR-sized images; ImageNet's WRN-50-2 is"
+            f" {WRN_50_2}"
+        )
+
+
 def check_senet_arguments(cardinality: int, base_width: int, se: int) -> None:
     """SENet-154 is one network: its own or the default flags, nothing else."""
     own = (senet.CARDINALITY, senet.BASE_WIDTH)
@@ -181,7 +204,7 @@ def check_senet_arguments(cardinality: int, base_width: int, se: int) -> None:
 
 # create() arguments added after checkpoints were first written, with the value that
 # builds the network such a checkpoint holds.
-LATER_ARGUMENTS = {"se": 0, "radix": 2}
+LATER_ARGUMENTS = {"se": 0, "radix": 2, "widenFactor": 1, "dropout": 0.0}
 
 
 def complete_arch(arch: Mapping, source: str) -> dict:
@@ -197,7 +220,7 @@ def check_recorded_arch(arch, source: str) -> None:
     if not isinstance(arch, Mapping):
         raise UsageError(f"{source} records its network as {quoted(arch)}, not as a table of"
                          " create()'s arguments: not a model file of this tool")  # fmt: skip
-    types = {name: str if name in TEXT_ARGUMENTS else int for name in full_arch({})}
+    types = {name: OTHER_TYPES.get(name, int) for name in full_arch({})}
     for key, value in arch.items():
         if key not in types:
             raise UsageError(
@@ -208,12 +231,14 @@ def check_recorded_arch(arch, source: str) -> None:
         if not (isinstance(value, wanted) and not isinstance(value, bool)) and not (
             key == "nClasses" and value is None
         ):
-            kind = "text" if wanted is str else "a whole number"
+            kind = {str: "text", int: "a whole number"}.get(wanted, "a number")
             raise UsageError(f"{source} records {key} {quoted(value)}, which is not {kind}: the"
                              " file is damaged or not of this tool")  # fmt: skip
 
 
-TEXT_ARGUMENTS = ("netType", "dataset", "shortcutType", "bottleneckType")
+# create()'s arguments that are not whole numbers, and the types they are recorded as.
+OTHER_TYPES = {"netType": str, "dataset": str, "shortcutType": str, "bottleneckType": str,
+               "dropout": (float, int)}  # fmt: skip
 
 
 def full_arch(arch: Mapping) -> dict:
@@ -223,12 +248,21 @@ def full_arch(arch: Mapping) -> dict:
 
 
 def describe(
-    netType: str, depth: int, dataset: str, *, bottleneckType: str = "resnext_C", se: int = 0, **_
+    netType: str,
+    depth: int,
+    dataset: str,
+    *,
+    bottleneckType: str = "resnext_C",
+    se: int = 0,
+    widenFactor: int = 1,
+    **_,
 ) -> list[str]:
     """The startup lines the Lua printed while building this network (SE- before the name
-    of a squeeze-and-excitation network)."""
+    of a squeeze-and-excitation network; WRN-depth-k for a Wide ResNet)."""
     lines = [resnext.DEPLOY_LINES[bottleneckType]] if netType == "resnext" else []
     name = ("SE-" if se and netType != "senet" else "") + NETWORKS[netType].title
+    if netType == "wrn":
+        depth = f"{depth}-{widenFactor}"
     if not is_cifar_shaped(dataset):
         where = "ImageNet"
     elif netType == "resnext":
@@ -388,6 +422,9 @@ def arch_flags(arch: dict) -> str:
         flags += f" -radix {arch['radix']}"
     if arch.get("se"):
         flags += f" -se {arch['se']}"
+    if arch["netType"] == "wrn":
+        flags += f" -widenFactor {arch.get('widenFactor', 1)}"
+        flags += f" -dropout {arch['dropout']:g}" if arch.get("dropout") else ""
     return flags
 
 

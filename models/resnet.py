@@ -342,14 +342,15 @@ def init_weights(model: nn.Module) -> None:
             nn.init.zeros_(module.bias)
 
 
-def check_cifar_depth(depth: int, per_stage: int, examples: str) -> int:
-    """Blocks per stage n for a CIFAR depth of the form per_stage*n + 2, else ValueError."""
-    if depth < per_stage + 2 or (depth - 2) % per_stage or depth > MAX_CIFAR_DEPTH:
+def check_cifar_depth(depth: int, per_stage: int, examples: str, extra: int = 2) -> int:
+    """Blocks per stage n for a CIFAR depth of the form per_stage*n + extra (the layers
+    outside the blocks), else ValueError."""
+    if depth < per_stage + extra or (depth - extra) % per_stage or depth > MAX_CIFAR_DEPTH:
         raise ValueError(
-            f"CIFAR depth must be {per_stage}n+2 up to {MAX_CIFAR_DEPTH} (e.g. {examples});"
-            f" got {depth}"
+            f"CIFAR depth must be {per_stage}n+{extra} up to {MAX_CIFAR_DEPTH} (e.g."
+            f" {examples}); got {depth}"
         )
-    return (depth - 2) // per_stage
+    return (depth - extra) // per_stage
 
 
 def check_imagenet_depth(depth: int, valid: Sequence[int], family: str) -> None:

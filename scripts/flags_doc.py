@@ -44,6 +44,10 @@ RECIPE_FLAGS = (
     "cutmix",
     "autoAugment",
     "randomErasing",
+    "erasingStyle",
+    "erasingArea",
+    "erasingAspect",
+    "nesterov",
     "trainCrop",
     "valResize",
     "valCrop",
@@ -65,9 +69,9 @@ WHAT_IT_DOES = {
         "`imagenet` (any class-per-folder tree), `cifar10`, `cifar100`, `fashionmnist` (new)"
     ),
     "recipe": (
-        "set the flags of a published recipe, `fb`, `resnext`, `torchvision` or `resnest` "
-        "([recipes.md](recipes.md)); flags given on the command line win; the values set are "
-        "printed at start and saved in `opts.json`"
+        "set the flags of a published recipe, `fb`, `resnext`, `torchvision`, `resnest`, "
+        "`random-erasing` or `fast-small` ([recipes.md](recipes.md)); flags given on the command "
+        "line win; the values set are printed at start and saved in `opts.json`"
     ),
     "manualSeed": "seeds torch and the data loaders; 0 is a seed too, as in the Lua",
     "nGPU": "GPUs; >1 wraps the model in DataParallel; without CUDA the CPU is used (said once)",
@@ -159,9 +163,12 @@ WHAT_IT_DOES = {
         "update the average every N steps, with decay^N; more than the steps of an epoch is "
         "refused at start"
     ),
-    "netType": "`resnet`, `preresnet`, `resnext`; new: `resnest` (ResNeSt), `senet` (SENet-154)",
+    "netType": (
+        "`resnet`, `preresnet`, `resnext`; new: `resnest` (ResNeSt), `senet` (SENet-154), `wrn`"
+        " (Wide ResNet, small images)"
+    ),
     "bottleneckType": "`resnet`, `resnext_B`, `resnext_C`",
-    "depth": "unset: resnext 50 (ImageNet) / 29 (CIFAR); resnet and preresnet 34 / 20",
+    "depth": "unset: resnext 50 (ImageNet) / 29 (CIFAR); resnet and preresnet 34 / 20; wrn 28",
     "baseWidth": "ResNeXt base width",
     "cardinality": "ResNeXt groups",
     "radix": (
@@ -227,8 +234,24 @@ WHAT_IT_DOES = {
         "folder datasets it replaces the Lua's colour jitter and lighting"
     ),
     "randomErasing": (
-        "probability of erasing a random box of each training image to the mean colour "
-        "(`v2.RandomErasing`)"
+        "probability of erasing a random box of each training image: by default to the mean "
+        "colour (`v2.RandomErasing`); `-erasingStyle` picks the Random Erasing paper's box and fill"
+    ),
+    "erasingStyle": (
+        "`torchvision` (`v2.RandomErasing`: area 2-33%, log-uniform aspect 0.3-3.3, mean colour),"
+        " `paper` (the Random Erasing paper: area 2-40%, uniform aspect 0.3-1/0.3, random values),"
+        " `authors` (the paper's box filled with its code's constant) ([recipes.md](recipes.md))"
+    ),
+    "erasingArea": "`min,max` of the erased box's share of the image's area (unset: the style's)",
+    "erasingAspect": "`min,max` of the erased box's height / width (unset: the style's)",
+    "nesterov": (
+        "Nesterov momentum, as the Lua's SGD; `false` gives plain momentum SGD (the Random "
+        "Erasing paper's and torchvision's); a resume keeps the checkpoint's or is refused"
+    ),
+    "widenFactor": "new, `-netType wrn`: the Wide ResNet's widths 16k, 32k, 64k (WRN-depth-k)",
+    "dropout": (
+        "new, `-netType wrn`: dropout between the two convolutions of every block, as the WRN "
+        "paper's code"
     ),
     "repeatedAug": (
         "repeated augmentation: each image N times in a row in an epoch, each copy augmented with"

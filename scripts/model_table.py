@@ -57,6 +57,14 @@ NETWORKS = [
     ("ResNeSt-101", ("resnest", 101, "imagenet"), {}, "48.3M", None, "ResNeSt paper"),
     ("ResNeSt-200", ("resnest", 200, "imagenet"), {}, "70.2M", None, "ResNeSt paper"),
     ("ResNeSt-269", ("resnest", 269, "imagenet"), {}, "110.9M", None, "ResNeSt paper"),
+    (
+        "WRN-50-2 (ResNeXt 1x128d)",
+        ("resnext", 50, "imagenet"),
+        {"cardinality": 1, "baseWidth": 128},
+        "68.9M",
+        "11.40",
+        "torchvision",
+    ),
     ("ResNet-20 CIFAR", ("resnet", 20, "cifar10"), {}, "0.27M", None, "ResNet paper"),
     ("ResNet-110 CIFAR", ("resnet", 110, "cifar10"), {}, "1.7M", None, "ResNet paper"),
     ("ResNet-1202 CIFAR", ("resnet", 1202, "cifar10"), {}, "19.4M", None, "ResNet paper"),
@@ -76,6 +84,9 @@ NETWORKS = [
         None,
         "ResNeXt paper",
     ),
+    ("WRN-40-4 CIFAR-10", ("wrn", 40, "cifar10"), {"widenFactor": 4}, "8.9M", None, "WRN paper"),
+    ("WRN-16-8 CIFAR-10", ("wrn", 16, "cifar10"), {"widenFactor": 8}, "11.0M", None, "WRN paper"),
+    ("WRN-28-10 CIFAR-10", ("wrn", 28, "cifar10"), {"widenFactor": 10}, "36.5M", None, "WRN paper"),
 ]
 
 

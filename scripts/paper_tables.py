@@ -2,12 +2,18 @@
 
     NGPU=8 DATA=/path/to/imagenet scripts/resnext_table3.sh   # train every network
     DRY_RUN=1 scripts/resnext_table3.sh                         # build them, print sizes
+    python scripts/paper_tables.py gather SAVE_DIR...           # results beside the paper's
+
+The Random Erasing paper's table (scripts/random_erasing_table.sh) has rows of two runs each,
+baseline and +RE, on one data set, one process each, each resumable in its own folder.
 
 NGPU (8, 4, 2 or 1) sets the global batch and LR by the Lua READMEs' linear rule (a fixed
 number of images per GPU, LR = 0.1 x batch / the recipe's batch); more than one GPU runs
 under torchrun. Results land in checkpoints/<table>/<network>/ (metrics.jsonl, model_best.pth);
 after each run the best top-1 error is printed beside the paper's."""
 
+import gzip
+import json
 import math
 import os
 import shlex
@@ -21,6 +27,8 @@ sys.path.insert(0, ROOT)
 
 import checkpoints  # noqa: E402 - after the repository root is on the path
 import models  # noqa: E402
+import plan  # noqa: E402
+from errors import UsageError  # noqa: E402
 
 IMAGENET = {"dataset": "imagenet", "per_gpu": 32, "reference": 256, "flags": []}
 FB_IMAGENET = {"dataset": "imagenet", "per_gpu": 64, "reference": 256, "flags": []}
@@ -182,9 +190,181 @@ def train(table: str, n_gpu: int, data: str) -> int:
     return 0
 
 
+# The Random Erasing paper (Zhong et al., AAAI 2020), Table 1, as its authors' README gives it:
+# label -> (create() arguments but the data set, (baseline, +RE) test error % per data set).
+# Their code gives ResNets projection shortcuts (B) and, from depth 44, bottleneck blocks;
+# fb.resnet.torch's basic-block ResNets stand in for those (docs/paper-tables.md).
+ERASING_DATASETS = ("cifar10", "cifar100", "fashionmnist")  # each row's figures, in order
+ERASING_ROWS = {
+    "ResNet-20": ({"netType": "resnet", "depth": 20, "shortcutType": "B"},
+                  ((7.21, 6.73), (30.84, 29.97), (4.39, 4.02))),
+    "ResNet-32": ({"netType": "resnet", "depth": 32, "shortcutType": "B"},
+                  ((6.41, 5.66), (28.50, 27.18), (4.16, 3.80))),
+    "ResNet-44": ({"netType": "resnet", "depth": 44, "shortcutType": "B"},
+                  ((5.53, 5.13), (25.27, 24.29), (4.41, 4.01))),
+    "ResNet-56": ({"netType": "resnet", "depth": 56, "shortcutType": "B"},
+                  ((5.31, 4.89), (24.82, 23.69), (4.39, 4.13))),
+    "ResNet-110": ({"netType": "resnet", "depth": 110, "shortcutType": "B"},
+                   ((5.10, 4.61), (23.73, 22.10), (4.40, 4.01))),
+    "WRN-28-10": ({"netType": "wrn", "depth": 28, "widenFactor": 10},
+                  ((3.80, 3.08), (18.49, 17.73), (4.01, 3.65))),
+}  # fmt: skip
+ERASING_SETTINGS = {"baseline": ["-randomErasing", "0"], "RE": []}  # RE: the recipe's erasing
+
+
+def erasing_runs(rows: str) -> list[tuple[str, str]]:
+    """(row label, setting) of ROWS: 'ResNet-20' runs both settings, 'ResNet-20:RE' one."""
+    wanted = [part.strip() for part in rows.split(",") if part.strip()] or list(ERASING_ROWS)
+    runs = []
+    for part in wanted:
+        label, _, setting = part.partition(":")
+        if label not in ERASING_ROWS or setting not in ("", *ERASING_SETTINGS):
+            raise UsageError(
+                f"ROWS names {part!r}: give rows of {', '.join(ERASING_ROWS)}, each alone or"
+                f" with :baseline or :RE"
+            )
+        runs += [(label, s) for s in ERASING_SETTINGS if setting in ("", s)]
+    return runs
+
+
+def erasing_command(label: str, setting: str, dataset: str, seed: int, save: str) -> list:
+    """The main.py command line of one run of the Random Erasing table: the paper's recipe,
+    its own folder, resumed from it when it holds a run."""
+    arch = ERASING_ROWS[label][0]
+    flags = ["-dataset", dataset, "-recipe", "random-erasing", "-manualSeed", str(seed)]
+    flags += ["-precision", "auto"]  # bf16 where the GPU or CPU computes it natively
+    for name, value in arch.items():
+        flags += [f"-{name}", str(value)]
+    folder = os.path.join(save, dataset, f"{label}-{setting}-seed{seed}")
+    flags += [*ERASING_SETTINGS[setting], "-save", folder, "-resume", folder]
+    return [sys.executable, os.path.join(ROOT, "main.py"), *flags]
+
+
+def erasing_table(environ) -> int:
+    """Run (or with DRY_RUN check) the Random Erasing table's runs that ROWS names."""
+    dataset = environ.get("DATASET") or "fashionmnist"
+    if dataset not in ERASING_DATASETS:
+        raise UsageError(f"DATASET must be fashionmnist, cifar10 or cifar100, got {dataset!r}")
+    seed, save = int(environ.get("SEED") or 0), environ.get("SAVE") or "checkpoints/random_erasing"
+    extra = shlex.split(environ.get("FLAGS", ""))  # e.g. -data DIR, -erasingStyle paper
+    lines = [[*erasing_command(*run, dataset, seed, save), *extra]
+             for run in erasing_runs(environ.get("ROWS", ""))]  # fmt: skip
+    if environ.get("DRY_RUN", "0") not in ("", "0"):
+        return check_commands(lines, dataset)
+    for line in lines:
+        folder = line[line.index("-save") + 1]
+        os.makedirs(folder, exist_ok=True)
+        print(f"=> {shlex.join(line)}", flush=True)
+        done = subprocess.run(line)
+        if done.returncode != 0:
+            return done.returncode
+        print(gathered_rows([folder])[-1], flush=True)
+    return 0
+
+
+def check_commands(lines: list[list[str]], dataset: str) -> int:
+    """Parse and check every command as main.py would, build its network on the meta
+    device, and print it with its size and the paper's figure."""
+    print("| run | params (M) | paper test error (%) | command |\n|---|---|---|---|")
+    for line in lines:
+        resume = line.index("-resume")  # its folder is made when the run starts
+        opts = plan.parse(line[2:resume] + line[resume + 2 :])
+        arch = plan.network(opts)
+        params, _ = size_of({**arch, "nClasses": None})
+        folder = os.path.basename(line[line.index("-save") + 1])
+        paper = shown(paper_error(arch, dataset, opts.randomErasing), 2)
+        print(f"| {folder} | {params:.2f} | {paper} | `{shlex.join(line[1:])}` |")
+    return 0
+
+
+def paper_error(arch: dict, dataset: str, erasing: float):
+    """The Random Erasing paper's figure for this network and setting, or None."""
+    if dataset not in ERASING_DATASETS:
+        return None
+    for row, figures in ERASING_ROWS.values():  # the shortcut aside: fb's A counts too
+        if all(arch.get(k) == v for k, v in row.items() if k != "shortcutType"):
+            return figures[ERASING_DATASETS.index(dataset)][1 if erasing else 0]
+    return None
+
+
+def records_of(folder: str) -> list[dict]:
+    """The run's metrics.jsonl (or metrics.jsonl.gz, as docs/results keeps them)."""
+    for name, opener in (("metrics.jsonl", open), ("metrics.jsonl.gz", gzip.open)):
+        path = os.path.join(folder, name)
+        if os.path.isfile(path):
+            with opener(path, "rt") as handle:
+                return [json.loads(line) for line in handle if line.strip()]
+    raise UsageError(f"no metrics.jsonl in {folder} (is it a -save folder of this tool?)")
+
+
+def run_summary(folder: str) -> dict:
+    """What a run folder says of itself: options, per-epoch val errors, time, machines."""
+    with open(os.path.join(folder, "opts.json")) as handle:
+        options = json.load(handle)
+    records = records_of(folder)
+    val = {
+        r["epoch"]: r["top1"] for r in records if r.get("split") == "val" and r.get("iter") is None
+    }
+    segments = [r for r in records if r.get("split") == "segment"]
+    machines = sorted({f"{s['cpu']} ({s['cores']} cores), {s['device']}, torch {s['torch']}"
+                       for s in segments})  # fmt: skip
+    return {"options": options, "val": val, "seconds": run_seconds(records), "machines": machines}
+
+
+def run_seconds(records: list[dict]) -> float:
+    """Wall time of the passes: each record's seconds count from its segment's start."""
+    total, last = 0.0, 0.0
+    for record in records:
+        if record.get("split") == "segment":
+            total, last = total + last, 0.0
+        elif "seconds" in record:
+            last = record["seconds"]
+    return total + last
+
+
+def gathered_rows(folders: list[str]) -> list[str]:
+    """A markdown table of the runs: the paper's figure, ours at the best and the last
+    epoch, the difference, the seed, the machine and the time."""
+    lines = [
+        "| run | data | paper (best of its epochs) | ours best (epoch) | ours last epoch |"
+        " last - paper | epochs | seed | machine | hours |",
+        "|---" * 10 + "|",
+    ]
+    for folder in folders:
+        run = run_summary(folder)
+        opts, val = run["options"], run["val"]
+        paper = paper_error(opts["arch"], opts["dataset"], opts["randomErasing"])
+        last_epoch = max(val, default=0)
+        best_epoch = min(val, key=val.get, default=None)
+        done = f"{last_epoch} of {opts['nEpochs']}" + (
+            " (running)" if last_epoch < opts["nEpochs"] else ""
+        )
+        last = val.get(last_epoch)
+        cells = [os.path.basename(os.path.normpath(folder)), opts["dataset"], shown(paper, 2),
+                 f"{val[best_epoch]:.2f} ({best_epoch})" if val else "—", shown(last, 2),
+                 f"{last - paper:+.2f}" if val and paper is not None else "—", done,
+                 str(opts["manualSeed"]), "; ".join(run["machines"]) or "—",
+                 f"{run['seconds'] / 3600:.2f}"]  # fmt: skip
+        lines.append("| " + " | ".join(cells) + " |")
+    return lines
+
+
 def main() -> int:
+    try:
+        if sys.argv[1:2] == ["gather"] and len(sys.argv) > 2:
+            print("\n".join(gathered_rows(sys.argv[2:])))
+            return 0
+        if sys.argv[1:] == ["random_erasing"]:
+            return erasing_table(os.environ)
+    except (UsageError, OSError, ValueError, KeyError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
     if len(sys.argv) != 2 or sys.argv[1] not in TABLES:
-        print(f"error: give one table: {', '.join(TABLES)}", file=sys.stderr)
+        print(
+            f"error: give one table ({', '.join([*TABLES, 'random_erasing'])}) or gather"
+            " SAVE_DIR...",
+            file=sys.stderr,
+        )
         return 2
     table = sys.argv[1]
     if os.environ.get("DRY_RUN", "0") not in ("", "0"):

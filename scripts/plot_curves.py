@@ -3,11 +3,13 @@ figure of the ResNeXt README:
 
     python scripts/plot_curves.py SAVE_DIR... -o curves.png
 
-Each SAVE_DIR is a run's -save folder; its metrics.jsonl gives one point per epoch and
+Each SAVE_DIR is a run's -save folder; its metrics.jsonl (or metrics.jsonl.gz, as
+docs/results keeps them) gives one point per epoch and
 split (the last record wins, so a resumed run's repeated epochs count once). Needs
 matplotlib (pip install matplotlib), this script's only extra dependency."""
 
 import argparse
+import gzip
 import json
 import os
 import sys
@@ -18,12 +20,15 @@ from errors import UsageError  # noqa: E402 - after the repository root is on th
 
 
 def read_curves(folder: str) -> dict[str, list[tuple[int, float]]]:
-    """{"train": [(epoch, top1)...], "val": [...]} from folder/metrics.jsonl."""
+    """{"train": [(epoch, top1)...], "val": [...]} from folder/metrics.jsonl(.gz)."""
     path = os.path.join(folder, "metrics.jsonl")
+    opener = open
+    if not os.path.isfile(path) and os.path.isfile(path + ".gz"):
+        path, opener = path + ".gz", gzip.open
     if not os.path.isfile(path):
         raise UsageError(f"no metrics.jsonl in {folder} (is it a -save folder of this tool?)")
     points: dict[str, dict[int, float]] = {"train": {}, "val": {}}
-    with open(path) as handle:
+    with opener(path, "rt") as handle:
         for number, line in enumerate(handle, 1):
             try:
                 record = json.loads(line)

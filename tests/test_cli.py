@@ -227,6 +227,13 @@ def test_records_every_printed_step_and_epoch_and_a_resumed_run_appends(cifar_ru
     save, _, _, _ = cifar_run
     with open(os.path.join(save, "metrics.jsonl")) as handle:
         records = [json.loads(line) for line in handle]
+    segments = [r for r in records if r["split"] == "segment"]  # where each part ran
+    assert len(segments) == 2 and records[0] == segments[0]
+    assert set(segments[0]) == {"split", "epoch", "iter", "started", "cpu", "cores", "device",
+                                "torch"}  # fmt: skip
+    assert [(r["epoch"], r["iter"]) for r in segments] == [(1, 0), (3, 0)]
+    assert segments[0]["device"] == "cpu" and segments[0]["torch"] == torch.__version__
+    records = [r for r in records if r["split"] != "segment"]
     summaries = [(r["epoch"], r["split"]) for r in records if r["iter"] is None]
     assert summaries == [(e, s) for e in (1, 2, 3) for s in ("train", "val")]
     steps = [r for r in records if r["split"] == "train" and r["iter"] is not None]

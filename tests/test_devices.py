@@ -98,14 +98,14 @@ def test_auto_memory_format_follows_the_cpus_vector_units(requested, kind, machi
     assert devices.memory_format(requested, kind, machine) == expected
 
 
-def test_the_plan_says_and_records_what_auto_chose(cifar10_root, tmp_path):
+def test_the_plan_keeps_the_rule_until_auto_is_decided(cifar10_root, tmp_path):
     parsed = plan.parse(small_cifar_args(cifar10_root, tmp_path))
     chosen = plan.make_plan(parsed, machine=ZEN3)
     assert chosen.launch.device == "cpu" and chosen.model.memory_format == "contiguous"
-    assert "=> Memory format: contiguous (auto: this CPU has AVX2, no AVX-512)" in chosen.notes
+    assert chosen.launch.layout_rule == "this CPU has AVX2, no AVX-512"  # said once decided
     assert (chosen.options["device"], chosen.options["memoryFormat"]) == ("cpu", "contiguous")
     given = plan.parse([*small_cifar_args(cifar10_root, tmp_path), "-memoryFormat", "contiguous"])
-    assert not any("Memory format" in note for note in plan.make_plan(given, XEON).notes)
+    assert plan.make_plan(given, XEON).launch.layout_rule is None
 
 
 @pytest.mark.parametrize(

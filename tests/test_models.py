@@ -382,7 +382,7 @@ def test_replace_classifier_gives_a_fresh_zero_bias_linear():
 
 def test_every_registered_network_builds_at_its_default_depth_where_it_is_defined():
     for name, kind in models.NETWORKS.items():
-        datasets = ("imagenet", "cifar10") if kind.small_images else ("imagenet",)
+        datasets = ("imagenet",) * kind.folder_images + ("cifar10",) * kind.small_images
         for dataset in datasets:
             with torch.device("meta"):
                 network = models.create(name, models.default_depth(name, dataset), dataset)

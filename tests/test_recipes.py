@@ -307,3 +307,35 @@ def test_a_recipe_run_prints_its_values_and_saves_them(cifar10_root, tmp_path):
     saved = json.loads((save / "opts.json").read_text())
     assert (saved["mixup"], saved["repeatedAug"], saved["ema"]) == (0.2, 4, 0.999966)
     assert torch.load(save / "model_6.pth", weights_only=True)["ema"]["updates"] > 0
+
+
+def test_the_small_image_recipes_set_their_flags():
+    paper = plan.parse([*CIFAR, "-recipe", "random-erasing"])
+    expected = {"batchSize": 128, "nEpochs": 300, "LR": 0.1, "momentum": 0.9, "nesterov": False,
+                "lrSchedule": "step", "lrSteps": (151, 226), "lrGamma": 0.1,
+                "weightDecay": 5e-4, "randomErasing": 0.5, "erasingStyle": "authors"}  # fmt: skip
+    assert {k: getattr(paper, k) for k in expected} == expected
+    schedule = plan.learning_rate_schedule(paper)
+    lrs = {epoch: schedule(epoch, 1) for epoch in (150, 151, 225, 226, 300)}
+    assert lrs == pytest.approx({150: 0.1, 151: 0.01, 225: 0.01, 226: 0.001, 300: 0.001})
+    fast = plan.parse([*CIFAR, "-recipe", "fast-small"])
+    assert (fast.nEpochs, fast.lrSchedule, fast.erasingStyle, fast.precision) == (
+        40, "cosine", "paper", "auto")  # fmt: skip
+
+
+def test_nesterov_false_is_plain_momentum_and_a_resume_keeps_its_kind(cifar10_root, tmp_path):
+    model = torch.nn.Linear(3, 2)
+    assert optimizers.sgd(model, 0.1, 0.9, 1e-4).defaults["nesterov"] is True
+    assert optimizers.sgd(model, 0.1, 0.9, 1e-4, nesterov=False).defaults["nesterov"] is False
+    assert optimizers.sgd(model, 0.1, 0.0, 1e-4).defaults["nesterov"] is False  # plain SGD
+    save = tmp_path / "run"
+    common = [*CIFAR, "-data", cifar10_root, "-batchSize", "4", "-gen", str(tmp_path / "gen")]
+    run_main(*common, "-nEpochs", "1", "-nesterov", "false", "-save", str(save))
+    state = torch.load(save / "optimState_1.pth", weights_only=True)
+    assert state["param_groups"][0]["nesterov"] is False
+    refused = runs.main_run([*common, "-nEpochs", "2", "-resume", str(save), "-save", str(save)])
+    assert refused.returncode == 2 and refused.stderr.count("\n") == 1
+    assert "saved with -nesterov false: resume with it" in refused.stderr
+    run_main(
+        *common, "-nEpochs", "2", "-nesterov", "false", "-resume", str(save), "-save", str(save)
+    )

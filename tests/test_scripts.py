@@ -2,6 +2,7 @@
 helpers), and fine-tuning end to end as the Lua documented it."""
 
 import glob
+import gzip
 import json
 import os
 import sys
@@ -179,10 +180,13 @@ def test_plot_curves_reads_one_point_per_epoch_and_split(tmp_path):
                {"epoch": 2, "iter": None, "split": "val", "top1": 60.0},
                {"epoch": 2, "iter": None, "split": "val", "top1": 50.0}]  # fmt: skip
     (tmp_path / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
-    assert plot_curves.read_curves(str(tmp_path)) == {
-        "train": [(1, 80.0)],
-        "val": [(1, 70.0), (2, 50.0)],
-    }
+    expected = {"train": [(1, 80.0)], "val": [(1, 70.0), (2, 50.0)]}
+    assert plot_curves.read_curves(str(tmp_path)) == expected
+    kept = tmp_path / "kept"  # docs/results keeps records gzipped
+    kept.mkdir()
+    with gzip.open(kept / "metrics.jsonl.gz", "wt") as handle:
+        handle.writelines(json.dumps(r) + "\n" for r in records)
+    assert plot_curves.read_curves(str(kept)) == expected
     empty = python(script("plot_curves.py"), str(tmp_path / "nothing"))
     assert empty.returncode == 2 and empty.stderr.startswith("error: no metrics.jsonl in ")
 
