@@ -117,6 +117,8 @@ def test_an_epoch_trained_but_not_tested_is_tested_on_resume_not_retrained(finis
     assert done.returncode == 0, done.stderr
     assert "Training epoch" not in done.stdout and " * Finished epoch # 2 " in done.stdout
     records = [json.loads(line) for line in open(copy / "metrics.jsonl")][lines_before:]
+    segment, *records = records  # this part of the run: it starts after epoch 2's 5 steps
+    assert (segment["split"], segment["epoch"], segment["iter"]) == ("segment", 2, 5)
     assert {r["split"] for r in records} == {"val"}  # no second, empty training summary
 
 

@@ -38,7 +38,9 @@ def documented_commands() -> list[tuple[str, list[str]]]:
     blocks, continuation lines joined, quotes and comments read as the shell does, `...`
     left out."""
     pages = [os.path.join(ROOT, "README.md")] + sorted(
-        os.path.join(ROOT, "docs", name) for name in os.listdir(os.path.join(ROOT, "docs"))
+        os.path.join(ROOT, "docs", name)
+        for name in os.listdir(os.path.join(ROOT, "docs"))
+        if name.endswith(".md")  # docs/results/ holds run records
     )
     commands = []
     for page in pages:
