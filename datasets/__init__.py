@@ -162,8 +162,7 @@ def close(loader) -> None:
 def create(spec: DataSpec, split: str) -> Dataset:
     """The train or val split that spec describes (load() with its fields)."""
     folder_training = spec.dataset == "imagenet" and split == "train"  # (else no augment)
-    space = PixelSpace(*(tuple(255 * v for v in part) for part in imagenet.MEANSTD), False)
-    augment = image_augment(spec, imagenet.ERASE_FILL, space) if folder_training else None
+    augment = image_augment(spec, imagenet.FOLDER_SPACE) if folder_training else None
     return load(
         spec.dataset,
         split,
@@ -251,12 +250,12 @@ def image_memory(crops: imagenet.Crops, batch: int, workers: int) -> list[tuple]
     return [(flag, side, side * side * per_pixel, other) for flag, side, per_pixel, other in held]
 
 
-def image_augment(spec: DataSpec, fill, space: PixelSpace) -> policies.ImageAugment | None:
-    """-autoAugment and -randomErasing (torchvision's erasing to `fill`, the paper's into
-    `space`), or None when both are off."""
+def image_augment(spec: DataSpec, space: PixelSpace) -> policies.ImageAugment | None:
+    """-autoAugment and -randomErasing of images stored in `space`, or None when both are
+    off."""
     if spec.auto_augment == "none" and not spec.erasing.probability:
         return None
-    return policies.ImageAugment(spec.auto_augment, spec.erasing, fill, space)
+    return policies.ImageAugment(spec.auto_augment, spec.erasing, space)
 
 
 def set_epoch(loader, epoch: int, start: int = 0) -> None:
@@ -324,8 +323,7 @@ def create_loaders(spec: DataSpec, device: torch.device, rank: int = 0, world: i
                 True,
                 device,
                 **ranks,
-                # erased after normalising: fill 0 is the mean colour
-                augment=image_augment(spec, 0.0, memory_space(train_set)),
+                augment=image_augment(spec, memory_space(train_set)),  # erased once normalised
                 repeats=spec.repeats,
             ),
             in_memory_loader(val_set, spec.batch_size, spec.seed + 1, False, device, **ranks),

@@ -46,6 +46,10 @@ class PixelSpace(NamedTuple):
     normalised: bool
     grey: bool = False  # one channel shown as three: a random fill is grey too
 
+    def mean_fill(self):
+        """The mean colour as the pixels store it: 0 once normalised, else the uint8 mean."""
+        return 0.0 if self.normalised else tuple(round(m) for m in self.mean)
+
 
 def with_box(spec: Erasing, area=None, aspect=None) -> Erasing:
     """spec with the style's own area and aspect ranges where area / aspect are None."""

@@ -20,6 +20,7 @@ from torch.utils.data import default_collate
 from datasets import hf, photometric, policies, shards
 from datasets import transforms as T
 from datasets.cifar import DamagedStorage, DataError
+from datasets.erasing import PixelSpace
 from datasets.sampler import split_item
 
 EXTENSIONS = (".jpg", ".jpeg", ".png", ".ppm", ".bmp")
@@ -674,7 +675,7 @@ def val_scale(crop_size: int) -> int:
     return int(crop_size / 0.875)
 
 
-ERASE_FILL = tuple(round(255 * m) for m in MEANSTD[0])  # uint8 mean: 0 once normalised
+FOLDER_SPACE = PixelSpace(*(tuple(255 * v for v in part) for part in MEANSTD), False)  # uint8
 
 
 def finish_on(loader, device, skip_corrupt: bool = False) -> photometric.DeviceFinishing:

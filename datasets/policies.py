@@ -43,19 +43,19 @@ def seeded(transform, image: torch.Tensor, seed: int) -> torch.Tensor:
 class ImageAugment:
     """The policy (None: none), then random erasing of one C x H x W image given with its
     seed: torchvision's (by default a box of 2%-33% of the area, aspect ratio 0.3-3.3, filled
-    with `fill`) or the paper's (datasets.erasing, writing into `space`). The two draw from
-    seeds `seed` and `seed + 1`. erasing: an Erasing, or torchvision's probability."""
+    with the mean colour) or the paper's (datasets.erasing). `space` is how the pixels are
+    stored (None: normalised, so the mean colour is 0). The two draw from seeds `seed` and
+    `seed + 1`. erasing: an Erasing, or torchvision's probability."""
 
     def __init__(
         self,
         policy: str = "none",
         erasing: Erasing | float = 0.0,
-        fill=0.0,
         space: PixelSpace | None = None,
     ):
         self.policy = None if policy == "none" else policy_transform(policy)
         spec = erasing if isinstance(erasing, Erasing) else Erasing(erasing)
-        self.erasing = make_erasing(spec, fill, space) if spec.probability > 0 else None
+        self.erasing = make_erasing(spec, space) if spec.probability > 0 else None
 
     def __bool__(self) -> bool:
         return self.policy is not None or self.erasing is not None
@@ -76,11 +76,12 @@ class ImageAugment:
         return self.erase(self.augment(image, seed), seed)
 
 
-def make_erasing(spec: Erasing, fill, space: PixelSpace | None):
-    """torchvision's v2.RandomErasing (filling with `fill`) for the torchvision style, else
-    the paper's BoxErasing writing into `space`."""
+def make_erasing(spec: Erasing, space: PixelSpace | None):
+    """torchvision's v2.RandomErasing (filling with the mean colour) for the torchvision
+    style, else the paper's BoxErasing writing into `space`."""
     if spec.style != "torchvision":
         return BoxErasing(spec, space)
     from torchvision.transforms import v2
 
+    fill = space.mean_fill() if space else 0.0
     return v2.RandomErasing(p=spec.probability, scale=spec.area, ratio=spec.aspect, value=fill)

@@ -342,7 +342,7 @@ def measure_jpeg_training(
     optimizer = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9, nesterov=True)
     extra, worker = {}, imagenet.TrainSample(224)
     if recipe:
-        augment = policies.ImageAugment("ta_wide", 0.1, imagenet.ERASE_FILL)
+        augment = policies.ImageAugment("ta_wide", 0.1, imagenet.FOLDER_SPACE)
         worker = imagenet.TrainSample(crop, augment=augment)
         extra = {
             "mix": mixing.BatchMixing(1000, mixup=0.2, cutmix=1.0),

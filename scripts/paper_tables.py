@@ -287,13 +287,22 @@ def paper_error(arch: dict, dataset: str, erasing: float):
     return None
 
 
+def parsed(line: str, path: str, number: int) -> dict:
+    """One metrics.jsonl line as a record; a line that is not JSON is named in one error."""
+    try:
+        return json.loads(line)
+    except ValueError:
+        raise UsageError(f"{path} line {number} is not JSON") from None
+
+
 def records_of(folder: str) -> list[dict]:
     """The run's metrics.jsonl (or metrics.jsonl.gz, as docs/results keeps them)."""
     for name, opener in (("metrics.jsonl", open), ("metrics.jsonl.gz", gzip.open)):
         path = os.path.join(folder, name)
         if os.path.isfile(path):
             with opener(path, "rt") as handle:
-                return [json.loads(line) for line in handle if line.strip()]
+                return [parsed(line, path, number) for number, line in enumerate(handle, 1)
+                        if line.strip()]  # fmt: skip
     raise UsageError(f"no metrics.jsonl in {folder} (is it a -save folder of this tool?)")
 
 

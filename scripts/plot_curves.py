@@ -9,33 +9,21 @@ split (the last record wins, so a resumed run's repeated epochs count once). Nee
 matplotlib (pip install matplotlib), this script's only extra dependency."""
 
 import argparse
-import gzip
-import json
 import os
 import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from errors import UsageError  # noqa: E402 - after the repository root is on the path
+from scripts.paper_tables import records_of  # noqa: E402
 
 
 def read_curves(folder: str) -> dict[str, list[tuple[int, float]]]:
     """{"train": [(epoch, top1)...], "val": [...]} from folder/metrics.jsonl(.gz)."""
-    path = os.path.join(folder, "metrics.jsonl")
-    opener = open
-    if not os.path.isfile(path) and os.path.isfile(path + ".gz"):
-        path, opener = path + ".gz", gzip.open
-    if not os.path.isfile(path):
-        raise UsageError(f"no metrics.jsonl in {folder} (is it a -save folder of this tool?)")
     points: dict[str, dict[int, float]] = {"train": {}, "val": {}}
-    with opener(path, "rt") as handle:
-        for number, line in enumerate(handle, 1):
-            try:
-                record = json.loads(line)
-            except ValueError:
-                raise UsageError(f"{path} line {number} is not JSON") from None
-            if record.get("iter") is None and record.get("split") in points:
-                points[record["split"]][record["epoch"]] = record["top1"]
+    for record in records_of(folder):
+        if record.get("iter") is None and record.get("split") in points:
+            points[record["split"]][record["epoch"]] = record["top1"]
     return {split: sorted(values.items()) for split, values in points.items()}
 
 

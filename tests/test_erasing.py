@@ -108,7 +108,7 @@ def test_probability_and_reproducibility_of_a_draw():
 def test_torchvision_style_is_v2_random_erasing_with_the_given_box():
     image = torch.randn(3, 32, 32)
     spec = Erasing(1.0, "torchvision", area=(0.1, 0.3), aspect=(0.5, 2.0))
-    augment = policies.ImageAugment(erasing=spec, fill=0.0)
+    augment = policies.ImageAugment(erasing=spec)
     theirs = v2.RandomErasing(p=1.0, scale=(0.1, 0.3), ratio=(0.5, 2.0), value=0.0)
     for seed in range(20):
         assert torch.equal(augment.erase(image, seed), policies.seeded(theirs, image, seed + 1))

@@ -33,7 +33,7 @@ def torchvision_policy(name):
 def test_each_policy_gives_torchvisions_image_on_the_same_draws(name, jpeg_root):
     with Image.open(f"{jpeg_root}/train/{first_jpeg(jpeg_root)}") as image:
         pixels = imagenet.decode_rgb(image)[:, :96, :96]
-    augment = policies.ImageAugment(name, erasing=0.5, fill=(124, 116, 104))
+    augment = policies.ImageAugment(name, erasing=0.5, space=imagenet.FOLDER_SPACE)
     policy, erasing = torchvision_policy(name), v2.RandomErasing(p=0.5, value=(124, 116, 104))
     changed = 0
     for seed in range(6):
@@ -48,7 +48,7 @@ def test_each_policy_gives_torchvisions_image_on_the_same_draws(name, jpeg_root)
 
 
 def test_folder_training_samples_are_cropped_flipped_then_augmented(jpeg_root, tmp_path):
-    augment = policies.ImageAugment("ta_wide", erasing=1.0, fill=imagenet.ERASE_FILL)
+    augment = policies.ImageAugment("ta_wide", erasing=1.0, space=imagenet.FOLDER_SPACE)
     sample = imagenet.TrainSample(64, draft=False, augment=augment)
     plain = imagenet.TrainSample(64, draft=False)
     with Image.open(f"{jpeg_root}/train/{first_jpeg(jpeg_root)}") as image:
@@ -72,7 +72,7 @@ def test_in_memory_batches_get_the_policy_before_and_erasing_after_normalising()
     images = torch.randint(0, 256, (10, 3, 16, 16), dtype=torch.uint8, generator=generator)
     data = ArrayImageDataset(images, torch.arange(10) % 3, ["a", "b", "c"], None,
                              ((0.5,) * 3, (0.25,) * 3))  # fmt: skip
-    augment = policies.ImageAugment("ta_wide", erasing=0.5, fill=0.0)
+    augment = policies.ImageAugment("ta_wide", erasing=0.5)
     loader = InMemoryLoader(data, 4, seed=1, train=True, mean=data.mean, std=data.std,
                             augment=augment)  # fmt: skip
     loader.set_epoch(2)
@@ -157,7 +157,7 @@ def test_the_in_memory_loader_repeats_as_the_sampler_does():
 
 
 def test_a_jpeg_left_to_the_device_gets_the_same_policy_once_decoded(jpeg_root, tmp_path):
-    augment = policies.ImageAugment("ta_wide", erasing=0.5, fill=imagenet.ERASE_FILL)
+    augment = policies.ImageAugment("ta_wide", erasing=0.5, space=imagenet.FOLDER_SPACE)
     path = tmp_path / "baseline.jpg"  # a real photo as a baseline JPEG, which nvJPEG takes
     with Image.open(f"{jpeg_root}/train/{first_jpeg(jpeg_root)}") as image:
         image.convert("RGB").save(path, "JPEG", quality=90)
