@@ -224,7 +224,6 @@ def training_recipe(opts: argparse.Namespace, precision: str | None = None) -> r
     """How the network is trained (in precision: -precision with auto resolved)."""
     return recipe.Recipe(
         schedule=learning_rate_schedule(opts),
-        lr=opts.LR,
         momentum=opts.momentum,
         nesterov=opts.nesterov,
         weight_decay=opts.weightDecay,

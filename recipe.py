@@ -25,8 +25,7 @@ class Recipe:
     """How the network is trained: the loss, the optimizer and its start, the learning-rate
     schedule, batch mixing, the weight average, and the step's precision and printing."""
 
-    schedule: schedules.Schedule  # the LR at (epoch, iteration)
-    lr: float = 0.1
+    schedule: schedules.Schedule  # the LR at (epoch, progress): the only source of the LR
     momentum: float = 0.9
     nesterov: bool = True  # the Lua's; False: plain momentum
     weight_decay: float = 1e-4
@@ -53,7 +52,7 @@ def make_optimizer(model: nn.Module, spec: Recipe, checkpoint) -> torch.optim.Op
     -optimState."""
     optimizer = optimizers.sgd(
         model,
-        spec.lr,
+        spec.schedule(1, 0.0),  # a start only: the step sets every iteration's LR from it
         spec.momentum,
         spec.weight_decay,
         spec.norm_weight_decay,

@@ -52,16 +52,9 @@ def count_wrong(output: torch.Tensor, target: torch.Tensor, n_crops: int = 1) ->
     return target.shape[0] - hits
 
 
-def compute_score(
-    output: torch.Tensor, target: torch.Tensor, n_crops: int = 1
-) -> tuple[float, float]:
-    """Top-1 and top-5 error in percent (synchronises; the trainer uses count_wrong)."""
-    top1, top5 = (count_wrong(output, target, n_crops) * 100.0 / target.shape[0]).tolist()
-    return top1, top5
-
-
 def to_host(values: torch.Tensor) -> list[float]:
-    """The one place the trainer waits for the device: reading sums to print them."""
+    """Device sums as host numbers: a wait for the device, so the trainer reads them only
+    when it prints a line or saves (the non-finite check of a saved epoch waits too)."""
     return values.tolist()
 
 

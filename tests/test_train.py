@@ -11,7 +11,12 @@ from torch.utils._python_dispatch import TorchDispatchMode
 import train
 
 
-def test_compute_score_against_hand_made_logits():
+def percent_wrong(output, target, n_crops=1) -> list[float]:
+    """Top-1 and top-5 error in percent from train.count_wrong's counts."""
+    return (train.count_wrong(output, target, n_crops) * 100.0 / target.shape[0]).tolist()
+
+
+def test_count_wrong_against_hand_made_logits():
     output = torch.tensor(
         [
             [9.0, 1, 2, 3, 4, 5, 6],  # target 0: top-1 hit
@@ -21,13 +26,13 @@ def test_compute_score_against_hand_made_logits():
         ]
     )
     target = torch.tensor([0, 5, 6, 5])
-    top1, top5 = train.compute_score(output, target)
+    top1, top5 = percent_wrong(output, target)
     assert top1 == pytest.approx(75.0) and top5 == pytest.approx(25.0)
 
 
 def test_top5_is_guarded_below_five_classes():
     output = torch.tensor([[0.1, 0.9], [0.8, 0.2], [0.3, 0.7]])
-    top1, top5 = train.compute_score(output, torch.tensor([1, 1, 1]))
+    top1, top5 = percent_wrong(output, torch.tensor([1, 1, 1]))
     assert top1 == pytest.approx(100 / 3) and top5 == 0.0
 
 
@@ -39,9 +44,9 @@ def test_ten_crop_scores_sum_the_logits_of_each_image():
     crops1 = torch.zeros(10, 3)
     crops1[:, 0] = 1.0
     output = torch.cat([crops0, crops1])
-    top1, _ = train.compute_score(output, torch.tensor([2, 0]), n_crops=10)
+    top1, _ = percent_wrong(output, torch.tensor([2, 0]), n_crops=10)
     assert top1 == 0.0
-    top1, _ = train.compute_score(output, torch.tensor([1, 0]), n_crops=10)
+    top1, _ = percent_wrong(output, torch.tensor([1, 0]), n_crops=10)
     assert top1 == 50.0
 
 
@@ -115,7 +120,7 @@ def test_ten_crop_batches_are_flattened_for_the_model():
     trainer = make_trainer(Memorizer(), lines, n_crops=10)
     crops = torch.randn(2, 10, 3, 4, 4)
     top1, _ = trainer.test(0, [(crops, torch.tensor([0, 1]))])
-    expected, _ = train.compute_score(trainer.model(crops.flatten(0, 1)), torch.tensor([0, 1]), 10)
+    expected, _ = percent_wrong(trainer.model(crops.flatten(0, 1)), torch.tensor([0, 1]), 10)
     assert top1 == expected
 
 
@@ -181,7 +186,7 @@ def test_a_printed_line_averages_its_window_and_the_total_is_per_image():
     trainer = make_trainer(Memorizer(), lines)
     trainer.print_every = 2
     parts = batches(images, labels, 4)  # 4 + 4 + 2 images
-    expected = [train.compute_score(trainer.model(x), y) for x, y in parts]
+    expected = [percent_wrong(trainer.model(x), y) for x, y in parts]
     top1, top5 = trainer.test(3, parts)
     first = 0.5 * (expected[0][0] + expected[1][0])
     assert lines[0].endswith(f"top1 {first:7.3f} ({first:7.3f})  top5   0.000 (  0.000)")
