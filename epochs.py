@@ -96,7 +96,7 @@ class EpochLoop:
         sums = self.trainer.all_processes(self.trainer.sums.snapshot()) if sums else None
         order = datasets.order_of(self.train_loader.dataset) if iteration else None
         state = checkpoints.RunState(
-            rng, self.trainer.scaler.state_dict(), self.loop.frozen, sums, order
+            rng, self.trainer.step.scaler.state_dict(), self.loop.frozen, sums, order
         )
         samples = 0
         if iteration:  # where in the epoch's order
@@ -111,8 +111,8 @@ class EpochLoop:
         checkpoints.save(
             self.loop.save,
             epoch,
-            self.trainer.model,
-            self.trainer.optimizer.state_dict(),
+            self.trainer.step.model,
+            self.trainer.step.optimizer.state_dict(),
             arch=self.arch,
             classes=self.classes,
             is_best=is_best,
@@ -181,9 +181,9 @@ class EpochLoop:
         """The test pass after an epoch (with -preciseBN's statistics first, and rank 0's
         BatchNorm buffers in every process): (top1, top5)."""
         precise_bn(self.loop, self.trainer, self.train_loader, epoch)
-        parallel.share_buffers(self.trainer.evaluated_model(), self.processes)
+        parallel.share_buffers(self.trainer.evaluation.evaluated_model(), self.processes)
         datasets.set_epoch(self.val_loader, epoch)
-        return self.trainer.test(epoch, self.awaited(self.val_loader), stop=self.stop)
+        return self.trainer.evaluation.test(epoch, self.awaited(self.val_loader), stop=self.stop)
 
     def run(self) -> None:
         """Epochs from the start (or resume) point to -nEpochs."""
@@ -206,12 +206,12 @@ class EpochLoop:
             is_best = top1 < self.best[0]
             if is_best:
                 self.best = (top1, top5)
-                top5_text = f"{top5:.14g}" if self.trainer.progress.top5 else "-"
+                top5_text = f"{top5:.14g}" if self.trainer.reporting.progress.top5 else "-"
                 print(" * Best model ", f"{top1:.14g}", top5_text, sep="\t")
             self.save(epoch, is_best=is_best)
             if self.stop():
                 raise train.Interrupted(f"after epoch {epoch}")
-        top5_text = self.trainer.progress.top5_text(self.best[1], 6)
+        top5_text = self.trainer.reporting.progress.top5_text(self.best[1], 6)
         print(f" * Finished top1: {self.best[0]:6.3f}  top5: {top5_text}")
 
 
@@ -268,8 +268,10 @@ def precise_bn(loop: Loop, trainer: train.Trainer, train_loader, epoch: int) -> 
         return
     datasets.set_epoch(train_loader, epoch)
     batches = math.ceil(loop.precise_bn / loop.batch_size)  # -batchSize is the global batch
-    images = trainer.recompute_bn_statistics(train_loader, batches)
-    trainer.progress.say(f"=> Recomputed BatchNorm statistics on {images} training images")
+    images = trainer.evaluation.recompute_bn_statistics(train_loader, batches)
+    trainer.reporting.progress.say(
+        f"=> Recomputed BatchNorm statistics on {images} training images"
+    )
 
 
 def test_only(plan, model, device, loaders, sources, processes: Processes, stop) -> int:
@@ -286,8 +288,8 @@ def test_only(plan, model, device, loaders, sources, processes: Processes, stop)
     )
     stop.doing = "testing"
     precise_bn(plan.loop, trainer, loaders[0], max(plan.loop.epoch_number, 1))
-    top1, top5 = trainer.test(0, loaders[1], summary=False)
-    print(f" * Results top1: {top1:6.3f}  top5: {trainer.progress.top5_text(top5, 6)}")
+    top1, top5 = trainer.evaluation.test(0, loaders[1], summary=False)
+    print(f" * Results top1: {top1:6.3f}  top5: {trainer.reporting.progress.top5_text(top5, 6)}")
     return 0
 
 
@@ -332,7 +334,7 @@ def train_and_test(
         plan.recipe, plan.model, model, device, checkpoint, processes, progress
     )
     side = plan.data.input_side()
-    trainer.try_evaluation((max(1, loop.batch_size // processes.world), 3, side, side))
+    trainer.evaluation.try_evaluation((max(1, loop.batch_size // processes.world), 3, side, side))
     epochs = EpochLoop(
         loop, trainer, loaders, run_folder, (arch, classes), checkpoint, stop, processes, used
     )

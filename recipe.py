@@ -106,32 +106,27 @@ def make_trainer(
         placement, model, device, (dtype, autocast_dtype), processes.world
     )
     distributed = processes.world > 1
-    trainer = train.Trainer(
+    memory_format = devices.MEMORY_FORMATS[placement.memory_format]
+    step = train.Step(
         trained,
         nn.CrossEntropyLoss(label_smoothing=spec.label_smoothing),
         make_optimizer(trained, spec, checkpoint),
         spec.schedule,
-        device=device,
-        n_crops=10 if spec.ten_crop else 1,
-        memory_format=devices.MEMORY_FORMATS[placement.memory_format],
-        dtype=dtype,
-        autocast_dtype=autocast_dtype,
-        print_every=spec.print_every,
-        clip_grad_norm=spec.clip_grad_norm,
-        reduce=sum_over_processes if distributed else None,
-        progress=progress,
-        evaluated=evaluated,
-        # With -skipCorrupt a process may get no readable image of a batch: every process
-        # then leaves that step out, so that their gradient all-reduces stay paired.
-        every_process=partial(launch.every_process, processes=processes)
-        if distributed and spec.skip_corrupt
-        else None,
-        mix=batch_mixing(spec, checkpoints.unwrap(trained).fc.out_features),
-        average=weight_average(spec, trained, checkpoint),
+        train.Placement(device, memory_format, dtype, autocast_dtype, spec.clip_grad_norm),
     )
     if checkpoint and checkpoint.state.scaler:
-        trainer.scaler.load_state_dict(checkpoint.state.scaler)  # fp16 loss scale
-    return trainer
+        step.scaler.load_state_dict(checkpoint.state.scaler)  # fp16 loss scale
+    reduce = sum_over_processes if distributed else None
+    reporting = train.Reporting(progress or train.Progress(), spec.print_every, device, reduce)
+    mix = batch_mixing(spec, checkpoints.unwrap(trained).fc.out_features)
+    average = weight_average(spec, trained, checkpoint)
+    n_crops = 10 if spec.ten_crop else 1
+    evaluation = train.Evaluation(step, reporting, evaluated, n_crops=n_crops, average=average)
+    # With -skipCorrupt a process may get no readable image of a batch: every process then
+    # leaves that step out, so that their gradient all-reduces stay paired.
+    skipping = distributed and spec.skip_corrupt
+    every_process = partial(launch.every_process, processes=processes) if skipping else None
+    return train.Trainer(step, evaluation, every_process=every_process, mix=mix)
 
 
 def batch_mixing(spec: Recipe, n_outputs: int):

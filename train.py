@@ -8,6 +8,7 @@ import os
 import sys
 import time
 from collections.abc import Callable, Iterable
+from dataclasses import dataclass
 from typing import Protocol
 
 import torch
@@ -114,6 +115,18 @@ def check_images_seen(images: float, split: str, epoch: int) -> None:
         )
 
 
+@dataclass(frozen=True)
+class Placement:
+    """Where and how a step computes: the device, the input's memory layout, the weights'
+    dtype, autocast's (None: off) and the gradient-norm clip (0: off)."""
+
+    device: torch.device
+    memory_format: torch.memory_format = torch.contiguous_format
+    dtype: torch.dtype = torch.float32
+    autocast_dtype: torch.dtype | None = None
+    clip_grad_norm: float = 0.0
+
+
 class Step:
     """One SGD step of a model in its precision and memory layout: forward, loss, backward,
     gradient clipping, the optimizer (through fp16's loss scaler); and the LR it is at."""
@@ -124,20 +137,16 @@ class Step:
         criterion: nn.Module,
         optimizer: torch.optim.Optimizer,
         lr_at: Callable[[int, float], float],
-        *,
-        device: torch.device,
-        memory_format: torch.memory_format = torch.contiguous_format,
-        dtype: torch.dtype = torch.float32,
-        autocast_dtype: torch.dtype | None = None,
-        clip_grad_norm: float = 0.0,
+        placement: Placement,
     ):
         self.model, self.criterion, self.optimizer, self.lr_at = model, criterion, optimizer, lr_at
-        self.device, self.memory_format, self.dtype = device, memory_format, dtype
-        self.autocast_dtype, self.clip_grad_norm = autocast_dtype, clip_grad_norm
+        self.device, self.memory_format = placement.device, placement.memory_format
+        self.dtype, self.autocast_dtype = placement.dtype, placement.autocast_dtype
+        self.clip_grad_norm = placement.clip_grad_norm
         # fp16 gradients underflow without loss scaling (fp16 runs only on GPUs: the start
         # refuses -precision half on the CPU).
-        use_scaler = autocast_dtype == torch.float16
-        self.scaler = torch.amp.GradScaler(device.type, enabled=use_scaler)
+        use_scaler = placement.autocast_dtype == torch.float16
+        self.scaler = torch.amp.GradScaler(self.device.type, enabled=use_scaler)
 
     def set_learning_rate(self, epoch: int, progress: float = 0.0) -> float:
         """Set the schedule's LR on every parameter group, for the iteration that starts
@@ -363,97 +372,25 @@ class Evaluation:
         progress.step(line, record, iterations, {"top1": run1, "top5": run5})
 
 
-def part_attribute(part: str, name: str) -> property:
-    """An attribute of an object that is its part's: self.<part>.<name>, read and set."""
-
-    def get(self):
-        return getattr(getattr(self, part), name)
-
-    def set_(self, value) -> None:
-        setattr(getattr(self, part), name, value)
-
-    return property(get, set_, doc=f"self.{part}.{name}")
-
-
 class Trainer:
-    """Trains and evaluates one model; knows nothing of the network or the data set. The
-    training pass is here; the SGD step (Step) and the test pass (Evaluation) are parts."""
+    """Trains one model; knows nothing of the network or the data set. The training pass is
+    here; the SGD step (Step) and the test pass (Evaluation, with its Reporting) are parts
+    built before it."""
 
     def __init__(
         self,
-        model: nn.Module,
-        criterion: nn.Module,
-        optimizer: torch.optim.Optimizer,
-        lr_at: Callable[[int, float], float],
+        step: Step,
+        evaluation: "Evaluation",
         *,
-        device: torch.device,
-        n_crops: int = 1,
-        memory_format: torch.memory_format = torch.contiguous_format,
-        dtype: torch.dtype = torch.float32,
-        autocast_dtype: torch.dtype | None = None,
-        print_every: int = 1,
-        clip_grad_norm: float = 0.0,
-        reduce: Callable[[torch.Tensor], torch.Tensor] | None = None,
-        log: Callable[[str], None] = print,
-        progress: "Progress | None" = None,
-        evaluated: nn.Module | None = None,
         every_process: Callable[[bool], bool] | None = None,
         mix: BatchTransform | None = None,
-        average: "WeightAverage | None" = None,
     ):
-        self.step = Step(
-            model,
-            criterion,
-            optimizer,
-            lr_at,
-            device=device,
-            memory_format=memory_format,
-            dtype=dtype,
-            autocast_dtype=autocast_dtype,
-            clip_grad_norm=clip_grad_norm,
-        )
-        # reduce sums a tensor over the processes of a distributed run
-        self.reporting = Reporting(progress or Progress(log), print_every, device, reduce)
-        self.evaluation = Evaluation(
-            self.step,
-            self.reporting,
-            model if evaluated is None else evaluated,
-            n_crops=n_crops,
-            average=average,
-        )
+        self.step, self.evaluation, self.reporting = step, evaluation, evaluation.reporting
         self.every_process = every_process  # whether a flag holds in every process
         self.mix = mix  # training batches -> mixed images and soft targets (MixUp, CutMix)
-        self.average = average  # weights averaged over steps, evaluated instead (EMA)
-        self.sums = RunningSums(device)
+        self.average = evaluation.average  # weights averaged over steps, evaluated (EMA)
+        self.sums = RunningSums(step.device)
         self.warned_input_bound = False
-
-    # The parts' state, read (and set) through the trainer.
-    model = part_attribute("step", "model")
-    optimizer = part_attribute("step", "optimizer")
-    scaler = part_attribute("step", "scaler")
-    progress = part_attribute("reporting", "progress")
-    print_every = part_attribute("reporting", "print_every")
-    reduce = part_attribute("reporting", "reduce")
-
-    def test(self, epoch: int, loader: Iterable[Batch], **options) -> tuple[float, float]:
-        """Evaluation.test: the test pass."""
-        return self.evaluation.test(epoch, loader, **options)
-
-    def recompute_bn_statistics(self, loader: Iterable[Batch], batches: int) -> int:
-        """Evaluation.recompute_bn_statistics: -preciseBN."""
-        return self.evaluation.recompute_bn_statistics(loader, batches)
-
-    def try_evaluation(self, shape: tuple[int, ...]) -> None:
-        """Evaluation.try_evaluation: a forward pass at the val batch's size."""
-        self.evaluation.try_evaluation(shape)
-
-    def evaluated_model(self) -> nn.Module:
-        """Evaluation.evaluated_model: the model the test pass evaluates."""
-        return self.evaluation.evaluated_model()
-
-    def all_processes(self, totals: list[float]) -> list[float]:
-        """Reporting.all_processes: totals summed over the processes."""
-        return self.reporting.all_processes(totals)
 
     def train(
         self,
@@ -468,19 +405,19 @@ class Trainer:
         and totals are the sums of its first part); prints the Lua's line every print_every
         iterations; returns mean top1, top5, loss."""
         lr = self.step.set_learning_rate(epoch, start / max(start + len(loader), 1))
-        self.progress.say(f"=> Training epoch # {epoch}")
-        self.model.train()
+        self.reporting.progress.say(f"=> Training epoch # {epoch}")
+        self.step.model.train()
         self.sums = sums = RunningSums(self.step.device, totals)
         clock, skipped, size = WindowClock(), [0, 0], start + len(loader)
-        self.progress.begin("train", epoch, size, start)
-        with self.progress.closing_on_error():
+        self.reporting.progress.begin("train", epoch, size, start)
+        with self.reporting.progress.closing_on_error():
             for n, batch in enumerate(loader, start + 1):
                 clock.batch_arrived()
                 skipped[0] += skipped_in(batch)
                 lr = self.step.set_learning_rate(epoch, (n - 1) / size)
                 if self.takes_step(batch, skipped):
                     self.train_step(batch, epoch, n)
-                if sums.iterations and (n % self.print_every == 0 or n == size):
+                if sums.iterations and (n % self.reporting.print_every == 0 or n == size):
                     self.print_train_line(epoch, n, size, clock, lr)
                 if on_step is not None:
                     on_step(epoch, n)
@@ -489,9 +426,9 @@ class Trainer:
                 self.print_train_line(epoch, size, size, clock, lr)
         self.reporting.report_skipped(skipped)
         self.warn_if_input_bound(epoch, clock, size - start)
-        top1, top5, loss, images = as_means(self.all_processes(sums.total))
+        top1, top5, loss, images = as_means(self.reporting.all_processes(sums.total))
         check_images_seen(images, "training", epoch)
-        self.progress.end(
+        self.reporting.progress.end(
             {"epoch": epoch, "split": "train", "loss": loss, "top1": top1, "top5": top5, "lr": lr}
         )
         return top1, top5, loss
@@ -528,9 +465,10 @@ class Trainer:
                 f"loss is {loss} at epoch {epoch}, iteration {n}; try a lower -LR"
             )
         elapsed, data_time = clock.read(iterations)
+        progress = self.reporting.progress
         line = (
             f" | Epoch: [{epoch}][{n}/{size}]    Time {elapsed:.3f}  Data {data_time:.3f}"
-            f"  Err {loss:1.4f}  top1 {top1:7.3f}  top5 {self.progress.top5_text(top5, 7)}"
+            f"  Err {loss:1.4f}  top1 {top1:7.3f}  top5 {progress.top5_text(top5, 7)}"
         )
         speed = window_speed(images, iterations, elapsed, data_time)
         record = {
@@ -544,7 +482,7 @@ class Trainer:
             **speed,
         }
         running = {"loss": run_loss, "top1": run1, "top5": run5}
-        self.progress.step(line, record, iterations, running)
+        progress.step(line, record, iterations, running)
 
     def check_finite(self) -> None:
         """Raise FloatingPointError if a loss since the last printed line was not finite;
@@ -559,10 +497,25 @@ class Trainer:
         if self.warned_input_bound or iterations < INPUT_BOUND_MIN_ITERATIONS or share <= 0.5:
             return
         self.warned_input_bound = True
-        self.progress.say(
+        self.reporting.progress.say(
             f" | warning: input-bound: {share:.0%} of epoch {epoch} went to waiting for data;"
             " more loader workers (-nThreads), faster storage or -decodeOnDevice would help"
         )
+
+
+def trainer_of(
+    step: Step,
+    progress: "Progress | None" = None,
+    *,
+    n_crops: int = 1,
+    mix: BatchTransform | None = None,
+    average: "WeightAverage | None" = None,
+) -> Trainer:
+    """A one-process trainer of step that prints every line through progress (by default
+    to stdout) and evaluates the trained model (or its average): for a trainer used alone."""
+    reporting = Reporting(progress or Progress(), 1, step.device)
+    evaluation = Evaluation(step, reporting, step.model, n_crops=n_crops, average=average)
+    return Trainer(step, evaluation, mix=mix)
 
 
 class WindowClock:

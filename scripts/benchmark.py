@@ -118,16 +118,11 @@ def measure_trainer(model, size, batch, layout, precision, warmup, steps, device
     augmentation on the device)."""
     model = model.to(device, memory_format=LAYOUTS[layout])
     optimizer = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9, nesterov=True)
-    trainer = train.Trainer(
-        model,
-        torch.nn.CrossEntropyLoss(),
-        optimizer,
-        lambda *_: 0.01,
-        device=torch.device(device),
-        memory_format=LAYOUTS[layout],
-        autocast_dtype=PRECISIONS[precision],
-        log=lambda line: None,
+    placement = train.Placement(
+        torch.device(device), LAYOUTS[layout], autocast_dtype=PRECISIONS[precision]
     )
+    step = train.Step(model, torch.nn.CrossEntropyLoss(), optimizer, lambda *_: 0.01, placement)
+    trainer = train.trainer_of(step, train.Progress(lambda line: None))
     data = synthetic_dataset(batch * (warmup + steps), size, model.fc.out_features)
     loader = InMemoryLoader(data, batch, seed=0, train=True, mean=MEAN, std=STD, device=device)
     stamps = []
@@ -349,16 +344,9 @@ def measure_jpeg_training(
             "average": averaging.ExponentialAverage(model, 0.999966, every=1),
         }
     criterion = torch.nn.CrossEntropyLoss(label_smoothing=0.1 if recipe else 0.0)
-    trainer = train.Trainer(
-        model,
-        criterion,
-        optimizer,
-        lambda *_: 0.01,
-        device=torch.device("cpu"),
-        memory_format=torch.channels_last,
-        log=lambda line: None,
-        **extra,
-    )
+    placement = train.Placement(torch.device("cpu"), torch.channels_last)
+    step = train.Step(model, criterion, optimizer, lambda *_: 0.01, placement)
+    trainer = train.trainer_of(step, train.Progress(lambda line: None), **extra)
     stamps = []
     loader = JpegBatches(worker, batch, warmup + steps + 1)
     trainer.train(1, loader, on_step=lambda epoch, n: stamps.append(time.perf_counter()))

@@ -11,6 +11,7 @@ import torch
 import torch.distributed as dist
 from ranks import run_ranks
 from torch import nn
+from trainers import cpu_trainer
 
 import checkpoints
 import devices
@@ -187,9 +188,8 @@ class Batches:
 
 def tiny_trainer(model, lines, **kwargs):
     optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
-    return train.Trainer(model, nn.CrossEntropyLoss(), optimizer, lambda *_: 0.1,
-                         device=torch.device("cpu"), reduce=sum_over,
-                         progress=train.Progress(lines.append), **kwargs)  # fmt: skip
+    return cpu_trainer(model, optimizer, lambda *_: 0.1, log=lines.append, reduce=sum_over,
+                       **kwargs)  # fmt: skip
 
 
 def validate_with_a_stop_on_rank_1(processes: Processes):
@@ -206,7 +206,7 @@ def validate_with_a_stop_on_rank_1(processes: Processes):
     batches = [(torch.randn(2, 4), torch.tensor([0, 1]))] * 5
     trainer = tiny_trainer(nn.Linear(4, 2), [])
     try:
-        trainer.test(1, Batches(batches, on_batch), stop=stop)
+        trainer.evaluation.test(1, Batches(batches, on_batch), stop=stop)
     except train.Interrupted as exc:
         return str(exc), seen, stop.signal_number
     return "finished", seen, stop.signal_number

@@ -15,6 +15,7 @@ import torch
 from conftest import ROOT
 from torch import nn
 from torchvision.transforms import v2
+from trainers import cpu_trainer
 
 import averaging
 import main
@@ -82,8 +83,7 @@ def test_mixed_batches_train_on_soft_targets_and_score_the_dominant_class():
 
     mixer = BatchMixing(10, mixup=1.0, seed=0)
     optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
-    trainer = train.Trainer(model, criterion, optimizer, lambda *_: 0.1,
-                            device=torch.device("cpu"), log=lambda _: None, mix=mixer)  # fmt: skip
+    trainer = cpu_trainer(model, optimizer, lambda *_: 0.1, criterion=criterion, mix=mixer)
     images, labels = batch(size=6)
     trainer.train(1, [(images, labels)])
     mixed, targets = mixer(images, labels, 1, 1)
@@ -136,11 +136,10 @@ def test_the_trainer_evaluates_the_average_and_restores_it_exactly():
     torch.manual_seed(0)
     model = nn.Sequential(nn.Flatten(), nn.Linear(3 * 8 * 8, 10))
     average = averaging.ExponentialAverage(model, 0.9)
-    trainer = train.Trainer(model, nn.CrossEntropyLoss(), torch.optim.SGD(model.parameters(), 0.1),
-                            lambda *_: 0.1, device=torch.device("cpu"), log=lambda _: None,
-                            average=average)  # fmt: skip
+    optimizer = torch.optim.SGD(model.parameters(), 0.1)
+    trainer = cpu_trainer(model, optimizer, lambda *_: 0.1, average=average)
     trainer.train(1, [batch(i) for i in range(3)])
-    assert trainer.evaluated_model() is average.module
+    assert trainer.evaluation.evaluated_model() is average.module
     restored = averaging.ExponentialAverage(copy.deepcopy(model), 0.9)
     restored.load_state_dict(average.state_dict())
     for key, value in average.module.state_dict().items():
@@ -153,9 +152,8 @@ def test_gradient_clipping_equals_clip_grad_norm():
     model = nn.Sequential(nn.Flatten(), nn.Linear(3 * 8 * 8, 10))
     reference = copy.deepcopy(model)
     images, labels = batch()
-    trainer = train.Trainer(model, nn.CrossEntropyLoss(), torch.optim.SGD(model.parameters(), 1.0),
-                            lambda *_: 1.0, device=torch.device("cpu"), log=lambda _: None,
-                            clip_grad_norm=0.01)  # fmt: skip
+    optimizer = torch.optim.SGD(model.parameters(), 1.0)
+    trainer = cpu_trainer(model, optimizer, lambda *_: 1.0, clip_grad_norm=0.01)
     trainer.train(1, [(images, labels)])
     optimizer = torch.optim.SGD(reference.parameters(), 1.0)
     nn.functional.cross_entropy(reference(images), labels).backward()
@@ -195,10 +193,9 @@ def test_the_default_options_train_bitwise_as_the_lua_loop():
     reference = copy.deepcopy(model)
     lr_at = plan.learning_rate_schedule(opts)
     rule = schedules.lua_rule("cifar10", "resnet", 0.3, 4)
-    trainer = train.Trainer(model, nn.CrossEntropyLoss(label_smoothing=opts.labelSmoothing),
-                            recipe.make_optimizer(model, plan.training_recipe(opts), None), lr_at,
-                            device=torch.device("cpu"), log=lambda _: None,
-                            clip_grad_norm=opts.clipGradNorm)  # fmt: skip
+    trainer = cpu_trainer(model, recipe.make_optimizer(model, plan.training_recipe(opts), None),
+                          lr_at, criterion=nn.CrossEntropyLoss(label_smoothing=opts.labelSmoothing),
+                          clip_grad_norm=opts.clipGradNorm)  # fmt: skip
     optimizer = torch.optim.SGD(reference.parameters(), lr=0.3, momentum=0.9, dampening=0.0,
                                 weight_decay=1e-4, nesterov=True)  # fmt: skip
     data = [batch(i) for i in range(3)]

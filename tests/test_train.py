@@ -7,6 +7,7 @@ import pytest
 import torch
 from torch import nn
 from torch.utils._python_dispatch import TorchDispatchMode
+from trainers import cpu_trainer
 
 import train
 
@@ -63,15 +64,8 @@ class Memorizer(nn.Module):
 
 def make_trainer(model, lines, n_crops=1, lr=0.5):
     optimizer = torch.optim.SGD(model.parameters(), lr=lr, momentum=0.9, nesterov=True)
-    return train.Trainer(
-        model,
-        nn.CrossEntropyLoss(),
-        optimizer,
-        lambda epoch, progress: lr / epoch,
-        device=torch.device("cpu"),
-        n_crops=n_crops,
-        log=lines.append,
-    )
+    return cpu_trainer(model, optimizer, lambda epoch, progress: lr / epoch, log=lines.append,
+                       n_crops=n_crops)  # fmt: skip
 
 
 def batches(images, labels, size):
@@ -84,7 +78,7 @@ def test_train_prints_the_lua_lines_and_sets_the_lr():
     lines = []
     trainer = make_trainer(Memorizer(), lines)
     top1, top5, loss = trainer.train(2, batches(images, labels, 4))
-    assert trainer.optimizer.param_groups[0]["lr"] == 0.25
+    assert trainer.step.optimizer.param_groups[0]["lr"] == 0.25
     assert lines[0] == "=> Training epoch # 2"
     assert len(lines) == 4
     pattern = r" \| Epoch: \[2\]\[3/3\]    Time \d+\.\d{3}  Data \d+\.\d{3}  Err \d\.\d{4}  top1 [ \d]{3}\.\d{3}  top5 [ \d]{3}\.\d{3}"
@@ -100,13 +94,13 @@ def test_training_learns_and_test_weights_errors_per_image():
     for _ in range(30):
         trainer.train(1, batches(images, labels, 4))
     lines.clear()
-    top1, top5 = trainer.test(7, batches(images, labels, 4))
+    top1, top5 = trainer.evaluation.test(7, batches(images, labels, 4))
     assert top1 == 0.0 and top5 == 0.0
     # With one wrong label in the partial last batch (2 images), the error is 1/10 per image.
     wrong = labels.clone()
-    wrong[9] = 2 if trainer.model(images[9:]).argmax().item() != 2 else 1
+    wrong[9] = 2 if trainer.step.model(images[9:]).argmax().item() != 2 else 1
     lines.clear()
-    top1, _ = trainer.test(7, batches(images, wrong, 4))
+    top1, _ = trainer.evaluation.test(7, batches(images, wrong, 4))
     assert top1 == pytest.approx(10.0)
     assert lines[-1] == " * Finished epoch # 7     top1:  10.000  top5:   0.000\n"
     assert lines[2].startswith(" | Test: [7][3/3]    Time ") and lines[2].endswith(
@@ -119,8 +113,8 @@ def test_ten_crop_batches_are_flattened_for_the_model():
     lines = []
     trainer = make_trainer(Memorizer(), lines, n_crops=10)
     crops = torch.randn(2, 10, 3, 4, 4)
-    top1, _ = trainer.test(0, [(crops, torch.tensor([0, 1]))])
-    expected, _ = percent_wrong(trainer.model(crops.flatten(0, 1)), torch.tensor([0, 1]), 10)
+    top1, _ = trainer.evaluation.test(0, [(crops, torch.tensor([0, 1]))])
+    expected, _ = percent_wrong(trainer.step.model(crops.flatten(0, 1)), torch.tensor([0, 1]), 10)
     assert top1 == expected
 
 
@@ -169,10 +163,10 @@ def test_the_hot_loop_reads_the_device_only_to_print(monkeypatch):
     monkeypatch.setattr(train, "to_host", lambda t: reads.append(1) or t.tolist())
     lines = []
     trainer = make_trainer(Memorizer(), lines)
-    trainer.print_every = 4
+    trainer.reporting.print_every = 4
     with HostReads() as host:
         trainer.train(1, batches(images, labels, 4))  # 10 iterations
-        trainer.test(1, batches(images, labels, 4))
+        trainer.evaluation.test(1, batches(images, labels, 4))
     assert host.count == 0
     printed = [line for line in lines if line.startswith(" | ")]
     assert len(reads) == len(printed) == 6  # train and test lines at 4, 8 and 10
@@ -184,10 +178,10 @@ def test_a_printed_line_averages_its_window_and_the_total_is_per_image():
     images, labels = torch.randn(10, 3, 4, 4), torch.tensor([0, 1, 2] * 3 + [0])
     lines = []
     trainer = make_trainer(Memorizer(), lines)
-    trainer.print_every = 2
+    trainer.reporting.print_every = 2
     parts = batches(images, labels, 4)  # 4 + 4 + 2 images
-    expected = [percent_wrong(trainer.model(x), y) for x, y in parts]
-    top1, top5 = trainer.test(3, parts)
+    expected = [percent_wrong(trainer.step.model(x), y) for x, y in parts]
+    top1, top5 = trainer.evaluation.test(3, parts)
     first = 0.5 * (expected[0][0] + expected[1][0])
     assert lines[0].endswith(f"top1 {first:7.3f} ({first:7.3f})  top5   0.000 (  0.000)")
     assert top1 == pytest.approx(
@@ -199,7 +193,7 @@ def test_a_printed_line_averages_its_window_and_the_total_is_per_image():
 def test_a_nan_reaching_the_weights_is_caught_before_a_checkpoint():
     lines = []
     trainer = make_trainer(Memorizer(), lines)
-    trainer.print_every = 100
+    trainer.reporting.print_every = 100
     images = torch.full((2, 3, 4, 4), float("nan"))
     seen = []
 
@@ -217,10 +211,10 @@ def test_records_get_every_printed_step_and_each_pass(tmp_path):
     images, labels = torch.randn(10, 3, 4, 4), torch.tensor([0, 1, 2] * 3 + [0])
     records, lines = [], []
     trainer = make_trainer(Memorizer(), lines)
-    trainer.progress = train.Progress(lines.append, record=records.append)
-    trainer.print_every = 2
+    trainer.reporting.progress = train.Progress(lines.append, record=records.append)
+    trainer.reporting.print_every = 2
     top1, _, loss = trainer.train(2, batches(images, labels, 4))  # lines at 2 and 3
-    trainer.test(2, batches(images, labels, 4))
+    trainer.evaluation.test(2, batches(images, labels, 4))
     assert [(r["split"], r["iter"]) for r in records] == [
         ("train", 2),
         ("train", 3),
@@ -291,7 +285,7 @@ def test_precise_bn_sets_running_statistics_to_their_average_over_the_batches():
     trainer.train(1, data)  # running statistics: a momentum 0.1 moving average
     weights = {k: v.clone() for k, v in model.named_parameters()}
     means, variances = batch_statistics(model, data[:3])
-    assert trainer.recompute_bn_statistics(data, batches=3) == 12
+    assert trainer.evaluation.recompute_bn_statistics(data, batches=3) == 12
     norm = model[1]
     torch.testing.assert_close(norm.running_mean, means.mean(0))
     torch.testing.assert_close(norm.running_var, variances.mean(0))
@@ -323,10 +317,10 @@ def test_precise_bn_weighs_each_process_by_its_images():
     models = [bn_network(), bn_network()]
     trainers = [make_trainer(model, []) for model in models]
     for trainer in trainers:
-        trainer.reduce = reduce
+        trainer.reporting.reduce = reduce
     used = [None, None]
     threads = [threading.Thread(target=lambda r=r: used.__setitem__(
-        r, trainers[r].recompute_bn_statistics(shares[r], batches=3))) for r in (0, 1)]  # fmt: skip
+        r, trainers[r].evaluation.recompute_bn_statistics(shares[r], batches=3))) for r in (0, 1)]  # fmt: skip
     for thread in threads:
         thread.start()
     for thread in threads:
@@ -384,7 +378,7 @@ def test_a_stop_while_testing_says_so_in_words():
     images, labels = torch.randn(8, 3, 4, 4), torch.tensor([0, 1, 2, 0] * 2)
     trainer = make_trainer(Memorizer(), [])
     with pytest.raises(train.Interrupted) as caught:
-        trainer.test(3, batches(images, labels, 4), stop=lambda: True)
+        trainer.evaluation.test(3, batches(images, labels, 4), stop=lambda: True)
     assert str(caught.value) == "while testing epoch 3"  # "Stopped by SIGTERM while testing ..."
 
 
@@ -405,8 +399,8 @@ def test_the_step_alone_is_one_sgd_step_in_its_precision_and_layout():
     model, twin = Memorizer(), Memorizer()
     twin.load_state_dict(model.state_dict())
     step = train.Step(model, nn.CrossEntropyLoss(), torch.optim.SGD(model.parameters(), lr=1.0),
-                      lambda epoch, progress: 0.25 / epoch, device=torch.device("cpu"),
-                      dtype=torch.float64, memory_format=torch.channels_last)  # fmt: skip
+                      lambda epoch, progress: 0.25 / epoch,
+                      train.Placement(torch.device("cpu"), torch.channels_last, torch.float64))  # fmt: skip
     model.double()
     assert step.set_learning_rate(2) == 0.125
     images, target = step.to_device((torch.randn(4, 3, 4, 4), torch.tensor([0, 1, 2, 0])))
@@ -422,7 +416,7 @@ def test_the_step_alone_is_one_sgd_step_in_its_precision_and_layout():
 def test_the_evaluation_alone_counts_the_errors_of_the_model_it_is_given():
     model = Memorizer()
     step = train.Step(model, nn.CrossEntropyLoss(), torch.optim.SGD(model.parameters(), lr=0.1),
-                      lambda *_: 0.1, device=torch.device("cpu"))  # fmt: skip
+                      lambda *_: 0.1, train.Placement(torch.device("cpu")))  # fmt: skip
     lines = []
     reporting = train.Reporting(train.Progress(lines.append), 1, torch.device("cpu"))
     other = Memorizer()
