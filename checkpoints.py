@@ -288,28 +288,20 @@ class Checkpoint:
 
 def save(
     save_dir: str,
-    epoch: int,
-    model: nn.Module,
+    record: dict,
     optimizer_state: dict,
     *,
-    arch: dict,
-    classes: list[str],
-    is_best: bool,
     best: tuple[float, float],
-    iteration: int = 0,
-    samples: int = 0,
+    is_best: bool = False,
+    position: tuple[int, int] = (0, 0),
     state: RunState | None = None,
     keep: int = 0,
-    average: dict | None = None,
-    evaluation: dict | None = None,
 ) -> None:
-    """Write the model and optimizer files (per epoch, or mid-epoch after `iteration`),
-    model_best.pth if best, then latest.pth last, so that a crash at any instant leaves
-    the previous consistent set; then drop files no longer needed (keep: last K epochs).
-    samples: how many samples of the epoch's order the iterations used (mid-epoch);
-    average: the -ema state, and evaluation: the val images' preparation, both saved in
-    the model files."""
-    record = model_record(model, epoch, arch, classes, average, evaluation)
+    """Write the model file (a model_record()) and the optimizer file of record's epoch,
+    or mid-epoch where position = (iteration, samples of the epoch's order used) says;
+    model_best.pth if is_best, then latest.pth last, so that a crash at any instant leaves
+    the previous consistent set; then drop files no longer needed (keep: last K epochs)."""
+    epoch, (iteration, samples) = record["epoch"], position
     model_name, optim_name = file_names(epoch, iteration)
     atomic_save(record, os.path.join(save_dir, model_name))
     atomic_save(optimizer_state, os.path.join(save_dir, optim_name))

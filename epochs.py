@@ -93,7 +93,7 @@ class EpochLoop:
         the same iteration, as every process calls it); only rank 0 writes (every rank
         holds the same weights), with the random generators of every rank."""
         rng = launch.all_gathered(devices.rng_state(self.devices), self.processes)
-        sums = self.trainer.all_processes(self.trainer.sums.snapshot()) if sums else None
+        sums = self.trainer.reporting.all_processes(self.trainer.sums.snapshot()) if sums else None
         order = datasets.order_of(self.train_loader.dataset) if iteration else None
         state = checkpoints.RunState(
             rng, self.trainer.step.scaler.state_dict(), self.loop.frozen, sums, order
@@ -108,22 +108,14 @@ class EpochLoop:
         self.saved = True
         self.run_folder()
         average = self.trainer.average.state_dict() if self.trainer.average else None
-        checkpoints.save(
-            self.loop.save,
-            epoch,
-            self.trainer.step.model,
-            self.trainer.step.optimizer.state_dict(),
-            arch=self.arch,
-            classes=self.classes,
-            is_best=is_best,
-            best=self.best,
-            iteration=iteration,
-            samples=samples,
-            state=state,
-            keep=self.loop.keep_checkpoints,
-            average=average,
-            evaluation=self.loop.evaluation,
+        model = self.trainer.step.model
+        record = checkpoints.model_record(
+            model, epoch, self.arch, self.classes, average, self.loop.evaluation
         )
+        optimizer = self.trainer.step.optimizer.state_dict()
+        checkpoints.save(self.loop.save, record, optimizer, best=self.best, is_best=is_best,
+                         position=(iteration, samples), state=state,
+                         keep=self.loop.keep_checkpoints)  # fmt: skip
 
     def after_step(self, epoch: int, iteration: int) -> None:
         """Periodic and requested mid-epoch checkpoints."""

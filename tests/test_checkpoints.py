@@ -21,16 +21,8 @@ def save_epoch(folder, model, epoch, is_best, best=(50.0, 10.0)):
     model(torch.randn(2, 3, 8, 8)).sum().backward()
     optimizer.step()
     arch = {"netType": "resnet", "depth": 8, "dataset": "cifar10"}
-    checkpoints.save(
-        str(folder),
-        epoch,
-        model,
-        optimizer.state_dict(),
-        arch=arch,
-        classes=[str(i) for i in range(10)],
-        is_best=is_best,
-        best=best,
-    )
+    record = checkpoints.model_record(model, epoch, arch, [str(i) for i in range(10)])
+    checkpoints.save(str(folder), record, optimizer.state_dict(), best=best, is_best=is_best)
     return optimizer
 
 
