@@ -2,7 +2,6 @@
 any iteration: checkpoints every -checkpointEvery iterations and on SIGTERM / SIGINT."""
 
 import math
-import os
 import signal
 import sys
 from dataclasses import dataclass
@@ -12,13 +11,8 @@ import datasets
 import devices
 import errors
 import launch
-import opts as options
 import parallel
-import recipe
 import train
-from devices import host_record
-from launch import Processes
-from models import setup
 
 
 @dataclass(frozen=True)
@@ -46,19 +40,17 @@ class EpochLoop:
     def __init__(
         self,
         loop: Loop,
-        trainer,
+        trainer: train.Trainer,
         loaders,
-        run_folder,
-        network,
+        run_folder: checkpoints.RunFolder,
+        network: tuple[dict, list[str]],
         checkpoint,
-        stop,
-        processes,
-        devices,
+        place: launch.Place,
     ):
         self.loop, self.trainer, self.run_folder = loop, trainer, run_folder
         self.arch, self.classes = network  # what the model files describe
         self.train_loader, self.val_loader = loaders
-        self.processes, self.stop, self.devices = processes, stop, devices
+        self.processes, self.stop, self.devices = place.processes, place.stop, place.used
         self.best = (math.inf, math.inf)
         self.epoch, self.resume_sample, self.resume_sums = loop.epoch_number, 0, None
         self.position = (0, 0)  # (iteration, sample) the epoch being trained started at
@@ -266,20 +258,11 @@ def precise_bn(loop: Loop, trainer: train.Trainer, train_loader, epoch: int) -> 
     )
 
 
-def test_only(plan, model, device, loaders, sources, processes: Processes, stop) -> int:
-    """-testOnly: the model tested once on the val set (sources: the -resume checkpoint and
-    the -retrain file, or None), with the Lua's ' * Results' line."""
-    checkpoint, retrained = sources
-    tested = checkpoint.model if checkpoint else retrained
-    averaged = tested is not None and tested.evaluated()[1]
-    if (note := options.test_only_note(plan.options, averaged)) and processes.rank == 0:
-        print(note)
-    progress = train.Progress(**shown(loaders))
-    trainer = recipe.make_trainer(
-        plan.recipe, plan.model, model, device, checkpoint, processes, progress
-    )
+def test_once(loop: Loop, trainer: train.Trainer, loaders, stop) -> int:
+    """-testOnly: -preciseBN's statistics, then the val set once, with the Lua's
+    ' * Results' line."""
     stop.doing = "testing"
-    precise_bn(plan.loop, trainer, loaders[0], max(plan.loop.epoch_number, 1))
+    precise_bn(loop, trainer, loaders[0], max(loop.epoch_number, 1))
     top1, top5 = trainer.evaluation.test(0, loaders[1], summary=False)
     print(f" * Results top1: {top1:6.3f}  top5: {trainer.reporting.progress.top5_text(top5, 6)}")
     return 0
@@ -300,45 +283,18 @@ def start_point(epoch_number: int, checkpoint) -> dict:
     return {"epoch": checkpoint.epoch, "iter": checkpoint.iteration}
 
 
-def train_and_test(
-    plan, model, network, devices, loaders, checkpoint, processes: Processes, stop
-) -> int:
-    """Train from the start (or -resume) point to -nEpochs, testing after each epoch, with
-    the run's records in -save (network: the arch and classes the model files describe;
-    devices: the process's device and all it uses). Returns the exit status: 128 + the
-    signal after a stop request, once the checkpoint is saved."""
-    (arch, classes), (device, used), loop = network, devices, plan.loop
-    record = setup.options_record(plan.options, arch)
-    run_folder = checkpoints.RunFolder(loop.save, loop.overwrite, record)
-    records = None
-    if processes.rank == 0:
-        print(f"=> Saving checkpoints and records in {os.path.abspath(loop.save)}")
-        records = train.RunRecords(
-            loop.save,
-            len(loaders[0]),
-            tensorboard=loop.tensorboard,
-            options=record,
-            before_first_write=run_folder,
-            segment={**start_point(loop.epoch_number, checkpoint), **host_record(device)},
-        )
-    progress = train.Progress(record=records, **shown(loaders))
-    trainer = recipe.make_trainer(
-        plan.recipe, plan.model, model, device, checkpoint, processes, progress
-    )
-    side = plan.data.input_side()
-    trainer.evaluation.try_evaluation((max(1, loop.batch_size // processes.world), 3, side, side))
-    epochs = EpochLoop(
-        loop, trainer, loaders, run_folder, (arch, classes), checkpoint, stop, processes, used
-    )
+def run_to_the_end(epochs: EpochLoop, save: str, records) -> int:
+    """Train the epochs, closing the run records however it ends. Returns the exit status:
+    128 + the signal after a stop request, once the checkpoint is saved."""
     try:
         epochs.run()
     except train.Interrupted as exc:
-        name = signal.Signals(stop.signal_number).name
+        number = epochs.stop.signal_number
         print(
-            f"=> Stopped by {name} {exc}; checkpoint saved. Continue with the same command"
-            f" and -resume {loop.save}"
+            f"=> Stopped by {signal.Signals(number).name} {exc}; checkpoint saved. Continue"
+            f" with the same command and -resume {save}"
         )
-        return 128 + stop.signal_number
+        return 128 + number
     finally:
         if records is not None:
             records.close()

@@ -41,6 +41,18 @@ class Processes(NamedTuple):
     control: object = None  # a gloo group for small CPU messages (stop requests)
 
 
+class Place(NamedTuple):
+    """Where this process runs its part of the job: its device and every device it uses,
+    the weights' dtype and autocast's (None: off), its place among the processes, and the
+    stop requests it answers."""
+
+    device: torch.device
+    used: list
+    dtypes: tuple
+    processes: Processes
+    stop: "StopRequest"
+
+
 def quiet_thread_write_errors() -> Callable:
     """An OSError in a helper thread (TensorBoard's writer on a full disk) is not printed
     as a traceback: the main thread meets the same error at its next write and reports it

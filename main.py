@@ -24,10 +24,9 @@ if __name__ == "__main__":
     stop_while_starting()
 
 # The imports below take seconds (torch): a stop while they load is handled (above).
-from functools import partial
 
-import torch
 
+import assemble
 import averaging
 import checkpoints
 import datasets
@@ -36,9 +35,10 @@ import epochs
 import errors
 import launch
 import layouts
-import models
 import parallel
 import plan as plans
+import train
+from devices import host_record
 from launch import Processes
 from models import pretrained, setup
 from plan import Plan
@@ -61,18 +61,20 @@ def run(plan: Plan, named: pretrained.Named | None) -> int:
 def run_process(
     plan: Plan, processes: Processes, stop: launch.StopRequest, named: pretrained.Named | None
 ) -> int:
-    """Check, load the data, build the model, then train or test."""
-    device, used = set_up_process(plan, processes)
+    """The run built top-down, each part from those before it: the process's place, the
+    checkpoint to continue, the data, the model and its placement; then it is tested once
+    (-testOnly) or trained."""
+    place = assemble.process_place(plan, processes, stop)
     checkpoint = checkpoints.latest_of_run(plan.loop.resume)  # None: start afresh
     if checkpoint:
-        devices.restore_rng_state(checkpoint.state.rng, processes.rank, used)
+        devices.restore_rng_state(checkpoint.state.rng, processes.rank, place.used)
     retrained = setup.start_weights(plan.model, named, checkpoint, processes)
     for note in plan.notes:
         print(note)
     stop.doing = "loading the data"
     loaders = parallel.in_turns(
         processes,
-        lambda: datasets.create_loaders(plan.data, device, processes.rank, processes.world),
+        lambda: datasets.create_loaders(plan.data, place.device, processes.rank, processes.world),
     )
     with datasets.closed_after(loaders):
         classes = list(loaders[0].dataset.classes)
@@ -84,42 +86,44 @@ def run_process(
         model, arch = setup.build_model(plan.model, classes, checkpoint, retrained)
         setup.check_classes(model, classes, checkpoint.model if checkpoint else None)
         steps = 0 if plan.test_only else len(loaders[0]) * plan.loop.n_epochs
-        plan = layouts.chosen(plan, model, device, processes.world, steps)  # -memoryFormat auto
+        plan = layouts.chosen(plan, model, place.device, processes.world, steps)
+        placed = setup.prepare_model(plan.model, model, place.device, place.dtypes, processes.world)
         if plan.test_only:
-            return epochs.test_only(
-                plan, model, device, loaders, (checkpoint, retrained), processes, stop
-            )
-        return epochs.train_and_test(
-            plan, model, (arch, classes), (device, used), loaders, checkpoint, processes, stop
-        )
+            return test_run(plan, placed, place, loaders, (checkpoint, retrained))
+        return train_run(plan, placed, place, loaders, (arch, classes), checkpoint)
 
 
-def set_up_process(plan: Plan, processes: Processes) -> tuple[torch.device, list[torch.device]]:
-    """This process's device (and all it uses), its precision and allocator, the seed; and
-    what can be checked before any work: the images fit in memory, -compile works, the
-    network flags build a network."""
-    setting = plan.launch
-    device = devices.select_device(
-        setting.device, setting.n_gpu, processes.local_rank, processes.world
-    )
-    if setting.auto_device and (line := devices.fallback_line(device.type, setting.n_gpu)):
-        print(line)
-    launch.precision_settings(setting.precision, device)  # a bad combination fails first
-    datasets.check_image_sizes(
-        plan.data.dataset,
-        plan.data.crops,
-        batch=max(1, plan.data.batch_size // processes.world),
-        workers=plan.data.workers,
-        memory=partial(devices.memory, device),
-        device=device.type,
-    )
-    parallel.check_compile(setting.compile, device, setting.n_gpu, processes.world)
-    launch.configure_host_allocator(setting.host_allocator)  # before workers fork: inherited
-    torch.manual_seed(setting.seed)
-    models.check_arch(
-        {**plan.model.arch, "nClasses": plan.model.n_classes or 1}, plan.model.frozen_stages
-    )
-    return device, parallel.devices_used(device, setting.n_gpu, processes.world)
+def test_run(plan: Plan, placed: tuple, place: launch.Place, loaders, sources) -> int:
+    """-testOnly: the model tested once on the val set (sources: the -resume checkpoint and
+    the -retrain file, or None)."""
+    checkpoint, _ = sources
+    if (note := assemble.test_only_note(plan, sources)) and place.processes.rank == 0:
+        print(note)
+    progress = train.Progress(**epochs.shown(loaders))
+    trainer = assemble.trainer(plan, placed, place, checkpoint, progress)
+    return epochs.test_once(plan.loop, trainer, loaders, place.stop)
+
+
+def train_run(plan: Plan, placed: tuple, place: launch.Place, loaders, network, checkpoint) -> int:
+    """Train from the start (or -resume) point to -nEpochs, testing after each epoch, with
+    the run's records in -save (network: the arch and classes the model files describe)."""
+    loop, (arch, _) = plan.loop, network
+    record = setup.options_record(plan.options, arch)
+    run_folder = checkpoints.RunFolder(loop.save, loop.overwrite, record)
+    records = None
+    if place.processes.rank == 0:
+        print(f"=> Saving checkpoints and records in {os.path.abspath(loop.save)}")
+        segment = {**epochs.start_point(loop.epoch_number, checkpoint), **host_record(place.device)}
+        records = train.RunRecords(loop.save, len(loaders[0]), tensorboard=loop.tensorboard,
+                                   options=record, before_first_write=run_folder,
+                                   segment=segment)  # fmt: skip
+    progress = train.Progress(record=records, **epochs.shown(loaders))
+    trainer = assemble.trainer(plan, placed, place, checkpoint, progress)
+    side = plan.data.input_side()
+    batch = max(1, loop.batch_size // place.processes.world)
+    trainer.evaluation.try_evaluation((batch, 3, side, side))  # too big: fails now, not later
+    epoch_loop = epochs.EpochLoop(loop, trainer, loaders, run_folder, network, checkpoint, place)
+    return epochs.run_to_the_end(epoch_loop, loop.save, records)
 
 
 def main(argv=None) -> int:

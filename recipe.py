@@ -10,14 +10,11 @@ from torch import nn
 
 import averaging
 import checkpoints
-import devices
 import launch
 import optimizers
 import schedules
-import train
 from datasets import mixing
 from launch import Processes
-from models import setup
 
 
 @dataclass(frozen=True)
@@ -90,43 +87,18 @@ def sum_over_processes(values: torch.Tensor) -> torch.Tensor:
     return values
 
 
-def make_trainer(
-    spec: Recipe,
-    placement: setup.ModelSpec,
-    model,
-    device,
-    checkpoint,
-    processes: Processes,
-    progress=None,
-) -> train.Trainer:
-    """The Trainer of the recipe for the model placed as placement says, with the optimizer
-    and loss scale of -resume."""
-    dtype, autocast_dtype = launch.precision_settings(spec.precision, device)
-    trained, evaluated = setup.prepare_model(
-        placement, model, device, (dtype, autocast_dtype), processes.world
-    )
-    distributed = processes.world > 1
-    memory_format = devices.MEMORY_FORMATS[placement.memory_format]
-    step = train.Step(
-        trained,
-        nn.CrossEntropyLoss(label_smoothing=spec.label_smoothing),
-        make_optimizer(trained, spec, checkpoint),
-        spec.schedule,
-        train.Placement(device, memory_format, dtype, autocast_dtype, spec.clip_grad_norm),
-    )
-    if checkpoint and checkpoint.state.scaler:
-        step.scaler.load_state_dict(checkpoint.state.scaler)  # fp16 loss scale
-    reduce = sum_over_processes if distributed else None
-    reporting = train.Reporting(progress or train.Progress(), spec.print_every, device, reduce)
-    mix = batch_mixing(spec, checkpoints.unwrap(trained).fc.out_features)
-    average = weight_average(spec, trained, checkpoint)
-    n_crops = 10 if spec.ten_crop else 1
-    evaluation = train.Evaluation(step, reporting, evaluated, n_crops=n_crops, average=average)
-    # With -skipCorrupt a process may get no readable image of a batch: every process then
-    # leaves that step out, so that their gradient all-reduces stay paired.
-    skipping = distributed and spec.skip_corrupt
-    every_process = partial(launch.every_process, processes=processes) if skipping else None
-    return train.Trainer(step, evaluation, every_process=every_process, mix=mix)
+def loss(spec: Recipe) -> nn.Module:
+    """Cross-entropy, with -labelSmoothing."""
+    return nn.CrossEntropyLoss(label_smoothing=spec.label_smoothing)
+
+
+def step_agreement(spec: Recipe, processes: Processes):
+    """With -skipCorrupt a process may get no readable image of a batch: every process then
+    leaves that step out, so that their gradient all-reduces stay paired. The check that
+    a flag holds in every process, or None where no step is left out."""
+    if processes.world > 1 and spec.skip_corrupt:
+        return partial(launch.every_process, processes=processes)
+    return None
 
 
 def batch_mixing(spec: Recipe, n_outputs: int):

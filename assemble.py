@@ -1,0 +1,77 @@
+"""The builders main.run_process assembles a run from, one part each: the process's place,
+the trainer of the recipe on the placed model, -testOnly's note."""
+
+from functools import partial
+
+import torch
+
+import checkpoints
+import datasets
+import devices
+import launch
+import models
+import opts as options
+import parallel
+import recipe
+import train
+from launch import Processes
+from plan import Plan
+
+
+def process_place(plan: Plan, processes: Processes, stop: launch.StopRequest) -> launch.Place:
+    """This process's place (its device and all it uses, its dtypes), its allocator and
+    seed; and what can be checked before any work: the images fit in memory, -compile
+    works, the network flags build a network."""
+    setting = plan.launch
+    device = devices.select_device(
+        setting.device, setting.n_gpu, processes.local_rank, processes.world
+    )
+    if setting.auto_device and (line := devices.fallback_line(device.type, setting.n_gpu)):
+        print(line)
+    dtypes = launch.precision_settings(setting.precision, device)  # a bad one fails first
+    datasets.check_image_sizes(
+        plan.data.dataset,
+        plan.data.crops,
+        batch=max(1, plan.data.batch_size // processes.world),
+        workers=plan.data.workers,
+        memory=partial(devices.memory, device),
+        device=device.type,
+    )
+    parallel.check_compile(setting.compile, device, setting.n_gpu, processes.world)
+    launch.configure_host_allocator(setting.host_allocator)  # before workers fork: inherited
+    torch.manual_seed(setting.seed)
+    models.check_arch(
+        {**plan.model.arch, "nClasses": plan.model.n_classes or 1}, plan.model.frozen_stages
+    )
+    used = parallel.devices_used(device, setting.n_gpu, processes.world)
+    return launch.Place(device, used, dtypes, processes, stop)
+
+
+def trainer(plan: Plan, placed: tuple, place: launch.Place, checkpoint, progress):
+    """The recipe's parts on the placed model (to train, to evaluate): the optimizer (from
+    -resume or -optimState), schedule, loss and step, batch mixing, the weight average,
+    the evaluation, and the trainer that holds them."""
+    spec, (trained, evaluated) = plan.recipe, placed
+    layout = devices.MEMORY_FORMATS[plan.model.memory_format]
+    placement = train.Placement(place.device, layout, *place.dtypes, spec.clip_grad_norm)
+    optimizer = recipe.make_optimizer(trained, spec, checkpoint)
+    step = train.Step(trained, recipe.loss(spec), optimizer, spec.schedule, placement)
+    if checkpoint and checkpoint.state.scaler:
+        step.scaler.load_state_dict(checkpoint.state.scaler)  # fp16 loss scale
+    reduce = recipe.sum_over_processes if place.processes.world > 1 else None
+    reporting = train.Reporting(progress, spec.print_every, place.device, reduce)
+    mix = recipe.batch_mixing(spec, checkpoints.unwrap(trained).fc.out_features)
+    average = recipe.weight_average(spec, trained, checkpoint)
+    n_crops = 10 if spec.ten_crop else 1
+    evaluation = train.Evaluation(step, reporting, evaluated, n_crops=n_crops, average=average)
+    every_process = recipe.step_agreement(spec, place.processes)
+    return train.Trainer(step, evaluation, every_process=every_process, mix=mix)
+
+
+def test_only_note(plan: Plan, sources) -> str | None:
+    """-testOnly's warning for the training flags it ignores (sources: the -resume
+    checkpoint and the -retrain file, or None)."""
+    checkpoint, retrained = sources
+    tested = checkpoint.model if checkpoint else retrained
+    averaged = tested is not None and tested.evaluated()[1]
+    return options.test_only_note(plan.options, averaged)
