@@ -71,7 +71,7 @@ def trainer(plan: Plan, placed: tuple, place: launch.Place, checkpoint, progress
 def test_only_note(plan: Plan, sources) -> str | None:
     """-testOnly's warning for the training flags it ignores (sources: the -resume
     checkpoint and the -retrain file, or None)."""
-    checkpoint, retrained = sources
-    tested = checkpoint.model if checkpoint else retrained
+    checkpoint, start_file = sources
+    tested = checkpoint.model if checkpoint else start_file
     averaged = tested is not None and tested.evaluated()[1]
     return options.test_only_note(plan.options, averaged)

@@ -40,12 +40,12 @@ import plan as plans
 import train
 from devices import host_record
 from launch import Processes
-from models import pretrained, setup
+from models import setup
 from plan import Plan
 
 
-def run(plan: Plan, named: pretrained.Named | None) -> int:
-    """What main.lua does, in each process of the job (named: the resolved -weights)."""
+def run(plan: Plan) -> int:
+    """What main.lua does, in each process of the job."""
     with launch.restored_settings(), launch.stop_requests() as stop:
         job = launch.job_environment()
         devices.check_job(plan.launch.device, job.world)
@@ -55,12 +55,10 @@ def run(plan: Plan, named: pretrained.Named | None) -> int:
         launch.configure_backends(plan.launch.cudnn)  # before CUDA starts: cuBLAS reads it then
         timeout = plan.launch.rendezvous_timeout
         with launch.process_group(plan.launch.device, job, timeout, stop) as processes:
-            return run_process(plan, processes, stop, named)
+            return run_process(plan, processes, stop)
 
 
-def run_process(
-    plan: Plan, processes: Processes, stop: launch.StopRequest, named: pretrained.Named | None
-) -> int:
+def run_process(plan: Plan, processes: Processes, stop: launch.StopRequest) -> int:
     """The run built top-down, each part from those before it: the process's place, the
     checkpoint to continue, the data, the model and its placement; then it is tested once
     (-testOnly) or trained."""
@@ -68,7 +66,7 @@ def run_process(
     checkpoint = checkpoints.latest_of_run(plan.loop.resume)  # None: start afresh
     if checkpoint:
         devices.restore_rng_state(checkpoint.state.rng, processes.rank, place.used)
-    retrained = setup.start_weights(plan.model, named, checkpoint, processes)
+    start_file = setup.start_weights(plan.model, checkpoint, processes)  # -retrain, -weights
     for note in plan.notes:
         print(note)
     stop.doing = "loading the data"
@@ -83,13 +81,13 @@ def run_process(
             averaging.check_start(
                 saved, plan.recipe.ema, plan.recipe.ema_every, len(loaders[0]), plan.loop.resume
             )
-        model, arch = setup.build_model(plan.model, classes, checkpoint, retrained)
+        model, arch = setup.build_model(plan.model, classes, checkpoint, start_file)
         setup.check_classes(model, classes, checkpoint.model if checkpoint else None)
         steps = 0 if plan.test_only else len(loaders[0]) * plan.loop.n_epochs
         plan = layouts.chosen(plan, model, place.device, processes.world, steps)
         placed = setup.prepare_model(plan.model, model, place.device, place.dtypes, processes.world)
         if plan.test_only:
-            return test_run(plan, placed, place, loaders, (checkpoint, retrained))
+            return test_run(plan, placed, place, loaders, (checkpoint, start_file))
         return train_run(plan, placed, place, loaders, (arch, classes), checkpoint)
 
 
@@ -132,8 +130,7 @@ def main(argv=None) -> int:
     sys.stdout.reconfigure(errors="backslashreplace")  # file names that are not UTF-8
     try:
         opts = plans.parse(argv)
-        named = plans.adopt_weights(opts)  # -weights: their network and evaluation sizes
-        return run(plans.make_plan(opts), named)
+        return run(plans.make_plan(opts))
     except Exception as exc:  # what ended the run, said once: exit_status tells bugs apart
         return errors.exit_status(exc, distributed=launch.in_a_job())
     except KeyboardInterrupt as exc:

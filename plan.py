@@ -66,12 +66,14 @@ def parse(argv=None) -> argparse.Namespace:
     return options.parse(argv, NAMES)
 
 
-def adopt_weights(opts: argparse.Namespace) -> pretrained.Named | None:
-    """-weights resolved (None without): the network flags become the weights' network (a
-    flag given otherwise is an error), and -valResize / -valCrop / -valInterpolation how they
-    were evaluated unless given (or -cropSize)."""
-    if opts.weights == "none":
-        return None
+def adopt_weights(parsed: argparse.Namespace) -> tuple[argparse.Namespace, pretrained.Named | None]:
+    """The options with -weights resolved (as parsed, and None, without): a copy whose
+    network flags are the weights' network (a flag given otherwise is an error), and whose
+    -valResize / -valCrop / -valInterpolation are how they were evaluated unless given (or
+    -cropSize); the parsed options stay as they are."""
+    if parsed.weights == "none":
+        return parsed, None
+    opts = argparse.Namespace(**vars(parsed))
     named = pretrained.resolve(opts.weights)
     if named.arch["dataset"] != opts.dataset:
         raise errors.UsageError(
@@ -86,7 +88,7 @@ def adopt_weights(opts: argparse.Namespace) -> pretrained.Named | None:
             )
         setattr(opts, flag, value)
     if "cropSize" in opts.given or table.is_small(opts.dataset):  # the user's crop, or none
-        return named
+        return opts, named
     sizes = {
         "valResize": named.preprocessing.resize,
         "valCrop": named.preprocessing.crop,
@@ -96,12 +98,16 @@ def adopt_weights(opts: argparse.Namespace) -> pretrained.Named | None:
         if flag not in opts.given:
             setattr(opts, flag, size)
     options.validate_crops(opts)
-    return named
+    return opts, named
 
 
-def make_plan(opts: argparse.Namespace, machine: devices.Machine | None = None) -> Plan:
-    """The plan of the parsed (and -weights-resolved) options on this machine (or the one
-    given): -device, -memoryFormat and -precision auto resolved, as opts.json records them."""
+def make_plan(
+    parsed: argparse.Namespace,
+    machine: devices.Machine | None = None,
+) -> Plan:
+    """The plan of the parsed options on this machine (or the one given): -weights,
+    -device, -memoryFormat and -precision auto resolved, as opts.json records them."""
+    opts, named = adopt_weights(parsed)
     machine = machine or devices.Machine.here()
     kind = devices.device_type(opts.device, opts.nGPU, machine)
     layout, why = devices.memory_format(opts.memoryFormat, kind, machine)
@@ -109,7 +115,7 @@ def make_plan(opts: argparse.Namespace, machine: devices.Machine | None = None) 
     data = data_spec(opts)
     return Plan(
         data=data,
-        model=model_spec(opts, data.crops.val, layout),
+        model=model_spec(opts, data.crops.val, layout, named),
         recipe=training_recipe(opts, precision),
         loop=loop_spec(opts, data),
         launch=Launch(
@@ -199,8 +205,11 @@ def network(opts: argparse.Namespace) -> dict:
     }
 
 
-def model_spec(opts: argparse.Namespace, val_crop: int, memory_format: str) -> setup.ModelSpec:
-    """The network, where its weights come from, and what is done to it."""
+def model_spec(
+    opts: argparse.Namespace, val_crop: int, memory_format: str, named: pretrained.Named | None
+) -> setup.ModelSpec:
+    """The network, where its weights come from (named: the resolved -weights), and what is
+    done to it."""
     return setup.ModelSpec(
         arch=MappingProxyType(network(opts)),
         n_classes=opts.nClasses,
@@ -215,6 +224,7 @@ def model_spec(opts: argparse.Namespace, val_crop: int, memory_format: str) -> s
         compile=opts.compile,
         resume=opts.resume,
         retrain=opts.retrain,
+        weights=named,
         test_only=opts.testOnly,
         val_crop=val_crop,
     )

@@ -35,15 +35,17 @@ class ModelSpec:
     compile: bool = False
     resume: str = "none"  # the -resume folder
     retrain: str = "none"  # the -retrain file
+    weights: "pretrained.Named | None" = None  # -weights resolved: a named network's weights
     test_only: bool = False
     val_crop: int = 224  # the side of a folder dataset's val images
 
 
-def retrained_arch(spec: ModelSpec, retrained: checkpoints.ModelFile) -> dict:
-    """The network of a -retrain file: as saved, else the flags' with the file's fc width."""
-    if retrained.arch:
-        return models.complete_arch(retrained.arch, retrained.path)
-    return {**dict(spec.arch), "nClasses": retrained.outputs() or spec.n_classes or None}
+def start_arch(spec: ModelSpec, start_file: checkpoints.ModelFile) -> dict:
+    """The network of the file training starts from (-retrain's or -weights'): as saved,
+    else the flags' with the file's fc width."""
+    if start_file.arch:
+        return models.complete_arch(start_file.arch, start_file.path)
+    return {**dict(spec.arch), "nClasses": start_file.outputs() or spec.n_classes or None}
 
 
 def intended_arch(spec: ModelSpec, classes: list[str], file_arch: dict | None) -> dict:
@@ -56,19 +58,19 @@ def intended_arch(spec: ModelSpec, classes: list[str], file_arch: dict | None) -
     return arch
 
 
-def build_model(spec: ModelSpec, classes, checkpoint, retrained) -> tuple[nn.Module, dict]:
-    """The model to train (fresh, retrained or resumed) and the arch it is saved under,
+def build_model(spec: ModelSpec, classes, checkpoint, start_file) -> tuple[nn.Module, dict]:
+    """The model to train (fresh, fine-tuned from a file or resumed) and the arch it is saved under,
     with -frozenStages and -normEval applied."""
     if checkpoint:
         check_frozen_settings(spec, checkpoint.state.frozen)
-    elif spec.norm_eval and not retrained:
+    elif spec.norm_eval and not start_file:
         raise StartError(
             "-normEval true keeps every BatchNorm at its starting statistics (mean 0, variance"
             " 1) when no weights trained them: it is for fine-tuning; add -retrain FILE or"
             " -weights NAME, or leave -normEval out"
         )
-    model, arch = built_model(spec, classes, checkpoint, retrained)
-    if spec.zero_init_residual and not (checkpoint or retrained):
+    model, arch = built_model(spec, classes, checkpoint, start_file)
+    if spec.zero_init_residual and not (checkpoint or start_file):
         models.zero_init_residual(model)
     models.set_frozen(model, spec.frozen_stages, spec.norm_eval)
     return model, arch
@@ -84,9 +86,9 @@ def check_frozen_settings(spec: ModelSpec, saved: tuple) -> None:
         )
 
 
-def built_model(spec: ModelSpec, classes, checkpoint, retrained) -> tuple[nn.Module, dict]:
+def built_model(spec: ModelSpec, classes, checkpoint, start_file) -> tuple[nn.Module, dict]:
     """build_model() before the fine-tuning options."""
-    file_arch = retrained_arch(spec, retrained) if retrained else None
+    file_arch = start_arch(spec, start_file) if start_file else None
     arch = intended_arch(spec, classes, file_arch)
     if checkpoint:
         saved = models.complete_arch(checkpoint.model.arch, checkpoint.model.path)
@@ -107,13 +109,15 @@ def built_model(spec: ModelSpec, classes, checkpoint, retrained) -> tuple[nn.Mod
     print(f"=> Creating model from file: models/{arch['netType']}.py")
     for line in models.describe(**arch):
         print(line)
-    if retrained:
-        weights, averaged = retrained.evaluated()
-        if not retrained.fetched:  # (-weights said what they are when fetched)
-            print(f"Loading model from file: {retrained.path}" + (" (its -ema weights)" * averaged))
+    if start_file:
+        weights, averaged = start_file.evaluated()
+        if not start_file.fetched:  # (-weights said what they are when fetched)
+            print(
+                f"Loading model from file: {start_file.path}" + (" (its -ema weights)" * averaged)
+            )
         model = models.user_network(file_arch)
-        load_weights(model, weights, retrained.path)
-        crop = (retrained.evaluation or {}).get("crop", datasets.imagenet.LUA_CROPS.val)
+        load_weights(model, weights, start_file.path)
+        crop = (start_file.evaluation or {}).get("crop", datasets.imagenet.LUA_CROPS.val)
         before = (file_arch["dataset"], crop)
         if note := datasets.input_note(before, (spec.arch["dataset"], spec.val_crop)):
             print(note)
@@ -187,14 +191,13 @@ def prepare_model(
     )
 
 
-def start_weights(
-    spec: ModelSpec, named: pretrained.Named | None, checkpoint: dict | None, processes: Processes
-) -> dict | None:
+def start_weights(spec: ModelSpec, checkpoint: dict | None, processes: Processes) -> dict | None:
     """The model record training starts from: -retrain's file, or the named -weights
     (downloaded once: rank 0 first, the others then read the cache), unless resuming a
     checkpoint."""
     if spec.retrain != "none":
         return checkpoints.load_model_file(spec.retrain)
+    named = spec.weights
     if named is None or checkpoint is not None:
         return None
     if processes.rank == 0:

@@ -221,12 +221,15 @@ def test_a_bad_weights_flag_is_one_error_line_and_exit_2(flags, message, jpeg_ro
 def test_the_weights_network_and_sizes_become_the_options_unless_given(jpeg_root):
     opts = plan.parse(["-dataset", "imagenet", "-data", jpeg_root,
                           "-weights", "ResNet50_Weights.IMAGENET1K_V2"])  # fmt: skip
-    plan.adopt_weights(opts)
+    original, parsed = opts, dict(vars(opts))
+    opts, named = plan.adopt_weights(opts)
+    assert vars(original) == parsed and vars(opts) != parsed  # the parsed options stay
+    assert named.name == "ResNet50_Weights.IMAGENET1K_V2"
     assert (opts.netType, opts.depth, opts.shortcutType) == ("resnet", 50, "B")
     assert (opts.valResize, opts.valCrop, opts.valInterpolation) == (232, 224, "bilinear")
     given = plan.parse(["-dataset", "imagenet", "-data", jpeg_root, "-valResize", "256",
                            "-weights", "ResNet50_Weights.IMAGENET1K_V2"])  # fmt: skip
-    plan.adopt_weights(given)
+    given, _ = plan.adopt_weights(given)
     assert (given.valResize, given.valCrop) == (256, 224)
     summary = pretrained.summary(pretrained.resolve("ResNet50_Weights.IMAGENET1K_V2"))
     assert summary.endswith("1000 classes (ImageNet-1k's); evaluated at resize 232 (bilinear), crop 224:"

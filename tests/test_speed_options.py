@@ -143,5 +143,5 @@ def test_the_host_allocator_is_set_before_any_data_is_loaded(monkeypatch):
     monkeypatch.setattr(main.datasets, "create_loaders", no_loaders)
     parsed = plan.parse(["-dataset", "cifar10", "-nGPU", "0", "-netType", "resnet"])
     with pytest.raises(Stop):
-        main.run(plan.make_plan(parsed), None)
+        main.run(plan.make_plan(parsed))
     assert calls == ["cache", "loaders"]
