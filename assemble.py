@@ -24,9 +24,9 @@ def process_place(plan: Plan, processes: Processes, stop: launch.StopRequest) ->
     works, the network flags build a network."""
     setting = plan.launch
     device = devices.select_device(
-        setting.device, setting.n_gpu, processes.local_rank, processes.world
+        setting.device, plan.model.n_gpu, processes.local_rank, processes.world
     )
-    if setting.auto_device and (line := devices.fallback_line(device.type, setting.n_gpu)):
+    if setting.auto_device and (line := devices.fallback_line(device.type, plan.model.n_gpu)):
         print(line)
     dtypes = launch.precision_settings(setting.precision, device)  # a bad one fails first
     datasets.check_image_sizes(
@@ -37,13 +37,13 @@ def process_place(plan: Plan, processes: Processes, stop: launch.StopRequest) ->
         memory=partial(devices.memory, device),
         device=device.type,
     )
-    parallel.check_compile(setting.compile, device, setting.n_gpu, processes.world)
+    parallel.check_compile(plan.model.compile, device, plan.model.n_gpu, processes.world)
     launch.configure_host_allocator(setting.host_allocator)  # before workers fork: inherited
     torch.manual_seed(setting.seed)
     models.check_arch(
         {**plan.model.arch, "nClasses": plan.model.n_classes or 1}, plan.model.frozen_stages
     )
-    used = parallel.devices_used(device, setting.n_gpu, processes.world)
+    used = parallel.devices_used(device, plan.model.n_gpu, processes.world)
     return launch.Place(device, used, dtypes, processes, stop)
 
 
@@ -60,11 +60,14 @@ def trainer(plan: Plan, placed: tuple, place: launch.Place, checkpoint, progress
         step.scaler.load_state_dict(checkpoint.state.scaler)  # fp16 loss scale
     reduce = recipe.sum_over_processes if place.processes.world > 1 else None
     reporting = train.Reporting(progress, spec.print_every, place.device, reduce)
-    mix = recipe.batch_mixing(spec, checkpoints.unwrap(trained).fc.out_features)
-    average = recipe.weight_average(spec, trained, checkpoint)
-    n_crops = 10 if spec.ten_crop else 1
+    mix = average = None  # -testOnly: neither trains nor is trained
+    if not plan.test_only:
+        outputs = checkpoints.unwrap(trained).fc.out_features
+        mix = recipe.batch_mixing(spec, outputs, plan.launch.seed + 2)  # its own draws
+        average = recipe.weight_average(spec, trained, checkpoint)
+    n_crops = 10 if plan.data.ten_crop else 1
     evaluation = train.Evaluation(step, reporting, evaluated, n_crops=n_crops, average=average)
-    every_process = recipe.step_agreement(spec, place.processes)
+    every_process = recipe.step_agreement(plan.data.skip_corrupt, place.processes)
     return train.Trainer(step, evaluation, every_process=every_process, mix=mix)
 
 

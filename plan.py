@@ -36,11 +36,9 @@ class Launch:
 
     device: str = "cpu"  # -device resolved: cuda, mps or cpu
     auto_device: bool = False  # -device auto chose it
-    n_gpu: int = 1
     precision: str = "single"
     cudnn: str = "fastest"
     host_allocator: str = "cache"
-    compile: bool = False
     rendezvous_timeout: int = 300
     seed: int = 0
     layout_rule: str | None = None  # -memoryFormat auto: the rule's reason, before timing
@@ -116,16 +114,14 @@ def make_plan(
     return Plan(
         data=data,
         model=model_spec(opts, data.crops.val, layout, named),
-        recipe=training_recipe(opts, precision),
+        recipe=training_recipe(opts),
         loop=loop_spec(opts, data),
         launch=Launch(
             device=kind,
             auto_device=opts.device == "auto",
-            n_gpu=opts.nGPU,
             precision=precision,
             cudnn=opts.cudnn,
             host_allocator=opts.hostAllocator,
-            compile=opts.compile,
             rendezvous_timeout=opts.rendezvousTimeout,
             seed=opts.manualSeed,
             layout_rule=why,
@@ -230,8 +226,8 @@ def model_spec(
     )
 
 
-def training_recipe(opts: argparse.Namespace, precision: str | None = None) -> recipe.Recipe:
-    """How the network is trained (in precision: -precision with auto resolved)."""
+def training_recipe(opts: argparse.Namespace) -> recipe.Recipe:
+    """How the network is trained."""
     return recipe.Recipe(
         schedule=learning_rate_schedule(opts),
         momentum=opts.momentum,
@@ -244,15 +240,10 @@ def training_recipe(opts: argparse.Namespace, precision: str | None = None) -> r
         clip_grad_norm=opts.clipGradNorm,
         mixup=opts.mixup,
         cutmix=opts.cutmix,
-        seed=opts.manualSeed,
         ema=opts.ema,
         ema_every=opts.emaEvery,
         warmup_epochs=opts.warmupEpochs,
-        ten_crop=opts.tenCrop,
         print_every=opts.printFreq,
-        skip_corrupt=opts.skipCorrupt,
-        precision=precision or opts.precision,
-        test_only=opts.testOnly,
     )
 
 

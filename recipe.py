@@ -20,7 +20,7 @@ from launch import Processes
 @dataclass(frozen=True)
 class Recipe:
     """How the network is trained: the loss, the optimizer and its start, the learning-rate
-    schedule, batch mixing, the weight average, and the step's precision and printing."""
+    schedule, batch mixing, the weight average, and how often the step prints."""
 
     schedule: schedules.Schedule  # the LR at (epoch, progress): the only source of the LR
     momentum: float = 0.9
@@ -33,15 +33,10 @@ class Recipe:
     clip_grad_norm: float = 0.0
     mixup: float = 0.0
     cutmix: float = 0.0
-    seed: int = 0
     ema: float = 0.0
     ema_every: int = 1
     warmup_epochs: float = 0.0
-    ten_crop: bool = False
     print_every: int = 1
-    skip_corrupt: bool = False
-    precision: str = "single"
-    test_only: bool = False
 
 
 def make_optimizer(model: nn.Module, spec: Recipe, checkpoint) -> torch.optim.Optimizer:
@@ -92,30 +87,30 @@ def loss(spec: Recipe) -> nn.Module:
     return nn.CrossEntropyLoss(label_smoothing=spec.label_smoothing)
 
 
-def step_agreement(spec: Recipe, processes: Processes):
+def step_agreement(skip_corrupt: bool, processes: Processes):
     """With -skipCorrupt a process may get no readable image of a batch: every process then
     leaves that step out, so that their gradient all-reduces stay paired. The check that
     a flag holds in every process, or None where no step is left out."""
-    if processes.world > 1 and spec.skip_corrupt:
+    if processes.world > 1 and skip_corrupt:
         return partial(launch.every_process, processes=processes)
     return None
 
 
-def batch_mixing(spec: Recipe, n_outputs: int):
-    """-mixup / -cutmix on the training batches, or None."""
-    if spec.test_only or not (spec.mixup or spec.cutmix):
+def batch_mixing(spec: Recipe, n_outputs: int, seed: int):
+    """-mixup / -cutmix on the training batches (their draws from seed), or None."""
+    if not (spec.mixup or spec.cutmix):
         return None
     print(
         f"=> Mixing training batches (-mixup {spec.mixup:g} -cutmix {spec.cutmix:g}): the"
         " training errors are against each mixed image's dominant class"
     )
-    return mixing.BatchMixing(n_outputs, mixup=spec.mixup, cutmix=spec.cutmix, seed=spec.seed + 2)
+    return mixing.BatchMixing(n_outputs, mixup=spec.mixup, cutmix=spec.cutmix, seed=seed)
 
 
 def weight_average(spec: Recipe, trained: nn.Module, checkpoint):
     """-ema: the average of the trained weights (the -resume checkpoint's when it has one),
     or None."""
-    if spec.test_only or not spec.ema:
+    if not spec.ema:
         return None
     average = averaging.ExponentialAverage(
         checkpoints.unwrap(trained), spec.ema, spec.ema_every, spec.warmup_epochs
