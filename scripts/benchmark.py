@@ -508,7 +508,7 @@ def print_table(heading: str, results: dict[str, dict], rounds: int, memory=Fals
         print(f"| {label} | {r['img_s']:.1f} | {low:.1f}-{high:.1f} |{rss}")
 
 
-def main() -> None:
+def main(argv=None) -> None:
     """Measure every configuration of one model and print the table and the ratios."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--model", choices=sorted(MODELS), default="resnet20")
@@ -528,71 +528,58 @@ def main() -> None:
         help="only the data pipeline (1 and 2 workers): folders, shards (local, fetched), parquet",
     )
     parser.add_argument("--one", help=argparse.SUPPRESS)
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
     if args.one:
         print(json.dumps(run_one(json.loads(args.one))))
-        return
-    if args.recipes:
+    elif args.recipes:
         compare_recipes(args)
-        return
-    if args.data:
+    elif args.data:
         compare_data(args)
-        return
-    base = {
-        "model": args.model,
-        "batch": args.batch,
-        "warmup": args.warmup,
-        "steps": args.steps,
-        "size": args.size,
-        "allocator": "cache",
-    }
-    machine = devices.Machine.here()
-    model, size = build(args.model, args.size)  # what the CLI's default picks: it times both
-    timed = layouts.time_layouts(model, (min(args.batch, 32), 3, size, size), (torch.float32, None))
-    layout = max(layouts.LAYOUTS, key=timed.get)
-    default_label = f"trainer default (fp32, -memoryFormat auto: {layout})"
-    print(f"CPU capability {machine.cpu_capability}, native bf16: {machine.cpu_bf16}")
-    rows = {
-        "bare fp32 contiguous": {"kind": "bare", "layout": "contiguous", "precision": "fp32"},
-        "bare fp32 channels_last": {"kind": "bare", "layout": "channels_last", "precision": "fp32"},
-        "bare fp32 channels_last -hostAllocator system": {
-            "kind": "bare",
-            "layout": "channels_last",
-            "precision": "fp32",
-            "allocator": "system",
-        },
-        "bare bf16 channels_last": {"kind": "bare", "layout": "channels_last", "precision": "bf16"},
+    else:
+        compare_defaults(args)
+
+
+def default_rows(default_label: str, layout: str) -> dict[str, dict]:
+    """The rows of the default comparison: bare loops, the trainer, pipelines, references."""
+    bare = {"kind": "bare", "layout": "channels_last", "precision": "fp32"}
+    return {
+        "bare fp32 contiguous": {**bare, "layout": "contiguous"},
+        "bare fp32 channels_last": bare,
+        "bare fp32 channels_last -hostAllocator system": {**bare, "allocator": "system"},
+        "bare bf16 channels_last": {**bare, "precision": "bf16"},
         default_label: {"kind": "trainer", "layout": layout, "precision": "fp32"},
-        "trainer -precision bf16": {
-            "kind": "trainer",
-            "layout": "channels_last",
-            "precision": "bf16",
-        },
-        "bare fp32 channels_last -optnet": {
-            "kind": "bare",
-            "layout": "channels_last",
-            "precision": "fp32",
-            "optnet": True,
-        },
+        "trainer -precision bf16": {**bare, "kind": "trainer", "precision": "bf16"},
+        "bare fp32 channels_last -optnet": {**bare, "optnet": True},
         "pipeline (1 thread)": {"kind": "pipeline"},
         "JPEG decode alone (1 thread)": {"kind": "jpeg_decode"},
         "JPEG ImageNet train pipeline (1 thread)": {"kind": "jpeg_pipeline"},
         "baseline (pytorch/examples style)": {"kind": "baseline"},
         "reference: every FLOP at fp32 conv peak": {"kind": "reference"},
     }
+
+
+def compare_defaults(args) -> None:
+    """The default flags against bare loops and the other rows, with the ratios."""
+    base = {"model": args.model, "batch": args.batch, "warmup": args.warmup,
+            "steps": args.steps, "size": args.size, "allocator": "cache"}  # fmt: skip
+    machine = devices.Machine.here()
+    model, size = build(args.model, args.size)  # what the CLI's default picks: it times both
+    timed = layouts.time_layouts(model, (min(args.batch, 32), 3, size, size), (torch.float32, None))
+    layout = max(layouts.LAYOUTS, key=timed.get)
+    default_label = f"trainer default (fp32, -memoryFormat auto: {layout})"
+    print(f"CPU capability {machine.cpu_capability}, native bf16: {machine.cpu_bf16}")
+    rows = default_rows(default_label, layout)
     results = measure_rounds({label: {**base, **spec} for label, spec in rows.items()}, args.rounds)
     print_table(f"{args.model}, batch {args.batch}", results, args.rounds, memory=True)
+    print_ratios(results, default_label, layout)
+
+
+def print_ratios(results: dict[str, dict], default_label: str, layout: str) -> None:
+    """The ratios the benchmark promises, each from the rows it measured, with its target."""
     img_s = {label: r["img_s"] for label, r in results.items()}
     default, bf16 = img_s[default_label], img_s["trainer -precision bf16"]
     baseline = img_s["baseline (pytorch/examples style)"]
     faster_bare = max(img_s["bare fp32 channels_last"], img_s["bare fp32 contiguous"])
-    ratios = [
-        ("trainer / bare, same flags", default / img_s[f"bare fp32 {layout}"], "0.95"),
-        ("default flags / the faster bare fp32 layout", default / faster_bare, "0.95"),
-        ("default flags / bare fp32 NCHW", default / img_s["bare fp32 contiguous"], "1.3"),
-        ("default flags / baseline", default / baseline, "1.3"),
-        ("-precision bf16 / baseline", bf16 / baseline, "2"),
-    ]
     rss = {label: r["peak_rss_mib"] for label, r in results.items()}
     optnet, default_rss = rss["bare fp32 channels_last -optnet"], rss["bare fp32 channels_last"]
     speed = img_s["bare fp32 channels_last -optnet"] / img_s["bare fp32 channels_last"]
@@ -600,17 +587,21 @@ def main() -> None:
         f"-optnet peak RSS: {optnet:.0f} / {default_rss:.0f} MiB, a {1 - optnet / default_rss:.0%}"
         f" cut (target >= 30% for ResNeXt-50 at 224), at {speed:.2f}x the speed"
     )
-    for label, ratio, target in ratios:
+    for label, ratio, target in [
+        ("trainer / bare, same flags", default / img_s[f"bare fp32 {layout}"], "0.95"),
+        ("default flags / the faster bare fp32 layout", default / faster_bare, "0.95"),
+        ("default flags / bare fp32 NCHW", default / img_s["bare fp32 contiguous"], "1.3"),
+        ("default flags / baseline", default / baseline, "1.3"),
+        ("-precision bf16 / baseline", bf16 / baseline, "2"),
+    ]:
         print(f"{label}: {ratio:.2f}x (target >= {target})")
     reference = img_s["reference: every FLOP at fp32 conv peak"]
     print(
         f"default flags / fp32 conv-peak reference: {default / reference:.2f}x;"
         f" reference / baseline: {reference / baseline:.2f}x"
     )
-    allocator = (
-        img_s["bare fp32 channels_last"] / img_s["bare fp32 channels_last -hostAllocator system"]
-    )
-    print(f"-hostAllocator cache / system: {allocator:.2f}x")
+    system = img_s["bare fp32 channels_last -hostAllocator system"]
+    print(f"-hostAllocator cache / system: {img_s['bare fp32 channels_last'] / system:.2f}x")
     jpeg = img_s["JPEG ImageNet train pipeline (1 thread)"] / img_s["JPEG decode alone (1 thread)"]
     print(f"JPEG pipeline / decode alone: {jpeg:.2f}x (target >= 0.6)")
     pipeline = img_s["pipeline (1 thread)"]
