@@ -270,33 +270,6 @@ def memory_space(dataset: ArrayImageDataset) -> PixelSpace:
     return PixelSpace(tuple(dataset.mean), tuple(dataset.std), True, grey)
 
 
-def in_memory_loader(
-    dataset,
-    batch_size: int,
-    seed: int,
-    train: bool,
-    device,
-    rank: int,
-    world: int,
-    augment=None,
-    repeats: int = 1,
-) -> InMemoryLoader:
-    """Whole-batch loader for an ArrayImageDataset, augmenting on `device`."""
-    return InMemoryLoader(
-        dataset,
-        batch_size,
-        seed=seed,
-        train=train,
-        mean=dataset.mean,
-        std=dataset.std,
-        device=device,
-        rank=rank,
-        world=world,
-        augment=augment,
-        repeats=repeats,
-    )
-
-
 def order_of(dataset) -> str:
     """What an epoch's order of the dataset depends on beyond the seed and the epoch: the
     layout its samples are stored in, their number and, for samples read a block at a time,
@@ -315,19 +288,14 @@ def create_loaders(spec: DataSpec, device: torch.device, rank: int = 0, world: i
     train_set, val_set = create(spec, "train"), create(spec, "val")
     ranks = {"rank": rank, "world": world}
     if isinstance(train_set, ArrayImageDataset):
+        shares = (rank, world)
+        augment = image_augment(spec, memory_space(train_set))  # erased once normalised
         return (
-            in_memory_loader(
-                train_set,
-                spec.batch_size,
-                spec.seed,
-                True,
-                device,
-                **ranks,
-                augment=image_augment(spec, memory_space(train_set)),  # erased once normalised
-                repeats=spec.repeats,
-            ),
-            in_memory_loader(val_set, spec.batch_size, spec.seed + 1, False, device, **ranks),
-        )
+            InMemoryLoader(train_set, spec.batch_size, seed=spec.seed, train=True, device=device,
+                           ranks=shares, augment=augment, repeats=spec.repeats),
+            InMemoryLoader(val_set, spec.batch_size, seed=spec.seed + 1, train=False,
+                           device=device, ranks=shares),
+        )  # fmt: skip
     n_crops = 10 if spec.ten_crop else 1
     kwargs = {"workers": spec.workers, "pin_memory": devices.pins_memory(device), **ranks}
     train = make_loader(

@@ -37,7 +37,12 @@ def augment_batch(
 
 
 class InMemoryLoader:
-    """Iterates (images, labels) batches of an ArrayImageDataset, augmented on `device`."""
+    """Iterates (images, labels) batches of an ArrayImageDataset, augmented on `device`
+    (training: the Lua's 4-pixel padded random crop and flip, then `augment`), normalised
+    with the dataset's mean and std. batch_size is global: of each batch, this process
+    (ranks: rank, world) gets its share."""
+
+    PADDING = 4
 
     def __init__(
         self,
@@ -46,12 +51,8 @@ class InMemoryLoader:
         *,
         seed: int,
         train: bool,
-        mean,
-        std,
-        padding: int = 4,
         device: torch.device | str = "cpu",
-        rank: int = 0,
-        world: int = 1,
+        ranks: tuple[int, int] = (0, 1),
         augment=None,
         repeats: int = 1,
     ):
@@ -62,11 +63,11 @@ class InMemoryLoader:
         self.batch_size = batch_size
         self.seed = seed
         self.train = train
-        self.padding = padding if train else 0
-        self.mean = torch.tensor(mean, device=self.device).view(1, -1, 1, 1)
-        self.std = torch.tensor(std, device=self.device).view(1, -1, 1, 1)
+        self.padding = self.PADDING if train else 0
+        self.mean = torch.tensor(dataset.mean, device=self.device).view(1, -1, 1, 1)
+        self.std = torch.tensor(dataset.std, device=self.device).view(1, -1, 1, 1)
         self.epoch, self.start = 1, 0
-        self.rank, self.world = rank, world  # batch_size is global; this rank gets its share
+        self.rank, self.world = ranks
         self.augment = augment if augment and train else None  # a policies.ImageAugment
         self.repeats = repeats  # repeated augmentation (datasets.sampler.repeated, dealt)
 

@@ -124,7 +124,7 @@ def measure_trainer(model, size, batch, layout, precision, warmup, steps, device
     step = train.Step(model, torch.nn.CrossEntropyLoss(), optimizer, lambda *_: 0.01, placement)
     trainer = train.trainer_of(step, train.Progress(lambda line: None))
     data = synthetic_dataset(batch * (warmup + steps), size, model.fc.out_features)
-    loader = InMemoryLoader(data, batch, seed=0, train=True, mean=MEAN, std=STD, device=device)
+    loader = InMemoryLoader(data, batch, seed=0, train=True, device=device)
     stamps = []
 
     def stamp(*_):
@@ -142,7 +142,7 @@ def measure_pipeline(size, batch, warmup, steps, policy: bool = False) -> float:
 
     data = synthetic_dataset(batch * 64, size, 10)
     augment = policies.ImageAugment("ta_wide", 0.1) if policy else None
-    loader = InMemoryLoader(data, batch, seed=0, train=True, mean=MEAN, std=STD, augment=augment)
+    loader = InMemoryLoader(data, batch, seed=0, train=True, augment=augment)
     batches = iter(loader)
     threads = torch.get_num_threads()
     torch.set_num_threads(1)

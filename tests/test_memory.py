@@ -34,7 +34,7 @@ def test_batch_augmentation_equals_the_per_image_reference(cifar10_root):
 def test_epoch_draws_have_the_lua_distribution(cifar10_root):
     data = datasets.load("cifar10", "train", data=cifar10_root, gen="unused")
     data.labels = torch.zeros(20000, dtype=torch.int64)  # only the draws' size matters here
-    loader = InMemoryLoader(data, 128, seed=1, train=True, mean=data.mean, std=data.std)
+    loader = InMemoryLoader(data, 128, seed=1, train=True)
     order, flips, offsets, seeds = loader.draws()
     assert sorted(order.tolist()) == list(range(20000)) and seeds.numel() == 0
     assert abs(flips.float().mean().item() - 0.5) < 0.02
@@ -45,7 +45,7 @@ def test_epoch_draws_have_the_lua_distribution(cifar10_root):
 
 def test_resumed_epoch_yields_the_remaining_batches(cifar10_root):
     data = datasets.load("cifar10", "train", data=cifar10_root, gen="unused")
-    loader = InMemoryLoader(data, 6, seed=4, train=True, mean=data.mean, std=data.std)
+    loader = InMemoryLoader(data, 6, seed=4, train=True)
     loader.set_epoch(3)
     full = [(x.clone(), y.clone()) for x, y in loader]
     assert [len(y) for _, y in full] == [6, 6, 6, 2]
@@ -62,7 +62,7 @@ def test_resumed_epoch_yields_the_remaining_batches(cifar10_root):
 
 def test_validation_batches_are_only_normalised(cifar10_root):
     data = datasets.load("cifar10", "val", data=cifar10_root, gen="unused")
-    loader = InMemoryLoader(data, 20, seed=0, train=False, mean=data.mean, std=data.std)
+    loader = InMemoryLoader(data, 20, seed=0, train=False)
     images, labels = next(iter(loader))
     for image, label in zip(images, labels, strict=True):
         index = (data.labels == label).nonzero().flatten().tolist()
@@ -71,6 +71,6 @@ def test_validation_batches_are_only_normalised(cifar10_root):
 
 def test_greyscale_batches_feed_three_channels(fashion_root, tmp_path):
     data = datasets.load("fashionmnist", "train", data=fashion_root, gen=str(tmp_path))
-    loader = InMemoryLoader(data, 8, seed=0, train=True, mean=data.mean, std=data.std)
+    loader = InMemoryLoader(data, 8, seed=0, train=True)
     images, _ = next(iter(loader))
     assert images.shape == (8, 3, 28, 28) and torch.equal(images[:, 0], images[:, 2])

@@ -73,8 +73,7 @@ def test_in_memory_batches_get_the_policy_before_and_erasing_after_normalising()
     data = ArrayImageDataset(images, torch.arange(10) % 3, ["a", "b", "c"], None,
                              ((0.5,) * 3, (0.25,) * 3))  # fmt: skip
     augment = policies.ImageAugment("ta_wide", erasing=0.5)
-    loader = InMemoryLoader(data, 4, seed=1, train=True, mean=data.mean, std=data.std,
-                            augment=augment)  # fmt: skip
+    loader = InMemoryLoader(data, 4, seed=1, train=True, augment=augment)
     loader.set_epoch(2)
     batches = list(loader)
     order, flips, offsets, seeds = loader.draws()
@@ -88,7 +87,7 @@ def test_in_memory_batches_get_the_policy_before_and_erasing_after_normalising()
         expected = augment_batch(policed.float(), mean, std, flips[part], offsets[part], 4)
         expected = torch.stack([augment.erase(x, s) for x, s in zip(expected, drawn, strict=True)])
         assert torch.equal(batch, expected)
-    plain = InMemoryLoader(data, 4, seed=1, train=True, mean=data.mean, std=data.std)
+    plain = InMemoryLoader(data, 4, seed=1, train=True)
     plain.set_epoch(2)
     assert [len(t) for t in plain.draws()] == [10, 10, 10, 0]  # the Lua's draws unchanged
     assert torch.equal(plain.draws()[2], offsets)
@@ -151,7 +150,7 @@ def test_the_in_memory_loader_repeats_as_the_sampler_does():
     images = torch.zeros(10, 3, 8, 8, dtype=torch.uint8)
     data = ArrayImageDataset(images, torch.arange(10), list("abcdefghij"), None,
                              ((0.5,) * 3, (0.25,) * 3))  # fmt: skip
-    loader = InMemoryLoader(data, 4, seed=1, train=True, mean=data.mean, std=data.std, repeats=2)
+    loader = InMemoryLoader(data, 4, seed=1, train=True, repeats=2)
     labels = torch.cat([labels for _, labels in loader]).tolist()
     assert len(labels) == 10 and labels[0::2] == labels[1::2] and len(set(labels)) == 5
 
