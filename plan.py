@@ -202,7 +202,10 @@ def network(opts: argparse.Namespace) -> dict:
 
 
 def model_spec(
-    opts: argparse.Namespace, val_crop: int, memory_format: str, named: pretrained.Named | None
+    opts: argparse.Namespace,
+    val_crop: int,
+    memory_format: str,
+    named: pretrained.Named | None = None,
 ) -> setup.ModelSpec:
     """The network, where its weights come from (named: the resolved -weights), and what is
     done to it."""

@@ -4,7 +4,8 @@ or a one-line error that says how the weights differ and which flags fit them.""
 from torch import nn
 
 import checkpoints
-from models import arch_flags, arch_of_torchvision, from_timm, is_foreign
+from models import arch_flags
+from models.convert import arch_of_torchvision, from_timm, is_foreign
 
 
 def load_weights(model: nn.Module, state_dict: dict, source: str) -> None:

@@ -19,7 +19,8 @@ import torchvision.models
 from checkpoints import ModelFile, load_model_file
 from datasets.imagenet import LUA_CROPS, MEANSTD
 from errors import UsageError
-from models import arch_flags, arch_of_torchvision, complete_arch, create, from_timm, full_arch
+from models import arch_flags, complete_arch, create, full_arch
+from models.convert import arch_of_torchvision, from_timm
 from models.loading import weights_difference
 
 # The torchvision builders whose networks this tool builds (the ResNet family).

@@ -18,7 +18,7 @@ import datasets  # noqa: E402
 import devices  # noqa: E402
 import models  # noqa: E402
 from datasets import cifar, fashionmnist, imagenet, photometric  # noqa: E402
-from models import pretrained  # noqa: E402
+from models import convert, pretrained  # noqa: E402
 from models.loading import load_weights  # noqa: E402
 
 WNID = re.compile(r"n\d{8}")
@@ -85,7 +85,7 @@ def loaded_model(path: str, device: torch.device) -> Loaded:
         arch = models.complete_arch(record.arch, path)
     else:
         try:
-            arch = models.arch_of_torchvision(state_dict)
+            arch = convert.arch_of_torchvision(state_dict)
         except ValueError as exc:  # no network of this tool's: the file the user gave
             raise checkpoints.CheckpointError(str(exc)) from None
     model = models.user_network(arch)

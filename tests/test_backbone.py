@@ -9,6 +9,7 @@ from torch import nn
 
 import checkpoints
 import models
+from models import convert
 
 
 def test_resnext_50_backbone_gives_c2_to_c5_without_the_classifier():
@@ -24,7 +25,7 @@ def test_the_backbone_computes_torchvisions_network_without_its_head():
     torch.manual_seed(0)
     reference = torchvision.models.resnext50_32x4d().eval()
     backbone = models.backbone("resnext", 50, cardinality=32, baseWidth=4, outIndices=(3,))
-    state = models.from_torchvision(reference.state_dict())
+    state = convert.from_torchvision(reference.state_dict())
     backbone.load_state_dict({k: v for k, v in state.items() if not k.startswith("fc.")})
     images = torch.randn(1, 3, 64, 64)
     with torch.no_grad():

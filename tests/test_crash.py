@@ -322,7 +322,7 @@ def test_a_dead_loader_worker_or_no_memory_is_one_line_with_what_to_do(
     failure = real_failure(kind)
     capsys.readouterr()  # torch's own note from the dying worker
 
-    def run(plan, named):
+    def run(plan):
         raise failure
 
     monkeypatch.setattr(main, "run", run)

@@ -10,6 +10,7 @@ from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
 import models
+from models import convert
 
 # (our netType, depth, cardinality, baseWidth), then the options in mmdetection's spelling.
 CASES = [
@@ -59,19 +60,19 @@ def test_the_backbone_is_mmdetections_with_the_same_options(network, options):
     theirs, ours = both(network, options)
     their_state = theirs.state_dict()
     assert sum(p.numel() for p in ours.parameters()) == sum(p.numel() for p in theirs.parameters())
-    converted = models.to_torchvision(ours.state_dict())
+    converted = convert.to_torchvision(ours.state_dict())
     assert converted.keys() == their_state.keys()
     zeroed = {k for k, v in their_state.items() if k.endswith("weight") and not v.any()}
     assert zeroed == {k for k, v in converted.items() if k.endswith("weight") and not v.any()}
     theirs.load_state_dict(converted, strict=True)  # ours loads into mmdet by these names
     theirs.train(), ours.train()  # frozen stages and norm_eval act in train()
     trainable = {k for k, p in theirs.named_parameters() if p.requires_grad}
-    assert trainable == set(models.to_torchvision(
+    assert trainable == set(convert.to_torchvision(
         {k: p for k, p in ours.named_parameters() if p.requires_grad}))  # fmt: skip
     their_modes = {k: m.training for k, m in theirs.named_modules()
                    if isinstance(m, nn.BatchNorm2d)}  # fmt: skip
     our_modes = {k: m.training for k, m in ours.named_modules() if isinstance(m, nn.BatchNorm2d)}
-    assert their_modes == {k.removesuffix("."): v for k, v in models.to_torchvision(
+    assert their_modes == {k.removesuffix("."): v for k, v in convert.to_torchvision(
         {k + ".": v for k, v in our_modes.items()}).items()}  # fmt: skip
     theirs.eval(), ours.eval()
     images = torch.randn(2, 3, 64, 64)

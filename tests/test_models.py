@@ -7,6 +7,7 @@ from torch import nn
 from torch.nn import functional as F
 
 import models
+from models import convert
 from models.preresnet import PreActBlock
 from models.resnet import ZeroPadShortcut
 from models.resnext import ResNeXtBranchesBlock
@@ -288,14 +289,14 @@ def test_torchvision_weights_give_the_same_logits(tv_builder, args, kwargs):
     reference = tv_builder()
     _randomise_bn_statistics(reference)
     ours = models.create(*args, **kwargs)
-    ours.load_state_dict(models.from_torchvision(reference.state_dict()), strict=True)
+    ours.load_state_dict(convert.from_torchvision(reference.state_dict()), strict=True)
     reference.eval(), ours.eval()
     x = torch.randn(2, 3, 64, 64)
     with torch.no_grad():
         difference = (ours(x) - reference(x)).abs().max().item()
     assert difference < 1e-5
     back = tv_builder()
-    back.load_state_dict(models.to_torchvision(ours.state_dict()), strict=True)
+    back.load_state_dict(convert.to_torchvision(ours.state_dict()), strict=True)
     for key, value in reference.state_dict().items():
         assert torch.equal(back.state_dict()[key], value)
 

@@ -25,7 +25,7 @@ import models
 import plan
 from datasets import imagenet
 from errors import UsageError
-from models import pretrained
+from models import convert, pretrained
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 MAIN = os.path.join(ROOT, "main.py")
@@ -162,7 +162,7 @@ def test_fine_tuning_from_a_name_keeps_the_weights_and_resumes_without_the_cache
     assert " => Replacing classifier with 3-way classifier" in done.stdout
     record = torch.load(save / "model_1.pth", weights_only=True)
     assert record["arch"]["depth"] == 18 and record["arch"]["nClasses"] == 3
-    ours = models.from_timm(reference.state_dict())
+    ours = convert.from_timm(reference.state_dict())
     for key, value in record["model"].items():  # every frozen stage is the weights' bitwise
         if not key.startswith("fc."):
             assert torch.equal(value, ours[key]), key

@@ -19,7 +19,7 @@ from torch import nn
 
 import models
 from checkpoints import CheckpointError
-from models import loading, sync_batchnorm
+from models import convert, loading, sync_batchnorm
 
 TWINS = [  # (timm name, depth, published parameter count)
     ("resnest14d", 14, 10_611_688),
@@ -37,7 +37,7 @@ def test_parameters_and_names_equal_timms(name, depth, published):
         ours = models.create("resnest", depth, "imagenet")
         reference = timm.create_model(name, pretrained=False)
     assert parameters(ours) == parameters(reference) == published
-    assert set(models.to_timm(ours.state_dict())) == set(reference.state_dict())
+    assert set(convert.to_timm(ours.state_dict())) == set(reference.state_dict())
 
 
 AUTHORS = [(resnest50, 50), (resnest101, 101), (resnest200, 200), (resnest269, 269)]
@@ -49,7 +49,7 @@ def test_parameters_and_names_equal_the_resnest_packages(builder, depth):
         ours = models.create("resnest", depth, "imagenet")
         reference = builder(pretrained=False)
     assert parameters(ours) == parameters(reference)
-    assert set(models.to_timm(ours.state_dict())) == set(reference.state_dict())
+    assert set(convert.to_timm(ours.state_dict())) == set(reference.state_dict())
 
 
 def test_the_resnest_packages_weights_give_its_logits():
@@ -81,7 +81,7 @@ def test_timm_weights_give_timms_logits_and_go_back_unchanged(radix, cardinality
     ours = models.create("resnest", 14, "imagenet", radix=radix, cardinality=cardinality,
                          baseWidth=base_width).eval()  # fmt: skip
     assert_timm_twins(ours, reference)
-    arch = models.arch_of_torchvision(reference.state_dict())
+    arch = convert.arch_of_torchvision(reference.state_dict())
     assert (arch["radix"], arch["cardinality"], arch["baseWidth"]) == (radix, cardinality,
                                                                       base_width)  # fmt: skip
 

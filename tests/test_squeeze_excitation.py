@@ -11,7 +11,7 @@ import checkpoints
 import models
 import plan
 from checkpoints import CheckpointError
-from models import loading, setup
+from models import convert, loading, setup
 
 SE_TWINS = [  # (timm name, our create() arguments, published parameter count)
     ("seresnet18", {"netType": "resnet", "depth": 18}, 11_779_624),
@@ -35,7 +35,7 @@ def test_parameters_and_names_equal_timms(name, arch, published):
         ours = models.create(dataset="imagenet", se=16, **arch)
         reference = timm.create_model(name, pretrained=False)
     assert parameters(ours) == parameters(reference) == published
-    assert set(models.to_timm(ours.state_dict())) == set(reference.state_dict())
+    assert set(convert.to_timm(ours.state_dict())) == set(reference.state_dict())
 
 
 def randomise_batch_norm(model: nn.Module) -> None:
@@ -49,11 +49,11 @@ def randomise_batch_norm(model: nn.Module) -> None:
 def assert_timm_twins(ours: nn.Module, reference: nn.Module) -> None:
     """timm's weights, renamed, load strictly into ours and give timm's logits (in eval
     mode, with its BatchNorm statistics); ours, renamed back, are timm's unchanged."""
-    ours.load_state_dict(models.from_timm(reference.state_dict()), strict=True)
+    ours.load_state_dict(convert.from_timm(reference.state_dict()), strict=True)
     images = torch.randn(2, 3, 64, 64)
     with torch.no_grad():
         assert (ours(images) - reference(images)).abs().max().item() < 1e-5
-    back = models.to_timm(ours.state_dict())
+    back = convert.to_timm(ours.state_dict())
     assert all(torch.equal(back[k], v) for k, v in reference.state_dict().items())
 
 
@@ -83,7 +83,7 @@ def test_the_se_module_scales_channels_after_the_last_batch_norm():
 
 def test_a_timm_file_is_recognised_and_its_flags_named():
     reference = timm.create_model("seresnet18", pretrained=False)
-    arch = models.arch_of_torchvision(reference.state_dict())
+    arch = convert.arch_of_torchvision(reference.state_dict())
     assert models.arch_flags(arch) == "-netType resnet -depth 18 -se 16"
     plain = models.create("resnet", 18, "imagenet")
     with pytest.raises(CheckpointError, match=r"it fits -netType resnet -depth 18 -se 16$"):
@@ -139,7 +139,7 @@ def test_senet_154_is_timms_to_the_parameter_and_the_logit():
     ours = models.create("senet", 154, "imagenet").eval()
     assert parameters(ours) == 115_088_984
     assert_timm_twins(ours, reference)
-    assert models.arch_flags(models.arch_of_torchvision(reference.state_dict())) == (
+    assert models.arch_flags(convert.arch_of_torchvision(reference.state_dict())) == (
         "-netType senet -depth 154"
     )
     first = ours.layer2[0]
