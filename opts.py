@@ -601,6 +601,13 @@ def validate(opts: argparse.Namespace, names: Names) -> None:
         opts.testOnly or opts.epochNumber <= opts.nEpochs,
         f"-epochNumber {opts.epochNumber} is beyond -nEpochs {opts.nEpochs}: nothing to train",
     )
+    validate_run_options(opts)
+    validate_weights(opts, names.is_weights_name)
+    validate_paths(opts)
+
+
+def validate_run_options(opts: argparse.Namespace) -> None:
+    """The devices, the images' sizes and crops, the storage, printing and the run's files."""
     _check(opts.nGPU >= 0, f"-nGPU must not be negative, got {opts.nGPU}")
     _check(
         not opts.decodeOnDevice or opts.dataset == "imagenet",
@@ -630,8 +637,6 @@ def validate(opts: argparse.Namespace, names: Names) -> None:
         not opts.tenCrop or opts.dataset == "imagenet",
         "-tenCrop is for ImageNet-style folder datasets, not " + opts.dataset,
     )
-    validate_weights(opts, names.is_weights_name)
-    validate_paths(opts)
 
 
 def validate_weights(opts: argparse.Namespace, is_weights_name: Callable[[str], bool]) -> None:

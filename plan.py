@@ -261,8 +261,7 @@ def learning_rate_schedule(opts: argparse.Namespace) -> schedules.Schedule:
         steps=opts.lrSteps,
         gamma=opts.lrGamma,
         min_lr=opts.lrMin,
-        warmup=opts.warmupEpochs,
-        warmup_start=opts.warmupStart,
+        warmup_from=(opts.warmupEpochs, opts.warmupStart),
     )
 
 

@@ -64,12 +64,13 @@ def schedule(
     steps: Sequence[int] = (),
     gamma: float = 0.1,
     min_lr: float = 0.0,
-    warmup: float = 0.0,
-    warmup_start: float = 0.01,
+    warmup_from: tuple[float, float] = (0.0, 0.01),
 ) -> Schedule:
     """lr_at(epoch, progress) for -lrSchedule kind: 'lua' (the rule `lua`), 'step' (x gamma
     from each epoch of steps on) or 'cosine' (to min_lr at the end, after the warm-up),
-    multiplied by the warm-up factor during the first `warmup` epochs."""
+    multiplied by the warm-up factor during the first warmup_from[0] epochs (from the
+    factor warmup_from[1])."""
+    warmup, warmup_start = warmup_from
 
     def main(epoch: int, elapsed: float) -> float:
         if kind == "cosine":

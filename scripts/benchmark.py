@@ -353,26 +353,15 @@ def measure_jpeg_training(
     return median_gap(stamps, warmup)
 
 
-def convolution_backward_flops(
-    grad_out_shape,
-    x_shape,
-    w_shape,
-    _bias,
-    _stride,
-    _padding,
-    _dilation,
-    _transposed,
-    _output_padding,
-    _groups,
-    output_mask,
-    out_shape=None,
-    **kwargs,
-) -> int:
+def convolution_backward_flops(grad_out_shape, x_shape, w_shape, *schema, out_shape=None, **_):
     """FLOPs of aten.convolution_backward (not transposed): each gradient it computes costs
     what the forward convolution did. torch 2.14's own formula counts a grouped
-    convolution's weight gradient as if it were ungrouped (fixed by pytorch/pytorch#183405)."""
+    convolution's weight gradient as if it were ungrouped (fixed by pytorch/pytorch#183405).
+    schema: the op's bias sizes, stride, padding, dilation, transposed, output padding,
+    groups and output mask, in its order."""
     from torch.utils.flop_counter import conv_flop_count
 
+    output_mask = schema[7]
     forward = conv_flop_count(list(x_shape), list(w_shape), list(grad_out_shape))
     return forward * (int(output_mask[0]) + int(output_mask[1]))
 

@@ -62,7 +62,7 @@ def our_rates(lr_at, n_epochs: int, per_epoch: int) -> list[float]:
 def test_cosine_with_warmup_equals_torch_linear_then_cosine_per_iteration(warmup, min_lr):
     n_epochs, per_epoch, start = 10, 7, 0.01
     lr_at = schedules.schedule("cosine", 0.5, n_epochs, lua=None, min_lr=min_lr,
-                               warmup=warmup, warmup_start=start)  # fmt: skip
+                               warmup_from=(warmup, start))  # fmt: skip
     total, warm = n_epochs * per_epoch, warmup * per_epoch
 
     def torch_scheduler(optimizer):
@@ -92,7 +92,7 @@ def test_the_lua_schedule_is_unchanged_and_warms_up_as_a_factor():
     plain = schedules.schedule("lua", 0.1, 100, lua=rule)
     assert [plain(e, p) for e in (1, 30, 31, 61) for p in (0.0, 0.5)] == [
         0.1, 0.1, 0.1, 0.1, 0.1 * 0.1, 0.1 * 0.1, 0.1 * 0.1**2, 0.1 * 0.1**2]  # fmt: skip
-    warmed = schedules.schedule("lua", 0.1, 100, lua=rule, warmup=2, warmup_start=0.1)
+    warmed = schedules.schedule("lua", 0.1, 100, lua=rule, warmup_from=(2, 0.1))
     assert warmed(1, 0.0) == pytest.approx(0.01)
     assert warmed(2, 0.0) == pytest.approx(0.1 * (0.1 + 0.9 / 2))
     assert warmed(3, 0.0) == 0.1
