@@ -2,7 +2,7 @@
 assembled: the same flags must build the same run (data order, augmentation draws, model,
 optimizer, schedule, loss, averaging), whatever file builds each part.
 
-The reference (tests/data/same_weights.json) holds, per tensor of the model file, its
+The reference (tests/expected/same_weights.json) holds, per tensor of the model file, its
 optimizer state and its averaged weights, the float64 sum and sum of squares after a
 two-epoch run in double precision. Double precision keeps a CPU's own summation order out
 of the comparison (differences near 1e-15); any change of behaviour moves them by far more.
@@ -17,7 +17,7 @@ import torch
 from runs import main_run
 from test_cli import small_cifar_args
 
-REFERENCE = os.path.join(os.path.dirname(__file__), "data", "same_weights.json")
+REFERENCE = os.path.join(os.path.dirname(__file__), "expected", "same_weights.json")
 
 # Every part a restructuring moves: erasing, mixup, label smoothing, nesterov, warm-up,
 # cosine, weight decay, EMA.

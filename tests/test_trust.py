@@ -477,7 +477,7 @@ def test_an_epoch_whose_test_fails_is_kept_and_tested_on_resume(cifar10_root, tm
         raise OSError("cannot read image val/3.png: image file is truncated")
 
     with monkeypatch.context() as patched:
-        patched.setattr(train.Trainer, "test", failing)
+        patched.setattr(train.Evaluation, "test", failing)
         failed = run_main(*argv)
     assert_one_error_line(failed, "image file is truncated", status=1)
     record = torch.load(tmp_path / "latest.pth", weights_only=True)
