@@ -107,13 +107,13 @@ def make_loader(
     workers: int,
     seed: int,
     pin_memory: bool = False,
-    rank: int = 0,
-    world: int = 1,
+    ranks: tuple[int, int] = (0, 1),
     train: bool = False,
     repeats: int = 1,
 ) -> DataLoader:
     """Batches in the EpochSampler's order (reshuffled each epoch), last partial batch kept.
-    batch_size is global: with world > 1 processes, this rank loads its share of each."""
+    batch_size is global: with ranks = (rank, world), world > 1 processes, this rank loads
+    its share of each."""
     folder = isinstance(dataset, imagenet.ImageFolder)
     collate = imagenet.collate_skipping if folder else None
     # The Lua permutes the val set too; harmless, and kept.
@@ -121,15 +121,14 @@ def make_loader(
         len(dataset),
         seed,
         batch_size=batch_size,
-        rank=rank,
-        world=world,
+        ranks=ranks,
         train=train,
         repeats=repeats,
-        **(dataset.grouping() if folder else {}),
+        grouping=dataset.grouping() if folder else None,
     )
     return DataLoader(
         dataset,
-        batch_size=-(-batch_size // world),  # the largest share of a global batch
+        batch_size=-(-batch_size // ranks[1]),  # the largest share of a global batch
         sampler=sampler,
         drop_last=False,
         num_workers=workers,
@@ -286,9 +285,8 @@ def create_loaders(spec: DataSpec, device: torch.device, rank: int = 0, world: i
     folders; with -tenCrop the val batch is floor(batchSize / 10) images. -batchSize is
     global: each of `world` processes loads its share of every batch."""
     train_set, val_set = create(spec, "train"), create(spec, "val")
-    ranks = {"rank": rank, "world": world}
+    shares = (rank, world)
     if isinstance(train_set, ArrayImageDataset):
-        shares = (rank, world)
         augment = image_augment(spec, memory_space(train_set))  # erased once normalised
         return (
             InMemoryLoader(train_set, spec.batch_size, seed=spec.seed, train=True, device=device,
@@ -297,7 +295,7 @@ def create_loaders(spec: DataSpec, device: torch.device, rank: int = 0, world: i
                            device=device, ranks=shares),
         )  # fmt: skip
     n_crops = 10 if spec.ten_crop else 1
-    kwargs = {"workers": spec.workers, "pin_memory": devices.pins_memory(device), **ranks}
+    kwargs = {"workers": spec.workers, "pin_memory": devices.pins_memory(device), "ranks": shares}
     train = make_loader(
         train_set, spec.batch_size, seed=spec.seed, train=True, repeats=spec.repeats, **kwargs
     )

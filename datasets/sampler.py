@@ -105,7 +105,9 @@ def grouped_order(blocks: torch.Tensor, window: int, generator: torch.Generator)
 
 class EpochSampler(Sampler):
     """Yields (index, augmentation seed) pairs; call set_epoch before each epoch. With
-    world > 1, only this rank's share of each global batch of batch_size (see shard)."""
+    ranks = (rank, world), world > 1: only this rank's share of each global batch of
+    batch_size (see shard). grouping: {"blocks": sizes, "window": n} for data read a block
+    at a time (grouped_order), or none."""
 
     def __init__(
         self,
@@ -114,22 +116,21 @@ class EpochSampler(Sampler):
         shuffle: bool = True,
         *,
         batch_size: int = 1,
-        rank: int = 0,
-        world: int = 1,
+        ranks: tuple[int, int] = (0, 1),
         train: bool = False,
         repeats: int = 1,
-        blocks: torch.Tensor | None = None,
-        window: int = 0,
+        grouping: dict | None = None,
     ):
         self.size = size
-        self.blocks, self.window = blocks, window  # data read a block at a time: grouped_order
+        grouping = grouping or {}
+        self.blocks, self.window = grouping.get("blocks"), grouping.get("window", 0)
         self.repeats = repeats  # repeated augmentation (see repeated)
         self.seed = seed
         self.shuffle = shuffle
         self.shards = {
             "batch_size": batch_size,
-            "rank": rank,
-            "world": world,
+            "rank": ranks[0],
+            "world": ranks[1],
             "whole_batches_only": train,
         }
         self.epoch = 1

@@ -92,7 +92,7 @@ def test_a_worker_holds_at_most_two_windows_of_row_groups(jpeg_root, hub_files):
              for f in sorted(os.listdir(os.path.join(train, c)))]  # fmt: skip
     samples, _ = hf.load_samples(f"{hub_files}/parquet", "train", hf.Columns(), 4)
     assert samples.blocks.tolist() == [4, 4, 4, 3]  # 15 rows: 8 and 7 in the two files
-    sampler = EpochSampler(len(samples), 3, blocks=samples.blocks, window=4)
+    sampler = EpochSampler(len(samples), 3, grouping={"blocks": samples.blocks, "window": 4})
     held = []
     for index, _ in sampler:
         image, label, name = samples.opened(index, f"{hub_files}/parquet")

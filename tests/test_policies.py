@@ -137,7 +137,7 @@ def test_repeated_augmentation_repeats_each_image_with_its_own_draws():
 def test_repeated_copies_go_to_different_processes_of_each_global_batch():
     shares = []
     for rank in range(2):
-        sampler = datasets.EpochSampler(16, seed=4, batch_size=8, rank=rank, world=2,
+        sampler = datasets.EpochSampler(16, seed=4, batch_size=8, ranks=(rank, 2),
                                         train=True, repeats=2)  # fmt: skip
         sampler.set_epoch(1)
         shares.append([index for index, _ in sampler])
