@@ -316,8 +316,8 @@ def test_the_small_image_recipes_set_their_flags():
     lrs = {epoch: schedule(epoch, 1) for epoch in (150, 151, 225, 226, 300)}
     assert lrs == pytest.approx({150: 0.1, 151: 0.01, 225: 0.01, 226: 0.001, 300: 0.001})
     fast = plan.parse([*CIFAR, "-recipe", "fast-small"])
-    assert (fast.nEpochs, fast.lrSchedule, fast.erasingStyle, fast.precision) == (
-        40, "cosine", "paper", "auto")  # fmt: skip
+    assert (fast.nEpochs, fast.lrSchedule, fast.erasingStyle, fast.randomErasing,
+            fast.precision) == (40, "cosine", "paper", 0.25, "auto")  # fmt: skip
 
 
 def test_nesterov_false_is_plain_momentum_and_a_resume_keeps_its_kind(cifar10_root, tmp_path):
