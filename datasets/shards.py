@@ -21,7 +21,6 @@ import os
 import re
 import shlex
 import shutil
-import signal
 import subprocess
 import tarfile
 from typing import NamedTuple
@@ -29,6 +28,7 @@ from typing import NamedTuple
 import torch
 
 from datasets.cifar import DataError
+from datasets.commands import end_group, ended_with_worker, start_session
 from datasets.table import MOST_CLASSES
 from errors import file_error, first_line, quoted
 
@@ -377,9 +377,7 @@ def piped(command: str, path: str, name: str, timeout: float) -> None:
     with open(path, "wb") as out:
         process = None
         try:
-            process = subprocess.Popen(
-                command, shell=True, stdout=out, stderr=subprocess.PIPE, start_new_session=True
-            )
+            process = start_session(command, stdout=out, stderr=subprocess.PIPE)
             with ended_with_worker(process):
                 _, said = process.communicate(timeout=timeout)
         except BaseException as exc:
@@ -399,37 +397,6 @@ def piped(command: str, path: str, name: str, timeout: float) -> None:
         raise DataError(
             f"cannot fetch shard {name}: `{command}` exited with {process.returncode}{why}"
         )
-
-
-def end_group(process: subprocess.Popen) -> None:
-    """Kill a command's whole process group (the shell and what it started) and reap it."""
-    with contextlib.suppress(ProcessLookupError):
-        os.killpg(process.pid, signal.SIGKILL)
-    process.wait()
-    if process.stderr is not None:
-        process.stderr.close()
-
-
-@contextlib.contextmanager
-def ended_with_worker(process: subprocess.Popen):
-    """In a loader worker, a SIGTERM (the loader ending its workers, say after a stop
-    request) ends the command's process group before the worker: in a session of its own,
-    the command would otherwise outlive it. Elsewhere (the main process) the run's own
-    stop handling applies and interrupts the wait."""
-    if torch.utils.data.get_worker_info() is None:
-        yield
-        return
-
-    def ended(number, _frame) -> None:
-        end_group(process)
-        signal.signal(number, signal.SIG_DFL)
-        os.kill(os.getpid(), number)
-
-    previous = signal.signal(signal.SIGTERM, ended)
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGTERM, previous)
 
 
 def sha256_of(path: str) -> str:

@@ -27,7 +27,8 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
 from checkpoints import atomic_write  # noqa: E402 - after the root is on the path
-from datasets.shards import INDEX, SHARD_NAME, end_group, sample_members  # noqa: E402
+from datasets.commands import end_group, start_session  # noqa: E402
+from datasets.shards import INDEX, SHARD_NAME, sample_members  # noqa: E402
 from errors import Stopped, UsageError, file_error, quoted, stopped_status, stops_raise  # noqa: E402
 
 BRACE = re.compile(r"\{([^{}]*)\}")
@@ -84,9 +85,7 @@ def read_stream(url: str, reader) -> dict:
     name, process, failure = shard_name(url), None, None
     try:
         if url.startswith("pipe:"):  # a session of its own: ended whole if we are stopped
-            process = subprocess.Popen(
-                url[5:], shell=True, stdout=subprocess.PIPE, start_new_session=True
-            )
+            process = start_session(url[5:], stdout=subprocess.PIPE)
             source = process.stdout
         else:
             source = open(url, "rb")  # noqa: SIM115 - closed below

@@ -13,6 +13,7 @@ import pytest
 import runs
 from conftest import fill, labelled_images, load_script
 from PIL import Image
+from test_commands import running, signalled_while_starting
 
 from datasets import shards
 
@@ -368,4 +369,17 @@ def test_a_stopped_listing_ends_its_pipe_command(number, shards_root, tmp_path, 
     )
     pid = int(pid_file.read_text())
     assert not os.path.exists(f"/proc/{pid}"), "the pipe command is still running"
+    assert not (tmp_path / "listing").exists()
+
+
+def test_a_listing_stopped_while_its_pipe_command_starts_ends_it(
+    shards_root, tmp_path, monkeypatch, capsys
+):
+    """The stop arrives before the script holds the command's process: still ended."""
+    started = signalled_while_starting(monkeypatch, signal.SIGTERM)
+    hangs = "pipe:exec sleep 600 # train-000000.tar"
+    argv = [str(tmp_path / "listing"), "--train", hangs, "--val", f"{shards_root}/val-000000.tar"]
+    assert list_shards.main(argv) == 128 + signal.SIGTERM
+    assert "=> Stopped by SIGTERM while listing shards" in capsys.readouterr().err
+    assert len(started) == 1 and not running(started[0]), "the pipe command is still running"
     assert not (tmp_path / "listing").exists()
