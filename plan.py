@@ -14,7 +14,7 @@ import models
 import opts as options
 import recipe
 import schedules
-from datasets import erasing, imagenet, policies, table
+from datasets import erasing, folder_samples, imagenet, policies, table
 from models import pretrained, setup
 
 # The names the flags take, as the modules own them.
@@ -152,7 +152,7 @@ def device_notes(kind: str, precision: tuple, machine) -> tuple[str, ...]:
 
 def data_spec(opts: argparse.Namespace) -> datasets.DataSpec:
     """What the run reads, and how."""
-    crops = imagenet.crops_for(
+    crops = folder_samples.crops_for(
         opts.cropSize, opts.trainCrop, opts.valResize, opts.valCrop, opts.valInterpolation
     )
     return datasets.DataSpec(

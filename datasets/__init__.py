@@ -9,7 +9,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 import devices
-from datasets import cifar, fashionmnist, imagenet, policies
+from datasets import cifar, decoding, fashionmnist, folder_samples, imagenet, policies
 from datasets.cifar import ArrayImageDataset, DataError
 from datasets.erasing import Erasing, PixelSpace
 from datasets.memory import InMemoryLoader
@@ -42,7 +42,7 @@ class DataSpec:
     ten_crop: bool = False
     skip_corrupt: bool = False
     decode_on_device: bool = False
-    crops: imagenet.Crops = imagenet.LUA_CROPS  # folder datasets only
+    crops: folder_samples.Crops = folder_samples.LUA_CROPS  # folder datasets only
     auto_augment: str = "none"
     erasing: Erasing = Erasing()  # -randomErasing and its style
     repeats: int = 1  # repeated augmentation
@@ -66,29 +66,17 @@ class DataSpec:
 
 
 def load(
-    name: str,
-    split: str,
-    *,
-    data: str,
-    gen: str,
-    ten_crop: bool = False,
-    skip_corrupt=False,
-    decode_on_device=False,
-    crops=imagenet.LUA_CROPS,
-    augment: policies.ImageAugment | None = None,
-    storage: imagenet.Storage = imagenet.LOCAL,
+    name: str, split: str, *, data: str, gen: str, reading: imagenet.Reading = None
 ) -> Dataset:
-    """The train or val split of dataset `name`; the result has .classes. crops and augment
-    are for folder datasets (the in-memory loaders augment whole batches)."""
+    """The train or val split of dataset `name`; the result has .classes. `reading` is for
+    folder datasets (the in-memory loaders augment whole batches)."""
     if name in cifar.FOLDERS:
         dataset = cifar.load(name, split, data, gen)
     elif name == "fashionmnist":
         dataset = fashionmnist.load(split, data, gen)
     elif name == "imagenet":
         cache = os.path.join(gen, f"{name}.json")
-        dataset = imagenet.load(
-            split, data, cache, ten_crop, skip_corrupt, decode_on_device, crops, augment, storage
-        )
+        dataset = imagenet.load(split, data, cache, reading)
     else:
         raise DataError(f"unknown dataset: {name}")
     if len(dataset.classes) > MOST_CLASSES:
@@ -161,19 +149,11 @@ def close(loader) -> None:
 def create(spec: DataSpec, split: str) -> Dataset:
     """The train or val split that spec describes (load() with its fields)."""
     folder_training = spec.dataset == "imagenet" and split == "train"  # (else no augment)
-    augment = image_augment(spec, imagenet.FOLDER_SPACE) if folder_training else None
-    return load(
-        spec.dataset,
-        split,
-        data=spec.data,
-        gen=spec.gen,
-        ten_crop=spec.ten_crop,
-        skip_corrupt=spec.skip_corrupt,
-        decode_on_device=spec.decode_on_device,
-        crops=spec.crops,
-        augment=augment,
-        storage=spec.storage,
+    augment = image_augment(spec, folder_samples.FOLDER_SPACE) if folder_training else None
+    reading = imagenet.Reading(
+        spec.ten_crop, spec.skip_corrupt, spec.decode_on_device, spec.crops, augment, spec.storage
     )
+    return load(spec.dataset, split, data=spec.data, gen=spec.gen, reading=reading)
 
 
 def input_side(dataset: str, folder_crop: int) -> int:
@@ -211,7 +191,7 @@ ACTIVATION_COPIES = 8
 
 def check_image_sizes(
     dataset: str,
-    crops: imagenet.Crops,
+    crops: folder_samples.Crops,
     *,
     batch: int,
     workers: int,
@@ -234,7 +214,7 @@ def check_image_sizes(
             )
 
 
-def image_memory(crops: imagenet.Crops, batch: int, workers: int) -> list[tuple]:
+def image_memory(crops: folder_samples.Crops, batch: int, workers: int) -> list[tuple]:
     """(flag, side, bytes, the other flag it scales with) of what a folder dataset's images
     hold in memory at once: a crop's batch with its activations, a resized val image in each
     loader process."""
@@ -301,6 +281,6 @@ def create_loaders(spec: DataSpec, device: torch.device, rank: int = 0, world: i
     )
     val = make_loader(val_set, spec.batch_size // n_crops, seed=spec.seed + 1, **kwargs)
     if spec.decode_on_device:
-        imagenet.check_device_decoding(device)
+        decoding.check_device_decoding(device)
     skip = spec.skip_corrupt
     return imagenet.finish_on(train, device, skip), imagenet.finish_on(val, device, skip)

@@ -109,43 +109,53 @@ def n_outputs(dataset: str, n_classes: int | None) -> int:
     return n_classes
 
 
-def create(
-    netType: str,
-    depth: int,
-    dataset: str,
-    *,
-    shortcutType: str = "",
-    bottleneckType: str = "resnext_C",
-    baseWidth: int = 64,
-    cardinality: int = 1,
-    nClasses: int | None = None,
-    se: int = 0,
-    radix: int = 2,
-    widenFactor: int = 1,
-    dropout: float = 0.0,
-) -> nn.Module:
-    """Build a network mapping images to logits; ValueError lists what is valid. se > 0
-    adds squeeze-and-excitation of that ratio to every block (resnet, resnext); radix is
-    ResNeSt's number of splits; widenFactor and dropout (between a block's convolutions)
-    are the Wide ResNet's."""
+class NetworkOptions(NamedTuple):
+    """create()'s options beyond the network type, depth and dataset, named as the Lua's
+    flags (and as a model file's arch record keys them)."""
+
+    shortcutType: str = ""
+    bottleneckType: str = "resnext_C"
+    baseWidth: int = 64
+    cardinality: int = 1
+    nClasses: int | None = None
+    se: int = 0  # squeeze-and-excitation ratio of every block (resnet, resnext)
+    radix: int = 2  # ResNeSt's number of splits
+    widenFactor: int = 1  # the Wide ResNet's
+    dropout: float = 0.0  # between a Wide ResNet block's convolutions
+
+
+def options_record(record: type, options: Mapping) -> NamedTuple:
+    """record(**options); ValueError naming an option it does not have and the valid ones."""
+    unknown = sorted(set(options) - set(record._fields))
+    if unknown:
+        raise ValueError(f"unknown option {unknown[0]}; valid: {', '.join(record._fields)}")
+    return record(**options)
+
+
+def create(netType: str, depth: int, dataset: str, **options) -> nn.Module:
+    """Build a network mapping images to logits, options as NetworkOptions names them;
+    ValueError lists what is valid."""
+    given = options_record(NetworkOptions, options)
     if netType not in NET_TYPES:
         raise ValueError(f"unknown netType {quoted(netType)}; valid: {', '.join(NET_TYPES)}")
-    n_classes = n_outputs(dataset, nClasses)
+    n_classes = n_outputs(dataset, given.nClasses)
     kind = NETWORKS[netType]
     small = is_small(dataset)
-    if se and not kind.se:
+    if given.se and not kind.se:
         raise ValueError("se (squeeze-and-excitation) is for netType resnet and resnext")
     if small and not kind.small_images:
         raise ValueError(
             f"netType {netType} is for ImageNet-shaped images (imagenet or a"
             " class-per-folder dataset), not the 32 x 32 datasets"
         )
-    check_wide_arguments(netType, small, widenFactor, dropout)
+    check_wide_arguments(netType, small, given.widenFactor, given.dropout)
     if netType == "senet":
-        check_senet_arguments(cardinality, baseWidth, se)
-    shortcut = shortcutType or default_shortcut(netType, dataset)
-    shape = Shape(depth, small, n_classes, shortcut, bottleneckType, baseWidth, cardinality, se,
-                  radix, widenFactor, dropout)  # fmt: skip
+        check_senet_arguments(given.cardinality, given.baseWidth, given.se)
+    shortcut = given.shortcutType or default_shortcut(netType, dataset)
+    shape = Shape(
+        depth, small, n_classes, shortcut, given.bottleneckType, given.baseWidth,
+        given.cardinality, given.se, given.radix, given.widenFactor, given.dropout,
+    )  # fmt: skip
     return kind.build(shape)
 
 
@@ -230,8 +240,12 @@ OTHER_TYPES = {"netType": str, "dataset": str, "shortcutType": str, "bottleneckT
 
 def full_arch(arch: Mapping) -> dict:
     """arch with every create() argument it leaves out at create()'s default."""
-    parameters = inspect.signature(create).parameters
-    return {name: arch.get(name, parameter.default) for name, parameter in parameters.items()}
+    named = {
+        name: arch.get(name, inspect.Parameter.empty) for name in ("netType", "depth", "dataset")
+    }
+    return named | {
+        name: arch.get(name, default) for name, default in NetworkOptions._field_defaults.items()
+    }
 
 
 def describe(
@@ -274,27 +288,29 @@ def complexity(model: nn.Module, input_size: int | tuple[int, int]) -> tuple[int
     return n_params, counter.get_total_flops() // 2  # the counter reports 2 FLOPs per MAC
 
 
-def backbone(
-    netType: str,
-    depth: int,
-    *,
-    cardinality: int = 1,
-    baseWidth: int = 64,
-    bottleneckType: str = "resnext_C",
-    se: int = 0,
-    radix: int = 2,
-    style: str = "pytorch",
-    strides=(1, 2, 2, 2),
-    dilations=(1, 1, 1, 1),
-    outIndices=(0, 1, 2, 3),
-    frozenStages: int = -1,
-    normEval: bool = False,
-    zeroInitResidual: bool = False,
-) -> nn.Module:
+class BackboneOptions(NamedTuple):
+    """backbone()'s options, named as mmdetection's ResNet (and ResNeSt) options are."""
+
+    cardinality: int = 1
+    baseWidth: int = 64
+    bottleneckType: str = "resnext_C"
+    se: int = 0
+    radix: int = 2
+    style: str = "pytorch"
+    strides: tuple = (1, 2, 2, 2)
+    dilations: tuple = (1, 1, 1, 1)
+    outIndices: tuple = (0, 1, 2, 3)
+    frozenStages: int = -1
+    normEval: bool = False
+    zeroInitResidual: bool = False
+
+
+def backbone(netType: str, depth: int, **options) -> nn.Module:
     """An ImageNet ResNet / ResNeXt (SE or not), SENet-154 or ResNeSt as a detection
     backbone: forward gives the outputs of the stages in outIndices (0-3: C2-C5), and the
-    options mean what mmdetection's ResNet (and ResNeSt) options of the same names mean;
+    options (BackboneOptions) mean what mmdetection's options of the same names mean;
     ValueError lists what is valid."""
+    given = options_record(BackboneOptions, options)
     if netType not in ("resnet", "resnext", "senet", "resnest"):
         raise ValueError(
             "the backbone is built for netType resnet, resnext, senet and resnest; got"
@@ -304,22 +320,22 @@ def backbone(
         netType,
         depth,
         "imagenet",
-        cardinality=cardinality,
-        baseWidth=baseWidth,
-        bottleneckType=bottleneckType,
-        se=se,
-        radix=radix,
+        cardinality=given.cardinality,
+        baseWidth=given.baseWidth,
+        bottleneckType=given.bottleneckType,
+        se=given.se,
+        radix=given.radix,
         nClasses=1,
     )
     return backbones.backbone(
         network,
-        style=style,
-        strides=strides,
-        dilations=dilations,
-        out_indices=outIndices,
-        frozen_stages=frozenStages,
-        norm_eval=normEval,
-        zero_init=zeroInitResidual,
+        style=given.style,
+        strides=given.strides,
+        dilations=given.dilations,
+        out_indices=given.outIndices,
+        frozen_stages=given.frozenStages,
+        norm_eval=given.normEval,
+        zero_init=given.zeroInitResidual,
     )
 
 

@@ -17,7 +17,7 @@ import torch
 import torchvision.models
 
 from checkpoints import ModelFile, load_model_file
-from datasets.imagenet import LUA_CROPS, MEANSTD
+from datasets.folder_samples import LUA_CROPS, MEANSTD
 from errors import UsageError
 from models import arch_flags, complete_arch, create, full_arch
 from models.convert import arch_of_torchvision, from_timm

@@ -135,7 +135,7 @@ class Bottleneck(nn.Module):
     then SE when se (its ratio) is given.
 
     inner_width is the width of the 3x3 convolution: planes for ResNet,
-    D * cardinality for ResNeXt.
+    D * cardinality for ResNeXt; shortcut a -shortcutType (A, B, C) or the module itself.
     """
 
     expansion = 4
@@ -145,12 +145,11 @@ class Bottleneck(nn.Module):
         n_in: int,
         planes: int,
         stride: int,
-        shortcut_type: str,
+        shortcut: str | nn.Module,
         cardinality: int = 1,
         inner_width: int | None = None,
         se: int = 0,
         first_width: int | None = None,
-        shortcut: nn.Module | None = None,
     ):
         super().__init__()
         inner = inner_width or planes
@@ -164,7 +163,9 @@ class Bottleneck(nn.Module):
         self.bn3 = nn.BatchNorm2d(n_out)
         self.se = excitation(n_out, se)
         self.relu = nn.ReLU(inplace=True)
-        self.shortcut = shortcut or make_shortcut(n_in, n_out, stride, shortcut_type)
+        if isinstance(shortcut, str):  # a -shortcutType
+            shortcut = make_shortcut(n_in, n_out, stride, shortcut)
+        self.shortcut = shortcut
         self.out_channels = n_out
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

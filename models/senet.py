@@ -39,12 +39,11 @@ def build(depth: int, n_classes: int) -> ResNet:
             n_in,
             planes,
             stride,
-            "B",
+            shortcut,
             CARDINALITY,
             width,
             SE_RATIO,
             first_width=width // 2,
-            shortcut=shortcut,
         )
 
     stages, n_features = make_stages(block, 128, IMAGENET_COUNTS[depth])

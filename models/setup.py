@@ -117,7 +117,7 @@ def built_model(spec: ModelSpec, classes, checkpoint, start_file) -> tuple[nn.Mo
             )
         model = models.user_network(file_arch)
         load_weights(model, weights, start_file.path)
-        crop = (start_file.evaluation or {}).get("crop", datasets.imagenet.LUA_CROPS.val)
+        crop = (start_file.evaluation or {}).get("crop", datasets.folder_samples.LUA_CROPS.val)
         before = (file_arch["dataset"], crop)
         if note := datasets.input_note(before, (spec.arch["dataset"], spec.val_crop)):
             print(note)

@@ -189,10 +189,10 @@ def measure_jpeg(decode_only: bool, warmup: int, steps: int) -> float:
     normalise) of datasets/photometric.py, for a batch of every file."""
     from PIL import Image
 
-    from datasets import imagenet
+    from datasets import decoding, folder_samples, imagenet
 
     paths = jpeg_files(os.path.join(ROOT, ".cache", "benchmark-jpegs"))
-    worker, finishing = imagenet.TrainSample(), imagenet.finish_on(None, torch.device("cpu"))
+    worker, finishing = folder_samples.TrainSample(), imagenet.finish_on(None, torch.device("cpu"))
     generator = torch.Generator().manual_seed(0)
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
@@ -200,7 +200,7 @@ def measure_jpeg(decode_only: bool, warmup: int, steps: int) -> float:
     def batch():
         if decode_only:
             for path in paths:
-                imagenet.load_rgb(path)
+                decoding.load_rgb(path)
             return
         samples = []
         for path in paths:
@@ -279,7 +279,9 @@ def measure_data(source: str, batch: int, warmup: int, steps: int, workers: int 
     with tempfile.TemporaryDirectory() as gen:
         window = 64 if source in ("fetched", "parquet") else imagenet.LOCAL.window
         storage = imagenet.Storage(window=window, shard_source=fetched)
-        dataset = datasets.load("imagenet", "train", data=data, gen=gen, storage=storage)
+        dataset = datasets.load(
+            "imagenet", "train", data=data, gen=gen, reading=imagenet.Reading(storage=storage)
+        )
         loader = datasets.make_loader(dataset, batch, workers=workers, seed=0, train=True)
         stamps, epoch = [], 1
         while len(stamps) < warmup + steps + 1:
@@ -330,15 +332,15 @@ def measure_jpeg_training(
     recipe: every 32, so this is an upper bound of its cost); crop: the recipe's training
     crop (176; 224 to see the cost of the rest alone)."""
     import averaging
-    from datasets import imagenet, mixing, policies
+    from datasets import folder_samples, mixing, policies
 
     torch.manual_seed(0)
     model = models.create("resnet", 18, "imagenet").to(memory_format=torch.channels_last)
     optimizer = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9, nesterov=True)
-    extra, worker = {}, imagenet.TrainSample(224)
+    extra, worker = {}, folder_samples.TrainSample(224)
     if recipe:
-        augment = policies.ImageAugment("ta_wide", 0.1, imagenet.FOLDER_SPACE)
-        worker = imagenet.TrainSample(crop, augment=augment)
+        augment = policies.ImageAugment("ta_wide", 0.1, folder_samples.FOLDER_SPACE)
+        worker = folder_samples.TrainSample(crop, augment=augment)
         extra = {
             "mix": mixing.BatchMixing(1000, mixup=0.2, cutmix=1.0),
             "average": averaging.ExponentialAverage(model, 0.999966, every=1),

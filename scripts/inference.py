@@ -17,7 +17,15 @@ import checkpoints  # noqa: E402 - after the repository root is on the path
 import datasets  # noqa: E402
 import devices  # noqa: E402
 import models  # noqa: E402
-from datasets import cifar, fashionmnist, imagenet, photometric  # noqa: E402
+from datasets import (  # noqa: E402
+    cifar,
+    decoding,
+    fashionmnist,
+    folder_index,
+    folder_samples,
+    imagenet,
+    photometric,
+)
 from models import convert, pretrained  # noqa: E402
 from models.loading import load_weights  # noqa: E402
 
@@ -101,7 +109,7 @@ def check_fits(view: View, source: str, device: torch.device) -> None:
     model file records cannot fit in the device's memory (as main.py refuses such sizes)."""
     if models.is_cifar_shaped(view.dataset):
         return
-    crops = imagenet.Crops(view.crop, view.resize, view.crop, view.interpolation)
+    crops = folder_samples.Crops(view.crop, view.resize, view.crop, view.interpolation)
     available = devices.memory(device)
     for _, side, needed, _ in datasets.image_memory(crops, batch=1, workers=1):
         if needed > available:
@@ -128,7 +136,7 @@ def preprocessing(view: View) -> dict:
         return {"dataset": view.dataset, "resize": [size, size], "crop": size,
                 "interpolation": "bicubic", "pixel_range": 255, "mean": list(mean),
                 "std": list(std), "grey": mode == "L"}  # fmt: skip
-    mean, std = imagenet.MEANSTD
+    mean, std = folder_samples.MEANSTD
     return {"dataset": view.dataset, "resize": view.resize, "crop": view.crop,
             "interpolation": view.interpolation, "pixel_range": 1, "mean": list(mean),
             "std": list(std), "grey": False}  # fmt: skip
@@ -143,14 +151,14 @@ def preprocess(path: str, view: View) -> torch.Tensor:
         with Image.open(path) as image:
             if models.is_cifar_shaped(view.dataset):
                 return small_image(image, view.dataset)
-            sample = imagenet.ValSample(
+            sample = folder_samples.ValSample(
                 False, size=view.crop, scale=view.resize, interpolation=view.interpolation
             )
             pixels, _ = sample(image)
-    except imagenet.DECODE_ERRORS as exc:
+    except decoding.DECODE_ERRORS as exc:
         raise imagenet.DataError(f"cannot read image {path}: {exc}") from None
     floats = TF.to_dtype(pixels, torch.float32, scale=True)  # as the training's val batches
-    return photometric.standardise(floats, *imagenet.MEANSTD)
+    return photometric.standardise(floats, *folder_samples.MEANSTD)
 
 
 def small_images(dataset: str) -> tuple[int, str, tuple]:
@@ -173,7 +181,7 @@ def images_below(folder: str) -> list[str]:
     found = []
     for parent, folders, _ in os.walk(folder):
         folders.sort()
-        names, _ = imagenet.image_files_in(parent)  # regular files only, as for training
+        names, _ = folder_index.image_files_in(parent)  # regular files only, as for training
         found.extend(os.path.join(parent, name) for name in sorted(names))
     return found
 

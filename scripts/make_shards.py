@@ -29,7 +29,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
 from checkpoints import atomic_write  # noqa: E402 - after the repository root is on the path
-from datasets import imagenet  # noqa: E402
+from datasets import folder_index  # noqa: E402
 from datasets.shards import sha256_of  # noqa: E402
 from errors import Stopped, UsageError, file_error, stopped_status, stops_raise  # noqa: E402
 
@@ -90,7 +90,7 @@ def write_shard(path: str, folder: str, samples: list[tuple[str, int]], keys: li
 def split_plan(src: str, split: str, classes: list[str], limit, seed: int) -> dict:
     """The shards of one split: names, and the (file, label) of each."""
     folder = os.path.join(src, split)
-    samples = imagenet.list_images(folder, classes)
+    samples = folder_index.list_images(folder, classes)
     if split == "train":
         random.Random(seed).shuffle(samples)
     sizes = [os.path.getsize(os.path.join(folder, relative)) for relative, _ in samples]
@@ -110,7 +110,7 @@ def make_plan(src: str, limit, seed: int) -> dict:
     for split in ("train", "val"):
         if not os.path.isdir(os.path.join(src, split)):
             raise UsageError(f"{src} has no {split}/ folder: expected {split}/<class>/<image>")
-    classes = imagenet.list_classes(os.path.join(src, "train"))
+    classes = folder_index.list_classes(os.path.join(src, "train"))
     splits = {split: split_plan(src, split, classes, limit, seed) for split in ("train", "val")}
     return {"source": os.path.abspath(src), "limit": list(limit), "seed": seed,
             "classes": classes, "splits": splits}  # fmt: skip

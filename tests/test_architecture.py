@@ -17,6 +17,9 @@ PACKAGE = sorted(
     for pattern in ("*.py", "datasets/*.py", "models/*.py")
     for path in glob.glob(os.path.join(ROOT, pattern))
 )
+SCRIPTS = sorted(
+    os.path.relpath(path, ROOT) for path in glob.glob(os.path.join(ROOT, "scripts", "*.py"))
+)
 PROJECT = {os.path.splitext(path)[0].split("/")[0] for path in PACKAGE}
 
 
@@ -41,14 +44,39 @@ def test_main_is_a_table_of_contents():
         assert len(handle.readlines()) < 200
 
 
-def test_no_function_of_the_package_is_longer_than_a_screen():
+def functions_of(paths):
+    """(path, function node) of every function and method defined in paths."""
+    for path in paths:
+        for node in ast.walk(tree_of(path)):
+            if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+                yield path, node
+
+
+def parameter_count(node) -> int:
+    """The parameters a caller may give (self and cls not counted; *args and **kw one each)."""
+    args = node.args
+    names = [a.arg for a in args.posonlyargs + args.args + args.kwonlyargs]
+    named = [name for name in names if name not in ("self", "cls")]
+    return len(named) + (args.vararg is not None) + (args.kwarg is not None)
+
+
+def test_no_function_of_the_package_or_scripts_is_longer_than_a_screen():
     long = [
         f"{path}:{node.name} ({node.end_lineno - node.lineno + 1} lines)"
-        for path in PACKAGE
-        for node in ast.walk(tree_of(path))
-        if isinstance(node, ast.FunctionDef) and node.end_lineno - node.lineno + 1 > 65
+        for path, node in functions_of(PACKAGE + SCRIPTS)
+        if node.end_lineno - node.lineno + 1 > 60
     ]
     assert long == []
+
+
+def test_no_signature_takes_more_than_eight_parameters():
+    """More than eight is a record's fields passed one by one: pass the record."""
+    wide = [
+        f"{path}:{node.name} ({parameter_count(node)} parameters)"
+        for path, node in functions_of(PACKAGE + SCRIPTS)
+        if parameter_count(node) > 8
+    ]
+    assert wide == []
 
 
 @pytest.mark.parametrize("leaf", ["train.py", "optimizers.py", "schedules.py", "errors.py"])

@@ -240,7 +240,7 @@ def test_skip_corrupt_counts_the_skipped_images(folder_with_bad_images, tmp_path
 
 
 def test_grey_cmyk_palette_and_alpha_images_load_as_rgb(foolbox_data, tmp_path):
-    from datasets.imagenet import decode_rgb
+    from datasets.decoding import decode_rgb
 
     source = Image.open(os.path.join(foolbox_data, "imagenet_00_243.jpg"))
     variants = {
@@ -262,7 +262,7 @@ def test_grey_cmyk_palette_and_alpha_images_load_as_rgb(foolbox_data, tmp_path):
 
 
 def test_empty_class_folder_is_a_warning(tmp_path, capsys):
-    from datasets.imagenet import build_index
+    from datasets.folder_index import build_index
 
     for split in ("train", "val"):
         (tmp_path / split / "cat").mkdir(parents=True)

@@ -11,7 +11,7 @@ import torch
 from PIL import Image
 
 import datasets
-from datasets import cifar, imagenet
+from datasets import cifar, folder_samples, imagenet
 from datasets import transforms as T
 from tests.conftest import labelled_images
 
@@ -138,19 +138,21 @@ def test_color_jitter_does_not_clamp_and_keeps_grey_images_grey():
 
 def test_lighting_adds_the_pca_colour_shift():
     torch.manual_seed(0)
-    lighting = T.Lighting(0.1, imagenet.PCA_EIGVAL, imagenet.PCA_EIGVEC)
+    lighting = T.Lighting(0.1, folder_samples.PCA_EIGVAL, folder_samples.PCA_EIGVEC)
     torch.manual_seed(3)
     alpha = torch.empty(3).normal_(0, 0.1)
     torch.manual_seed(3)
     out = lighting(torch.zeros(3, 2, 2))
-    expected = torch.tensor(imagenet.PCA_EIGVEC) @ (alpha * torch.tensor(imagenet.PCA_EIGVAL))
+    expected = torch.tensor(folder_samples.PCA_EIGVEC) @ (
+        alpha * torch.tensor(folder_samples.PCA_EIGVAL)
+    )
     torch.testing.assert_close(out[:, 0, 0], expected)
 
 
 def test_folder_dataset_on_real_jpegs(jpeg_root, tmp_path):
     cache = tmp_path / "gen" / "imagenet.json"
     train = imagenet.load("train", jpeg_root, str(cache))
-    val = imagenet.load("val", jpeg_root, str(cache), ten_crop=True)
+    val = imagenet.load("val", jpeg_root, str(cache), imagenet.Reading(ten_crop=True))
     assert train.classes == ["Zebra", "apple", "banana"]  # byte order: upper case first
     assert len(train) == 15 and len(val) == 5
     image, draws, label = train[0]

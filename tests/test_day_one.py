@@ -253,15 +253,15 @@ def test_a_second_stop_request_ends_the_process_at_once(tmp_path):
 
 
 def test_ctrl_c_while_the_image_index_is_built_is_one_line(jpeg_root, tmp_path, monkeypatch):
-    from datasets import imagenet
+    from datasets import folder_index
 
-    build = imagenet.build_index
+    build = folder_index.build_index
 
     def interrupted(data):
         os.kill(os.getpid(), signal.SIGINT)
         return build(data)
 
-    monkeypatch.setattr(imagenet, "build_index", interrupted)
+    monkeypatch.setattr(folder_index, "build_index", interrupted)
     flags = "-dataset imagenet -netType resnet -depth 18 -nEpochs 1 -nThreads 0"
     done = run_main(*flags.split(), "-data", jpeg_root, "-save", str(tmp_path / "save"),
                     "-gen", str(tmp_path / "gen"))  # fmt: skip

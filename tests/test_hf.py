@@ -104,7 +104,7 @@ def test_a_worker_holds_at_most_two_windows_of_row_groups(jpeg_root, hub_files):
 def sampled_positions(processes, data: str) -> list[list[int]]:
     """The train indices this rank's loader reads in epochs 1 and 2."""
     spec = datasets.DataSpec("imagenet", data, gen=f"{data}-gen-{processes.rank}", batch_size=4,
-                             workers=0, seed=5, crops=datasets.imagenet.crops_for(64))  # fmt: skip
+                             workers=0, seed=5, crops=datasets.folder_samples.crops_for(64))  # fmt: skip
     train, _ = datasets.create_loaders(spec, torch.device("cpu"), processes.rank, processes.world)
     epochs = []
     for epoch in (1, 2):

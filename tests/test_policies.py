@@ -11,13 +11,13 @@ from torchvision.transforms import v2
 import datasets
 import opts as options
 import plan
-from datasets import imagenet, policies
+from datasets import decoding, folder_index, folder_samples, policies
 from datasets.cifar import ArrayImageDataset
 from datasets.memory import InMemoryLoader, augment_batch
 
 
 def first_jpeg(jpeg_root) -> str:
-    return imagenet.list_images(f"{jpeg_root}/train", ["Zebra", "apple", "banana"])[0][0]
+    return folder_index.list_images(f"{jpeg_root}/train", ["Zebra", "apple", "banana"])[0][0]
 
 
 def torchvision_policy(name):
@@ -32,8 +32,8 @@ def torchvision_policy(name):
 @pytest.mark.parametrize("name", ["ta_wide", "ra", "imagenet", "augmix"])
 def test_each_policy_gives_torchvisions_image_on_the_same_draws(name, jpeg_root):
     with Image.open(f"{jpeg_root}/train/{first_jpeg(jpeg_root)}") as image:
-        pixels = imagenet.decode_rgb(image)[:, :96, :96]
-    augment = policies.ImageAugment(name, erasing=0.5, space=imagenet.FOLDER_SPACE)
+        pixels = decoding.decode_rgb(image)[:, :96, :96]
+    augment = policies.ImageAugment(name, erasing=0.5, space=folder_samples.FOLDER_SPACE)
     policy, erasing = torchvision_policy(name), v2.RandomErasing(p=0.5, value=(124, 116, 104))
     changed = 0
     for seed in range(6):
@@ -48,9 +48,9 @@ def test_each_policy_gives_torchvisions_image_on_the_same_draws(name, jpeg_root)
 
 
 def test_folder_training_samples_are_cropped_flipped_then_augmented(jpeg_root, tmp_path):
-    augment = policies.ImageAugment("ta_wide", erasing=1.0, space=imagenet.FOLDER_SPACE)
-    sample = imagenet.TrainSample(64, draft=False, augment=augment)
-    plain = imagenet.TrainSample(64, draft=False)
+    augment = policies.ImageAugment("ta_wide", erasing=1.0, space=folder_samples.FOLDER_SPACE)
+    sample = folder_samples.TrainSample(64, draft=False, augment=augment)
+    plain = folder_samples.TrainSample(64, draft=False)
     with Image.open(f"{jpeg_root}/train/{first_jpeg(jpeg_root)}") as image:
         pixels, draws = sample(image, torch.Generator().manual_seed(7))
         _, lua_draws = plain(image, torch.Generator().manual_seed(7))
@@ -58,11 +58,13 @@ def test_folder_training_samples_are_cropped_flipped_then_augmented(jpeg_root, t
         box = plain.crop.crop_box(*image.size, replay)
         flip = datasets.transforms.uniform(0, 1, replay) < 0.5
         seed = int(torch.randint(0, policies.SEED_RANGE, (), generator=replay))
-        cropped = plain.crop.apply(imagenet.decode_rgb(image), box)
+        cropped = plain.crop.apply(decoding.decode_rgb(image), box)
     expected = augment(cropped.flip(-1) if flip else cropped, seed)
     assert torch.equal(pixels, expected)
     assert draws.numel() == 0 and lua_draws.numel() == 9  # the policy replaces the colour steps
-    erasing_only = imagenet.TrainSample(64, draft=False, augment=policies.ImageAugment(erasing=1))
+    erasing_only = folder_samples.TrainSample(
+        64, draft=False, augment=policies.ImageAugment(erasing=1)
+    )
     with Image.open(f"{jpeg_root}/train/{first_jpeg(jpeg_root)}") as image:
         assert erasing_only(image, torch.Generator().manual_seed(7))[1].numel() == 9
 
@@ -102,8 +104,8 @@ def test_the_crop_flags_reach_the_folder_dataset(jpeg_root, tmp_path):
     )
     assert train[(0, 3)][0].shape == (3, 176, 176) and val[0][0].shape == (3, 224, 224)
     assert val.transform.scale == 232
-    assert imagenet.crops_for(224) == imagenet.Crops(224, 256, 224)  # the Lua's
-    assert imagenet.crops_for(320, val=288) == imagenet.Crops(320, 329, 288)
+    assert folder_samples.crops_for(224) == folder_samples.Crops(224, 256, 224)  # the Lua's
+    assert folder_samples.crops_for(320, val=288) == folder_samples.Crops(320, 329, 288)
 
 
 @pytest.mark.parametrize(
@@ -156,18 +158,18 @@ def test_the_in_memory_loader_repeats_as_the_sampler_does():
 
 
 def test_a_jpeg_left_to_the_device_gets_the_same_policy_once_decoded(jpeg_root, tmp_path):
-    augment = policies.ImageAugment("ta_wide", erasing=0.5, space=imagenet.FOLDER_SPACE)
+    augment = policies.ImageAugment("ta_wide", erasing=0.5, space=folder_samples.FOLDER_SPACE)
     path = tmp_path / "baseline.jpg"  # a real photo as a baseline JPEG, which nvJPEG takes
     with Image.open(f"{jpeg_root}/train/{first_jpeg(jpeg_root)}") as image:
         image.convert("RGB").save(path, "JPEG", quality=90)
     results = []
     for on_device in (False, True):
-        sample = imagenet.TrainSample(64, draft=False, on_device=on_device, augment=augment)
+        sample = folder_samples.TrainSample(64, draft=False, on_device=on_device, augment=augment)
         with Image.open(path) as image:
             results.append(sample(image, torch.Generator().manual_seed(3))[0])
     in_worker, encoded = results
-    assert isinstance(encoded, imagenet.Encoded)
-    batch, kept = imagenet.decode_batch([encoded], torch.device("cpu"))
+    assert isinstance(encoded, decoding.Encoded)
+    batch, kept = decoding.decode_batch([encoded], torch.device("cpu"))
     assert kept == [0] and torch.equal(batch[0], in_worker)
 
 

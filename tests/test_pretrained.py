@@ -23,7 +23,7 @@ from test_scripts import python
 
 import models
 import plan
-from datasets import imagenet
+from datasets import folder_samples
 from errors import UsageError
 from models import convert, pretrained
 
@@ -50,7 +50,7 @@ def test_default_is_the_newest_and_the_sizes_are_the_weights_own():
     named = pretrained.resolve("ResNet50_Weights.DEFAULT")
     assert named.name == "ResNet50_Weights.IMAGENET1K_V2"
     assert named.arch["netType"] == "resnet" and named.arch["depth"] == 50
-    assert named.preprocessing == (232, 224, "bilinear", *imagenet.MEANSTD)
+    assert named.preprocessing == (232, 224, "bilinear", *folder_samples.MEANSTD)
     wide = pretrained.resolve("Wide_ResNet50_2_Weights.IMAGENET1K_V1").arch
     assert (wide["netType"], wide["cardinality"], wide["baseWidth"]) == ("resnext", 1, 128)
 
@@ -399,7 +399,7 @@ def test_the_val_images_are_prepared_as_torchvisions_transform_of_the_weights(na
     sizes = pretrained.resolve(name).preprocessing
     # Decoded whole (this tool's loaders decode large JPEGs at 1/2..1/8 scale when the resize
     # shrinks them at least that much: PIL's draft mode, not bit-identical to a resize).
-    sample = imagenet.ValSample(False, size=sizes.crop, scale=sizes.resize, draft=False,
+    sample = folder_samples.ValSample(False, size=sizes.crop, scale=sizes.resize, draft=False,
                                 interpolation=sizes.interpolation)  # fmt: skip
     folder = os.path.join(jpeg_root, "val", "apple")
     with Image.open(os.path.join(folder, sorted(os.listdir(folder))[0])) as image:
