@@ -26,22 +26,18 @@ if __name__ == "__main__":
 # The imports below take seconds (torch): a stop while they load is handled (above).
 
 
-import assemble
-import averaging
 import checkpoints
 import datasets
-import devices
-import epochs
 import errors
-import launch
-import layouts
-import parallel
-import plan as plans
-import train
-from devices import host_record
-from launch import Processes
 from models import setup
-from plan import Plan
+from progress import Progress, RunRecords
+from recipe import averaging
+from run import assemble, epochs, layouts
+from run import plan as plans
+from run.plan import Plan
+from runtime import devices, launch, parallel
+from runtime.devices import host_record
+from runtime.launch import Processes
 
 
 def run(plan: Plan) -> int:
@@ -97,7 +93,7 @@ def test_run(plan: Plan, placed: tuple, place: launch.Place, loaders, sources) -
     checkpoint, _ = sources
     if (note := assemble.test_only_note(plan, sources)) and place.processes.rank == 0:
         print(note)
-    progress = train.Progress(**epochs.shown(loaders))
+    progress = Progress(**epochs.shown(loaders))
     trainer = assemble.trainer(plan, placed, place, checkpoint, progress)
     return epochs.test_once(plan.loop, trainer, loaders, place.stop)
 
@@ -112,10 +108,10 @@ def train_run(plan: Plan, placed: tuple, place: launch.Place, loaders, network, 
     if place.processes.rank == 0:
         print(f"=> Saving checkpoints and records in {os.path.abspath(loop.save)}")
         segment = {**epochs.start_point(loop.epoch_number, checkpoint), **host_record(place.device)}
-        records = train.RunRecords(loop.save, len(loaders[0]), tensorboard=loop.tensorboard,
+        records = RunRecords(loop.save, len(loaders[0]), tensorboard=loop.tensorboard,
                                    options=record, before_first_write=run_folder,
                                    segment=segment)  # fmt: skip
-    progress = train.Progress(record=records, **epochs.shown(loaders))
+    progress = Progress(record=records, **epochs.shown(loaders))
     trainer = assemble.trainer(plan, placed, place, checkpoint, progress)
     side = plan.data.input_side()
     batch = max(1, loop.batch_size // place.processes.world)

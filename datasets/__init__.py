@@ -8,13 +8,13 @@ from dataclasses import dataclass
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-import devices
 from datasets import cifar, decoding, fashionmnist, folder_samples, imagenet, policies
 from datasets.cifar import ArrayImageDataset, DataError
 from datasets.erasing import Erasing, PixelSpace
 from datasets.memory import InMemoryLoader
 from datasets.sampler import EpochSampler, ignore_interrupts
 from datasets.table import DATASETS, MOST_CLASSES, is_small
+from runtime import devices
 
 __all__ = [
     "DataError",

@@ -10,12 +10,11 @@ from torch import nn
 
 import checkpoints
 import datasets
-import devices
 import models
-import parallel
-from launch import Processes, StartError
 from models import pretrained
 from models.loading import load_weights
+from runtime import devices, parallel
+from runtime.launch import Processes, StartError
 
 
 @dataclass(frozen=True)

@@ -34,13 +34,13 @@ import torch
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
-import devices  # noqa: E402
-import launch  # noqa: E402
-import layouts  # noqa: E402
 import models  # noqa: E402
 import train  # noqa: E402
 from datasets.cifar import ArrayImageDataset  # noqa: E402
 from datasets.memory import InMemoryLoader  # noqa: E402
+from progress import Progress  # noqa: E402
+from run import layouts  # noqa: E402
+from runtime import devices, launch  # noqa: E402
 
 MODELS = {  # name -> (create() arguments, image size)
     "resnet20": (("resnet", 20, "cifar10"), 32),
@@ -122,7 +122,7 @@ def measure_trainer(model, size, batch, layout, precision, warmup, steps, device
         torch.device(device), LAYOUTS[layout], autocast_dtype=PRECISIONS[precision]
     )
     step = train.Step(model, torch.nn.CrossEntropyLoss(), optimizer, lambda *_: 0.01, placement)
-    trainer = train.trainer_of(step, train.Progress(lambda line: None))
+    trainer = train.trainer_of(step, Progress(lambda line: None))
     data = synthetic_dataset(batch * (warmup + steps), size, model.fc.out_features)
     loader = InMemoryLoader(data, batch, seed=0, train=True, device=device)
     stamps = []
@@ -331,8 +331,8 @@ def measure_jpeg_training(
     random erasing, mixup / cutmix, label smoothing, and the EMA updated at every step (the
     recipe: every 32, so this is an upper bound of its cost); crop: the recipe's training
     crop (176; 224 to see the cost of the rest alone)."""
-    import averaging
     from datasets import folder_samples, mixing, policies
+    from recipe import averaging
 
     torch.manual_seed(0)
     model = models.create("resnet", 18, "imagenet").to(memory_format=torch.channels_last)
@@ -348,7 +348,7 @@ def measure_jpeg_training(
     criterion = torch.nn.CrossEntropyLoss(label_smoothing=0.1 if recipe else 0.0)
     placement = train.Placement(torch.device("cpu"), torch.channels_last)
     step = train.Step(model, criterion, optimizer, lambda *_: 0.01, placement)
-    trainer = train.trainer_of(step, train.Progress(lambda line: None), **extra)
+    trainer = train.trainer_of(step, Progress(lambda line: None), **extra)
     stamps = []
     loader = JpegBatches(worker, batch, warmup + steps + 1)
     trainer.train(1, loader, on_step=lambda epoch, n: stamps.append(time.perf_counter()))

@@ -15,7 +15,6 @@ sys.path.insert(0, ROOT)
 
 import checkpoints  # noqa: E402 - after the repository root is on the path
 import datasets  # noqa: E402
-import devices  # noqa: E402
 import models  # noqa: E402
 from datasets import (  # noqa: E402
     cifar,
@@ -28,6 +27,7 @@ from datasets import (  # noqa: E402
 )
 from models import convert, pretrained  # noqa: E402
 from models.loading import load_weights  # noqa: E402
+from runtime import devices  # noqa: E402
 
 WNID = re.compile(r"n\d{8}")
 

@@ -27,8 +27,8 @@ sys.path.insert(0, ROOT)
 
 import checkpoints  # noqa: E402 - after the repository root is on the path
 import models  # noqa: E402
-import plan  # noqa: E402
 from errors import UsageError  # noqa: E402
+from run import plan  # noqa: E402
 
 IMAGENET = {"dataset": "imagenet", "per_gpu": 32, "reference": 256, "flags": []}
 FB_IMAGENET = {"dataset": "imagenet", "per_gpu": 64, "reference": 256, "flags": []}

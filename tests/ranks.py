@@ -10,7 +10,7 @@ from datetime import timedelta
 import torch
 import torch.distributed as dist
 
-from launch import Processes
+from runtime.launch import Processes
 
 GROUP_TIMEOUT = 60  # seconds: a collective one rank never joins fails, not hangs the suite
 

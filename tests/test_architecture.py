@@ -14,7 +14,14 @@ import opts
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 PACKAGE = sorted(
     os.path.relpath(path, ROOT)
-    for pattern in ("*.py", "datasets/*.py", "models/*.py")
+    for pattern in (
+        "*.py",
+        "datasets/*.py",
+        "models/*.py",
+        "recipe/*.py",
+        "run/*.py",
+        "runtime/*.py",
+    )
     for path in glob.glob(os.path.join(ROOT, pattern))
 )
 SCRIPTS = sorted(
@@ -79,9 +86,38 @@ def test_no_signature_takes_more_than_eight_parameters():
     assert wide == []
 
 
-@pytest.mark.parametrize("leaf", ["train.py", "optimizers.py", "schedules.py", "errors.py"])
+CARD = {"main.py", "opts.py", "train.py", "checkpoints.py"}
+# Each room of the project and its floor: a module imports only from lower floors.
+FLOORS = {"errors": 0, "progress": 0, "train": 1, "opts": 1, "runtime": 1, "checkpoints": 1, "datasets": 2,
+          "models": 3, "recipe": 3, "run": 4, "main": 5}  # fmt: skip
+
+
+def test_the_root_holds_the_cards_files_and_at_most_two_more():
+    root = {os.path.basename(path) for path in glob.glob(os.path.join(ROOT, "*.py"))}
+    assert CARD <= root and len(root - CARD) <= 2, sorted(root - CARD)
+
+
+def test_no_module_imports_from_a_higher_floor():
+    assert set(FLOORS) == PROJECT
+    upward = [
+        f"{path} imports {name}"
+        for path in PACKAGE
+        for name in project_imports(path)
+        if FLOORS[name] >= FLOORS[path.split("/")[0].removesuffix(".py")]
+        and name != path.split("/")[0].removesuffix(".py")
+    ]
+    assert upward == []
+
+
+@pytest.mark.parametrize(
+    "leaf", ["progress.py", "recipe/optimizers.py", "recipe/schedules.py", "errors.py"]
+)
 def test_the_leaf_modules_import_nothing_of_the_project(leaf):
     assert project_imports(leaf) == set()
+
+
+def test_the_training_loop_imports_only_its_progress_printing():
+    assert project_imports("train.py") == {"progress"}
 
 
 def test_checkpoints_know_nothing_of_datasets_or_networks():
@@ -104,12 +140,12 @@ def test_only_the_plan_step_reads_the_parsed_options():
     readers = [
         f"{path}:{node.name}"
         for path in PACKAGE
-        if path not in ("opts.py", "plan.py", "main.py")
+        if path not in ("opts.py", "run/plan.py", "main.py")
         for node in ast.walk(tree_of(path))
         if isinstance(node, ast.FunctionDef) and "opts" in {a.arg for a in node.args.args}
     ]
     assert readers == []
-    assert "opts" not in project_imports("main.py") and "opts" in project_imports("plan.py")
+    assert "opts" not in project_imports("main.py") and "opts" in project_imports("run/plan.py")
 
 
 CHECKPOINT_KEYS = {"modelPath", "optimState", "bestTop1", "bestTop5", "state", "ema",

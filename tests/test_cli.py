@@ -135,8 +135,8 @@ def test_a_fixed_seed_repeats_the_run_with_two_workers(cifar10_root, tmp_path):
 
 
 def test_optim_state_flag_loads_the_momentum_buffers(cifar_run):
-    import plan
     import recipe
+    from run import plan
 
     save, common, _, _ = cifar_run
     parsed = plan.parse([*common, "-optimState", os.path.join(save, "optimState_2.pth")])
@@ -301,9 +301,9 @@ def test_a_terminal_gets_progress_bars_that_fit_it(cifar10_root, tmp_path, colum
 
 
 def test_a_bar_closed_by_an_error_ends_its_line_and_is_not_redrawn(capsys):
-    import train
+    from progress import Progress
 
-    progress = train.Progress(bar=True)
+    progress = Progress(bar=True)
     progress.begin("train", 1, 10, 0)
     with pytest.raises(KeyboardInterrupt), progress.closing_on_error():
         raise KeyboardInterrupt

@@ -239,7 +239,7 @@ def test_a_mid_epoch_resume_keeps_the_epoch_summary_and_takes_another_batch_size
 
 def test_a_second_stop_request_ends_the_process_at_once(tmp_path):
     script = (
-        "import os, signal, sys; sys.path.insert(0, sys.argv[1]); import launch\n"
+        "import os, signal, sys; sys.path.insert(0, sys.argv[1]); from runtime import launch\n"
         "stop = launch.StopRequest(); stop.deferred = True; stop.install()\n"
         "os.kill(os.getpid(), signal.SIGTERM)\n"
         "print('first request remembered', flush=True)\n"
@@ -335,7 +335,7 @@ def test_a_torchvision_file_of_another_depth_names_the_flags_that_fit(tmp_path):
 def test_a_write_error_in_a_helper_thread_prints_no_traceback():
     """TensorBoard's writer thread on a full disk: the main thread reports it in one line."""
     script = (
-        "import sys, threading; sys.path.insert(0, sys.argv[1]); import launch\n"
+        "import sys, threading; sys.path.insert(0, sys.argv[1]); from runtime import launch\n"
         "def fail(error):\n"
         "    raise error\n"
         "launch.quiet_thread_write_errors()\n"

@@ -9,8 +9,8 @@ import pytest
 import torch
 from test_cli import run_main, small_cifar_args
 
-import devices
-import plan
+from run import plan
+from runtime import devices
 
 CUDA = devices.Machine(cuda=True, mps=False, cpu_capability="AVX512", cpu_bf16=True, cuda_bf16=True)
 VOLTA = devices.Machine(

@@ -14,8 +14,8 @@ import runs
 import torch
 from conftest import TIMEOUT, with_flags
 
-import plan
 from datasets.sampler import shard
+from run import plan
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 MAIN = os.path.join(ROOT, "main.py")

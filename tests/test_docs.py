@@ -7,7 +7,7 @@ import pytest
 from conftest import load_script
 
 import opts
-import plan
+from run import plan
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 

@@ -8,7 +8,7 @@ import pytest
 import errors
 import main
 import opts as options
-import plan
+from run import plan
 
 
 def test_an_unknown_value_names_the_options_and_the_closest_one():

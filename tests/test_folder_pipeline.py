@@ -213,7 +213,7 @@ def test_a_crop_size_other_than_224_crops_train_and_val_to_it(jpeg_root, tmp_pat
     val = imagenet.load("val", jpeg_root, str(tmp_path / "gen.json"), imagenet.Reading(crops=crops))
     assert train[(0, 7)][0].shape == val[0][0].shape == (3, 256, 256)
     assert (val.transform.scale, folder_samples.val_scale(224)) == (292, 256)
-    import plan
+    from run import plan
 
     parsed = plan.parse(["-dataset", "imagenet", "-data", jpeg_root, "-cropSize", "320",
                             "-gen", str(tmp_path / "gen")])  # fmt: skip

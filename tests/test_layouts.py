@@ -8,10 +8,9 @@ import pytest
 import torch
 from test_cli import small_cifar_args
 
-import devices
-import layouts
 import models
-import plan
+from run import layouts, plan
+from runtime import devices
 
 
 @pytest.fixture

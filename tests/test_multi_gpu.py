@@ -14,15 +14,12 @@ from torch import nn
 from trainers import cpu_trainer
 
 import checkpoints
-import devices
 import errors
-import launch
 import main
-import parallel
 import train
 from datasets import DataError
-from launch import Processes
-from models import sync_batchnorm
+from runtime import devices, launch, parallel, sync_batchnorm
+from runtime.launch import Processes
 
 
 @pytest.fixture

@@ -9,7 +9,7 @@ import runs
 from hypothesis import strategies as st
 
 import opts
-import plan
+from run import plan
 
 # Section 1: every Lua flag with its default (ResNeXt fork's where they differ).
 LUA_FLAGS = {

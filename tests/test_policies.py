@@ -10,10 +10,10 @@ from torchvision.transforms import v2
 
 import datasets
 import opts as options
-import plan
 from datasets import decoding, folder_index, folder_samples, policies
 from datasets.cifar import ArrayImageDataset
 from datasets.memory import InMemoryLoader, augment_batch
+from run import plan
 
 
 def first_jpeg(jpeg_root) -> str:

@@ -22,10 +22,10 @@ from test_cli import run_main
 from test_scripts import python
 
 import models
-import plan
 from datasets import folder_samples
 from errors import UsageError
 from models import convert, pretrained
+from run import plan
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 MAIN = os.path.join(ROOT, "main.py")

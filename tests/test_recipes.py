@@ -17,16 +17,14 @@ from torch import nn
 from torchvision.transforms import v2
 from trainers import cpu_trainer
 
-import averaging
 import main
 import models
-import optimizers
 import opts as options
-import plan
 import recipe
-import schedules
 import train
 from datasets.mixing import BatchMixing
+from recipe import averaging, optimizers, schedules
+from run import plan
 
 CIFAR = ["-dataset", "cifar10", "-netType", "resnet", "-depth", "8", "-nGPU", "0"]
 

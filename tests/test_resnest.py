@@ -19,7 +19,8 @@ from torch import nn
 
 import models
 from checkpoints import CheckpointError
-from models import convert, loading, sync_batchnorm
+from models import convert, loading
+from runtime import sync_batchnorm
 
 TWINS = [  # (timm name, depth, published parameter count)
     ("resnest14d", 14, 10_611_688),

@@ -1,10 +1,10 @@
-"""schedules.py: the Lua's rules, and step / cosine / warm-up against torch.optim.lr_scheduler
+"""recipe/schedules.py: the Lua's rules, and step / cosine / warm-up against torch.optim.lr_scheduler
 stepped once per iteration."""
 
 import pytest
 import torch
 
-import schedules
+from recipe import schedules
 
 
 @pytest.mark.parametrize(

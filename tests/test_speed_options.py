@@ -10,10 +10,10 @@ import runs
 import torch
 from conftest import TIMEOUT
 
-import launch
 import main
 import models
-import plan
+from run import plan
+from runtime import launch
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -97,7 +97,8 @@ PAGE_FAULTS_PER_STEP = """
 import resource, sys
 import torch
 sys.path.insert(0, sys.argv[1])
-import launch, models
+import models
+from runtime import launch
 print(launch.configure_host_allocator(sys.argv[2]))
 torch.manual_seed(0)
 model = models.create("resnet", 18, "imagenet").to(memory_format=torch.channels_last)

@@ -9,9 +9,9 @@ from torch import nn
 
 import checkpoints
 import models
-import plan
 from checkpoints import CheckpointError
 from models import convert, loading, setup
+from run import plan
 
 SE_TWINS = [  # (timm name, our create() arguments, published parameter count)
     ("seresnet18", {"netType": "resnet", "depth": 18}, 11_779_624),

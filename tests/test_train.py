@@ -10,6 +10,7 @@ from torch.utils._python_dispatch import TorchDispatchMode
 from trainers import cpu_trainer
 
 import train
+from progress import Progress, RunRecords
 
 
 def percent_wrong(output, target, n_crops=1) -> list[float]:
@@ -211,7 +212,7 @@ def test_records_get_every_printed_step_and_each_pass(tmp_path):
     images, labels = torch.randn(10, 3, 4, 4), torch.tensor([0, 1, 2] * 3 + [0])
     records, lines = [], []
     trainer = make_trainer(Memorizer(), lines)
-    trainer.reporting.progress = train.Progress(lines.append, record=records.append)
+    trainer.reporting.progress = Progress(lines.append, record=records.append)
     trainer.reporting.print_every = 2
     top1, _, loss = trainer.train(2, batches(images, labels, 4))  # lines at 2 and 3
     trainer.evaluation.test(2, batches(images, labels, 4))
@@ -232,7 +233,7 @@ def test_run_records_append_json_lines_and_tensorboard_scalars(tmp_path):
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
     for run in range(2):  # a resumed run appends
-        records = train.RunRecords(str(tmp_path), 10, options={"LR": 0.1})
+        records = RunRecords(str(tmp_path), 10, options={"LR": 0.1})
         records({"epoch": 1 + run, "iter": 5, "split": "train", "loss": 2.5, "top1": 80.0,
                  "top5": 40.0, "lr": 0.1, "img_s": 100.0, "data_share": 0.25})  # fmt: skip
         records({"epoch": 1 + run, "iter": None, "split": "val", "top1": 70.0, "top5": 30.0})
@@ -252,7 +253,7 @@ def test_run_records_append_json_lines_and_tensorboard_scalars(tmp_path):
 
 
 def test_records_can_leave_tensorboard_out(tmp_path):
-    records = train.RunRecords(str(tmp_path), 10, tensorboard=False)
+    records = RunRecords(str(tmp_path), 10, tensorboard=False)
     records({"epoch": 1, "iter": None, "split": "val", "top1": 1.0, "top5": 0.0})
     assert sorted(os.listdir(tmp_path)) == ["metrics.jsonl"]
 
@@ -385,7 +386,7 @@ def test_a_stop_while_testing_says_so_in_words():
 def test_records_create_nothing_before_the_first_record(tmp_path):
     opened = []
     folder = tmp_path / "save"
-    records = train.RunRecords(str(folder), 10, before_first_write=lambda: opened.append(1) or
+    records = RunRecords(str(folder), 10, before_first_write=lambda: opened.append(1) or
                                folder.mkdir())  # fmt: skip
     assert not folder.exists() and opened == []
     records({"epoch": 1, "iter": None, "split": "val", "top1": 1.0, "top5": 0.0})
@@ -418,7 +419,7 @@ def test_the_evaluation_alone_counts_the_errors_of_the_model_it_is_given():
     step = train.Step(model, nn.CrossEntropyLoss(), torch.optim.SGD(model.parameters(), lr=0.1),
                       lambda *_: 0.1, train.Placement(torch.device("cpu")))  # fmt: skip
     lines = []
-    reporting = train.Reporting(train.Progress(lines.append), 1, torch.device("cpu"))
+    reporting = train.Reporting(Progress(lines.append), 1, torch.device("cpu"))
     other = Memorizer()
     evaluation = train.Evaluation(step, reporting, other)
     images = torch.randn(6, 3, 4, 4)

@@ -17,9 +17,9 @@ from conftest import TIMEOUT
 from test_cli import run_main, run_on_terminal, small_cifar_args
 from test_day_one import snapshot
 
-import launch
 import opts as options
-import plan
+from run import plan
+from runtime import launch
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 MAIN = os.path.join(ROOT, "main.py")

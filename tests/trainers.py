@@ -4,6 +4,7 @@ import torch
 from torch import nn
 
 import train
+from progress import Progress
 
 
 def cpu_trainer(model, optimizer, lr_at, *, criterion=None, log=None, clip_grad_norm=0.0,
@@ -13,6 +14,6 @@ def cpu_trainer(model, optimizer, lr_at, *, criterion=None, log=None, clip_grad_
     every_process; parts: n_crops, mix, average."""
     placement = train.Placement(torch.device("cpu"), clip_grad_norm=clip_grad_norm)
     step = train.Step(model, criterion or nn.CrossEntropyLoss(), optimizer, lr_at, placement)
-    trainer = train.trainer_of(step, train.Progress(log or (lambda _: None)), **parts)
+    trainer = train.trainer_of(step, Progress(log or (lambda _: None)), **parts)
     trainer.reporting.reduce, trainer.every_process = reduce, every_process
     return trainer

@@ -20,9 +20,8 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
-import devices
-import rendezvous
 from errors import Stopped, StoppedWaiting, UsageError
+from runtime import devices, rendezvous
 
 M_TRIM_THRESHOLD, M_MMAP_MAX = -1, -4  # mallopt parameters, from glibc's malloc.h
 RENDEZVOUS_TIMEOUT = 300  # seconds the processes of a job wait for one another at start

@@ -8,13 +8,11 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
-import averaging
 import checkpoints
-import launch
-import optimizers
-import schedules
 from datasets import mixing
-from launch import Processes
+from recipe import averaging, optimizers, schedules
+from runtime import launch
+from runtime.launch import Processes
 
 
 @dataclass(frozen=True)

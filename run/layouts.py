@@ -24,9 +24,8 @@ from torch import nn
 from torch.nn import functional as F
 
 import checkpoints
-import devices
-import launch
 import models
+from runtime import devices, launch
 
 CACHE_NAME = "memory_formats.json"
 LAYOUTS = ("channels_last", "contiguous")

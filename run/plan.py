@@ -7,15 +7,15 @@ from dataclasses import dataclass
 from types import MappingProxyType
 
 import datasets
-import devices
-import epochs
 import errors
 import models
 import opts as options
 import recipe
-import schedules
 from datasets import erasing, folder_samples, imagenet, policies, table
 from models import pretrained, setup
+from recipe import schedules
+from run import epochs
+from runtime import devices
 
 # The names the flags take, as the modules own them.
 NAMES = options.Names(
@@ -144,7 +144,7 @@ def make_plan(
 
 def device_notes(kind: str, precision: tuple, machine) -> tuple[str, ...]:
     """The lines that say what -precision auto chose (a (choice, why) pair, why None when
-    given), and bf16's use here; -memoryFormat auto's is said once decided (layouts.py)."""
+    given), and bf16's use here; -memoryFormat auto's is said once decided (run/layouts.py)."""
     notes = [f"=> Precision: {precision[0]} (auto: {precision[1]})"] if precision[1] else []
     advice = devices.precision_advice(precision[0], kind, machine)
     return (*notes, advice) if advice else tuple(notes)

@@ -7,15 +7,13 @@ import torch
 
 import checkpoints
 import datasets
-import devices
-import launch
 import models
 import opts as options
-import parallel
 import recipe
 import train
-from launch import Processes
-from plan import Plan
+from run.plan import Plan
+from runtime import devices, launch, parallel
+from runtime.launch import Processes
 
 
 def process_place(plan: Plan, processes: Processes, stop: launch.StopRequest) -> launch.Place:

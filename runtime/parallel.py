@@ -10,10 +10,9 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
-import launch
 from errors import PeerFailed
-from launch import Processes, StartError
-from models import sync_batchnorm
+from runtime import launch, sync_batchnorm
+from runtime.launch import Processes, StartError
 
 
 class Autocast(nn.Module):

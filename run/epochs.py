@@ -8,11 +8,9 @@ from dataclasses import dataclass
 
 import checkpoints
 import datasets
-import devices
 import errors
-import launch
-import parallel
 import train
+from runtime import devices, launch, parallel
 
 
 @dataclass(frozen=True)
