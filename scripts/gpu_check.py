@@ -55,10 +55,14 @@ class Sizes:
     speed_size: int
     speed_steps: int
     seconds: int  # time limit of one check
+    epochs: int = 4  # of each training check
+    speed_models: tuple[str, ...] = ("ResNet-50", "ResNeXt-50 32x4d")
 
 
 GPU = Sizes("cuda", 64, 96, 256, 224, 32, 16, 256, 224, 20, 150)
-DRY = Sizes("cpu", 8, 6, 48, 32, 8, 2, 4, 32, 2, 90)
+# The rehearsal proves each check's code path, not its figures: two epochs show a loss
+# falling, one network the speed comparison.
+DRY = Sizes("cpu", 8, 6, 48, 32, 8, 2, 4, 32, 2, 90, epochs=2, speed_models=("ResNet-50",))
 
 
 @dataclass
@@ -400,7 +404,7 @@ def trainer_img_s(name: str, precision: str, sizes: Sizes, batch=None, side=None
 def speed(sizes: Sizes) -> tuple:
     """The Trainer against the bare loop, per network and precision (target >= 0.95x)."""
     figures, lines, worst = {}, [], math.inf
-    for name in SPEED_MODELS:
+    for name in sizes.speed_models:
         for label, precision in PRECISIONS.items():
             bare, tool = bare_img_s(name, precision, sizes), trainer_img_s(name, precision, sizes)
             figures[f"{name} {label}"] = {
@@ -448,9 +452,10 @@ def checks(tool: Tool) -> list[tuple]:
         if name == "r20-fp16" and not cuda:
             found.append((title, lambda: ("SKIP", "fp16 runs on GPUs only", {})))
             continue
-        argv = tool.cifar_args(name, "-nEpochs", "4", *flags)
+        argv = tool.cifar_args(name, "-nEpochs", str(s.epochs), *flags)
         found.append((title, lambda n=name, a=argv: trains(tool, n, a)))
-    resnet50 = tool.jpeg_args("r50-bf16", 50, "-nEpochs", "4", "-precision", "bf16", "-LR", "0.002")
+    resnet50 = tool.jpeg_args("r50-bf16", 50, "-nEpochs", str(s.epochs), "-precision", "bf16",
+                              "-LR", "0.002")  # fmt: skip
     # A dry run's few dozen images make too few steps for ResNet-50's loss to settle.
     learns = cuda
     found += [
