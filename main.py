@@ -80,7 +80,7 @@ def run_process(plan: Plan, processes: Processes, stop: launch.StopRequest) -> i
         model, arch = setup.build_model(plan.model, classes, checkpoint, start_file)
         setup.check_classes(model, classes, checkpoint.model if checkpoint else None)
         steps = 0 if plan.test_only else len(loaders[0]) * plan.loop.n_epochs
-        plan = layouts.chosen(plan, model, place.device, processes.world, steps)
+        plan = layouts.chosen(plan, model, place, steps)
         placed = setup.prepare_model(plan.model, model, place.device, place.dtypes, processes.world)
         if plan.test_only:
             return test_run(plan, placed, place, loaders, (checkpoint, start_file))

@@ -35,21 +35,23 @@ ROUNDS = 5  # timed rounds of each layout, in turns, after a warm-up step each
 ROUND_SECONDS = 0.2  # a round repeats a short step for about this long
 
 
-def chosen(plan, model: nn.Module, device: torch.device, world: int, steps: int):
-    """The plan with -memoryFormat auto decided for this run of `steps` training steps, and a
-    line that says how: by timing on a CPU (or from an earlier timing); the rule on other
-    devices, for a job of several processes (whose choices must agree) and for a run too
-    short to be worth seconds of timing."""
+def chosen(plan, model: nn.Module, place: launch.Place, steps: int):
+    """The plan with -memoryFormat auto decided for this run of `steps` training steps in
+    the process's place (its device, dtypes and processes), and a line that says how: by
+    timing on a CPU (or from an earlier timing); the rule on other devices, for a job of
+    several processes (whose choices must agree) and for a run too short to be worth
+    seconds of timing."""
     why = plan.launch.layout_rule
     if why is None:  # given
         return plan
+    device, world = place.device, place.processes.world
     if world > 1 or device.type != "cpu" or steps < MIN_STEPS:
         short = ", a run too short to time" if device.type == "cpu" and world == 1 else ""
         print(f"=> Memory format: {plan.model.memory_format} (auto: {why}{short})")
         return plan
     side = plan.data.input_side()
     batch = max(1, min(plan.data.batch_size, MAX_BATCH))
-    dtypes = launch.precision_settings(plan.launch.precision, device)
+    dtypes = place.dtypes
     key = setting_key(model, plan.model.arch, (batch, 3, side, side), dtypes[1] or dtypes[0])
     path = os.path.join(plan.data.gen, CACHE_NAME)
     speeds = read_cache(path).get(key)

@@ -10,7 +10,7 @@ from test_cli import small_cifar_args
 
 import models
 from run import layouts, plan
-from runtime import devices
+from runtime import devices, launch
 
 
 @pytest.fixture
@@ -20,13 +20,20 @@ def auto_plan(cifar10_root, tmp_path):
     return plan.make_plan(plan.parse(args))
 
 
+def cpu_place(auto_plan, world: int = 1) -> launch.Place:
+    """Where a process of a job of `world` processes runs on the CPU, in the plan's precision."""
+    device = torch.device("cpu")
+    dtypes = launch.precision_settings(auto_plan.launch.precision, device)
+    return launch.Place(device, [device], dtypes, launch.Processes(0, world), launch.StopRequest())
+
+
 def network(auto_plan):
     return models.create(**{**auto_plan.model.arch, "nClasses": 10})
 
 
 def test_a_long_run_times_both_layouts_says_so_and_records_the_faster(auto_plan, capsys):
     model = network(auto_plan)
-    decided = layouts.chosen(auto_plan, model, torch.device("cpu"), 1, steps=5000)
+    decided = layouts.chosen(auto_plan, model, cpu_place(auto_plan), steps=5000)
     line = capsys.readouterr().out.strip()
     assert line.startswith(f"=> Memory format: {decided.model.memory_format} (auto: channels_last")
     assert line.endswith("img/s on this CPU, timed now)")
@@ -43,7 +50,7 @@ def test_a_timing_kept_in_gen_decides_the_next_run_without_timing(auto_plan, cap
     for favoured in layouts.LAYOUTS:  # each answer kept is followed, whatever the rule says
         speeds = {name: 1e9 if name == favoured else 1.0 for name in layouts.LAYOUTS}
         layouts.write_cache(f"{auto_plan.data.gen}/{layouts.CACHE_NAME}", key, speeds)
-        decided = layouts.chosen(auto_plan, model, torch.device("cpu"), 1, steps=5000)
+        decided = layouts.chosen(auto_plan, model, cpu_place(auto_plan), steps=5000)
         assert decided.model.memory_format == favoured
         assert "timed before" in capsys.readouterr().out
 
@@ -62,7 +69,7 @@ def test_short_runs_and_jobs_of_several_processes_keep_the_rule(auto_plan, capsy
     model = network(auto_plan)
     rule = auto_plan.model.memory_format
     for world, steps, said in ((1, 999, ", a run too short to time)"), (2, 10**6, ")")):
-        decided = layouts.chosen(auto_plan, model, torch.device("cpu"), world, steps)
+        decided = layouts.chosen(auto_plan, model, cpu_place(auto_plan, world), steps)
         assert decided is auto_plan and decided.model.memory_format == rule
         line = capsys.readouterr().out
         assert line == f"=> Memory format: {rule} (auto: {auto_plan.launch.layout_rule}{said}\n"
