@@ -35,14 +35,15 @@ from recipe import averaging
 from run import assemble, epochs, layouts
 from run import plan as plans
 from run.plan import Plan
-from runtime import devices, launch, parallel
+from runtime import devices, launch, parallel, slurm
 from runtime.devices import host_record
 from runtime.launch import Processes
 
 
 def run(plan: Plan) -> int:
     """What main.lua does, in each process of the job."""
-    with launch.restored_settings(), launch.stop_requests() as stop:
+    requeue_signals = plan.launch.requeue.signals
+    with launch.restored_settings(), launch.stop_requests(requeue_signals) as stop:
         job = launch.job_environment()
         devices.check_job(plan.launch.device, job.world)
         launch.check_global_batch(plan.loop.batch_size, job.world)
@@ -107,17 +108,18 @@ def train_run(plan: Plan, placed: tuple, place: launch.Place, loaders, network, 
     records = None
     if place.processes.rank == 0:
         print(f"=> Saving checkpoints and records in {os.path.abspath(loop.save)}")
-        segment = {**epochs.start_point(loop.epoch_number, checkpoint), **host_record(place.device)}
+        segment = {**epochs.start_point(loop.epoch_number, checkpoint), **host_record(place.device),
+                   **slurm.job_record(os.environ)}  # fmt: skip
         records = RunRecords(loop.save, len(loaders[0]), tensorboard=loop.tensorboard,
-                                   options=record, before_first_write=run_folder,
-                                   segment=segment)  # fmt: skip
+                             options=record, before_first_write=run_folder,
+                             segment=segment)  # fmt: skip
     progress = Progress(record=records, **epochs.shown(loaders))
     trainer = assemble.trainer(plan, placed, place, checkpoint, progress)
     side = plan.data.input_side()
     batch = max(1, loop.batch_size // place.processes.world)
     trainer.evaluation.try_evaluation((batch, 3, side, side))  # too big: fails now, not later
     epoch_loop = epochs.EpochLoop(loop, trainer, loaders, run_folder, network, checkpoint, place)
-    return epochs.run_to_the_end(epoch_loop, loop.save, records)
+    return epochs.run_to_the_end(epoch_loop, loop.save, records, plan.launch.requeue)
 
 
 def main(argv=None) -> int:

@@ -389,6 +389,18 @@ FLAGS = [
         300,
         "srun / several processes: seconds to wait at start for every process of the job (new)",
     ),
+    (
+        "requeueSignal",
+        str,
+        "USR1,USR2",
+        "Signals that save and, in a SLURM job, requeue it (sbatch --signal); none: off (new)",
+    ),
+    (
+        "maxRequeues",
+        bounded_int,
+        20,
+        "SLURM: restarts after which a requeue signal only saves (new)",
+    ),
     ("printFreq", bounded_int, 1, "Print a training / test line every N iterations (new)"),
     ("skipCorrupt", lua_bool, False, "Skip unreadable images instead of stopping (new)"),
     ("imageColumn", str, "image", "Hugging Face parquet / Arrow data: the images' column (new)"),
@@ -625,7 +637,7 @@ def validate_run_options(opts: argparse.Namespace) -> None:
         opts.rendezvousTimeout > 0,
         f"-rendezvousTimeout must be positive, got {opts.rendezvousTimeout}",
     )
-    for name in ("nClasses", "checkpointEvery", "keepCheckpoints", "preciseBN"):
+    for name in ("nClasses", "checkpointEvery", "keepCheckpoints", "preciseBN", "maxRequeues"):
         value = getattr(opts, name)
         _check(value >= 0, f"-{name} must not be negative, got {value}")
     _check(not (opts.shareGradInput and opts.optnet), "cannot use both -shareGradInput and -optnet")

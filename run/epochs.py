@@ -10,7 +10,7 @@ import checkpoints
 import datasets
 import errors
 import train
-from runtime import devices, launch, parallel
+from runtime import devices, launch, parallel, slurm
 
 
 @dataclass(frozen=True)
@@ -281,13 +281,17 @@ def start_point(epoch_number: int, checkpoint) -> dict:
     return {"epoch": checkpoint.epoch, "iter": checkpoint.iteration}
 
 
-def run_to_the_end(epochs: EpochLoop, save: str, records) -> int:
+def run_to_the_end(epochs: EpochLoop, save: str, records, requeue: slurm.Requeue) -> int:
     """Train the epochs, closing the run records however it ends. Returns the exit status:
-    128 + the signal after a stop request, once the checkpoint is saved."""
+    128 + the signal after a stop request, once the checkpoint is saved (and the SLURM job
+    requeued, when the signal asks for it)."""
     try:
         epochs.run()
     except train.Interrupted as exc:
         number = epochs.stop.signal_number
+        if number in requeue.signals:
+            print(slurm.after_save(requeue, number, str(exc), save, epochs.processes.rank))
+            return 128 + number
         print(
             f"=> Stopped by {signal.Signals(number).name} {exc}; checkpoint saved. Continue"
             f" with the same command and -resume {save}"

@@ -15,7 +15,7 @@ from datasets import erasing, folder_samples, imagenet, policies, table
 from models import pretrained, setup
 from recipe import schedules
 from run import epochs
-from runtime import devices
+from runtime import devices, slurm
 
 # The names the flags take, as the modules own them.
 NAMES = options.Names(
@@ -42,6 +42,7 @@ class Launch:
     rendezvous_timeout: int = 300
     seed: int = 0
     layout_rule: str | None = None  # -memoryFormat auto: the rule's reason, before timing
+    requeue: slurm.Requeue = slurm.Requeue()  # -requeueSignal, -maxRequeues
 
 
 @dataclass(frozen=True)
@@ -125,6 +126,7 @@ def make_plan(
             rendezvous_timeout=opts.rendezvousTimeout,
             seed=opts.manualSeed,
             layout_rule=why,
+            requeue=requeue_spec(opts),
         ),
         test_only=opts.testOnly,
         options=MappingProxyType(
@@ -140,6 +142,15 @@ def make_plan(
             *device_notes(kind, (precision, precision_why), machine),
         ),
     )
+
+
+def requeue_spec(opts: argparse.Namespace) -> slurm.Requeue:
+    """-requeueSignal's signals and -maxRequeues."""
+    try:
+        signals = slurm.signal_numbers(opts.requeueSignal)
+    except ValueError as exc:
+        raise errors.UsageError(f"-requeueSignal {opts.requeueSignal}: {exc}") from None
+    return slurm.Requeue(signals, opts.maxRequeues)
 
 
 def device_notes(kind: str, precision: tuple, machine) -> tuple[str, ...]:

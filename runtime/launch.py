@@ -364,11 +364,12 @@ def compile_model(model: nn.Module, device: torch.device) -> nn.Module:
 
 
 @contextlib.contextmanager
-def stop_requests():
-    """A StopRequest handling SIGTERM / SIGINT for the block, and helper threads' write
-    errors left to the main thread; the handlers they replaced are back after it."""
+def stop_requests(requeue_signals: tuple[int, ...] = ()):
+    """A StopRequest handling SIGTERM / SIGINT (and the signals that ask for a requeue) for
+    the block, and helper threads' write errors left to the main thread; the handlers they
+    replaced are back after it."""
     stop = StopRequest()
-    stop.install()  # before any work: a stop request never ends in a traceback
+    stop.install(requeue_signals)  # before any work: a stop request never ends in a traceback
     thread_hook = quiet_thread_write_errors()
     try:
         yield stop
@@ -404,9 +405,10 @@ class StopRequest:
             self.signal_number = signal.SIGTERM  # another process got the signal
         return stopping
 
-    def install(self) -> None:
-        """Catch SIGTERM and SIGINT from now on (until restore)."""
-        self.previous = {n: signal.signal(n, self.handle) for n in (signal.SIGTERM, signal.SIGINT)}
+    def install(self, requeue_signals: tuple[int, ...] = ()) -> None:
+        """Catch SIGTERM, SIGINT and the requeue signals from now on (until restore)."""
+        numbers = (signal.SIGTERM, signal.SIGINT, *requeue_signals)
+        self.previous = {n: signal.signal(n, self.handle) for n in numbers}
 
     def restore(self) -> None:
         """Put back the handlers that install replaced."""

@@ -278,6 +278,17 @@ WHAT_IT_DOES = {
         "naming the ranks missing (rank 0) or the address that never answered (the others). "
         "SIGTERM / Ctrl-C while waiting stops at once. torchrun has its own (`--rdzv-timeout`)"
     ),
+    "requeueSignal": (
+        "new: comma list of signals (`USR1,USR2`; the `SIG` prefix optional; `none`: off) that "
+        "save a mid-epoch checkpoint and, inside a SLURM job, requeue it with `scontrol requeue` "
+        "(an array task alone), as `sbatch --requeue --signal=USR1@120` asks before a time limit; "
+        "outside SLURM they save and stop. SIGTERM (`scancel`) and Ctrl-C save and stop without "
+        "requeueing"
+    ),
+    "maxRequeues": (
+        "new, SLURM: once the job has restarted this many times (`SLURM_RESTART_COUNT`), a "
+        "requeue signal saves and stops without requeueing"
+    ),
     "printFreq": (
         "new: print a training / test line every N iterations (the Lua printed every one); the "
         "device is only waited for when a line is printed"

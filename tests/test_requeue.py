@@ -1,0 +1,106 @@
+"""-requeueSignal and -maxRequeues, the tool's side of a SLURM requeue: a requeue signal saves
+like SIGTERM; outside a job it says there is nothing to requeue; a job past its cap, or one
+that scontrol cannot requeue, is said in one line with the checkpoint intact. (A real
+one-node SLURM is the scheduler's side: make test-slurm.)"""
+
+import os
+import re
+import signal
+
+import pytest
+import runs
+from test_cli import small_cifar_args
+from test_crash import assert_bitwise_equal, final_weights
+
+import checkpoints
+from runtime import slurm
+
+FLAGS = "-nEpochs 2 -batchSize 4 -cudnn deterministic"
+
+
+@pytest.mark.parametrize(
+    ("names", "numbers"),
+    [("USR1,USR2", (signal.SIGUSR1, signal.SIGUSR2)), ("sighup", (signal.SIGHUP,)),
+     ("USR2, usr2", (signal.SIGUSR2,)), ("none", ())],
+)  # fmt: skip
+def test_requeue_signals_are_signal_names_with_or_without_sig(names, numbers):
+    assert slurm.signal_numbers(names) == numbers
+
+
+@pytest.mark.parametrize(("names", "says"), [
+    ("TERM", "TERM stops a run without requeueing it"), ("SIGKILL", "cannot be caught"),
+    ("USR3", "USR3 is not a signal name"), (",", "give signal names"),
+])  # fmt: skip
+def test_a_requeue_signal_that_cannot_be_one_is_one_line(names, says, cifar10_root, tmp_path):
+    done = runs.main_run(
+        [*small_cifar_args(cifar10_root, tmp_path / "run"), "-requeueSignal", names]
+    )
+    assert done.returncode == 2 and done.stderr.startswith(f"error: -requeueSignal {names}: ")
+    assert says in done.stderr and len(done.stderr.splitlines()) == 1
+    assert not (tmp_path / "run").exists()
+
+
+def stopped_by_usr1(data, save, env=None):
+    """The run, sent SIGUSR1 as it prints epoch 1's second training line."""
+
+    def signal_at_iteration_2(line):
+        if line.startswith(" | Epoch: [1][2/"):
+            os.kill(os.getpid(), signal.SIGUSR1)
+
+    argv = small_cifar_args(data, save, FLAGS)
+    return runs.main_run(argv, env=env, on_line=signal_at_iteration_2)
+
+
+def saved_line(done) -> re.Match:
+    """The line that says where the run stopped and what was saved."""
+    found = re.search(r"=> SIGUSR1 (at epoch 1, iteration \d+|after epoch 1): checkpoint saved"
+                      r" in (\S+); (.*)", done.stdout)  # fmt: skip
+    assert found, done.stdout[-2000:]
+    return found
+
+
+def test_outside_slurm_a_requeue_signal_saves_says_so_and_resumes_bitwise(cifar10_root, tmp_path):
+    whole = runs.main_run(small_cifar_args(cifar10_root, tmp_path / "whole", FLAGS))
+    assert whole.returncode == 0, whole.stderr
+    save = tmp_path / "cut"
+    env = {name: value for name, value in os.environ.items() if not name.startswith("SLURM_")}
+    done = stopped_by_usr1(cifar10_root, save, env)
+    assert done.returncode == 128 + signal.SIGUSR1, done.stderr
+    line = saved_line(done)
+    assert line.group(2) == str(save)
+    assert line.group(3) == f"not in a SLURM job, nothing to requeue: continue with -resume {save}"
+    assert checkpoints.latest(str(save)).epoch == 1
+    resumed = runs.main_run([*small_cifar_args(cifar10_root, save, FLAGS), "-resume", save])
+    assert resumed.returncode == 0, resumed.stderr
+    assert_bitwise_equal(final_weights(save, 2), final_weights(tmp_path / "whole", 2))
+    records = [line for line in (save / "metrics.jsonl").read_text().splitlines()
+               if '"segment"' in line]  # fmt: skip
+    assert len(records) == 2 and not any("slurm_job" in line for line in records)
+
+
+def test_a_job_past_its_requeue_cap_saves_and_stops(cifar10_root, tmp_path):
+    env = {**os.environ, "SLURM_JOB_ID": "4242", "SLURM_RESTART_COUNT": "20"}
+    done = stopped_by_usr1(cifar10_root, tmp_path / "run", env)
+    assert done.returncode == 128 + signal.SIGUSR1, done.stderr
+    assert saved_line(done).group(3) == (
+        "SLURM job 4242 not requeued: it has restarted 20 times (-maxRequeues 20); resubmit it"
+        f" to go on (-resume {tmp_path / 'run'})"
+    )
+    segment = next(line for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()
+                   if '"segment"' in line)  # fmt: skip
+    assert '"slurm_job": "4242"' in segment and '"slurm_restarts": 20' in segment
+
+
+def test_without_scontrol_the_job_is_not_requeued_and_the_checkpoint_loads(cifar10_root, tmp_path):
+    bare = tmp_path / "bin"  # a PATH without scontrol
+    bare.mkdir()
+    env = {**os.environ, "SLURM_ARRAY_JOB_ID": "70", "SLURM_ARRAY_TASK_ID": "3",
+           "SLURM_JOB_ID": "73", "PATH": str(bare)}  # fmt: skip
+    done = stopped_by_usr1(cifar10_root, tmp_path / "run", env)
+    assert done.returncode == 2
+    assert done.stderr == (
+        "error: cannot requeue SLURM job 70_3: scontrol is not on PATH; the checkpoint is saved:"
+        f" resubmit the job (its command, with -resume {tmp_path / 'run'})\n"
+    )
+    found = checkpoints.latest(str(tmp_path / "run"))
+    assert found is not None and found.epoch == 1
