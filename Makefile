@@ -5,7 +5,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: setup demo test test-lowest lint
+.PHONY: setup demo test test-lowest test-slurm lint
 
 # requirements.txt says the supported range; constraints.txt pins the versions last tested.
 $(STAMP): requirements.txt requirements-dev.txt constraints.txt
@@ -50,3 +50,10 @@ test-lowest:
 	$(LOWEST)/bin/python -m pip install -q $(LOWEST_TORCH) -r requirements.txt pytest==9.2.0 \
 		$(LOWEST_EXTRAS)
 	$(LOWEST)/bin/python -m pytest $(SMOKE)
+
+# A one-node SLURM on this machine (as root), then the runs under it (tests/slurm): requeue on a
+# time limit. make test leaves them out.
+test-slurm: setup
+	bash scripts/get_fashion_mnist.sh
+	bash scripts/slurm/local_cluster.sh
+	SLURM_TESTS=1 $(PY) -m pytest tests/slurm

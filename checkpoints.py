@@ -466,6 +466,9 @@ def latest_of_run(resume_dir: str) -> Checkpoint | None:
     start afresh."""
     if resume_dir == "none":
         return None
+    if not os.path.isdir(resume_dir):  # -save's own folder, not made yet (opts checks)
+        print(f"=> No run in {resume_dir} yet: training starts from scratch")
+        return None
     checkpoint = latest(resume_dir)
     if checkpoint is None:
         print(f"=> No checkpoint in {resume_dir}: training starts from scratch")

@@ -5,6 +5,8 @@ import os
 import signal
 import sys
 
+HELD_AT_START = (signal.SIGUSR1, signal.SIGUSR2)  # -requeueSignal's default
+
 
 def stop_while_starting() -> None:
     """From the first line on, SIGINT (Ctrl-C) and SIGTERM while the modules load (torch
@@ -18,6 +20,9 @@ def stop_while_starting() -> None:
 
     for number in (signal.SIGINT, signal.SIGTERM):
         signal.signal(number, stopped)
+    # A requeue signal (sbatch --signal) that comes now waits, pending, for the run's own
+    # handling (launch.StopRequest.install lets it through): it may ask for a requeue.
+    signal.pthread_sigmask(signal.SIG_BLOCK, HELD_AT_START)
 
 
 if __name__ == "__main__":
@@ -41,18 +46,31 @@ from runtime.launch import Processes
 
 
 def run(plan: Plan) -> int:
-    """What main.lua does, in each process of the job."""
-    requeue_signals = plan.launch.requeue.signals
-    with launch.restored_settings(), launch.stop_requests(requeue_signals) as stop:
+    """What main.lua does, in each process of the job; a requeue signal before training
+    requeues a SLURM job all the same (it starts again)."""
+    requeue = plan.launch.requeue
+    with launch.restored_settings(), launch.stop_requests(requeue.signals) as stop:
         job = launch.job_environment()
-        devices.check_job(plan.launch.device, job.world)
-        launch.check_global_batch(plan.loop.batch_size, job.world)
-        if not plan.test_only:  # testing writes nothing in -save
-            checkpoints.check_run_folder(plan.loop.save, plan.loop.resume, plan.loop.overwrite)
-        launch.configure_backends(plan.launch.cudnn)  # before CUDA starts: cuBLAS reads it then
-        timeout = plan.launch.rendezvous_timeout
-        with launch.process_group(plan.launch.device, job, timeout, stop) as processes:
-            return run_process(plan, processes, stop)
+        try:
+            stop.release_held()
+            return run_job(plan, job, stop)
+        except errors.Stopped as exc:
+            if exc.signal_number not in requeue.signals:
+                raise
+            print(slurm.before_training(requeue, exc, plan.loop.save, job.rank))
+            return 128 + exc.signal_number
+
+
+def run_job(plan: Plan, job, stop: launch.StopRequest) -> int:
+    """The run's checks that need the job, then its processes' group, then the run."""
+    devices.check_job(plan.launch.device, job.world)
+    launch.check_global_batch(plan.loop.batch_size, job.world)
+    if not plan.test_only:  # testing writes nothing in -save
+        checkpoints.check_run_folder(plan.loop.save, plan.loop.resume, plan.loop.overwrite)
+    launch.configure_backends(plan.launch.cudnn)  # before CUDA starts: cuBLAS reads it then
+    timeout = plan.launch.rendezvous_timeout
+    with launch.process_group(plan.launch.device, job, timeout, stop) as processes:
+        return run_process(plan, processes, stop)
 
 
 def run_process(plan: Plan, processes: Processes, stop: launch.StopRequest) -> int:

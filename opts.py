@@ -786,9 +786,11 @@ def validate_paths(opts: argparse.Namespace) -> None:
 
 
 def validate_files(opts: argparse.Namespace) -> None:
-    """The folder of -resume and the files of -retrain / -optimState must exist."""
+    """The folder of -resume (unless it is -save's, which a first run creates: a job that
+    restarts runs one command) and the files of -retrain / -optimState must exist."""
     if opts.resume != "none":
-        _check(os.path.isdir(opts.resume), f"-resume directory not found: {opts.resume}")
+        own = os.path.realpath(opts.resume) == os.path.realpath(opts.save)
+        _check(own or os.path.isdir(opts.resume), f"-resume directory not found: {opts.resume}")
     for flag in ("retrain", "optimState"):
         path = getattr(opts, flag)
         _check(not os.path.isdir(path), f"-{flag} {path} is a directory: give the file in it")

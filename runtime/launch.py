@@ -196,9 +196,10 @@ def process_group(kind: str, job: "Job", rendezvous_timeout: float, stop: "StopR
     """This process in its job's process group for the block (start_processes), which is
     left at the end, unless a stop request ended the block while a collective may wait
     for a peer (leaving would wait too)."""
-    stop.doing = "waiting for the other processes of the job"
+    if job.world > 1:
+        stop.doing = "waiting for the other processes of the job"
     processes = start_processes(kind, job, rendezvous_timeout)
-    stop.processes = processes
+    stop.doing, stop.processes = "starting", processes
     stopped = False
     try:
         yield processes
@@ -409,6 +410,12 @@ class StopRequest:
         """Catch SIGTERM, SIGINT and the requeue signals from now on (until restore)."""
         numbers = (signal.SIGTERM, signal.SIGINT, *requeue_signals)
         self.previous = {n: signal.signal(n, self.handle) for n in numbers}
+
+    @staticmethod
+    def release_held() -> None:
+        """Let through the requeue signals main.py holds pending while it starts: handled
+        now if asked for (a requeue before training), else acted on by default, as before."""
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, (signal.SIGUSR1, signal.SIGUSR2))
 
     def restore(self) -> None:
         """Put back the handlers that install replaced."""

@@ -10,7 +10,7 @@ import subprocess
 from collections.abc import Mapping
 from dataclasses import dataclass
 
-from errors import UsageError
+from errors import Stopped, UsageError
 
 # Signals that stop a run without requeueing (scancel, Ctrl-C), or that cannot be caught.
 NOT_REQUEUE = ("SIGINT", "SIGTERM", "SIGKILL", "SIGSTOP")
@@ -69,9 +69,21 @@ def job_record(environ: Mapping[str, str]) -> dict:
 def after_save(requeue: Requeue, number: int, where: str, save: str, rank: int) -> str:
     """Requeue this SLURM job once the checkpoint is saved (rank 0 only); the line that says
     what happened. UsageError, saying the checkpoint is safe, when scontrol cannot do it."""
-    name = signal.Signals(number).name
+    said = f"=> {signal.Signals(number).name} {where}: checkpoint saved in {save}"
+    return requeued(requeue, said, save, rank)
+
+
+def before_training(requeue: Requeue, stopped: Stopped, save: str, rank: int) -> str:
+    """A requeue signal before training began (nothing to save): the job requeued as
+    after_save does, to start again; the line that says so."""
+    name = signal.Signals(stopped.signal_number).name
+    return requeued(requeue, f"=> {name} {stopped}: nothing was saved", save, rank)
+
+
+def requeued(requeue: Requeue, said: str, save: str, rank: int) -> str:
+    """The job requeued by rank 0 unless outside SLURM or past -maxRequeues; said, and
+    what happened."""
     job, restarts = job_to_requeue(os.environ), restart_count(os.environ)
-    said = f"=> {name} {where}: checkpoint saved in {save}"
     if job is None:
         return f"{said}; not in a SLURM job, nothing to requeue: continue with -resume {save}"
     if restarts >= requeue.most:
@@ -79,10 +91,16 @@ def after_save(requeue: Requeue, number: int, where: str, save: str, rank: int) 
             f"{said}; SLURM job {job} not requeued: it has restarted {restarts} times"
             f" (-maxRequeues {requeue.most}); resubmit it to go on (-resume {save})"
         )
-    if rank == 0:
-        for ended in (signal.SIGTERM, *requeue.signals):  # SLURM ends the job's processes
-            signal.signal(ended, signal.SIG_IGN)  # now: what is left is said, then exit
-        scontrol_requeue(job, save)
+    # A requeue ends the job's processes (SIGTERM, then SIGKILL): held from now on, so that
+    # what is left is said and each exits by itself.
+    ending = (signal.SIGTERM, *requeue.signals)
+    signal.pthread_sigmask(signal.SIG_BLOCK, ending)
+    try:
+        if rank == 0:
+            scontrol_requeue(job, save)
+    except UsageError:
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, ending)
+        raise
     return f"{said}; SLURM job {job} requeued (restart {restarts + 1}), to continue from it"
 
 

@@ -21,6 +21,9 @@ CACHE = os.path.join(ROOT, ".cache")
 WHEEL = "foolbox==3.3.4"
 TIMEOUT = 600  # seconds for one main.py run: a hung run fails its test, not the suite
 
+# The SLURM tests need a cluster (make test-slurm sets one up and SLURM_TESTS=1).
+collect_ignore = [] if os.environ.get("SLURM_TESTS") else ["slurm"]
+
 
 def load_script(name: str):
     """scripts/<name>.py as a module (the scripts are run, not imported, by users)."""

@@ -104,3 +104,37 @@ def test_without_scontrol_the_job_is_not_requeued_and_the_checkpoint_loads(cifar
     )
     found = checkpoints.latest(str(tmp_path / "run"))
     assert found is not None and found.epoch == 1
+
+
+def test_one_command_starts_a_run_and_continues_it(cifar10_root, tmp_path):
+    """A requeued job runs its command again: -save DIR -resume DIR starts afresh while DIR
+    does not exist, and continues the run once it does."""
+    save = tmp_path / "job"
+    argv = [*small_cifar_args(cifar10_root, save, "-nEpochs 1"), "-resume", save]
+    first = runs.main_run(argv)
+    assert first.returncode == 0, first.stderr
+    assert f"=> No run in {save} yet: training starts from scratch" in first.stdout
+    again = runs.main_run([*small_cifar_args(cifar10_root, save, "-nEpochs 2"), "-resume", save])
+    assert again.returncode == 0, again.stderr
+    assert f"=> Loading checkpoint {save}/latest.pth" in again.stdout
+    assert checkpoints.latest(str(save)).epoch == 2
+
+
+def test_a_requeue_signal_before_training_stops_with_nothing_saved(cifar10_root, tmp_path):
+    """Before the first step there is nothing to save: the run stops (in a SLURM job the job
+    is requeued all the same, to start again) and writes nothing."""
+    save = tmp_path / "run"
+
+    def signal_while_starting(line):
+        if line.startswith("=> No run in"):
+            os.kill(os.getpid(), signal.SIGUSR1)
+
+    env = {name: value for name, value in os.environ.items() if not name.startswith("SLURM_")}
+    argv = [*small_cifar_args(cifar10_root, save, FLAGS), "-resume", save]
+    done = runs.main_run(argv, env=env, on_line=signal_while_starting)
+    assert done.returncode == 128 + signal.SIGUSR1, done.stderr
+    assert done.stdout.splitlines()[-1] == (
+        "=> SIGUSR1 while starting: nothing was saved; not in a SLURM job, nothing to requeue:"
+        f" continue with -resume {save}"
+    )
+    assert not save.exists()

@@ -1,0 +1,92 @@
+"""A run on a real one-node SLURM (scripts/slurm/local_cluster.sh; make test-slurm, not make
+test): scripts/slurm/train.sbatch under a one-minute time limit is signalled, saves, requeues
+itself, restarts and finishes with the weights of the same run never stopped."""
+
+import os
+import re
+import subprocess
+import sys
+import time
+
+import pytest
+import runs
+import torch
+
+ROOT = runs.ROOT
+TEMPLATE = os.path.join(ROOT, "scripts", "slurm", "train.sbatch")
+FASHION = "/usr/share/datasets/fashion-mnist"
+TRAINING = ["-netType", "resnet", "-depth", "8", "-nEpochs", "1", "-batchSize", "128",
+            "-tensorboard", "false"]  # fmt: skip
+SECONDS = 900  # the whole of one job, restarts included
+POLL_SECONDS = 1  # how often the scheduler is asked about a job (it pushes nothing)
+
+
+def job_fields(job: str) -> dict:
+    """scontrol's record of a job, as a dict (JobState, Restarts, Reason, ...)."""
+    line = subprocess.run(["scontrol", "show", "job", "-o", job], capture_output=True,
+                          text=True, check=True).stdout  # fmt: skip
+    return dict(re.findall(r"(\w+)=(\S*)", line))
+
+
+def run_to_its_end(job: str) -> dict:
+    """Wait for the job's end; a requeued job is let start at once, not after SLURM's two
+    minutes (what a user's job waits makes no difference to what the test checks)."""
+    deadline = time.monotonic() + SECONDS
+    while time.monotonic() < deadline:
+        fields = job_fields(job)
+        if fields["JobState"] in ("COMPLETED", "FAILED", "CANCELLED", "TIMEOUT", "NODE_FAIL"):
+            return fields
+        if fields["JobState"] == "PENDING" and fields.get("Reason") == "BeginTime":
+            subprocess.run(["scontrol", "update", f"JobId={job}", "StartTime=now"], check=True)
+        time.sleep(POLL_SECONDS)  # waiting on the scheduler, which has no event to wait on
+    subprocess.run(["scancel", job])
+    pytest.fail(f"job {job} did not end within {SECONDS} s: {job_fields(job)}")
+
+
+def submit(folder, *sbatch_options: str, env: dict) -> str:
+    """The template submitted with the test's options; its job id."""
+    command = ["sbatch", "--parsable", "--gpus-per-task=0", "--ntasks-per-node=1",
+               "--cpus-per-task=1", f"--output={folder}/job.out", *sbatch_options, TEMPLATE,
+               *TRAINING, "-gen", str(folder / "gen")]  # fmt: skip
+    done = subprocess.run(command, capture_output=True, text=True, env=env, cwd=ROOT)
+    assert done.returncode == 0, done.stderr
+    return done.stdout.strip().split(";")[0]
+
+
+def weights(save) -> dict:
+    return torch.load(os.path.join(save, "model_1.pth"), weights_only=True)["model"]
+
+
+@pytest.fixture
+def job_env(tmp_path) -> dict:
+    """The template's variables: the real Fashion-MNIST, this Python, one thread."""
+    return {**os.environ, "DATASET": "fashionmnist", "DATA": FASHION, "RUN": str(tmp_path / "run"),
+            "PYTHON": sys.executable, "OMP_NUM_THREADS": "1"}  # fmt: skip
+
+
+def test_a_job_over_its_time_limit_requeues_itself_and_ends_bitwise_as_one_run(job_env, tmp_path):
+    job = submit(tmp_path, "--time=1", "--signal=USR1@40", env=job_env)
+    fields = run_to_its_end(job)
+    said = (tmp_path / "job.out").read_text()
+    assert fields["JobState"] == "COMPLETED", said[-3000:]
+    restarts = int(fields["Restarts"])
+    assert restarts >= 1, said[-3000:]
+    requeued = re.findall(r"=> SIGUSR1 (at epoch 1, iteration \d+|while \w[^:]*): (checkpoint"
+                          rf" saved in \S+|nothing was saved); SLURM job {job} requeued"
+                          r" \(restart (\d+)\)", said)  # fmt: skip
+    assert [int(r[2]) for r in requeued] == list(range(1, restarts + 1)), said[-3000:]
+    starts = re.findall(r"=> SLURM job \d+, restart (\d+)", said)
+    assert starts == [str(n) for n in range(restarts + 1)]
+    reference = tmp_path / "reference"
+    done = subprocess.run([sys.executable, runs.MAIN, "-dataset", "fashionmnist", "-data",
+                           FASHION, *TRAINING, "-save", str(reference), "-gen",
+                           str(tmp_path / "gen")], env=job_env, capture_output=True,
+                          text=True)  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    cut, whole = weights(job_env["RUN"]), weights(reference)
+    assert cut.keys() == whole.keys() and all(torch.equal(cut[k], whole[k]) for k in cut)
+    segments = [line for line in open(os.path.join(job_env["RUN"], "metrics.jsonl"))
+                if '"segment"' in line]  # fmt: skip
+    assert [f'"slurm_restarts": {n}' in line for n, line in enumerate(segments)] == [True] * len(
+        segments
+    )
