@@ -290,7 +290,9 @@ def run_to_the_end(epochs: EpochLoop, save: str, records, requeue: slurm.Requeue
     except train.Interrupted as exc:
         number = epochs.stop.signal_number
         if number in requeue.signals:
-            print(slurm.after_save(requeue, number, str(exc), save, epochs.processes.rank))
+            said = slurm.after_save(requeue, number, str(exc), save, epochs.processes.rank)
+            if epochs.processes.rank == 0:
+                print(said)
             return 128 + number
         print(
             f"=> Stopped by {signal.Signals(number).name} {exc}; checkpoint saved. Continue"

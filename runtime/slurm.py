@@ -70,19 +70,21 @@ def after_save(requeue: Requeue, number: int, where: str, save: str, rank: int) 
     """Requeue this SLURM job once the checkpoint is saved (rank 0 only); the line that says
     what happened. UsageError, saying the checkpoint is safe, when scontrol cannot do it."""
     said = f"=> {signal.Signals(number).name} {where}: checkpoint saved in {save}"
-    return requeued(requeue, said, save, rank)
+    resubmit = f"the checkpoint is saved: resubmit the job (its command, with -resume {save})"
+    return requeued(requeue, said, save, rank, resubmit)
 
 
 def before_training(requeue: Requeue, stopped: Stopped, save: str, rank: int) -> str:
     """A requeue signal before training began (nothing to save): the job requeued as
     after_save does, to start again; the line that says so."""
     name = signal.Signals(stopped.signal_number).name
-    return requeued(requeue, f"=> {name} {stopped}: nothing was saved", save, rank)
+    said = f"=> {name} {stopped}: nothing was saved"
+    return requeued(requeue, said, save, rank, "nothing was saved yet: resubmit the job")
 
 
-def requeued(requeue: Requeue, said: str, save: str, rank: int) -> str:
+def requeued(requeue: Requeue, said: str, save: str, rank: int, resubmit: str) -> str:
     """The job requeued by rank 0 unless outside SLURM or past -maxRequeues; said, and
-    what happened."""
+    what happened (resubmit: what to do if scontrol cannot requeue it)."""
     job, restarts = job_to_requeue(os.environ), restart_count(os.environ)
     if job is None:
         return f"{said}; not in a SLURM job, nothing to requeue: continue with -resume {save}"
@@ -97,16 +99,15 @@ def requeued(requeue: Requeue, said: str, save: str, rank: int) -> str:
     signal.pthread_sigmask(signal.SIG_BLOCK, ending)
     try:
         if rank == 0:
-            scontrol_requeue(job, save)
+            scontrol_requeue(job, resubmit)
     except UsageError:
         signal.pthread_sigmask(signal.SIG_UNBLOCK, ending)
         raise
     return f"{said}; SLURM job {job} requeued (restart {restarts + 1}), to continue from it"
 
 
-def scontrol_requeue(job: str, save: str) -> None:
-    """`scontrol requeue job`, or UsageError saying why not and that the checkpoint is safe."""
-    resubmit = f"the checkpoint is saved: resubmit the job (its command, with -resume {save})"
+def scontrol_requeue(job: str, resubmit: str) -> None:
+    """`scontrol requeue job`, or UsageError saying why not and what to do (resubmit)."""
     command = shutil.which("scontrol")
     if command is None:
         raise UsageError(f"cannot requeue SLURM job {job}: scontrol is not on PATH; {resubmit}")

@@ -10,7 +10,9 @@ if [ "$(id -u)" != 0 ]; then
     exit 2
 fi
 if ! command -v slurmctld > /dev/null || ! command -v munged > /dev/null; then
-    DEBIAN_FRONTEND=noninteractive apt-get install -y -q slurm-wlm munge > /dev/null
+    export DEBIAN_FRONTEND=noninteractive
+    apt-get install -y -q slurm-wlm munge > /dev/null 2>&1 \
+        || { apt-get update -qq > /dev/null && apt-get install -y -q slurm-wlm munge > /dev/null; }
 fi
 
 host=$(hostname -s)

@@ -4,6 +4,7 @@ itself, restarts and finishes with the weights of the same run never stopped."""
 
 import os
 import re
+import shutil
 import subprocess
 import sys
 import time
@@ -12,11 +13,12 @@ import pytest
 import runs
 import torch
 
+import checkpoints
+
 ROOT = runs.ROOT
 TEMPLATE = os.path.join(ROOT, "scripts", "slurm", "train.sbatch")
 FASHION = "/usr/share/datasets/fashion-mnist"
-TRAINING = ["-netType", "resnet", "-depth", "8", "-nEpochs", "1", "-batchSize", "128",
-            "-tensorboard", "false"]  # fmt: skip
+TRAINING = ["-netType", "resnet", "-depth", "8", "-batchSize", "128", "-tensorboard", "false"]
 SECONDS = 900  # the whole of one job, restarts included
 POLL_SECONDS = 1  # how often the scheduler is asked about a job (it pushes nothing)
 
@@ -43,11 +45,12 @@ def run_to_its_end(job: str) -> dict:
     pytest.fail(f"job {job} did not end within {SECONDS} s: {job_fields(job)}")
 
 
-def submit(folder, *sbatch_options: str, env: dict) -> str:
-    """The template submitted with the test's options; its job id."""
-    command = ["sbatch", "--parsable", "--gpus-per-task=0", "--ntasks-per-node=1",
+def submit(folder, *sbatch_options: str, env: dict, flags=("-nEpochs", "1")) -> str:
+    """The template submitted with the test's options and main.py flags; its job id."""
+    folder.mkdir(exist_ok=True)
+    command = [shutil.which("sbatch"), "--parsable", "--gpus-per-task=0", "--ntasks-per-node=1",
                "--cpus-per-task=1", f"--output={folder}/job.out", *sbatch_options, TEMPLATE,
-               *TRAINING, "-gen", str(folder / "gen")]  # fmt: skip
+               *TRAINING, *flags, "-gen", str(folder / "gen")]  # fmt: skip
     done = subprocess.run(command, capture_output=True, text=True, env=env, cwd=ROOT)
     assert done.returncode == 0, done.stderr
     return done.stdout.strip().split(";")[0]
@@ -79,7 +82,7 @@ def test_a_job_over_its_time_limit_requeues_itself_and_ends_bitwise_as_one_run(j
     assert starts == [str(n) for n in range(restarts + 1)]
     reference = tmp_path / "reference"
     done = subprocess.run([sys.executable, runs.MAIN, "-dataset", "fashionmnist", "-data",
-                           FASHION, *TRAINING, "-save", str(reference), "-gen",
+                           FASHION, *TRAINING, "-nEpochs", "1", "-save", str(reference), "-gen",
                            str(tmp_path / "gen")], env=job_env, capture_output=True,
                           text=True)  # fmt: skip
     assert done.returncode == 0, done.stderr
@@ -90,3 +93,86 @@ def test_a_job_over_its_time_limit_requeues_itself_and_ends_bitwise_as_one_run(j
     assert [f'"slurm_restarts": {n}' in line for n, line in enumerate(segments)] == [True] * len(
         segments
     )
+
+
+def output_line(path, pattern: str) -> re.Match:
+    """Wait until the job's output holds a line matching pattern (the job runs meanwhile)."""
+    deadline = time.monotonic() + SECONDS
+    while time.monotonic() < deadline:
+        found = re.search(pattern, path.read_text() if path.exists() else "", re.M)
+        if found:
+            return found
+        time.sleep(POLL_SECONDS)  # waiting on the job's output, which has no event to wait on
+    pytest.fail(f"no line {pattern!r} in {path}")
+
+
+def test_scancel_saves_and_the_job_is_not_requeued(job_env, tmp_path):
+    job = submit(tmp_path, "--time=10", env=job_env)
+    output_line(tmp_path / "job.out", r"^ \| Epoch: \[1\]\[5/")
+    subprocess.run(["scancel", job], check=True)
+    fields = run_to_its_end(job)
+    said = (tmp_path / "job.out").read_text()
+    assert fields["JobState"] == "CANCELLED" and fields["Restarts"] == "0", fields
+    stopped = re.search(
+        r"=> Stopped by SIGTERM at epoch 1, iteration (\d+); checkpoint saved", said
+    )
+    assert stopped, said[-3000:]
+    assert "requeued" not in said
+    assert checkpoints.latest(job_env["RUN"]).iteration == int(stopped.group(1))
+
+
+def test_past_max_requeues_the_signal_saves_and_the_job_ends(job_env, tmp_path):
+    job_env = {**job_env, "RUN": str(tmp_path / "capped")}
+    job = submit(tmp_path, "--time=1", "--signal=USR1@40", env=job_env, flags=("-nEpochs", "3",
+                 "-maxRequeues", "1"))  # fmt: skip
+    fields = run_to_its_end(job)
+    said = (tmp_path / "job.out").read_text()
+    assert fields["Restarts"] == "1", said[-3000:]
+    assert re.search(rf"; SLURM job {job} requeued \(restart 1\)", said), said[-3000:]
+    assert re.search(rf"; SLURM job {job} not requeued: it has restarted 1 times \(-maxRequeues 1\)",
+                     said), said[-3000:]  # fmt: skip
+
+
+def test_an_array_task_requeues_itself_alone(job_env, tmp_path):
+    job = submit(tmp_path, "--time=1", "--signal=USR1@40", "--array=3", env=job_env)
+    task = f"{job}_3"
+    fields = run_to_its_end(task)
+    said = (tmp_path / "job.out").read_text()
+    assert fields["JobState"] == "COMPLETED" and int(fields["Restarts"]) >= 1, said[-3000:]
+    assert re.search(rf"; SLURM job {task} requeued \(restart 1\)", said), said[-3000:]
+
+
+def test_two_tasks_on_gloo_requeue_together_and_end_as_one_run(job_env, tmp_path):
+    """Both tasks get the signal, stop at the same iteration and save; rank 0 requeues."""
+    two = ("--ntasks-per-node=2",)
+    whole = submit(
+        tmp_path / "whole", *two, "--time=10", env={**job_env, "RUN": str(tmp_path / "w")}
+    )
+    assert run_to_its_end(whole)["JobState"] == "COMPLETED"
+    job = submit(tmp_path, *two, "--time=1", "--signal=USR1@40", env=job_env)
+    fields = run_to_its_end(job)
+    said = (tmp_path / "job.out").read_text()
+    assert fields["JobState"] == "COMPLETED" and int(fields["Restarts"]) >= 1, said[-3000:]
+    lines = re.findall(rf"; SLURM job {job} requeued \(restart (\d+)\)", said)
+    assert lines == [str(n) for n in range(1, int(fields["Restarts"]) + 1)], said[-3000:]
+    cut, uncut = weights(job_env["RUN"]), weights(tmp_path / "w")
+    assert cut.keys() == uncut.keys() and all(torch.equal(cut[k], uncut[k]) for k in cut)
+
+
+def test_without_scontrol_the_job_says_so_once_and_its_checkpoint_loads(job_env, tmp_path):
+    """A compute node whose PATH lacks scontrol (srun and date only)."""
+    tools = tmp_path / "bin"
+    tools.mkdir()
+    for name in ("srun", "date"):
+        (tools / name).symlink_to(shutil.which(name))
+    env = {**job_env, "PATH": str(tools)}
+    job = submit(tmp_path, "--time=1", "--signal=USR1@40", env=env)
+    fields = run_to_its_end(job)
+    said = (tmp_path / "job.out").read_text()
+    assert fields["JobState"] == "FAILED" and fields["Restarts"] == "0", said[-3000:]
+    errors = [line for line in said.splitlines() if line.startswith("error:")]
+    assert errors == [
+        f"error: cannot requeue SLURM job {job}: scontrol is not on PATH; the checkpoint is"
+        f" saved: resubmit the job (its command, with -resume {job_env['RUN']})"
+    ], said[-3000:]
+    assert checkpoints.latest(job_env["RUN"]) is not None
