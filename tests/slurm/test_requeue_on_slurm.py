@@ -160,13 +160,16 @@ def test_two_tasks_on_gloo_requeue_together_and_end_as_one_run(job_env, tmp_path
 
 
 def test_without_scontrol_the_job_says_so_once_and_its_checkpoint_loads(job_env, tmp_path):
-    """A compute node whose PATH lacks scontrol (srun and date only)."""
+    """A compute node whose PATH lacks scontrol (srun and date only); the signal sent once
+    training runs, as a time limit's would be."""
     tools = tmp_path / "bin"
     tools.mkdir()
     for name in ("srun", "date"):
         (tools / name).symlink_to(shutil.which(name))
     env = {**job_env, "PATH": str(tools)}
-    job = submit(tmp_path, "--time=1", "--signal=USR1@40", env=env)
+    job = submit(tmp_path, "--time=10", env=env)
+    output_line(tmp_path / "job.out", r"^ \| Epoch: \[1\]\[5/")  # training: a checkpoint to save
+    subprocess.run(["scancel", "--signal=USR1", job], check=True)  # as --signal=USR1@T sends it
     fields = run_to_its_end(job)
     said = (tmp_path / "job.out").read_text()
     assert fields["JobState"] == "FAILED" and fields["Restarts"] == "0", said[-3000:]
