@@ -66,7 +66,7 @@ class DataSpec:
 
 
 def load(
-    name: str, split: str, *, data: str, gen: str, reading: imagenet.Reading = None
+    name: str, split: str, *, data: str, gen: str, reading: imagenet.Reading = imagenet.LUA_READING
 ) -> Dataset:
     """The train or val split of dataset `name`; the result has .classes. `reading` is for
     folder datasets (the in-memory loaders augment whole batches)."""

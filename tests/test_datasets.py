@@ -149,6 +149,13 @@ def test_lighting_adds_the_pca_colour_shift():
     torch.testing.assert_close(out[:, 0, 0], expected)
 
 
+def test_a_folder_dataset_by_name_is_read_as_the_lua_read_it(jpeg_root, tmp_path):
+    """datasets.load without a Reading: the Lua's crops, no augmentation, local files."""
+    val = datasets.load("imagenet", "val", data=jpeg_root, gen=str(tmp_path))
+    image, _, _ = val[0]
+    assert val.classes == ["Zebra", "apple", "banana"] and image.shape == (3, 224, 224)
+
+
 def test_folder_dataset_on_real_jpegs(jpeg_root, tmp_path):
     cache = tmp_path / "gen" / "imagenet.json"
     train = imagenet.load("train", jpeg_root, str(cache))
