@@ -5,7 +5,7 @@ import os
 import signal
 import sys
 
-HELD_AT_START = (signal.SIGUSR1, signal.SIGUSR2)  # -requeueSignal's default
+from runtime.slurm import DEFAULT_SIGNALS  # no torch: loaded before the signals are set
 
 
 def stop_while_starting() -> None:
@@ -21,8 +21,8 @@ def stop_while_starting() -> None:
     for number in (signal.SIGINT, signal.SIGTERM):
         signal.signal(number, stopped)
     # A requeue signal (sbatch --signal) that comes now waits, pending, for the run's own
-    # handling (launch.StopRequest.install lets it through): it may ask for a requeue.
-    signal.pthread_sigmask(signal.SIG_BLOCK, HELD_AT_START)
+    # handling (launch.StopRequest.release_held lets it through): it may ask for a requeue.
+    signal.pthread_sigmask(signal.SIG_BLOCK, DEFAULT_SIGNALS)
 
 
 if __name__ == "__main__":

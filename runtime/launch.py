@@ -21,7 +21,7 @@ import torch.distributed as dist
 from torch import nn
 
 from errors import Stopped, StoppedWaiting, UsageError
-from runtime import devices, rendezvous
+from runtime import devices, rendezvous, slurm
 
 M_TRIM_THRESHOLD, M_MMAP_MAX = -1, -4  # mallopt parameters, from glibc's malloc.h
 RENDEZVOUS_TIMEOUT = 300  # seconds the processes of a job wait for one another at start
@@ -415,7 +415,7 @@ class StopRequest:
     def release_held() -> None:
         """Let through the requeue signals main.py holds pending while it starts: handled
         now if asked for (a requeue before training), else acted on by default, as before."""
-        signal.pthread_sigmask(signal.SIG_UNBLOCK, (signal.SIGUSR1, signal.SIGUSR2))
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, slurm.DEFAULT_SIGNALS)
 
     def restore(self) -> None:
         """Put back the handlers that install replaced."""

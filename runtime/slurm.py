@@ -14,6 +14,8 @@ from errors import Stopped, UsageError
 
 # Signals that stop a run without requeueing (scancel, Ctrl-C), or that cannot be caught.
 NOT_REQUEUE = ("SIGINT", "SIGTERM", "SIGKILL", "SIGSTOP")
+# -requeueSignal's default; main.py holds them pending while it starts (launch releases them).
+DEFAULT_SIGNALS = (signal.SIGUSR1, signal.SIGUSR2)
 SCONTROL_SECONDS = 60  # scontrol answers in a second; a hung controller must not hold the job
 
 
@@ -22,7 +24,7 @@ class Requeue:
     """What a requeue signal does: which signals ask for it, and how many restarts a job
     may have before it only saves."""
 
-    signals: tuple[int, ...] = (signal.SIGUSR1, signal.SIGUSR2)
+    signals: tuple[int, ...] = DEFAULT_SIGNALS
     most: int = 20  # -maxRequeues
 
 
