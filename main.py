@@ -64,7 +64,7 @@ def run(plan: Plan) -> int:
 def run_job(plan: Plan, job, stop: launch.StopRequest) -> int:
     """The run's checks that need the job, then its processes' group, then the run."""
     devices.check_job(plan.launch.device, job.world)
-    launch.check_global_batch(plan.loop.batch_size, job.world)
+    launch.check_global_batch(plan.data.batch_size, job.world)
     if not plan.test_only:  # testing writes nothing in -save
         checkpoints.check_run_folder(plan.loop.save, plan.loop.resume, plan.loop.overwrite)
     launch.configure_backends(plan.launch.cudnn)  # before CUDA starts: cuBLAS reads it then
@@ -96,7 +96,7 @@ def run_process(plan: Plan, processes: Processes, stop: launch.StopRequest) -> i
             averaging.check_start(
                 saved, plan.recipe.ema, plan.recipe.ema_every, len(loaders[0]), plan.loop.resume
             )
-        model, arch = setup.build_model(plan.model, classes, checkpoint, start_file)
+        model, arch = setup.build_model(plan.model, classes, checkpoint, start_file, plan.test_only)
         setup.check_classes(model, classes, checkpoint.model if checkpoint else None)
         steps = 0 if plan.test_only else len(loaders[0]) * plan.loop.n_epochs
         plan = layouts.chosen(plan, model, place, steps)
@@ -114,13 +114,14 @@ def test_run(plan: Plan, placed: tuple, place: launch.Place, loaders, sources) -
         print(note)
     progress = Progress(**epochs.shown(loaders))
     trainer = assemble.trainer(plan, placed, place, checkpoint, progress)
-    return epochs.test_once(plan.loop, trainer, loaders, place.stop)
+    return epochs.test_once(plan.loop, trainer, loaders, place.stop, plan.data.batch_size)
 
 
 def train_run(plan: Plan, placed: tuple, place: launch.Place, loaders, network, checkpoint) -> int:
     """Train from the start (or -resume) point to -nEpochs, testing after each epoch, with
     the run's records in -save (network: the arch and classes the model files describe)."""
     loop, (arch, _) = plan.loop, network
+    frozen = (plan.model.frozen_stages, plan.model.norm_eval)  # checkpoints record them
     record = setup.options_record(plan.options, arch)
     run_folder = checkpoints.RunFolder(loop.save, loop.overwrite, record)
     records = None
@@ -134,9 +135,12 @@ def train_run(plan: Plan, placed: tuple, place: launch.Place, loaders, network, 
     progress = Progress(record=records, **epochs.shown(loaders))
     trainer = assemble.trainer(plan, placed, place, checkpoint, progress)
     side = plan.data.input_side()
-    batch = max(1, loop.batch_size // place.processes.world)
-    trainer.evaluation.try_evaluation((batch, 3, side, side))  # too big: fails now, not later
-    epoch_loop = epochs.EpochLoop(loop, trainer, loaders, run_folder, network, checkpoint, place)
+    batch = plan.data.batch_size  # global
+    share = max(1, batch // place.processes.world)
+    trainer.evaluation.try_evaluation((share, 3, side, side))  # too big: fails now, not later
+    epoch_loop = epochs.EpochLoop(
+        loop, trainer, loaders, run_folder, (*network, frozen), checkpoint, place, batch
+    )
     return epochs.run_to_the_end(epoch_loop, loop.save, records, plan.launch.requeue)
 
 

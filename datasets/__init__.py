@@ -60,6 +60,10 @@ class DataSpec:
             "interpolation": crops.val_interpolation,
         }
 
+    def val_crops(self) -> int:
+        """Crops each val image is tested with: 10 with -tenCrop."""
+        return 10 if self.ten_crop else 1
+
     def input_side(self) -> int:
         """The side of the square images the network is fed at evaluation."""
         return input_side(self.dataset, self.crops.val)
@@ -274,12 +278,11 @@ def create_loaders(spec: DataSpec, device: torch.device, rank: int = 0, world: i
             InMemoryLoader(val_set, spec.batch_size, seed=spec.seed + 1, train=False,
                            device=device, ranks=shares),
         )  # fmt: skip
-    n_crops = 10 if spec.ten_crop else 1
     kwargs = {"workers": spec.workers, "pin_memory": devices.pins_memory(device), "ranks": shares}
     train = make_loader(
         train_set, spec.batch_size, seed=spec.seed, train=True, repeats=spec.repeats, **kwargs
     )
-    val = make_loader(val_set, spec.batch_size // n_crops, seed=spec.seed + 1, **kwargs)
+    val = make_loader(val_set, spec.batch_size // spec.val_crops(), seed=spec.seed + 1, **kwargs)
     if spec.decode_on_device:
         decoding.check_device_decoding(device)
     skip = spec.skip_corrupt

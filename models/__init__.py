@@ -77,11 +77,6 @@ ARCH_FLAGS = ("netType", "depth", "shortcutType", "bottleneckType", "baseWidth",
 WRN_50_2 = "-netType resnext -depth 50 -cardinality 1 -baseWidth 128"
 
 
-def is_cifar_shaped(dataset: str) -> bool:
-    """True for the small-image datasets that use the CIFAR networks."""
-    return is_small(dataset)
-
-
 def default_depth(net_type: str, dataset: str) -> int:
     """The depth of -netType when -depth is unset (the Lua's 34 is not a ResNeXt depth)."""
     kind = NETWORKS[net_type]
@@ -90,7 +85,7 @@ def default_depth(net_type: str, dataset: str) -> int:
 
 def default_shortcut(net_type: str, dataset: str) -> str:
     """The Lua's default shortcut: B on ImageNet; on CIFAR, A (fb) or B (ResNeXt)."""
-    if is_cifar_shaped(dataset) and net_type != "resnext":
+    if is_small(dataset) and net_type != "resnext":
         return "A"
     return "B"
 
@@ -264,7 +259,7 @@ def describe(
     name = ("SE-" if se and netType != "senet" else "") + NETWORKS[netType].title
     if netType == "wrn":
         depth = f"{depth}-{widenFactor}"
-    if not is_cifar_shaped(dataset):
+    if not is_small(dataset):
         where = "ImageNet"
     elif netType == "resnext":
         where = dataset  # resnext.lua prints opt.dataset as it is

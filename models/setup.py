@@ -2,6 +2,7 @@
 ModelSpec, or loaded from a -resume checkpoint or a -retrain file, with a new classifier for
 -resetClassifier, frozen stages, -optnet, then on its device(s) in its layout."""
 
+import os
 from collections.abc import Mapping
 from dataclasses import dataclass
 
@@ -21,8 +22,7 @@ from runtime.launch import Processes, StartError
 class ModelSpec:
     """The network a run asks for, where its weights come from, and what is done to it."""
 
-    arch: Mapping  # models.create()'s arguments from the flags (nClasses None: the data's)
-    n_classes: int = 0  # -nClasses: the classifier's width (0: the data's classes)
+    arch: Mapping  # models.create()'s arguments from the flags (-nClasses: None, the data's)
     reset_classifier: bool = False
     frozen_stages: int = -1
     norm_eval: bool = False
@@ -32,10 +32,8 @@ class ModelSpec:
     n_gpu: int = 1
     sync_bn: bool = False
     compile: bool = False
-    resume: str = "none"  # the -resume folder
     retrain: str = "none"  # the -retrain file
     weights: "pretrained.Named | None" = None  # -weights resolved: a named network's weights
-    test_only: bool = False
     val_crop: int = 224  # the side of a folder dataset's val images
 
 
@@ -44,48 +42,59 @@ def start_arch(spec: ModelSpec, start_file: checkpoints.ModelFile) -> dict:
     else the flags' with the file's fc width."""
     if start_file.arch:
         return models.complete_arch(start_file.arch, start_file.path)
-    return {**dict(spec.arch), "nClasses": start_file.outputs() or spec.n_classes or None}
+    return {**dict(spec.arch), "nClasses": start_file.outputs() or spec.arch["nClasses"]}
 
 
 def intended_arch(spec: ModelSpec, classes: list[str], file_arch: dict | None) -> dict:
     """The network this run trains: from -retrain's file (file_arch) if given, else the flags."""
     arch = dict(file_arch) if file_arch else dict(spec.arch)
     if spec.reset_classifier:
-        arch["nClasses"] = spec.n_classes or len(classes)
-    elif not file_arch and spec.arch["dataset"] == "imagenet" and not spec.n_classes:
+        arch["nClasses"] = spec.arch["nClasses"] or len(classes)
+    elif not file_arch and spec.arch["dataset"] == "imagenet" and not spec.arch["nClasses"]:
         arch["nClasses"] = len(classes)  # any class-per-folder data set, not only ImageNet-1k
     return arch
 
 
-def build_model(spec: ModelSpec, classes, checkpoint, start_file) -> tuple[nn.Module, dict]:
+def build_model(
+    spec: ModelSpec, classes, checkpoint, start_file, test_only: bool = False
+) -> tuple[nn.Module, dict]:
     """The model to train (fresh, fine-tuned from a file or resumed) and the arch it is saved under,
-    with -frozenStages and -normEval applied."""
+    with -frozenStages and -normEval applied; with test_only, a resumed checkpoint's -ema
+    weights when it has them (what it is tested on)."""
     if checkpoint:
-        check_frozen_settings(spec, checkpoint.state.frozen)
+        check_frozen_settings(spec, checkpoint)
     elif spec.norm_eval and not start_file:
         raise StartError(
             "-normEval true keeps every BatchNorm at its starting statistics (mean 0, variance"
             " 1) when no weights trained them: it is for fine-tuning; add -retrain FILE or"
             " -weights NAME, or leave -normEval out"
         )
-    model, arch = built_model(spec, classes, checkpoint, start_file)
+    model, arch = built_model(spec, classes, checkpoint, start_file, test_only)
     if spec.zero_init_residual and not (checkpoint or start_file):
         models.zero_init_residual(model)
     models.set_frozen(model, spec.frozen_stages, spec.norm_eval)
     return model, arch
 
 
-def check_frozen_settings(spec: ModelSpec, saved: tuple) -> None:
+def check_frozen_settings(spec: ModelSpec, checkpoint) -> None:
     """A resumed run freezes what the run it continues froze (its optimizer holds exactly
     the trainable parameters)."""
+    saved = checkpoint.state.frozen
     if tuple(saved) != (spec.frozen_stages, spec.norm_eval):
         flags = f"-frozenStages {saved[0]} -normEval {str(saved[1]).lower()}"
         raise checkpoints.CheckpointError(
-            f"{spec.resume} was trained with {flags}; resume with the same flags"
+            f"{run_folder(checkpoint)} was trained with {flags}; resume with the same flags"
         )
 
 
-def built_model(spec: ModelSpec, classes, checkpoint, start_file) -> tuple[nn.Module, dict]:
+def run_folder(checkpoint) -> str:
+    """The -resume folder a checkpoint was read from."""
+    return os.path.dirname(checkpoint.model.path)
+
+
+def built_model(
+    spec: ModelSpec, classes, checkpoint, start_file, test_only: bool
+) -> tuple[nn.Module, dict]:
     """build_model() before the fine-tuning options."""
     file_arch = start_arch(spec, start_file) if start_file else None
     arch = intended_arch(spec, classes, file_arch)
@@ -95,11 +104,11 @@ def built_model(spec: ModelSpec, classes, checkpoint, start_file) -> tuple[nn.Mo
         if differing:
             listed = ", ".join(f"{k} {old} (asked: {new})" for k, (old, new) in differing.items())
             raise checkpoints.CheckpointError(
-                f"{spec.resume} holds a checkpoint of another network: {listed}; resume with"
-                " its options or choose another -resume folder"
+                f"{run_folder(checkpoint)} holds a checkpoint of another network: {listed};"
+                " resume with its options or choose another -resume folder"
             )
         weights, averaged = checkpoint.model.weights, False  # training continues these
-        if spec.test_only:  # -testOnly evaluates the -ema weights when there are
+        if test_only:  # -testOnly evaluates the -ema weights when there are
             weights, averaged = checkpoint.model.evaluated()
         print(f"=> Resuming model from {checkpoint.model.path}" + " (its -ema weights)" * averaged)
         model = models.user_network(saved)

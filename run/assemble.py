@@ -37,9 +37,9 @@ def process_place(plan: Plan, processes: Processes, stop: launch.StopRequest) ->
     )
     parallel.check_compile(plan.model.compile, device, plan.model.n_gpu, processes.world)
     launch.configure_host_allocator(setting.host_allocator)  # before workers fork: inherited
-    torch.manual_seed(setting.seed)
+    torch.manual_seed(plan.data.seed)  # -manualSeed: torch's draws and the data's
     models.check_arch(
-        {**plan.model.arch, "nClasses": plan.model.n_classes or 1}, plan.model.frozen_stages
+        {**plan.model.arch, "nClasses": plan.model.arch["nClasses"] or 1}, plan.model.frozen_stages
     )
     used = parallel.devices_used(device, plan.model.n_gpu, processes.world)
     return launch.Place(device, used, dtypes, processes, stop)
@@ -61,9 +61,9 @@ def trainer(plan: Plan, placed: tuple, place: launch.Place, checkpoint, progress
     mix = average = None  # -testOnly: neither trains nor is trained
     if not plan.test_only:
         outputs = checkpoints.unwrap(trained).fc.out_features
-        mix = recipe.batch_mixing(spec, outputs, plan.launch.seed + 2)  # its own draws
+        mix = recipe.batch_mixing(spec, outputs, plan.data.seed + 2)  # its own draws
         average = recipe.weight_average(spec, trained, checkpoint)
-    n_crops = 10 if plan.data.ten_crop else 1
+    n_crops = plan.data.val_crops()
     evaluation = train.Evaluation(step, reporting, evaluated, n_crops=n_crops, average=average)
     every_process = recipe.step_agreement(plan.data.skip_corrupt, place.processes)
     return train.Trainer(step, evaluation, every_process=every_process, mix=mix)

@@ -21,13 +21,11 @@ class Loop:
     resume: str = "none"
     overwrite: bool = False
     tensorboard: bool = True
-    batch_size: int = 32  # global
     n_epochs: int = 1
     epoch_number: int = 1  # the first, when not resuming
     checkpoint_every: int = 0
     keep_checkpoints: int = 0
     precise_bn: int = 0
-    frozen: tuple[int, bool] = (-1, False)  # -frozenStages, -normEval: resumed with the same
     evaluation: dict | None = None  # how a folder dataset's val images are prepared
 
 
@@ -41,12 +39,15 @@ class EpochLoop:
         trainer: train.Trainer,
         loaders,
         run_folder: checkpoints.RunFolder,
-        network: tuple[dict, list[str]],
+        network: tuple[dict, list[str], tuple[int, bool]],
         checkpoint,
         place: launch.Place,
+        batch: int,
     ):
         self.loop, self.trainer, self.run_folder = loop, trainer, run_folder
-        self.arch, self.classes = network  # what the model files describe
+        self.batch = batch  # the global batch (DataSpec.batch_size), samples per iteration
+        # what the model files describe, and what is frozen (resumed with the same)
+        self.arch, self.classes, self.frozen = network
         self.train_loader, self.val_loader = loaders
         self.processes, self.stop, self.devices = place.processes, place.stop, place.used
         self.best = (math.inf, math.inf)
@@ -68,7 +69,7 @@ class EpochLoop:
         check_same_order(checkpoint, datasets.order_of(self.train_loader.dataset))
         samples = checkpoint.samples
         if samples is None:  # written before samples were recorded: same -batchSize
-            samples = checkpoint.iteration * self.loop.batch_size
+            samples = checkpoint.iteration * self.batch
         self.resume_sample = samples
         if self.processes.rank == 0:  # the sums of every process, added up once
             self.resume_sums = checkpoint.state.epoch_sums
@@ -86,12 +87,12 @@ class EpochLoop:
         sums = self.trainer.reporting.all_processes(self.trainer.sums.snapshot()) if sums else None
         order = datasets.order_of(self.train_loader.dataset) if iteration else None
         state = checkpoints.RunState(
-            rng, self.trainer.step.scaler.state_dict(), self.loop.frozen, sums, order
+            rng, self.trainer.step.scaler.state_dict(), self.frozen, sums, order
         )
         samples = 0
         if iteration:  # where in the epoch's order
             first_iteration, first_sample = self.position
-            samples = first_sample + (iteration - first_iteration) * self.loop.batch_size
+            samples = first_sample + (iteration - first_iteration) * self.batch
             samples = min(samples, self.epoch_size())
         if self.processes.rank != 0:
             return
@@ -122,10 +123,10 @@ class EpochLoop:
         epoch's last iteration."""
         first, self.resume_sample = self.resume_sample, 0
         sums, self.resume_sums = self.resume_sums, None
-        self.position = (first // self.loop.batch_size, first)
+        self.position = (first // self.batch, first)
         if first >= self.epoch_size():  # trained before a stop during its test: test it
-            return max(1, -(-first // self.loop.batch_size))
-        if first % self.loop.batch_size:
+            return max(1, -(-first // self.batch))
+        if first % self.batch:
             print(
                 f"=> Resuming epoch {epoch} at image {first} (a checkpoint written with"
                 f" another -batchSize)"
@@ -162,7 +163,7 @@ class EpochLoop:
     def evaluate(self, epoch: int) -> tuple[float, float]:
         """The test pass after an epoch (with -preciseBN's statistics first, and rank 0's
         BatchNorm buffers in every process): (top1, top5)."""
-        precise_bn(self.loop, self.trainer, self.train_loader, epoch)
+        precise_bn(self.loop, self.trainer, self.train_loader, epoch, self.batch)
         parallel.share_buffers(self.trainer.evaluation.evaluated_model(), self.processes)
         datasets.set_epoch(self.val_loader, epoch)
         return self.trainer.evaluation.test(epoch, self.awaited(self.val_loader), stop=self.stop)
@@ -244,23 +245,24 @@ def check_same_order(checkpoint, order: str) -> None:
         )
 
 
-def precise_bn(loop: Loop, trainer: train.Trainer, train_loader, epoch: int) -> None:
-    """-preciseBN N: BatchNorm statistics from N training images of epoch's order."""
+def precise_bn(loop: Loop, trainer: train.Trainer, train_loader, epoch: int, batch: int) -> None:
+    """-preciseBN N: BatchNorm statistics from N training images of epoch's order, in
+    global batches of `batch`."""
     if loop.precise_bn == 0:
         return
     datasets.set_epoch(train_loader, epoch)
-    batches = math.ceil(loop.precise_bn / loop.batch_size)  # -batchSize is the global batch
+    batches = math.ceil(loop.precise_bn / batch)
     images = trainer.evaluation.recompute_bn_statistics(train_loader, batches)
     trainer.reporting.progress.say(
         f"=> Recomputed BatchNorm statistics on {images} training images"
     )
 
 
-def test_once(loop: Loop, trainer: train.Trainer, loaders, stop) -> int:
+def test_once(loop: Loop, trainer: train.Trainer, loaders, stop, batch: int) -> int:
     """-testOnly: -preciseBN's statistics, then the val set once, with the Lua's
     ' * Results' line."""
     stop.doing = "testing"
-    precise_bn(loop, trainer, loaders[0], max(loop.epoch_number, 1))
+    precise_bn(loop, trainer, loaders[0], max(loop.epoch_number, 1), batch)
     top1, top5 = trainer.evaluation.test(0, loaders[1], summary=False)
     print(f" * Results top1: {top1:6.3f}  top5: {trainer.reporting.progress.top5_text(top5, 6)}")
     return 0

@@ -40,7 +40,6 @@ class Launch:
     cudnn: str = "fastest"
     host_allocator: str = "cache"
     rendezvous_timeout: int = 300
-    seed: int = 0
     layout_rule: str | None = None  # -memoryFormat auto: the rule's reason, before timing
     requeue: slurm.Requeue = slurm.Requeue()  # -requeueSignal, -maxRequeues
 
@@ -124,7 +123,6 @@ def make_plan(
             cudnn=opts.cudnn,
             host_allocator=opts.hostAllocator,
             rendezvous_timeout=opts.rendezvousTimeout,
-            seed=opts.manualSeed,
             layout_rule=why,
             requeue=requeue_spec(opts),
         ),
@@ -222,7 +220,6 @@ def model_spec(
     done to it."""
     return setup.ModelSpec(
         arch=MappingProxyType(network(opts)),
-        n_classes=opts.nClasses,
         reset_classifier=opts.resetClassifier,
         frozen_stages=opts.frozenStages,
         norm_eval=opts.normEval,
@@ -232,10 +229,8 @@ def model_spec(
         n_gpu=opts.nGPU,
         sync_bn=opts.syncBN,
         compile=opts.compile,
-        resume=opts.resume,
         retrain=opts.retrain,
         weights=named,
-        test_only=opts.testOnly,
         val_crop=val_crop,
     )
 
@@ -283,12 +278,10 @@ def loop_spec(opts: argparse.Namespace, data: datasets.DataSpec) -> epochs.Loop:
         resume=opts.resume,
         overwrite=opts.overwrite,
         tensorboard=opts.tensorboard,
-        batch_size=opts.batchSize,
         n_epochs=opts.nEpochs,
         epoch_number=opts.epochNumber,
         checkpoint_every=opts.checkpointEvery,
         keep_checkpoints=opts.keepCheckpoints,
         precise_bn=opts.preciseBN,
-        frozen=(opts.frozenStages, opts.normEval),
         evaluation=data.evaluation_sizes(),
     )

@@ -70,8 +70,7 @@ def spread_model(
         if compile_model:  # compiled whole, DDP's buckets still overlap the backward pass
             return launch.compile_model(trained, device), torch.compile(model)
         return trained, model
-    if uses_data_parallel(device, n_gpu, world):
-        check_compile(compile_model, device, n_gpu, world)
+    if uses_data_parallel(device, n_gpu, world):  # -compile refused before (check_compile)
         if autocast_dtype is not None:
             model = Autocast(model, device.type, autocast_dtype)
         model = nn.DataParallel(model, device_ids=list(range(n_gpu)))

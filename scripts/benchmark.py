@@ -36,6 +36,7 @@ sys.path.insert(0, ROOT)
 
 import models  # noqa: E402
 import train  # noqa: E402
+from datasets import cifar  # noqa: E402
 from datasets.cifar import ArrayImageDataset  # noqa: E402
 from datasets.memory import InMemoryLoader  # noqa: E402
 from progress import Progress  # noqa: E402
@@ -49,7 +50,7 @@ MODELS = {  # name -> (create() arguments, image size)
 }
 LAYOUTS = {"channels_last": torch.channels_last, "contiguous": torch.contiguous_format}
 PRECISIONS = {"fp32": None, "bf16": torch.bfloat16}
-MEAN, STD = (125.3, 123.0, 113.9), (63.0, 62.1, 66.7)
+MEAN, STD = cifar.MEANSTD["cifar10"]  # the 32-pixel networks' data
 
 
 def build(name: str, size: int | None = None, optnet: bool = False):

@@ -24,6 +24,7 @@ from datasets import (  # noqa: E402
     folder_samples,
     imagenet,
     photometric,
+    table,
 )
 from models import convert, pretrained  # noqa: E402
 from models.loading import load_weights  # noqa: E402
@@ -107,7 +108,7 @@ def loaded_model(path: str, device: torch.device) -> Loaded:
 def check_fits(view: View, source: str, device: torch.device) -> None:
     """A UsageError, before any image is prepared, when one image resized and cropped as the
     model file records cannot fit in the device's memory (as main.py refuses such sizes)."""
-    if models.is_cifar_shaped(view.dataset):
+    if table.is_small(view.dataset):
         return
     crops = folder_samples.Crops(view.crop, view.resize, view.crop, view.interpolation)
     available = devices.memory(device)
@@ -131,7 +132,7 @@ def preprocessing(view: View) -> dict:
     """How an image is prepared for the network, in words a deployment can follow: resize
     (short side for ImageNet-shaped networks, the whole image for CIFAR-shaped ones), centre
     crop, interpolation, the range pixels are scaled to, then mean and std per channel."""
-    if models.is_cifar_shaped(view.dataset):
+    if table.is_small(view.dataset):
         size, mode, (mean, std) = small_images(view.dataset)
         return {"dataset": view.dataset, "resize": [size, size], "crop": size,
                 "interpolation": "bicubic", "pixel_range": 255, "mean": list(mean),
@@ -149,7 +150,7 @@ def preprocess(path: str, view: View) -> torch.Tensor:
     and std."""
     try:
         with Image.open(path) as image:
-            if models.is_cifar_shaped(view.dataset):
+            if table.is_small(view.dataset):
                 return small_image(image, view.dataset)
             sample = folder_samples.ValSample(
                 False, size=view.crop, scale=view.resize, interpolation=view.interpolation

@@ -10,6 +10,7 @@ import torch
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import models  # noqa: E402
+from datasets import table  # noqa: E402
 
 # (label, create() arguments, published params, published GFLOPs (= GMACs), source)
 NETWORKS = [
@@ -97,7 +98,7 @@ def main() -> None:
     for label, args, kwargs, paper_params, paper_flops, source in NETWORKS:
         with torch.device("meta"):
             model = models.create(*args, **kwargs)
-        size = 32 if models.is_cifar_shaped(args[2]) else 224
+        size = 32 if table.is_small(args[2]) else 224
         params, macs = models.complexity(model, size)
         published = [value or "—" for value in (paper_params, paper_flops, source)]
         row = [label, f"{params:,}", f"{macs / 1e9:.3f} @{size}", *published]

@@ -27,6 +27,7 @@ sys.path.insert(0, ROOT)
 
 import checkpoints  # noqa: E402 - after the repository root is on the path
 import models  # noqa: E402
+from datasets import table  # noqa: E402
 from errors import UsageError  # noqa: E402
 from run import plan  # noqa: E402
 
@@ -143,7 +144,7 @@ def size_of(arch: dict) -> tuple[float, float | None]:
     """(parameters in M, GFLOPs = GMACs at the data set's size) built on the meta device."""
     with torch.device("meta"):
         model = models.create(**arch)
-    if models.is_cifar_shaped(arch["dataset"]):
+    if table.is_small(arch["dataset"]):
         return sum(p.numel() for p in model.parameters()) / 1e6, None
     params, macs = models.complexity(model, 224)
     return params / 1e6, macs / 1e9

@@ -7,6 +7,7 @@ from torch import nn
 from torch.nn import functional as F
 
 import models
+from datasets import table
 from models import convert
 from models.preresnet import PreActBlock
 from models.resnet import ZeroPadShortcut
@@ -117,7 +118,7 @@ SMALL_CONFIGS = (
 def test_forward_backward_on_small_inputs(net, depth, dataset, kwargs):
     torch.manual_seed(0)
     model = models.create(net, depth, dataset, **kwargs)
-    size = 32 if models.is_cifar_shaped(dataset) else 64
+    size = 32 if table.is_small(dataset) else 64
     expected_classes = kwargs.get("nClasses") or models.DATASETS[dataset].classes
     logits = model(torch.randn(2, 3, size, size))
     assert logits.shape == (2, expected_classes)
