@@ -383,8 +383,10 @@ class StopRequest:
     """SIGTERM / SIGINT handling from the start of a run. Before training (building the
     image index, loading, testing) a request stops at once (Stopped). Once `deferred` is
     set, it is remembered so that training (or testing) saves and stops between
-    iterations; in a distributed run, every process stops at the same iteration. A second request
-    ends the process at once."""
+    iterations; in a distributed run, every process stops at the same iteration. Ctrl-C pressed
+    again ends the process at once; a repeated SIGTERM or requeue signal does not (a scheduler
+    signals a job's step and srun forwards it again, as SLURM's pre-emption does, and its
+    SIGKILL follows if the process does not stop)."""
 
     def __init__(self, processes: Processes | None = None):
         self.signal_number = None
@@ -424,7 +426,9 @@ class StopRequest:
         self.previous = {}
 
     def handle(self, number, _frame) -> None:
-        if self.signal_number is not None:  # asked twice: end now, by the signal itself
+        if self.signal_number is not None and number != signal.SIGINT:
+            return  # the stop under way goes on (the save is not cut short)
+        if self.signal_number is not None:  # Ctrl-C twice: end now, by the signal itself
             name = signal.Signals(number).name
             os.write(2, f"\n=> {name} again: stopping at once, without saving\n".encode())
             signal.signal(number, signal.SIG_DFL)

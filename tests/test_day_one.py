@@ -237,19 +237,34 @@ def test_a_mid_epoch_resume_keeps_the_epoch_summary_and_takes_another_batch_size
             assert got[key] == pytest.approx(expected[key], abs=1e-9), key
 
 
-def test_a_second_stop_request_ends_the_process_at_once(tmp_path):
+def second_request(first: str, second: str) -> subprocess.CompletedProcess:
+    """A process whose stop request (deferred, as in training) gets `first`, then `second`."""
     script = (
         "import os, signal, sys; sys.path.insert(0, sys.argv[1]); from runtime import launch\n"
-        "stop = launch.StopRequest(); stop.deferred = True; stop.install()\n"
-        "os.kill(os.getpid(), signal.SIGTERM)\n"
+        "stop = launch.StopRequest(); stop.deferred = True; stop.install((signal.SIGUSR1,))\n"
+        f"os.kill(os.getpid(), signal.{first})\n"
         "print('first request remembered', flush=True)\n"
-        "os.kill(os.getpid(), signal.SIGTERM)\n"
-        "print('still running')\n"
+        f"os.kill(os.getpid(), signal.{second})\n"
+        "print('still running', signal.Signals(stop.signal_number).name)\n"
     )
-    done = run_script(script)
-    assert done.returncode == -signal.SIGTERM
+    return run_script(script)
+
+
+@pytest.mark.parametrize("first", ["SIGTERM", "SIGINT", "SIGUSR1"])
+def test_ctrl_c_pressed_again_ends_the_process_at_once(first):
+    done = second_request(first, "SIGINT")
+    assert done.returncode == -signal.SIGINT
     assert done.stdout == "first request remembered\n"
-    assert "SIGTERM again: stopping at once, without saving" in done.stderr
+    assert "SIGINT again: stopping at once, without saving" in done.stderr
+
+
+@pytest.mark.parametrize(("first", "second"), [("SIGTERM", "SIGTERM"), ("SIGUSR1", "SIGTERM")])
+def test_a_repeated_scheduler_signal_lets_the_save_go_on(first, second):
+    """slurmstepd and srun both pass on a pre-emption's SIGTERM; scontrol requeue's SIGTERM
+    follows a requeue signal: the first request is the one acted on."""
+    done = second_request(first, second)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout == f"first request remembered\nstill running {first}\n"
 
 
 def test_ctrl_c_while_the_image_index_is_built_is_one_line(jpeg_root, tmp_path, monkeypatch):

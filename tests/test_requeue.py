@@ -138,3 +138,32 @@ def test_a_requeue_signal_before_training_stops_with_nothing_saved(cifar10_root,
         f" continue with -resume {save}"
     )
     assert not save.exists()
+
+
+COST_LINE = re.compile(
+    r"ResNet-20, Fashion-MNIST, batch 4: signal -> saved (\d+\.\d\d) s \(exited (\d+\.\d\d) s\);"
+    r" restart -> first iteration (\d+\.\d\d) s; checkpoint (\d+\.\d) MiB; one iteration"
+    r" (\d+\.\d{3}) s: a requeue costs (\d+\.\d) s, the time of (\d+) iterations\n"
+)
+
+
+def test_the_requeue_cost_is_measured_from_a_signalled_run_and_its_restart(fashion_root):
+    """scripts/requeue_cost.py: its times come from the two runs it made (the restart began
+    at the iteration after the saved one, or it would have failed), and add up."""
+    script = os.path.join(runs.ROOT, "scripts", "requeue_cost.py")
+    result = runs.script_run(script, [f"resnet20={fashion_root}", "-batchSize", "4", "-after", "2"])
+    assert result.returncode == 0, result.stderr
+    saved, exited, restarted, size, iteration, total, iterations = map(
+        float, COST_LINE.fullmatch(result.stdout).groups()
+    )
+    assert 0 < saved <= exited and restarted > 0 and iteration > 0
+    assert abs(total - (exited + restarted)) <= 0.1
+    assert iterations == round(total / iteration) or abs(iterations - total / iteration) < 1
+    assert 1.9 < size < 2.4  # ResNet-20's weights and their momentum: 2 x 0.27M float32s
+
+
+def test_the_requeue_cost_script_names_its_cases():
+    script = os.path.join(runs.ROOT, "scripts", "requeue_cost.py")
+    result = runs.script_run(script, ["resnet18=/data"])
+    assert result.returncode == 2
+    assert "resnet18=/data: give NAME=DATA, NAME one of resnet20, resnet50" in result.stderr

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # A one-node SLURM cluster on this machine, for tests (make test-slurm): Debian's slurm-wlm and
-# munge, a slurm.conf with this host's name and CPU count, requeueing allowed, then munged,
-# slurmctld and slurmd started. Idempotent: run it again and it leaves a working cluster as it
+# munge, a slurm.conf with this host's name and CPU count, requeueing allowed, a partition
+# `urgent` whose jobs pre-empt the default partition's (PreemptMode=REQUEUE: SIGTERM, 60 s of
+# grace, then requeued), then munged, slurmctld and slurmd started. Idempotent: run it again and it leaves a working cluster as it
 # is. Needs root (apt-get, daemons). Usage: bash scripts/slurm/local_cluster.sh
 set -euo pipefail
 
@@ -39,8 +40,11 @@ ReturnToService=2
 MinJobAge=600
 KillWait=10
 SchedulerType=sched/backfill
+PreemptType=preempt/partition_prio
+PreemptMode=REQUEUE
 NodeName=$host CPUs=$cpus RealMemory=$memory State=UNKNOWN
-PartitionName=debug Nodes=$host Default=YES MaxTime=INFINITE State=UP
+PartitionName=debug Nodes=$host Default=YES MaxTime=INFINITE State=UP PriorityTier=1
+PartitionName=urgent Nodes=$host MaxTime=INFINITE State=UP PriorityTier=2
 CONF
 changed=1
 if cmp -s /etc/slurm/slurm.conf.new /etc/slurm/slurm.conf; then changed=0; fi

@@ -80,6 +80,24 @@ def test_a_job_over_its_time_limit_requeues_itself_and_ends_bitwise_as_one_run(j
     assert [int(r[2]) for r in requeued] == list(range(1, restarts + 1)), said[-3000:]
     starts = re.findall(r"=> SLURM job \d+, restart (\d+)", said)
     assert starts == [str(n) for n in range(restarts + 1)]
+    assert_as_one_run(job_env, tmp_path)
+    segments = [line for line in open(os.path.join(job_env["RUN"], "metrics.jsonl"))
+                if '"segment"' in line]  # fmt: skip
+    assert [f'"slurm_restarts": {n}' in line for n, line in enumerate(segments)] == [True] * len(
+        segments
+    )
+
+
+def finish_outside_slurm(job_env) -> subprocess.CompletedProcess:
+    """The job's command run to its end here (-save RUN -resume RUN), as a resubmission would."""
+    return subprocess.run([sys.executable, runs.MAIN, "-dataset", "fashionmnist", "-data", FASHION,
+                           *TRAINING, "-nEpochs", "1", "-save", job_env["RUN"], "-resume",
+                           job_env["RUN"]], env=job_env, capture_output=True,
+                          text=True)  # fmt: skip
+
+
+def assert_as_one_run(job_env, tmp_path) -> None:
+    """The job's final weights are bitwise those of the same run never stopped."""
     reference = tmp_path / "reference"
     done = subprocess.run([sys.executable, runs.MAIN, "-dataset", "fashionmnist", "-data",
                            FASHION, *TRAINING, "-nEpochs", "1", "-save", str(reference), "-gen",
@@ -88,11 +106,43 @@ def test_a_job_over_its_time_limit_requeues_itself_and_ends_bitwise_as_one_run(j
     assert done.returncode == 0, done.stderr
     cut, whole = weights(job_env["RUN"]), weights(reference)
     assert cut.keys() == whole.keys() and all(torch.equal(cut[k], whole[k]) for k in cut)
-    segments = [line for line in open(os.path.join(job_env["RUN"], "metrics.jsonl"))
-                if '"segment"' in line]  # fmt: skip
-    assert [f'"slurm_restarts": {n}' in line for n, line in enumerate(segments)] == [True] * len(
-        segments
-    )
+
+
+def test_a_preempted_job_saves_is_requeued_by_slurm_and_ends_bitwise(job_env, tmp_path):
+    """PreemptMode=REQUEUE (no GraceTime): an urgent job that needs every CPU pre-empts the
+    run; SLURM sends SIGTERM, the run saves, SLURM requeues it, and it continues."""
+    job = submit(tmp_path, "--time=10", env=job_env)
+    output_line(tmp_path / "job.out", r"^ \| Epoch: \[1\]\[5/")
+    urgent = subprocess.run(["sbatch", "--parsable", "--partition=urgent",
+                             f"--cpus-per-task={os.cpu_count()}", f"--output={tmp_path}/u.out",
+                             "--wrap", "true"], capture_output=True, text=True)  # fmt: skip
+    assert urgent.returncode == 0, urgent.stderr
+    fields = run_to_its_end(job)
+    said = (tmp_path / "job.out").read_text()
+    assert fields["JobState"] == "COMPLETED" and fields["Restarts"] == "1", said[-3000:]
+    assert re.search(r"=> Stopped by SIGTERM at epoch 1, iteration \d+; checkpoint saved", said)
+    assert re.findall(r"=> SLURM job \d+, restart (\d+)", said) == ["0", "1"], said[-3000:]
+    assert run_to_its_end(urgent.stdout.strip())["JobState"] == "COMPLETED"
+    assert_as_one_run(job_env, tmp_path)
+
+
+def test_a_second_signal_during_the_save_leaves_a_run_that_ends_bitwise(job_env, tmp_path):
+    """The requeue signal, then SIGTERM at once (it may come while the checkpoint is being
+    written, or after): whichever way the job ends, the checkpoint loads and the run, taken
+    up from it, ends as if never stopped."""
+    job = submit(tmp_path, "--time=10", env=job_env, flags=("-nEpochs", "1", "-checkpointEvery",
+                 "5"))  # fmt: skip
+    output_line(tmp_path / "job.out", r"^ \| Epoch: \[1\]\[12/")  # a checkpoint at 10
+    subprocess.run(["scancel", "--signal=USR1", job], check=True)
+    subprocess.run(["scancel", "--signal=TERM", job], check=True)
+    fields = run_to_its_end(job)
+    said = (tmp_path / "job.out").read_text()
+    assert checkpoints.latest(job_env["RUN"]) is not None, said[-3000:]  # it loads
+    if fields["JobState"] != "COMPLETED":  # ended by the second signal: resubmitted by hand
+        done = finish_outside_slurm(job_env)
+        assert done.returncode == 0, done.stderr[-3000:]
+    assert not [name for name in os.listdir(job_env["RUN"]) if name.startswith(".partial-")]
+    assert_as_one_run(job_env, tmp_path)
 
 
 def output_line(path, pattern: str) -> re.Match:
