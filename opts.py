@@ -62,6 +62,7 @@ class Names(NamedTuple):
     default_depth: Callable[[str, str], int]  # (netType, dataset) -> the depth unset means
     policies: Sequence[str]  # -autoAugment
     schedules: Sequence[str]  # -lrSchedule
+    losses: Sequence[str]  # -loss
     is_weights_name: Callable[[str], bool]  # -weights
     devices: Sequence[str]  # -device
     memory_formats: Sequence[str]  # -memoryFormat
@@ -227,7 +228,20 @@ FLAGS = [
         "Linear LR warm-up over the first N epochs, per iteration (new)",
     ),
     ("warmupStart", finite_float, 0.01, "Warm-up: the first LR as a share of the LR (new)"),
-    ("labelSmoothing", finite_float, 0.0, "Label smoothing of the cross-entropy loss (new)"),
+    ("labelSmoothing", finite_float, 0.0, "Label smoothing of the loss's targets (new)"),
+    (
+        "loss",
+        str,
+        "ce",
+        "Options: {losses} (ce: the Lua's cross-entropy; bce: binary cross-entropy of each"
+        " class, as ResNet strikes back) (new)",
+    ),
+    (
+        "bceTargetThreshold",
+        finite_float,
+        0.0,
+        "-loss bce: targets above it become 1, the others 0 (0: kept as they are) (new)",
+    ),
     ("clipGradNorm", finite_float, 0.0, "Clip the gradients' global norm to N (0: off) (new)"),
     (
         "mixup",
@@ -439,7 +453,15 @@ def build_parser(names: Names) -> Parser:
     the flags that take names lists them."""
     listed = {
         f"{{{field}}}": " | ".join(getattr(names, field))
-        for field in ("datasets", "net_types", "policies", "schedules", "devices", "memory_formats")
+        for field in (
+            "datasets",
+            "net_types",
+            "policies",
+            "schedules",
+            "losses",
+            "devices",
+            "memory_formats",
+        )
     }
     parser = Parser(
         prog="main.py",
@@ -536,6 +558,8 @@ TRAINING_ONLY = (
     "mixup",
     "cutmix",
     "labelSmoothing",
+    "loss",
+    "bceTargetThreshold",
     "repeatedAug",
     "randomErasing",
     "erasingStyle",
@@ -735,6 +759,7 @@ def validate_recipe_options(opts: argparse.Namespace, names: Names) -> None:
         0 <= opts.labelSmoothing < 1,
         f"-labelSmoothing must be in [0, 1), got {opts.labelSmoothing}",
     )
+    validate_loss(opts, names)
     _check(opts.clipGradNorm >= 0, f"-clipGradNorm must not be negative, got {opts.clipGradNorm}")
     for name in ("mixup", "cutmix"):
         value = getattr(opts, name)
@@ -754,6 +779,18 @@ def validate_recipe_options(opts: argparse.Namespace, names: Names) -> None:
     for name in ("normWeightDecay", "biasWeightDecay"):
         value = getattr(opts, name)
         _check(value is None or value >= 0, f"-{name} must not be negative, got {value}")
+
+
+def validate_loss(opts: argparse.Namespace, names: Names) -> None:
+    """-loss, and -bceTargetThreshold for -loss bce alone."""
+    check_choice("-loss", opts.loss, names.losses)
+    threshold = opts.bceTargetThreshold
+    _check(0 <= threshold < 1, f"-bceTargetThreshold must be in [0, 1), got {threshold}")
+    _check(
+        threshold == 0 or opts.loss == "bce",
+        f"-bceTargetThreshold is for -loss bce (this run's is {opts.loss}): drop it, or add"
+        " -loss bce",
+    )
 
 
 def validate_erasing(opts: argparse.Namespace) -> None:

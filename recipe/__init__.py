@@ -10,7 +10,7 @@ from torch import nn
 
 import checkpoints
 from datasets import mixing
-from recipe import averaging, optimizers, schedules
+from recipe import averaging, losses, optimizers, schedules
 from runtime import launch
 from runtime.launch import Processes
 
@@ -28,6 +28,8 @@ class Recipe:
     bias_weight_decay: float | None = None  # None: as the other weights of its layer
     optim_state: str = "none"  # a file to start the optimizer from
     label_smoothing: float = 0.0
+    loss: str = "ce"  # losses.LOSSES
+    bce_target_threshold: float = 0.0  # -loss bce: 0, the targets as they are
     clip_grad_norm: float = 0.0
     mixup: float = 0.0
     cutmix: float = 0.0
@@ -81,7 +83,10 @@ def sum_over_processes(values: torch.Tensor) -> torch.Tensor:
 
 
 def loss(spec: Recipe) -> nn.Module:
-    """Cross-entropy, with -labelSmoothing."""
+    """-loss: cross-entropy, or binary cross-entropy (its targets past -bceTargetThreshold),
+    with -labelSmoothing."""
+    if spec.loss == "bce":
+        return losses.BinaryCrossEntropy(spec.label_smoothing, spec.bce_target_threshold)
     return nn.CrossEntropyLoss(label_smoothing=spec.label_smoothing)
 
 

@@ -13,7 +13,7 @@ import opts as options
 import recipe
 from datasets import erasing, folder_samples, imagenet, policies, table
 from models import pretrained, setup
-from recipe import schedules
+from recipe import losses, schedules
 from run import epochs
 from runtime import devices, slurm
 
@@ -24,6 +24,7 @@ NAMES = options.Names(
     default_depth=models.default_depth,
     policies=policies.POLICIES,
     schedules=schedules.SCHEDULES,
+    losses=losses.LOSSES,
     is_weights_name=pretrained.is_weights_name,
     devices=devices.DEVICES,
     memory_formats=devices.MEMORY_FORMAT_CHOICES,
@@ -246,6 +247,8 @@ def training_recipe(opts: argparse.Namespace) -> recipe.Recipe:
         bias_weight_decay=opts.biasWeightDecay,
         optim_state=opts.optimState,
         label_smoothing=opts.labelSmoothing,
+        loss=opts.loss,
+        bce_target_threshold=opts.bceTargetThreshold,
         clip_grad_norm=opts.clipGradNorm,
         mixup=opts.mixup,
         cutmix=opts.cutmix,

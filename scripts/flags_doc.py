@@ -40,6 +40,8 @@ RECIPE_FLAGS = (
     "warmupEpochs",
     "warmupStart",
     "labelSmoothing",
+    "loss",
+    "bceTargetThreshold",
     "mixup",
     "cutmix",
     "autoAugment",
@@ -145,7 +147,16 @@ WHAT_IT_DOES = {
         "schedule's LR times a factor rising from `-warmupStart` to 1"
     ),
     "warmupStart": "the warm-up's first factor",
-    "labelSmoothing": "label smoothing of the cross-entropy, in [0, 1)",
+    "labelSmoothing": "label smoothing of the loss's targets (cross-entropy or BCE), in [0, 1)",
+    "loss": (
+        "`ce`: the Lua's cross-entropy; `bce`: binary cross-entropy of each class's logit, as"
+        " ResNet strikes back and timm's `--bce-loss` (labels one-hot, -mixup / -cutmix rows as"
+        " mixed, both smoothed by -labelSmoothing); the printed Err is the loss used"
+    ),
+    "bceTargetThreshold": (
+        "`-loss bce`: targets above it become 1, the others 0 (timm's `--bce-target-thresh`;"
+        " 0: the targets as they are); refused with `-loss ce`"
+    ),
     "clipGradNorm": "clip the gradients' global L2 norm to N (0: off)",
     "mixup": "MixUp with lambda ~ Beta(a, a) on whole batches (torchvision's `v2.MixUp`)",
     "cutmix": (

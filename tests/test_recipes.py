@@ -227,6 +227,9 @@ def test_the_default_options_train_bitwise_as_the_lua_loop():
         (["-normWeightDecay", "-1"], "-normWeightDecay must not be negative"),
         (["-clipGradNorm", "-1"], "-clipGradNorm must not be negative"),
         (["-lrSchedule", "cosine", "-lrMin", "0.5"], "-lrMin must be in [0, -LR)"),
+        (["-loss", "focal"], "unknown -loss focal (options: ce, bce)"),
+        (["-loss", "bce", "-bceTargetThreshold", "1"], "-bceTargetThreshold must be in [0, 1)"),
+        (["-bceTargetThreshold", "0.2"], "-bceTargetThreshold is for -loss bce (this run's is ce)"),
     ],
 )
 def test_bad_recipe_values_are_one_usage_error(extra, message):
@@ -334,3 +337,57 @@ def test_nesterov_false_is_plain_momentum_and_a_resume_keeps_its_kind(cifar10_ro
     run_main(
         *common, "-nEpochs", "2", "-nesterov", "false", "-resume", str(save), "-save", str(save)
     )
+
+
+@pytest.mark.parametrize(("smoothing", "threshold"), [(0.0, 0.0), (0.1, 0.0), (0.1, 0.2)])
+def test_bce_is_timms_binary_cross_entropy_on_labels_and_on_mixed_targets(smoothing, threshold):
+    """Against timm's BinaryCrossEntropy, fed as timm's train.py feeds it: labels, or the
+    targets of timm's Mixup (which smooths them itself); ours smooths mixed rows as labels."""
+    from timm.data.mixup import mixup_target
+    from timm.loss import BinaryCrossEntropy
+
+    from recipe import losses
+
+    generator = torch.Generator().manual_seed(0)
+    logits = torch.randn(8, 10, generator=generator) * 3
+    labels = torch.randint(0, 10, (8,), generator=generator)
+    ours = losses.BinaryCrossEntropy(smoothing, threshold)
+    cut = threshold or None
+    timms = BinaryCrossEntropy(smoothing=smoothing, target_threshold=cut)
+    assert torch.allclose(ours(logits, labels), timms(logits, labels), atol=1e-6)
+    one_hot = nn.functional.one_hot(labels, 10).float()
+    mixed = 0.7 * one_hot + 0.3 * one_hot.flip(0)  # what v2.MixUp gives, lambda 0.7
+    timm_targets = mixup_target(labels, 10, lam=0.7, smoothing=smoothing)
+    expected = BinaryCrossEntropy(target_threshold=cut)(logits, timm_targets)
+    assert torch.allclose(ours(logits, mixed), expected, atol=1e-6)
+
+
+def test_bce_equals_its_formula():
+    """The mean over rows and classes of -(t log s(x) + (1 - t) log(1 - s(x))), with the
+    smoothed targets t = one_hot (1 - 0.1) + 0.1 / K."""
+    from recipe import losses
+
+    logits = torch.tensor([[2.0, -1.0, 0.5], [0.0, 3.0, -2.0]])
+    labels = torch.tensor([0, 2])
+    targets = torch.tensor([[1.0, 0.0, 0.0], [0.0, 0.0, 1.0]]) * 0.9 + 0.1 / 3
+    sigmoid = torch.sigmoid(logits)
+    formula = -(targets * sigmoid.log() + (1 - targets) * (1 - sigmoid).log()).mean()
+    assert torch.allclose(losses.BinaryCrossEntropy(0.1)(logits, labels), formula)
+    above = losses.BinaryCrossEntropy(0.1, threshold=0.5)(logits, labels)
+    hard = torch.tensor([[1.0, 0.0, 0.0], [0.0, 0.0, 1.0]])
+    expected = -(hard * sigmoid.log() + (1 - hard) * (1 - sigmoid).log()).mean()
+    assert torch.allclose(above, expected)
+
+
+def test_a_bce_run_prints_the_binary_loss(cifar10_root, tmp_path):
+    """-loss bce trains with it: the first iteration's Err is near log 2 (a fresh network's
+    logits are near 0), where cross-entropy's is near log 10."""
+    errors = {}
+    for loss in ("ce", "bce"):
+        out = run_main("-dataset", "cifar10", "-data", cifar10_root, "-netType", "resnet",
+                       "-depth", "8", "-batchSize", "4", "-nEpochs", "1", "-loss", loss,
+                       "-save", tmp_path / loss, "-tensorboard", "false")  # fmt: skip
+        errors[loss] = float(re.search(r"\[1\]\[1/5\] .* Err (\d+\.\d+)", out).group(1))
+    assert abs(errors["bce"] - 0.693) < 0.15 and abs(errors["ce"] - 2.303) < 0.6
+    saved = json.loads((tmp_path / "bce" / "opts.json").read_text())
+    assert (saved["loss"], saved["bceTargetThreshold"]) == ("bce", 0.0)
