@@ -27,7 +27,7 @@ RECIPES = {
                 "warmupEpochs": 5.0, "warmupStart": 0.01, "autoAugment": "ta_wide",
                 "randomErasing": 0.1, "labelSmoothing": 0.1, "mixup": 0.2, "cutmix": 1.0,
                 "weightDecay": 2e-5, "normWeightDecay": 0.0, "ema": 0.999966, "emaEvery": 32,
-                "repeatedAug": 4},
+                "repeatedAug": 4, "nesterov": False},
         "folder": {"trainCrop": 176, "valResize": 232, "valCrop": 224},
     },
     "resnest": {  # the ResNeSt paper's ImageNet recipe (without DropBlock)
@@ -63,6 +63,7 @@ class Names(NamedTuple):
     policies: Sequence[str]  # -autoAugment
     schedules: Sequence[str]  # -lrSchedule
     losses: Sequence[str]  # -loss
+    optimizers: Sequence[str]  # -optimizer
     is_weights_name: Callable[[str], bool]  # -weights
     devices: Sequence[str]  # -device
     memory_formats: Sequence[str]  # -memoryFormat
@@ -191,6 +192,12 @@ FLAGS = [
     ("save", str, "checkpoints", "Directory in which to save checkpoints"),
     ("resume", str, "none", "Resume from the latest checkpoint in this directory"),
     ("LR", finite_float, 0.1, "initial learning rate"),
+    (
+        "optimizer",
+        str,
+        "sgd",
+        "Options: {optimizers} (sgd: the Lua's; lamb and lars are timm's) (new)",
+    ),
     ("momentum", finite_float, 0.9, "momentum"),
     (
         "nesterov",
@@ -459,6 +466,7 @@ def build_parser(names: Names) -> Parser:
             "policies",
             "schedules",
             "losses",
+            "optimizers",
             "devices",
             "memory_formats",
         )
@@ -558,6 +566,7 @@ TRAINING_ONLY = (
     "mixup",
     "cutmix",
     "labelSmoothing",
+    "optimizer",
     "loss",
     "bceTargetThreshold",
     "repeatedAug",
@@ -760,6 +769,7 @@ def validate_recipe_options(opts: argparse.Namespace, names: Names) -> None:
         f"-labelSmoothing must be in [0, 1), got {opts.labelSmoothing}",
     )
     validate_loss(opts, names)
+    validate_optimizer(opts, names)
     _check(opts.clipGradNorm >= 0, f"-clipGradNorm must not be negative, got {opts.clipGradNorm}")
     for name in ("mixup", "cutmix"):
         value = getattr(opts, name)
@@ -779,6 +789,21 @@ def validate_recipe_options(opts: argparse.Namespace, names: Names) -> None:
     for name in ("normWeightDecay", "biasWeightDecay"):
         value = getattr(opts, name)
         _check(value is None or value >= 0, f"-{name} must not be negative, got {value}")
+
+
+# The optimizers each optimizer flag applies to.
+OPTIMIZER_FLAGS = {"momentum": ("sgd", "rmsprop", "lars"), "nesterov": ("sgd", "lars")}
+
+
+def validate_optimizer(opts: argparse.Namespace, names: Names) -> None:
+    """-optimizer, and -momentum / -nesterov given only where they act."""
+    check_choice("-optimizer", opts.optimizer, names.optimizers)
+    for flag, takers in OPTIMIZER_FLAGS.items():
+        _check(
+            flag not in getattr(opts, "given", ()) or opts.optimizer in takers,
+            f"-{flag} is for -optimizer {', '.join(takers)} (this run's is {opts.optimizer}):"
+            f" drop -{flag}",
+        )
 
 
 def validate_loss(opts: argparse.Namespace, names: Names) -> None:

@@ -21,6 +21,7 @@ class Recipe:
     schedule, batch mixing, the weight average, and how often the step prints."""
 
     schedule: schedules.Schedule  # the LR at (epoch, progress): the only source of the LR
+    optimizer: str = "sgd"  # optimizers.OPTIMIZERS
     momentum: float = 0.9
     nesterov: bool = True  # the Lua's; False: plain momentum
     weight_decay: float = 1e-4
@@ -40,21 +41,22 @@ class Recipe:
 
 
 def make_optimizer(model: nn.Module, spec: Recipe, checkpoint) -> torch.optim.Optimizer:
-    """The Lua's SGD with -normWeightDecay / -biasWeightDecay groups; state from -resume or
-    -optimState."""
-    optimizer = optimizers.sgd(
-        model,
-        spec.schedule(1, 0.0),  # a start only: the step sets every iteration's LR from it
-        spec.momentum,
-        spec.weight_decay,
-        spec.norm_weight_decay,
-        spec.bias_weight_decay,
-        spec.nesterov,
+    """-optimizer (the Lua's SGD by default) with -normWeightDecay / -biasWeightDecay groups;
+    state from -resume or -optimState, which must be of the same optimizer."""
+    groups = optimizers.parameter_groups(
+        model, spec.weight_decay, spec.norm_weight_decay, spec.bias_weight_decay
     )
+    start = spec.schedule(1, 0.0)  # a start only: the step sets every iteration's LR from it
+    optimizer = optimizers.make(spec.optimizer, groups, start, spec.momentum, spec.nesterov)
     state = checkpoint.optimizer if checkpoint else None
     if state is None and spec.optim_state != "none":
         state = checkpoints.load_file(spec.optim_state)
     if state is not None:
+        if (saved := optimizers.saved_name(state)) != spec.optimizer:
+            raise checkpoints.CheckpointError(
+                f"the optimizer state is of -optimizer {saved}, not {spec.optimizer}: resume"
+                f" with -optimizer {saved}, or start a new run"
+            )
         try:
             optimizer.load_state_dict(state)
         except (ValueError, KeyError, TypeError) as exc:
@@ -69,7 +71,7 @@ def make_optimizer(model: nn.Module, spec: Recipe, checkpoint) -> torch.optim.Op
 def check_momentum_kind(optimizer: torch.optim.Optimizer, spec: Recipe) -> None:
     """A loaded optimizer state brings its own Nesterov setting: it must be the one asked for."""
     saved = optimizer.param_groups[0].get("nesterov", True)
-    if spec.momentum > 0 and saved != spec.nesterov:
+    if spec.optimizer in ("sgd", "lars") and spec.momentum > 0 and saved != spec.nesterov:
         raise checkpoints.CheckpointError(
             f"the optimizer state was saved with -nesterov {str(saved).lower()}: resume with"
             " it, or start a new run"

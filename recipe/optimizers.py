@@ -1,8 +1,19 @@
-"""The optimizer: the Lua's Nesterov SGD, over the trainable parameters in groups by weight
-decay (one group unless normalisation layers or biases get a decay of their own)."""
+"""The optimizer -optimizer names: the Lua's Nesterov SGD (the default), AdamW, RMSprop (as
+torchvision's references set it), and LAMB and LARS from timm (an optional dependency), over
+the trainable parameters in groups by weight decay (one group unless normalisation layers or
+biases get a decay of their own). Each group records the optimizer's name, so that a resume
+with another one is refused."""
+
+import importlib.util
 
 import torch
 from torch import nn
+
+from errors import UsageError
+
+OPTIMIZERS = ("sgd", "adamw", "rmsprop", "lamb", "lars")
+WITH_MOMENTUM = ("sgd", "rmsprop", "lars")  # the ones -momentum applies to
+FROM_TIMM = ("lamb", "lars")
 
 NORM_LAYERS = (nn.modules.batchnorm._NormBase, nn.GroupNorm, nn.LayerNorm, nn.LocalResponseNorm)
 
@@ -48,11 +59,37 @@ def sgd(
     """Nesterov SGD as the Lua's optim.sgd (nesterov False: plain momentum SGD; momentum 0:
     plain SGD), dampening 0."""
     groups = parameter_groups(model, weight_decay, norm_decay, bias_decay)
-    return torch.optim.SGD(
-        groups,
-        lr=lr,
-        momentum=momentum,
-        dampening=0.0,
-        weight_decay=weight_decay,
-        nesterov=nesterov and momentum > 0,
-    )
+    return make("sgd", groups, lr, momentum, nesterov)
+
+
+def check_available(name: str) -> None:
+    """LAMB and LARS come from timm: a UsageError naming the package when it is missing."""
+    if name in FROM_TIMM and importlib.util.find_spec("timm") is None:
+        raise UsageError(f"-optimizer {name} is timm's: pip install timm (or choose sgd, adamw)")
+
+
+def make(name: str, groups: list[dict], lr: float, momentum: float, nesterov: bool):
+    """The optimizer `name` over parameter groups (their weight decays set), its own name
+    kept in each group. AdamW and LAMB use their usual betas (0.9, 0.999); RMSprop takes
+    torchvision's alpha 0.9 and eps 0.0316; LARS, timm's trust coefficient 0.001."""
+    for group in groups:
+        group["optimizer"] = name
+    if name == "sgd":
+        nesterov = nesterov and momentum > 0
+        return torch.optim.SGD(groups, lr=lr, momentum=momentum, dampening=0.0, nesterov=nesterov)
+    if name == "adamw":
+        return torch.optim.AdamW(groups, lr=lr)
+    if name == "rmsprop":
+        return torch.optim.RMSprop(groups, lr=lr, alpha=0.9, eps=0.0316, momentum=momentum)
+    check_available(name)
+    from timm import optim as timm_optim  # optional: only these two need it
+
+    if name == "lamb":
+        return timm_optim.Lamb(groups, lr=lr)
+    return timm_optim.Lars(groups, lr=lr, momentum=momentum, nesterov=nesterov)
+
+
+def saved_name(state: dict) -> str:
+    """The optimizer a saved state is of (states saved before -optimizer: sgd)."""
+    groups = state.get("param_groups") or [{}]
+    return groups[0].get("optimizer", "sgd")

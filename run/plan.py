@@ -13,7 +13,7 @@ import opts as options
 import recipe
 from datasets import erasing, folder_samples, imagenet, policies, table
 from models import pretrained, setup
-from recipe import losses, schedules
+from recipe import losses, optimizers, schedules
 from run import epochs
 from runtime import devices, slurm
 
@@ -25,6 +25,7 @@ NAMES = options.Names(
     policies=policies.POLICIES,
     schedules=schedules.SCHEDULES,
     losses=losses.LOSSES,
+    optimizers=optimizers.OPTIMIZERS,
     is_weights_name=pretrained.is_weights_name,
     devices=devices.DEVICES,
     memory_formats=devices.MEMORY_FORMAT_CHOICES,
@@ -237,9 +238,11 @@ def model_spec(
 
 
 def training_recipe(opts: argparse.Namespace) -> recipe.Recipe:
-    """How the network is trained."""
+    """How the network is trained (an optimizer from a missing package refused now)."""
+    optimizers.check_available(opts.optimizer)
     return recipe.Recipe(
         schedule=learning_rate_schedule(opts),
+        optimizer=opts.optimizer,
         momentum=opts.momentum,
         nesterov=opts.nesterov,
         weight_decay=opts.weightDecay,

@@ -49,6 +49,7 @@ RECIPE_FLAGS = (
     "erasingStyle",
     "erasingArea",
     "erasingAspect",
+    "optimizer",
     "nesterov",
     "trainCrop",
     "valResize",
@@ -256,8 +257,17 @@ WHAT_IT_DOES = {
     "erasingArea": "`min,max` of the erased box's share of the image's area (unset: the style's)",
     "erasingAspect": "`min,max` of the erased box's height / width (unset: the style's)",
     "nesterov": (
-        "Nesterov momentum, as the Lua's SGD; `false` gives plain momentum SGD (the Random "
-        "Erasing paper's and torchvision's); a resume keeps the checkpoint's or is refused"
+        "Nesterov momentum, as the Lua's SGD (and LARS); `false` gives plain momentum SGD (the"
+        " Random Erasing paper's and torchvision's); a resume keeps the checkpoint's or is"
+        " refused"
+    ),
+    "optimizer": (
+        "`sgd` (the Lua's), `adamw` and `rmsprop` (torch's; RMSprop with torchvision's alpha"
+        " 0.9, eps 0.0316), `lamb` and `lars` (timm's `timm.optim`, an optional package: a"
+        " missing one is one line). `-weightDecay` is each one's weight decay (AdamW's and"
+        " LAMB's decoupled), `-momentum` is for sgd, rmsprop and lars, `-nesterov` for sgd and"
+        " lars (given elsewhere: refused); `-LR` keeps the Lua's 0.1 unless given (AdamW and"
+        " LAMB take about 1e-3). The checkpoint records it: a resume with another is refused"
     ),
     "widenFactor": "new, `-netType wrn`: the Wide ResNet's widths 16k, 32k, 64k (WRN-depth-k)",
     "dropout": (

@@ -228,6 +228,8 @@ def test_the_default_options_train_bitwise_as_the_lua_loop():
         (["-clipGradNorm", "-1"], "-clipGradNorm must not be negative"),
         (["-lrSchedule", "cosine", "-lrMin", "0.5"], "-lrMin must be in [0, -LR)"),
         (["-loss", "focal"], "unknown -loss focal (options: ce, bce)"),
+        (["-optimizer", "adamw", "-momentum", "0.8"], "-momentum is for -optimizer sgd, rmsprop"),
+        (["-optimizer", "rmsprop", "-nesterov", "false"], "-nesterov is for -optimizer sgd, lars"),
         (["-loss", "bce", "-bceTargetThreshold", "1"], "-bceTargetThreshold must be in [0, 1)"),
         (["-bceTargetThreshold", "0.2"], "-bceTargetThreshold is for -loss bce (this run's is ce)"),
     ],
@@ -274,7 +276,7 @@ def test_a_recipe_sets_its_flags_and_given_flags_win(jpeg_root, tmp_path):
                 "warmupEpochs": 5.0, "autoAugment": "ta_wide", "randomErasing": 0.1,
                 "labelSmoothing": 0.1, "mixup": 0.2, "cutmix": 1.0, "weightDecay": 2e-5,
                 "normWeightDecay": 0.0, "trainCrop": 176, "valResize": 232, "valCrop": 224,
-                "repeatedAug": 4, "emaEvery": 32}  # fmt: skip
+                "repeatedAug": 4, "emaEvery": 32, "nesterov": False}  # fmt: skip
     assert {k: getattr(opts, k) for k in expected} == expected
     summary = options.recipe_summary(opts)
     assert summary.startswith("=> -recipe torchvision: -batchSize 1024 -lrSchedule cosine")
@@ -391,3 +393,69 @@ def test_a_bce_run_prints_the_binary_loss(cifar10_root, tmp_path):
     assert abs(errors["bce"] - 0.693) < 0.15 and abs(errors["ce"] - 2.303) < 0.6
     saved = json.loads((tmp_path / "bce" / "opts.json").read_text())
     assert (saved["loss"], saved["bceTargetThreshold"]) == ("bce", 0.0)
+
+
+def reference_optimizer(name: str, parameters, lr: float):
+    """The library's own optimizer, built as its documentation does."""
+    from timm import optim as timm_optim
+
+    return {
+        "sgd": lambda: torch.optim.SGD(
+            parameters, lr, momentum=0.9, nesterov=True, weight_decay=1e-4
+        ),  # fmt: skip
+        "adamw": lambda: torch.optim.AdamW(parameters, lr, weight_decay=1e-4),
+        "rmsprop": lambda: torch.optim.RMSprop(
+            parameters, lr, alpha=0.9, eps=0.0316, momentum=0.9, weight_decay=1e-4
+        ),  # fmt: skip
+        "lamb": lambda: timm_optim.Lamb(parameters, lr, weight_decay=1e-4),
+        "lars": lambda: timm_optim.Lars(
+            parameters, lr, momentum=0.9, nesterov=True, weight_decay=1e-4
+        ),  # fmt: skip
+    }[name]()
+
+
+@pytest.mark.parametrize("name", optimizers.OPTIMIZERS)
+def test_each_optimizer_trains_as_its_library_does(name):
+    """Three steps of the trainer with -optimizer NAME against torch's or timm's optimizer
+    in a hand loop, at the schedule's LR: the same weights."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4), nn.Flatten(),
+                          nn.Linear(4 * 6 * 6, 10))  # fmt: skip
+    reference = copy.deepcopy(model)
+    spec = recipe.Recipe(schedule=lambda *_: 0.01, optimizer=name)
+    optimizer = recipe.make_optimizer(model, spec, None)
+    trainer = cpu_trainer(model, optimizer, spec.schedule)
+    theirs = reference_optimizer(name, reference.parameters(), 0.01)
+    for step in range(3):
+        images, labels = batch(seed=step)
+        trainer.train(1, [(images, labels)])
+        theirs.zero_grad(set_to_none=True)
+        nn.functional.cross_entropy(reference(images), labels).backward()
+        theirs.step()
+    assert type(optimizer) is type(theirs)
+    for ours, expected in zip(model.parameters(), reference.parameters(), strict=True):
+        assert torch.allclose(ours, expected, rtol=0, atol=1e-7)
+
+
+def test_a_resume_with_another_optimizer_is_refused(cifar10_root, tmp_path):
+    save = tmp_path / "run"
+    common = [*CIFAR, "-data", cifar10_root, "-batchSize", "4", "-gen", str(tmp_path / "gen")]
+    run_main(*common, "-nEpochs", "1", "-optimizer", "adamw", "-LR", "0.001", "-save", str(save))
+    state = torch.load(save / "optimState_1.pth", weights_only=True)
+    assert {group["optimizer"] for group in state["param_groups"]} == {"adamw"}
+    refused = runs.main_run([*common, "-nEpochs", "2", "-resume", str(save), "-save", str(save)])
+    assert refused.returncode == 2 and refused.stderr.count("\n") == 1
+    assert "optimizer state is of -optimizer adamw, not sgd: resume with -optimizer adamw" in (
+        refused.stderr
+    )
+    run_main(*common, "-nEpochs", "2", "-optimizer", "adamw", "-resume", str(save), "-save",
+             str(save))  # fmt: skip
+
+
+def test_timms_optimizers_without_timm_are_one_line(monkeypatch):
+    real = optimizers.importlib.util.find_spec
+    monkeypatch.setattr(optimizers.importlib.util, "find_spec",
+                        lambda name, *a: None if name == "timm" else real(name, *a))  # fmt: skip
+    with pytest.raises(options.UsageError, match=r"-optimizer lamb is timm's: pip install timm"):
+        plan.make_plan(plan.parse([*CIFAR, "-optimizer", "lamb"]))
+    plan.make_plan(plan.parse([*CIFAR, "-optimizer", "adamw"]))  # torch's: no timm needed
