@@ -237,7 +237,8 @@ def test_srun_tasks_train_together_and_report_the_error_of_the_saved_model(cifar
 
 RECIPE = ("-lrSchedule", "cosine", "-warmupEpochs", "0.5", "-labelSmoothing", "0.1", "-ema",
           "0.9", "-normWeightDecay", "0", "-clipGradNorm", "1", "-autoAugment", "ta_wide",
-          "-randomErasing", "0.5", "-repeatedAug", "2", "-syncBN", "true", "-nEpochs", "2")  # fmt: skip
+          "-randomErasing", "0.5", "-repeatedAug", "2", "-syncBN", "true", "-nEpochs", "2",
+          "-loss", "bce")  # fmt: skip
 
 
 def test_two_processes_train_the_recipes_weights_and_average_of_one(cifar10_root, tmp_path):
@@ -258,8 +259,8 @@ def test_two_processes_train_the_recipes_weights_and_average_of_one(cifar10_root
 
 def test_mixing_under_torchrun_trains_with_bf16_and_optnet(cifar10_root, tmp_path):
     flags = cifar_flags(cifar10_root, tmp_path, *RECIPE, "-mixup", "0.2", "-cutmix", "1.0",
-                        "-precision", "bf16", "-optnet", "true",
-                        "-memoryFormat", "channels_last")  # fmt: skip
+                        "-precision", "bf16", "-optnet", "true", "-optimizer", "adamw",
+                        "-LR", "0.001", "-memoryFormat", "channels_last")  # fmt: skip
     done = run([*torchrun("--standalone", "--nproc-per-node", "2"), *flags])
     assert done.stdout.count("=> Mixing training batches") == 1
     tested = run_main(*with_flags(flags, ["-testOnly", "true", "-resume", str(tmp_path)]))
