@@ -1,6 +1,7 @@
 """Command-line options: every flag of fb.resnet.torch and ResNeXt, with the Lua's names."""
 
 import argparse
+import json
 import math
 import os
 import sys
@@ -156,6 +157,13 @@ FLAGS = [
         "none",
         "Set the flags of a published recipe: none | " + " | ".join(RECIPES) + " (flags given"
         " win; see docs/recipes.md) (new)",
+    ),
+    (
+        "config",
+        str,
+        "none",
+        "A JSON or YAML file of flags (a run's opts.json replays it); flags given on the command"
+        " line win (new)",
     ),
     ("manualSeed", seed_int, 0, "Manually set RNG seed (0 is a seed too)"),
     ("nGPU", bounded_int, 1, "Number of GPUs to use by default (0: CPU)"),
@@ -493,8 +501,12 @@ def parse(argv: Sequence[str] | None, names: Names) -> argparse.Namespace:
     argv = sys.argv[1:] if argv is None else list(argv)
     try:
         given = given_flags(argv)
-        opts = build_parser(names).parse_args(argv)
-        opts.given = given
+        path = flag_value(argv, "config") if "config" in given else None
+        file = read_config(path) if path else {}
+        config = config_flags(file, path, given)
+        opts = build_parser(names).parse_args([*config_argv(config), *argv])
+        opts.given, opts.configured = [*given, *config], list(config)
+        opts.configFile = file or None  # recorded whole in opts.json
         apply_recipe(opts)
         resolve_defaults(opts, names)
         validate(opts, names)
@@ -522,6 +534,83 @@ def given_flags(argv: Sequence[str]) -> list[str]:
             raise UsageError(f"-{name} is given twice; give it once")
         seen.append(name)
     return seen
+
+
+def flag_value(argv: Sequence[str], name: str) -> str:
+    """The value argv gives -name (as -name V, --name V or -name=V)."""
+    for index, token in enumerate(argv):
+        flag, equals, value = token.partition("=")
+        if flag.lstrip("-") == name and flag.startswith("-"):
+            if equals:
+                return value
+            _check(index + 1 < len(argv), f"-{name} needs a value")
+            return argv[index + 1]
+    raise UsageError(f"-{name} needs a value")
+
+
+# Flags a -config file does not set, taken from the command line only: where a run reads and
+# writes, and commands. A file from someone else must not choose them (a -save with -overwrite
+# deletes a run's files, -shardSource may run a shell command).
+COMMAND_LINE_ONLY = ("config", "data", "gen", "save", "resume", "overwrite", "retrain",
+                     "optimState", "shardSource")  # fmt: skip
+RECORD_KEYS = ("arch", "configFile")  # what a run's opts.json holds besides its flags
+CONFIG_BYTES = 1 << 20
+
+
+def config_flags(values: Mapping, path: str | None, given: Sequence[str]) -> dict:
+    """The flags a -config file (its values, read from path) sets that the command line does
+    not: its values by flag name, less those it leaves unset (null) and the command line's."""
+    known = {name for name, *_ in FLAGS}
+    unknown = [str(key) for key in values if key not in known and key not in RECORD_KEYS]
+    _check(not unknown, f"-config {path}: unknown flags {', '.join(unknown[:10])} (see -h)")
+    skipped = (*COMMAND_LINE_ONLY, *RECORD_KEYS, *given)
+    taken = {k: v for k, v in values.items() if k not in skipped and v is not None}
+    for key, value in taken.items():
+        _check(
+            isinstance(value, (str, int, float, list)),
+            f"-config {path}: -{key} must be a number, a string, true/false or a list",
+        )
+    return taken
+
+
+def read_config(path: str) -> dict:
+    """A -config file's mapping: JSON, or YAML (.yaml / .yml, with PyYAML), read safely."""
+    try:
+        size = os.path.getsize(path)
+        _check(
+            size <= CONFIG_BYTES, f"-config {path} is {size} bytes: a flags file is at most 1 MiB"
+        )
+        with open(path, encoding="utf-8") as handle:
+            text = handle.read()
+    except (OSError, UnicodeDecodeError) as exc:
+        raise UsageError(f"-config {path}: {getattr(exc, 'strerror', None) or exc}") from None
+    if path.endswith((".yaml", ".yml")):
+        try:
+            import yaml  # optional: only YAML needs it
+        except ImportError:
+            raise UsageError(f"-config {path} is YAML: pip install pyyaml, or give JSON") from None
+        load, error = yaml.safe_load, yaml.YAMLError
+    else:
+        load, error = json.loads, json.JSONDecodeError
+    try:
+        values = load(text)
+    except error as exc:
+        raise UsageError(f"-config {path} is not valid: {str(exc).splitlines()[0]}") from None
+    _check(isinstance(values, dict), f"-config {path} must hold flag names and their values")
+    return values
+
+
+def config_argv(config: Mapping) -> list[str]:
+    """A -config file's flags as command-line words (lists comma-separated, floats exact)."""
+
+    def text(value) -> str:
+        return repr(value) if isinstance(value, float) else flag_text(value)
+
+    words = []
+    for name, value in config.items():
+        written = ",".join(map(text, value)) if isinstance(value, list) else text(value)
+        words += [f"-{name}", written]
+    return words
 
 
 def recipe_values(name: str, dataset: str) -> dict:
@@ -556,9 +645,32 @@ def recipe_summary(opts: argparse.Namespace) -> str | None:
     if not values:
         return None
     used = " ".join(f"-{k} {flag_text(getattr(opts, k))}" for k in values if k not in opts.given)
-    overridden = [f"-{k}" for k in values if k in opts.given]
-    line = f"=> -recipe {opts.recipe}: {used}"
-    return line + (f" (given on the command line: {' '.join(overridden)})" if overridden else "")
+    configured = getattr(opts, "configured", ())
+    typed = [f"-{k}" for k in values if k in opts.given and k not in configured]
+    filed = [f"-{k}" for k in values if k in configured]
+    line = f"=> -recipe {opts.recipe}: {used}".rstrip()
+    line += f" (given on the command line: {' '.join(typed)})" if typed else ""
+    return line + (f" (given by -config: {' '.join(filed)})" if filed else "")
+
+
+def config_note(opts: argparse.Namespace) -> str | None:
+    """What -config set, and which of its values were not taken (COMMAND_LINE_ONLY)."""
+    if not getattr(opts, "configFile", None):
+        return None
+    kept = [k for k in COMMAND_LINE_ONLY if k != "config"]  # (a file names no -config)
+    left = [f"-{k} {flag_text(v)}" for k, v in opts.configFile.items()
+            if k in kept and v not in (None, getattr(opts, k))]  # fmt: skip
+    line = f"=> -config {opts.config}: {len(opts.configured)} flags"
+    return line + (f"; not taken from a file: {', '.join(left)}" if left else "")
+
+
+def set_by_user(opts: argparse.Namespace, name: str) -> bool:
+    """Whether the command line gave the flag, or -config gave it a value not its default
+    (a run's opts.json lists every flag)."""
+    if name not in getattr(opts, "given", ()):
+        return False
+    default = next(default for flag, _, default, _ in FLAGS if flag == name)
+    return name not in getattr(opts, "configured", ()) or getattr(opts, name) != default
 
 
 # What -testOnly leaves aside: each acts on training alone.
@@ -800,7 +912,7 @@ def validate_optimizer(opts: argparse.Namespace, names: Names) -> None:
     check_choice("-optimizer", opts.optimizer, names.optimizers)
     for flag, takers in OPTIMIZER_FLAGS.items():
         _check(
-            flag not in getattr(opts, "given", ()) or opts.optimizer in takers,
+            not set_by_user(opts, flag) or opts.optimizer in takers,
             f"-{flag} is for -optimizer {', '.join(takers)} (this run's is {opts.optimizer}):"
             f" drop -{flag}",
         )
@@ -862,7 +974,8 @@ def validate_files(opts: argparse.Namespace) -> None:
 def start_notes(opts: argparse.Namespace) -> tuple[str, ...]:
     """The lines a run starts with about its command line: what -recipe set, and the linear
     scaling rule's -LR for a changed -batchSize."""
-    return tuple(note for note in (recipe_summary(opts), linear_scaling_note(opts)) if note)
+    notes = (config_note(opts), recipe_summary(opts), linear_scaling_note(opts))
+    return tuple(note for note in notes if note)
 
 
 REFERENCE_BATCH = {"imagenet": 256}  # the recipes' batch for -LR 0.1; CIFAR's is 128

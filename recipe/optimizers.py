@@ -9,8 +9,6 @@ import importlib.util
 import torch
 from torch import nn
 
-from errors import UsageError
-
 OPTIMIZERS = ("sgd", "adamw", "rmsprop", "lamb", "lars")
 WITH_MOMENTUM = ("sgd", "rmsprop", "lars")  # the ones -momentum applies to
 FROM_TIMM = ("lamb", "lars")
@@ -62,10 +60,11 @@ def sgd(
     return make("sgd", groups, lr, momentum, nesterov)
 
 
-def check_available(name: str) -> None:
-    """LAMB and LARS come from timm: a UsageError naming the package when it is missing."""
+def missing_package(name: str) -> str | None:
+    """The package optimizer `name` needs that is not installed (LAMB and LARS: timm)."""
     if name in FROM_TIMM and importlib.util.find_spec("timm") is None:
-        raise UsageError(f"-optimizer {name} is timm's: pip install timm (or choose sgd, adamw)")
+        return "timm"
+    return None
 
 
 def make(name: str, groups: list[dict], lr: float, momentum: float, nesterov: bool):
@@ -81,8 +80,7 @@ def make(name: str, groups: list[dict], lr: float, momentum: float, nesterov: bo
         return torch.optim.AdamW(groups, lr=lr)
     if name == "rmsprop":
         return torch.optim.RMSprop(groups, lr=lr, alpha=0.9, eps=0.0316, momentum=momentum)
-    check_available(name)
-    from timm import optim as timm_optim  # optional: only these two need it
+    from timm import optim as timm_optim  # optional: only these two need it (see missing_package)
 
     if name == "lamb":
         return timm_optim.Lamb(groups, lr=lr)

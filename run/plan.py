@@ -131,7 +131,7 @@ def make_plan(
         test_only=opts.testOnly,
         options=MappingProxyType(
             {
-                **{k: v for k, v in vars(opts).items() if k != "given"},
+                **{k: v for k, v in vars(opts).items() if k not in ("given", "configured")},
                 "device": kind,
                 "memoryFormat": layout,
                 "precision": precision,
@@ -239,8 +239,7 @@ def model_spec(
 
 def training_recipe(opts: argparse.Namespace) -> recipe.Recipe:
     """How the network is trained (an optimizer from a missing package refused now)."""
-    optimizers.check_available(opts.optimizer)
-    return recipe.Recipe(
+    spec = recipe.Recipe(
         schedule=learning_rate_schedule(opts),
         optimizer=opts.optimizer,
         momentum=opts.momentum,
@@ -260,6 +259,12 @@ def training_recipe(opts: argparse.Namespace) -> recipe.Recipe:
         warmup_epochs=opts.warmupEpochs,
         print_every=opts.printFreq,
     )
+    if package := optimizers.missing_package(spec.optimizer):
+        raise errors.UsageError(
+            f"-optimizer {spec.optimizer} is {package}'s: pip install {package} (or choose sgd,"
+            " adamw, rmsprop)"
+        )
+    return spec
 
 
 def learning_rate_schedule(opts: argparse.Namespace) -> schedules.Schedule:

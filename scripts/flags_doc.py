@@ -29,6 +29,20 @@ flag given twice is an error rather than the last one silently winning. Every ba
 (unknown flag or value, missing folder, a checkpoint of another network, a broken data or
 checkpoint file, a `-save` that cannot be written) ends with one line `error: ...` saying
 what to do, exit status 2, and nothing written under `-save`.
+
+## Flags from a file: `-config FILE`
+
+A JSON object or a YAML mapping (`.yaml` / `.yml`, with PyYAML) of flag names and values
+(`LR: 0.05`, lists as lists: `lrSteps: [30, 60]`); flags given on the command line win, a
+recipe's values yield to the file's. A run's own `opts.json` is such a file, so replaying a
+run is `python main.py -config runs/x/opts.json -data DATA -save runs/y` (same flags, same
+seed: the same weights; `tests/test_config.py` checks it bitwise). The flags that say where
+a run reads and writes, or run a command (`-data`, `-gen`, `-save`, `-resume`, `-overwrite`,
+`-retrain`, `-optimState`, `-shardSource`), are taken from the command line only: a file from
+someone else cannot choose a folder to overwrite or a shell command; the start line names
+those of the file left aside. An unknown key, a bad value or an unreadable file is one
+`error:` line. The new run's `opts.json` records the file's path (`config`) and its whole
+content (`configFile`). Examples, one per recipe: [docs/configs/](configs/).
 """
 # The flags of the second table: the training recipes' options beyond the Lua's.
 RECIPE_FLAGS = (
@@ -70,6 +84,10 @@ WHAT_IT_DOES = {
     ),
     "dataset": (
         "`imagenet` (any class-per-folder tree), `cifar10`, `cifar100`, `fashionmnist` (new)"
+    ),
+    "config": (
+        "new: a JSON or YAML file of flags, the command line winning (a run's `opts.json`"
+        " replays it; see below)"
     ),
     "recipe": (
         "set the flags of a published recipe, `fb`, `resnext`, `torchvision`, `resnest`, "

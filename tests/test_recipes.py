@@ -456,6 +456,6 @@ def test_timms_optimizers_without_timm_are_one_line(monkeypatch):
     real = optimizers.importlib.util.find_spec
     monkeypatch.setattr(optimizers.importlib.util, "find_spec",
                         lambda name, *a: None if name == "timm" else real(name, *a))  # fmt: skip
-    with pytest.raises(options.UsageError, match=r"-optimizer lamb is timm's: pip install timm"):
+    with pytest.raises(options.UsageError, match=r"-optimizer lamb is timm's: pip install timm "):
         plan.make_plan(plan.parse([*CIFAR, "-optimizer", "lamb"]))
     plan.make_plan(plan.parse([*CIFAR, "-optimizer", "adamw"]))  # torch's: no timm needed
