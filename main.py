@@ -79,8 +79,6 @@ def run_process(plan: Plan, processes: Processes, stop: launch.StopRequest) -> i
     (-testOnly) or trained."""
     place = assemble.process_place(plan, processes, stop)
     checkpoint = checkpoints.latest_of_run(plan.loop.resume)  # None: start afresh
-    if checkpoint:
-        devices.restore_rng_state(checkpoint.state.rng, processes.rank, place.used)
     start_file = setup.start_weights(plan.model, checkpoint, processes)  # -retrain, -weights
     for note in plan.notes:
         print(note)
@@ -141,6 +139,8 @@ def train_run(plan: Plan, placed: tuple, place: launch.Place, loaders, network, 
     epoch_loop = epochs.EpochLoop(
         loop, trainer, loaders, run_folder, (*network, frozen), checkpoint, place, batch
     )
+    if checkpoint:  # last: building the model draws from the generators, training goes on
+        devices.restore_rng_state(checkpoint.state.rng, place.processes.rank, place.used)
     return epochs.run_to_the_end(epoch_loop, loop.save, records, plan.launch.requeue)
 
 

@@ -243,6 +243,14 @@ FLAGS = [
         "Linear LR warm-up over the first N epochs, per iteration (new)",
     ),
     ("warmupStart", finite_float, 0.01, "Warm-up: the first LR as a share of the LR (new)"),
+    (
+        "dropPath",
+        finite_float,
+        0.0,
+        "Stochastic depth: drop each residual branch per sample, rate rising to N at the last"
+        " block (timm's --drop-path) (new)",
+    ),
+    ("headDropout", finite_float, 0.0, "Dropout before the classifier (timm's --drop) (new)"),
     ("labelSmoothing", finite_float, 0.0, "Label smoothing of the loss's targets (new)"),
     (
         "loss",
@@ -678,6 +686,8 @@ TRAINING_ONLY = (
     "mixup",
     "cutmix",
     "labelSmoothing",
+    "dropPath",
+    "headDropout",
     "optimizer",
     "loss",
     "bceTargetThreshold",
@@ -881,6 +891,9 @@ def validate_recipe_options(opts: argparse.Namespace, names: Names) -> None:
         f"-labelSmoothing must be in [0, 1), got {opts.labelSmoothing}",
     )
     validate_loss(opts, names)
+    for name in ("dropPath", "headDropout"):
+        value = getattr(opts, name)
+        _check(0 <= value < 1, f"-{name} must be in [0, 1), got {value}")
     validate_optimizer(opts, names)
     _check(opts.clipGradNorm >= 0, f"-clipGradNorm must not be negative, got {opts.clipGradNorm}")
     for name in ("mixup", "cutmix"):

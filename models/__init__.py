@@ -7,6 +7,7 @@ from typing import NamedTuple
 import torch
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
+from torchvision.ops import StochasticDepth
 
 from datasets.table import DATASETS, is_small
 from errors import UsageError, quoted
@@ -343,6 +344,21 @@ def set_frozen(model: nn.Module, frozen_stages: int = -1, norm_eval: bool = Fals
 def zero_init_residual(model: nn.Module) -> None:
     """The last BN gamma of every residual branch set to 0."""
     backbones.zero_init_residual(model)
+
+
+def set_drop_path(model: nn.Module, rate: float) -> None:
+    """-dropPath: stochastic depth on every residual block's branch (torchvision's
+    StochasticDepth, whole samples), its rate rising linearly with the block's place from 0
+    at the first block to `rate` at the last, as timm's ResNet. No weights are added."""
+    blocks = [block for name in model.stage_names for block in getattr(model, name)]
+    for index, block in enumerate(blocks):
+        share = rate * index / max(len(blocks) - 1, 1)
+        block.drop_path = StochasticDepth(share, "row") if share else None
+
+
+def set_head_dropout(model: nn.Module, rate: float) -> None:
+    """-headDropout: dropout of the pooled features before the classifier (timm's --drop)."""
+    model.dropout = nn.Dropout(rate)
 
 
 def set_activation_checkpointing(model: nn.Module, enabled: bool = True) -> None:

@@ -20,6 +20,7 @@ from models.resnet import (
     cifar_stem,
     conv1x1,
     conv3x3,
+    drop_branch,
     imagenet_stem,
     make_shortcut,
     make_stages,
@@ -45,11 +46,11 @@ class PreActBlock(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.preact == "none":
-            return self.residual(x) + self.shortcut(x)
+            return drop_branch(self, self.residual(x)) + self.shortcut(x)
         # Not in place: with preact 'residual' the shortcut still needs the raw x.
         activated = torch.relu(self.preact_bn(x))
         shortcut_input = activated if self.preact == "both" else x
-        return self.residual(activated) + self.shortcut(shortcut_input)
+        return drop_branch(self, self.residual(activated)) + self.shortcut(shortcut_input)
 
 
 class PreActBasicBlock(PreActBlock):

@@ -19,6 +19,7 @@ from models.resnet import (
     conv1x1,
     conv3x3,
     deep_stem,
+    drop_branch,
     make_stages,
 )
 from models.resnext import group_width
@@ -124,7 +125,7 @@ class SplitAttentionBottleneck(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         out = self.relu(self.bn1(self.conv1(x)))
         out = self.bn3(self.conv3(self.avd(self.conv2(out))))
-        return self.relu(out + self.shortcut(x))
+        return self.relu(drop_branch(self, out) + self.shortcut(x))
 
 
 def check_arguments(radix: int, cardinality: int, base_width: int) -> None:

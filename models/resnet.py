@@ -106,6 +106,13 @@ def excitation(channels: int, se: int) -> nn.Module | None:
     return SqueezeExcitation(channels, se) if se else None
 
 
+def drop_branch(block: nn.Module, out: torch.Tensor) -> torch.Tensor:
+    """A residual branch's output, dropped for whole samples by the block's stochastic
+    depth when it has one (-dropPath: models.set_drop_path)."""
+    drop = getattr(block, "drop_path", None)  # a submodule only when set
+    return out if drop is None else drop(out)
+
+
 class BasicBlock(nn.Module):
     """conv3x3(stride)-BN-ReLU-conv3x3-BN(-SE), added to the shortcut, then ReLU."""
 
@@ -127,7 +134,7 @@ class BasicBlock(nn.Module):
         out = self.bn2(self.conv2(out))
         if self.se is not None:
             out = self.se(out)
-        return self.relu(out + self.shortcut(x))
+        return self.relu(drop_branch(self, out) + self.shortcut(x))
 
 
 class Bottleneck(nn.Module):
@@ -174,7 +181,7 @@ class Bottleneck(nn.Module):
         out = self.bn3(self.conv3(out))
         if self.se is not None:
             out = self.se(out)
-        return self.relu(out + self.shortcut(x))
+        return self.relu(drop_branch(self, out) + self.shortcut(x))
 
 
 def imagenet_stem(width: int = 64) -> nn.Sequential:

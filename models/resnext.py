@@ -21,6 +21,7 @@ from models.resnet import (
     cifar_stem,
     conv1x1,
     conv3x3,
+    drop_branch,
     excitation,
     imagenet_stem,
     make_shortcut,
@@ -84,7 +85,7 @@ class ResNeXtBranchesBlock(nn.Module):
         out = self.bn3(self.conv3(out))
         if self.se is not None:
             out = self.se(out)
-        return self.relu(out + self.shortcut(x))
+        return self.relu(drop_branch(self, out) + self.shortcut(x))
 
 
 def check_arguments(bottleneck_type: str, base_width: int, cardinality: int) -> None:

@@ -27,6 +27,8 @@ class ModelSpec:
     frozen_stages: int = -1
     norm_eval: bool = False
     zero_init_residual: bool = False
+    drop_path: float = 0.0  # -dropPath: the last block's stochastic depth rate
+    head_dropout: float = 0.0  # -headDropout (0: the network's own)
     recompute: bool = False  # -optnet / -shareGradInput: activation checkpointing
     memory_format: str = "channels_last"
     n_gpu: int = 1
@@ -70,6 +72,10 @@ def build_model(
             " -weights NAME, or leave -normEval out"
         )
     model, arch = built_model(spec, classes, checkpoint, start_file, test_only)
+    if spec.drop_path:
+        models.set_drop_path(model, spec.drop_path)
+    if spec.head_dropout:
+        models.set_head_dropout(model, spec.head_dropout)
     if spec.zero_init_residual and not (checkpoint or start_file):
         models.zero_init_residual(model)
     models.set_frozen(model, spec.frozen_stages, spec.norm_eval)

@@ -226,6 +226,8 @@ def model_spec(
         frozen_stages=opts.frozenStages,
         norm_eval=opts.normEval,
         zero_init_residual=opts.zeroInitResidual,
+        drop_path=opts.dropPath,
+        head_dropout=opts.headDropout,
         recompute=opts.shareGradInput or opts.optnet,
         memory_format=memory_format,
         n_gpu=opts.nGPU,

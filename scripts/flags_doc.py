@@ -54,6 +54,8 @@ RECIPE_FLAGS = (
     "warmupEpochs",
     "warmupStart",
     "labelSmoothing",
+    "dropPath",
+    "headDropout",
     "loss",
     "bceTargetThreshold",
     "mixup",
@@ -167,6 +169,16 @@ WHAT_IT_DOES = {
     ),
     "warmupStart": "the warm-up's first factor",
     "labelSmoothing": "label smoothing of the loss's targets (cross-entropy or BCE), in [0, 1)",
+    "dropPath": (
+        "stochastic depth: each residual block's branch is dropped for whole samples"
+        " (torchvision's `StochasticDepth`), at a rate rising linearly from 0 at the first"
+        " block to N at the last, as timm's `--drop-path` (every network family; no weights"
+        " added, so model files and `-weights` are unchanged)"
+    ),
+    "headDropout": (
+        "dropout of the pooled features before the classifier, as timm's `--drop` (0: the"
+        " network's own: none, or SENet's 0.2); not `-dropout`, the Wide ResNets' inside a block"
+    ),
     "loss": (
         "`ce`: the Lua's cross-entropy; `bce`: binary cross-entropy of each class's logit, as"
         " ResNet strikes back and timm's `--bce-loss` (labels one-hot, -mixup / -cutmix rows as"
