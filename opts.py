@@ -265,6 +265,12 @@ FLAGS = [
         0.0,
         "-loss bce: targets above it become 1, the others 0 (0: kept as they are) (new)",
     ),
+    (
+        "accumSteps",
+        bounded_int,
+        1,
+        "Gradient accumulation: each step's -batchSize is computed in N micro-batches (new)",
+    ),
     ("clipGradNorm", finite_float, 0.0, "Clip the gradients' global norm to N (0: off) (new)"),
     (
         "mixup",
@@ -698,6 +704,7 @@ TRAINING_ONLY = (
     "erasingAspect",
     "autoAugment",
     "clipGradNorm",
+    "accumSteps",
     "trainCrop",
     "warmupEpochs",
     "emaEvery",
@@ -896,6 +903,10 @@ def validate_recipe_options(opts: argparse.Namespace, names: Names) -> None:
         _check(0 <= value < 1, f"-{name} must be in [0, 1), got {value}")
     validate_optimizer(opts, names)
     _check(opts.clipGradNorm >= 0, f"-clipGradNorm must not be negative, got {opts.clipGradNorm}")
+    _check(
+        1 <= opts.accumSteps <= opts.batchSize,
+        f"-accumSteps must be from 1 to -batchSize ({opts.batchSize}), got {opts.accumSteps}",
+    )
     for name in ("mixup", "cutmix"):
         value = getattr(opts, name)
         _check(value >= 0, f"-{name} (alpha) must not be negative, got {value}")
@@ -987,8 +998,25 @@ def validate_files(opts: argparse.Namespace) -> None:
 def start_notes(opts: argparse.Namespace) -> tuple[str, ...]:
     """The lines a run starts with about its command line: what -recipe set, and the linear
     scaling rule's -LR for a changed -batchSize."""
-    notes = (config_note(opts), recipe_summary(opts), linear_scaling_note(opts))
+    notes = (
+        config_note(opts),
+        recipe_summary(opts),
+        linear_scaling_note(opts),
+        accumulation_note(opts),
+    )
     return tuple(note for note in notes if note)
+
+
+def accumulation_note(opts: argparse.Namespace) -> str | None:
+    """-accumSteps: the micro-batch each step is computed in."""
+    if opts.accumSteps == 1 or opts.testOnly:
+        return None
+    micro = math.ceil(opts.batchSize / opts.accumSteps)
+    return (
+        f"=> -accumSteps {opts.accumSteps}: each step of -batchSize {opts.batchSize} (the"
+        f" global batch, the LR's) is {opts.accumSteps} micro-batches of {micro} images at"
+        " most (BatchNorm sees the micro-batch)"
+    )
 
 
 REFERENCE_BATCH = {"imagenet": 256}  # the recipes' batch for -LR 0.1; CIFAR's is 128

@@ -1,5 +1,6 @@
 """The training loop (the Lua's train.lua): SGD steps, top-1/top-5 errors, printed lines."""
 
+import contextlib
 import itertools
 import math
 from collections.abc import Callable, Iterable
@@ -114,13 +115,22 @@ def check_images_seen(images: float, split: str, epoch: int) -> None:
 @dataclass(frozen=True)
 class Placement:
     """Where and how a step computes: the device, the input's memory layout, the weights'
-    dtype, autocast's (None: off) and the gradient-norm clip (0: off)."""
+    dtype, autocast's (None: off), the gradient-norm clip (0: off), and the micro-batches
+    each batch's gradient is accumulated over (-accumSteps)."""
 
     device: torch.device
     memory_format: torch.memory_format = torch.contiguous_format
     dtype: torch.dtype = torch.float32
     autocast_dtype: torch.dtype | None = None
     clip_grad_norm: float = 0.0
+    micro_batches: int = 1
+
+
+def micro_batches(images: torch.Tensor, target: torch.Tensor, parts: int) -> list[tuple]:
+    """The batch as `parts` micro-batches (of sizes differing by one image at most when it
+    does not divide; none empty)."""
+    pairs = zip(images.tensor_split(parts), target.tensor_split(parts), strict=True)
+    return [(part, part_target) for part, part_target in pairs if len(part)]
 
 
 class Step:
@@ -138,7 +148,7 @@ class Step:
         self.model, self.criterion, self.optimizer, self.lr_at = model, criterion, optimizer, lr_at
         self.device, self.memory_format = placement.device, placement.memory_format
         self.dtype, self.autocast_dtype = placement.dtype, placement.autocast_dtype
-        self.clip_grad_norm = placement.clip_grad_norm
+        self.clip_grad_norm, self.parts = placement.clip_grad_norm, placement.micro_batches
         # fp16 gradients underflow without loss scaling (fp16 runs only on GPUs: the start
         # refuses -precision half on the CPU).
         use_scaler = placement.autocast_dtype == torch.float16
@@ -174,10 +184,13 @@ class Step:
         self, images: torch.Tensor, target: torch.Tensor
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """One SGD step; returns (output, loss) without synchronising."""
-        output = self.forward(images)
-        loss = self.criterion(output.float(), target)
         self.optimizer.zero_grad(set_to_none=True)
-        self.scaler.scale(loss).backward()
+        if self.parts == 1:
+            output = self.forward(images)
+            loss = self.criterion(output.float(), target)
+            self.scaler.scale(loss).backward()
+        else:
+            output, loss = self.accumulate(images, target)
         if self.clip_grad_norm > 0:
             self.scaler.unscale_(self.optimizer)  # clip the true gradients, not scaled ones
             parameters = [p for group in self.optimizer.param_groups for p in group["params"]]
@@ -185,6 +198,23 @@ class Step:
         self.scaler.step(self.optimizer)
         self.scaler.update()
         return output.detach(), loss.detach()
+
+    def accumulate(self, images: torch.Tensor, target: torch.Tensor):
+        """The batch's gradient summed over its micro-batches, each loss weighted by its
+        share of the batch (so that the sum is the batch's mean loss); a distributed model
+        all-reduces only at the last one. (output, loss) of the whole batch."""
+        parts = micro_batches(images, target, self.parts)
+        outputs, total = [], 0.0
+        for index, (part, part_target) in enumerate(parts):
+            last = index == len(parts) - 1
+            skip_sync = getattr(self.model, "no_sync", None) if not last else None
+            with skip_sync() if skip_sync else contextlib.nullcontext():
+                output = self.forward(part)
+                loss = self.criterion(output.float(), part_target) * (len(part) / len(images))
+                self.scaler.scale(loss).backward()
+            outputs.append(output.detach())
+            total = total + loss.detach()
+        return torch.cat(outputs), total
 
 
 class Reporting:

@@ -32,6 +32,7 @@ class Recipe:
     loss: str = "ce"  # losses.LOSSES
     bce_target_threshold: float = 0.0  # -loss bce: 0, the targets as they are
     clip_grad_norm: float = 0.0
+    accum_steps: int = 1  # micro-batches per optimizer step (-batchSize is the step's batch)
     mixup: float = 0.0
     cutmix: float = 0.0
     ema: float = 0.0

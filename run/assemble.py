@@ -51,7 +51,9 @@ def trainer(plan: Plan, placed: tuple, place: launch.Place, checkpoint, progress
     the evaluation, and the trainer that holds them."""
     spec, (trained, evaluated) = plan.recipe, placed
     layout = devices.MEMORY_FORMATS[plan.model.memory_format]
-    placement = train.Placement(place.device, layout, *place.dtypes, spec.clip_grad_norm)
+    placement = train.Placement(
+        place.device, layout, *place.dtypes, spec.clip_grad_norm, spec.accum_steps
+    )
     optimizer = recipe.make_optimizer(trained, spec, checkpoint)
     step = train.Step(trained, recipe.loss(spec), optimizer, spec.schedule, placement)
     if checkpoint and checkpoint.state.scaler:

@@ -254,6 +254,7 @@ def training_recipe(opts: argparse.Namespace) -> recipe.Recipe:
         loss=opts.loss,
         bce_target_threshold=opts.bceTargetThreshold,
         clip_grad_norm=opts.clipGradNorm,
+        accum_steps=opts.accumSteps,
         mixup=opts.mixup,
         cutmix=opts.cutmix,
         ema=opts.ema,

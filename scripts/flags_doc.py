@@ -77,6 +77,7 @@ RECIPE_FLAGS = (
     "normWeightDecay",
     "biasWeightDecay",
     "clipGradNorm",
+    "accumSteps",
 )
 WHAT_IT_DOES = {
     "data": (
@@ -189,6 +190,14 @@ WHAT_IT_DOES = {
         " 0: the targets as they are); refused with `-loss ce`"
     ),
     "clipGradNorm": "clip the gradients' global L2 norm to N (0: off)",
+    "accumSteps": (
+        "gradient accumulation: each step's batch (`-batchSize`, the global batch the LR and"
+        " the schedule count) is computed in N micro-batches whose gradients are summed before"
+        " the one optimizer step, so memory holds one micro-batch's activations; equal to the"
+        " whole batch where no BatchNorm statistics are in play (BatchNorm sees the"
+        " micro-batch); under DDP only the last micro-batch all-reduces (`no_sync`). A step is"
+        " never cut: checkpoints fall between steps, as without it"
+    ),
     "mixup": "MixUp with lambda ~ Beta(a, a) on whole batches (torchvision's `v2.MixUp`)",
     "cutmix": (
         "CutMix with lambda ~ Beta(a, a) (`v2.CutMix`); with `-mixup` too, one of the two per "

@@ -27,6 +27,7 @@ RECIPE_FLAGS = (
     " -labelSmoothing 0.1 -ema 0.99 -emaEvery 2 -normWeightDecay 0 -clipGradNorm 5"
     " -autoAugment ta_wide -randomErasing 0.25 -erasingStyle paper -repeatedAug 2"
     " -loss bce -bceTargetThreshold 0.2 -optimizer adamw -dropPath 0.1 -headDropout 0.1"
+    " -accumSteps 2"
 )
 # config -> (flags, loader workers, final epoch, files to die inside of, random kills)
 CONFIGS = {

@@ -260,7 +260,8 @@ def test_two_processes_train_the_recipes_weights_and_average_of_one(cifar10_root
 def test_mixing_under_torchrun_trains_with_bf16_and_optnet(cifar10_root, tmp_path):
     flags = cifar_flags(cifar10_root, tmp_path, *RECIPE, "-mixup", "0.2", "-cutmix", "1.0",
                         "-precision", "bf16", "-optnet", "true", "-optimizer", "adamw",
-                        "-LR", "0.001", "-memoryFormat", "channels_last")  # fmt: skip
+                        "-LR", "0.001", "-accumSteps", "2",
+                        "-memoryFormat", "channels_last")  # fmt: skip
     done = run([*torchrun("--standalone", "--nproc-per-node", "2"), *flags])
     assert done.stdout.count("=> Mixing training batches") == 1
     tested = run_main(*with_flags(flags, ["-testOnly", "true", "-resume", str(tmp_path)]))
