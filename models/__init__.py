@@ -161,7 +161,7 @@ def user_network(arch: Mapping, frozen_stages: int = -1) -> nn.Module:
     does, with ValueError, is the user's UsageError here."""
     try:
         network = create(**arch)
-        set_frozen(network, frozen_stages)
+        backbones.set_frozen(network, frozen_stages)
     except ValueError as exc:
         raise UsageError(str(exc)) from None
     return network
@@ -333,17 +333,6 @@ def backbone(netType: str, depth: int, **options) -> nn.Module:
         norm_eval=given.normEval,
         zero_init=given.zeroInitResidual,
     )
-
-
-def set_frozen(model: nn.Module, frozen_stages: int = -1, norm_eval: bool = False) -> None:
-    """Fine-tuning: freeze the stem and the first frozen_stages stages (no gradient, BN in
-    eval mode), and with norm_eval keep every BN in eval mode, through .train()."""
-    backbones.set_frozen(model, frozen_stages, norm_eval)
-
-
-def zero_init_residual(model: nn.Module) -> None:
-    """The last BN gamma of every residual branch set to 0."""
-    backbones.zero_init_residual(model)
 
 
 def set_drop_path(model: nn.Module, rate: float) -> None:

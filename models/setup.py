@@ -13,6 +13,7 @@ import checkpoints
 import datasets
 import models
 from models import pretrained
+from models.backbone import set_frozen, zero_init_residual
 from models.loading import load_weights
 from runtime import devices, parallel
 from runtime.launch import Processes, StartError
@@ -77,8 +78,8 @@ def build_model(
     if spec.head_dropout:
         models.set_head_dropout(model, spec.head_dropout)
     if spec.zero_init_residual and not (checkpoint or start_file):
-        models.zero_init_residual(model)
-    models.set_frozen(model, spec.frozen_stages, spec.norm_eval)
+        zero_init_residual(model)
+    set_frozen(model, spec.frozen_stages, spec.norm_eval)
     return model, arch
 
 
