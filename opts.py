@@ -14,6 +14,12 @@ PRECISIONS = ("single", "double", "half", "bf16", "auto")
 INTERPOLATIONS = ("bicubic", "bilinear")
 # -recipe: published training recipes as flag values; flags given on the command line win.
 # "folder" values apply to -dataset imagenet (folder datasets), "small" to the others.
+# What the three procedures of ResNet strikes back share (each changes some of it).
+RSB = {"batchSize": 2048, "LR": 0.005, "optimizer": "lamb", "weightDecay": 0.02,
+       "normWeightDecay": 0.0, "biasWeightDecay": 0.0, "lrSchedule": "cosine", "lrMin": 1e-6,
+       "warmupEpochs": 5.0, "warmupStart": 1e-4, "loss": "bce", "mixup": 0.1, "cutmix": 1.0,
+       "autoAugment": "rand-m7-mstd0.5-inc1", "trainCrop": 224, "valResize": 236,
+       "valCrop": 224}  # fmt: skip
 RECIPES = {
     "fb": {  # fb.resnet.torch: ResNet on ImageNet and CIFAR (the Lua's defaults otherwise)
         "folder": {"batchSize": 256, "nEpochs": 90},
@@ -37,6 +43,13 @@ RECIPES = {
                 "autoAugment": "imagenet", "normWeightDecay": 0.0, "biasWeightDecay": 0.0,
                 "zeroInitResidual": True},
     },
+    # ResNet strikes back (Wightman et al., 2021), procedures A1 / A2 / A3 for ResNet-50 at a
+    # global batch of 2048, as mmpretrain's configs write them.
+    "rsb-a1": {"folder": {**RSB, "nEpochs": 600, "weightDecay": 0.01, "mixup": 0.2,
+                          "repeatedAug": 3, "dropPath": 0.05}},
+    "rsb-a2": {"folder": {**RSB, "nEpochs": 300, "repeatedAug": 3, "dropPath": 0.05}},
+    "rsb-a3": {"folder": {**RSB, "nEpochs": 100, "LR": 0.008, "trainCrop": 160,
+                          "autoAugment": "rand-m6-mstd0.5-inc1"}},
     "random-erasing": {  # the Random Erasing paper's CIFAR / Fashion-MNIST runs (its code's)
         "small": {"batchSize": 128, "nEpochs": 300, "lrSchedule": "step", "lrSteps": (151, 226),
                   "nesterov": False, "weightDecay": 5e-4, "randomErasing": 0.5,

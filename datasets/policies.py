@@ -7,12 +7,46 @@ operations and magnitudes with any number of loader workers and after a resume, 
 global generator is left as it was.
 """
 
+import random
+
+import numpy as np
 import torch
 
 from datasets.erasing import BoxErasing, Erasing, PixelSpace
 
-POLICIES = ("none", "ta_wide", "ra", "imagenet", "augmix")
+# timm's RandAugment as ResNet strikes back names it (the A1 / A2 and the A3 procedures).
+TIMM_POLICIES = ("rand-m7-mstd0.5-inc1", "rand-m6-mstd0.5-inc1")
+POLICIES = ("none", "ta_wide", "ra", "imagenet", "augmix", *TIMM_POLICIES)
 SEED_RANGE = 2**62
+
+
+class TimmRandAugment:
+    """timm's RandAugment (timm.data.auto_augment, an optional package) on one uint8 C x H x
+    W image, as timm's train.py builds it (bilinear; fills with the data's mean colour).
+    timm draws from Python's and NumPy's global generators: they are seeded with the image's
+    seed for the call, then put back as they were."""
+
+    def __init__(self, name: str, space: PixelSpace):
+        from timm.data.auto_augment import rand_augment_transform
+
+        mean = tuple(min(255, round(m)) for m in space.mean)
+        fill = mean * 3 if len(mean) == 1 else mean
+        self.transform = rand_augment_transform(name, {"img_mean": fill})
+
+    def __call__(self, image: torch.Tensor, seed: int) -> torch.Tensor:
+        from torchvision.transforms.v2 import functional as TF
+
+        grey = image.shape[0] == 1
+        picture = TF.to_pil_image(image).convert("RGB")
+        saved = random.getstate(), np.random.get_state()
+        try:
+            random.seed(seed)
+            np.random.seed(seed % 2**32)
+            picture = self.transform(picture)
+        finally:
+            random.setstate(saved[0])
+            np.random.set_state(saved[1])
+        return TF.pil_to_tensor(picture.convert("L") if grey else picture)
 
 
 def policy_transform(name: str):
@@ -53,7 +87,10 @@ class ImageAugment:
         erasing: Erasing | float = 0.0,
         space: PixelSpace | None = None,
     ):
-        self.policy = None if policy == "none" else policy_transform(policy)
+        if policy in TIMM_POLICIES:
+            self.policy = TimmRandAugment(policy, space or PixelSpace((0.0,), (1.0,), True))
+        else:
+            self.policy = None if policy == "none" else policy_transform(policy)
         spec = erasing if isinstance(erasing, Erasing) else Erasing(erasing)
         self.erasing = make_erasing(spec, space) if spec.probability > 0 else None
 
@@ -62,6 +99,8 @@ class ImageAugment:
 
     def augment(self, image: torch.Tensor, seed: int) -> torch.Tensor:
         """The policy's operations on a uint8 image."""
+        if isinstance(self.policy, TimmRandAugment):
+            return self.policy(image, seed)
         return image if self.policy is None else seeded(self.policy, image, seed)
 
     def erase(self, image: torch.Tensor, seed: int) -> torch.Tensor:

@@ -281,7 +281,9 @@ WHAT_IT_DOES = {
     ),
     "autoAugment": (
         "`ta_wide` (TrivialAugmentWide), `ra` (RandAugment, magnitude 9), `imagenet` "
-        "(AutoAugment's ImageNet policy), `augmix` (severity 3): torchvision's, per image; on "
+        "(AutoAugment's ImageNet policy), `augmix` (severity 3): torchvision's, per image; "
+        "`rand-m7-mstd0.5-inc1`, `rand-m6-mstd0.5-inc1`: timm's RandAugment as ResNet strikes "
+        "back uses it (an optional package), each image drawing from its own seed; on "
         "folder datasets it replaces the Lua's colour jitter and lighting"
     ),
     "randomErasing": (

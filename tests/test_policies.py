@@ -12,6 +12,7 @@ import datasets
 import opts as options
 from datasets import decoding, folder_index, folder_samples, policies
 from datasets.cifar import ArrayImageDataset
+from datasets.erasing import PixelSpace
 from datasets.memory import InMemoryLoader, augment_batch
 from run import plan
 
@@ -183,3 +184,37 @@ def test_the_repeated_augmentation_flag_reaches_both_kinds_of_loader(cifar10_roo
                             "-nThreads", "0", "-gen", str(tmp_path / "f")])  # fmt: skip
     train, val = datasets.create_loaders(plan.data_spec(folder), torch.device("cpu"))
     assert (train.sampler.repeats, val.sampler.repeats) == (3, 1)
+
+
+@pytest.mark.parametrize("name", policies.TIMM_POLICIES)
+def test_timms_randaugment_is_timms_on_the_same_draws_and_leaves_the_generators(name):
+    """ResNet strikes back's RandAugment: timm's own transform, fed the image's seed through
+    Python's and NumPy's generators, which are as they were afterwards."""
+    import random
+
+    import numpy as np
+    from timm.data.auto_augment import rand_augment_transform
+    from torchvision.transforms.v2 import functional as TF
+
+    space = PixelSpace((123.675, 116.28, 103.53), (58.395, 57.12, 57.375), False)
+    ours = policies.ImageAugment(name, 0.0, space)
+    theirs = rand_augment_transform(name, {"img_mean": (124, 116, 104)})
+    image = torch.randint(0, 256, (3, 48, 40), generator=torch.Generator().manual_seed(0),
+                          dtype=torch.uint8)  # fmt: skip
+    random.seed(123)
+    np.random.seed(7)
+    before = random.getstate(), np.random.get_state()[1].copy()
+    changed = 0
+    for seed in range(12):
+        got = ours.augment(image, seed)
+        random.seed(seed)
+        np.random.seed(seed)
+        expected = TF.pil_to_tensor(theirs(TF.to_pil_image(image)))
+        assert torch.equal(got, expected), seed
+        changed += not torch.equal(got, image)
+        random.setstate(before[0])
+        np.random.seed(7)
+    assert changed >= 6  # two operations of probability 0.5 each: most images change
+    ours.augment(image, 99)
+    assert random.getstate() == before[0]
+    assert (np.random.get_state()[1] == before[1]).all()

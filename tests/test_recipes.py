@@ -459,3 +459,34 @@ def test_timms_optimizers_without_timm_are_one_line(monkeypatch):
     with pytest.raises(options.UsageError, match=r"-optimizer lamb is timm's: pip install timm "):
         plan.make_plan(plan.parse([*CIFAR, "-optimizer", "lamb"]))
     plan.make_plan(plan.parse([*CIFAR, "-optimizer", "adamw"]))  # torch's: no timm needed
+
+
+def test_the_rsb_recipes_set_their_procedures(jpeg_root, tmp_path):
+    """ResNet strikes back's A1, A2, A3 (mmpretrain's configs): what each sets, and that
+    they are folder-image recipes."""
+    base = ["-dataset", "imagenet", "-data", jpeg_root, "-gen", str(tmp_path / "gen")]
+    shared = {"batchSize": 2048, "optimizer": "lamb", "loss": "bce", "lrSchedule": "cosine",
+              "warmupEpochs": 5.0, "cutmix": 1.0, "normWeightDecay": 0.0, "valCrop": 224,
+              "valResize": 236}  # fmt: skip
+    own = {
+        "rsb-a1": {"nEpochs": 600, "LR": 0.005, "weightDecay": 0.01, "mixup": 0.2,
+                   "dropPath": 0.05, "repeatedAug": 3, "trainCrop": 224,
+                   "autoAugment": "rand-m7-mstd0.5-inc1"},
+        "rsb-a2": {"nEpochs": 300, "LR": 0.005, "weightDecay": 0.02, "mixup": 0.1,
+                   "dropPath": 0.05, "repeatedAug": 3, "trainCrop": 224,
+                   "autoAugment": "rand-m7-mstd0.5-inc1"},
+        "rsb-a3": {"nEpochs": 100, "LR": 0.008, "weightDecay": 0.02, "mixup": 0.1,
+                   "dropPath": 0.0, "repeatedAug": 1, "trainCrop": 160,
+                   "autoAugment": "rand-m6-mstd0.5-inc1"},
+    }  # fmt: skip
+    for name, values in own.items():
+        opts = plan.parse([*base, "-recipe", name])
+        expected = {**shared, **values}
+        assert {key: getattr(opts, key) for key in expected} == expected, name
+    with pytest.raises(options.UsageError, match="-recipe rsb-a1 is for folder"):
+        plan.parse([*CIFAR, "-recipe", "rsb-a1"])
+
+
+def test_timms_randaugment_trains_in_memory(cifar10_root, tmp_path):
+    run_main(*CIFAR, "-data", cifar10_root, "-batchSize", "4", "-nEpochs", "1",
+             "-autoAugment", "rand-m6-mstd0.5-inc1", "-save", str(tmp_path / "run"))  # fmt: skip
