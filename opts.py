@@ -634,9 +634,9 @@ def config_argv(config: Mapping) -> list[str]:
         return repr(value) if isinstance(value, float) else flag_text(value)
 
     words = []
-    for name, value in config.items():
+    for name, value in config.items():  # -name=value: a value may start with '-'
         written = ",".join(map(text, value)) if isinstance(value, list) else text(value)
-        words += [f"-{name}", written]
+        words.append(f"-{name}={written}")
     return words
 
 

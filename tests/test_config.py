@@ -41,13 +41,15 @@ def test_a_runs_opts_json_replays_the_run_bitwise(cifar10_root, tmp_path):
 
 def test_the_command_line_wins_and_yaml_is_read(tmp_path):
     (tmp_path / "flags.yaml").write_text("LR: 0.05\ndepth: 8\nnetType: resnet\nlrSteps: [3, 6]\n"
-                                         "lrSchedule: step\nerasingAspect: [0.3, 3.3333333333]\n")  # fmt: skip
+                                         "lrSchedule: step\nerasingAspect: [0.3, 3.3333333333]\n"
+                                         "shortcutType: A\n")  # fmt: skip
     opts = plan.parse(
         ["-dataset", "cifar10", "-config", str(tmp_path / "flags.yaml"), "-LR", "0.2"]
     )
     assert (opts.LR, opts.depth, opts.netType, opts.lrSteps) == (0.2, 8, "resnet", (3, 6))
     assert opts.erasingAspect == (0.3, 3.3333333333)  # floats exact, not as %g prints them
-    assert sorted(opts.configured) == ["depth", "erasingAspect", "lrSchedule", "lrSteps", "netType"]
+    assert sorted(opts.configured) == ["depth", "erasingAspect", "lrSchedule", "lrSteps",
+                                       "netType", "shortcutType"]  # fmt: skip
 
 
 def test_a_file_from_someone_else_chooses_no_folder_file_or_command(cifar10_root, tmp_path):
