@@ -2,6 +2,7 @@
 any iteration: checkpoints every -checkpointEvery iterations and on SIGTERM / SIGINT."""
 
 import math
+import os
 import signal
 import sys
 from dataclasses import dataclass
@@ -283,6 +284,14 @@ def start_point(epoch_number: int, checkpoint) -> dict:
     return {"epoch": checkpoint.epoch, "iter": checkpoint.iteration}
 
 
+def again(epochs: EpochLoop) -> str:
+    """How to go on after a stop: the same command, with -resume unless it resumes -save."""
+    resume, save = epochs.loop.resume, epochs.loop.save
+    if resume != "none" and os.path.realpath(resume) == os.path.realpath(save):
+        return "Run the same command again to continue"
+    return f"Continue with the same command and -resume {save}"
+
+
 def run_to_the_end(epochs: EpochLoop, save: str, records, requeue: slurm.Requeue) -> int:
     """Train the epochs, closing the run records however it ends. Returns the exit status:
     128 + the signal after a stop request, once the checkpoint is saved (and the SLURM job
@@ -296,10 +305,8 @@ def run_to_the_end(epochs: EpochLoop, save: str, records, requeue: slurm.Requeue
             if epochs.processes.rank == 0:
                 print(said)
             return 128 + number
-        print(
-            f"=> Stopped by {signal.Signals(number).name} {exc}; checkpoint saved. Continue"
-            f" with the same command and -resume {save}"
-        )
+        name = signal.Signals(number).name
+        print(f"=> Stopped by {name} {exc}; checkpoint saved. {again(epochs)}")
         return 128 + number
     finally:
         if records is not None:

@@ -167,3 +167,24 @@ def test_the_requeue_cost_script_names_its_cases():
     result = runs.script_run(script, ["resnet18=/data"])
     assert result.returncode == 2
     assert "resnet18=/data: give NAME=DATA, NAME one of resnet20, resnet50" in result.stderr
+
+
+@pytest.mark.parametrize("resumes_itself", [False, True])
+def test_the_stop_line_says_how_to_continue(cifar10_root, tmp_path, resumes_itself):
+    """A command that already resumes its -save folder is run again as it is; another is
+    told to add -resume."""
+    save = tmp_path / "run"
+    extra = f" -resume {save}" if resumes_itself else ""
+    argv = small_cifar_args(cifar10_root, save, f"-nEpochs 2 -batchSize 4{extra}")
+
+    def stop(line):
+        if line.startswith(" | Epoch: [1][2/"):
+            os.kill(os.getpid(), signal.SIGTERM)
+
+    done = runs.main_run(argv, on_line=stop)
+    assert done.returncode == 128 + signal.SIGTERM, done.stderr
+    said = "=> Stopped by SIGTERM at epoch 1, iteration 2; checkpoint saved. "
+    if resumes_itself:
+        assert said + "Run the same command again to continue\n" in done.stdout
+    else:
+        assert said + f"Continue with the same command and -resume {save}\n" in done.stdout
