@@ -10,6 +10,7 @@ import pickle
 
 import torch
 
+from datasets import downloads
 from datasets import transforms as T
 from datasets.sampler import split_item
 from errors import UsageError, first_line
@@ -172,6 +173,12 @@ def download(dataset: str, gen: str) -> str:
     """Download the pickle folder into gen through torchvision, or explain where to put it."""
     import torchvision
 
+    with downloads.cleaned_on_failure(gen):
+        return downloaded(dataset, gen, torchvision)
+
+
+def downloaded(dataset: str, gen: str, torchvision) -> str:
+    """download() in gen (made if needed); DataError naming the files and their source."""
     try:
         os.makedirs(gen, exist_ok=True)
     except OSError as exc:
@@ -190,7 +197,7 @@ def download(dataset: str, gen: str) -> str:
         raise DataError(
             f"{dataset} not found and could not be downloaded ({type(exc).__name__}); put the"
             f" folder {FOLDERS[dataset]}/ ({files}) from the python version of the dataset"
-            f" in -data or in {gen}/"
+            f" (https://www.cs.toronto.edu/~kriz/cifar.html, unpacked) in -data or in {gen}/"
         ) from None
     return os.path.join(gen, FOLDERS[dataset])
 

@@ -14,6 +14,7 @@ import zlib
 
 import torch
 
+from datasets import downloads
 from datasets.cifar import ArrayImageDataset, DataError, check_labels, small_image_transform
 
 DEBIAN_DIR = "/usr/share/datasets/fashion-mnist"
@@ -92,7 +93,8 @@ def download(gen: str) -> str:
 
     print(f"=> Downloading Fashion-MNIST into {gen}")
     try:
-        torchvision.datasets.FashionMNIST(gen, train=True, download=True)
+        with downloads.cleaned_on_failure(gen):
+            torchvision.datasets.FashionMNIST(gen, train=True, download=True)
     except Exception as exc:  # any network failure: say where the files go instead
         raise DataError(
             f"Fashion-MNIST not found and could not be downloaded ({type(exc).__name__}): put"

@@ -9,6 +9,7 @@ import shutil
 
 import numpy as np
 import pytest
+import runs
 import torch
 from conftest import labelled_images, load_script, planar_rows, write_idx, write_pickle
 from test_cli import run_main, small_cifar_args
@@ -287,3 +288,16 @@ def test_links_that_loop_or_dangle_are_left_out_everywhere(jpeg_root, tmp_path, 
     make_shards = load_script("make_shards")
     assert make_shards.main([str(data), str(tmp_path / "shards")]) == 0
     assert "warning: 2 entries named as images under" in capsys.readouterr().out
+
+
+def test_a_failed_download_leaves_no_gen_folder_and_names_the_source(tmp_path):
+    """No CIFAR-10 and no way to download it (a proxy that refuses): one line saying where
+    the python version is had and where it goes, and no -gen folder made for nothing."""
+    gen, save = tmp_path / "gen", tmp_path / "run"
+    refusing = {"https_proxy": "http://127.0.0.1:9", "http_proxy": "http://127.0.0.1:9"}
+    done = runs.main_run(["-dataset", "cifar10", "-gen", gen, "-save", save], env=refusing)
+    assert done.returncode == 2
+    assert done.stderr.startswith("error: cifar10 not found and could not be downloaded")
+    assert "(https://www.cs.toronto.edu/~kriz/cifar.html, unpacked)" in done.stderr
+    assert done.stderr.count("\n") == 1
+    assert not gen.exists() and not save.exists()
