@@ -9,6 +9,7 @@ split (the last record wins, so a resumed run's repeated epochs count once). Nee
 matplotlib (pip install matplotlib), this script's only extra dependency."""
 
 import argparse
+import json
 import os
 import sys
 
@@ -27,12 +28,37 @@ def read_curves(folder: str) -> dict[str, list[tuple[int, float]]]:
     return {split: sorted(values.items()) for split, values in points.items()}
 
 
+def run_title(folders: list[str]) -> str:
+    """What was trained, from the runs' opts.json: network and data set, each once."""
+    names = []
+    for folder in folders:
+        try:
+            with open(os.path.join(folder, "opts.json"), encoding="utf-8") as handle:
+                opts = json.load(handle)
+            name = f"{opts['netType']}-{opts['depth']} on {opts['dataset']}"
+        except (OSError, ValueError, KeyError, TypeError):
+            name = os.path.basename(os.path.normpath(folder))
+        if name not in names:
+            names.append(name)
+    return ", ".join(names) + ": top-1 error by epoch"
+
+
 def plot(folders: list[str], output: str) -> None:
     """Draw every run's curves into one PNG: val solid, train dashed, one colour per run."""
+    from matplotlib import pyplot
+
+    figure = curves_figure(folders)
+    figure.savefig(output, dpi=120, bbox_inches="tight")
+    pyplot.close(figure)
+
+
+def curves_figure(folders: list[str]):
+    """The figure plot() saves: whole epochs on the x axis, the runs named in the title."""
     import matplotlib
 
     matplotlib.use("Agg")  # files only: no display needed
     from matplotlib import pyplot
+    from matplotlib.ticker import MaxNLocator
 
     figure, axes = pyplot.subplots(figsize=(8, 5))
     for index, folder in enumerate(folders):
@@ -45,10 +71,11 @@ def plot(folders: list[str], output: str) -> None:
                 axes.plot(epochs, errors, style, color=colour, label=f"{name} {split}")
     axes.set_xlabel("epoch")
     axes.set_ylabel("top-1 error (%)")
+    axes.xaxis.set_major_locator(MaxNLocator(integer=True))  # points exist at whole epochs
+    axes.set_title(run_title(folders))
     axes.grid(alpha=0.3)
     axes.legend()
-    figure.savefig(output, dpi=120, bbox_inches="tight")
-    pyplot.close(figure)
+    return figure
 
 
 def main(argv=None) -> int:

@@ -222,3 +222,22 @@ def test_no_script_imports_main():
                     for alias in node.names}  # fmt: skip
         imported |= {node.module for node in ast.walk(tree) if isinstance(node, ast.ImportFrom)}
         assert "main" not in imported, path
+
+
+def test_the_curves_have_whole_epochs_and_a_title_naming_the_run(tmp_path):
+    sys.path.insert(0, os.path.join(ROOT, "scripts"))
+    import plot_curves
+    from matplotlib import pyplot
+
+    records = [{"epoch": e, "iter": None, "split": s, "top1": 50.0 - e} for e in (1, 2, 3)
+               for s in ("train", "val")]  # fmt: skip
+    (tmp_path / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
+    (tmp_path / "opts.json").write_text(json.dumps({"netType": "resnet", "depth": 20,
+                                                    "dataset": "fashionmnist"}))  # fmt: skip
+    figure = plot_curves.curves_figure([str(tmp_path)])
+    axes = figure.axes[0]
+    figure.canvas.draw()
+    ticks = [tick for tick in axes.get_xticks() if axes.get_xlim()[0] <= tick <= axes.get_xlim()[1]]
+    assert ticks and all(float(tick).is_integer() for tick in ticks)
+    assert axes.get_title() == "resnet-20 on fashionmnist: top-1 error by epoch"
+    pyplot.close(figure)
