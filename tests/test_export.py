@@ -404,3 +404,20 @@ def test_a_model_file_with_a_bad_record_is_one_line_everywhere(kind, foolbox_dat
         assert done.stderr.startswith("error: ") and says in done.stderr, done.stderr[:500]
         assert len(done.stderr) < 1000  # data quoted is cut
     assert sorted(os.listdir(tmp_path)) == ["given.pth", "model_4.pth"]
+
+
+def test_the_docs_onnxruntime_snippet_runs_as_written_on_the_demos_network(
+    fashion_run, foolbox_data, tmp_path
+):
+    """docs/export.md's Python lines, run on an ONNX export of a Fashion-MNIST ResNet-20
+    (28 x 28 grey, as the demo's): the input side comes from the file's metadata."""
+    text = open(os.path.join(runs.ROOT, "docs", "export.md"), encoding="utf-8").read()
+    snippet = re.search(r"Running it.*?```python\n(.*?)```", text, re.S).group(1)
+    best = os.path.join(fashion_run, "model_best.pth")
+    done = export(best, tmp_path / "model.onnx", "--images",
+                  *images_for(foolbox_data, "fashionmnist"))  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    ran = runs.process_run([sys.executable, "-c", snippet], cwd=tmp_path)
+    assert ran.returncode == 0, ran.stderr
+    predicted = re.fullmatch(r"\[([0-9 \n]+)\]\n", ran.stdout)
+    assert predicted and len(predicted.group(1).split()) == 8  # a class for each of 8 images
