@@ -490,6 +490,39 @@ FLAGS = [
 ]
 
 
+# -h's headings, the docs' groups; in each, the Lua's flags come first (the FLAGS order).
+SECTIONS = {
+    "data": ("data", "dataset", "gen", "nThreads", "tenCrop", "cropSize", "trainCrop",
+             "valResize", "valCrop", "valInterpolation", "decodeOnDevice", "skipCorrupt",
+             "imageColumn", "labelColumn", "shuffleBuffer", "shardSource", "fetchTimeout"),
+    "network": ("netType", "bottleneckType", "depth", "baseWidth", "cardinality", "radix", "se",
+                "widenFactor", "dropout", "shortcutType", "nClasses", "zeroInitResidual"),
+    "training": ("manualSeed", "nEpochs", "epochNumber", "batchSize", "testOnly", "LR",
+                 "optimizer", "momentum", "nesterov", "weightDecay", "normWeightDecay",
+                 "biasWeightDecay", "lrSchedule", "lrSteps", "lrGamma", "lrMin", "warmupEpochs",
+                 "warmupStart", "accumSteps", "clipGradNorm", "printFreq", "preciseBN"),
+    "recipe": ("recipe", "config", "dropPath", "headDropout", "labelSmoothing", "loss",
+               "bceTargetThreshold", "mixup", "cutmix", "ema", "emaEvery", "autoAugment",
+               "randomErasing", "erasingStyle", "erasingArea", "erasingAspect", "repeatedAug"),
+    "checkpoints and fine-tuning": ("save", "resume", "retrain", "optimState", "resetClassifier",
+                                    "weights", "frozenStages", "normEval", "checkpointEvery",
+                                    "keepCheckpoints", "overwrite", "tensorboard"),
+    "devices and launch": ("nGPU", "backend", "cudnn", "precision", "shareGradInput", "optnet",
+                           "device", "memoryFormat", "hostAllocator", "compile", "syncBN",
+                           "rendezvousTimeout", "requeueSignal", "maxRequeues"),
+}  # fmt: skip
+
+
+def help_order() -> list[tuple[str, list[tuple]]]:
+    """-h's sections with their flags (FLAGS entries): the Lua's first, then the new ones."""
+    by_name = {entry[0]: entry for entry in FLAGS}
+    lua_first = lambda entry: "(new)" in entry[3]  # noqa: E731 - a sort key
+    return [
+        (title, sorted((by_name[name] for name in names), key=lua_first))
+        for title, names in SECTIONS.items()
+    ]
+
+
 def build_parser(names: Names) -> Parser:
     """The parser: each flag as -name and --name, booleans also as a bare flag; the help of
     the flags that take names lists them."""
@@ -512,13 +545,16 @@ def build_parser(names: Names) -> Parser:
         allow_abbrev=False,
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
-    for name, kind, default, text in FLAGS:
-        for placeholder, words in listed.items():
-            text = text.replace(placeholder, words)
-        extra = {"nargs": "?", "const": True, "metavar": "true|false"} if kind is lua_bool else {}
-        parser.add_argument(
-            f"-{name}", f"--{name}", dest=name, type=kind, default=default, help=text, **extra
-        )
+    for title, entries in help_order():
+        group = parser.add_argument_group(title)
+        for name, kind, default, text in entries:
+            for placeholder, words in listed.items():
+                text = text.replace(placeholder, words)
+            extra = {"nargs": "?", "const": True, "metavar": "true|false"}
+            extra = extra if kind is lua_bool else {}
+            group.add_argument(
+                f"-{name}", f"--{name}", dest=name, type=kind, default=default, help=text, **extra
+            )
     return parser
 
 

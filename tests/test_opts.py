@@ -227,3 +227,17 @@ def test_main_turns_a_usage_error_into_exit_2_and_one_line(capsys):
     assert main.main(["-dataset", "cifar10", "-batchSize", "0"]) == 2
     err = capsys.readouterr().err
     assert err == "error: -batchSize must be positive, got 0\n"
+
+
+def test_help_groups_every_flag_once_under_a_heading_the_luas_first():
+    options = opts
+    sections = [name for names in options.SECTIONS.values() for name in names]
+    assert sorted(sections) == sorted(name for name, *_ in options.FLAGS)  # each once
+    for title, entries in options.help_order():
+        new = ["(new)" in text for _, _, _, text in entries]
+        assert new == sorted(new), title  # the Lua's flags, then the new ones
+    shown = runs.main_run(["-h"]).stdout
+    headings = [line[:-1] for line in shown.splitlines() if line in
+                {f"{title}:" for title in options.SECTIONS}]  # fmt: skip
+    assert headings == list(options.SECTIONS)
+    assert shown.index("\ndata:\n") < shown.index("  -data DATA") < shown.index("\nnetwork:\n")
