@@ -20,12 +20,14 @@ DEMO_SAVE := checkpoints/fashionmnist-resnet20
 
 # ResNet-20 (CIFAR network and recipe) on all 70,000 Fashion-MNIST images, offline.
 # -resume of its own folder: run again, it continues where it stopped (or says it is done).
+# A stop (Ctrl-C, SIGTERM: the checkpoint is saved, exit 130 / 143) ends make quietly.
 demo: setup
 	bash scripts/get_fashion_mnist.sh
 	mkdir -p $(DEMO_SAVE)
 	$(PY) main.py -dataset fashionmnist -netType resnet -depth 20 -batchSize 128 \
 		-nEpochs 5 -save $(DEMO_SAVE) -resume $(DEMO_SAVE) \
-		|| { status=$$?; echo "=> make demo stopped; run make demo again to continue it"; exit $$status; }
+		|| { status=$$?; case $$status in 130|143) echo "=> run make demo again to continue it";; \
+		     *) exit $$status;; esac; }
 
 lint: setup
 	$(PY) -m ruff check .

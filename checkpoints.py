@@ -9,6 +9,7 @@ model is saved unwrapped (no 'module.' or '_orig_mod.' prefixes), so a bare mode
 import errno
 import io
 import json
+import math
 import os
 import pickle
 import re
@@ -29,7 +30,7 @@ BEST = "model_best.pth"
 WRAPPER_PREFIXES = ("module.", "_orig_mod.")
 EPOCH_FILE = re.compile(r"^(model|optimState)_(\d+)(_iter\d+)?\.pth$")
 # What a run of this tool writes in its -save folder (besides the tb/ folder).
-RUN_RECORDS = ("opts.json", "metrics.jsonl")
+RUN_RECORDS = ("opts.json", "metrics.jsonl", "trackers.json")
 RECORDS_FOLDER = "tb"
 # A shared model (scripts/export.py): weights as safetensors, what they are in its metadata
 # (each value JSON), and a Hugging Face Hub folder holding such a file.
@@ -274,6 +275,38 @@ class RunState:
 
 
 @dataclass(frozen=True)
+class Scores:
+    """The test errors a run has reached: the best top-1 (with its top-5) and its epoch, and
+    the last tested epoch's top-1 (the Lua's ' * Finished' line gives only the best)."""
+
+    best: tuple[float, float] = (math.inf, math.inf)
+    best_epoch: int | None = None  # None: written before epochs were recorded
+    last: tuple[int, float] | None = None  # (epoch, top-1) of the last epoch tested
+
+    @classmethod
+    def of(cls, stored: Mapping) -> "Scores":
+        """The scores as latest.pth stores them (record())."""
+        last = (stored["lastEpoch"], stored["lastTop1"]) if "lastEpoch" in stored else None
+        best = (stored.get("bestTop1", math.inf), stored.get("bestTop5", math.inf))
+        return cls(best, stored.get("bestEpoch"), last)
+
+    def record(self) -> dict:
+        """As latest.pth stores them."""
+        stored = {"bestTop1": self.best[0], "bestTop5": self.best[1]}
+        if self.best_epoch is not None:
+            stored["bestEpoch"] = self.best_epoch
+        if self.last is not None:
+            stored["lastEpoch"], stored["lastTop1"] = self.last
+        return stored
+
+    def tested(self, epoch: int, top1: float, top5: float) -> "Scores":
+        """These scores after testing epoch: its errors become the best if lower."""
+        if top1 < self.best[0]:
+            return Scores((top1, top5), epoch, (epoch, top1))
+        return Scores(self.best, self.best_epoch, (epoch, top1))
+
+
+@dataclass(frozen=True)
 class Checkpoint:
     """The point a -resume run continues from: latest.pth and the files it names."""
 
@@ -282,7 +315,7 @@ class Checkpoint:
     samples: int | None  # images of the epoch's order trained (None: written before that)
     model: ModelFile
     optimizer: dict  # the optimizer's state_dict
-    best: tuple[float, float]  # the best top-1 and its top-5 so far
+    scores: Scores  # the best and last test errors so far
     state: RunState
 
 
@@ -291,7 +324,7 @@ def save(
     record: dict,
     optimizer_state: dict,
     *,
-    best: tuple[float, float],
+    scores: Scores,
     is_best: bool = False,
     position: tuple[int, int] = (0, 0),
     state: RunState | None = None,
@@ -313,8 +346,7 @@ def save(
         "samples": samples,
         "modelFile": model_name,
         "optimFile": optim_name,
-        "bestTop1": best[0],
-        "bestTop5": best[1],
+        **scores.record(),
         "state": (state or RunState()).record(),
     }
     atomic_save(latest_record, os.path.join(save_dir, LATEST))
@@ -516,7 +548,7 @@ def latest(resume_dir: str) -> Checkpoint | None:
         samples=record.get("samples"),
         model=ModelFile.of(model, model_path),
         optimizer=load_file(os.path.join(resume_dir, record["optimFile"])),
-        best=(record.get("bestTop1", float("inf")), record.get("bestTop5", float("inf"))),
+        scores=Scores.of(record),
         state=RunState.of(record.get("state", {})),
     )
 

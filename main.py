@@ -36,7 +36,7 @@ import checkpoints
 import datasets
 import errors
 from models import setup
-from progress import Progress, RunRecords
+from progress import Progress, RunClock, RunRecords
 from recipe import averaging
 from run import assemble, epochs, layouts
 from run import plan as plans
@@ -44,6 +44,7 @@ from run.plan import Plan
 from runtime import devices, launch, parallel, slurm
 from runtime.devices import host_record
 from runtime.launch import Processes
+from trackers import Trackers
 
 
 def run(plan: Plan) -> int:
@@ -123,20 +124,23 @@ def train_run(plan: Plan, placed: tuple, place: launch.Place, loaders, network, 
     frozen = (plan.model.frozen_stages, plan.model.norm_eval)  # checkpoints record them
     record = setup.options_record(plan.options, arch)
     run_folder = checkpoints.RunFolder(loop.save, loop.overwrite, record)
-    records = None
+    records = trackers = None
     if place.processes.rank == 0:
         print(f"=> Saving checkpoints and records in {os.path.abspath(loop.save)}")
+        trackers = Trackers(loop.trackers, loop.save, loop.resume, record)  # -logger
         segment = {**epochs.start_point(loop.epoch_number, checkpoint), **host_record(place.device),
                    **slurm.job_record(os.environ)}  # fmt: skip
         records = RunRecords(loop.save, len(loaders[0]), tensorboard=loop.tensorboard,
                              options=record, before_first_write=run_folder,
-                             segment=segment)  # fmt: skip
-    progress = Progress(record=records, **epochs.shown(loaders))
+                             segment=segment, trackers=trackers)  # fmt: skip
+    progress = Progress(record=records, clock=RunClock(loop.n_epochs), **epochs.shown(loaders))
     trainer = assemble.trainer(plan, placed, place, checkpoint, progress)
     side = plan.data.input_side()
     batch = plan.data.batch_size  # global
     share = max(1, batch // place.processes.world)
     trainer.evaluation.try_evaluation((share, 3, side, side))  # too big: fails now, not later
+    for line in trackers.start() if trackers else ():  # one line if one cannot start
+        print(line)
     epoch_loop = epochs.EpochLoop(
         loop, trainer, loaders, run_folder, (*network, frozen), checkpoint, place, batch
     )

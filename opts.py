@@ -111,6 +111,14 @@ def bounded_int(text: str) -> int:
 bounded_int.__name__ = "int"  # argparse: "argument -batchSize/--batchSize: invalid int value"
 
 
+def every_or_auto(text: str) -> int | str:
+    """'auto' or an interval in iterations."""
+    return "auto" if text == "auto" else bounded_int(text)
+
+
+every_or_auto.__name__ = "'auto' or int"
+
+
 def seed_int(text: str) -> int:
     """A seed: any integer the 64-bit generators take."""
     value = int(text)
@@ -438,6 +446,12 @@ FLAGS = [
         "Start afresh in a -save folder that holds another run, deleting its files (new)",
     ),
     ("tensorboard", lua_bool, True, "Also write TensorBoard scalars under <save>/tb (new)"),
+    (
+        "logger",
+        str,
+        "none",
+        "Also log to experiment trackers: none, or wandb, mlflow, comma-separated (new)",
+    ),
     ("syncBN", lua_bool, False, "Under torchrun: batch norm over the global batch (new)"),
     (
         "rendezvousTimeout",
@@ -457,7 +471,13 @@ FLAGS = [
         20,
         "SLURM: restarts after which a requeue signal only saves (new)",
     ),
-    ("printFreq", bounded_int, 1, "Print a training / test line every N iterations (new)"),
+    (
+        "printFreq",
+        every_or_auto,
+        "auto",
+        "Print a training / test line every N iterations (auto: a bar on a terminal, else about"
+        " 20 lines a pass with the time left) (new)",
+    ),
     ("skipCorrupt", lua_bool, False, "Skip unreadable images instead of stopping (new)"),
     ("imageColumn", str, "image", "Hugging Face parquet / Arrow data: the images' column (new)"),
     ("labelColumn", str, "label", "Hugging Face parquet / Arrow data: the labels' column (new)"),
@@ -506,7 +526,7 @@ SECTIONS = {
                "randomErasing", "erasingStyle", "erasingArea", "erasingAspect", "repeatedAug"),
     "checkpoints and fine-tuning": ("save", "resume", "retrain", "optimState", "resetClassifier",
                                     "weights", "frozenStages", "normEval", "checkpointEvery",
-                                    "keepCheckpoints", "overwrite", "tensorboard"),
+                                    "keepCheckpoints", "overwrite", "tensorboard", "logger"),
     "devices and launch": ("nGPU", "backend", "cudnn", "precision", "shareGradInput", "optnet",
                            "device", "memoryFormat", "hostAllocator", "compile", "syncBN",
                            "rendezvousTimeout", "requeueSignal", "maxRequeues"),
@@ -757,6 +777,7 @@ TRAINING_ONLY = (
     "trainCrop",
     "warmupEpochs",
     "emaEvery",
+    "logger",  # a test is not a run a tracker follows
 )
 
 
@@ -843,7 +864,10 @@ def validate_run_options(opts: argparse.Namespace) -> None:
     _check(opts.cropSize >= 32, f"-cropSize must be at least 32, got {opts.cropSize}")
     validate_crops(opts)
     validate_storage(opts)
-    _check(opts.printFreq > 0, f"-printFreq must be positive, got {opts.printFreq}")
+    _check(
+        opts.printFreq == "auto" or opts.printFreq > 0,
+        f"-printFreq must be auto or positive, got {opts.printFreq}",
+    )
     _check(
         opts.rendezvousTimeout > 0,
         f"-rendezvousTimeout must be positive, got {opts.rendezvousTimeout}",

@@ -1,8 +1,10 @@
 """What a run shows and keeps as it goes: the Lua's progress lines (or bars on a terminal),
-the speed of the last window of iterations, and the run records (metrics.jsonl, TensorBoard)."""
+the speed of the last window of iterations, and the run records (metrics.jsonl, TensorBoard,
+and the trackers given)."""
 
 import contextlib
 import json
+import math
 import os
 import sys
 import time
@@ -70,6 +72,75 @@ def environment_number(name: str) -> int:
     return int(value) if value.isdigit() else 0
 
 
+def duration(seconds: float) -> str:
+    """Seconds as h:mm:ss."""
+    whole = max(0, round(seconds))
+    return f"{whole // 3600}:{whole % 3600 // 60:02d}:{whole % 60:02d}"
+
+
+class RunClock:
+    """The time a run has taken and an estimate of what is left, for the pass and for the
+    run: each pass's seconds per iteration so far, or at its last run (a test pass not yet
+    seen counts nothing). now: the time source (seconds)."""
+
+    def __init__(self, last_epoch: int, now: Callable[[], float] = time.monotonic):
+        self.last_epoch, self.now = last_epoch, now
+        self.started = self.epoch_started = now()
+        self.rates: dict[str, tuple[float, int]] = {}  # split -> (seconds per iteration, total)
+        self.taken: dict[str, float] = {}  # split -> seconds of its last pass
+        self.current = ("train", 1, 0, 0, self.started)  # split, epoch, total, done, start
+
+    def begin(self, split: str, epoch: int, total: int, done: int) -> None:
+        """A pass of total iterations starts with done of them already (a resumed epoch)."""
+        self.current = (split, epoch, total, done, self.now())
+        if split == "train":
+            self.epoch_started = self.current[4]
+
+    def at(self, n: int) -> str:
+        """What a line printed at iteration n of the pass adds: the run's elapsed time and
+        the time left in the epoch and in the run."""
+        split, epoch, total, done, start = self.current
+        if n > done:
+            self.rates[split] = ((self.now() - start) / (n - done), total)
+        pass_left = self.seconds("train" if split == "train" else "val", total - n)
+        epoch_left = pass_left + (self.pass_seconds("val") if split == "train" else 0.0)
+        run_left = epoch_left + (self.last_epoch - epoch) * self.epoch_seconds()
+        return (
+            f"  ({duration(self.now() - self.started)} elapsed; left: epoch"
+            f" {duration(epoch_left)}, run {duration(run_left)})"
+        )
+
+    def seconds(self, split: str, iterations: int) -> float:
+        """The estimated seconds of iterations of split."""
+        return self.rates.get(split, (0.0, 0))[0] * iterations
+
+    def pass_seconds(self, split: str) -> float:
+        """The estimated seconds of a whole pass of split."""
+        rate, total = self.rates.get(split, (0.0, 0))
+        return rate * total
+
+    def epoch_seconds(self) -> float:
+        """The estimated seconds of a whole epoch: its training and its test pass."""
+        return self.pass_seconds("train") + self.pass_seconds("val")
+
+    def end(self, split: str) -> None:
+        """The pass is over."""
+        self.taken[split] = self.now() - self.current[4]
+
+    def epoch_line(self, epoch: int) -> str:
+        """What the epoch took, and what is left of the run (or what the run took)."""
+        took, taken = self.now() - self.epoch_started, self.taken
+        said = (
+            f"=> Epoch {epoch} took {duration(took)} (train {duration(taken.get('train', 0))},"
+            f" test {duration(taken.get('val', 0))})"
+        )
+        epochs_left = self.last_epoch - epoch
+        if epochs_left <= 0:
+            return f"{said}; {duration(self.now() - self.started)} since this run (or resume) began"
+        left = epochs_left * self.epoch_seconds()
+        return f"{said}; about {duration(left)} left for {epochs_left} more epochs"
+
+
 class Progress:
     """Where the trainer's output goes: the Lua's plain lines, or on a terminal one tqdm
     bar per pass (the pass's running loss and errors, img/s, data share, ETA, fitted to the
@@ -77,6 +148,7 @@ class Progress:
     (metrics.jsonl, TensorBoard). top5: whether top-5 errors mean anything (over 5 classes)."""
 
     WIDE = 110  # columns from which the bar shows the top-5 error, the LR and a bar
+    LINES_PER_PASS = 20  # -printFreq auto without a terminal: a log a person can read
 
     def __init__(
         self,
@@ -85,13 +157,20 @@ class Progress:
         bar: bool = False,
         record: Callable[[dict], None] | None = None,
         top5: bool = True,
+        clock: RunClock | None = None,
     ):
         self.log = log
         self.use_bar = bar
         self.record = record
         self.top5 = top5
+        self.clock = clock  # the lines' elapsed time and time left (None: not said)
         self.bar = None
         self.wide = False
+        self.position = 0  # iterations of the pass done
+
+    def interval(self, size: int) -> int:
+        """-printFreq auto: every iteration on a bar, else about 20 lines a pass."""
+        return 1 if self.use_bar else max(1, math.ceil(size / self.LINES_PER_PASS))
 
     def top5_text(self, error: float, width: int) -> str:
         """A top-5 error as the Lua prints it (%width.3f), or '-' where it means nothing."""
@@ -106,6 +185,9 @@ class Progress:
 
     def begin(self, split: str, epoch: int, total: int, done: int) -> None:
         """A pass of total iterations starts, done of them already (a resumed epoch)."""
+        self.position = done
+        if self.clock is not None:
+            self.clock.begin(split, epoch, total, done)
         if not self.use_bar:
             return
         columns, rows = terminal_size(sys.stdout)
@@ -126,11 +208,12 @@ class Progress:
     def step(self, line: str, record: dict, iterations: int, running: dict | None = None) -> None:
         """A printed window of `iterations` iterations: its Lua line and its record; the bar
         shows the pass's running means (running) and the window's speed."""
+        self.position += iterations
         if self.bar is not None:
             self.bar.update(iterations)
             self.bar.set_postfix_str(self.postfix({**record, **(running or {})}), refresh=True)
         else:
-            self.log(line)
+            self.log(line if self.clock is None else line + self.clock.at(self.position))
         if self.record is not None:
             self.record(record)
 
@@ -159,8 +242,15 @@ class Progress:
                 self.bar = None
             raise
 
+    def epoch_done(self, epoch: int) -> None:
+        """After the epoch's test: what it took and what is left (with a clock)."""
+        if self.clock is not None:
+            self.say(self.clock.epoch_line(epoch))
+
     def end(self, summary: dict) -> None:
         """The pass is over: close its bar, record its summary."""
+        if self.clock is not None:
+            self.clock.end(summary["split"])
         if self.bar is not None:
             self.bar.close()
             self.bar = None
@@ -183,6 +273,7 @@ class RunRecords:
         options: dict | None = None,
         before_first_write: Callable[[], None] | None = None,
         segment: dict | None = None,
+        trackers=None,
     ):
         self.path = os.path.join(folder, "metrics.jsonl")
         self.segment = segment  # where and when this part of the run ran: its first line
@@ -193,6 +284,7 @@ class RunRecords:
         self.before_first_write = before_first_write
         self.opened = False
         self.writer = None
+        self.trackers = trackers  # trackers.Trackers (wandb, MLflow), fed the same records
 
     def open(self) -> None:
         """Create what the records go into, on the first record: a run that fails before
@@ -200,6 +292,9 @@ class RunRecords:
         self.opened = True
         if self.before_first_write is not None:
             self.before_first_write()
+        if self.trackers is not None:
+            with self.naming_errors(self.path):
+                self.trackers.write_ids()
         if self.segment is not None:
             with self.naming_errors(self.path), open(self.path, "a") as handle:
                 handle.write(json.dumps({"split": "segment", **self.segment}) + "\n")
@@ -233,6 +328,14 @@ class RunRecords:
         if self.writer is not None:
             with self.naming_errors(self.tb_folder):
                 self.write_scalars(record)
+        if self.trackers is not None:
+            self.trackers.log(record, self.iteration_of(record))
+
+    def iteration_of(self, record: dict) -> int:
+        """The training iteration of the run a record is at (a pass's summary: its epoch's
+        end), the one axis every tracker's steps can share."""
+        epoch, iteration = record["epoch"], record["iter"]
+        return (epoch - 1) * self.per_epoch + (self.per_epoch if iteration is None else iteration)
 
     def write_scalars(self, record: dict) -> None:
         """The record's numbers as TensorBoard scalars, at the iteration or the epoch."""
@@ -247,8 +350,11 @@ class RunRecords:
                 self.writer.add_scalar(name, record[key], step)
         self.writer.flush()
 
-    def close(self) -> None:
-        """Flush and close the TensorBoard writer."""
+    def close(self, final: dict | None = None, finished: bool = False) -> None:
+        """Flush and close the TensorBoard writer; the trackers get the final scores and
+        end their runs (finished: the run reached its last epoch)."""
         if self.writer is not None:
             with self.naming_errors(self.tb_folder):
                 self.writer.close()
+        if self.trackers is not None:
+            self.trackers.close(final or {}, finished)

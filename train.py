@@ -224,7 +224,7 @@ class Reporting:
     def __init__(
         self,
         progress: Progress,
-        print_every: int,
+        print_every: int | None,
         device: torch.device,
         reduce: Callable[[torch.Tensor], torch.Tensor] | None = None,
     ):
@@ -234,6 +234,11 @@ class Reporting:
             device,
             reduce,
         )
+
+    def interval(self, size: int) -> int:
+        """Iterations between printed lines in a pass of size iterations (print_every None:
+        the progress output's choice)."""
+        return self.print_every or self.progress.interval(size)
 
     def all_processes(self, totals: list[float]) -> list[float]:
         """Totals summed over the processes of a distributed run (as is, in one process)."""
@@ -344,6 +349,7 @@ class Evaluation:
         model.eval()
         sums = RunningSums(self.step.device)
         clock, skipped, size = WindowClock(), [0, 0], len(loader)
+        every = self.reporting.interval(size)
         progress.begin("val", epoch, size, 0)
         with progress.closing_on_error():
             for n, batch in enumerate(loader, 1):
@@ -356,7 +362,7 @@ class Evaluation:
                     images, target = self.step.to_device(batch)
                     output = self.step.forward(images, model).float()
                     sums.add(count_wrong(output, target, self.n_crops), None, target.shape[0])
-                if sums.iterations and (n % self.reporting.print_every == 0 or n == size):
+                if sums.iterations and (n % every == 0 or n == size):
                     self.print_test_line(epoch, n, size, clock, sums)
                 clock.step_done()
         model.train()
@@ -435,6 +441,7 @@ class Trainer:
         self.step.model.train()
         self.sums = sums = RunningSums(self.step.device, totals)
         clock, skipped, size = WindowClock(), [0, 0], start + len(loader)
+        every = self.reporting.interval(size)
         self.reporting.progress.begin("train", epoch, size, start)
         with self.reporting.progress.closing_on_error():
             for n, batch in enumerate(loader, start + 1):
@@ -443,7 +450,7 @@ class Trainer:
                 lr = self.step.set_learning_rate(epoch, (n - 1) / size)
                 if self.takes_step(batch, skipped):
                     self.train_step(batch, epoch, n)
-                if sums.iterations and (n % self.reporting.print_every == 0 or n == size):
+                if sums.iterations and (n % every == 0 or n == size):
                     self.print_train_line(epoch, n, size, clock, lr)
                 if on_step is not None:
                     on_step(epoch, n)

@@ -38,7 +38,7 @@ class Recipe:
     ema: float = 0.0
     ema_every: int = 1
     warmup_epochs: float = 0.0
-    print_every: int = 1
+    print_every: int | None = 1  # None: -printFreq auto (Progress.interval)
 
 
 def make_optimizer(model: nn.Module, spec: Recipe, checkpoint) -> torch.optim.Optimizer:

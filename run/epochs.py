@@ -22,6 +22,7 @@ class Loop:
     resume: str = "none"
     overwrite: bool = False
     tensorboard: bool = True
+    trackers: tuple[str, ...] = ()  # -logger: wandb, mlflow
     n_epochs: int = 1
     epoch_number: int = 1  # the first, when not resuming
     checkpoint_every: int = 0
@@ -51,13 +52,13 @@ class EpochLoop:
         self.arch, self.classes, self.frozen = network
         self.train_loader, self.val_loader = loaders
         self.processes, self.stop, self.devices = place.processes, place.stop, place.used
-        self.best = (math.inf, math.inf)
+        self.scores = checkpoints.Scores()
         self.epoch, self.resume_sample, self.resume_sums = loop.epoch_number, 0, None
         self.position = (0, 0)  # (iteration, sample) the epoch being trained started at
         self.last_step = 0  # the iteration of the epoch's last step
         self.saved = checkpoint is not None  # whether the run has a checkpoint to resume
         if checkpoint:
-            self.best = checkpoint.best
+            self.scores = checkpoint.scores
             self.resume_at(checkpoint)
 
     def resume_at(self, checkpoint: dict) -> None:
@@ -105,7 +106,7 @@ class EpochLoop:
             model, epoch, self.arch, self.classes, average, self.loop.evaluation
         )
         optimizer = self.trainer.step.optimizer.state_dict()
-        checkpoints.save(self.loop.save, record, optimizer, best=self.best, is_best=is_best,
+        checkpoints.save(self.loop.save, record, optimizer, scores=self.scores, is_best=is_best,
                          position=(iteration, samples), state=state,
                          keep=self.loop.keep_checkpoints)  # fmt: skip
 
@@ -187,16 +188,20 @@ class EpochLoop:
                 if isinstance(exc, train.Interrupted) or self.processes.world == 1:
                     self.save(epoch, last)
                 raise
-            is_best = top1 < self.best[0]
+            is_best = top1 < self.scores.best[0]
+            self.scores = self.scores.tested(epoch, top1, top5)
             if is_best:
-                self.best = (top1, top5)
                 top5_text = f"{top5:.14g}" if self.trainer.reporting.progress.top5 else "-"
                 print(" * Best model ", f"{top1:.14g}", top5_text, sep="\t")
+            self.trainer.reporting.progress.epoch_done(epoch)
             self.save(epoch, is_best=is_best)
             if self.stop():
                 raise train.Interrupted(f"after epoch {epoch}")
-        top5_text = self.trainer.reporting.progress.top5_text(self.best[1], 6)
-        print(f" * Finished top1: {self.best[0]:6.3f}  top5: {top5_text}")
+        best = self.scores.best
+        top5_text = self.trainer.reporting.progress.top5_text(best[1], 6)
+        print(f" * Finished top1: {best[0]:6.3f}  top5: {top5_text}")
+        if (said := finished_line(self.scores, self.loop.n_epochs)) is not None:
+            print(said)
 
 
 class WaitInterrupted(train.Interrupted):
@@ -275,6 +280,19 @@ def shown(loaders) -> dict:
     return {"bar": sys.stdout.isatty(), "top5": len(loaders[0].dataset.classes) > 5}
 
 
+def finished_line(scores: checkpoints.Scores, n_epochs: int) -> str | None:
+    """What the Lua's ' * Finished' figure is: the best epoch's top-1 error, beside the last
+    epoch's (None before any epoch was tested)."""
+    if scores.last is None:
+        return None
+    epoch = "an epoch not recorded" if scores.best_epoch is None else f"epoch {scores.best_epoch}"
+    last_epoch, last_top1 = scores.last
+    return (
+        f"=> best: {epoch} of {n_epochs}, top1 {scores.best[0]:.3f}; last epoch"
+        f" ({last_epoch}) {last_top1:.3f}"
+    )
+
+
 def start_point(epoch_number: int, checkpoint) -> dict:
     """Where this part of the run starts: the epoch, and its iterations already trained."""
     if checkpoint is None:
@@ -296,8 +314,10 @@ def run_to_the_end(epochs: EpochLoop, save: str, records, requeue: slurm.Requeue
     """Train the epochs, closing the run records however it ends. Returns the exit status:
     128 + the signal after a stop request, once the checkpoint is saved (and the SLURM job
     requeued, when the signal asks for it)."""
+    finished = False
     try:
         epochs.run()
+        finished = True
     except train.Interrupted as exc:
         number = epochs.stop.signal_number
         if number in requeue.signals:
@@ -310,5 +330,5 @@ def run_to_the_end(epochs: EpochLoop, save: str, records, requeue: slurm.Requeue
         return 128 + number
     finally:
         if records is not None:
-            records.close()
+            records.close(epochs.scores.record(), finished)
     return 0

@@ -11,6 +11,7 @@ import errors
 import models
 import opts as options
 import recipe
+import trackers
 from datasets import erasing, folder_samples, imagenet, policies, table
 from models import pretrained, setup
 from recipe import losses, optimizers, schedules
@@ -260,7 +261,7 @@ def training_recipe(opts: argparse.Namespace) -> recipe.Recipe:
         ema=opts.ema,
         ema_every=opts.emaEvery,
         warmup_epochs=opts.warmupEpochs,
-        print_every=opts.printFreq,
+        print_every=print_interval(opts.printFreq),
     )
     if package := optimizers.missing_package(spec.optimizer):
         raise errors.UsageError(
@@ -268,6 +269,11 @@ def training_recipe(opts: argparse.Namespace) -> recipe.Recipe:
             " adamw, rmsprop)"
         )
     return spec
+
+
+def print_interval(every: int | str) -> int | None:
+    """-printFreq: iterations between printed lines, or None for auto."""
+    return None if every == "auto" else every
 
 
 def learning_rate_schedule(opts: argparse.Namespace) -> schedules.Schedule:
@@ -285,6 +291,14 @@ def learning_rate_schedule(opts: argparse.Namespace) -> schedules.Schedule:
     )
 
 
+def chosen_trackers(text: str) -> tuple[str, ...]:
+    """-logger's trackers, each one's package installed (else one line naming it)."""
+    chosen = trackers.names(text)
+    if package := trackers.missing_package(chosen):
+        raise errors.UsageError(f"-logger {package} needs its package: pip install {package}")
+    return chosen
+
+
 def loop_spec(opts: argparse.Namespace, data: datasets.DataSpec) -> epochs.Loop:
     """The epochs and their files."""
     return epochs.Loop(
@@ -292,6 +306,7 @@ def loop_spec(opts: argparse.Namespace, data: datasets.DataSpec) -> epochs.Loop:
         resume=opts.resume,
         overwrite=opts.overwrite,
         tensorboard=opts.tensorboard,
+        trackers=chosen_trackers(opts.logger),
         n_epochs=opts.nEpochs,
         epoch_number=opts.epochNumber,
         checkpoint_every=opts.checkpointEvery,

@@ -330,6 +330,11 @@ WHAT_IT_DOES = {
         "(checkpoints, `opts.json`, `metrics.jsonl`, `tb/`) at the first write"
     ),
     "tensorboard": "new: also write TensorBoard scalars under `<save>/tb`",
+    "logger": (
+        "new: also log to `wandb`, `mlflow` or both (`wandb,mlflow`; optional packages): the "
+        "options, the training lines, each epoch's errors and the final scores; rank 0 only; a "
+        "resumed run continues the same tracker runs (`<save>/trackers.json`); docs/output.md"
+    ),
     "syncBN": (
         "new, under torchrun: batch normalisation statistics over the global batch (any device, "
         "gloo or nccl)"
@@ -352,8 +357,9 @@ WHAT_IT_DOES = {
         "requeue signal saves and stops without requeueing"
     ),
     "printFreq": (
-        "new: print a training / test line every N iterations (the Lua printed every one); the "
-        "device is only waited for when a line is printed"
+        "new: print a training / test line every N iterations (the Lua printed every one); "
+        "`auto`: a progress bar on a terminal, else about 20 lines a pass, each with the time "
+        "elapsed and left (docs/output.md); the device is only waited for when a line is printed"
     ),
     "skipCorrupt": "new: skip unreadable images (counted per epoch) instead of stopping",
     "imageColumn": "new: Hugging Face parquet / Arrow data: the column holding the images' bytes",

@@ -170,7 +170,7 @@ class Tool:
         return ["-dataset", "cifar10", "-netType", "resnet", "-depth", "20", "-data", self.cifar,
                 "-batchSize", str(self.sizes.batch), "-LR", "0.01", "-nThreads", "0",
                 "-tensorboard", "false", "-device", self.sizes.device, "-save", self.save(name),
-                *flags]  # fmt: skip
+                "-printFreq", "1", *flags]  # fmt: skip
 
     def jpeg_args(self, name: str, depth: int, *flags: str) -> list[str]:
         """ResNet-depth on the JPEG folder, saving in work/name."""

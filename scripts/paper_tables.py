@@ -186,7 +186,7 @@ def train(table: str, n_gpu: int, data: str) -> int:
         if done.returncode != 0:
             return done.returncode
         latest = checkpoints.latest(line[line.index("-save") + 1])
-        best = latest.best[0] if latest else math.nan
+        best = latest.scores.best[0] if latest else math.nan
         print(f" * {label}: top-1 error {best:.2f} (paper {paper_error})", flush=True)
     return 0
 

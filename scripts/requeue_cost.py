@@ -148,7 +148,8 @@ def main(argv=None) -> None:
         label, flags, batch = CASES[name]
         batch = args.batchSize or batch
         flags = ["-netType", "resnet", *flags.split(), "-data", data, "-batchSize", str(batch),
-                 "-nEpochs", "1000", "-tensorboard", "false", *args.flags.split()]  # fmt: skip
+                 "-nEpochs", "1000", "-tensorboard", "false", "-printFreq", "1",
+                 *args.flags.split()]  # fmt: skip
         print(line(label, batch, measure(flags, args.after)), flush=True)
 
 

@@ -22,7 +22,8 @@ def save_epoch(folder, model, epoch, is_best, best=(50.0, 10.0)):
     optimizer.step()
     arch = {"netType": "resnet", "depth": 8, "dataset": "cifar10"}
     record = checkpoints.model_record(model, epoch, arch, [str(i) for i in range(10)])
-    checkpoints.save(str(folder), record, optimizer.state_dict(), best=best, is_best=is_best)
+    checkpoints.save(str(folder), record, optimizer.state_dict(),
+                     scores=checkpoints.Scores(best), is_best=is_best)  # fmt: skip
     return optimizer
 
 
@@ -50,7 +51,7 @@ def test_latest_points_to_the_newest_epoch_and_keeps_the_best(tmp_path):
     save_epoch(tmp_path, model, 1, is_best=True, best=(40.0, 9.0))
     optimizer = save_epoch(tmp_path, model, 2, is_best=False, best=(40.0, 9.0))
     found = checkpoints.latest(str(tmp_path))
-    assert found.epoch == 2 and found.best == (40.0, 9.0)
+    assert found.epoch == 2 and found.scores.best == (40.0, 9.0)
     assert found.model.path.endswith("model_2.pth")
     restored = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
     restored.load_state_dict(found.optimizer)

@@ -55,7 +55,8 @@ def test_trains_two_epochs_with_the_lua_lines(cifar_run):
     number = r"[ \d]{3}\.\d{3}"
     assert re.search(
         rf" \| Epoch: \[2\]\[3/3\]    Time \d+\.\d{{3}}  Data \d+\.\d{{3}}  Err \d+\.\d{{4}}"
-        rf"  top1 {number}  top5 {number}\n",
+        rf"  top1 {number}  top5 {number}  \(\d+:\d\d:\d\d elapsed; left: epoch"
+        rf" \d+:\d\d:\d\d, run \d+:\d\d:\d\d\)\n",
         out,
     )
     assert re.search(rf" \| Test: \[1\]\[3/3\]    Time .* top1 {number} \({number}\)  top5 ", out)
@@ -101,6 +102,19 @@ def test_best_top1_survives_the_resume(cifar_run):
     latest = torch.load(os.path.join(save, "latest.pth"), weights_only=True)
     assert latest["bestTop1"] == pytest.approx(min(best_before, epoch3), abs=1e-3)
     assert (" * Best model " in resumed.stdout) == (epoch3 < best_before)
+
+
+def test_the_finished_line_is_followed_by_the_best_epoch_and_the_last(cifar_run):
+    _, _, first, resumed = cifar_run
+    tested = r" \* Finished epoch # (\d+)     top1:\s+([\d.]+)"
+    errors = {int(e): float(t) for e, t in re.findall(tested, first.stdout + resumed.stdout)}
+    best_epoch = min(errors, key=lambda epoch: (errors[epoch], epoch))
+    said = re.search(r" \* Finished top1:\s+([\d.]+)  top5: .*\n(=> best: .*)\n", resumed.stdout)
+    assert float(said.group(1)) == errors[best_epoch]  # the Lua's figure is the best epoch's
+    assert said.group(2) == (
+        f"=> best: epoch {best_epoch} of 3, top1 {errors[best_epoch]:.3f}; last epoch (3)"
+        f" {errors[3]:.3f}"
+    )
 
 
 def test_test_only_evaluates_the_resumed_model(cifar_run):

@@ -78,6 +78,9 @@ def test_overwrite_replaces_the_earlier_run_and_resume_continues_it(finished_run
     (copy / "model_9.pth").write_bytes(open(copy / "model_2.pth", "rb").read())  # a longer run's
     resumed = run_main(*argv(copy, f"-resume {copy}"))
     assert resumed.returncode == 0 and "nothing to train (raise -nEpochs" in resumed.stdout
+    latest = torch.load(copy / "latest.pth", weights_only=True)  # the scores it says it read
+    said = f"{latest['bestTop1']:.3f}; last epoch (2) {latest['lastTop1']:.3f}\n"
+    assert f"=> best: epoch {latest['bestEpoch']} of 2, top1 " + said in resumed.stdout
     done = run_main(*argv(copy, "-overwrite true"))
     assert done.returncode == 0, done.stderr
     assert f"=> -overwrite true: deleted the earlier run in {copy}" in done.stdout

@@ -31,9 +31,10 @@ def cifar_flags(data, save, *extra):
                        "-data", data, "-save", str(save)], list(extra))  # fmt: skip
 
 
-def run(command):
-    """command as a process of its own (torchrun), run to a successful end."""
-    done = runs.process_run(command)
+def run(command, env=None):
+    """command as a process of its own (torchrun), run to a successful end (env: variables
+    added to this process's)."""
+    done = runs.process_run(command, env={**os.environ, **(env or {})})
     assert done.returncode == 0, done.stderr[-3000:]
     return done
 
@@ -260,9 +261,17 @@ def test_two_processes_train_the_recipes_weights_and_average_of_one(cifar10_root
 def test_mixing_under_torchrun_trains_with_bf16_and_optnet(cifar10_root, tmp_path):
     flags = cifar_flags(cifar10_root, tmp_path, *RECIPE, "-mixup", "0.2", "-cutmix", "1.0",
                         "-precision", "bf16", "-optnet", "true", "-optimizer", "adamw",
-                        "-LR", "0.001", "-accumSteps", "2",
+                        "-LR", "0.001", "-accumSteps", "2", "-logger", "mlflow",
                         "-memoryFormat", "channels_last")  # fmt: skip
-    done = run([*torchrun("--standalone", "--nproc-per-node", "2"), *flags])
+    store = f"sqlite:///{tmp_path}/mlflow.db"
+    done = run([*torchrun("--standalone", "--nproc-per-node", "2"), *flags],
+               env={"MLFLOW_TRACKING_URI": store})  # fmt: skip
     assert done.stdout.count("=> Mixing training batches") == 1
+    from mlflow import MlflowClient  # rank 0 alone logs: one run, each epoch once
+
+    client = MlflowClient(store)
+    (logged,) = client.search_runs([e.experiment_id for e in client.search_experiments()])
+    assert logged.info.status == "FINISHED"
+    assert len(client.get_metric_history(logged.info.run_id, "epoch/val_top1")) == 2
     tested = run_main(*with_flags(flags, ["-testOnly", "true", "-resume", str(tmp_path)]))
     assert "(its -ema weights)" in tested.stdout

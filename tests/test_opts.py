@@ -127,7 +127,7 @@ def test_help_lists_every_flag_with_default():
         (["-batchSize", "0"], "-batchSize must be positive"),
         (["-batchSize", "-4"], "-batchSize must be positive"),
         (["-nEpochs", "-1"], "-nEpochs must be positive"),
-        (["-printFreq", "0"], "-printFreq must be positive"),
+        (["-printFreq", "0"], "-printFreq must be auto or positive"),
         (["-decodeOnDevice", "true"], "-decodeOnDevice is for folder datasets"),
         (["-cropSize", "256"], "-cropSize is for folder datasets"),
         (["-batchSize", "12x"], "invalid int value: '12x'"),

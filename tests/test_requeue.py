@@ -158,7 +158,9 @@ def test_the_requeue_cost_is_measured_from_a_signalled_run_and_its_restart(fashi
     )
     assert 0 < saved <= exited and restarted > 0 and iteration > 0
     assert abs(total - (exited + restarted)) <= 0.1
-    assert iterations == round(total / iteration) or abs(iterations - total / iteration) < 1
+    # total and iteration are printed to 0.1 and 0.001 s: the count lies within their rounding
+    fewest, most = (total - 0.05) / (iteration + 0.0005), (total + 0.05) / (iteration - 0.0005)
+    assert fewest - 1 < iterations < most + 1
     assert 1.9 < size < 2.4  # ResNet-20's weights and their momentum: 2 x 0.27M float32s
 
 

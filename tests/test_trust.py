@@ -348,12 +348,13 @@ def test_resuming_an_averaged_run_without_ema_is_refused_and_changes_nothing(cif
 def test_test_only_names_the_training_options_it_ignores(cifar10_root, tmp_path):
     argv = small_cifar_args(cifar10_root, tmp_path, "-nEpochs 1 -batchSize 10")
     assert run_main(*argv).returncode == 0
-    extra = ["-mixup", "0.2", "-labelSmoothing", "0.1", "-autoAugment", "ta_wide", "-ema", "0.9"]
+    extra = ["-mixup", "0.2", "-labelSmoothing", "0.1", "-autoAugment", "ta_wide", "-ema", "0.9",
+             "-logger", "wandb"]  # fmt: skip
     tested = run_main(*argv, "-testOnly", "true", "-resume", str(tmp_path), *extra)
     assert tested.returncode == 0, tested.stderr
     warnings = [line for line in tested.stdout.splitlines() if "warning: -testOnly" in line]
-    assert len(warnings) == 1
-    for flag in ("-mixup 0.2", "-labelSmoothing 0.1", "-autoAugment ta_wide",
+    assert len(warnings) == 1 and "Logging to" not in tested.stdout
+    for flag in ("-mixup 0.2", "-labelSmoothing 0.1", "-autoAugment ta_wide", "-logger wandb",
                  "-ema 0.9 (the model keeps no average"):  # fmt: skip
         assert flag in warnings[0]
     plain = run_main(*argv, "-testOnly", "true", "-resume", str(tmp_path))

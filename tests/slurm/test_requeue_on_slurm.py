@@ -18,7 +18,18 @@ import checkpoints
 ROOT = runs.ROOT
 TEMPLATE = os.path.join(ROOT, "scripts", "slurm", "train.sbatch")
 FASHION = "/usr/share/datasets/fashion-mnist"
-TRAINING = ["-netType", "resnet", "-depth", "8", "-batchSize", "128", "-tensorboard", "false"]
+TRAINING = [
+    "-netType",
+    "resnet",
+    "-depth",
+    "8",
+    "-batchSize",
+    "128",
+    "-tensorboard",
+    "false",
+    "-printFreq",
+    "1",
+]  # the tests wait for given iterations
 SECONDS = 900  # the whole of one job, restarts included
 POLL_SECONDS = 1  # how often the scheduler is asked about a job (it pushes nothing)
 
