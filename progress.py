@@ -138,7 +138,8 @@ class RunClock:
         if epochs_left <= 0:
             return f"{said}; {duration(self.now() - self.started)} since this run (or resume) began"
         left = epochs_left * self.epoch_seconds()
-        return f"{said}; about {duration(left)} left for {epochs_left} more epochs"
+        more = "1 more epoch" if epochs_left == 1 else f"{epochs_left} more epochs"
+        return f"{said}; about {duration(left)} left for {more}"
 
 
 class Progress:

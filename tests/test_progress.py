@@ -97,7 +97,7 @@ def test_a_logged_run_says_the_time_left_on_each_line_and_after_each_epoch(cifar
     epoch_lines = [line for line in lines if line.startswith("=> Epoch ")]
     assert re.fullmatch(
         r"=> Epoch 1 took \d+:\d\d:\d\d \(train \d+:\d\d:\d\d, test \d+:\d\d:\d\d\); about"
-        r" \d+:\d\d:\d\d left for 1 more epochs",
+        r" \d+:\d\d:\d\d left for 1 more epoch",
         epoch_lines[0],
     )
     assert epoch_lines[1].endswith("since this run (or resume) began") and len(epoch_lines) == 2

@@ -4,15 +4,20 @@ files they write (wandb offline, MLflow's local store), and the one-line refusal
 import glob
 import json
 import os
+import signal
 import socket
 import sys
 
 import pytest
+import runs
 import torch
 from runs import main_run
 from test_cli import small_cifar_args
+from test_crash import final_weights
 from test_day_one import one_error_line
 from wandb_records import records
+
+from checkpoints import KILL_BEFORE_RENAME
 
 
 def offline_env(tmp_path) -> dict:
@@ -170,3 +175,30 @@ def test_a_wandb_server_that_does_not_answer_is_one_line_and_leaves_no_run(cifar
     assert not [name for name in os.listdir(save) if name != "wandb"]  # wandb's own log only
     again = main_run(argv, env=offline_env(tmp_path))  # the same command, offline: it trains
     assert again.returncode == 0, again.stderr
+
+
+def test_a_killed_tracked_run_resumes_bitwise_into_the_same_tracker_runs(cifar10_root, tmp_path):
+    from mlflow import MlflowClient
+
+    env = offline_env(tmp_path)
+    flags = "-nEpochs 2 -batchSize 8 -checkpointEvery 2 -manualSeed 3"
+    plain = main_run(small_cifar_args(cifar10_root, tmp_path / "plain", flags))
+    assert plain.returncode == 0, plain.stderr
+    save = tmp_path / "tracked"
+    argv = small_cifar_args(cifar10_root, save, f"{flags} -logger wandb,mlflow -resume {save}")
+    killed = runs.main_process(
+        argv, env={**os.environ, **env, KILL_BEFORE_RENAME: "model_2_iter2.pth"}
+    )
+    assert killed.returncode == -signal.SIGKILL  # inside epoch 2, its tracker runs left open
+    ids = json.load(open(save / "trackers.json"))
+    done = main_run(argv, env=env)
+    assert done.returncode == 0, done.stderr
+    assert json.load(open(save / "trackers.json")) == ids and ids["mlflow"] in done.stdout
+    for name, weights in final_weights(tmp_path / "plain", 2).items():
+        assert torch.equal(weights, final_weights(save, 2)[name]), name  # trackers change nothing
+    client = MlflowClient(env["MLFLOW_TRACKING_URI"])
+    assert client.get_run(ids["mlflow"]).info.status == "FINISHED"
+    assert len(client.get_metric_history(ids["mlflow"], "epoch/val_top1")) == 2
+    # wandb's service writes its file in its own time: what it held at the SIGKILL is lost
+    steps = [step for step, _ in wandb_history(save, ids["wandb"])["epoch/val_top1"]]
+    assert steps[-1] == 6 and set(steps) <= {3, 6}

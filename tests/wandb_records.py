@@ -22,6 +22,8 @@ def records(path: str) -> list:
             offset += left_in_block
             continue
         _crc, length, kind = struct.unpack("<IHB", data[offset : offset + HEADER])
+        if offset + HEADER + length > len(data):
+            break  # a file cut short (its process was killed): what was written whole
         chunk = data[offset + HEADER : offset + HEADER + length]
         offset += HEADER + length
         if kind == 0 and length == 0:
