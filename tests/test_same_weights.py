@@ -4,8 +4,11 @@ optimizer, schedule, loss, averaging), whatever file builds each part.
 
 The reference (tests/expected/same_weights.json) holds, per tensor of the model file, its
 optimizer state and its averaged weights, the float64 sum and sum of squares after a
-two-epoch run in double precision. Double precision keeps a CPU's own summation order out
-of the comparison (differences near 1e-15); any change of behaviour moves them by far more.
+two-epoch run in double precision. Double precision keeps a CPU's own summation order
+nearly out of the comparison: on one machine the figures repeat exactly, and CPUs of other
+vector units (AVX2 against AVX-512) round differently, which two epochs grow to relative
+differences near 2e-7 (measured on a Zen 3 against the Zen 4 the reference was written on).
+Any change of behaviour moves them by far more (a changed seed: most beyond 1e-3).
 To write it anew after a change that is meant to alter training, run this file with
 SAME_WEIGHTS_WRITE=1 and say why in the commit."""
 
@@ -73,8 +76,10 @@ def test_a_short_run_trains_the_weights_it_trained_before(two_epoch_prints):
     assert reference["flags"] == FLAGS
     assert sorted(two_epoch_prints) == sorted(reference["prints"])
     for key, (total, squares) in reference["prints"].items():
-        ours = two_epoch_prints[key]
-        assert ours == pytest.approx([total, squares], rel=1e-9, abs=1e-10), key
+        ours, norm = two_epoch_prints[key], squares**0.5
+        # A sum can cancel to near 0 (a classifier's bias): its rounding scales with the norm.
+        assert ours[1] == pytest.approx(squares, rel=1e-6), key
+        assert ours[0] == pytest.approx(total, rel=1e-6, abs=1e-4 * norm), key
 
 
 def test_the_fingerprint_tells_a_changed_run_apart(cifar10_root, tmp_path, two_epoch_prints):
@@ -82,5 +87,5 @@ def test_the_fingerprint_tells_a_changed_run_apart(cifar10_root, tmp_path, two_e
     result = main_run(small_cifar_args(cifar10_root, tmp_path, changed))
     assert result.returncode == 0, result.stderr
     prints = fingerprint(tmp_path)
-    moved = [k for k in prints if prints[k] != pytest.approx(two_epoch_prints[k], rel=1e-6)]
+    moved = [k for k in prints if prints[k][1] != pytest.approx(two_epoch_prints[k][1], rel=1e-3)]
     assert len(moved) > len(prints) // 2
