@@ -112,7 +112,7 @@ def test_run(plan: Plan, placed: tuple, place: launch.Place, loaders, sources) -
     checkpoint, _ = sources
     if (note := assemble.test_only_note(plan, sources)) and place.processes.rank == 0:
         print(note)
-    progress = Progress(**epochs.shown(loaders))
+    progress = Progress(**epochs.shown(loaders, plan.recipe.print_every))
     trainer = assemble.trainer(plan, placed, place, checkpoint, progress)
     return epochs.test_once(plan.loop, trainer, loaders, place.stop, plan.data.batch_size)
 
@@ -133,7 +133,8 @@ def train_run(plan: Plan, placed: tuple, place: launch.Place, loaders, network, 
         records = RunRecords(loop.save, len(loaders[0]), tensorboard=loop.tensorboard,
                              options=record, before_first_write=run_folder,
                              segment=segment, trackers=trackers)  # fmt: skip
-    progress = Progress(record=records, clock=RunClock(loop.n_epochs), **epochs.shown(loaders))
+    shown = epochs.shown(loaders, plan.recipe.print_every)
+    progress = Progress(record=records, clock=RunClock(loop.n_epochs), **shown)
     trainer = assemble.trainer(plan, placed, place, checkpoint, progress)
     side = plan.data.input_side()
     batch = plan.data.batch_size  # global

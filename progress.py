@@ -159,19 +159,22 @@ class Progress:
         record: Callable[[dict], None] | None = None,
         top5: bool = True,
         clock: RunClock | None = None,
+        thin: bool = False,
     ):
         self.log = log
         self.use_bar = bar
         self.record = record
         self.top5 = top5
         self.clock = clock  # the lines' elapsed time and time left (None: not said)
+        self.thin = thin  # -printFreq auto without a bar: about LINES_PER_PASS lines a pass
         self.bar = None
         self.wide = False
-        self.position = 0  # iterations of the pass done
+        self.position = self.total = 0  # iterations of the pass done, and in all
+        self.every = 1  # iterations between the lines logged
 
-    def interval(self, size: int) -> int:
-        """-printFreq auto: every iteration on a bar, else about 20 lines a pass."""
-        return 1 if self.use_bar else max(1, math.ceil(size / self.LINES_PER_PASS))
+    def shown(self) -> bool:
+        """Whether the line at the current position reaches the log (every record is kept)."""
+        return not self.thin or self.position % self.every == 0 or self.position >= self.total
 
     def top5_text(self, error: float, width: int) -> str:
         """A top-5 error as the Lua prints it (%width.3f), or '-' where it means nothing."""
@@ -186,7 +189,8 @@ class Progress:
 
     def begin(self, split: str, epoch: int, total: int, done: int) -> None:
         """A pass of total iterations starts, done of them already (a resumed epoch)."""
-        self.position = done
+        self.position, self.total = done, total
+        self.every = max(1, math.ceil(total / self.LINES_PER_PASS))
         if self.clock is not None:
             self.clock.begin(split, epoch, total, done)
         if not self.use_bar:
@@ -213,7 +217,7 @@ class Progress:
         if self.bar is not None:
             self.bar.update(iterations)
             self.bar.set_postfix_str(self.postfix({**record, **(running or {})}), refresh=True)
-        else:
+        elif self.shown():
             self.log(line if self.clock is None else line + self.clock.at(self.position))
         if self.record is not None:
             self.record(record)

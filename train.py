@@ -235,11 +235,6 @@ class Reporting:
             reduce,
         )
 
-    def interval(self, size: int) -> int:
-        """Iterations between printed lines in a pass of size iterations (print_every None:
-        the progress output's choice)."""
-        return self.print_every or self.progress.interval(size)
-
     def all_processes(self, totals: list[float]) -> list[float]:
         """Totals summed over the processes of a distributed run (as is, in one process)."""
         if self.reduce is None:
@@ -349,7 +344,7 @@ class Evaluation:
         model.eval()
         sums = RunningSums(self.step.device)
         clock, skipped, size = WindowClock(), [0, 0], len(loader)
-        every = self.reporting.interval(size)
+        every = self.reporting.print_every or 1  # auto: each line, the progress thins them
         progress.begin("val", epoch, size, 0)
         with progress.closing_on_error():
             for n, batch in enumerate(loader, 1):
@@ -441,7 +436,7 @@ class Trainer:
         self.step.model.train()
         self.sums = sums = RunningSums(self.step.device, totals)
         clock, skipped, size = WindowClock(), [0, 0], start + len(loader)
-        every = self.reporting.interval(size)
+        every = self.reporting.print_every or 1  # auto: each line, the progress thins them
         self.reporting.progress.begin("train", epoch, size, start)
         with self.reporting.progress.closing_on_error():
             for n, batch in enumerate(loader, start + 1):

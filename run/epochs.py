@@ -274,10 +274,13 @@ def test_once(loop: Loop, trainer: train.Trainer, loaders, stop, batch: int) -> 
     return 0
 
 
-def shown(loaders) -> dict:
-    """What the progress shows: bars on a terminal (else the Lua's lines), top-5 only for
-    more than 5 classes (with 5 or fewer it says nothing)."""
-    return {"bar": sys.stdout.isatty(), "top5": len(loaders[0].dataset.classes) > 5}
+def shown(loaders, print_every: int | None) -> dict:
+    """What the progress shows: bars on a terminal (else the Lua's lines, about 20 a pass
+    for -printFreq auto), top-5 only for more than 5 classes (with 5 or fewer it says
+    nothing)."""
+    bar = sys.stdout.isatty()
+    thin = print_every is None and not bar
+    return {"bar": bar, "top5": len(loaders[0].dataset.classes) > 5, "thin": thin}
 
 
 def finished_line(scores: checkpoints.Scores, n_epochs: int) -> str | None:

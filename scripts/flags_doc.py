@@ -358,8 +358,9 @@ WHAT_IT_DOES = {
     ),
     "printFreq": (
         "new: print a training / test line every N iterations (the Lua printed every one); "
-        "`auto`: a progress bar on a terminal, else about 20 lines a pass, each with the time "
-        "elapsed and left (docs/output.md); the device is only waited for when a line is printed"
+        "`auto`: a progress bar on a terminal, else about 20 of the lines a pass, each with the "
+        "time elapsed and left, and every iteration in metrics.jsonl (docs/output.md); with N, "
+        "the device is only waited for when a line is printed"
     ),
     "skipCorrupt": "new: skip unreadable images (counted per epoch) instead of stopping",
     "imageColumn": "new: Hugging Face parquet / Arrow data: the column holding the images' bytes",

@@ -1,6 +1,8 @@
 """The documentation that is derived from the code is current."""
 
+import math
 import os
+import re
 import shlex
 
 import pytest
@@ -66,3 +68,42 @@ def test_every_documented_command_has_known_flags_of_the_right_type():
             opts.build_parser(plan.NAMES).parse_args(argv)
         except opts.UsageError as exc:
             raise AssertionError(f"{page}: main.py {' '.join(argv)}: {exc}") from None
+
+
+def page_text(*path) -> str:
+    """A page of the repository."""
+    with open(os.path.join(ROOT, *path), encoding="utf-8") as handle:
+        return handle.read()
+
+
+def first_number(cell: str) -> float:
+    """The figure a table cell starts with (bold or not)."""
+    return float(re.match(r"\**([\d.]+)", cell.strip()).group(1))
+
+
+def table_rows(text: str, header_start: str) -> list[list[str]]:
+    """The cells of the rows of the markdown table whose header starts with header_start."""
+    lines = text[text.index(header_start) :].splitlines()[2:]
+    rows = []
+    for line in lines:
+        if not line.startswith("|"):
+            break
+        rows.append([cell.strip() for cell in line.strip("|").split("|")])
+    return rows
+
+
+def test_the_readme_states_the_demos_measured_times_and_errors():
+    readme, demo = page_text("README.md"), page_text("docs", "demo.md")
+    minutes = [float(row[-1]) for row in table_rows(demo, "| machine (2 cores) |")]
+    low, high = math.floor(min(minutes)), math.ceil(max(minutes))
+    first_screen = readme.split("\n## ")[0]
+    assert f"offline ({low}-{high} min on 2 CPU cores)" in first_screen
+    assert f"It took {low} to {high} minutes" in readme
+    runs = table_rows(readme, "| test top-1 error (%) after epoch:")
+    settled = [first_number(cell) for row in runs for cell in row[3:6]]
+    said = f"between {min(settled):.2f}% and {max(settled):.2f}%"
+    assert said in readme and said.replace("between", "lay between") in demo.replace("\n", " ")
+    for row in runs:  # bold marks the best epoch, the figure ' * Finished top1:' gives
+        errors = [first_number(cell) for cell in row[1:]]
+        bold = [i for i, cell in enumerate(row[1:]) if cell.startswith("**")]
+        assert bold == [errors.index(min(errors))], row

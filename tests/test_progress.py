@@ -67,18 +67,23 @@ def test_a_resumed_pass_is_timed_by_the_iterations_this_process_did():
     assert clock.epoch_line(1).endswith("; 0:00:20 since this run (or resume) began")
 
 
-def test_auto_prints_about_twenty_lines_a_pass_without_a_terminal_and_each_on_a_bar():
+def test_auto_logs_about_twenty_lines_a_pass_and_records_every_iteration():
     torch.manual_seed(0)
     images, labels = torch.randn(90, 3, 4, 4), torch.randint(0, 3, (90,))
     model = Memorizer()
     optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
-    lines = []
-    trainer = cpu_trainer(model, optimizer, lambda _epoch, _part: 0.1, log=lines.append)
-    trainer.reporting.print_every = None  # -printFreq auto
+    lines, records = [], []
+    trainer = cpu_trainer(model, optimizer, lambda _epoch, _part: 0.1)
+    trainer.reporting.print_every = None  # -printFreq auto, without a terminal:
+    trainer.reporting.progress = Progress(lines.append, record=records.append, thin=True)
     trainer.train(1, batches(images, labels, 2))  # 45 iterations: a line every 3
     trained = [re.match(r" \| Epoch: \[1\]\[(\d+)/45\]", line) for line in lines]
     assert [int(m.group(1)) for m in trained if m] == list(range(3, 46, 3))
-    assert Progress(bar=True).interval(45) == 1 and Progress().interval(7) == 1
+    assert [r["iter"] for r in records if r["iter"] is not None] == list(range(1, 46))
+    for line in lines[1:3]:  # each line logged is the Lua's line of its own iteration
+        n = int(re.match(r" \| Epoch: \[1\]\[(\d+)/", line).group(1))
+        said = float(re.search(r"Err (\d+\.\d+)", line).group(1))
+        assert said == pytest.approx(records[n - 1]["loss"], abs=5e-5)
 
 
 def test_a_logged_run_says_the_time_left_on_each_line_and_after_each_epoch(cifar10_root, tmp_path):
@@ -110,3 +115,14 @@ def test_a_printfreq_given_prints_the_lua_lines_at_that_interval(cifar10_root, t
     every = int(flag.split()[1])
     numbers = re.findall(r" \| Epoch: \[1\]\[(\d)/5\]", done.stdout)
     assert numbers == [str(n) for n in range(1, 6) if n % every == 0 or n == 5]
+
+
+def test_only_auto_without_a_terminal_thins_the_lines(monkeypatch):
+    from types import SimpleNamespace
+
+    from run import epochs
+
+    loaders = [SimpleNamespace(dataset=SimpleNamespace(classes=list("abcdef")))]
+    for terminal, every, thin in [(False, None, True), (False, 1, False), (True, None, False)]:
+        monkeypatch.setattr("sys.stdout.isatty", lambda terminal=terminal: terminal)
+        assert epochs.shown(loaders, every) == {"bar": terminal, "top5": True, "thin": thin}
