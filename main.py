@@ -152,8 +152,10 @@ def train_run(plan: Plan, placed: tuple, place: launch.Place, loaders, network, 
 
 def main(argv=None) -> int:
     """Entry point: one 'error:' line and exit status 2 for every bad input."""
-    errors_before = sys.stdout.errors
-    sys.stdout.reconfigure(errors="backslashreplace")  # file names that are not UTF-8
+    before = {"errors": sys.stdout.errors, "line_buffering": sys.stdout.line_buffering}
+    # File names that are not UTF-8; each line out at once in a log file (tail -f, a job's
+    # output), not when 8 KiB have gathered.
+    sys.stdout.reconfigure(errors="backslashreplace", line_buffering=True)
     try:
         opts = plans.parse(argv)
         return run(plans.make_plan(opts))
@@ -162,7 +164,7 @@ def main(argv=None) -> int:
     except KeyboardInterrupt as exc:
         return errors.exit_status(exc, distributed=False)
     finally:
-        sys.stdout.reconfigure(errors=errors_before)
+        sys.stdout.reconfigure(**before)
 
 
 def flush_output(status: int) -> int:

@@ -1,8 +1,11 @@
 """What a run says without a terminal: the interval of its lines, the time taken and left."""
 
+import os
 import re
+import subprocess
 
 import pytest
+import runs
 import torch
 from runs import main_run
 from test_cli import small_cifar_args
@@ -126,3 +129,23 @@ def test_only_auto_without_a_terminal_thins_the_lines(monkeypatch):
     for terminal, every, thin in [(False, None, True), (False, 1, False), (True, None, False)]:
         monkeypatch.setattr("sys.stdout.isatty", lambda terminal=terminal: terminal)
         assert epochs.shown(loaders, every) == {"bar": terminal, "top5": True, "thin": thin}
+
+
+def test_a_log_file_gets_each_line_as_it_is_printed(cifar10_root, tmp_path):
+    """Without a terminal (a pipe here, a job's output file on a cluster) each line is
+    written out when printed: the first epoch's start is read while that epoch trains."""
+    save = tmp_path / "run"
+    argv = small_cifar_args(cifar10_root, save, "-nEpochs 50 -batchSize 1")
+    env = {key: value for key, value in os.environ.items() if key != "PYTHONUNBUFFERED"}
+    process = runs.start_main(argv, env=env, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
+    try:
+        for line in process.stdout:
+            if line.startswith("=> Training epoch # 1"):
+                assert not (save / "model_1.pth").exists()  # epoch 1 is not over yet
+                break
+        else:
+            pytest.fail("the run ended without starting epoch 1")
+    finally:
+        process.kill()
+        process.wait()
+        process.stdout.close()
