@@ -113,12 +113,12 @@ def make_plan(
     kind = devices.device_type(opts.device, opts.nGPU, machine)
     layout, why = devices.memory_format(opts.memoryFormat, kind, machine)
     precision, precision_why = devices.precision(opts.precision, kind, machine)
-    data = data_spec(opts)
+    data, test_only = data_spec(opts), opts.testOnly
     return Plan(
         data=data,
         model=model_spec(opts, data.crops.val, layout, named),
         recipe=training_recipe(opts),
-        loop=loop_spec(opts, data),
+        loop=loop_spec(opts, data, test_only),
         launch=Launch(
             device=kind,
             auto_device=opts.device == "auto",
@@ -129,7 +129,7 @@ def make_plan(
             layout_rule=why,
             requeue=requeue_spec(opts),
         ),
-        test_only=opts.testOnly,
+        test_only=test_only,
         options=MappingProxyType(
             {
                 **{k: v for k, v in vars(opts).items() if k not in ("given", "configured")},
@@ -291,22 +291,25 @@ def learning_rate_schedule(opts: argparse.Namespace) -> schedules.Schedule:
     )
 
 
-def chosen_trackers(text: str) -> tuple[str, ...]:
-    """-logger's trackers, each one's package installed (else one line naming it)."""
+def chosen_trackers(text: str, test_only: bool) -> tuple[str, ...]:
+    """-logger's trackers, each one's package installed (else one line naming it); none for
+    -testOnly, which names the flag among those it ignores."""
     chosen = trackers.names(text)
+    if test_only:
+        return ()
     if package := trackers.missing_package(chosen):
         raise errors.UsageError(f"-logger {package} needs its package: pip install {package}")
     return chosen
 
 
-def loop_spec(opts: argparse.Namespace, data: datasets.DataSpec) -> epochs.Loop:
+def loop_spec(opts: argparse.Namespace, data: datasets.DataSpec, test_only: bool) -> epochs.Loop:
     """The epochs and their files."""
     return epochs.Loop(
         save=opts.save,
         resume=opts.resume,
         overwrite=opts.overwrite,
         tensorboard=opts.tensorboard,
-        trackers=chosen_trackers(opts.logger),
+        trackers=chosen_trackers(opts.logger, test_only),
         n_epochs=opts.nEpochs,
         epoch_number=opts.epochNumber,
         checkpoint_every=opts.checkpointEvery,

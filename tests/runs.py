@@ -52,6 +52,10 @@ class LineWatcher(io.TextIOBase):
     def errors(self):
         return self.target.errors
 
+    @property
+    def line_buffering(self):
+        return self.target.line_buffering
+
 
 def text_stream(fd: int) -> io.TextIOWrapper:
     """A sys.stdout-like stream on descriptor fd that writes each line through at once."""
