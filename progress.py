@@ -102,17 +102,13 @@ class RunClock:
         split, epoch, total, done, start = self.current
         if n > done:
             self.rates[split] = ((self.now() - start) / (n - done), total)
-        pass_left = self.seconds("train" if split == "train" else "val", total - n)
+        pass_left = self.rates.get(split, (0.0, 0))[0] * (total - n)
         epoch_left = pass_left + (self.pass_seconds("val") if split == "train" else 0.0)
         run_left = epoch_left + (self.last_epoch - epoch) * self.epoch_seconds()
         return (
             f"  ({duration(self.now() - self.started)} elapsed; left: epoch"
             f" {duration(epoch_left)}, run {duration(run_left)})"
         )
-
-    def seconds(self, split: str, iterations: int) -> float:
-        """The estimated seconds of iterations of split."""
-        return self.rates.get(split, (0.0, 0))[0] * iterations
 
     def pass_seconds(self, split: str) -> float:
         """The estimated seconds of a whole pass of split."""
@@ -172,7 +168,7 @@ class Progress:
         self.position = self.total = 0  # iterations of the pass done, and in all
         self.every = 1  # iterations between the lines logged
 
-    def shown(self) -> bool:
+    def logs_line(self) -> bool:
         """Whether the line at the current position reaches the log (every record is kept)."""
         return not self.thin or self.position % self.every == 0 or self.position >= self.total
 
@@ -217,7 +213,7 @@ class Progress:
         if self.bar is not None:
             self.bar.update(iterations)
             self.bar.set_postfix_str(self.postfix({**record, **(running or {})}), refresh=True)
-        elif self.shown():
+        elif self.logs_line():
             self.log(line if self.clock is None else line + self.clock.at(self.position))
         if self.record is not None:
             self.record(record)
@@ -349,7 +345,7 @@ class RunRecords:
             names, step = {k: f"epoch/{split}_{k}" for k in self.SCALARS}, epoch
         else:
             names = {k: f"{split}/{k}" for k in self.SCALARS}
-            step = (epoch - 1) * self.per_epoch + record["iter"]
+            step = self.iteration_of(record)
         for key, name in names.items():
             if key in record:
                 self.writer.add_scalar(name, record[key], step)
